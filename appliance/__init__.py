@@ -1,0 +1,3 @@
+"""Firmware for talking robots."""
+
+__version__ = "0.1.0"

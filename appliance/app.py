@@ -1,0 +1,258 @@
+"""Builds the appliance from its configuration: picks implementations, wires channels, registers services.
+
+Tests and benchmarks pass their own source, sink or brain; everything else comes from the config.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from appliance.audio.base import AudioSink, AudioSource, BlockQueue
+from appliance.brains.base import Brain, BrainOutput, TurnRequest, Utterance
+from appliance.bus import EventBus
+from appliance.config import AppConfig, ConfigError, has_secret
+from appliance.conversation.history import ConversationHistory
+from appliance.conversation.local_voice import LocalVoice
+from appliance.conversation.service import ConversationService
+from appliance.hardware.faces import FaceService, LogFaceController
+from appliance.hardware.gpio import GPIOService
+from appliance.listening.service import ListeningService
+from appliance.logs import StatusAwareHandler
+from appliance.state import StateService
+from appliance.status_line import StatusLine
+from appliance.supervisor import Supervisor
+from appliance.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+
+class CaptureService:
+    name = "capture"
+
+    def __init__(self, source: AudioSource, queue: BlockQueue) -> None:
+        self.source = source
+        self.queue = queue
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.source.run(self.queue, task_status=task_status)
+
+
+class DeferredBrain:
+    """Builds the real brain off the event loop, so heavy SDK imports never delay READY or audio."""
+
+    def __init__(self, name: str, factory: Callable[[], Brain]) -> None:
+        self.name = name
+        self._factory = factory
+        self._brain: Brain | None = None
+        self._lock = trio.Lock()
+
+    async def ensure(self) -> Brain:
+        async with self._lock:
+            if self._brain is None:
+                self._brain = await trio.to_thread.run_sync(self._factory)
+        return self._brain
+
+    async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        brain = await self.ensure()
+        await brain.reply(request, out)
+
+    async def aclose(self) -> None:
+        if self._brain is not None:
+            await self._brain.aclose()
+
+
+class PrewarmService:
+    """Loads the cloud SDKs in a worker thread right after start, before the first turn needs them."""
+
+    name = "prewarm"
+
+    def __init__(self, brain: DeferredBrain) -> None:
+        self.brain = brain
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self.brain.ensure()
+        log.debug("cloud brain ready")
+        await trio.sleep_forever()
+
+
+def choose_brain_kind(config: AppConfig) -> str:
+    kind = config.conversation.brain
+    if kind != "auto":
+        return kind
+    sections = (config.stt, config.llm, config.tts)
+    ready = all(has_secret(s.api_key) or s.base_url for s in sections if getattr(s, "provider", "") != "espeak")
+    return "cloud" if ready else "offline"
+
+
+def cloud_brain_factory(config: AppConfig, voice: LocalVoice) -> Callable[[], Brain]:
+    problems = []
+    for section_name in ("stt", "llm", "tts"):
+        section = getattr(config, section_name)
+        if section.provider != "espeak" and not (has_secret(section.api_key) or section.base_url):
+            problems.append(
+                f"{section_name}.api_key: the cloud brain needs an API key for {section.provider} "
+                f"(set {'ANTHROPIC_API_KEY' if section.provider == 'anthropic' else 'OPENAI_API_KEY'} "
+                f"or APPLIANCE_{section_name.upper()}__API_KEY)"
+            )
+    if problems:
+        raise ConfigError("configuration", problems)
+
+    def secret(value: Any) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    def build() -> Brain:
+        from appliance.brains.cloud import CloudBrain
+        from appliance.conversation.stt.openai import OpenAIRecognizer
+
+        stt = OpenAIRecognizer(
+            config.stt.model, secret(config.stt.api_key), config.stt.base_url, config.stt.timeout, config.stt.language
+        )
+        llm_cfg = config.llm
+        llm: Any
+        if llm_cfg.provider == "anthropic":
+            from appliance.conversation.llm.anthropic import AnthropicChat
+
+            llm = AnthropicChat(llm_cfg.model_name, secret(llm_cfg.api_key), llm_cfg.base_url, llm_cfg.timeout,
+                                llm_cfg.temperature, llm_cfg.max_tokens)
+        else:
+            from appliance.conversation.llm.openai import OpenAIChat
+
+            llm = OpenAIChat(llm_cfg.model_name, secret(llm_cfg.api_key), llm_cfg.base_url, llm_cfg.timeout,
+                             llm_cfg.temperature, llm_cfg.max_tokens)
+        tts_cfg = config.tts
+        tts: Any
+        if tts_cfg.provider == "espeak":
+            tts = voice
+        else:
+            from appliance.conversation.tts.openai import OpenAISynthesizer
+
+            tts = OpenAISynthesizer(tts_cfg.model, tts_cfg.voice, secret(tts_cfg.api_key), tts_cfg.base_url,
+                                    tts_cfg.timeout, tts_cfg.speed, tts_cfg.instructions)
+        conv = config.conversation
+        return CloudBrain(stt, llm, tts, conv.system_prompt, conv.system_prompt_params, config.stt.language,
+                          tts_cfg.prefetch, llm_cfg.timeout)
+
+    return build
+
+
+def make_source(config: AppConfig) -> AudioSource:
+    from appliance.audio.sources import SimulatedMicrophone, WavFileSource, bundled_clip
+
+    audio = config.audio
+    kind = audio.input
+    if kind == "auto":
+        from appliance.audio.device import has_device
+
+        kind = "device" if has_device("input") else "simulated"
+    if kind == "device":
+        from appliance.audio.device import DeviceSource
+
+        return DeviceSource(audio.input_device, audio.block_ms)
+    if kind == "file":
+        assert audio.input_file is not None
+        return WavFileSource(audio.input_file, audio.block_ms)
+    from appliance.audio.convert import read_wav
+
+    phrase = read_wav(audio.input_file) if audio.input_file else bundled_clip("hello.wav")
+    return SimulatedMicrophone(phrase, audio.simulated_speech_after, audio.simulated_repeat, audio.block_ms)
+
+
+def make_sink(config: AppConfig) -> AudioSink:
+    from appliance.audio.playback import SimulatedSink, WavFileSink
+
+    audio = config.audio
+    kind = audio.output
+    if kind == "auto":
+        from appliance.audio.device import has_device
+
+        kind = "device" if has_device("output") else "simulated"
+    if kind == "device":
+        from appliance.audio.device import DeviceSink
+
+        return DeviceSink(audio.output_device, audio.block_ms, audio.volume)
+    if kind == "file":
+        assert audio.output_file is not None
+        return WavFileSink(audio.output_file, block_ms=audio.block_ms)
+    return SimulatedSink(block_ms=audio.block_ms, volume=audio.volume)
+
+
+@dataclass
+class Appliance:
+    config: AppConfig
+    bus: EventBus
+    supervisor: Supervisor
+    state: StateService
+    conversation: ConversationService
+    listening: ListeningService
+    brain: Brain
+    source: AudioSource
+    sink: AudioSink
+    gpio: GPIOService | None
+    faces: FaceService
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self.supervisor.run(task_status=task_status)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.config.supervisor.stop_timeout):
+                await self.brain.aclose()
+
+
+def build_appliance(
+    config: AppConfig,
+    *,
+    source: AudioSource | None = None,
+    sink: AudioSink | None = None,
+    brain: Brain | None = None,
+    notifier: Notifier | None = None,
+    status_handler: StatusAwareHandler | None = None,
+    pin_factory: Any = None,
+    handle_signals: bool = True,
+) -> Appliance:
+    bus = EventBus()
+    supervisor = Supervisor(bus, config.supervisor, notifier, handle_signals=handle_signals)
+    voice = LocalVoice()
+    prewarm: DeferredBrain | None = None
+    if brain is None:
+        kind = choose_brain_kind(config)
+        if kind == "cloud":
+            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice))
+            brain = prewarm
+        else:
+            from appliance.brains.cloud import OfflineBrain
+
+            brain = OfflineBrain(config.conversation.offline_message, voice)
+    log.info("brain: %s", brain.name)
+    source = source or make_source(config)
+    sink = sink or make_sink(config)
+    queue = BlockQueue()
+    utterance_send, utterance_receive = trio.open_memory_channel[Utterance](4)
+    conv_cfg = config.conversation
+    history = ConversationHistory(conv_cfg.history_limit, conv_cfg.idle_timeout)
+
+    state = StateService(bus, conv_cfg.error_display)
+    listening = ListeningService(bus, queue, utterance_send, config.listening, config.audio.block_ms)
+    conversation = ConversationService(
+        bus, brain, sink, utterance_receive, history, voice, conv_cfg.error_message
+    )
+    faces = FaceService(bus, [LogFaceController()])
+    gpio = GPIOService(bus, config.gpio, pin_factory) if (config.gpio.status_led or config.gpio.button) else None
+
+    supervisor.add(state)
+    supervisor.add(CaptureService(source, queue))
+    supervisor.add(listening)
+    supervisor.add(conversation)
+    supervisor.add(faces, required=False)
+    if gpio is not None:
+        supervisor.add(gpio, required=False)
+    if status_handler is not None:
+        supervisor.add(StatusLine(bus, status_handler), required=False)
+    if prewarm is not None:
+        supervisor.add(PrewarmService(prewarm), required=False)
+    return Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, gpio, faces)

@@ -1,0 +1,113 @@
+"""Shapes every audio implementation shares.
+
+Capture is always 16 kHz mono int16 in fixed-size blocks (what VAD, wake word and cloud STT want).
+Playback takes whole clips at any rate; sinks resample to what their device needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import trio
+
+CAPTURE_RATE = 16_000
+
+
+@dataclass(frozen=True, eq=False)
+class AudioClip:
+    """Mono int16 samples and their rate."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    def __post_init__(self) -> None:
+        if self.samples.dtype != np.int16 or self.samples.ndim != 1:
+            raise ValueError("AudioClip needs a 1-D int16 array")
+        if self.sample_rate <= 0:
+            raise ValueError(f"bad sample rate {self.sample_rate}")
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    def pcm(self) -> bytes:
+        """Raw little-endian s16 bytes."""
+        return self.samples.astype("<i2", copy=False).tobytes()
+
+    @classmethod
+    def from_pcm(cls, data: bytes, sample_rate: int) -> AudioClip:
+        if len(data) % 2:
+            data = data[:-1]  # a cut stream can end mid-sample; the half sample is noise
+        return cls(np.frombuffer(data, dtype="<i2").astype(np.int16), sample_rate)
+
+    @classmethod
+    def silence(cls, seconds: float, sample_rate: int = CAPTURE_RATE) -> AudioClip:
+        return cls(np.zeros(int(seconds * sample_rate), dtype=np.int16), sample_rate)
+
+
+def level_db(block: np.ndarray) -> float:
+    """RMS level in dBFS; silence is -100."""
+    if block.size == 0:
+        return -100.0
+    rms = math.sqrt(float(np.mean(np.square(block, dtype=np.float64)))) / 32768.0
+    return 20.0 * math.log10(rms) if rms > 1e-5 else -100.0
+
+
+class BlockQueue:
+    """Capture blocks from a producer that must never wait (an audio callback) to one async consumer.
+
+    When the consumer falls behind, the oldest blocks are dropped and counted: late audio is worth less than
+    current audio, and the audio thread must never block.
+    """
+
+    def __init__(self, max_blocks: int = 100) -> None:
+        self._blocks: deque[np.ndarray] = deque(maxlen=max_blocks)
+        self._lot = trio.lowlevel.ParkingLot()
+        self.dropped = 0
+
+    def put_nowait(self, block: np.ndarray) -> None:
+        if len(self._blocks) == self._blocks.maxlen:
+            self.dropped += 1
+        self._blocks.append(block)
+        self._lot.unpark_all()
+
+    async def get(self) -> np.ndarray:
+        while not self._blocks:
+            await self._lot.park()
+        return self._blocks.popleft()
+
+    def clear(self) -> None:
+        self._blocks.clear()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+
+@runtime_checkable
+class AudioSource(Protocol):
+    """A microphone: puts 16 kHz mono int16 blocks of ``block_size`` samples into the queue until cancelled."""
+
+    name: str
+    block_size: int
+
+    async def run(self, queue: BlockQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
+LevelCallback = Callable[[float], None]
+
+
+@runtime_checkable
+class AudioSink(Protocol):
+    """A speaker. ``play`` returns when the clip has been heard; cancelling it stops within one block."""
+
+    name: str
+
+    def open(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def play(self, clip: AudioClip, on_level: LevelCallback | None = None) -> None: ...

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from appliance.settings_base import Section
+
+AudioBackend = Literal["auto", "device", "simulated", "file"]
+
+
+class AudioConfig(Section):
+    """Where sound comes from and goes to.
+
+    ``auto`` picks the sound card when PortAudio finds one and the simulated device otherwise, so the
+    default configuration runs on a laptop, a CI machine and a Pi alike.
+    """
+
+    input: AudioBackend = "auto"
+    input_device: str | int | None = Field(
+        default=None, description="PortAudio device: index, or a substring of its name"
+    )
+    input_file: Path | None = Field(
+        default=None, description="WAV played as the microphone ('file' input, or the simulated mic's phrase)"
+    )
+    simulated_speech_after: float | None = Field(
+        default=2.0, ge=0, description="seconds after start before the simulated mic says its phrase; null = silence"
+    )
+    simulated_repeat: float | None = Field(
+        default=None, gt=0, description="say the simulated phrase again every N seconds"
+    )
+    output: AudioBackend = "auto"
+    output_device: str | int | None = None
+    output_file: Path | None = Field(default=None, description="WAV the speaker writes to ('file' output)")
+    block_ms: int = Field(default=20, ge=10, le=100, description="audio block length in milliseconds")
+    volume: float = Field(default=1.0, ge=0.0, le=2.0, description="output gain")
+
+    @model_validator(mode="after")
+    def _files_given(self) -> AudioConfig:
+        if self.input == "file" and self.input_file is None:
+            raise ValueError("input = 'file' needs input_file")
+        if self.output == "file" and self.output_file is None:
+            raise ValueError("output = 'file' needs output_file")
+        return self

@@ -1,0 +1,114 @@
+"""Sinks that play a clip block by block, so a cancelled turn stops within one block."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import trio
+
+from appliance.audio.base import AudioClip, LevelCallback, level_db
+from appliance.audio.convert import resample, write_wav
+
+log = logging.getLogger(__name__)
+
+
+class BlockSink:
+    """Common part of every sink: resample, apply gain, cut into blocks, report the level of each.
+
+    Subclasses implement ``_write_block``, which must return when the block has been handed to the device
+    (paced in real time for simulated and device sinks).
+    """
+
+    name = "sink"
+
+    def __init__(self, sample_rate: int = 24_000, block_ms: int = 20, volume: float = 1.0) -> None:
+        self.sample_rate = sample_rate
+        self.block_ms = block_ms
+        self.volume = volume
+        self.played_samples = 0
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[None]:
+        yield
+
+    async def play(self, clip: AudioClip, on_level: LevelCallback | None = None) -> None:
+        samples = resample(clip.samples, clip.sample_rate, self.sample_rate)
+        if self.volume != 1.0:
+            samples = np.clip(samples.astype(np.float32) * self.volume, -32768, 32767).astype(np.int16)
+        block = max(1, self.sample_rate * self.block_ms // 1000)
+        try:
+            for start in range(0, len(samples), block):
+                chunk = samples[start : start + block]
+                if on_level is not None:
+                    on_level(level_db(chunk))
+                await self._write_block(chunk)
+                self.played_samples += len(chunk)
+        finally:
+            if on_level is not None:
+                on_level(-100.0)
+
+    async def _write_block(self, block: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class SimulatedSink(BlockSink):
+    """A speaker nobody hears: takes real time to play, so the appliance behaves as on hardware."""
+
+    name = "simulated"
+
+    def __init__(self, sample_rate: int = 24_000, block_ms: int = 20, volume: float = 1.0) -> None:
+        super().__init__(sample_rate, block_ms, volume)
+        self._next = 0.0
+
+    async def _write_block(self, block: np.ndarray) -> None:
+        # Sleep until the block would have left the speaker, without drifting across blocks.
+        self._next = max(self._next, trio.current_time()) + len(block) / self.sample_rate
+        await trio.sleep_until(self._next)
+
+
+class MemorySink(BlockSink):
+    """Keeps what was played (tests, benchmarks). ``realtime`` paces it like a device."""
+
+    name = "memory"
+
+    def __init__(self, sample_rate: int = 24_000, block_ms: int = 20, realtime: bool = True) -> None:
+        super().__init__(sample_rate, block_ms)
+        self.realtime = realtime
+        self.blocks: list[np.ndarray] = []
+        self.first_block_at: float | None = None
+        self.block_written = trio.Event()
+
+    async def _write_block(self, block: np.ndarray) -> None:
+        if self.first_block_at is None:
+            self.first_block_at = trio.current_time()
+        self.blocks.append(block.copy())
+        self.block_written.set()
+        if self.realtime:
+            await trio.sleep(len(block) / self.sample_rate)
+        else:
+            await trio.sleep(0)
+
+    @property
+    def audio(self) -> AudioClip:
+        data = np.concatenate(self.blocks) if self.blocks else np.zeros(0, dtype=np.int16)
+        return AudioClip(data, self.sample_rate)
+
+
+class WavFileSink(MemorySink):
+    """Plays into a WAV file, rewritten (atomically) after each clip so it is always a valid file."""
+
+    name = "file"
+
+    def __init__(self, path: Path, sample_rate: int = 24_000, block_ms: int = 20, realtime: bool = True) -> None:
+        super().__init__(sample_rate, block_ms, realtime)
+        self.path = path
+
+    async def play(self, clip: AudioClip, on_level: LevelCallback | None = None) -> None:
+        try:
+            await super().play(clip, on_level)
+        finally:
+            write_wav(self.path, self.audio)

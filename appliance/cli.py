@@ -1,0 +1,167 @@
+"""Command line: ``appliance run | check-config | devices | say``.
+
+``main`` parses arguments and hands a configuration to the supervisor; policy lives in the subsystems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from appliance import __version__
+
+log = logging.getLogger("appliance")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description="Firmware for talking robots.")
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    parser.add_argument(
+        "-c", "--config", type=Path, help="TOML file (default: $APPLIANCE_CONFIG or /etc/appliance/appliance.toml)"
+    )
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the appliance (the default)")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    check = sub.add_parser("check-config", help="validate the configuration and print what it selects")
+    check.add_argument("--show", action="store_true", help="print the whole configuration (secrets redacted)")
+    sub.add_parser("devices", help="list audio devices")
+    say = sub.add_parser("say", help="speak a line through the configured voice and speaker")
+    say.add_argument("text")
+    say.add_argument("--output", type=Path, help="write a WAV file instead of playing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    from appliance.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_CONFIG
+    if command == "check-config":
+        return _check_config(config, args.show)
+    if command == "devices":
+        return _devices()
+    if command == "say":
+        return _say(config, args.text, args.output)
+    return _run(config, getattr(args, "log_level", None))
+
+
+def _run(config, level: str | None) -> int:  # type: ignore[no-untyped-def]
+    import trio
+
+    from appliance.app import build_appliance
+    from appliance.config import ConfigError
+    from appliance.logs import setup_logging
+    from appliance.supervisor import SupervisorGaveUp
+
+    want_status = config.log.status_line == "on" or (config.log.status_line == "auto" and sys.stdout.isatty())
+    handler = setup_logging(level or config.log.level, status_line=want_status)
+    try:
+        appliance = build_appliance(config, status_handler=handler)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        trio.run(appliance.run)
+    except BaseExceptionGroup as group:
+        gave_up, rest = group.split(SupervisorGaveUp)
+        if rest is not None:
+            raise
+        log.critical("%s", gave_up.exceptions[0] if gave_up else group)
+        return EXIT_FAILED
+    except SupervisorGaveUp as exc:
+        log.critical("%s", exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if handler is not None:
+            sys.stdout.write("\n")
+    log.info("stopped (%s)", appliance.supervisor.stop_reason or "done")
+    return EXIT_OK
+
+
+def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
+    from appliance.app import choose_brain_kind, cloud_brain_factory
+    from appliance.config import ConfigError
+    from appliance.conversation.local_voice import LocalVoice
+
+    brain = choose_brain_kind(config)
+    if brain == "cloud":
+        try:
+            cloud_brain_factory(config, LocalVoice())
+        except ConfigError as exc:
+            print(exc.report(), file=sys.stderr)
+            return EXIT_CONFIG
+    if show:
+        print(json.dumps(config.redacted(), indent=2))
+    print(
+        f"configuration OK: brain={brain} llm={config.llm.provider}:{config.llm.model_name} "
+        f"input={config.audio.input} output={config.audio.output} listening={config.listening.mode}"
+    )
+    return EXIT_OK
+
+
+def _devices() -> int:
+    from appliance.audio.device import AudioDeviceError, list_devices
+
+    try:
+        devices = list_devices()
+    except AudioDeviceError as exc:
+        print(f"no audio devices: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not devices:
+        print("no audio devices found")
+    for d in devices:
+        kinds = "/".join(k for k, n in (("in", d.inputs), ("out", d.outputs)) if n)
+        print(f"{d.index:3}  {kinds:6}  {d.default_rate:>7.0f} Hz  {d.name}  [{d.hostapi}]")
+    return EXIT_OK
+
+
+def _say(config, text: str, output: Path | None) -> int:  # type: ignore[no-untyped-def]
+    import trio
+
+    from appliance.app import choose_brain_kind, make_sink
+    from appliance.audio.convert import write_wav
+    from appliance.conversation.local_voice import LocalVoice
+    from appliance.conversation.tags import extract_tags
+    from appliance.errors import ProviderError
+    from appliance.logs import setup_logging
+
+    setup_logging(config.log.level)
+    voice_text, _ = extract_tags(text)
+    if not voice_text:
+        print("nothing to say", file=sys.stderr)
+        return EXIT_FAILED
+
+    async def speak() -> None:
+        tts = LocalVoice()
+        if choose_brain_kind(config) == "cloud" and config.tts.provider == "openai":
+            from appliance.conversation.tts.openai import OpenAISynthesizer
+
+            key = config.tts.api_key.get_secret_value() if config.tts.api_key else None
+            tts = OpenAISynthesizer(config.tts.model, config.tts.voice, key, config.tts.base_url, config.tts.timeout,
+                                    config.tts.speed, config.tts.instructions)  # type: ignore[assignment]
+        clip = await tts.synthesize(voice_text)
+        if output is not None:
+            write_wav(output, clip)
+            return
+        sink = make_sink(config)
+        async with sink.open():
+            await sink.play(clip)
+
+    try:
+        trio.run(speak)
+    except ProviderError as exc:
+        print(f"cannot speak: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

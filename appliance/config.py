@@ -1,0 +1,219 @@
+"""The one configuration tree: a TOML file, then ``APPLIANCE_*`` environment overrides, then secrets.
+
+We load and merge by hand instead of using pydantic-settings because every error must name where the bad
+value came from (a TOML path or an environment variable) and unknown ``APPLIANCE_`` variables must be errors,
+not silently ignored typos.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+
+from appliance.audio.config import AudioConfig
+from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
+from appliance.hardware.config import GPIOConfig
+from appliance.listening.config import ListeningConfig
+from appliance.settings_base import Section
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = Path("/etc/appliance/appliance.toml")
+ENV_PREFIX = "APPLIANCE_"
+CONFIG_PATH_ENV = "APPLIANCE_CONFIG"
+# Variables with our prefix that are not config keys.
+_NOT_OVERRIDES = {CONFIG_PATH_ENV}
+
+SECRET_MARKERS = ("api_key", "token", "password", "secret")
+
+
+class SupervisorConfig(Section):
+    restart_initial_delay: float = Field(default=0.5, gt=0, description="first restart delay (s)")
+    restart_max_delay: float = Field(default=30.0, gt=0, description="restart delays double up to this (s)")
+    max_failures: int = Field(default=5, ge=1, description="a required subsystem failing this often ends the process")
+    failure_window: float = Field(default=120.0, gt=0, description="failures older than this are forgotten (s)")
+    stop_timeout: float = Field(default=1.5, gt=0, description="time given to subsystems on shutdown (s)")
+
+
+class LogConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    status_line: Literal["auto", "on", "off"] = Field(
+        default="auto", description="the live one-line status; auto = when stderr is a terminal"
+    )
+
+
+class AppConfig(Section):
+    audio: AudioConfig = AudioConfig()
+    listening: ListeningConfig = ListeningConfig()
+    conversation: ConversationConfig = ConversationConfig()
+    stt: STTConfig = STTConfig()
+    llm: LLMConfig = LLMConfig()
+    tts: TTSConfig = TTSConfig()
+    gpio: GPIOConfig = GPIOConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    log: LogConfig = LogConfig()
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as JSON-able data with every secret replaced by a marker."""
+        return self.model_dump(mode="json")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one line per error, each naming its path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def report(self) -> str:
+        lines = [f"configuration error in {self.source}:"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The file to read: the one asked for, else ``$APPLIANCE_CONFIG``, else the system file if present."""
+    if explicit is not None:
+        return explicit
+    if environ.get(CONFIG_PATH_ENV):
+        return Path(environ[CONFIG_PATH_ENV])
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AppConfig:
+    environ = os.environ if environ is None else environ
+    chosen = config_path(path, environ)
+    data: dict[str, Any] = {}
+    source = str(chosen) if chosen else "built-in defaults"
+    if chosen is not None:
+        data = read_toml(chosen)
+    origins = apply_env_overrides(data, environ)
+    if origins:
+        source += " + environment"
+    fill_secrets(data, environ)
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, describe_errors(exc, origins)) from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except PermissionError:
+        raise ConfigError(str(path), ["permission denied"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"invalid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text: {exc}"]) from None
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Merge ``APPLIANCE_SECTION__KEY=value`` into ``data``; returns which paths came from which variable.
+
+    Values stay strings (pydantic converts "5", "true", "-40" itself) except those that look like JSON
+    lists or objects.
+    """
+    origins: dict[tuple[str, ...], str] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDES:
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        if not all(path):
+            continue
+        raw = environ[name]
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        target = data
+        for key in path[:-1]:
+            child = target.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                target[key] = child
+            target = child
+        target[path[-1]] = value
+        origins[path] = name
+    return origins
+
+
+# provider -> (standard environment variable, systemd credential name)
+_PROVIDER_KEYS = {
+    "openai": ("OPENAI_API_KEY", "openai_api_key"),
+    "anthropic": ("ANTHROPIC_API_KEY", "anthropic_api_key"),
+}
+
+
+def fill_secrets(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Give each cloud section without an explicit key the provider's usual one.
+
+    Looked up in the provider's usual environment variable, then in systemd's credentials directory
+    (``LoadCredential=openai_api_key:...``) so keys never have to be written into the TOML file.
+    """
+    for section in ("stt", "llm", "tts"):
+        values = data.get(section)
+        if values is None:
+            values = {}
+        if not isinstance(values, dict) or values.get("api_key"):
+            continue
+        provider = values.get("provider", "openai")
+        names = _PROVIDER_KEYS.get(provider) if isinstance(provider, str) else None
+        if names is None:
+            continue
+        key = lookup_secret(names[0], names[1], environ)
+        if key:
+            values["api_key"] = key
+            data[section] = values
+
+
+def lookup_secret(env_name: str, credential: str, environ: Mapping[str, str]) -> str | None:
+    if environ.get(env_name):
+        return environ[env_name].strip()
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        file = Path(directory) / credential
+        try:
+            return file.read_text().strip() or None
+        except OSError:
+            return None
+    return None
+
+
+def describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]) -> list[str]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(str(part) for part in error["loc"])
+        where = ".".join(loc) or "(top level)"
+        env = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+        if env:
+            where += f" (from ${env})"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        elif "input" in error and not _is_secret(loc) and not isinstance(error["input"], dict):
+            shown = repr(error["input"])
+            message += f", got {shown[:60]}"
+        problems.append(f"{where}: {message}")
+    return problems
+
+
+def _is_secret(loc: tuple[str, ...]) -> bool:
+    return any(marker in part for part in loc for marker in SECRET_MARKERS)
+
+
+def has_secret(value: SecretStr | None) -> bool:
+    return value is not None and bool(value.get_secret_value())

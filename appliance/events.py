@@ -1,0 +1,196 @@
+"""Everything that crosses from one subsystem to another, as small frozen dataclasses.
+
+Events marked ``droppable`` only refresh a display (levels, status); a slow subscriber may lose them.
+Everything else (commands, turn results, state changes) is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+
+class State(str, Enum):
+    IDLE = "idle"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    MUTED = "muted"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Event:
+    droppable: ClassVar[bool] = False
+    at: float = field(default_factory=time.monotonic, kw_only=True, compare=False)
+
+
+# --- state -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateChanged(Event):
+    old: State
+    new: State
+    reason: str = ""
+
+
+# --- listening ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeechStarted(Event):
+    """The endpointer heard the start of speech (or the talk button opened the mic)."""
+
+    barge_in: bool = False
+
+
+@dataclass(frozen=True)
+class SpeechDiscarded(Event):
+    """A sound that started like speech was too short or too long to be an utterance."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class UtteranceCaptured(Event):
+    duration: float
+    source: str = "voice"
+
+
+@dataclass(frozen=True)
+class InputLevel(Event):
+    droppable: ClassVar[bool] = True
+    db: float
+
+
+# --- commands (from buttons, the control API, the terminal) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenRequested(Event):
+    """Open the microphone for one utterance (push-to-talk / button press)."""
+
+    source: str = "button"
+
+
+@dataclass(frozen=True)
+class ListenReleased(Event):
+    """The talk button was released: the utterance ends here."""
+
+    source: str = "button"
+
+
+@dataclass(frozen=True)
+class CancelTurnRequested(Event):
+    source: str = "button"
+
+
+@dataclass(frozen=True)
+class MuteRequested(Event):
+    muted: bool
+    source: str = "button"
+
+
+@dataclass(frozen=True)
+class SayRequested(Event):
+    text: str
+    interrupt: bool = False
+    source: str = "api"
+
+
+# --- conversation ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnStarted(Event):
+    turn_id: str
+    brain: str
+
+
+@dataclass(frozen=True)
+class Heard(Event):
+    turn_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SentenceStarted(Event):
+    """A reply sentence starts playing now; faces and animations follow this moment."""
+
+    turn_id: str
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class FaceRequested(Event):
+    """A ``[face:...]`` tag reached its sentence (or the API asked): show it for ``duration`` seconds."""
+
+    name: str
+    duration: float | None = None
+    turn_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FaceChanged(Event):
+    """The face now shown (after a request, or back to neutral when its time ran out)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class LedChanged(Event):
+    droppable: ClassVar[bool] = True
+    colour: str
+
+
+@dataclass(frozen=True)
+class AnimationRequested(Event):
+    name: str
+    duration: float | None = None
+    turn_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputLevel(Event):
+    droppable: ClassVar[bool] = True
+    db: float
+
+
+@dataclass(frozen=True)
+class TurnTimings:
+    """Stage timestamps of a turn, seconds relative to the end of the utterance."""
+
+    heard: float | None = None
+    first_text: float | None = None
+    first_audio: float | None = None
+    finished: float | None = None
+
+
+@dataclass(frozen=True)
+class TurnFinished(Event):
+    turn_id: str
+    outcome: str  # "done" | "interrupted" | "failed" | "empty"
+    spoken: str = ""
+    error: str | None = None
+    timings: TurnTimings = TurnTimings()
+
+
+# --- supervision -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceStatus(Event):
+    service: str
+    status: str  # "starting" | "running" | "restarting" | "failed" | "stopped"
+    restarts: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorRaised(Event):
+    where: str
+    message: str

@@ -1,0 +1,60 @@
+"""Logging to stdout (journald picks it up), with context fields, and the terminal's live status line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+_CONTEXT = ("turn_id", "brain", "service", "stage", "ms")
+
+
+class ContextFormatter(logging.Formatter):
+    """Appends context fields given with ``extra=`` as key=value, one fact per line."""
+
+    def __init__(self, journal: bool) -> None:
+        fmt = "%(levelname)s %(name)s: %(message)s" if journal else "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+        super().__init__(fmt, datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = [f"{key}={getattr(record, key)}" for key in _CONTEXT if hasattr(record, key)]
+        return f"{text} [{' '.join(fields)}]" if fields else text
+
+
+class StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Clears the live status line before a log line and redraws it after, so the two never mix."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.status = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            self.stream.write(f"\r\x1b[K{message}\n{self.status}")
+            self.flush()
+        except Exception:
+            self.handleError(record)
+
+    def set_status(self, text: str) -> None:
+        self.status = text
+        self.stream.write(f"\r\x1b[K{text}")
+        self.flush()
+
+
+def setup_logging(level: str = "INFO", status_line: bool = False, stream: TextIO | None = None) -> StatusAwareHandler | None:
+    import os
+
+    stream = stream or sys.stdout
+    journal = bool(os.environ.get("JOURNAL_STREAM")) or bool(os.environ.get("INVOCATION_ID"))
+    handler: logging.Handler = StatusAwareHandler(stream) if status_line else logging.StreamHandler(stream)
+    handler.setFormatter(ContextFormatter(journal))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "openai", "anthropic", "hpack", "hypercorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    return handler if isinstance(handler, StatusAwareHandler) else None
