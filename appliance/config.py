@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError
 
 from appliance.audio.config import AudioConfig
+from appliance.brains.config import FailoverConfig, RemoteConfig, ServerConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
 from appliance.hardware.config import GPIOConfig
 from appliance.listening.config import ListeningConfig
@@ -57,6 +58,9 @@ class AppConfig(Section):
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
     gpio: GPIOConfig = GPIOConfig()
+    remote: RemoteConfig = RemoteConfig()
+    failover: FailoverConfig = FailoverConfig()
+    server: ServerConfig = ServerConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     log: LogConfig = LogConfig()
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from appliance.settings_base import Section
 
@@ -51,8 +51,12 @@ class TTSConfig(Section):
 
 
 class ConversationConfig(Section):
-    brain: Literal["auto", "cloud", "offline"] = Field(
+    brain: Literal["auto", "cloud", "remote", "offline"] = Field(
         default="auto", description="auto = cloud when an API key is configured, offline otherwise"
+    )
+    brains: tuple[Literal["cloud", "remote", "offline"], ...] = Field(
+        default=(),
+        description='ordered fallback list, e.g. ["cloud", "remote", "offline"]; when set it replaces brain',
     )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     system_prompt_params: dict[str, str] = Field(default_factory=lambda: {"name": "Robo"})
@@ -61,3 +65,11 @@ class ConversationConfig(Section):
     offline_message: str = "I'm not connected to the internet right now, so I can't answer."
     error_message: str = "Sorry, I couldn't answer that. Please try again."
     error_display: float = Field(default=2.0, ge=0, description="seconds the error state stays on")
+
+    @field_validator("brains")
+    @classmethod
+    def _distinct_brains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return value

@@ -1,0 +1,657 @@
+"""``RemoteBrain``: replies from a conversation server on the LAN that speaks the AIAvatarKit WebSocket protocol.
+
+Two ways to run:
+
+* as a service (``run``, started by the supervisor or by :class:`FailoverBrain`): one session is kept open,
+  pinged every ``heartbeat_interval`` and reopened with exponential backoff when it breaks, so a turn never
+  pays for the handshake and a dead or frozen server is known before the user speaks;
+* alone (tests, ``appliance say``-style tools): each ``reply`` opens a session for that turn only.
+
+One reader task per connection reads every frame (so pongs are always processed) and hands the frames of the
+running turn to it. Frames of an earlier turn (a second ``final`` after an interruption, chunks still in
+flight after a barge-in) are recognised by their ``transaction_id`` and dropped.
+
+Failures are mapped once, here, into :mod:`appliance.errors`: refused or unreachable → ``ProviderUnavailable``,
+bad key → ``ProviderRejected``, no pong / no frames in time → ``ProviderTimeout``, unusable frames →
+``ProviderBadReply``. That is all :class:`~appliance.brains.failover.FailoverBrain` decides on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket_url,
+)
+
+from appliance.audio.base import CAPTURE_RATE, AudioClip
+from appliance.audio.convert import AudioFormatError, decode_wav, to_mono_int16
+from appliance.brains.avatar_protocol import (
+    SERVER_TYPES,
+    ProtocolError,
+    b64decode,
+    b64encode,
+    pcm16k,
+    tags_from_frame,
+)
+from appliance.brains._groups import single_error
+from appliance.brains.base import BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest
+from appliance.brains.config import RemoteConfig
+from appliance.conversation.tags import extract_tags
+from appliance.errors import (
+    ProviderBadReply,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+Frame = dict[str, Any]
+
+
+class RemoteCanceled(ProviderBadReply):
+    """The server gave up on the request (its speech recognition failed): another brain may understand it."""
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def map_connect_error(provider: str, url: str, exc: BaseException) -> ProviderError | None:
+    """Our error for a failure to open the WebSocket, or None when it is not a network failure."""
+    real = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    if len(real) != 1:
+        return None
+    leaf = real[0]
+    if isinstance(leaf, ProviderError):
+        return leaf
+    if isinstance(leaf, ConnectionRejected):
+        status = leaf.status_code
+        if status in (401, 403):
+            return ProviderRejected(provider, f"{url} refused our key (HTTP {status})")
+        return ProviderUnavailable(provider, f"{url} refused the WebSocket (HTTP {status})")
+    if isinstance(leaf, ConnectionTimeout):
+        return ProviderTimeout(provider, f"{url}: no WebSocket handshake in time")
+    if isinstance(leaf, HandshakeError | ConnectionClosed):
+        return ProviderUnavailable(provider, f"{url}: WebSocket handshake failed: {leaf}")
+    if isinstance(leaf, OSError):  # refused, unreachable, DNS failure (gaierror), TLS (SSLError)
+        return ProviderUnavailable(provider, f"cannot connect to {url}: {leaf.strerror or leaf}")
+    if isinstance(leaf, trio.BrokenResourceError | trio.ClosedResourceError):
+        return ProviderUnavailable(provider, f"{url}: connection lost during the handshake")
+    return None
+
+
+@dataclass(eq=False)
+class _Turn:
+    turn_id: str
+    transaction_id: str | None = None
+    send: trio.MemorySendChannel[Frame | ProviderError] = field(init=False)
+    receive: trio.MemoryReceiveChannel[Frame | ProviderError] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Unbounded: the reader task must never wait on a turn (pongs would stall); a turn reads as fast as
+        # frames come, and its frames are bounded by the one reply.
+        self.send, self.receive = trio.open_memory_channel[Frame | ProviderError](math.inf)
+
+
+class _Link:
+    """One open WebSocket connection and the session started on it."""
+
+    def __init__(self, ws: WebSocketConnection, session_id: str, provider: str) -> None:
+        self.ws = ws
+        self.session_id = session_id
+        self.provider = provider
+        self.turn: _Turn | None = None
+        self.awaiting_accept: list[_Turn] = []  # requests sent whose `accepted` has not come, oldest first
+        self.stale: set[str] = set()  # transactions of finished or abandoned turns
+        self.error: ProviderError | None = None
+        self.broken = trio.Event()
+        self.last_frame_at = trio.current_time()
+
+    async def send(self, frame: Frame) -> None:
+        if self.error is not None:
+            raise self.error
+        try:
+            await self.ws.send_message(json.dumps(frame, ensure_ascii=False))
+        except ConnectionClosed as exc:
+            raise ProviderUnavailable(self.provider, f"connection closed ({_reason(exc)})") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ProviderUnavailable(self.provider, f"connection lost: {exc}") from None
+
+    def begin(self, turn: _Turn) -> None:
+        self.turn = turn
+        self.awaiting_accept.append(turn)
+
+    def end(self, turn: _Turn, answered: bool) -> None:
+        if self.turn is turn:
+            self.turn = None
+        if turn.transaction_id:
+            self.stale.add(turn.transaction_id)
+            if len(self.stale) > 64:
+                self.stale.pop()
+        elif answered and turn in self.awaiting_accept:
+            self.awaiting_accept.remove(turn)  # this server does not send `accepted`
+        turn.send.close()
+
+    def deliver(self, frame: Frame) -> None:
+        kind = frame.get("type")
+        tx = frame.get("transaction_id") if isinstance(frame.get("transaction_id"), str) else None
+        if kind == "accepted":
+            owner = self.awaiting_accept.pop(0) if self.awaiting_accept else None
+            if owner is None or owner is not self.turn:
+                if tx:
+                    self.stale.add(tx)
+                log.debug("accepted for an abandoned request", extra={"brain": self.provider})
+                return
+            owner.transaction_id = tx
+        elif tx and tx in self.stale:
+            log.debug("dropped %s of an earlier turn", kind, extra={"brain": self.provider})
+            return
+        turn = self.turn
+        if turn is None:
+            if kind not in ("final", "stop", "connected"):
+                log.debug("frame %s between turns ignored", kind, extra={"brain": self.provider})
+            return
+        if tx:
+            if turn.transaction_id is None:
+                turn.transaction_id = tx
+            elif tx != turn.transaction_id:
+                log.debug("dropped %s of transaction %s", kind, tx, extra={"brain": self.provider})
+                return
+        turn.send.send_nowait(frame)
+
+    def fail(self, error: ProviderError) -> None:
+        if self.error is None:
+            self.error = error
+        if self.turn is not None:
+            self.turn.send.send_nowait(error)
+        self.broken.set()
+
+
+def _reason(exc: ConnectionClosed) -> str:
+    reason = exc.reason
+    if reason is None:
+        return "no reason"
+    return f"code {reason.code}" + (f": {reason.reason}" if reason.reason else "")
+
+
+@dataclass(eq=False)
+class _PcmSpeech:
+    """A PCM-mode sentence: its descriptor, and the raw audio frames collected so far."""
+
+    audio_id: str
+    text: str
+    voice_text: str
+    tags: tuple[Tag, ...]
+    sample_rate: int
+    channels: int
+    sample_width: int
+    frame_count: int
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.size >= self.frame_count * self.channels * self.sample_width
+
+    def chunk(self) -> ReplyChunk:
+        raw = b"".join(self.parts)
+        try:
+            samples = to_mono_int16(raw[: len(raw) - len(raw) % self.sample_width], self.sample_width, self.channels)
+        except AudioFormatError as exc:
+            raise ProtocolError(f"PCM chunk {self.audio_id}: {exc}") from None
+        audio = AudioClip(samples, self.sample_rate) if samples.size else None
+        return ReplyChunk(self.text, self.voice_text, self.tags, audio)
+
+
+class _ReplyReader:
+    """Turns one transaction's frames into our reply chunks (sentence by sentence, tags attached)."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.pending_tags: list[Tag] = []
+        self.pcm: _PcmSpeech | None = None
+
+    def _text(self, frame: Frame) -> tuple[str, str, tuple[Tag, ...]]:
+        text = frame.get("text") if isinstance(frame.get("text"), str) else ""
+        voice = frame.get("voice_text")
+        tags = tags_from_frame(frame)
+        if not isinstance(voice, str):
+            voice, text_tags = extract_tags(text)
+            known = {(t.name, t.value) for t in tags}
+            tags += tuple(t for t in text_tags if (t.name, t.value) not in known)
+        return text, voice.strip(), tags
+
+    def chunk(self, frame: Frame) -> list[ReplyChunk]:
+        """The chunks a ``chunk`` frame completes (often one, none for an empty or tags-only frame)."""
+        meta = frame.get("metadata") if isinstance(frame.get("metadata"), dict) else {}
+        pcm_format = meta.get("pcm_format")
+        audio_id = meta.get("audio_id", frame.get("audio_id"))
+        done: list[ReplyChunk] = []
+        if pcm_format is not None:
+            done += self.flush_pcm()
+            self.pcm = self._descriptor(frame, meta, pcm_format, audio_id)
+            if self.pcm.complete:
+                done += self.flush_pcm()
+            return done
+        if self.pcm is not None and audio_id is not None and audio_id == self.pcm.audio_id:
+            data = b64decode(frame.get("audio_data") or "", f"PCM chunk {audio_id}")
+            self.pcm.parts.append(data)
+            self.pcm.size += len(data)
+            return self.flush_pcm() if self.pcm.complete else []
+        done += self.flush_pcm()
+        text, voice, tags = self._text(frame)
+        audio = None
+        if frame.get("audio_data"):
+            wav = b64decode(frame["audio_data"], "chunk audio_data")
+            try:
+                audio = decode_wav(wav, name="chunk audio_data")
+            except AudioFormatError as exc:
+                raise ProtocolError(str(exc)) from None
+        if not voice and audio is None:
+            self.pending_tags.extend(tags)  # an empty chunk, or tags that belong to the next sentence
+            return done
+        done.append(self._with_pending(ReplyChunk(text, voice, tags, audio)))
+        return done
+
+    def _descriptor(self, frame: Frame, meta: dict[str, Any], fmt: Any, audio_id: Any) -> _PcmSpeech:
+        if not isinstance(fmt, dict):
+            raise ProtocolError("metadata.pcm_format is not an object")
+        try:
+            rate, channels, width = int(fmt["sample_rate"]), int(fmt.get("channels", 1)), int(fmt.get("sample_width", 2))
+            count = int(meta.get("audio_frame_count", frame.get("audio_frame_count", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad pcm_format {fmt!r}: {exc}") from None
+        if rate <= 0 or channels <= 0 or width not in (1, 2, 4) or count < 0:
+            raise ProtocolError(f"unusable pcm_format {fmt!r} with {count} frames")
+        text, voice, tags = self._text(frame)
+        speech = _PcmSpeech(str(audio_id), text, voice, tags, rate, channels, width, count)
+        if frame.get("audio_data"):
+            data = b64decode(frame["audio_data"], "PCM descriptor audio_data")
+            speech.parts.append(data)
+            speech.size += len(data)
+        return speech
+
+    def flush_pcm(self) -> list[ReplyChunk]:
+        speech, self.pcm = self.pcm, None
+        if speech is None:
+            return []
+        chunk = speech.chunk()
+        if not chunk.voice_text and chunk.audio is None:
+            self.pending_tags.extend(chunk.tags)
+            return []
+        return [self._with_pending(chunk)]
+
+    def finish(self) -> list[ReplyChunk]:
+        done = self.flush_pcm()
+        if self.pending_tags:  # tags after the last sentence still show
+            done.append(ReplyChunk("", "", tuple(self.pending_tags), None))
+            self.pending_tags = []
+        return done
+
+    def _with_pending(self, chunk: ReplyChunk) -> ReplyChunk:
+        if not self.pending_tags:
+            return chunk
+        tags = tuple(self.pending_tags) + chunk.tags
+        self.pending_tags = []
+        return ReplyChunk(chunk.text, chunk.voice_text, tags, chunk.audio)
+
+
+class RemoteBrain:
+    """A :class:`~appliance.brains.base.Brain` backed by an AIAvatarKit-protocol server."""
+
+    def __init__(self, config: RemoteConfig, *, name: str = "remote", ssl_context: ssl.SSLContext | None = None) -> None:
+        self.config = config
+        self.name = name
+        self._api_key = config.api_key.get_secret_value() if config.api_key else None
+        self._ssl = ssl_context
+        if self._ssl is None and config.url.startswith("wss:"):
+            self._ssl = ssl.create_default_context()
+            if not config.verify_tls:
+                self._ssl.check_hostname = False
+                self._ssl.verify_mode = ssl.CERT_NONE
+        self._link: _Link | None = None
+        self._managed = False
+        self._attempt: trio.Event | None = None  # set when the connection attempt in flight has ended
+        self._turn_lock = trio.Lock()
+        self._contexts: dict[str, str] = {}  # our conversation id → the server's context id
+        self.last_error: ProviderError | None = None
+        self.connects = 0
+
+    # --- connection -----------------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and self._link.error is None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep one session open for as long as this runs: heartbeat, and reconnect with backoff."""
+        cfg = self.config
+        self._managed = True
+        task_status.started()
+        delay = cfg.reconnect_initial_delay
+        try:
+            while True:
+                self._attempt = trio.Event()
+                try:
+                    async with self._session() as link:
+                        self._link = link
+                        self._attempt.set()
+                        self.last_error = None
+                        delay = cfg.reconnect_initial_delay
+                        log.info("connected to %s", cfg.url, extra={"brain": self.name})
+                        await link.broken.wait()
+                        assert link.error is not None
+                        raise link.error
+                except ProviderError as exc:
+                    self.last_error = exc
+                    log.warning("%s; reconnecting in %.1f s", exc, delay, extra={"brain": self.name})
+                finally:
+                    self._link = None
+                    self._attempt.set()
+                await trio.sleep(delay)
+                delay = min(delay * 2, cfg.reconnect_max_delay)
+        finally:
+            self._managed = False
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[_Link]:
+        """Connect, start a session and keep its reader and heartbeat running while the body runs."""
+        with self._mapped_errors():
+            async with trio.open_nursery() as nursery:
+                link = await self._open(nursery)
+                try:
+                    yield link
+                finally:
+                    try:
+                        with trio.move_on_after(0.5):  # a frozen server never completes the close handshake
+                            await link.ws.aclose()
+                    finally:
+                        nursery.cancel_scope.cancel()
+
+    @contextmanager
+    def _mapped_errors(self) -> Iterator[None]:
+        """The connection's own failures (also those its background reader raises) as our errors."""
+        try:
+            with single_error():
+                yield
+        except ProviderError:
+            raise
+        except BaseException as exc:
+            mapped = map_connect_error(self.name, self.config.url, exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+
+    async def _open(self, nursery: trio.Nursery) -> _Link:
+        cfg = self.config
+        headers = [(b"Authorization", f"Bearer {self._api_key}".encode())] if self._api_key else []
+        try:
+            with trio.fail_after(cfg.connect_timeout):
+                ws = await connect_websocket_url(
+                    nursery, cfg.url, self._ssl, extra_headers=headers, message_queue_size=64,
+                    max_message_size=16 * 1024 * 1024,
+                )
+                link = _Link(ws, uuid.uuid4().hex, self.name)
+                await self._start(link)
+        except trio.TooSlowError:
+            raise ProviderTimeout(self.name, f"{cfg.url}: no session within {cfg.connect_timeout:g} s") from None
+        except ProviderError:
+            raise
+        except BaseException as exc:
+            mapped = map_connect_error(self.name, cfg.url, exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+        self.connects += 1
+        nursery.start_soon(self._read, link)
+        nursery.start_soon(self._heartbeat, link)
+        return link
+
+    async def _start(self, link: _Link) -> None:
+        await link.send({"type": "start", "session_id": link.session_id, "user_id": self.config.user_id,
+                         "context_id": None, "metadata": {"client": "appliance"}})
+        while True:
+            frame = await self._next_frame(link)
+            kind = frame.get("type")
+            if kind == "connected":
+                return
+            if kind in ("error", "final") and _error_text(frame):
+                raise ProviderRejected(self.name, f"session refused: {_error_text(frame)}")
+            log.debug("frame %s before connected ignored", kind, extra={"brain": self.name})
+
+    async def _next_frame(self, link: _Link) -> Frame:
+        try:
+            message = await link.ws.get_message()
+        except ConnectionClosed as exc:
+            raise ProviderUnavailable(self.name, f"server closed the connection ({_reason(exc)})") from None
+        link.last_frame_at = trio.current_time()
+        return self._parse(message)
+
+    def _parse(self, message: str | bytes) -> Frame:
+        if isinstance(message, bytes):
+            raise ProviderBadReply(self.name, f"binary frame of {len(message)} bytes where JSON text was expected")
+        try:
+            frame = json.loads(message)
+        except json.JSONDecodeError as exc:
+            raise ProviderBadReply(self.name, f"malformed JSON frame ({exc.msg} at {exc.pos}): {message[:80]!r}") from None
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            raise ProviderBadReply(self.name, f"frame without a type: {message[:80]!r}")
+        return frame
+
+    async def _read(self, link: _Link) -> None:
+        while True:
+            try:
+                frame = await self._next_frame(link)
+            except ProviderBadReply as exc:
+                # One bad frame spoils the turn it belongs to; the connection itself is still usable.
+                log.warning("%s", exc, extra={"brain": self.name})
+                if link.turn is not None:
+                    link.turn.send.send_nowait(exc)
+                continue
+            except ProviderError as exc:
+                link.fail(exc)
+                return
+            if frame["type"] not in SERVER_TYPES:
+                log.info("unknown frame type %r ignored", frame["type"], extra={"brain": self.name})
+                continue
+            link.deliver(frame)
+
+    async def _heartbeat(self, link: _Link) -> None:
+        cfg = self.config
+        while True:
+            await trio.sleep(cfg.heartbeat_interval)
+            try:
+                with trio.fail_after(cfg.heartbeat_timeout):
+                    await link.ws.ping()
+            except trio.TooSlowError:
+                link.fail(ProviderTimeout(self.name, f"no pong within {cfg.heartbeat_timeout:g} s: server frozen"))
+                return
+            except ConnectionClosed as exc:
+                link.fail(ProviderUnavailable(self.name, f"server closed the connection ({_reason(exc)})"))
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                link.fail(ProviderUnavailable(self.name, f"connection lost: {exc}"))
+                return
+
+    async def probe(self) -> None:
+        """Raise unless the server answers now: a ping on the open session, or a fresh session when alone."""
+        link = self._link
+        if self._managed:
+            if link is None or link.error is not None:
+                raise self.last_error or ProviderUnavailable(self.name, "not connected")
+            try:
+                with trio.fail_after(self.config.heartbeat_timeout):
+                    await link.ws.ping()
+            except trio.TooSlowError:
+                raise ProviderTimeout(self.name, "no pong: server frozen") from None
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ProviderUnavailable(self.name, "connection lost") from None
+            return
+        async with self._session():
+            pass
+
+    # --- turns ----------------------------------------------------------------------------------------------
+
+    async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        async with out, self._turn_lock:
+            if not self._managed:
+                async with self._session() as link:
+                    await self._turn(link, request, out)
+                return
+            link = self._link
+            if link is None and self._attempt is not None and not self._attempt.is_set():
+                with trio.move_on_after(self.config.connect_timeout):
+                    await self._attempt.wait()  # the first connection is being opened right now
+                link = self._link
+            if link is None or link.error is not None:
+                known = link.error if link is not None else self.last_error
+                raise known or ProviderUnavailable(self.name, f"not connected to {self.config.url}")
+            await self._turn(link, request, out)
+
+    async def _turn(self, link: _Link, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        turn = _Turn(request.turn_id)
+        link.begin(turn)
+        answered = False
+        try:
+            await self._send_request(link, request)
+            answered = await self._receive(link, turn, request, out)
+        finally:
+            link.end(turn, answered)
+
+    async def _send_request(self, link: _Link, request: TurnRequest) -> None:
+        utterance = request.utterance
+        context_id = self._contexts.get(request.conversation_id)
+        metadata: dict[str, Any] = {"turn_id": request.turn_id, "conversation_id": request.conversation_id}
+        if context_id is None and request.history:
+            # A server meeting this conversation for the first time (we just failed over to it) may use what
+            # was said so far; AIAvatarKit ignores unknown metadata.
+            metadata["history"] = [{"role": m.role, "content": m.content} for m in request.history]
+        if self.config.input == "stream" and utterance.audio is not None and not utterance.text:
+            await self._stream(link, utterance.audio)
+            return
+        frame: Frame = {
+            "type": "invoke",
+            "session_id": link.session_id,
+            "user_id": self.config.user_id,
+            "context_id": context_id,
+            "system_prompt_params": dict(request.prompt_params),
+            "files": [],
+            "metadata": metadata,
+        }
+        if utterance.text:
+            frame["text"] = utterance.text
+        else:
+            assert utterance.audio is not None
+            frame["audio_data"] = b64encode(pcm16k(utterance.audio))
+        await link.send(frame)
+
+    async def _stream(self, link: _Link, audio: AudioClip) -> None:
+        """The utterance as mic data frames, then silence, so the server's own VAD ends it."""
+        pcm = pcm16k(audio) + bytes(int(self.config.stream_tail * CAPTURE_RATE) * 2)
+        step = self.config.stream_block_ms * CAPTURE_RATE // 1000 * 2
+        for start in range(0, len(pcm), step):
+            await link.send({"type": "data", "session_id": link.session_id,
+                             "audio_data": b64encode(pcm[start : start + step])})
+
+    async def _receive(
+        self, link: _Link, turn: _Turn, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]
+    ) -> bool:
+        """Forward the reply; True once the server said it was finished."""
+        cfg = self.config
+        reader = _ReplyReader(self.name)
+        heard = False
+        deadline = trio.current_time() + cfg.reply_timeout
+        text = request.utterance.text
+
+        async def send_heard(words: str | None) -> None:
+            nonlocal heard
+            if not heard and words and words.strip():
+                heard = True
+                await out.send(Transcript(words.strip()))
+
+        while True:
+            item: Frame | ProviderError | None = None
+            with trio.move_on_at(deadline):
+                item = await turn.receive.receive()
+            if item is None:
+                raise ProviderTimeout(self.name, "the server stopped answering in the middle of a turn")
+            if isinstance(item, ProviderError):
+                raise item
+            frame = item
+            kind = frame["type"]
+            if isinstance(frame.get("context_id"), str) and frame["context_id"]:
+                self._contexts[request.conversation_id] = frame["context_id"]
+            meta = frame.get("metadata") if isinstance(frame.get("metadata"), dict) else {}
+            if kind in ("accepted", "start", "chunk", "voiced"):
+                deadline = trio.current_time() + cfg.frame_timeout
+            if kind == "start":
+                await send_heard(meta.get("request_text") or text)
+            elif kind == "chunk":
+                await send_heard(text)  # a server that lost its `start`: we know what we asked
+                try:
+                    chunks = reader.chunk(frame)
+                except ProtocolError as exc:
+                    raise ProviderBadReply(self.name, str(exc)) from None
+                for chunk in chunks:
+                    await out.send(chunk)
+            elif kind == "final":
+                await send_heard(meta.get("request_text") or text)
+                try:
+                    chunks = reader.finish()
+                except ProtocolError as exc:
+                    raise ProviderBadReply(self.name, str(exc)) from None
+                for chunk in chunks:
+                    await out.send(chunk)
+                if meta.get("interrupted"):
+                    log.info("server reports the reply was interrupted", extra={"brain": self.name})
+                error = _error_text(frame)
+                if error and not heard and not chunks:
+                    raise ProviderUnavailable(self.name, f"server error: {error}")
+                return True
+            elif kind == "stop":
+                log.info("server asked to stop speaking", extra={"brain": self.name, "turn_id": turn.turn_id})
+                return True
+            elif kind == "canceled":
+                raise RemoteCanceled(self.name, "the server canceled the request (its speech recognition failed)")
+            elif kind == "error":
+                raise ProviderUnavailable(self.name, f"server error: {_error_text(frame) or 'no detail'}")
+            elif kind == "tool_call":
+                tool = meta.get("tool_call")
+                log.info("server calls tool %s", tool.get("name") if isinstance(tool, dict) else tool,
+                         extra={"brain": self.name})
+            elif kind == "vision":
+                log.info("server asks for an image (%s); not supported", meta.get("source"), extra={"brain": self.name})
+
+    async def aclose(self) -> None:
+        return None  # connections live in `run` / `reply` and close with them
+
+
+def _error_text(frame: Frame) -> str | None:
+    meta = frame.get("metadata")
+    if isinstance(meta, dict):
+        error = meta.get("error")
+        if error:
+            return str(error)[:300]
+    if frame.get("type") == "error":
+        text = frame.get("text")
+        return str(text)[:300] if text else None
+    return None

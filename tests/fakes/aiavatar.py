@@ -1,0 +1,360 @@
+"""A strict fake AIAvatarKit (0.9.x) WebSocket server on 127.0.0.1, written from the protocol description alone.
+
+Strict: every client frame is checked (type, ``session_id``, field types, base64 PCM of whole samples, a
+``start`` before anything else, no unknown keys); each breach is recorded in ``violations`` and answered the
+way the real server does (a ``final`` carrying an error, then close, when ``session_id`` is missing).
+
+Real servers' quirks, each switchable in ``quirks``:
+  ``empty_chunks``   empty ``chunk`` frames before the first sentence's tags
+  ``no_first_start`` no ``start`` frame for the session's first text ``invoke``
+  ``double_final``   two ``final`` frames after an interruption
+  ``canceled_stt``   ``canceled`` when speech recognition finds nothing in the audio
+(all on by default: a client must tolerate them). No pings of its own; pongs are automatic.
+
+Faults to inject (``fault``): ``close_mid_reply``, ``silent`` (accepts, never answers), ``malformed``
+(broken JSON instead of a chunk), ``unknown_types`` (frames of unknown types before the reply),
+``error`` (an ``error`` frame), ``binary`` (a binary frame). A refused key is a handshake 403.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from appliance.audio.base import AudioClip
+from appliance.audio.convert import encode_wav
+from appliance.brains.avatar_protocol import CLIENT_TYPES
+
+ALL_QUIRKS = frozenset({"empty_chunks", "no_first_start", "double_final", "canceled_stt"})
+
+_ALLOWED_KEYS = {
+    "start": {"type", "session_id", "user_id", "context_id", "metadata"},
+    "data": {"type", "session_id", "audio_data"},
+    "invoke": {"type", "session_id", "user_id", "context_id", "text", "audio_data", "system_prompt_params",
+               "files", "metadata"},
+    "config": {"type", "session_id", "metadata"},
+    "stop": {"type", "session_id"},
+}
+
+
+def tone(seconds: float, rate: int = 24_000, freq: float = 440.0) -> AudioClip:
+    t = np.arange(int(seconds * rate)) / rate
+    return AudioClip((np.sin(2 * math.pi * freq * t) * 8000).astype(np.int16), rate)
+
+
+def default_stt(pcm: bytes) -> str | None:
+    """'Recognises' audio by its loudness: speech becomes a fixed sentence, silence nothing."""
+    samples = np.frombuffer(pcm, dtype="<i2")
+    if samples.size == 0 or int(np.abs(samples.astype(np.int32)).max()) < 1000:
+        return None
+    return f"spoken words of {samples.size * 1000 // 16000} ms"
+
+
+def default_reply(text: str, history: list[dict[str, str]]) -> list[str]:
+    return [f"[face:joy] You said: {text}.", f"That is turn {len(history) // 2 + 1}."]
+
+
+@dataclass
+class _Session:
+    session_id: str
+    user_id: str
+    context_id: str | None = None
+    text_invokes: int = 0
+    scope: trio.CancelScope | None = None
+    transaction_id: str | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    pcm: bytearray = field(default_factory=bytearray)
+    in_speech: bool = False
+    quiet: int = 0
+
+
+class FakeAvatarServer:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = "secret-key",
+        reply: Callable[[str, list[dict[str, str]]], list[str]] = default_reply,
+        stt: Callable[[bytes], str | None] = default_stt,
+        quirks: frozenset[str] | set[str] = ALL_QUIRKS,
+        pcm: bool = False,
+        speech_seconds: float = 0.05,
+        chunk_delay: float = 0.0,
+    ) -> None:
+        self.api_key = api_key
+        self.reply = reply
+        self.stt = stt
+        self.quirks = set(quirks)
+        self.pcm = pcm
+        self.speech_seconds = speech_seconds
+        self.chunk_delay = chunk_delay
+        self.fault: str | None = None
+        self.port = 0
+        self.frames: list[dict[str, Any]] = []  # every client frame that parsed
+        self.requests: list[dict[str, Any]] = []  # invokes and streamed utterances: {"text"|"audio": ...}
+        self.violations: list[str] = []
+        self.connections = 0
+        self.refused = 0
+        self.histories: dict[str, list[dict[str, str]]] = {}
+        self.replied = 0
+
+    # --- serving --------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_websocket, self._handle, "127.0.0.1", 0, None)
+            self.port = server.port
+            task_status.started(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        if request.path != "/ws":
+            await request.reject(404)
+            return
+        if self.api_key is not None:
+            headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+            if headers.get("authorization") != f"Bearer {self.api_key}":
+                self.refused += 1
+                await request.reject(403, body=b"policy violation: bad key")
+                return
+        ws = await request.accept()
+        self.connections += 1
+        sessions: dict[str, _Session] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    message = await ws.get_message()
+                    if not await self._on_message(ws, message, sessions, nursery):
+                        nursery.cancel_scope.cancel()
+                        await ws.aclose()
+                        return
+        except* ConnectionClosed:
+            pass  # the client went away; nothing to answer
+
+    def _violation(self, text: str) -> None:
+        self.violations.append(text)
+
+    async def _send(self, ws: WebSocketConnection, session: _Session | None, kind: str, **fields: Any) -> None:
+        frame = {
+            "type": kind,
+            "session_id": session.session_id if session else None,
+            "user_id": session.user_id if session else None,
+            "context_id": session.context_id if session else None,
+            "transaction_id": session.transaction_id if session else None,
+            "text": None, "voice_text": None, "language": None, "control_tags": [],
+            "avatar_control_request": None, "audio_data": None, "metadata": {},
+        }
+        frame.update(fields)
+        await ws.send_message(json.dumps(frame))
+
+    async def _on_message(self, ws: WebSocketConnection, message: str | bytes, sessions: dict[str, _Session],
+                          nursery: trio.Nursery) -> bool:
+        if isinstance(message, bytes):
+            self._violation("binary frame from client")
+            return True
+        try:
+            frame = json.loads(message)
+        except json.JSONDecodeError:
+            self._violation(f"malformed JSON from client: {message[:60]!r}")
+            return True
+        if not isinstance(frame, dict):
+            self._violation("frame is not an object")
+            return True
+        kind = frame.get("type")
+        if kind not in CLIENT_TYPES:
+            self._violation(f"unknown client frame type {kind!r}")
+            return True
+        extra = set(frame) - _ALLOWED_KEYS[kind]
+        if extra:
+            self._violation(f"{kind}: unknown keys {sorted(extra)}")
+        session_id = frame.get("session_id")
+        if not isinstance(session_id, str) or not session_id:
+            self._violation(f"{kind} without session_id")
+            await self._send(ws, None, "final", metadata={"error": "session_id is required"})
+            return False
+        self.frames.append(frame)
+        if kind == "start":
+            if not isinstance(frame.get("user_id"), str | None) or not isinstance(frame.get("metadata"), dict | None):
+                self._violation("start: user_id/metadata of the wrong type")
+            if not isinstance(frame.get("context_id"), str | None):
+                self._violation("start: context_id of the wrong type")
+            session = _Session(session_id, frame.get("user_id") or "user", frame.get("context_id"))
+            sessions[session_id] = session
+            await self._send(ws, session, "connected")
+            return True
+        session = sessions.get(session_id)
+        if session is None:
+            self._violation(f"{kind} for a session that was never started")
+            await self._send(ws, None, "error", metadata={"error": "unknown session"})
+            return True
+        if kind == "stop":
+            if session.scope is not None:
+                session.scope.cancel()
+            del sessions[session_id]
+            return True
+        if kind == "config":
+            if not isinstance(frame.get("metadata"), dict):
+                self._violation("config: metadata is not an object")
+            return True
+        if kind == "data":
+            pcm = self._pcm(frame.get("audio_data"), "data.audio_data")
+            if pcm is not None:
+                await self._listen(ws, session, pcm, nursery)
+            return True
+        # invoke
+        text, audio = frame.get("text"), frame.get("audio_data")
+        if text is not None and not isinstance(text, str):
+            self._violation("invoke: text is not a string")
+        if not text and audio is None:
+            self._violation("invoke without text or audio_data")
+            return True
+        for key, typ in (("system_prompt_params", dict), ("files", list), ("metadata", dict)):
+            if frame.get(key) is not None and not isinstance(frame[key], typ):
+                self._violation(f"invoke: {key} is not a {typ.__name__}")
+        context_id = frame.get("context_id")
+        if context_id is not None and context_id not in self.histories:
+            self._violation(f"invoke: context_id {context_id!r} was never given out")
+        pcm = self._pcm(audio, "invoke.audio_data") if audio is not None and not text else None
+        request = {"text": text} if text else {"audio": pcm}
+        request["metadata"] = frame.get("metadata") or {}
+        self.requests.append(request)
+        await self._begin(ws, session, nursery, text=text or None, pcm=pcm, context_id=context_id)
+        return True
+
+    def _pcm(self, value: Any, what: str) -> bytes | None:
+        if not isinstance(value, str):
+            self._violation(f"{what} is not a string")
+            return None
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            self._violation(f"{what} is not base64")
+            return None
+        if len(data) % 2:
+            self._violation(f"{what} holds half a sample ({len(data)} bytes)")
+        return data
+
+    async def _listen(self, ws: WebSocketConnection, session: _Session, pcm: bytes, nursery: trio.Nursery) -> None:
+        """The server's VAD over streamed data: loud 20 ms blocks start speech, 0.5 s of quiet ends it."""
+        samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2")
+        for start in range(0, samples.size, 320):
+            block = samples[start : start + 320]
+            loud = block.size and int(np.abs(block.astype(np.int32)).max()) >= 1000
+            if loud and not session.in_speech:
+                session.in_speech, session.quiet = True, 0
+                await self._send(ws, session, "voiced")
+            if session.in_speech:
+                session.pcm.extend(block.astype("<i2").tobytes())
+                session.quiet = 0 if loud else session.quiet + 1
+                if session.quiet >= 25:
+                    utterance = bytes(session.pcm)
+                    session.pcm.clear()
+                    session.in_speech = False
+                    self.requests.append({"audio": utterance, "metadata": {}, "streamed": True})
+                    await self._begin(ws, session, nursery, text=None, pcm=utterance, context_id=session.context_id)
+
+    async def _begin(self, ws: WebSocketConnection, session: _Session, nursery: trio.Nursery, *, text: str | None,
+                     pcm: bytes | None, context_id: str | None) -> None:
+        if session.scope is not None and not session.done.is_set():
+            session.scope.cancel()
+            await session.done.wait()
+            await self._send(ws, session, "final", metadata={"interrupted": True})
+            if "double_final" in self.quirks:
+                await self._send(ws, session, "final", metadata={"interrupted": True})
+        session.scope, session.done = trio.CancelScope(), trio.Event()
+        session.transaction_id = uuid.uuid4().hex
+        session.context_id = context_id or uuid.uuid4().hex
+        self.histories.setdefault(session.context_id, [])
+        nursery.start_soon(self._respond, ws, session, session.scope, session.done, text, pcm)
+
+    async def _respond(self, ws: WebSocketConnection, session: _Session, scope: trio.CancelScope, done: trio.Event,
+                       text: str | None, pcm: bytes | None) -> None:
+        try:
+            with scope:
+                await self._reply(ws, session, text, pcm)
+        except ConnectionClosed:
+            pass
+        finally:
+            done.set()
+
+    async def _reply(self, ws: WebSocketConnection, session: _Session, text: str | None, pcm: bytes | None) -> None:
+        await self._send(ws, session, "accepted")
+        if self.fault == "silent":
+            await trio.sleep_forever()
+        if self.fault == "error":
+            await self._send(ws, session, "error", metadata={"error": "LLM backend unavailable"})
+            return
+        if self.fault == "unknown_types":
+            await self._send(ws, session, "thinking_hard", metadata={"note": "a type from a newer server"})
+        if self.fault == "binary":
+            await ws.send_message(b"\x00\x01binary")
+        if text is None:
+            assert pcm is not None
+            text = self.stt(pcm)
+            if text is None:
+                if "canceled_stt" in self.quirks:
+                    await self._send(ws, session, "canceled")
+                else:
+                    await self._send(ws, session, "final", metadata={"error": "speech recognition failed"})
+                return
+        else:
+            session.text_invokes += 1
+        if not (text and session.text_invokes == 1 and "no_first_start" in self.quirks):
+            await self._send(ws, session, "start", metadata={"request_text": text})
+        history = self.histories[session.context_id or ""]
+        sentences = self.reply(text, history)
+        if "empty_chunks" in self.quirks:
+            await self._send(ws, session, "chunk", text="", voice_text="")
+            await self._send(ws, session, "chunk")
+        spoken = []
+        for index, sentence in enumerate(sentences):
+            if index and self.fault == "close_mid_reply":
+                await ws.aclose(1011, "server going away")
+                return
+            if self.fault == "malformed":
+                await ws.send_message('{"type": "chunk", "text": "broken')
+                return
+            await trio.sleep(self.chunk_delay)
+            await self._chunk(ws, session, sentence)
+            spoken.append(sentence)
+        history += [{"role": "user", "content": text}, {"role": "assistant", "content": " ".join(spoken)}]
+        self.replied += 1
+        await self._send(ws, session, "final", text=" ".join(spoken), metadata={"request_text": text})
+
+    async def _chunk(self, ws: WebSocketConnection, session: _Session, sentence: str) -> None:
+        from appliance.conversation.tags import extract_tags
+
+        voice, tags = extract_tags(sentence)
+        control = None
+        faces = [t for t in tags if t.name == "face"]
+        animations = [t for t in tags if t.name == "animation"]
+        if faces or animations:
+            control = {"face_name": faces[0].value if faces else None, "face_duration": 4.0,
+                       "animation_name": animations[0].value if animations else None, "animation_duration": 3.0}
+        clip = tone(self.speech_seconds)
+        common = {"text": sentence, "voice_text": voice, "avatar_control_request": control,
+                  "control_tags": [{"name": t.name, "attributes": {"name": t.value}} for t in tags]}
+        if not self.pcm:
+            await self._send(ws, session, "chunk", audio_data=base64.b64encode(encode_wav(clip)).decode(), **common)
+            return
+        audio_id = uuid.uuid4().hex
+        raw = clip.pcm()
+        await self._send(ws, session, "chunk", **common, metadata={
+            "pcm_format": {"sample_rate": clip.sample_rate, "channels": 1, "sample_width": 2},
+            "audio_id": audio_id, "audio_frame_count": len(clip.samples)})
+        step = 4800
+        for start in range(0, len(raw), step):
+            await self._send(ws, session, "chunk", audio_data=base64.b64encode(raw[start : start + step]).decode(),
+                             metadata={"audio_id": audio_id})

@@ -1,0 +1,256 @@
+"""RemoteBrain against the strict fake AIAvatarKit server: replies, quirks, PCM mode, streaming, and faults."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+
+from appliance.brains.base import ReplyChunk, Transcript
+from appliance.brains.remote import RemoteBrain, RemoteCanceled
+from appliance.errors import ProviderBadReply, ProviderRejected, ProviderTimeout, ProviderUnavailable
+from tests.fakes.aiavatar import FakeAvatarServer
+from tests.fakes.tcp import FailingResolver, FreezableProxy, refused_port
+from tests.remote_helpers import collect, heard, loopback_clock, remote, request, speech, spoken
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return loopback_clock()
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> FakeAvatarServer:
+    fake = FakeAvatarServer()
+    await nursery.start(fake.run)
+    return fake
+
+
+async def test_text_reply_with_faces_and_quirks(server: FakeAvatarServer) -> None:
+    items = await collect(remote(server.url), request("hello robot"))
+    assert isinstance(items[0], Transcript) and items[0].text == "hello robot"  # although `start` was missing
+    chunks = [i for i in items if isinstance(i, ReplyChunk)]
+    assert [c.voice_text for c in chunks] == ["You said: hello robot.", "That is turn 1."]
+    assert chunks[0].text == "[face:joy] You said: hello robot."
+    face = chunks[0].tags[0]
+    assert (face.name, face.value, face.attribute("duration")) == ("face", "joy", "4")
+    assert len(chunks[0].tags) == 1  # avatar_control_request and control_tags name the same face once
+    assert all(c.audio is not None and c.audio.duration > 0 for c in chunks)
+    assert server.violations == []
+
+
+async def test_audio_utterance_is_sent_as_16k_pcm(server: FakeAvatarServer) -> None:
+    clip = speech(0.5, rate=48_000)
+    items = await collect(remote(server.url), request(None, audio=clip))
+    assert heard(items) == ["spoken words of 500 ms"]
+    assert len(server.requests[0]["audio"]) == 16_000  # 0.5 s at 16 kHz, 2 bytes a sample
+    assert server.violations == []
+
+
+async def test_pcm_mode_reassembles_sentences(nursery: trio.Nursery) -> None:
+    fake = FakeAvatarServer(pcm=True, speech_seconds=0.5)
+    await nursery.start(fake.run)
+    items = await collect(remote(fake.url), request("hi"))
+    chunks = [i for i in items if isinstance(i, ReplyChunk)]
+    assert [c.voice_text for c in chunks] == ["You said: hi.", "That is turn 1."]
+    assert all(c.audio is not None and len(c.audio.samples) == 12_000 for c in chunks)
+    assert chunks[0].audio.sample_rate == 24_000
+    assert fake.violations == []
+
+
+async def test_context_carries_over_between_turns(server: FakeAvatarServer) -> None:
+    brain = remote(server.url)
+    await collect(brain, request("one", turn="a"))
+    items = await collect(brain, request("two", turn="b"))
+    assert spoken(items)[-1] == "That is turn 2."
+    invokes = [f for f in server.frames if f["type"] == "invoke"]
+    assert invokes[0]["context_id"] is None and invokes[1]["context_id"]
+    assert server.violations == []
+
+
+async def test_history_is_offered_to_a_server_new_to_the_conversation(server: FakeAvatarServer) -> None:
+    from appliance.brains.base import Message
+
+    history = (Message("user", "earlier"), Message("assistant", "yes"))
+    await collect(remote(server.url), request("now", history=history))
+    assert server.requests[0]["metadata"]["history"][0] == {"role": "user", "content": "earlier"}
+
+
+async def test_stream_input_lets_the_server_vad_end_the_utterance(server: FakeAvatarServer) -> None:
+    items = await collect(remote(server.url, input="stream"), request(None, audio=speech(0.4)))
+    assert heard(items) == ["spoken words of 400 ms"] or heard(items)[0].startswith("spoken words")
+    assert server.requests[0].get("streamed") is True
+    assert any(f["type"] == "data" for f in server.frames)
+    assert spoken(items)[0].startswith("You said: spoken words")
+    assert server.violations == []
+
+
+async def test_bad_key_is_rejected(server: FakeAvatarServer) -> None:
+    with pytest.raises(ProviderRejected, match="403"):
+        await collect(remote(server.url, api_key="wrong"), request())
+    assert server.refused == 1
+
+
+async def test_connect_refused() -> None:
+    with pytest.raises(ProviderUnavailable, match="cannot connect"):
+        await collect(remote(f"ws://127.0.0.1:{refused_port()}/ws"), request())
+
+
+async def test_dns_failure() -> None:
+    resolver = FailingResolver()
+    trio.socket.set_custom_hostname_resolver(resolver)
+    try:
+        with pytest.raises(ProviderUnavailable, match="cannot connect"):
+            await collect(remote("ws://robot-pc.lan:8000/ws"), request())
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+    assert resolver.lookups == ["robot-pc.lan"]
+
+
+async def test_server_closing_mid_reply(server: FakeAvatarServer) -> None:
+    server.fault = "close_mid_reply"
+    send, receive = trio.open_memory_channel(math.inf)
+    with pytest.raises(ProviderUnavailable, match="closed"):
+        await remote(server.url).reply(request(), send)
+    got = [i async for i in receive]
+    assert spoken(got) == ["You said: hello robot."]
+
+
+@pytest.mark.parametrize("fault", ["malformed", "binary"])
+async def test_malformed_frames(server: FakeAvatarServer, fault: str) -> None:
+    server.fault = fault
+    with pytest.raises(ProviderBadReply):
+        await collect(remote(server.url), request())
+
+
+async def test_unknown_frame_types_are_ignored(server: FakeAvatarServer) -> None:
+    server.fault = "unknown_types"
+    items = await collect(remote(server.url), request())
+    assert spoken(items) == ["You said: hello robot.", "That is turn 1."]
+
+
+async def test_server_error_frame(server: FakeAvatarServer) -> None:
+    server.fault = "error"
+    with pytest.raises(ProviderUnavailable, match="LLM backend unavailable"):
+        await collect(remote(server.url), request())
+
+
+async def test_canceled_when_server_stt_fails(server: FakeAvatarServer) -> None:
+    from appliance.audio.base import AudioClip
+
+    with pytest.raises(RemoteCanceled):
+        await collect(remote(server.url), request(None, audio=AudioClip.silence(0.3)))
+
+
+async def test_silent_server_times_out(server: FakeAvatarServer, clock: trio.testing.MockClock) -> None:
+    server.fault = "silent"
+    start = trio.current_time()
+    with pytest.raises(ProviderTimeout):
+        await collect(remote(server.url, frame_timeout=3.0), request())
+    assert trio.current_time() - start >= 3.0  # pongs kept coming: only the reply timeout could end it
+
+
+async def test_frozen_server_during_a_turn(server: FakeAvatarServer, nursery: trio.Nursery,
+                                           clock: trio.testing.MockClock) -> None:
+    proxy = FreezableProxy(server.port)
+    port = await nursery.start(proxy.run)
+    server.chunk_delay = 30.0  # the server would take long anyway; only the heartbeat can tell it froze
+    brain = remote(f"ws://127.0.0.1:{port}/ws", reply_timeout=60, frame_timeout=60)
+
+    async def freeze_soon() -> None:
+        await trio.sleep(0.5)
+        proxy.freeze()
+
+    nursery.start_soon(freeze_soon)
+    start = trio.current_time()
+    with pytest.raises(ProviderTimeout, match="frozen"):
+        await collect(brain, request())
+    assert trio.current_time() - start < 10  # heartbeat (1 s + 1 s), not the 60 s reply timeout
+
+
+async def test_managed_link_detects_freeze_and_reconnects(server: FakeAvatarServer, nursery: trio.Nursery,
+                                                          clock: trio.testing.MockClock) -> None:
+    proxy = FreezableProxy(server.port)
+    port = await nursery.start(proxy.run)
+    brain = remote(f"ws://127.0.0.1:{port}/ws")
+    await nursery.start(brain.run)
+    items = await collect(brain, request("first"))
+    assert spoken(items)[0] == "You said: first."
+    proxy.freeze()
+    with trio.fail_after(10):
+        while brain.last_error is None:
+            await trio.sleep(0.1)
+    assert not brain.connected
+    assert isinstance(brain.last_error, ProviderTimeout)
+    with pytest.raises(ProviderTimeout):
+        await collect(brain, request("while frozen"))  # fails at once: no waiting on a dead link
+    proxy.thaw()
+    with trio.fail_after(60):
+        while not brain.connected:
+            await trio.sleep(0.1)
+    items = await collect(brain, request("again", turn="t2"))
+    assert spoken(items)[0] == "You said: again."
+    assert brain.connects >= 2
+
+
+async def test_reconnect_backs_off_while_server_is_down(nursery: trio.Nursery,
+                                                        clock: trio.testing.MockClock) -> None:
+    proxy = FreezableProxy(refused_port())  # the server behind it is down: every connection is dropped
+    port = await nursery.start(proxy.run)
+    brain = remote(f"ws://127.0.0.1:{port}/ws", reconnect_initial_delay=0.5, reconnect_max_delay=4.0)
+    await nursery.start(brain.run)
+    await trio.sleep(20)
+    # attempts at about 0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5: backoff doubles up to 4 s, no hammering
+    assert 5 <= proxy.connections <= 10
+    assert not brain.connected
+    server = FakeAvatarServer()
+    proxy.target_port = await nursery.start(server.run)
+    with trio.fail_after(10):
+        while not brain.connected:
+            await trio.sleep(0.1)
+    items = await collect(brain, request("back"))
+    assert spoken(items)[0] == "You said: back."
+
+
+async def test_stale_frames_of_an_interrupted_turn_are_dropped(server: FakeAvatarServer, nursery: trio.Nursery,
+                                                               clock: trio.testing.MockClock) -> None:
+    server.chunk_delay = 1.0
+    brain = remote(server.url)
+    await nursery.start(brain.run)
+    send, receive = trio.open_memory_channel(0)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(brain.reply, request("first", turn="a"), send)
+            async with receive:
+                async for item in receive:
+                    if isinstance(item, ReplyChunk):
+                        scope.cancel()  # barge-in after the first sentence
+    items = await collect(brain, request("second", turn="b"))
+    assert spoken(items) == ["You said: second.", "That is turn 1."]  # not ended early by the double final
+    finals = [f for f in server.frames if f["type"] == "invoke"]
+    assert len(finals) == 2
+    assert server.violations == []
+
+
+async def test_probe_alone_and_managed(server: FakeAvatarServer, nursery: trio.Nursery) -> None:
+    brain = remote(server.url)
+    await brain.probe()
+    bad = remote(f"ws://127.0.0.1:{refused_port()}/ws")
+    with pytest.raises(ProviderUnavailable):
+        await bad.probe()
+    await nursery.start(brain.run)
+    with trio.fail_after(5):
+        while not brain.connected:
+            await trio.sleep(0.01)
+    await brain.probe()
+
+
+def test_rejects_non_websocket_url() -> None:
+    from pydantic import ValidationError
+
+    from appliance.brains.config import RemoteConfig
+
+    with pytest.raises(ValidationError, match="ws://"):
+        RemoteConfig(url="http://pc:8000/ws")
+    assert isinstance(RemoteBrain(RemoteConfig()), RemoteBrain)
