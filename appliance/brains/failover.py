@@ -1,0 +1,285 @@
+"""``FailoverBrain``: an ordered list of brains (``conversation.brains = ["cloud", "remote", "offline"]``).
+
+Each turn goes to the first brain whose circuit is closed. What happens when that brain fails depends on what
+the user has heard:
+
+* nothing yet (no chunk with speech has left this wrapper): the same utterance goes to the next brain at once.
+  Chunks without speech are held back until the first speech, so a failed brain leaves no trace; a transcript
+  is passed on (once) and the next brain gets its text, so speech recognition is not paid for twice;
+* part of the reply: the turn stops cleanly with a short line (``failover.mid_reply_message``). The history
+  then holds what was heard plus that line, so the next turn's context is true.
+
+A brain that keeps failing (or times out, or refuses our key) has its circuit opened and is skipped. Brains
+that can be probed cheaply (``async def probe()``: a WebSocket ping, a ``GET /models``) are probed in the
+background while open; the others are tried again by a real turn once their open time has passed. When the
+preferred brain is healthy again, replies fail back to it. Every switch is published as ``BrainChanged``,
+every circuit change as ``BrainHealthChanged``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import trio
+
+from appliance.brains.base import Brain, BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest, Utterance
+from appliance.brains.config import FailoverConfig
+from appliance.brains.health import BrainChanged, BrainHealthChanged, CircuitBreaker
+from appliance.bus import EventBus
+from appliance.conversation.local_voice import LocalVoice
+from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout, ProviderUnavailable
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class _Member:
+    brain: Brain
+    breaker: CircuitBreaker
+    probe: Probe | None
+    probing: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.brain.name
+
+
+@dataclass
+class _TurnState:
+    transcript: str | None = None
+    handed_speech: bool = False
+    errors: list[ProviderError] = field(default_factory=list)
+
+
+class _FailedBeforeSpeech(Exception):
+    def __init__(self, error: ProviderError) -> None:
+        self.error = error
+
+
+class _FailedMidReply(Exception):
+    def __init__(self, error: ProviderError) -> None:
+        self.error = error
+
+
+class FailoverBrain:
+    def __init__(
+        self,
+        brains: Sequence[Brain],
+        config: FailoverConfig,
+        *,
+        bus: EventBus | None = None,
+        voice: LocalVoice | None = None,
+        probes: Mapping[str, Probe] | None = None,
+    ) -> None:
+        if not brains:
+            raise ValueError("FailoverBrain needs at least one brain")
+        names = [b.name for b in brains]
+        if len(set(names)) != len(names):
+            raise ValueError(f"brain names must differ: {names}")
+        self.config = config
+        self.bus = bus
+        self.voice = voice
+        probes = dict(probes or {})
+        self.members = [
+            _Member(b, CircuitBreaker(config), probes.get(b.name) or getattr(b, "probe", None)) for b in brains
+        ]
+        self.active: str | None = None  # the brain that answered last
+        self.failovers = 0
+
+    @property
+    def name(self) -> str:
+        """The brain the next turn will most likely use (what status displays show at turn start)."""
+        now = trio.current_time()
+        for member in self.members:
+            if member.breaker.healthy or (member.probe is None and member.breaker.due(now)):
+                return member.name
+        return self.members[-1].name
+
+    def health(self) -> dict[str, str]:
+        return {m.name: m.breaker.state.value for m in self.members}
+
+    # --- background: the members' own services and the health probes ------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for member in self.members:
+                run = getattr(member.brain, "run", None)
+                if run is not None:
+                    await nursery.start(run)
+            task_status.started()
+            while True:
+                now = trio.current_time()
+                wake = now + 1.0
+                for member in self.members:
+                    if member.probe is None or member.probing or member.breaker.healthy:
+                        continue
+                    ready_at = member.breaker.opened_at + member.breaker.open_for
+                    if now >= ready_at:
+                        member.probing = True
+                        nursery.start_soon(self._probe, member)
+                    else:
+                        wake = min(wake, ready_at)
+                await trio.sleep_until(wake)
+
+    async def _probe(self, member: _Member) -> None:
+        assert member.probe is not None
+        try:
+            with trio.fail_after(self.config.probe_timeout):
+                await member.probe()
+        except trio.TooSlowError:
+            self._failed(member, ProviderTimeout(member.name, f"probe not answered in {self.config.probe_timeout:g} s"))
+        except ProviderError as exc:
+            self._failed(member, exc)
+        else:
+            self._succeeded(member, "probe")
+        finally:
+            member.probing = False
+
+    # --- turns --------------------------------------------------------------------------------------------
+
+    def _candidates(self) -> list[_Member]:
+        now = trio.current_time()
+        ready = []
+        for member in self.members:
+            if member.breaker.healthy:
+                ready.append(member)
+            elif member.probe is None and member.breaker.usable(now):
+                ready.append(member)  # half-open: this turn is its trial
+        return ready or list(self.members)  # all open: still try rather than say nothing
+
+    async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        async with out:
+            state = _TurnState()
+            attempt = request
+            for member in self._candidates():
+                try:
+                    await self._attempt(member, attempt, out, state)
+                except _FailedBeforeSpeech as failed:
+                    state.errors.append(failed.error)
+                    self._failed(member, failed.error)
+                    self.failovers += 1
+                    log.warning("%s failed before speaking (%s); trying the next brain", member.name, failed.error,
+                                extra={"turn_id": request.turn_id, "brain": member.name})
+                    if state.transcript and not attempt.utterance.text:
+                        attempt = replace(attempt, utterance=_with_text(attempt.utterance, state.transcript))
+                    continue
+                except _FailedMidReply as failed:
+                    self._failed(member, failed.error)
+                    log.warning("%s failed mid-reply (%s)", member.name, failed.error,
+                                extra={"turn_id": request.turn_id, "brain": member.name})
+                    await self._apologise(out)
+                    return
+                self._succeeded(member, "turn")
+                self._answered_by(member, state)
+                return
+            raise state.errors[-1] if state.errors else ProviderUnavailable("failover", "no brain could answer")
+
+    async def _attempt(
+        self, member: _Member, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput], state: _TurnState
+    ) -> None:
+        send, receive = trio.open_memory_channel[BrainOutput](0)
+        error: ProviderError | None = None
+        held: list[ReplyChunk] = []
+
+        async def run_brain() -> None:
+            nonlocal error
+            try:
+                await member.brain.reply(request, send)
+            except ProviderError as exc:
+                error = exc
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # we stopped listening: it timed out
+            except Exception as exc:  # a bug in one brain must not silence the robot; it is logged in full
+                log.exception("%s crashed", member.name, extra={"brain": member.name})
+                error = ProviderBadReply(member.name, f"{type(exc).__name__}: {exc}")
+
+        with receive:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_brain)
+                with trio.move_on_after(self.config.first_audio_timeout) as guard:
+                    async for item in receive:
+                        if isinstance(item, Transcript):
+                            if state.transcript is None:
+                                state.transcript = item.text
+                                await out.send(item)
+                        elif state.handed_speech:
+                            await out.send(item)
+                        else:
+                            held.append(item)
+                            if item.audio is not None:
+                                guard.deadline = math.inf  # speech started: from here the brain's own timeouts rule
+                                state.handed_speech = True
+                                self._answered_by(member, state)
+                                for chunk in held:
+                                    await out.send(chunk)
+                                held.clear()
+                if guard.cancelled_caught:
+                    nursery.cancel_scope.cancel()
+                    error = ProviderTimeout(
+                        member.name, f"no speech within {self.config.first_audio_timeout:g} s"
+                    )
+        if error is not None:
+            if state.handed_speech:
+                raise _FailedMidReply(error)
+            raise _FailedBeforeSpeech(error)
+        for chunk in held:  # a reply without any speech (tags only)
+            await out.send(chunk)
+
+    async def _apologise(self, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        text = self.config.mid_reply_message
+        if not text:
+            return
+        audio = await self.voice.say(text) if self.voice is not None else None
+        await out.send(ReplyChunk(text, text, (Tag("face", "sorrow"),), audio))
+
+    # --- bookkeeping --------------------------------------------------------------------------------------
+
+    def _publish(self, event: BrainChanged | BrainHealthChanged) -> None:
+        if self.bus is not None:
+            self.bus.publish(event)
+
+    def _answered_by(self, member: _Member, state: _TurnState) -> None:
+        if self.active == member.name:
+            return
+        previous, self.active = self.active, member.name
+        preferred = self.members[0].name
+        if previous is None:
+            reason = "first reply"
+        elif member.name == preferred:
+            reason = "back on the preferred brain"
+        else:
+            reason = "; ".join(str(e) for e in state.errors) or f"{previous} is unhealthy"
+        log.info("replies now come from %s (%s)", member.name, reason, extra={"brain": member.name})
+        self._publish(BrainChanged(member.name, previous, reason))
+
+    def _failed(self, member: _Member, error: ProviderError) -> None:
+        was_healthy = member.breaker.healthy
+        member.breaker.failure(error)
+        if was_healthy and not member.breaker.healthy:
+            log.warning("%s circuit open for %.0f s: %s", member.name, member.breaker.open_for, error,
+                        extra={"brain": member.name})
+            self._publish(BrainHealthChanged(member.name, False, member.breaker.state.value, str(error)))
+        elif not was_healthy:
+            log.info("%s still failing (%s); next try in %.0f s", member.name, error, member.breaker.open_for,
+                     extra={"brain": member.name})
+
+    def _succeeded(self, member: _Member, how: str) -> None:
+        if member.breaker.success():
+            log.info("%s healthy again (%s)", member.name, how, extra={"brain": member.name})
+            self._publish(BrainHealthChanged(member.name, True, member.breaker.state.value))
+
+    async def aclose(self) -> None:
+        for member in self.members:
+            try:
+                await member.brain.aclose()
+            except Exception:  # closing one brain must not keep the others open
+                log.debug("closing %s failed", member.name, exc_info=True)
+
+
+def _with_text(utterance: Utterance, text: str) -> Utterance:
+    return Utterance(audio=utterance.audio, text=text, source=utterance.source, ended_at=utterance.ended_at)

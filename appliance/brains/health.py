@@ -1,0 +1,96 @@
+"""Per-brain health: a circuit breaker, and the events that tell the rest of the robot which brain is answering.
+
+closed ──(N failures in a row, or one timeout / rejection)──► open ──(open time passed)──► half-open
+  ▲                                                                                        │
+  └──────────────────────(a probe or a real turn succeeds)──────────────────────────────────┘
+                                          a failure while half-open re-opens it for twice as long (capped)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import trio
+
+from appliance.brains.config import FailoverConfig
+from appliance.errors import ProviderError, ProviderRejected, ProviderTimeout
+from appliance.events import Event
+
+
+class Circuit(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+@dataclass(frozen=True)
+class BrainChanged(Event):
+    """Replies now come from ``brain`` (after a failover, or back on the preferred one after recovery)."""
+
+    brain: str
+    previous: str | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BrainHealthChanged(Event):
+    """A brain's circuit changed: ``healthy`` False means it is skipped until a probe succeeds."""
+
+    brain: str
+    healthy: bool
+    circuit: str
+    error: str | None = None
+
+
+class CircuitBreaker:
+    def __init__(self, config: FailoverConfig) -> None:
+        self.config = config
+        self.state = Circuit.CLOSED
+        self.failures = 0
+        self.open_for = config.open_initial
+        self.opened_at = 0.0
+        self.last_error: ProviderError | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is Circuit.CLOSED
+
+    def due(self, now: float) -> bool:
+        """An open circuit whose open time has passed: time to probe it."""
+        return self.state is Circuit.OPEN and now >= self.opened_at + self.open_for
+
+    def usable(self, now: float) -> bool:
+        if self.due(now):
+            self.state = Circuit.HALF_OPEN
+        return self.state is not Circuit.OPEN
+
+    def success(self) -> bool:
+        """Record a success; True when this closed the circuit (the brain recovered)."""
+        recovered = self.state is not Circuit.CLOSED
+        self.state = Circuit.CLOSED
+        self.failures = 0
+        self.open_for = self.config.open_initial
+        self.last_error = None
+        return recovered
+
+    def failure(self, error: ProviderError) -> bool:
+        """Record a failure; True when this opened the circuit."""
+        self.failures += 1
+        self.last_error = error
+        now = trio.current_time()
+        if self.state is Circuit.HALF_OPEN or self.state is Circuit.OPEN:
+            self.open_for = min(self.open_for * 2, self.config.open_max)
+            self._open(now, error)
+            return False
+        immediate = isinstance(error, ProviderTimeout | ProviderRejected) or error.retry_after is not None
+        if immediate or self.failures >= self.config.failure_threshold:
+            self._open(now, error)
+            return True
+        return False
+
+    def _open(self, now: float, error: ProviderError) -> None:
+        self.state = Circuit.OPEN
+        self.opened_at = now
+        if error.retry_after is not None:
+            self.open_for = min(max(self.open_for, error.retry_after), self.config.open_max)

@@ -1,0 +1,209 @@
+"""FailoverBrain with stand-in brains that fail on cue: every fault class, the circuit breaker, failback."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+import trio.testing
+
+from appliance.brains.base import ReplyChunk, Transcript
+from appliance.brains.config import FailoverConfig
+from appliance.brains.failover import FailoverBrain
+from appliance.brains.health import BrainChanged, BrainHealthChanged
+from appliance.bus import EventBus
+from appliance.errors import (
+    ProviderBadReply,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from tests.remote_helpers import StubBrain, collect, heard, request, speech, spoken
+
+CONFIG = FailoverConfig(failure_threshold=2, open_initial=10, open_max=80, first_audio_timeout=5,
+                        probe_timeout=2, mid_reply_message="Sorry, I lost my connection.")
+
+# The faults a cloud brain reports, as our error tree carries them (the cloud brain maps HTTP/SDK errors).
+CLOUD_FAULTS = {
+    "http 500": lambda: ProviderUnavailable("openai-llm", "HTTP 500: internal error"),
+    "429 retry-after": lambda: ProviderUnavailable("openai-llm", "HTTP 429: rate limited", retry_after=30),
+    "connect refused": lambda: ProviderUnavailable("openai-llm", "cannot connect: Connection refused"),
+    "dns failure": lambda: ProviderUnavailable("openai-llm", "cannot connect: Name or service not known"),
+    "read timeout": lambda: ProviderTimeout("openai-llm", "timed out"),
+    "sse cut": lambda: ProviderBadReply("openai-llm", "stream ended before the reply was complete"),
+    "key revoked": lambda: ProviderRejected("openai-llm", "HTTP 401: invalid api key"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(CLOUD_FAULTS))
+async def test_fault_before_speech_goes_to_next_brain(fault: str) -> None:
+    cloud = StubBrain("cloud", fail=CLOUD_FAULTS[fault], transcript=False)
+    remote = StubBrain("remote", ("remote answer.",))
+    brain = FailoverBrain([cloud, remote], CONFIG)
+    items = await collect(brain, request("what time is it"))
+    assert spoken(items) == ["remote answer."]
+    assert remote.requests[0].utterance.text == "what time is it"  # the same utterance, not lost
+    assert brain.active == "remote"
+
+
+async def test_tts_failure_after_llm_answered_keeps_transcript_and_skips_second_stt() -> None:
+    clip = speech(0.3)
+    # STT worked and the LLM wrote a sentence, then its speech could not be synthesized: nothing was heard yet.
+    cloud = StubBrain("cloud", ("one.", "two."), fail=lambda: ProviderUnavailable("openai-tts", "HTTP 503"))
+    cloud.transcript = True
+    remote = StubBrain("remote", ("remote answer.",))
+    items = await collect(FailoverBrain([cloud, remote], CONFIG), request(None, audio=clip))
+    assert heard(items) == ["(audio)"]  # once, though both brains produced one
+    assert spoken(items) == ["remote answer."]
+    passed = remote.requests[0].utterance
+    assert passed.text == "(audio)" and passed.audio is clip
+
+
+async def test_chunks_without_speech_are_held_until_speech() -> None:
+    from appliance.brains.base import BrainOutput, Tag
+
+    class TagsThenFail(StubBrain):
+        async def reply(self, req, out: trio.MemorySendChannel[BrainOutput]) -> None:  # type: ignore[no-untyped-def]
+            async with out:
+                await out.send(ReplyChunk("[face:joy]", "", (Tag("face", "joy"),), None))
+                raise ProviderBadReply(self.name, "cut")
+
+    remote = StubBrain("remote", ("remote answer.",))
+    items = await collect(FailoverBrain([TagsThenFail("cloud"), remote], CONFIG), request())
+    chunks = [i for i in items if isinstance(i, ReplyChunk)]
+    assert [c.text for c in chunks] == ["remote: remote answer."]  # the failed brain's face never showed
+
+
+async def test_hung_brain_is_skipped_after_first_audio_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = StubBrain("cloud", hang=True)
+    remote = StubBrain("remote", ("remote answer.",))
+    brain = FailoverBrain([cloud, remote], CONFIG)
+    start = trio.current_time()
+    items = await collect(brain, request())
+    assert spoken(items) == ["remote answer."]
+    assert trio.current_time() - start == pytest.approx(CONFIG.first_audio_timeout)
+    assert not brain.members[0].breaker.healthy  # a timeout opens the circuit at once
+
+
+async def test_failure_mid_reply_apologises_and_does_not_repeat() -> None:
+    cloud = StubBrain("cloud", ("first part.", "second part."), fail=lambda: ProviderBadReply("cloud", "cut"),
+                      fail_after=1)
+    remote = StubBrain("remote")
+    items = await collect(FailoverBrain([cloud, remote], CONFIG), request())
+    assert spoken(items) == ["first part.", "Sorry, I lost my connection."]
+    assert remote.requests == []  # the user already heard half an answer; another brain would start over
+    assert items[-1].tags[0].value == "sorrow"
+
+
+async def test_circuit_opens_after_threshold_then_skips(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = StubBrain("cloud", fail=lambda: ProviderUnavailable("cloud", "HTTP 500"))
+    remote = StubBrain("remote")
+    brain = FailoverBrain([cloud, remote], CONFIG)
+    for turn in range(4):
+        await collect(brain, request(turn=f"t{turn}"))
+    assert len(cloud.requests) == 2  # threshold 2: the third and fourth turns skip it
+    assert len(remote.requests) == 4
+    assert brain.health() == {"cloud": "open", "remote": "closed"}
+
+
+async def test_half_open_trial_by_a_real_turn_then_failback(autojump_clock: trio.testing.MockClock) -> None:
+    bus = EventBus()
+
+    class NoProbe(StubBrain):
+        probe = None  # type: ignore[assignment]
+
+    cloud = NoProbe("cloud", fail=lambda: ProviderTimeout("cloud", "timed out"))
+    remote = StubBrain("remote")
+    brain = FailoverBrain([cloud, remote], CONFIG, bus=bus)
+    with bus.subscribe(BrainChanged, BrainHealthChanged, name="test") as sub:
+        await collect(brain, request(turn="a"))  # timeout: open for 10 s
+        await trio.sleep(5)
+        await collect(brain, request(turn="b"))  # still open: skipped
+        assert len(cloud.requests) == 1
+        await trio.sleep(6)
+        await collect(brain, request(turn="c"))  # half-open trial fails: open for 20 s now
+        assert len(cloud.requests) == 2 and brain.members[0].breaker.open_for == 20
+        cloud.fail = None
+        await trio.sleep(21)
+        assert brain.name == "cloud"  # what the status shows at the start of the next turn
+        items = await collect(brain, request(turn="d"))
+        assert spoken(items) == ["fine."] and brain.active == "cloud"
+        events = []
+        while True:
+            try:
+                events.append(sub.receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+    changes = [(e.brain, e.previous) for e in events if isinstance(e, BrainChanged)]
+    assert changes == [("remote", None), ("cloud", "remote")]
+    health = [(e.brain, e.healthy) for e in events if isinstance(e, BrainHealthChanged)]
+    assert health == [("cloud", False), ("cloud", True)]
+
+
+async def test_background_probe_fails_back(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    cloud = StubBrain("cloud", fail=lambda: ProviderUnavailable("cloud", "HTTP 503", retry_after=15))
+    cloud.probe_error = lambda: ProviderUnavailable("cloud", "still down")
+    remote = StubBrain("remote")
+    brain = FailoverBrain([cloud, remote], CONFIG)
+    await nursery.start(brain.run)
+    await collect(brain, request(turn="a"))
+    assert brain.active == "remote" and brain.members[0].breaker.open_for == 15  # Retry-After respected
+    await trio.sleep(16)
+    assert cloud.probes == 1 and not brain.members[0].breaker.healthy  # probe failed: open for 30 s
+    await collect(brain, request(turn="b"))
+    assert len(cloud.requests) == 1  # no real turn is spent on a brain being probed
+    cloud.probe_error = None
+    cloud.fail = None
+    await trio.sleep(31)
+    assert cloud.probes == 2 and brain.members[0].breaker.healthy
+    items = await collect(brain, request(turn="c"))
+    assert items and brain.active == "cloud"
+
+
+async def test_all_down_goes_to_offline() -> None:
+    from appliance.brains.cloud import OfflineBrain
+    from appliance.conversation.local_voice import LocalVoice
+
+    cloud = StubBrain("cloud", fail=lambda: ProviderUnavailable("cloud", "down"))
+    remote = StubBrain("remote", fail=lambda: ProviderRejected("remote", "bad key"))
+    offline = OfflineBrain("I'm offline.", LocalVoice())
+    items = await collect(FailoverBrain([cloud, remote, offline], CONFIG), request("hello"))
+    assert heard(items) == ["hello"]
+    assert spoken(items) == ["I'm offline."]
+
+
+async def test_every_brain_failing_raises_the_last_error() -> None:
+    a = StubBrain("a", fail=lambda: ProviderUnavailable("a", "down"))
+    b = StubBrain("b", fail=lambda: ProviderTimeout("b", "slow"))
+    with pytest.raises(ProviderTimeout):
+        await collect(FailoverBrain([a, b], CONFIG), request())
+
+
+async def test_a_crashing_brain_is_a_failure_not_a_crash() -> None:
+    class Buggy(StubBrain):
+        async def reply(self, req, out):  # type: ignore[no-untyped-def]
+            async with out:
+                raise KeyError("oops")
+
+    remote = StubBrain("remote")
+    items = await collect(FailoverBrain([Buggy("cloud"), remote], CONFIG), request())
+    assert spoken(items) == ["fine."]
+
+
+async def test_interruption_is_not_a_failure(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = StubBrain("cloud", delay=3)
+    brain = FailoverBrain([cloud, StubBrain("remote")], CONFIG)
+    send, _receive = trio.open_memory_channel(math.inf)
+    with trio.move_on_after(1):
+        await brain.reply(request(), send)
+    assert brain.members[0].breaker.failures == 0
+
+
+def test_rejects_bad_lists() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        FailoverBrain([], CONFIG)
+    with pytest.raises(ValueError, match="differ"):
+        FailoverBrain([StubBrain("a"), StubBrain("a")], CONFIG)
+    with pytest.raises(ValueError, match="open_max"):
+        FailoverConfig(open_initial=10, open_max=5)
