@@ -141,6 +141,57 @@ def cloud_brain_factory(config: AppConfig, voice: LocalVoice) -> Callable[[], Br
     return build
 
 
+class BrainService:
+    """Runs a brain's background work (remote sessions, health probes) under the supervisor."""
+
+    name = "brains"
+
+    def __init__(self, brain: Any) -> None:
+        self.brain = brain
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.brain.run(task_status=task_status)
+
+
+def brain_plan(config: AppConfig) -> list[str]:
+    """The brains to use, most preferred first: ``conversation.brains``, else the single ``conversation.brain``."""
+    if config.conversation.brains:
+        return list(config.conversation.brains)
+    return [choose_brain_kind(config)]
+
+
+def build_brain(config: AppConfig, voice: LocalVoice, bus: EventBus) -> tuple[Brain, DeferredBrain | None, Any]:
+    """(the brain, the deferred cloud brain to prewarm if any, a brain with background work to supervise if any)."""
+    from appliance.brains.cloud import OfflineBrain
+
+    plan = brain_plan(config)
+    prewarm: DeferredBrain | None = None
+    brains: list[Brain] = []
+    probes: dict[str, Any] = {}
+    for kind in plan:
+        if kind == "cloud":
+            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice))
+            brains.append(prewarm)
+            from appliance.brains.probes import models_probe
+
+            llm = config.llm
+            key = llm.api_key.get_secret_value() if llm.api_key else None
+            probes["cloud"] = models_probe(llm.provider, llm.base_url, key, config.failover.probe_timeout)
+        elif kind == "remote":
+            from appliance.brains.remote import RemoteBrain
+
+            brains.append(RemoteBrain(config.remote))
+        else:
+            brains.append(OfflineBrain(config.conversation.offline_message, voice))
+    if len(brains) == 1:
+        only = brains[0]
+        return only, prewarm, only if hasattr(only, "run") else None
+    from appliance.brains.failover import FailoverBrain
+
+    failover = FailoverBrain(brains, config.failover, bus=bus, voice=voice, probes=probes)
+    return failover, prewarm, failover
+
+
 def make_source(config: AppConfig) -> AudioSource:
     from appliance.audio.sources import SimulatedMicrophone, WavFileSource, bundled_clip
 
@@ -219,16 +270,10 @@ def build_appliance(
     supervisor = Supervisor(bus, config.supervisor, notifier, handle_signals=handle_signals)
     voice = LocalVoice()
     prewarm: DeferredBrain | None = None
+    background: Any = None
     if brain is None:
-        kind = choose_brain_kind(config)
-        if kind == "cloud":
-            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice))
-            brain = prewarm
-        else:
-            from appliance.brains.cloud import OfflineBrain
-
-            brain = OfflineBrain(config.conversation.offline_message, voice)
-    log.info("brain: %s", brain.name)
+        brain, prewarm, background = build_brain(config, voice, bus)
+    log.info("brain: %s", " → ".join(brain_plan(config)) if background is not None else brain.name)
     source = source or make_source(config)
     sink = sink or make_sink(config)
     queue = BlockQueue()
@@ -255,4 +300,6 @@ def build_appliance(
         supervisor.add(StatusLine(bus, status_handler), required=False)
     if prewarm is not None:
         supervisor.add(PrewarmService(prewarm), required=False)
+    if background is not None:
+        supervisor.add(BrainService(background), required=False)
     return Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, gpio, faces)

@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and print what it selects")
     check.add_argument("--show", action="store_true", help="print the whole configuration (secrets redacted)")
     sub.add_parser("devices", help="list audio devices")
+    serve = sub.add_parser("serve", help="serve the cloud brain over the AIAvatarKit WebSocket protocol ([server])")
+    serve.add_argument("--host", help="address to listen on (default: server.host)")
+    serve.add_argument("--port", type=int, help="port (default: server.port)")
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     say = sub.add_parser("say", help="speak a line through the configured voice and speaker")
     say.add_argument("text")
     say.add_argument("--output", type=Path, help="write a WAV file instead of playing")
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(config, args.show)
     if command == "devices":
         return _devices()
+    if command == "serve":
+        return _serve(config, args.host, args.port, args.log_level)
     if command == "say":
         return _say(config, args.text, args.output)
     return _run(config, getattr(args, "log_level", None))
@@ -90,13 +96,42 @@ def _run(config, level: str | None) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
+def _serve(config, host: str | None, port: int | None, level: str | None) -> int:  # type: ignore[no-untyped-def]
+    import trio
+
+    from appliance.app import cloud_brain_factory
+    from appliance.config import ConfigError
+    from appliance.conversation.local_voice import LocalVoice
+    from appliance.logs import setup_logging
+    from appliance.server.avatar import AvatarServer
+
+    setup_logging(level or config.log.level)
+    try:
+        brain = cloud_brain_factory(config, LocalVoice())()
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_CONFIG
+    changes = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    server = AvatarServer(brain, config.server.model_copy(update=changes),
+                          history_limit=config.conversation.history_limit)
+    try:
+        trio.run(server.run)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"cannot serve on {server.config.host}:{server.config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
-    from appliance.app import choose_brain_kind, cloud_brain_factory
+    from appliance.app import brain_plan, cloud_brain_factory
     from appliance.config import ConfigError
     from appliance.conversation.local_voice import LocalVoice
 
-    brain = choose_brain_kind(config)
-    if brain == "cloud":
+    plan = brain_plan(config)
+    brain = ",".join(plan)
+    if "cloud" in plan:
         try:
             cloud_brain_factory(config, LocalVoice())
         except ConfigError as exc:

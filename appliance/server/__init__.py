@@ -1,0 +1,1 @@
+"""``appliance serve``: our reply pipeline served over the AIAvatarKit WebSocket protocol."""

@@ -1,0 +1,328 @@
+"""A conversation server that speaks the AIAvatarKit WebSocket protocol, backed by any :class:`Brain`.
+
+Run on a PC (``appliance serve``) it is the remote for several robots: each connection may hold several
+sessions, each session one reply at a time (a new request interrupts the running one, which ends with a
+``final`` marked ``interrupted``). Conversations are kept per ``context_id`` so a robot that reconnects
+continues where it was. Mic streams (``data``) are endpointed with the same energy VAD the robot uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from appliance.audio.base import CAPTURE_RATE, AudioClip
+from appliance.audio.convert import encode_wav
+from appliance.brains._groups import single_error
+from appliance.brains.avatar_protocol import (
+    CLIENT_TYPES,
+    ProtocolError,
+    avatar_control_from_tags,
+    b64decode,
+    b64encode,
+    control_tags,
+)
+from appliance.brains.base import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
+from appliance.brains.config import ServerConfig
+from appliance.conversation.history import ConversationHistory
+from appliance.errors import ProviderError
+from appliance.listening.endpointer import EnergyEndpointer, Onset, Segment
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 320  # 20 ms at 16 kHz, the block size the endpointer is tuned for
+_MAX_CONTEXTS = 256
+
+
+@dataclass(eq=False)
+class _Session:
+    session_id: str
+    user_id: str
+    context_id: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    transaction_id: str | None = None
+    scope: trio.CancelScope | None = None
+    done: trio.Event | None = None
+    endpointer: EnergyEndpointer = field(default_factory=lambda: EnergyEndpointer(_BLOCK / CAPTURE_RATE))
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
+
+
+class AvatarServer:
+    name = "avatar-server"
+
+    def __init__(self, brain: Brain, config: ServerConfig, *, history_limit: int = 20,
+                 idle_timeout: float = 600.0) -> None:
+        self.brain = brain
+        self.config = config
+        self.history_limit = history_limit
+        self.idle_timeout = idle_timeout
+        self._api_key = config.api_key.get_secret_value() if config.api_key else None
+        self._histories: OrderedDict[str, ConversationHistory] = OrderedDict()
+        self.port = 0
+        self.connections = 0
+        self.turns = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve_websocket, self._handle, cfg.host, cfg.port, None,
+                                                 max_message_size=16 * 1024 * 1024))
+            self.port = server.port
+            log.info("serving the AIAvatarKit protocol on ws://%s:%d/ws", cfg.host, self.port)
+            task_status.started(self.port)
+
+    # --- connections --------------------------------------------------------------------------------------
+
+    def _authorised(self, request: WebSocketRequest) -> tuple[bool, str | None]:
+        """(allowed, subprotocol to echo): a Bearer header, or the browsers' ``Authorization.<base64>``."""
+        if self._api_key is None:
+            return True, None
+        for name, value in request.headers:
+            if name.lower() == b"authorization" and value.decode("latin-1") == f"Bearer {self._api_key}":
+                return True, None
+        for proto in request.proposed_subprotocols:
+            if proto.startswith("Authorization."):
+                try:
+                    if b64decode(proto.split(".", 1)[1], "subprotocol").decode() == self._api_key:
+                        return True, proto
+                except (ProtocolError, UnicodeDecodeError):
+                    continue
+        return False, None
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        if request.path.split("?")[0] != "/ws":
+            await request.reject(404, body=b"the WebSocket endpoint is /ws")
+            return
+        allowed, subprotocol = self._authorised(request)
+        if not allowed:
+            log.warning("refused a client with a bad key")
+            await request.reject(403, body=b"policy violation: invalid API key")
+            return
+        if self.connections >= self.config.max_connections:
+            await request.reject(503, body=b"too many connections")
+            return
+        ws = await request.accept(subprotocol=subprotocol)
+        self.connections += 1
+        sessions: dict[str, _Session] = {}
+        try:
+            await self._serve_connection(ws, sessions)
+        except Exception:  # one robot's broken turn must not take the server down for the others
+            log.exception("connection failed; closing it")
+            with trio.move_on_after(1):
+                await ws.aclose(1011, "internal error")
+        finally:
+            self.connections -= 1
+
+    async def _serve_connection(self, ws: WebSocketConnection, sessions: dict[str, _Session]) -> None:
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                try:
+                    while True:
+                        message = await ws.get_message()
+                        if not await self._on_message(ws, message, sessions, nursery):
+                            await ws.aclose()
+                            break
+                except ConnectionClosed:
+                    pass
+                nursery.cancel_scope.cancel()
+
+    async def _send(self, ws: WebSocketConnection, session: _Session | None, kind: str, **fields: Any) -> None:
+        frame: dict[str, Any] = {
+            "type": kind,
+            "session_id": session.session_id if session else None,
+            "user_id": session.user_id if session else None,
+            "context_id": session.context_id if session else None,
+            "transaction_id": session.transaction_id if session else None,
+            "text": None, "voice_text": None, "language": None, "control_tags": [],
+            "avatar_control_request": None, "audio_data": None, "metadata": {},
+        }
+        frame.update(fields)
+        try:
+            await ws.send_message(json.dumps(frame, ensure_ascii=False))
+        except ConnectionClosed:
+            pass  # the reader notices and ends the connection
+
+    async def _on_message(self, ws: WebSocketConnection, message: str | bytes, sessions: dict[str, _Session],
+                          nursery: trio.Nursery) -> bool:
+        """Handle one client frame; False closes the connection."""
+        try:
+            frame = json.loads(message) if isinstance(message, str) else None
+        except json.JSONDecodeError as exc:
+            await self._send(ws, None, "error", metadata={"error": f"malformed JSON: {exc.msg}"})
+            return True
+        if not isinstance(frame, dict) or frame.get("type") not in CLIENT_TYPES:
+            what = "binary frame" if isinstance(message, bytes) else f"frame type {frame.get('type') if isinstance(frame, dict) else None!r}"
+            await self._send(ws, None, "error", metadata={"error": f"unsupported {what}"})
+            return True
+        session_id = frame.get("session_id")
+        if not isinstance(session_id, str) or not session_id:
+            await self._send(ws, None, "final", metadata={"error": "session_id is required"})
+            return False
+        kind = frame["type"]
+        if kind == "start":
+            context_id = frame.get("context_id") if isinstance(frame.get("context_id"), str) else None
+            user = frame.get("user_id") if isinstance(frame.get("user_id"), str) else "user"
+            session = _Session(session_id, user, context_id,
+                               frame["metadata"] if isinstance(frame.get("metadata"), dict) else {})
+            sessions[session_id] = session
+            await self._send(ws, session, "connected")
+            return True
+        session = sessions.get(session_id)
+        if session is None:
+            await self._send(ws, None, "error", metadata={"error": f"session {session_id} was not started"})
+            return True
+        try:
+            if kind == "stop":
+                await self._interrupt(ws, session)
+                del sessions[session_id]
+            elif kind == "config":
+                if isinstance(frame.get("metadata"), dict):
+                    session.metadata.update(frame["metadata"])
+            elif kind == "data":
+                await self._listen(ws, session, frame, nursery)
+            else:
+                await self._invoke(ws, session, frame, nursery)
+        except ProtocolError as exc:
+            await self._send(ws, session, "error", metadata={"error": str(exc)})
+        return True
+
+    # --- requests -----------------------------------------------------------------------------------------
+
+    async def _invoke(self, ws: WebSocketConnection, session: _Session, frame: dict[str, Any],
+                      nursery: trio.Nursery) -> None:
+        text = frame.get("text")
+        if text is not None and not isinstance(text, str):
+            raise ProtocolError("invoke: text must be a string")
+        audio = None
+        if not text:
+            if frame.get("audio_data") is None:
+                raise ProtocolError("invoke needs text or audio_data")
+            pcm = b64decode(frame["audio_data"], "invoke.audio_data")
+            audio = AudioClip.from_pcm(pcm, CAPTURE_RATE)
+        if isinstance(frame.get("context_id"), str) and frame["context_id"]:
+            session.context_id = frame["context_id"]
+        params = frame.get("system_prompt_params")
+        params = {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {}
+        meta = frame.get("metadata") if isinstance(frame.get("metadata"), dict) else {}
+        utterance = Utterance(audio=audio, text=text or None, source="remote")
+        await self._begin(ws, session, utterance, params, meta.get("history"), nursery)
+
+    async def _listen(self, ws: WebSocketConnection, session: _Session, frame: dict[str, Any],
+                      nursery: trio.Nursery) -> None:
+        pcm = b64decode(frame.get("audio_data"), "data.audio_data")
+        samples = np.concatenate([session.pending, AudioClip.from_pcm(pcm, CAPTURE_RATE).samples])
+        whole = len(samples) - len(samples) % _BLOCK
+        session.pending = samples[whole:]
+        for start in range(0, whole, _BLOCK):
+            result = session.endpointer.process(samples[start : start + _BLOCK])
+            if isinstance(result, Onset):
+                await self._send(ws, session, "voiced")
+            elif isinstance(result, Segment):
+                utterance = Utterance(audio=AudioClip(result.samples, CAPTURE_RATE), source="remote")
+                await self._begin(ws, session, utterance, {}, None, nursery)
+
+    async def _interrupt(self, ws: WebSocketConnection, session: _Session) -> None:
+        if session.scope is not None and session.done is not None and not session.done.is_set():
+            session.scope.cancel()
+            await session.done.wait()
+            await self._send(ws, session, "final", metadata={"interrupted": True})
+
+    def _history(self, context_id: str, seed: Any) -> ConversationHistory:
+        history = self._histories.get(context_id)
+        if history is None:
+            history = ConversationHistory(self.history_limit, self.idle_timeout)
+            if isinstance(seed, list):  # a robot that failed over to us mid-conversation tells what was said
+                user: str | None = None
+                for item in seed:
+                    if not isinstance(item, dict) or not isinstance(item.get("content"), str):
+                        continue
+                    if item.get("role") == "user":
+                        user = item["content"]
+                    elif item.get("role") == "assistant":
+                        history.add_turn(user, item["content"])
+                        user = None
+            self._histories[context_id] = history
+            while len(self._histories) > _MAX_CONTEXTS:
+                self._histories.popitem(last=False)
+        self._histories.move_to_end(context_id)
+        return history
+
+    async def _begin(self, ws: WebSocketConnection, session: _Session, utterance: Utterance,
+                     params: dict[str, str], seed: Any, nursery: trio.Nursery) -> None:
+        await self._interrupt(ws, session)
+        session.transaction_id = uuid.uuid4().hex
+        session.context_id = session.context_id or uuid.uuid4().hex
+        session.scope, session.done = trio.CancelScope(), trio.Event()
+        history = self._history(session.context_id, seed)
+        nursery.start_soon(self._turn, ws, session, utterance, params, history, session.scope, session.done)
+
+    async def _turn(self, ws: WebSocketConnection, session: _Session, utterance: Utterance, params: dict[str, str],
+                    history: ConversationHistory, scope: trio.CancelScope, done: trio.Event) -> None:
+        heard: str | None = utterance.text
+        said: list[str] = []
+        self.turns += 1
+        try:
+            with scope:
+                await self._send(ws, session, "accepted")
+                request = TurnRequest(session.transaction_id or "", utterance, history.messages(),
+                                      session.context_id or "", params)
+                send, receive = trio.open_memory_channel[BrainOutput](0)
+                started = False
+                try:
+                    with single_error():
+                        async with trio.open_nursery() as inner:
+                            inner.start_soon(self.brain.reply, request, send)
+                            async with receive:
+                                async for item in receive:
+                                    if isinstance(item, Transcript):
+                                        heard = item.text
+                                        started = True
+                                        await self._send(ws, session, "start", metadata={"request_text": heard})
+                                    else:
+                                        if not started:
+                                            started = True
+                                            await self._send(ws, session, "start", metadata={"request_text": heard})
+                                        said.append(item.text)
+                                        await self._chunk(ws, session, item)
+                except ProviderError as exc:
+                    log.warning("reply failed: %s", exc, extra={"turn_id": session.transaction_id})
+                    await self._send(ws, session, "error", metadata={"error": str(exc)})
+                    return
+                if not heard and not said:
+                    await self._send(ws, session, "canceled")  # nothing understood: what AIAvatarKit does
+                    return
+                await self._send(ws, session, "final", text=" ".join(said),
+                                 metadata={"request_text": heard})
+        finally:
+            if heard or said:
+                history.add_turn(heard, " ".join(said))
+            done.set()
+
+    async def _chunk(self, ws: WebSocketConnection, session: _Session, chunk: ReplyChunk) -> None:
+        common: dict[str, Any] = {"text": chunk.text, "voice_text": chunk.voice_text,
+                                  "avatar_control_request": avatar_control_from_tags(chunk.tags),
+                                  "control_tags": control_tags(chunk.tags)}
+        if chunk.audio is None:
+            await self._send(ws, session, "chunk", **common)
+        elif not self.config.pcm:
+            await self._send(ws, session, "chunk", audio_data=b64encode(encode_wav(chunk.audio)), **common)
+        else:
+            audio_id = uuid.uuid4().hex
+            fmt = {"sample_rate": chunk.audio.sample_rate, "channels": 1, "sample_width": 2}
+            await self._send(ws, session, "chunk", **common, metadata={
+                "pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(chunk.audio.samples)})
+            raw = chunk.audio.pcm()
+            step = chunk.audio.sample_rate // 5 * 2  # 200 ms a frame
+            for start in range(0, len(raw), step):
+                await self._send(ws, session, "chunk", audio_data=b64encode(raw[start : start + step]),
+                                 metadata={"audio_id": audio_id})
+

@@ -1,0 +1,151 @@
+"""``appliance serve``'s AvatarServer: our RemoteBrain against our own server, and raw protocol checks."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import trio
+from trio_websocket import ConnectionRejected, open_websocket_url
+
+from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnRequest
+from appliance.brains.config import ServerConfig
+from appliance.conversation.tags import extract_tags
+from appliance.errors import ProviderRejected, ProviderUnavailable
+from appliance.server.avatar import AvatarServer
+from tests.fakes.aiavatar import tone
+from tests.remote_helpers import collect, heard, remote, request, speech, spoken
+
+
+class EchoBrain:
+    """Says back what it heard, with a face, and remembers the history it was given."""
+
+    name = "echo"
+
+    def __init__(self, fail: bool = False, delay: float = 0.0) -> None:
+        self.fail = fail
+        self.delay = delay
+        self.histories: list[tuple] = []
+
+    async def reply(self, req: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        async with out:
+            self.histories.append(req.history)
+            if self.fail:
+                from appliance.errors import ProviderUnavailable as Down
+
+                raise Down("openai-llm", "HTTP 500")
+            text = req.utterance.text or f"audio of {req.utterance.audio.duration:.1f} s"
+            await out.send(Transcript(text))
+            for sentence in (f"[face:joy] Echo: {text}.", f"[animation:wave] Turn {len(req.history) // 2 + 1}."):
+                await trio.sleep(self.delay)
+                voice, tags = extract_tags(sentence)
+                await out.send(ReplyChunk(sentence, voice, tags, tone(0.1)))
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def serve(nursery: trio.Nursery, brain: EchoBrain | None = None, **config: object) -> AvatarServer:
+    values: dict[str, object] = {"host": "127.0.0.1", "port": 0, "api_key": "secret-key"}
+    values.update(config)
+    server = AvatarServer(brain or EchoBrain(), ServerConfig.model_validate(values))
+    await nursery.start(server.run)
+    return server
+
+
+def url(server: AvatarServer) -> str:
+    return f"ws://127.0.0.1:{server.port}/ws"
+
+
+async def test_our_client_against_our_server(nursery: trio.Nursery) -> None:
+    echo = EchoBrain()
+    server = await serve(nursery, echo)
+    brain = remote(url(server))
+    items = await collect(brain, request("hello"))
+    assert heard(items) == ["hello"]
+    chunks = [i for i in items if isinstance(i, ReplyChunk)]
+    assert [c.voice_text for c in chunks] == ["Echo: hello.", "Turn 1."]
+    assert [(t.name, t.value) for c in chunks for t in c.tags] == [("face", "joy"), ("animation", "wave")]
+    assert chunks[0].audio is not None and chunks[0].audio.sample_rate == 24_000
+    items = await collect(brain, request("again", turn="t2"))
+    assert spoken(items)[-1] == "Turn 2."  # the server kept the context
+    assert [m.content for m in echo.histories[1]] == ["hello", "[face:joy] Echo: hello. [animation:wave] Turn 1."]
+
+
+async def test_pcm_mode_and_audio_utterance(nursery: trio.Nursery) -> None:
+    server = await serve(nursery, pcm=True)
+    items = await collect(remote(url(server)), request(None, audio=speech(0.5)))
+    assert heard(items) == ["audio of 0.5 s"]
+    chunks = [i for i in items if isinstance(i, ReplyChunk)]
+    assert len(chunks) == 2 and all(len(c.audio.samples) == 2400 for c in chunks)
+
+
+async def test_streamed_mic_is_endpointed_by_the_server(nursery: trio.Nursery) -> None:
+    server = await serve(nursery)
+    items = await collect(remote(url(server), input="stream"), request(None, audio=speech(0.6)))
+    assert heard(items)[0].startswith("audio of")
+    assert spoken(items)[0].startswith("Echo: audio of")
+
+
+async def test_history_seed_from_a_robot_that_failed_over(nursery: trio.Nursery) -> None:
+    from appliance.brains.base import Message
+
+    echo = EchoBrain()
+    server = await serve(nursery, echo)
+    history = (Message("user", "my name is Ann"), Message("assistant", "Hi Ann"))
+    items = await collect(remote(url(server)), request("who am I", history=history))
+    assert spoken(items)[-1] == "Turn 2."
+    assert [m.content for m in echo.histories[0]] == ["my name is Ann", "Hi Ann"]
+
+
+async def test_bad_key_refused_and_browser_subprotocol_accepted(nursery: trio.Nursery) -> None:
+    server = await serve(nursery)
+    with pytest.raises(ProviderRejected, match="403"):
+        await collect(remote(url(server), api_key="nope"), request())
+    token = "Authorization." + base64.b64encode(b"secret-key").decode()
+    async with open_websocket_url(url(server), subprotocols=[token]) as ws:
+        assert ws.subprotocol == token
+        await ws.send_message(json.dumps({"type": "start", "session_id": "s1"}))
+        assert json.loads(await ws.get_message())["type"] == "connected"
+    with pytest.raises(ConnectionRejected):
+        async with open_websocket_url(url(server)):
+            pass
+
+
+async def test_protocol_errors_are_answered(nursery: trio.Nursery) -> None:
+    server = await serve(nursery, api_key=None)
+    async with open_websocket_url(url(server)) as ws:
+        await ws.send_message("{not json")
+        frame = json.loads(await ws.get_message())
+        assert frame["type"] == "error" and "malformed JSON" in frame["metadata"]["error"]
+        await ws.send_message(json.dumps({"type": "invoke", "session_id": "nope", "text": "hi"}))
+        assert "not started" in json.loads(await ws.get_message())["metadata"]["error"]
+        await ws.send_message(json.dumps({"type": "start", "session_id": "s"}))
+        assert json.loads(await ws.get_message())["type"] == "connected"
+        await ws.send_message(json.dumps({"type": "invoke", "session_id": "s", "audio_data": "@@"}))
+        assert "base64" in json.loads(await ws.get_message())["metadata"]["error"]
+        await ws.send_message(json.dumps({"type": "invoke", "text": "no session"}))
+        frame = json.loads(await ws.get_message())
+        assert frame["type"] == "final" and frame["metadata"]["error"] == "session_id is required"
+
+
+async def test_new_request_interrupts_the_running_one(nursery: trio.Nursery) -> None:
+    server = await serve(nursery, EchoBrain(delay=5), api_key=None)
+    async with open_websocket_url(url(server)) as ws:
+        await ws.send_message(json.dumps({"type": "start", "session_id": "s"}))
+        await ws.get_message()
+        await ws.send_message(json.dumps({"type": "invoke", "session_id": "s", "text": "one"}))
+        first = [json.loads(await ws.get_message()) for _ in range(2)]
+        assert [f["type"] for f in first] == ["accepted", "start"]
+        await ws.send_message(json.dumps({"type": "invoke", "session_id": "s", "text": "two"}))
+        frame = json.loads(await ws.get_message())
+        assert frame["type"] == "final" and frame["metadata"]["interrupted"] is True
+        assert frame["transaction_id"] == first[0]["transaction_id"]
+
+
+async def test_brain_failure_becomes_error_frame(nursery: trio.Nursery) -> None:
+    server = await serve(nursery, EchoBrain(fail=True))
+    with pytest.raises(ProviderUnavailable, match="HTTP 500"):
+        await collect(remote(url(server)), request())
+    assert server.turns == 1
