@@ -176,6 +176,7 @@ class TurnFinished(Event):
     outcome: str  # "done" | "interrupted" | "failed" | "empty"
     spoken: str = ""
     error: str | None = None
+    error_kind: str | None = None  # the ProviderError subclass, e.g. "ProviderTimeout"
     timings: TurnTimings = TurnTimings()
 
 
