@@ -254,3 +254,19 @@ def test_rejects_non_websocket_url() -> None:
     with pytest.raises(ValidationError, match="ws://"):
         RemoteConfig(url="http://pc:8000/ws")
     assert isinstance(RemoteBrain(RemoteConfig()), RemoteBrain)
+
+
+async def test_freeze_just_before_a_turn_is_caught_by_the_request_ping(
+        server: FakeAvatarServer, nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    proxy = FreezableProxy(server.port)
+    port = await nursery.start(proxy.run)
+    brain = remote(f"ws://127.0.0.1:{port}/ws", heartbeat_interval=30, ack_timeout=0.5, reply_timeout=60)
+    await nursery.start(brain.run)
+    with trio.fail_after(5):
+        while not brain.connected:
+            await trio.sleep(0.01)
+    proxy.freeze()
+    start = trio.current_time()
+    with pytest.raises(ProviderTimeout, match="of the request"):
+        await collect(brain, request())
+    assert trio.current_time() - start == pytest.approx(0.5)  # not the 30 s heartbeat, not the 60 s reply wait

@@ -27,6 +27,9 @@ class RemoteConfig(Section):
     connect_timeout: float = Field(default=3.0, gt=0, description="TCP + WebSocket + session handshake (s)")
     heartbeat_interval: float = Field(default=2.0, gt=0, description="seconds between WebSocket pings")
     heartbeat_timeout: float = Field(default=2.0, gt=0, description="a pong later than this means the server is frozen")
+    ack_timeout: float = Field(
+        default=1.0, gt=0, description="each request is sent with a ping; no pong this fast means a frozen server (s)"
+    )
     reply_timeout: float = Field(default=15.0, gt=0, description="seconds to the first reply frame of a turn")
     frame_timeout: float = Field(default=15.0, gt=0, description="longest silence between frames of one reply (s)")
     reconnect_initial_delay: float = Field(default=0.5, gt=0, description="first reconnect delay (s)")
@@ -54,7 +57,7 @@ class FailoverConfig(Section):
     open_max: float = Field(default=120.0, gt=0, description="open time doubles after each failed probe, up to this (s)")
     probe_timeout: float = Field(default=5.0, gt=0, description="a background health probe must answer within (s)")
     first_audio_timeout: float = Field(
-        default=12.0, gt=0, description="a brain that has produced no speech after this long is skipped (s)"
+        default=8.0, gt=0, description="a brain that has produced no speech after this long is skipped (s)"
     )
     mid_reply_message: str = Field(
         default="Sorry, I lost my connection.", description="said when a brain fails in the middle of its reply"

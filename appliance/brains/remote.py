@@ -24,7 +24,7 @@ import math
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +121,7 @@ class _Link:
         self.provider = provider
         self.turn: _Turn | None = None
         self.awaiting_accept: list[_Turn] = []  # requests sent whose `accepted` has not come, oldest first
-        self.stale: set[str] = set()  # transactions of finished or abandoned turns
+        self.stale: dict[str, None] = {}  # transactions of finished or abandoned turns, oldest first
         self.error: ProviderError | None = None
         self.broken = trio.Event()
         self.last_frame_at = trio.current_time()
@@ -144,9 +144,9 @@ class _Link:
         if self.turn is turn:
             self.turn = None
         if turn.transaction_id:
-            self.stale.add(turn.transaction_id)
-            if len(self.stale) > 64:
-                self.stale.pop()
+            self.stale[turn.transaction_id] = None
+            while len(self.stale) > 64:
+                del self.stale[next(iter(self.stale))]  # forget the oldest
         elif answered and turn in self.awaiting_accept:
             self.awaiting_accept.remove(turn)  # this server does not send `accepted`
         turn.send.close()
@@ -158,7 +158,7 @@ class _Link:
             owner = self.awaiting_accept.pop(0) if self.awaiting_accept else None
             if owner is None or owner is not self.turn:
                 if tx:
-                    self.stale.add(tx)
+                    self.stale[tx] = None
                 log.debug("accepted for an abandoned request", extra={"brain": self.provider})
                 return
             owner.transaction_id = tx
@@ -383,6 +383,9 @@ class RemoteBrain:
                 finally:
                     try:
                         with trio.move_on_after(0.5):  # a frozen server never completes the close handshake
+                            if link.error is None:
+                                with suppress(ProviderError):  # ending the session politely is optional
+                                    await link.send({"type": "stop", "session_id": link.session_id})
                             await link.ws.aclose()
                     finally:
                         nursery.cancel_scope.cancel()
@@ -532,10 +535,26 @@ class RemoteBrain:
         link.begin(turn)
         answered = False
         try:
-            await self._send_request(link, request)
-            answered = await self._receive(link, turn, request, out)
+            with single_error():
+                async with trio.open_nursery() as nursery:
+                    # A server that froze since the last heartbeat would cost the user a whole heartbeat cycle;
+                    # a ping sent with the request finds out within ack_timeout, at no cost when all is well.
+                    nursery.start_soon(self._ack_ping, link)
+                    await self._send_request(link, request)
+                    answered = await self._receive(link, turn, request, out)
+                    nursery.cancel_scope.cancel()
         finally:
             link.end(turn, answered)
+
+    async def _ack_ping(self, link: _Link) -> None:
+        timeout = self.config.ack_timeout
+        try:
+            with trio.fail_after(timeout):
+                await link.ws.ping()
+        except trio.TooSlowError:
+            link.fail(ProviderTimeout(self.name, f"no pong within {timeout:g} s of the request: server frozen"))
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader reports the closed connection
 
     async def _send_request(self, link: _Link, request: TurnRequest) -> None:
         utterance = request.utterance

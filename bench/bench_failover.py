@@ -1,0 +1,217 @@
+"""Failover figures: extra delay when the primary brain is dead, time to notice a frozen remote, and what the
+FailoverBrain wrapper costs when nothing fails.
+
+Everything runs on 127.0.0.1 in one Trio loop: the fake cloud (real HTTP, real OpenAI SDK), the fake
+AIAvatarKit server (real WebSocket), the real CloudBrain, RemoteBrain and FailoverBrain. "Latency" is the time
+from handing the brain an utterance to the first reply chunk with speech, i.e. what the user waits for.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import trio
+
+from appliance.audio.base import AudioClip
+from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
+from appliance.brains.config import FailoverConfig, RemoteConfig
+from appliance.brains.failover import FailoverBrain
+from appliance.brains.remote import RemoteBrain
+from bench.common import Figure, median, percentile
+
+TURNS = 12
+HUNG_TIMEOUT = 2.0  # the cloud's request timeout in the hung case (the default is 15 s; the figure scales)
+
+
+def _speech() -> AudioClip:
+    import numpy as np
+
+    t = np.arange(8000) / 16000
+    return AudioClip((np.sin(2 * math.pi * 220 * t) * 12000).astype(np.int16), 16000)
+
+
+async def first_speech(brain: Any, n: int) -> float:
+    """Seconds from the request to the first chunk with audio (the rest of the reply is drained)."""
+    send, receive = trio.open_memory_channel[BrainOutput](0)
+    request = TurnRequest(f"t{n}", Utterance(audio=_speech()), (), f"c{n}")
+    first: float | None = None
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(brain.reply, request, send)
+        async with receive:
+            async for item in receive:
+                if first is None and isinstance(item, ReplyChunk) and item.audio is not None:
+                    first = time.perf_counter() - start
+    assert first is not None, "no speech"
+    return first
+
+
+def _cloud_brain(base_url: str, timeout: float) -> Any:
+    from appliance.app import cloud_brain_factory
+    from appliance.config import AppConfig
+    from appliance.conversation.local_voice import LocalVoice
+
+    section = {"base_url": base_url, "api_key": "bench-key", "timeout": timeout}
+    config = AppConfig.model_validate({"stt": section, "llm": {**section, "model": "fake"}, "tts": section,
+                                       "conversation": {"brain": "cloud"}})
+    brain = cloud_brain_factory(config, LocalVoice())()
+    brain.name = "cloud"
+    return brain
+
+
+async def _failover_delay(figures: list[Figure]) -> None:
+    from tests.fakes.aiavatar import FakeAvatarServer
+    from tests.fakes.cloud import fake_cloud
+    from tests.fakes.tcp import refused_port
+
+    async with trio.open_nursery() as nursery, fake_cloud() as hung_cloud:
+        hung_cloud.stt.hang = True
+        avatar = FakeAvatarServer(api_key=None)
+        await nursery.start(avatar.run)
+        backup = RemoteBrain(RemoteConfig(url=avatar.url))
+        await nursery.start(backup.run)
+        while not backup.connected:
+            await trio.sleep(0.01)
+        await first_speech(backup, 0)  # warm up
+        alone = [await first_speech(backup, n) for n in range(TURNS)]
+        base = median(alone)
+        figures.append(Figure("remote backup alone: first speech (median)", base * 1000, "ms"))
+        for label, url, timeout in (
+            ("connect refused", f"http://127.0.0.1:{refused_port()}/v1", 15.0),
+            ("hung", f"{hung_cloud.url}/v1", HUNG_TIMEOUT),
+        ):
+            cloud = _cloud_brain(url, timeout)
+            chain = FailoverBrain([cloud, backup], FailoverConfig())
+            times = [await first_speech(chain, n) for n in range(TURNS)]
+            extra = [t - base for t in times]
+            figures.append(Figure(f"failover extra delay, cloud {label} (median of {TURNS} turns)",
+                                  median(extra), "s", "<= 1", "the circuit opens, later turns skip the cloud"))
+            figures.append(Figure(f"failover extra delay, cloud {label} (first turn)", extra[0], "s", "",
+                                  f"request timeout {timeout:g} s" if label == "hung" else "fails at connect"))
+            await cloud.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def _remote_dead_first(figures: list[Figure]) -> None:
+    """Remote-first order: a dead remote (refused, frozen) in front of a healthy second brain."""
+    from tests.fakes.aiavatar import FakeAvatarServer
+    from tests.fakes.tcp import FreezableProxy, refused_port
+
+    async with trio.open_nursery() as nursery:
+        avatar = FakeAvatarServer(api_key=None)
+        await nursery.start(avatar.run)
+        backup = RemoteBrain(RemoteConfig(url=avatar.url), name="backup")
+        await nursery.start(backup.run)
+        while not backup.connected:
+            await trio.sleep(0.01)
+        alone = median([await first_speech(backup, n) for n in range(TURNS)])
+        proxy = FreezableProxy(avatar.port)
+        port = await nursery.start(proxy.run)
+        for label, url in (("refused", f"ws://127.0.0.1:{refused_port()}/ws"), ("frozen", f"ws://127.0.0.1:{port}/ws")):
+            primary = RemoteBrain(RemoteConfig(url=url))
+            chain = FailoverBrain([primary, backup], FailoverConfig())
+            if label == "frozen":
+                await nursery.start(primary.run)
+                while not primary.connected:
+                    await trio.sleep(0.01)
+                proxy.freeze()
+            times = [await first_speech(chain, n) for n in range(TURNS)]
+            figures.append(Figure(f"failover extra delay, remote {label} (median of {TURNS} turns)",
+                                  median(times) - alone, "s", "<= 1"))
+            figures.append(Figure(f"failover extra delay, remote {label} (first turn)", times[0] - alone, "s"))
+        proxy.thaw()
+        nursery.cancel_scope.cancel()
+
+
+async def _freeze_detection(figures: list[Figure]) -> None:
+    from tests.fakes.aiavatar import FakeAvatarServer
+    from tests.fakes.tcp import FreezableProxy
+
+    config = RemoteConfig()
+    detect: list[float] = []
+    async with trio.open_nursery() as nursery:
+        avatar = FakeAvatarServer(api_key=None)
+        await nursery.start(avatar.run)
+        proxy = FreezableProxy(avatar.port)
+        port = await nursery.start(proxy.run)
+        brain = RemoteBrain(config.model_copy(update={"url": f"ws://127.0.0.1:{port}/ws"}))
+        await nursery.start(brain.run)
+        for round_ in range(3):
+            while not brain.connected:
+                await trio.sleep(0.01)
+            await trio.sleep(0.37 * (round_ + 1))  # freeze at different points of the heartbeat cycle
+            proxy.freeze()
+            start = time.perf_counter()
+            while brain.connected:
+                await trio.sleep(0.005)
+            detect.append(time.perf_counter() - start)
+            proxy.thaw()
+        nursery.cancel_scope.cancel()
+    bound = config.heartbeat_interval + config.heartbeat_timeout
+    figures.append(Figure("frozen remote detected after (median)", median(detect), "s", f"<= {bound:g}",
+                          f"heartbeat {config.heartbeat_interval:g} s + pong timeout {config.heartbeat_timeout:g} s"))
+    figures.append(Figure("frozen remote detected after (max of 3)", max(detect), "s", f"<= {bound:g}"))
+
+
+class _Instant:
+    """A brain that answers at once: whatever a turn costs beyond it is the wrapper's."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.clip = AudioClip.silence(0.01)
+
+    async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        async with out:
+            await out.send(Transcript("hello"))
+            for text in ("One.", "Two.", "Three."):
+                await out.send(ReplyChunk(text, text, (), self.clip))
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _overhead(figures: list[Figure]) -> None:
+    inner = _Instant("instant")
+    wrapped = FailoverBrain([_Instant("primary"), _Instant("backup")], FailoverConfig())
+
+    async def turn(brain: Any) -> float:
+        send, receive = trio.open_memory_channel[BrainOutput](0)
+        request = TurnRequest("t", Utterance(text="hello"))
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(brain.reply, request, send)
+            async with receive:
+                async for _ in receive:
+                    pass
+        return time.perf_counter() - start
+
+    for _ in range(200):  # warm up
+        await turn(inner)
+        await turn(wrapped)
+    plain, failover = [], []
+    for _ in range(2000):
+        plain.append(await turn(inner))
+        failover.append(await turn(wrapped))
+    extra_ms = (median(failover) - median(plain)) * 1000
+    figures.append(Figure("FailoverBrain steady-state overhead per turn (median)", extra_ms, "ms", "<= 1",
+                          f"p95 {(percentile(failover, 95) - percentile(plain, 95)) * 1000:.3f} ms"))
+
+
+def main() -> list[Figure]:
+    import logging
+
+    logging.getLogger("appliance").setLevel(logging.ERROR)
+    figures: list[Figure] = []
+    trio.run(_overhead, figures)
+    trio.run(_failover_delay, figures)
+    trio.run(_remote_dead_first, figures)
+    trio.run(_freeze_detection, figures)
+    return figures
+
+
+if __name__ == "__main__":
+    from bench.common import print_figures
+
+    print_figures(main())
