@@ -270,3 +270,14 @@ async def test_freeze_just_before_a_turn_is_caught_by_the_request_ping(
     with pytest.raises(ProviderTimeout, match="of the request"):
         await collect(brain, request())
     assert trio.current_time() - start == pytest.approx(0.5)  # not the 30 s heartbeat, not the 60 s reply wait
+
+
+async def test_flapping_server_is_not_hammered(server: FakeAvatarServer, nursery: trio.Nursery,
+                                               clock: trio.testing.MockClock) -> None:
+    server.fault = "drop_on_start"
+    brain = remote(server.url, reconnect_initial_delay=0.5, reconnect_max_delay=4.0)
+    await nursery.start(brain.run)
+    await trio.sleep(20)
+    # each connection lives for a moment only, so the backoff keeps growing instead of starting over
+    assert 5 <= server.connections <= 10
+    assert isinstance(brain.last_error, ProviderUnavailable)

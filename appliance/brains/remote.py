@@ -63,6 +63,7 @@ from appliance.errors import (
 log = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
+STABLE_AFTER = 10.0  # seconds a connection must last before reconnect delays start over
 
 
 class RemoteCanceled(ProviderBadReply):
@@ -351,18 +352,23 @@ class RemoteBrain:
         try:
             while True:
                 self._attempt = trio.Event()
+                connected_at: float | None = None
                 try:
                     async with self._session() as link:
                         self._link = link
                         self._attempt.set()
                         self.last_error = None
-                        delay = cfg.reconnect_initial_delay
+                        connected_at = trio.current_time()
                         log.info("connected to %s", cfg.url, extra={"brain": self.name})
                         await link.broken.wait()
                         assert link.error is not None
                         raise link.error
                 except ProviderError as exc:
                     self.last_error = exc
+                    # Only a connection that stayed up a while resets the backoff: a server that accepts and
+                    # drops at once must not be hammered.
+                    if connected_at is not None and trio.current_time() - connected_at >= STABLE_AFTER:
+                        delay = cfg.reconnect_initial_delay
                     log.warning("%s; reconnecting in %.1f s", exc, delay, extra={"brain": self.name})
                 finally:
                     self._link = None

@@ -13,7 +13,8 @@ Real servers' quirks, each switchable in ``quirks``:
 
 Faults to inject (``fault``): ``close_mid_reply``, ``silent`` (accepts, never answers), ``malformed``
 (broken JSON instead of a chunk), ``unknown_types`` (frames of unknown types before the reply),
-``error`` (an ``error`` frame), ``binary`` (a binary frame). A refused key is a handshake 403.
+``error`` (an ``error`` frame), ``binary`` (a binary frame), ``drop_on_start`` (hangs up right after
+``connected``). A refused key is a handshake 403.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ class FakeAvatarServer:
             session = _Session(session_id, frame.get("user_id") or "user", frame.get("context_id"))
             sessions[session_id] = session
             await self._send(ws, session, "connected")
-            return True
+            return self.fault != "drop_on_start"  # a flapping server: accepts, then hangs up at once
         session = sessions.get(session_id)
         if session is None:
             self._violation(f"{kind} for a session that was never started")
