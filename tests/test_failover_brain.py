@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from appliance.brains.base import ReplyChunk, Transcript
+from appliance.brains.base import ReplyChunk
 from appliance.brains.config import FailoverConfig
 from appliance.brains.failover import FailoverBrain
 from appliance.brains.health import BrainChanged, BrainHealthChanged

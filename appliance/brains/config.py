@@ -51,10 +51,13 @@ class FailoverConfig(Section):
     """How the ordered ``conversation.brains`` list moves from one brain to the next, and back."""
 
     failure_threshold: int = Field(
-        default=2, ge=1, le=100, description="consecutive failures that open a brain's circuit (a timeout opens it at once)"
+        default=2, ge=1, le=100,
+        description="consecutive failures that open a brain's circuit (a timeout opens it at once)",
     )
     open_initial: float = Field(default=5.0, gt=0, description="first time an open circuit stays open (s)")
-    open_max: float = Field(default=120.0, gt=0, description="open time doubles after each failed probe, up to this (s)")
+    open_max: float = Field(
+        default=120.0, gt=0, description="open time doubles after each failed probe, up to this (s)"
+    )
     probe_timeout: float = Field(default=5.0, gt=0, description="a background health probe must answer within (s)")
     first_audio_timeout: float = Field(
         default=8.0, gt=0, description="a brain that has produced no speech after this long is skipped (s)"

@@ -18,7 +18,7 @@ from appliance.errors import ProviderError, ProviderRejected, ProviderTimeout
 from appliance.events import Event
 
 
-class Circuit(str, enum.Enum):
+class Circuit(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half-open"

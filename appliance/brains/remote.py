@@ -277,7 +277,8 @@ class _ReplyReader:
         if not isinstance(fmt, dict):
             raise ProtocolError("metadata.pcm_format is not an object")
         try:
-            rate, channels, width = int(fmt["sample_rate"]), int(fmt.get("channels", 1)), int(fmt.get("sample_width", 2))
+            rate = int(fmt["sample_rate"])
+            channels, width = int(fmt.get("channels", 1)), int(fmt.get("sample_width", 2))
             count = int(meta.get("audio_frame_count", frame.get("audio_frame_count", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad pcm_format {fmt!r}: {exc}") from None
@@ -319,7 +320,9 @@ class _ReplyReader:
 class RemoteBrain:
     """A :class:`~appliance.brains.base.Brain` backed by an AIAvatarKit-protocol server."""
 
-    def __init__(self, config: RemoteConfig, *, name: str = "remote", ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, config: RemoteConfig, *, name: str = "remote", ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.config = config
         self.name = name
         self._api_key = config.api_key.get_secret_value() if config.api_key else None
@@ -461,7 +464,8 @@ class RemoteBrain:
         try:
             frame = json.loads(message)
         except json.JSONDecodeError as exc:
-            raise ProviderBadReply(self.name, f"malformed JSON frame ({exc.msg} at {exc.pos}): {message[:80]!r}") from None
+            detail = f"malformed JSON frame ({exc.msg} at {exc.pos}): {message[:80]!r}"
+            raise ProviderBadReply(self.name, detail) from None
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             raise ProviderBadReply(self.name, f"frame without a type: {message[:80]!r}")
         return frame

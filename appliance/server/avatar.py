@@ -160,7 +160,8 @@ class AvatarServer:
             await self._send(ws, None, "error", metadata={"error": f"malformed JSON: {exc.msg}"})
             return True
         if not isinstance(frame, dict) or frame.get("type") not in CLIENT_TYPES:
-            what = "binary frame" if isinstance(message, bytes) else f"frame type {frame.get('type') if isinstance(frame, dict) else None!r}"
+            kind = frame.get("type") if isinstance(frame, dict) else None
+            what = "binary frame" if isinstance(message, bytes) else f"frame type {kind!r}"
             await self._send(ws, None, "error", metadata={"error": f"unsupported {what}"})
             return True
         session_id = frame.get("session_id")
