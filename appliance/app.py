@@ -180,7 +180,7 @@ def build_brain(config: AppConfig, voice: LocalVoice, bus: EventBus) -> tuple[Br
         elif kind == "remote":
             from appliance.brains.remote import RemoteBrain
 
-            brains.append(RemoteBrain(config.remote))
+            brains.append(RemoteBrain(config.remote, bus=bus))
         else:
             brains.append(OfflineBrain(config.conversation.offline_message, voice))
     if len(brains) == 1:

@@ -12,7 +12,7 @@ import trio
 from appliance.brains.base import Utterance
 from appliance.brains.health import BrainChanged, BrainHealthChanged
 from appliance.config import AppConfig
-from appliance.events import Heard, TurnFinished
+from appliance.events import Heard, TurnFinished, TurnStarted
 from tests.fakes.aiavatar import FakeAvatarServer
 from tests.fakes.cloud import fake_cloud
 from tests.fakes.tcp import FailingResolver, refused_port
@@ -124,10 +124,15 @@ async def test_failback_to_the_cloud_after_recovery(avatar: FakeAvatarServer) ->
             await app.conversation.start_turn(UTTERANCE)
             first = await log.wait_for(TurnFinished)
             await log.wait_for(BrainHealthChanged, lambda e: e.brain == "cloud" and not e.healthy)
+            await app.conversation.start_turn(UTTERANCE)  # the cloud's circuit is open: straight to the remote
+            second = await log.wait_for(TurnFinished, lambda e: e.turn_id != first.turn_id)
+            tried = len(cloud.bodies("/v1/audio/transcriptions"))
             cloud.reset()  # the cloud is back: the background probe (GET /models) notices
             await log.wait_for(BrainHealthChanged, lambda e: e.brain == "cloud" and e.healthy, timeout=10)
             await app.conversation.start_turn(UTTERANCE)
-            second = await log.wait_for(TurnFinished, lambda e: e.turn_id != first.turn_id)
-    assert "You said:" in first.spoken
-    assert "nine o'clock" in second.spoken
+            third = await log.wait_for(TurnFinished, lambda e: e.turn_id not in (first.turn_id, second.turn_id))
+    assert "You said:" in first.spoken and "You said:" in second.spoken
+    assert "nine o'clock" in third.spoken
+    assert tried == 1  # the second turn never tried the cloud
     assert [e.brain for e in log.of(BrainChanged)] == ["remote", "cloud"]
+    assert [e.brain for e in log.of(TurnStarted)] == ["cloud", "remote", "cloud"]  # what the status line shows

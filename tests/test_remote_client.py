@@ -281,3 +281,17 @@ async def test_flapping_server_is_not_hammered(server: FakeAvatarServer, nursery
     # each connection lives for a moment only, so the backoff keeps growing instead of starting over
     assert 5 <= server.connections <= 10
     assert isinstance(brain.last_error, ProviderUnavailable)
+
+
+async def test_server_stop_ends_the_reply_and_asks_to_cancel_playback(server: FakeAvatarServer) -> None:
+    from appliance.bus import EventBus
+    from appliance.events import CancelTurnRequested
+
+    server.fault = "stop"
+    bus = EventBus()
+    brain = RemoteBrain(remote(server.url).config, bus=bus)
+    with bus.subscribe(CancelTurnRequested, name="test") as sub:
+        items = await collect(brain, request())
+        cancel = sub.receive.receive_nowait()
+    assert spoken(items) == ["You said: hello robot."]
+    assert cancel.source == "remote"

@@ -149,3 +149,31 @@ async def test_brain_failure_becomes_error_frame(nursery: trio.Nursery) -> None:
     with pytest.raises(ProviderUnavailable, match="HTTP 500"):
         await collect(remote(url(server)), request())
     assert server.turns == 1
+
+
+async def test_serve_the_real_cloud_brain(nursery: trio.Nursery) -> None:
+    """What ``appliance serve`` runs: the CloudBrain (on the fake cloud) behind our server, our client in front."""
+    from appliance.app import cloud_brain_factory
+    from appliance.conversation.local_voice import LocalVoice
+    from tests.fakes.cloud import fake_cloud
+    from tests.harness import cloud_config
+
+    async with fake_cloud() as cloud:
+        cloud_brain = cloud_brain_factory(cloud_config(cloud.url), LocalVoice())()
+        server = AvatarServer(cloud_brain, ServerConfig(host="127.0.0.1", port=0, api_key="secret-key"))
+        port = await nursery.start(server.run)
+        brain = remote(f"ws://127.0.0.1:{port}/ws")
+        items = await collect(brain, request(None, audio=speech(0.5)))
+        assert heard(items) == ["What time is it?"]
+        chunks = [i for i in items if isinstance(i, ReplyChunk)]
+        assert [c.voice_text for c in chunks] == ["It is nine o'clock.", "Time for breakfast!", "Have a nice day."]
+        assert [(t.name, t.value) for t in chunks[0].tags + chunks[2].tags] == [("face", "joy"), ("animation", "wave")]
+        assert all(c.audio is not None and c.audio.duration > 0.05 for c in chunks)
+        await collect(brain, request("and tomorrow?", turn="t2"))
+        second = cloud.bodies("/v1/chat/completions")[1]["messages"]
+        assert [(m["role"], m["content"]) for m in second[1:]] == [  # the server kept the conversation
+            ("user", "What time is it?"),
+            ("assistant", cloud.reply),
+            ("user", "and tomorrow?"),
+        ]
+        await cloud_brain.aclose()

@@ -261,11 +261,11 @@ class FailoverBrain:
         was_healthy = member.breaker.healthy
         member.breaker.failure(error)
         if was_healthy and not member.breaker.healthy:
-            log.warning("%s circuit open for %.0f s: %s", member.name, member.breaker.open_for, error,
+            log.warning("%s circuit open for %.1f s: %s", member.name, member.breaker.open_for, error,
                         extra={"brain": member.name})
             self._publish(BrainHealthChanged(member.name, False, member.breaker.state.value, str(error)))
         elif not was_healthy:
-            log.info("%s still failing (%s); next try in %.0f s", member.name, error, member.breaker.open_for,
+            log.info("%s still failing (%s); next try in %.1f s", member.name, error, member.breaker.open_for,
                      extra={"brain": member.name})
 
     def _succeeded(self, member: _Member, how: str) -> None:

@@ -51,7 +51,9 @@ from appliance.brains.avatar_protocol import (
 from appliance.brains._groups import single_error
 from appliance.brains.base import BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest
 from appliance.brains.config import RemoteConfig
+from appliance.bus import EventBus
 from appliance.conversation.tags import extract_tags
+from appliance.events import CancelTurnRequested
 from appliance.errors import (
     ProviderBadReply,
     ProviderError,
@@ -321,10 +323,12 @@ class RemoteBrain:
     """A :class:`~appliance.brains.base.Brain` backed by an AIAvatarKit-protocol server."""
 
     def __init__(
-        self, config: RemoteConfig, *, name: str = "remote", ssl_context: ssl.SSLContext | None = None
+        self, config: RemoteConfig, *, name: str = "remote", ssl_context: ssl.SSLContext | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.config = config
         self.name = name
+        self.bus = bus  # a server's `stop` (its barge-in or guardrail) cancels the turn through it
         self._api_key = config.api_key.get_secret_value() if config.api_key else None
         self._ssl = ssl_context
         if self._ssl is None and config.url.startswith("wss:"):
@@ -658,6 +662,8 @@ class RemoteBrain:
                 return True
             elif kind == "stop":
                 log.info("server asked to stop speaking", extra={"brain": self.name, "turn_id": turn.turn_id})
+                if self.bus is not None:
+                    self.bus.publish(CancelTurnRequested(source=self.name))  # stop what is playing, now
                 return True
             elif kind == "canceled":
                 raise RemoteCanceled(self.name, "the server canceled the request (its speech recognition failed)")

@@ -13,7 +13,7 @@ Real servers' quirks, each switchable in ``quirks``:
 
 Faults to inject (``fault``): ``close_mid_reply``, ``silent`` (accepts, never answers), ``malformed``
 (broken JSON instead of a chunk), ``unknown_types`` (frames of unknown types before the reply),
-``error`` (an ``error`` frame), ``binary`` (a binary frame), ``drop_on_start`` (hangs up right after
+``error`` (an ``error`` frame), ``binary`` (a binary frame), ``stop`` (a ``stop`` after the first sentence), ``drop_on_start`` (hangs up right after
 ``connected``). A refused key is a handshake 403.
 """
 
@@ -330,6 +330,9 @@ class FakeAvatarServer:
             await trio.sleep(self.chunk_delay)
             await self._chunk(ws, session, sentence)
             spoken.append(sentence)
+            if self.fault == "stop":  # its guardrail (or its own VAD) says: stop playing now
+                await self._send(ws, session, "stop")
+                return
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": " ".join(spoken)}]
         self.replied += 1
         await self._send(ws, session, "final", text=" ".join(spoken), metadata={"request_text": text})
