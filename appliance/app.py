@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from pydantic import SecretStr
 
 from appliance.audio.base import AudioSink, AudioSource, BlockQueue
 from appliance.brains.base import Brain, BrainOutput, TurnRequest, Utterance
@@ -180,7 +181,16 @@ def build_brain(config: AppConfig, voice: LocalVoice, bus: EventBus) -> tuple[Br
         elif kind == "remote":
             from appliance.brains.remote import RemoteBrain
 
-            brains.append(RemoteBrain(config.remote, bus=bus))
+            remote_cfg = config.remote
+            if remote_cfg.api_key is None:
+                import os
+
+                from appliance.config import lookup_secret
+
+                key = lookup_secret("", "remote_api_key", os.environ)  # LoadCredential=remote_api_key:...
+                if key:
+                    remote_cfg = remote_cfg.model_copy(update={"api_key": SecretStr(key)})
+            brains.append(RemoteBrain(remote_cfg, bus=bus))
         else:
             brains.append(OfflineBrain(config.conversation.offline_message, voice))
     if len(brains) == 1:

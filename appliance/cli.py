@@ -111,7 +111,19 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_CONFIG
-    changes = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    changes: dict[str, object] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if config.server.api_key is None:
+        import os
+
+        from pydantic import SecretStr
+
+        from appliance.config import lookup_secret
+
+        key = lookup_secret("", "server_api_key", os.environ)  # LoadCredential=server_api_key:...
+        if key:
+            changes["api_key"] = SecretStr(key)
+        else:
+            log.warning("no server.api_key: any client on the network may use this server (and your cloud keys)")
     server = AvatarServer(brain, config.server.model_copy(update=changes),
                           history_limit=config.conversation.history_limit)
     try:

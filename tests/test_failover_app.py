@@ -86,3 +86,13 @@ def test_config_errors_name_the_setting(tmp_path, capsys: pytest.CaptureFixture[
     assert main(["--config", str(path), "check-config"]) == 0
     assert "brain=remote,offline" in capsys.readouterr().out
     assert load_config(path, {}).conversation.brains == ("remote", "offline")
+
+
+def test_remote_key_from_systemd_credentials(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "remote_api_key").write_text("from-credentials\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    config = make_config("ws://127.0.0.1:1/ws", ["remote", "offline"])
+    config = config.model_copy(update={"remote": config.remote.model_copy(update={"api_key": None})})
+    appliance = build_appliance(config, handle_signals=False)
+    remote_brain = appliance.brain.members[0].brain
+    assert isinstance(remote_brain, RemoteBrain) and remote_brain._api_key == "from-credentials"
