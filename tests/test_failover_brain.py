@@ -207,3 +207,23 @@ def test_rejects_bad_lists() -> None:
         FailoverBrain([StubBrain("a"), StubBrain("a")], CONFIG)
     with pytest.raises(ValueError, match="open_max"):
         FailoverConfig(open_initial=10, open_max=5)
+
+
+async def test_routine_probe_finds_an_outage_before_the_user_speaks(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    config = CONFIG.model_copy(update={"health_interval": 30.0})
+    cloud = StubBrain("cloud")
+    remote = StubBrain("remote")
+    brain = FailoverBrain([cloud, remote], config)
+    await nursery.start(brain.run)
+    await trio.sleep(31)
+    assert cloud.probes == 1 and brain.members[0].breaker.healthy
+    cloud.probe_error = lambda: ProviderTimeout("cloud", "hung")  # the cloud hangs while nobody talks
+    cloud.hang = True
+    await trio.sleep(30)
+    assert not brain.members[0].breaker.healthy
+    start = trio.current_time()
+    items = await collect(brain, request())
+    assert spoken(items) == ["fine."] and items[-1].text == "remote: fine."
+    assert trio.current_time() == start  # no waiting on the hung cloud at all
+    assert cloud.requests == []

@@ -59,6 +59,10 @@ class FailoverConfig(Section):
         default=120.0, gt=0, description="open time doubles after each failed probe, up to this (s)"
     )
     probe_timeout: float = Field(default=5.0, gt=0, description="a background health probe must answer within (s)")
+    health_interval: float = Field(
+        default=30.0, ge=0,
+        description="probe healthy brains this often too, so an outage is found before the user speaks (s); 0 = off",
+    )
     first_audio_timeout: float = Field(
         default=8.0, gt=0, description="a brain that has produced no speech after this long is skipped (s)"
     )

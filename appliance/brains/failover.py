@@ -11,7 +11,8 @@ the user has heard:
 
 A brain that keeps failing (or times out, or refuses our key) has its circuit opened and is skipped. Brains
 that can be probed cheaply (``async def probe()``: a WebSocket ping, a ``GET /models``) are probed in the
-background while open; the others are tried again by a real turn once their open time has passed. When the
+background while open (and every ``health_interval`` while healthy, so an outage is usually found before
+the user speaks); the others are tried again by a real turn once their open time has passed. When the
 preferred brain is healthy again, replies fail back to it. Every switch is published as ``BrainChanged``,
 every circuit change as ``BrainHealthChanged``.
 """
@@ -43,6 +44,7 @@ class _Member:
     breaker: CircuitBreaker
     probe: Probe | None
     probing: bool = False
+    checked_at: float = -math.inf  # when it last answered a turn or a probe
 
     @property
     def name(self) -> str:
@@ -94,7 +96,10 @@ class FailoverBrain:
     @property
     def name(self) -> str:
         """The brain the next turn will most likely use (what status displays show at turn start)."""
-        now = trio.current_time()
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # asked outside Trio (start-up logs): no circuit has opened yet
+            return self.members[0].name
         for member in self.members:
             if member.breaker.healthy or (member.probe is None and member.breaker.due(now)):
                 return member.name
@@ -112,13 +117,21 @@ class FailoverBrain:
                 if run is not None:
                     await nursery.start(run)
             task_status.started()
+            for member in self.members:
+                member.checked_at = trio.current_time()  # the first routine check comes one interval after start
+            interval = self.config.health_interval
             while True:
                 now = trio.current_time()
                 wake = now + 1.0
                 for member in self.members:
-                    if member.probe is None or member.probing or member.breaker.healthy:
+                    if member.probe is None or member.probing:
                         continue
-                    ready_at = member.breaker.opened_at + member.breaker.open_for
+                    if member.breaker.healthy:
+                        if not interval:
+                            continue
+                        ready_at = member.checked_at + interval  # routine check: find outages before a turn does
+                    else:
+                        ready_at = member.breaker.opened_at + member.breaker.open_for
                     if now >= ready_at:
                         member.probing = True
                         nursery.start_soon(self._probe, member)
@@ -139,6 +152,7 @@ class FailoverBrain:
             self._succeeded(member, "probe")
         finally:
             member.probing = False
+            member.checked_at = trio.current_time()
 
     # --- turns --------------------------------------------------------------------------------------------
 
@@ -174,6 +188,7 @@ class FailoverBrain:
                                 extra={"turn_id": request.turn_id, "brain": member.name})
                     await self._apologise(out)
                     return
+                member.checked_at = trio.current_time()
                 self._succeeded(member, "turn")
                 self._answered_by(member, state)
                 return
