@@ -227,3 +227,14 @@ async def test_routine_probe_finds_an_outage_before_the_user_speaks(
     assert spoken(items) == ["fine."] and items[-1].text == "remote: fine."
     assert trio.current_time() == start  # no waiting on the hung cloud at all
     assert cloud.requests == []
+
+
+async def test_without_background_probes_an_open_brain_gets_a_trial_turn(
+        autojump_clock: trio.testing.MockClock) -> None:
+    cloud = StubBrain("cloud", fail=lambda: ProviderTimeout("cloud", "slow"))  # has probe(), but nobody runs it
+    brain = FailoverBrain([cloud, StubBrain("remote")], CONFIG)
+    await collect(brain, request(turn="a"))
+    cloud.fail = None
+    await trio.sleep(CONFIG.open_initial + 1)
+    items = await collect(brain, request(turn="b"))
+    assert items[-1].text == "cloud: fine." and brain.members[0].breaker.healthy

@@ -91,6 +91,7 @@ class FailoverBrain:
             _Member(b, CircuitBreaker(config), probes.get(b.name) or getattr(b, "probe", None)) for b in brains
         ]
         self.active: str | None = None  # the brain that answered last
+        self._running = False  # background probes are running (``run``)
         self.failovers = 0
 
     @property
@@ -101,7 +102,7 @@ class FailoverBrain:
         except RuntimeError:  # asked outside Trio (start-up logs): no circuit has opened yet
             return self.members[0].name
         for member in self.members:
-            if member.breaker.healthy or (member.probe is None and member.breaker.due(now)):
+            if member.breaker.healthy or ((member.probe is None or not self._running) and member.breaker.due(now)):
                 return member.name
         return self.members[-1].name
 
@@ -111,12 +112,19 @@ class FailoverBrain:
     # --- background: the members' own services and the health probes ------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            self._running = False
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             for member in self.members:
                 run = getattr(member.brain, "run", None)
                 if run is not None:
                     await nursery.start(run)
             task_status.started()
+            self._running = True
             for member in self.members:
                 member.checked_at = trio.current_time()  # the first routine check comes one interval after start
             interval = self.config.health_interval
@@ -162,8 +170,8 @@ class FailoverBrain:
         for member in self.members:
             if member.breaker.healthy:
                 ready.append(member)
-            elif member.probe is None and member.breaker.usable(now):
-                ready.append(member)  # half-open: this turn is its trial
+            elif (member.probe is None or not self._running) and member.breaker.usable(now):
+                ready.append(member)  # half-open: this turn is its trial (nobody probes it in the background)
         return ready or list(self.members)  # all open: still try rather than say nothing
 
     async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
