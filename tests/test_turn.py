@@ -196,3 +196,24 @@ async def test_turn_started_names_the_brain() -> None:
             await app.conversation.start_turn(SPEECH)
             await log.wait_for(TurnFinished)
     assert log.of(TurnStarted)[0].brain == "cloud"
+
+
+async def test_connections_are_opened_while_the_user_speaks_and_not_again_while_warm() -> None:
+    async with fake_cloud() as cloud:
+        async with running_appliance(cloud_config(cloud.url)) as (app, log):
+            with trio.fail_after(10):  # at start-up, right after READY
+                while cloud.paths().count("/v1/models") < 3:
+                    await trio.sleep(0.01)
+            await app.conversation.start_turn(SPEECH)
+            await log.wait_for(TurnFinished)
+            app.bus.publish(SpeechStarted())
+            await trio.sleep(0.3)
+            # One warm-up per service (STT, LLM, TTS) at start; the turn kept them warm, so onset added none.
+            assert cloud.paths().count("/v1/models") == 3
+            brain = await app.brain.ensure()  # type: ignore[attr-defined]
+            brain.stt.warmth.last_used = float("-inf")  # as if the robot had been idle for minutes
+            app.bus.publish(SpeechStarted())
+            with trio.fail_after(10):
+                while cloud.paths().count("/v1/models") < 4:
+                    await trio.sleep(0.01)
+    assert cloud.paths().count("/v1/models") == 4

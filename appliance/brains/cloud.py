@@ -160,6 +160,14 @@ class CloudBrain:
         finally:
             pending.done.set()
 
+    async def warm(self) -> None:
+        """Open connections to every service before the utterance is finished (called at speech onset)."""
+        async with trio.open_nursery() as nursery:
+            for part in (self.stt, self.llm, self.tts):
+                warm = getattr(part, "warm", None)
+                if warm is not None:
+                    nursery.start_soon(warm)
+
     async def aclose(self) -> None:
         for part in (self.stt, self.llm, self.tts):
             try:

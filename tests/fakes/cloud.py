@@ -80,6 +80,7 @@ class FakeCloud:
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/audio/speech", self._speech, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
                 Route("/_fake/requests", self._log, methods=["GET"]),
             ]
         )
@@ -186,6 +187,11 @@ class FakeCloud:
         ])
 
     # --- OpenAI --------------------------------------------------------------------------------------
+
+    async def _models(self, request: Request) -> Response:
+        await self._record(request, None)
+        return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
+                                                         "owned_by": "fake"}]})
 
     async def _transcriptions(self, request: Request) -> Response:
         form = await request.form()
