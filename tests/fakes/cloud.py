@@ -56,6 +56,7 @@ class Recorded:
     body: Any
     at: float
     first_byte_at: float | None = None
+    finished_at: float | None = None
 
 
 @dataclass
@@ -166,6 +167,8 @@ class FakeCloud:
                     yield piece
                 finished = True
                 self.completed_streams += 1
+                if record is not None:
+                    record.finished_at = time.monotonic()
             finally:
                 if not finished:
                     self.disconnects += 1
