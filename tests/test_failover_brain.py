@@ -238,3 +238,17 @@ async def test_without_background_probes_an_open_brain_gets_a_trial_turn(
     await trio.sleep(CONFIG.open_initial + 1)
     items = await collect(brain, request(turn="b"))
     assert items[-1].text == "cloud: fine." and brain.members[0].breaker.healthy
+
+
+async def test_warm_reaches_the_brains_a_turn_may_try() -> None:
+    warmed: list[str] = []
+
+    class Warmable(StubBrain):
+        async def warm(self) -> None:
+            warmed.append(self.name)
+            if self.name == "remote":
+                raise ProviderUnavailable("remote", "cannot connect")  # best effort: never fails the caller
+
+    brain = FailoverBrain([Warmable("cloud"), Warmable("remote"), StubBrain("offline")], CONFIG)
+    await brain.warm()
+    assert sorted(warmed) == ["cloud", "remote"]

@@ -88,7 +88,7 @@ async def test_cloud_fault_reply_comes_from_remote(fault: str, avatar: FakeAvata
     changed = log.of(BrainChanged)
     assert changed and changed[-1].brain == "remote"
     if base == "dns":
-        assert resolver.lookups == ["cloud-api.example"]  # answered locally: no DNS query left the machine
+        assert set(resolver.lookups) == {"cloud-api.example"}  # answered locally: no DNS query left the machine
     assert avatar.violations == []
 
 

@@ -253,6 +253,20 @@ class FailoverBrain:
         for chunk in held:  # a reply without any speech (tags only)
             await out.send(chunk)
 
+    async def warm(self) -> None:
+        """Open connections while the user is still speaking, for every brain this turn may try."""
+        async with trio.open_nursery() as nursery:
+            for member in self._candidates():
+                warm = getattr(member.brain, "warm", None)
+                if warm is not None:
+                    nursery.start_soon(self._warm_one, member.name, warm)
+
+    async def _warm_one(self, name: str, warm: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await warm()
+        except Exception:  # warming is an optimisation: the turn itself finds out what is wrong
+            log.debug("warming %s failed", name, exc_info=True, extra={"brain": name})
+
     async def _apologise(self, out: trio.MemorySendChannel[BrainOutput]) -> None:
         text = self.config.mid_reply_message
         if not text:

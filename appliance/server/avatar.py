@@ -20,7 +20,7 @@ import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from appliance.audio.base import CAPTURE_RATE, AudioClip
+from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream
 from appliance.audio.convert import encode_wav
 from appliance.brains._groups import single_error
 from appliance.brains.avatar_protocol import (
@@ -312,17 +312,22 @@ class AvatarServer:
         common: dict[str, Any] = {"text": chunk.text, "voice_text": chunk.voice_text,
                                   "avatar_control_request": avatar_control_from_tags(chunk.tags),
                                   "control_tags": control_tags(chunk.tags)}
-        if chunk.audio is None:
+        audio = chunk.audio
+        if isinstance(audio, AudioStream):
+            # The protocol announces a sentence's length before its audio, so a stream is read to its end.
+            # A failure mid-way raises the provider's error: the client gets an `error` frame.
+            audio = await audio.read_all()
+        if audio is None:
             await self._send(ws, session, "chunk", **common)
         elif not self.config.pcm:
-            await self._send(ws, session, "chunk", audio_data=b64encode(encode_wav(chunk.audio)), **common)
+            await self._send(ws, session, "chunk", audio_data=b64encode(encode_wav(audio)), **common)
         else:
             audio_id = uuid.uuid4().hex
-            fmt = {"sample_rate": chunk.audio.sample_rate, "channels": 1, "sample_width": 2}
+            fmt = {"sample_rate": audio.sample_rate, "channels": 1, "sample_width": 2}
             await self._send(ws, session, "chunk", **common, metadata={
-                "pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(chunk.audio.samples)})
-            raw = chunk.audio.pcm()
-            step = chunk.audio.sample_rate // 5 * 2  # 200 ms a frame
+                "pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(audio.samples)})
+            raw = audio.pcm()
+            step = audio.sample_rate // 5 * 2  # 200 ms a frame
             for start in range(0, len(raw), step):
                 await self._send(ws, session, "chunk", audio_data=b64encode(raw[start : start + step]),
                                  metadata={"audio_id": audio_id})
