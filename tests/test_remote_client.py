@@ -7,6 +7,7 @@ import math
 import pytest
 import trio
 
+from appliance.audio.base import AudioStream
 from appliance.brains.base import ReplyChunk, Transcript
 from appliance.brains.remote import RemoteBrain, RemoteCanceled
 from appliance.errors import ProviderBadReply, ProviderRejected, ProviderTimeout, ProviderUnavailable
@@ -54,8 +55,9 @@ async def test_pcm_mode_reassembles_sentences(nursery: trio.Nursery) -> None:
     items = await collect(remote(fake.url), request("hi"))
     chunks = [i for i in items if isinstance(i, ReplyChunk)]
     assert [c.voice_text for c in chunks] == ["You said: hi.", "That is turn 1."]
-    assert all(c.audio is not None and len(c.audio.samples) == 12_000 for c in chunks)
-    assert chunks[0].audio.sample_rate == 24_000
+    assert all(isinstance(c.audio, AudioStream) for c in chunks)  # playable while it arrives
+    clips = [await c.audio.read_all() for c in chunks]
+    assert [len(c.samples) for c in clips] == [12_000, 12_000] and clips[0].sample_rate == 24_000
     assert fake.violations == []
 
 
@@ -295,3 +297,47 @@ async def test_server_stop_ends_the_reply_and_asks_to_cancel_playback(server: Fa
         cancel = sub.receive.receive_nowait()
     assert spoken(items) == ["You said: hello robot."]
     assert cancel.source == "remote"
+
+
+async def test_pcm_sentence_is_handed_out_with_its_first_audio_and_cut_streams_end(
+        server: FakeAvatarServer, nursery: trio.Nursery) -> None:
+    """In PCM mode a sentence plays while its frames arrive; a connection lost mid-sentence ends the stream
+    (what arrived still plays) and the brain reports the failure."""
+    server.pcm = True
+    server.speech_seconds = 0.5
+    server.fault = "close_mid_reply"
+    send, receive = trio.open_memory_channel(math.inf)
+    with pytest.raises(ProviderUnavailable):
+        await remote(server.url).reply(request(), send)
+    chunks = [i async for i in receive if isinstance(i, ReplyChunk)]
+    assert len(chunks) == 1
+    clip = await chunks[0].audio.read_all()
+    assert len(clip.samples) == 12_000
+
+
+def test_pcm_frames_split_across_chunks_and_stereo() -> None:
+    import base64
+
+    import numpy as np
+
+    from appliance.brains.remote import _ReplyReader
+
+    reader = _ReplyReader("remote")
+    stereo = np.array([[100, 300], [-100, -300], [50, 50]], dtype="<i2").tobytes()  # 3 frames, 12 bytes
+    meta = {"pcm_format": {"sample_rate": 16000, "channels": 2, "sample_width": 2}, "audio_id": "a",
+            "audio_frame_count": 3}
+    assert reader.chunk({"type": "chunk", "text": "Hi.", "voice_text": "Hi.", "metadata": meta}) == []
+    first = reader.chunk({"type": "chunk", "audio_data": base64.b64encode(stereo[:5]).decode(),
+                          "metadata": {"audio_id": "a"}})
+    assert [c.voice_text for c in first] == ["Hi."]  # handed out with its first audio
+    assert reader.chunk({"type": "chunk", "audio_data": base64.b64encode(stereo[5:]).decode(),
+                         "metadata": {"audio_id": "a"}}) == []
+    assert reader.pcm is None  # complete: the stream is closed
+    pieces = []
+    stream = first[0].audio
+    while True:
+        try:
+            pieces.append(stream._pieces.receive_nowait())
+        except (trio.EndOfChannel, trio.WouldBlock):
+            break
+    assert np.concatenate(pieces).tolist() == [200, -200, 50]  # mono mix of whole frames only

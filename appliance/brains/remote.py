@@ -38,7 +38,7 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
-from appliance.audio.base import CAPTURE_RATE, AudioClip
+from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream
 from appliance.audio.convert import AudioFormatError, decode_wav, to_mono_int16
 from appliance.brains.avatar_protocol import (
     SERVER_TYPES,
@@ -198,31 +198,36 @@ def _reason(exc: ConnectionClosed) -> str:
 
 @dataclass(eq=False)
 class _PcmSpeech:
-    """A PCM-mode sentence: its descriptor, and the raw audio frames collected so far."""
+    """A PCM-mode sentence: handed out at its descriptor as an ``AudioStream`` and fed as its frames arrive,
+    so playback starts with the first frame instead of after the whole sentence."""
 
     audio_id: str
-    text: str
-    voice_text: str
-    tags: tuple[Tag, ...]
-    sample_rate: int
     channels: int
     sample_width: int
-    frame_count: int
-    parts: list[bytes] = field(default_factory=list)
+    expected: int  # bytes
+    send: trio.MemorySendChannel[Any]
+    held: ReplyChunk | None = None  # handed out with its first audio: a sentence never heard is never "said"
+    remainder: bytes = b""
     size: int = 0
 
     @property
     def complete(self) -> bool:
-        return self.size >= self.frame_count * self.channels * self.sample_width
+        return self.size >= self.expected
 
-    def chunk(self) -> ReplyChunk:
-        raw = b"".join(self.parts)
-        try:
-            samples = to_mono_int16(raw[: len(raw) - len(raw) % self.sample_width], self.sample_width, self.channels)
-        except AudioFormatError as exc:
-            raise ProtocolError(f"PCM chunk {self.audio_id}: {exc}") from None
-        audio = AudioClip(samples, self.sample_rate) if samples.size else None
-        return ReplyChunk(self.text, self.voice_text, self.tags, audio)
+    def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        data = self.remainder + data
+        frame = self.channels * self.sample_width
+        whole = len(data) - len(data) % frame  # a frame may be split across two chunks
+        self.remainder = data[whole:]
+        if whole:
+            try:
+                self.send.send_nowait(to_mono_int16(data[:whole], self.sample_width, self.channels))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # nobody is listening any more (the turn was interrupted)
+
+    def close(self) -> None:
+        self.send.close()
 
 
 class _ReplyReader:
@@ -244,38 +249,49 @@ class _ReplyReader:
         return text, voice.strip(), tags
 
     def chunk(self, frame: Frame) -> list[ReplyChunk]:
-        """The chunks a ``chunk`` frame completes (often one, none for an empty or tags-only frame)."""
+        """The chunks a ``chunk`` frame lets us hand out (often one; none for an empty or tags-only frame)."""
         meta = frame.get("metadata") if isinstance(frame.get("metadata"), dict) else {}
         pcm_format = meta.get("pcm_format")
         audio_id = meta.get("audio_id", frame.get("audio_id"))
-        done: list[ReplyChunk] = []
-        if pcm_format is not None:
-            done += self.flush_pcm()
-            self.pcm = self._descriptor(frame, meta, pcm_format, audio_id)
-            if self.pcm.complete:
-                done += self.flush_pcm()
-            return done
-        if self.pcm is not None and audio_id is not None and audio_id == self.pcm.audio_id:
-            data = b64decode(frame.get("audio_data") or "", f"PCM chunk {audio_id}")
-            self.pcm.parts.append(data)
-            self.pcm.size += len(data)
-            return self.flush_pcm() if self.pcm.complete else []
-        done += self.flush_pcm()
+        if self.pcm is not None and pcm_format is None and audio_id is not None and audio_id == self.pcm.audio_id:
+            return self._feed(b64decode(frame.get("audio_data") or "", f"PCM chunk {audio_id}"))
+        self.close()
         text, voice, tags = self._text(frame)
-        audio = None
-        if frame.get("audio_data"):
+        if pcm_format is not None:
+            stream = self._descriptor(frame, meta, pcm_format, audio_id)
+            if stream is not None:
+                assert self.pcm is not None
+                self.pcm.held = ReplyChunk(text, voice, tags, stream)
+                if frame.get("audio_data"):
+                    return self._feed(b64decode(frame["audio_data"], "PCM descriptor audio_data"))
+                return []
+            audio = None
+        elif frame.get("audio_data"):
             wav = b64decode(frame["audio_data"], "chunk audio_data")
             try:
                 audio = decode_wav(wav, name="chunk audio_data")
             except AudioFormatError as exc:
                 raise ProtocolError(str(exc)) from None
+        else:
+            audio = None
         if not voice and audio is None:
             self.pending_tags.extend(tags)  # an empty chunk, or tags that belong to the next sentence
-            return done
-        done.append(self._with_pending(ReplyChunk(text, voice, tags, audio)))
+            return []
+        return [self._with_pending(ReplyChunk(text, voice, tags, audio))]
+
+    def _feed(self, data: bytes) -> list[ReplyChunk]:
+        assert self.pcm is not None
+        speech = self.pcm
+        speech.feed(data)
+        done: list[ReplyChunk] = []
+        if speech.held is not None and speech.size:
+            done.append(self._with_pending(speech.held))
+            speech.held = None
+        if speech.complete:
+            self.close()
         return done
 
-    def _descriptor(self, frame: Frame, meta: dict[str, Any], fmt: Any, audio_id: Any) -> _PcmSpeech:
+    def _descriptor(self, frame: Frame, meta: dict[str, Any], fmt: Any, audio_id: Any) -> AudioStream | None:
         if not isinstance(fmt, dict):
             raise ProtocolError("metadata.pcm_format is not an object")
         try:
@@ -286,30 +302,27 @@ class _ReplyReader:
             raise ProtocolError(f"bad pcm_format {fmt!r}: {exc}") from None
         if rate <= 0 or channels <= 0 or width not in (1, 2, 4) or count < 0:
             raise ProtocolError(f"unusable pcm_format {fmt!r} with {count} frames")
-        text, voice, tags = self._text(frame)
-        speech = _PcmSpeech(str(audio_id), text, voice, tags, rate, channels, width, count)
-        if frame.get("audio_data"):
-            data = b64decode(frame["audio_data"], "PCM descriptor audio_data")
-            speech.parts.append(data)
-            speech.size += len(data)
-        return speech
+        if count == 0:
+            return None
+        send, stream = AudioStream.open(rate)
+        self.pcm = _PcmSpeech(str(audio_id), channels, width, count * channels * width, send)
+        return stream
 
-    def flush_pcm(self) -> list[ReplyChunk]:
+    def close(self) -> None:
+        """End the PCM sentence being received (complete, or cut short by what came next or a failure)."""
         speech, self.pcm = self.pcm, None
         if speech is None:
-            return []
-        chunk = speech.chunk()
-        if not chunk.voice_text and chunk.audio is None:
-            self.pending_tags.extend(chunk.tags)
-            return []
-        return [self._with_pending(chunk)]
+            return
+        speech.close()
+        if speech.held is not None:  # announced, but no audio ever came: only its tags remain
+            self.pending_tags.extend(speech.held.tags)
 
     def finish(self) -> list[ReplyChunk]:
-        done = self.flush_pcm()
+        self.close()
         if self.pending_tags:  # tags after the last sentence still show
-            done.append(ReplyChunk("", "", tuple(self.pending_tags), None))
-            self.pending_tags = []
-        return done
+            tags, self.pending_tags = tuple(self.pending_tags), []
+            return [ReplyChunk("", "", tags, None)]
+        return []
 
     def _with_pending(self, chunk: ReplyChunk) -> ReplyChunk:
         if not self.pending_tags:
@@ -609,11 +622,18 @@ class RemoteBrain:
         self, link: _Link, turn: _Turn, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]
     ) -> bool:
         """Forward the reply; True once the server said it was finished."""
-        cfg = self.config
         reader = _ReplyReader(self.name)
+        text = request.utterance.text
+        try:
+            return await self._read_reply(turn, request, out, reader, text)
+        finally:
+            reader.close()  # a sentence still arriving ends where the reply ended
+
+    async def _read_reply(self, turn: _Turn, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput],
+                          reader: _ReplyReader, text: str | None) -> bool:
+        cfg = self.config
         heard = False
         deadline = trio.current_time() + cfg.reply_timeout
-        text = request.utterance.text
 
         async def send_heard(words: str | None) -> None:
             nonlocal heard
@@ -623,8 +643,11 @@ class RemoteBrain:
 
         while True:
             item: Frame | ProviderError | None = None
-            with trio.move_on_at(deadline):
-                item = await turn.receive.receive()
+            try:
+                item = turn.receive.receive_nowait()  # frames that queued up while a sentence played
+            except trio.WouldBlock:
+                with trio.move_on_at(deadline):
+                    item = await turn.receive.receive()
             if item is None:
                 raise ProviderTimeout(self.name, "the server stopped answering in the middle of a turn")
             if isinstance(item, ProviderError):
@@ -646,6 +669,7 @@ class RemoteBrain:
                     raise ProviderBadReply(self.name, str(exc)) from None
                 for chunk in chunks:
                     await out.send(chunk)
+                    deadline = trio.current_time() + cfg.frame_timeout  # its playing is not the server's silence
             elif kind == "final":
                 await send_heard(meta.get("request_text") or text)
                 try:

@@ -13,8 +13,8 @@ Real servers' quirks, each switchable in ``quirks``:
 
 Faults to inject (``fault``): ``close_mid_reply``, ``silent`` (accepts, never answers), ``malformed``
 (broken JSON instead of a chunk), ``unknown_types`` (frames of unknown types before the reply),
-``error`` (an ``error`` frame), ``binary`` (a binary frame), ``stop`` (a ``stop`` after the first sentence), ``drop_on_start`` (hangs up right after
-``connected``). A refused key is a handshake 403.
+``error`` (an ``error`` frame), ``binary`` (a binary frame), ``stop`` (a ``stop`` after the first
+sentence), ``drop_on_start`` (hangs up right after ``connected``). A refused key is a handshake 403.
 """
 
 from __future__ import annotations
