@@ -103,7 +103,7 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
     from appliance.config import ConfigError
     from appliance.conversation.local_voice import LocalVoice
     from appliance.logs import setup_logging
-    from appliance.server.avatar import AvatarServer
+    from appliance.server.avatar import AvatarServer, serve_until_signalled
 
     setup_logging(level or config.log.level)
     try:
@@ -127,9 +127,7 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
     server = AvatarServer(brain, config.server.model_copy(update=changes),
                           history_limit=config.conversation.history_limit)
     try:
-        trio.run(server.run)
-    except KeyboardInterrupt:
-        pass
+        trio.run(serve_until_signalled, server)
     except OSError as exc:
         print(f"cannot serve on {server.config.host}:{server.config.port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -332,3 +332,15 @@ class AvatarServer:
                 await self._send(ws, session, "chunk", audio_data=b64encode(raw[start : start + step]),
                                  metadata={"audio_id": audio_id})
 
+
+async def serve_until_signalled(server: AvatarServer) -> None:
+    """``appliance serve``: run until SIGTERM (systemd) or SIGINT (Ctrl-C), then close every connection."""
+    import signal
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            async for signum in signals:
+                log.info("stopping (%s)", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

@@ -1,0 +1,49 @@
+"""``appliance serve`` as a real process: the cloud pipeline (on the fake cloud) behind the AIAvatarKit protocol."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from appliance.brains.base import ReplyChunk
+from tests.fakes.cloud import fake_cloud
+from tests.remote_helpers import collect, heard, remote, request, speech
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def test_appliance_serve_answers_a_robot(tmp_path: Path) -> None:
+    async with fake_cloud() as cloud:
+        config = tmp_path / "serve.toml"
+        config.write_text(
+            f'[stt]\nbase_url = "{cloud.url}/v1"\n[llm]\nbase_url = "{cloud.url}/v1"\nmodel = "fake"\n'
+            f'[tts]\nbase_url = "{cloud.url}/v1"\n[server]\nhost = "127.0.0.1"\nport = 0\n'
+        )
+        env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": "secret-key"}
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            seen = b""
+            with trio.fail_after(30):
+                while not (match := re.search(rb"ws://127\.0\.0\.1:(\d+)/ws", seen)):
+                    data = await process.stdout.receive_some(4096)
+                    assert data, f"appliance serve exited: {seen.decode(errors='replace')}"
+                    seen += data
+            url = f"ws://127.0.0.1:{int(match.group(1))}/ws"
+            items = await collect(remote(url), request(None, audio=speech(0.5)))
+        finally:
+            process.send_signal(signal.SIGTERM)  # what systemd sends
+            with trio.fail_after(10):
+                code = await process.wait()
+    assert heard(items) == ["What time is it?"]
+    assert [i.voice_text for i in items if isinstance(i, ReplyChunk)][0] == "It is nine o'clock."
+    assert code == 0
