@@ -73,12 +73,13 @@ class AvatarServer:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(partial(serve_websocket, self._handle, cfg.host, cfg.port, None,
-                                                 max_message_size=16 * 1024 * 1024))
-            self.port = server.port
-            log.info("serving the AIAvatarKit protocol on ws://%s:%d/ws", cfg.host, self.port)
-            task_status.started(self.port)
+        with single_error():  # a port already in use is reported as the OSError it is
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(partial(serve_websocket, self._handle, cfg.host, cfg.port, None,
+                                                     max_message_size=16 * 1024 * 1024))
+                self.port = server.port
+                log.info("serving the AIAvatarKit protocol on ws://%s:%d/ws", cfg.host, self.port)
+                task_status.started(self.port)
 
     # --- connections --------------------------------------------------------------------------------------
 
@@ -337,7 +338,7 @@ async def serve_until_signalled(server: AvatarServer) -> None:
     """``appliance serve``: run until SIGTERM (systemd) or SIGINT (Ctrl-C), then close every connection."""
     import signal
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, single_error():
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             async for signum in signals:
