@@ -408,7 +408,8 @@ class RemoteBrain:
                     yield link
                 finally:
                     try:
-                        with trio.move_on_after(0.5):  # a frozen server never completes the close handshake
+                        # A frozen server never completes the close handshake; a broken link is not asked to.
+                        with trio.move_on_after(0.5 if link.error is None else 0):
                             if link.error is None:
                                 with suppress(ProviderError):  # ending the session politely is optional
                                     await link.send({"type": "stop", "session_id": link.session_id})
