@@ -19,8 +19,8 @@ from appliance.config import AppConfig, ConfigError, has_secret
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.local_voice import LocalVoice
 from appliance.conversation.service import ConversationService
-from appliance.hardware.faces import FaceService, LogFaceController
-from appliance.hardware.gpio import GPIOService
+from appliance.hardware.body import Body, build_body
+from appliance.hardware.faces import FaceService
 from appliance.listening.service import ListeningService
 from appliance.logs import StatusAwareHandler
 from appliance.state import StateService
@@ -193,7 +193,7 @@ class Appliance:
     brain: Brain
     source: AudioSource
     sink: AudioSink
-    gpio: GPIOService | None
+    body: Body
     faces: FaceService
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -241,18 +241,16 @@ def build_appliance(
     conversation = ConversationService(
         bus, brain, sink, utterance_receive, history, voice, conv_cfg.error_message
     )
-    faces = FaceService(bus, [LogFaceController()])
-    gpio = GPIOService(bus, config.gpio, pin_factory) if (config.gpio.status_led or config.gpio.button) else None
+    body = build_body(bus, config.hardware, pin_factory, brain_name=brain.name)
 
     supervisor.add(state)
     supervisor.add(CaptureService(source, queue))
     supervisor.add(listening)
     supervisor.add(conversation)
-    supervisor.add(faces, required=False)
-    if gpio is not None:
-        supervisor.add(gpio, required=False)
     if status_handler is not None:
         supervisor.add(StatusLine(bus, status_handler), required=False)
+    for part in body.services:  # after the status line, so it sees the first LED colour and face
+        supervisor.add(part, required=False)
     if prewarm is not None:
         supervisor.add(PrewarmService(prewarm), required=False)
-    return Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, gpio, faces)
+    return Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)

@@ -19,7 +19,7 @@ from pydantic import Field, SecretStr, ValidationError
 
 from appliance.audio.config import AudioConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
-from appliance.hardware.config import GPIOConfig
+from appliance.hardware.config import HardwareConfig
 from appliance.listening.config import ListeningConfig
 from appliance.settings_base import Section
 
@@ -56,7 +56,7 @@ class AppConfig(Section):
     stt: STTConfig = STTConfig()
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
-    gpio: GPIOConfig = GPIOConfig()
+    hardware: HardwareConfig = HardwareConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     log: LogConfig = LogConfig()
 
