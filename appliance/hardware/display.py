@@ -97,6 +97,7 @@ class DisplayService:
         driver: str = "dummy",
         device: Any = None,
         rng: random.Random | None = None,
+        threaded: bool | None = None,
     ) -> None:
         self.bus = bus
         self.config = config
@@ -104,6 +105,8 @@ class DisplayService:
         self.driver = driver
         self.device = device
         self.rng = rng or random.Random()
+        # Real panels are written from a worker thread; the dummy device only copies a small picture.
+        self.threaded = threaded if threaded is not None else driver != "dummy"
         self.face = "neutral"
         self.eyes = 1.0
         self.speaking = False
@@ -210,5 +213,9 @@ class DisplayService:
             device.display(image)
             return image
 
-        self.image = await trio.to_thread.run_sync(draw)
+        if self.threaded:
+            self.image = await trio.to_thread.run_sync(draw)
+        else:
+            self.image = draw()
+            await trio.lowlevel.checkpoint()
         self.frames += 1
