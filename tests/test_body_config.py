@@ -79,7 +79,7 @@ def test_button_on_the_respeaker_audio_pins_is_refused(tmp_path: Path) -> None:
 
 
 def test_led_on_the_spi_bus_an_apa102_uses_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"leds\.1\.pins\.0: GPIO10 is already used by leds\.0"):
+    with pytest.raises(ValueError, match=r"leds\.1\.pins\.0: GPIO10 is used twice \(also by leds\.0"):
         HardwareConfig.model_validate(
             {"preset": "respeaker-2mic", "leds": [{"kind": "apa102"}, {"kind": "led", "pins": [10]}]}
         )
@@ -141,3 +141,19 @@ def test_environment_override_of_the_preset(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, environ={"APPLIANCE_HARDWARE__PRESET": "hat"})
     assert "APPLIANCE_HARDWARE__PRESET" in info.value.problems[0]
+
+
+def test_the_skeletons_gpio_section_still_works(tmp_path: Path) -> None:
+    hw = load(tmp_path, '[gpio]\npin_factory = "mock"\nstatus_led = [16, 20, 21]\nbutton = 23\nbutton_pull_up = false\n'
+              '[gpio.colours]\nidle = "#101010"\nlistening = "#00ff00"\n').hardware
+    assert hw.pin_factory == "mock"
+    assert [(led.kind, led.pins) for led in hw.leds] == [("rgb", [16, 20, 21])]
+    assert [(b.pin, b.pull_up) for b in hw.buttons] == [(23, False)]
+    assert (hw.patterns["idle"].pattern, hw.patterns["idle"].colour) == ("solid", "#101010")
+    assert (hw.patterns["listening"].pattern, hw.patterns["listening"].colour) == ("solid", "#00ff00")
+    none = AppConfig.model_validate({"gpio": {"status_led": None, "button": None}}).hardware
+    assert none.leds == [] and none.buttons == []
+    with pytest.raises(ValueError, match="used twice"):
+        AppConfig.model_validate({"gpio": {"status_led": [5, 6, 5]}})
+    config = load_config(None, environ={"APPLIANCE_GPIO__PIN_FACTORY": "mock"})
+    assert config.hardware.pin_factory == "mock"

@@ -317,6 +317,7 @@ class HardwareConfig(Section):
     def _apply_preset(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        data = _from_skeleton_keys(data)
         preset = PRESETS.get(data.get("preset", "breadboard-rgb"))
         if preset is None:
             return data  # the Literal check reports the unknown name
@@ -339,13 +340,41 @@ class HardwareConfig(Section):
             if is_bus:
                 # Several SPI devices share clock/data lines; they must not collide with a plain GPIO.
                 if pin in owner:
-                    raise ValueError(f"{field}: GPIO{pin} is already used by {owner[pin]}")
+                    raise ValueError(f"{field}: GPIO{pin} is used twice (also by {owner[pin]})")
                 shared.setdefault(pin, field)
                 continue
             if pin in owner or pin in shared:
-                raise ValueError(f"{field}: GPIO{pin} is already used by {owner.get(pin) or shared[pin]}")
+                raise ValueError(f"{field}: GPIO{pin} is used twice (also by {owner.get(pin) or shared[pin]})")
             owner[pin] = field
         return self
+
+
+def _from_skeleton_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """The walking skeleton's ``[gpio]`` keys (status_led, button, button_pull_up, colours) as body parts."""
+    legacy = {"status_led", "button", "button_pull_up", "colours"}
+    if not legacy & data.keys():
+        return data
+    data = dict(data)
+    if "status_led" in data:
+        pins = data.pop("status_led")
+        data["leds"] = [] if pins is None else [{"kind": "rgb", "pins": pins}]
+    pull_up = data.pop("button_pull_up", True)
+    if "button" in data:
+        pin = data.pop("button")
+        data["buttons"] = [] if pin is None else [{"pin": pin, "pull_up": pull_up}]
+    colours = data.pop("colours", None)
+    if isinstance(colours, dict):
+        patterns = dict(data.get("patterns") or {})
+        for state, colour in colours.items():
+            base = DEFAULT_PATTERNS.get(state)
+            pattern = base.pattern if base is not None else "solid"
+            if colour in ("#000000", "#000"):
+                pattern = "off"
+            elif pattern == "off":
+                pattern = "solid"
+            patterns[state] = {"pattern": pattern, "colour": colour}
+        data["patterns"] = patterns
+    return data
 
 
 def pin_claims(config: HardwareConfig) -> list[tuple[int, str, bool]]:
@@ -385,5 +414,5 @@ def pin_claims(config: HardwareConfig) -> list[tuple[int, str, bool]]:
     return claims
 
 
-# The skeleton called this section GPIOConfig; the name stays importable.
+# The skeleton called this section ``[gpio]`` / GPIOConfig; both names keep working.
 GPIOConfig = HardwareConfig
