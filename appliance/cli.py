@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and print what it selects")
     check.add_argument("--show", action="store_true", help="print the whole configuration (secrets redacted)")
     sub.add_parser("devices", help="list audio devices")
+    faces = sub.add_parser("faces", help="draw every face at the display's size into a folder of PNGs")
+    faces.add_argument("folder", type=Path)
     say = sub.add_parser("say", help="speak a line through the configured voice and speaker")
     say.add_argument("text")
     say.add_argument("--output", type=Path, help="write a WAV file instead of playing")
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if command == "check-config":
         return _check_config(config, args.show)
+    if command == "faces":
+        return _faces(config, args.folder)
     if command == "devices":
         return _devices()
     if command == "say":
@@ -108,6 +112,22 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
         f"configuration OK: brain={brain} llm={config.llm.provider}:{config.llm.model_name} "
         f"input={config.audio.input} output={config.audio.output} listening={config.listening.mode}"
     )
+    from appliance.hardware.config import describe
+
+    print(f"body: {describe(config.hardware)}")
+    return EXIT_OK
+
+
+def _faces(config, folder: Path) -> int:  # type: ignore[no-untyped-def]
+    from appliance.hardware.face_art import FaceImageError
+    from appliance.hardware.preview import write_face_previews
+
+    try:
+        written = write_face_previews(config.hardware.display, folder)
+    except (FaceImageError, OSError) as exc:
+        print(f"cannot draw the faces: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{len(written)} pictures in {folder}")
     return EXIT_OK
 
 

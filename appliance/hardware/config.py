@@ -349,6 +349,23 @@ class HardwareConfig(Section):
         return self
 
 
+def describe(config: HardwareConfig) -> str:
+    """One line saying what the body is, for ``appliance check-config``."""
+    leds = ", ".join(
+        f"{led.kind}x{led.count}@SPI{led.spi_port}.{led.spi_device}" if led.kind == "apa102"
+        else f"{led.kind}@{'/'.join(str(p) for p in led.pins)}"
+        for led in config.leds
+    ) or "none"
+    buttons = ", ".join(f"GPIO{b.pin}({b.press}/{b.hold}/{b.double_press})" for b in config.buttons) or "none"
+    d = config.display
+    display = d.driver if d.driver in ("auto", "none") else f"{d.driver} {d.size[0]}x{d.size[1]} {d.resolved_interface}"
+    osc = f"{config.osc.host}:{config.osc.port}" if config.osc.enabled else "off"
+    return (
+        f"preset={config.preset} pins={config.pin_factory} leds=[{leds}] buttons=[{buttons}] "
+        f"display={display} osc={osc}"
+    )
+
+
 def _from_skeleton_keys(data: dict[str, Any]) -> dict[str, Any]:
     """The walking skeleton's ``[gpio]`` keys (status_led, button, button_pull_up, colours) as body parts."""
     legacy = {"status_led", "button", "button_pull_up", "colours"}
