@@ -157,3 +157,8 @@ def test_the_skeletons_gpio_section_still_works(tmp_path: Path) -> None:
         AppConfig.model_validate({"gpio": {"status_led": [5, 6, 5]}})
     config = load_config(None, environ={"APPLIANCE_GPIO__PIN_FACTORY": "mock"})
     assert config.hardware.pin_factory == "mock"
+
+
+def test_miso_is_taken_by_the_spi_bus_too() -> None:
+    with pytest.raises(ValueError, match=r"buttons\.1\.pin: GPIO9 is used twice"):
+        HardwareConfig.model_validate({"preset": "respeaker-2mic", "buttons": [{"pin": 17}, {"pin": 9}]})

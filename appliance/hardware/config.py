@@ -402,9 +402,8 @@ def pin_claims(config: HardwareConfig) -> list[tuple[int, str, bool]]:
     spi_selects: set[tuple[int, int]] = set()
 
     def spi(port: int, device: int, field: str) -> None:
-        miso, mosi, sclk = SPI_BUS_PINS[port]
-        claims.append((mosi, field, True))
-        claims.append((sclk, field, True))
+        for pin in SPI_BUS_PINS[port]:  # MISO too: the kernel's SPI driver (and gpiozero) take all three
+            claims.append((pin, field, True))
         if (port, device) in spi_selects:
             raise ValueError(f"{field}: SPI{port} chip select {device} is already used")
         spi_selects.add((port, device))
