@@ -332,3 +332,41 @@ async def test_threaded_drawing_reaches_the_device() -> None:
                 await trio.sleep(0.01)
         n.cancel_scope.cancel()
     assert service.frames >= 2
+
+
+class RecordingSerial:
+    """A luma serial interface that keeps what the driver sends."""
+
+    def __init__(self) -> None:
+        self.commands: list[int] = []
+        self.data_bytes = 0
+
+    def command(self, *cmd: int) -> None:
+        self.commands.extend(cmd)
+
+    def data(self, data: Any) -> None:
+        self.data_bytes += len(data)
+
+    def cleanup(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "driver,size,mode",
+    [("ssd1306", (128, 64), "1"), ("sh1106", (128, 64), "1"), ("st7735", (160, 128), "RGB"), ("st7789", (240, 240), "RGB")],
+)
+def test_each_supported_driver_takes_a_face(driver: str, size: tuple[int, int], mode: str) -> None:
+    factory = MockFactory(pin_class=MockPWMPin)
+    serial = RecordingSerial()
+    device = open_device(DisplayConfig(driver=driver, backlight_pin=12), driver, factory, serial=serial)
+    try:
+        assert device.size == size and device.mode == mode
+        assert serial.commands  # the driver initialised the panel
+        sent = serial.data_bytes
+        device.display(FaceArtist(device.size, device.mode).render(Look("surprised")))
+        assert serial.data_bytes > sent
+        if driver.startswith("st"):
+            assert factory.pin(12).state == 1  # backlight on, through gpiozero
+    finally:
+        device.cleanup()
+        factory.reset()

@@ -40,8 +40,8 @@ class _NoBacklight:
         pass
 
 
-def open_device(config: DisplayConfig, driver: str, pin_factory: Any) -> Any:
-    """The luma device for ``driver`` (blocking: it talks to the display)."""
+def open_device(config: DisplayConfig, driver: str, pin_factory: Any, serial: Any = None) -> Any:
+    """The luma device for ``driver`` (blocking: it talks to the display); ``serial`` replaces the bus."""
     width, height = config.size
     if driver == "dummy":
         from luma.core.device import dummy
@@ -49,13 +49,12 @@ def open_device(config: DisplayConfig, driver: str, pin_factory: Any) -> Any:
         return dummy(width=width, height=height, rotate=config.rotate, mode="RGB")
     from luma.core.interface.serial import i2c, spi
 
-    gpio = None
-    if config.resolved_interface == "i2c":
-        serial = i2c(port=config.i2c_port, address=config.i2c_address)
-    else:
-        from appliance.hardware.pins import GpiozeroAsRPiGPIO
+    from appliance.hardware.pins import GpiozeroAsRPiGPIO
 
-        gpio = GpiozeroAsRPiGPIO(pin_factory)
+    gpio = GpiozeroAsRPiGPIO(pin_factory) if pin_factory is not None else None
+    if serial is None and config.resolved_interface == "i2c":
+        serial = i2c(port=config.i2c_port, address=config.i2c_address)
+    elif serial is None:
         serial = spi(
             gpio=gpio,
             port=config.spi_port,
