@@ -217,6 +217,7 @@ async def test_body_face_png_without_a_display(nursery: trio.Nursery, autojump_c
     await trio.sleep(0.01)
     assert body.face_name == "angry"
     assert differs(neutral, Image.open(io.BytesIO(body.face_png())))
+    assert body.faces.render_png() == body.face_png()  # what the control API serves
 
 
 def test_simulated_body_gets_the_dummy_display() -> None:

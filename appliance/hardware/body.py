@@ -4,8 +4,8 @@
 as a :class:`Body`. Each part is an optional service of its own under the supervisor, so a display that
 falls off the I2C bus is restarted without taking the LEDs or the conversation down.
 
-Other code (the control API) reads the current face through :meth:`Body.face_png` and
-:attr:`Body.face_name`.
+Other code (the control API) reads the current face through :meth:`Body.face_png` (also reachable as
+``FaceService.render_png()``) and :attr:`Body.face_name`.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def build_body(
 
     faces = FaceService(bus, controllers, config=config.faces, known_faces=known)
     body = Body(config, factory, simulated, faces, display=display, osc=osc)
+    faces.renderer = body.face_png
     if config.leds:
         connectivity = "offline" if brain_name == "offline" else "online"
         body.leds = LedService(bus, config, factory, connectivity)

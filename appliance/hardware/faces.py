@@ -10,7 +10,7 @@ published as ``FaceChanged``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 import trio
@@ -62,6 +62,12 @@ class FaceService:
         self.state = State.IDLE
         self.current = NEUTRAL
         self.requested: str | None = None
+        # Set by the body: the picture of the face shown now (the display's frame, or a drawing of it).
+        self.renderer: Callable[[], bytes] | None = None
+
+    def render_png(self) -> bytes | None:
+        """The current face as PNG bytes, for the control API (None when nothing can draw it)."""
+        return self.renderer() if self.renderer is not None else None
 
     def resolve(self, name: str) -> str | None:
         """The face a requested name means (aliases like happy -> joy), or None for an unknown one."""
