@@ -162,3 +162,12 @@ def test_the_skeletons_gpio_section_still_works(tmp_path: Path) -> None:
 def test_miso_is_taken_by_the_spi_bus_too() -> None:
     with pytest.raises(ValueError, match=r"buttons\.1\.pin: GPIO9 is used twice"):
         HardwareConfig.model_validate({"preset": "respeaker-2mic", "buttons": [{"pin": 17}, {"pin": 9}]})
+
+
+def test_a_pin_library_that_cannot_start_is_a_config_error() -> None:
+    from appliance.bus import EventBus
+    from appliance.hardware.body import build_body
+
+    with pytest.raises(ConfigError) as info:
+        build_body(EventBus(), HardwareConfig(pin_factory="native"))  # no Pi here
+    assert info.value.problems[0].startswith("hardware.pin_factory: native pins cannot be used")

@@ -22,7 +22,7 @@ from appliance.hardware.face_art import FaceArtist, Look, to_png
 from appliance.hardware.faces import FaceController, FaceService, LogFaceController
 from appliance.hardware.leds import LedService
 from appliance.hardware.osc import OscService
-from appliance.hardware.pins import is_mock, make_pin_factory
+from appliance.hardware.pins import PinFactoryError, is_mock, make_pin_factory
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,15 @@ class Body:
 def build_body(
     bus: EventBus, config: HardwareConfig, pin_factory: Any = None, *, brain_name: str = ""
 ) -> Body:
-    factory = pin_factory if pin_factory is not None else make_pin_factory(config.pin_factory)
+    if pin_factory is not None:
+        factory = pin_factory
+    else:
+        try:
+            factory = make_pin_factory(config.pin_factory)
+        except PinFactoryError as exc:
+            from appliance.config import ConfigError
+
+            raise ConfigError("configuration", [f"hardware.pin_factory: {exc}"]) from None
     simulated = is_mock(factory)
     if simulated:
         log.info("GPIO simulated (gpiozero mock pins)")

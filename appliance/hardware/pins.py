@@ -21,9 +21,27 @@ def resolve_factory_kind(kind: str) -> str:
     return "lgpio" if os.path.exists("/dev/gpiochip0") and _importable("lgpio") else "mock"
 
 
+class PinFactoryError(Exception):
+    """The pin library asked for cannot be used here."""
+
+
 def make_pin_factory(kind: str) -> Any:
-    """The gpiozero pin factory for ``kind``; ``auto`` picks lgpio when a GPIO chip exists, mock pins otherwise."""
-    kind = resolve_factory_kind(kind)
+    """The gpiozero pin factory for ``kind``; ``auto`` picks lgpio when a GPIO chip exists, mock pins otherwise.
+
+    With ``auto``, a GPIO chip that lgpio cannot drive (not a Pi) means simulated pins, said in a warning;
+    a pin library asked for by name that cannot start raises :class:`PinFactoryError`.
+    """
+    resolved = resolve_factory_kind(kind)
+    try:
+        return _factory(resolved)
+    except Exception as exc:
+        if kind == "auto" and resolved != "mock":
+            log.warning("GPIO: %s pins unavailable (%s); simulating them", resolved, exc)
+            return _factory("mock")
+        raise PinFactoryError(f"{resolved} pins cannot be used here: {exc}") from exc
+
+
+def _factory(kind: str) -> Any:
     if kind == "mock":
         from gpiozero.pins.mock import MockFactory, MockPWMPin
 
