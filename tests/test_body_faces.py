@@ -371,3 +371,26 @@ def test_each_supported_driver_takes_a_face(driver: str, size: tuple[int, int], 
     finally:
         device.cleanup()
         factory.reset()
+
+
+async def test_dozes_off_after_a_long_idle_and_wakes_on_activity(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    from appliance.hardware.config import FacesConfig
+
+    bus, rec = EventBus(), Recorder()
+    service = FaceService(bus, [rec], config=FacesConfig(sleep_after=60.0))
+    await nursery.start(service.run)
+    await trio.sleep(59.0)
+    assert service.current == "neutral"
+    await trio.sleep(2.0)
+    assert service.current == "sleeping"
+    bus.publish(StateChanged(State.IDLE, State.LISTENING))
+    await trio.sleep(0.01)
+    assert service.current == "listening"
+    bus.publish(StateChanged(State.LISTENING, State.IDLE))
+    await trio.sleep(30.0)
+    bus.publish(FaceRequested("joy", duration=5.0))  # activity restarts the count after the face ends
+    await trio.sleep(64.0)
+    assert service.current == "neutral"
+    await trio.sleep(2.0)
+    assert service.current == "sleeping"
+    assert rec.shown == ["neutral", "sleeping", "listening", "neutral", "joy", "neutral", "sleeping"]

@@ -254,6 +254,9 @@ DEFAULT_FACE_ALIASES = {
 
 class FacesConfig(Section):
     duration: float = Field(default=4.0, gt=0, le=600, description="how long a [face:...] tag lasts (s)")
+    sleep_after: float | None = Field(
+        default=300.0, gt=0, description="idle this long (s) shows the sleeping face; null = never"
+    )
     state_faces: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATE_FACES))
     aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_FACE_ALIASES))
 

@@ -62,6 +62,7 @@ class FaceService:
         self.state = State.IDLE
         self.current = NEUTRAL
         self.requested: str | None = None
+        self.dozing = False
         # Set by the body: the picture of the face shown now (the display's frame, or a drawing of it).
         self.renderer: Callable[[], bytes] | None = None
 
@@ -79,20 +80,37 @@ class FaceService:
         return self.config.state_faces.get(self.state.value, NEUTRAL)
 
     def wanted(self) -> str:
-        return self.requested or self.state_face()
+        if self.requested:
+            return self.requested
+        if self.dozing:
+            return "sleeping"
+        return self.state_face()
+
+    def _sleep_at(self, since: float) -> float:
+        after = self.config.sleep_after
+        awake_only = self.dozing or self.state is not State.IDLE or self.requested
+        if after is None or awake_only or "sleeping" not in self.known:
+            return float("inf")
+        return since + after
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._show(self.wanted(), force=True)
         with self.bus.subscribe(FaceRequested, StateChanged, name=self.name) as sub:
             task_status.started()
             revert_at = float("inf")
+            active_at = trio.current_time()
             while True:
                 event = None
-                with trio.move_on_at(revert_at):
+                with trio.move_on_at(min(revert_at, self._sleep_at(active_at))):
                     event = await sub.receive.receive()
-                if event is None:  # the requested face's time is up
+                if event is not None:
+                    self.dozing, active_at = False, trio.current_time()
+                if event is None and trio.current_time() >= revert_at:  # the requested face's time is up
                     revert_at = float("inf")
                     self.requested = None
+                    active_at = trio.current_time()
+                elif event is None:  # idle for sleep_after: doze off until something happens
+                    self.dozing = True
                 elif isinstance(event, StateChanged):
                     self.state = event.new
                     if event.new not in _KEEPS_REQUESTED:
