@@ -43,8 +43,14 @@ class StepTimer(trio.abc.Instrument):
 
     def after_task_step(self, task: Any) -> None:
         started = self._started.pop(task, None)
-        if self.active and started is not None and task.name.rsplit(".", 1)[-1] not in ("measure_lag", "drain", "simulated_turn"):
+        if (
+            self.active
+            and started is not None
+            and task.name.rsplit(".", 1)[-1] not in ("measure_lag", "drain", "simulated_turn")
+        ):
             self.steps.append(time.perf_counter() - started)
+
+
 TURN = [(State.LISTENING, 1.0), (State.THINKING, 1.5), (State.SPEAKING, 4.0), (State.IDLE, 0.5)]
 
 
@@ -160,20 +166,39 @@ def main() -> list[Figure]:
         best = min(runs[kind], key=lambda r: r["p99"])
         all_p99 = ", ".join(f"{r['p99']:.2f}" for r in runs[kind])
         target = "" if kind == "idle" else "<= 5"
-        figures.append(Figure(f"body loop lag p99, {label}", best["p99"], "ms", target,
-                              note=f"best of {ROUNDS}: {all_p99}"))
+        figures.append(
+            Figure(f"body loop lag p99, {label}", best["p99"], "ms", target, note=f"best of {ROUNDS}: {all_p99}")
+        )
         figures.append(Figure(f"body loop lag max, {label}", best["max"], "ms"))
         figures.append(Figure(f"body CPU during the turn, {label}", best["cpu"], "%", note="of one core"))
         if kind == "idle":
             continue
-        figures.append(Figure(f"body loop lag p99 over the idle run, {label}", best["p99"] - baseline, "ms",
-                              note="the machine's own jitter taken out"))
+        figures.append(
+            Figure(
+                f"body loop lag p99 over the idle run, {label}",
+                best["p99"] - baseline,
+                "ms",
+                note="the machine's own jitter taken out",
+            )
+        )
         steps = [s for r in runs[kind] for s in r["steps"]]
-        figures.append(Figure(f"body longest task step, {label}", max(steps), "ms",
-                              note=f"p99 {percentile(steps, 99):.3f} ms over {len(steps)} steps"))
+        figures.append(
+            Figure(
+                f"body longest task step, {label}",
+                max(steps),
+                "ms",
+                note=f"p99 {percentile(steps, 99):.3f} ms over {len(steps)} steps",
+            )
+        )
         display = best["display"]
-        figures.append(Figure(f"body display frames in the turn, {label}", display.frames, "frames",
-                              note=f"{dict(TURN)[State.SPEAKING]:.0f} s speaking, fps cap {display.config.fps:g}"))
+        figures.append(
+            Figure(
+                f"body display frames in the turn, {label}",
+                display.frames,
+                "frames",
+                note=f"{dict(TURN)[State.SPEAKING]:.0f} s speaking, fps cap {display.config.fps:g}",
+            )
+        )
         figures.append(Figure(f"body OSC messages received, {label}", best["received"], "msgs"))
     figures.append(Figure("body face render 128x64 mono", render_cost((128, 64), "1"), "ms"))
     figures.append(Figure("body face render 240x240 RGB", render_cost((240, 240), "RGB"), "ms"))

@@ -123,7 +123,9 @@ async def test_long_press_toggles_mute(bus: EventBus, factory: Any, nursery: tri
     assert kinds(events) == ["MuteRequested"] and not events[0].muted  # type: ignore[attr-defined]
 
 
-async def test_double_press_cancels_the_turn(bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_double_press_cancels_the_turn(
+    bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
     rig = await start(nursery, bus, factory)
     bus.publish(StateChanged(State.THINKING, State.SPEAKING))
     await trio.sleep(0.01)
@@ -134,7 +136,9 @@ async def test_double_press_cancels_the_turn(bus: EventBus, factory: Any, nurser
     assert kinds(rig.commands()) == ["CancelTurnRequested"]
 
 
-async def test_two_slow_presses_are_two_presses(bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_two_slow_presses_are_two_presses(
+    bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
     rig = await start(nursery, bus, factory)
     await rig.press()
     await trio.sleep(0.6)
@@ -145,7 +149,9 @@ async def test_two_slow_presses_are_two_presses(bus: EventBus, factory: Any, nur
     assert kinds(rig.commands()) == ["ListenRequested", "CancelTurnRequested", "ListenRequested"]
 
 
-async def test_contact_bounce_is_one_press(bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_contact_bounce_is_one_press(
+    bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
     rig = await start(nursery, bus, factory, double_press="none", hold="none")
     pin = factory.pin(17)
     for _ in range(5):  # a noisy contact: 5 ms chatter before it settles pressed
@@ -172,7 +178,9 @@ async def test_a_glitch_shorter_than_the_bounce_time_is_ignored(
     assert rig.commands() == []
 
 
-async def test_push_to_talk_listens_while_held(bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_push_to_talk_listens_while_held(
+    bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
     rig = await start(nursery, bus, factory, press="push_to_talk", hold="none", double_press="none")
     factory.pin(17).drive_low()
     await trio.sleep(0.1)
@@ -183,7 +191,9 @@ async def test_push_to_talk_listens_while_held(bus: EventBus, factory: Any, nurs
     assert kinds(rig.commands()) == ["ListenReleased"]
 
 
-async def test_pull_down_button_active_high(bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_pull_down_button_active_high(
+    bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
     rig = await start(nursery, bus, factory, pull_up=False, double_press="none", hold="none")
     factory.pin(17).drive_high()
     await trio.sleep(0.1)
@@ -192,7 +202,9 @@ async def test_pull_down_button_active_high(bus: EventBus, factory: Any, nursery
     assert kinds(rig.commands()) == ["ListenRequested"]
 
 
-async def test_button_drives_the_state_machine(bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_button_drives_the_state_machine(
+    bus: EventBus, factory: Any, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
     state = StateService(bus)
     await nursery.start(state.run)
     rig = await start(nursery, bus, factory)

@@ -45,7 +45,11 @@ def test_breadboard_preset_is_one_led_and_a_button(tmp_path: Path) -> None:
 
 
 def test_fields_next_to_a_preset_replace_that_part(tmp_path: Path) -> None:
-    hw = load(tmp_path, '[hardware]\npreset = "respeaker-2mic"\n[[hardware.buttons]]\npin = 26\npress = "push_to_talk"\nhold = "none"\n').hardware
+    hw = load(
+        tmp_path,
+        '[hardware]\npreset = "respeaker-2mic"\n'
+        '[[hardware.buttons]]\npin = 26\npress = "push_to_talk"\nhold = "none"\n',
+    ).hardware
     assert [b.pin for b in hw.buttons] == [26]
     assert hw.leds[0].kind == "apa102"  # the preset's LEDs stay
 
@@ -129,7 +133,7 @@ def test_missing_image_folder_names_the_field(tmp_path: Path) -> None:
 
 
 def test_osc_needs_neutral_and_a_valid_address(tmp_path: Path) -> None:
-    found = problems(tmp_path, '[hardware.osc]\nenabled = true\nfaces = { joy = 1 }\n')
+    found = problems(tmp_path, "[hardware.osc]\nenabled = true\nfaces = { joy = 1 }\n")
     assert found[0].startswith("hardware.osc:") and "neutral" in found[0]
     found = problems(tmp_path, '[hardware.osc]\nface_address = "avatar/x"\n')
     assert found[0].startswith("hardware.osc.face_address:")
@@ -144,8 +148,11 @@ def test_environment_override_of_the_preset(tmp_path: Path) -> None:
 
 
 def test_the_skeletons_gpio_section_still_works(tmp_path: Path) -> None:
-    hw = load(tmp_path, '[gpio]\npin_factory = "mock"\nstatus_led = [16, 20, 21]\nbutton = 23\nbutton_pull_up = false\n'
-              '[gpio.colours]\nidle = "#101010"\nlistening = "#00ff00"\n').hardware
+    hw = load(
+        tmp_path,
+        '[gpio]\npin_factory = "mock"\nstatus_led = [16, 20, 21]\nbutton = 23\nbutton_pull_up = false\n'
+        '[gpio.colours]\nidle = "#101010"\nlistening = "#00ff00"\n',
+    ).hardware
     assert hw.pin_factory == "mock"
     assert [(led.kind, led.pins) for led in hw.leds] == [("rgb", [16, 20, 21])]
     assert [(b.pin, b.pull_up) for b in hw.buttons] == [(23, False)]

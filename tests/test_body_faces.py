@@ -354,7 +354,12 @@ class RecordingSerial:
 
 @pytest.mark.parametrize(
     "driver,size,mode",
-    [("ssd1306", (128, 64), "1"), ("sh1106", (128, 64), "1"), ("st7735", (160, 128), "RGB"), ("st7789", (240, 240), "RGB")],
+    [
+        ("ssd1306", (128, 64), "1"),
+        ("sh1106", (128, 64), "1"),
+        ("st7735", (160, 128), "RGB"),
+        ("st7789", (240, 240), "RGB"),
+    ],
 )
 def test_each_supported_driver_takes_a_face(driver: str, size: tuple[int, int], mode: str) -> None:
     factory = MockFactory(pin_class=MockPWMPin)

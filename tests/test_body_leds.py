@@ -126,7 +126,12 @@ async def test_active_low_rgb_led_inverts_the_pins(factory: Any, nursery: trio.N
 
 
 async def test_offline_and_fallback_show_while_idle(factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
-    r = await rig(nursery, hw([{"kind": "rgb", "pins": [5, 6, 13]}], patterns={"offline": {"pattern": "solid", "colour": "#a000ff"}}), factory, "offline")
+    r = await rig(
+        nursery,
+        hw([{"kind": "rgb", "pins": [5, 6, 13]}], patterns={"offline": {"pattern": "solid", "colour": "#a000ff"}}),
+        factory,
+        "offline",
+    )
     assert r.pin(13) == pytest.approx(1.0) and r.pin(6) == 0  # offline colour while idle
     await r.enter(State.LISTENING)
     assert r.pin(5) == 0  # listening looks the same as online
@@ -140,7 +145,9 @@ async def test_offline_and_fallback_show_while_idle(factory: Any, nursery: trio.
     assert (r.pin(5), r.pin(6), r.pin(13)) == (0, 0, 0)
 
 
-async def test_offline_brain_answering_is_taken_as_offline(factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_offline_brain_answering_is_taken_as_offline(
+    factory: Any, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
     r = await rig(nursery, hw([{"kind": "rgb", "pins": [5, 6, 13]}]), factory)
     r.bus.publish(TurnStarted("t1", "offline"))
     await trio.sleep(0.001)
@@ -150,7 +157,9 @@ async def test_offline_brain_answering_is_taken_as_offline(factory: Any, nursery
     assert r.service.connectivity == "online"
 
 
-async def test_led_changed_is_published_for_the_status_line(factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_led_changed_is_published_for_the_status_line(
+    factory: Any, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
     bus = EventBus()
     with bus.subscribe(LedChanged, name="test") as sub:
         service = LedService(bus, hw([{"kind": "rgb", "pins": [5, 6, 13]}]), factory)
@@ -162,7 +171,9 @@ async def test_led_changed_is_published_for_the_status_line(factory: Any, nurser
     assert colours == ["#000000", "#0040ff", "#ffa000"]
 
 
-async def test_single_colour_led_reports_its_own_colour(factory: Any, nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_single_colour_led_reports_its_own_colour(
+    factory: Any, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
     r = await rig(nursery, hw([{"kind": "pwm", "pins": [18], "colour": "#ff2000"}]), factory)
     await r.enter(State.LISTENING)
     assert r.service.colour == "#ff2000"

@@ -54,9 +54,7 @@ class Body:
         return to_png(artist.render(Look(self.faces.current)))
 
 
-def build_body(
-    bus: EventBus, config: HardwareConfig, pin_factory: Any = None, *, brain_name: str = ""
-) -> Body:
+def build_body(bus: EventBus, config: HardwareConfig, pin_factory: Any = None, *, brain_name: str = "") -> Body:
     if pin_factory is not None:
         factory = pin_factory
     else:

@@ -89,7 +89,7 @@ class ButtonConfig(Section):
         if self.pull_up is not None and self.active_high is not None:
             raise ValueError("active_high: only applies when pull_up is null (the pull sets the active level)")
         if self.press == "push_to_talk" and self.hold != "none":
-            raise ValueError("hold: push_to_talk uses holding for talking; set hold = \"none\"")
+            raise ValueError('hold: push_to_talk uses holding for talking; set hold = "none"')
         return self
 
 
@@ -354,11 +354,15 @@ class HardwareConfig(Section):
 
 def describe(config: HardwareConfig) -> str:
     """One line saying what the body is, for ``appliance check-config``."""
-    leds = ", ".join(
-        f"{led.kind}x{led.count}@SPI{led.spi_port}.{led.spi_device}" if led.kind == "apa102"
-        else f"{led.kind}@{'/'.join(str(p) for p in led.pins)}"
-        for led in config.leds
-    ) or "none"
+    leds = (
+        ", ".join(
+            f"{led.kind}x{led.count}@SPI{led.spi_port}.{led.spi_device}"
+            if led.kind == "apa102"
+            else f"{led.kind}@{'/'.join(str(p) for p in led.pins)}"
+            for led in config.leds
+        )
+        or "none"
+    )
     buttons = ", ".join(f"GPIO{b.pin}({b.press}/{b.hold}/{b.double_press})" for b in config.buttons) or "none"
     d = config.display
     display = d.driver if d.driver in ("auto", "none") else f"{d.driver} {d.size[0]}x{d.size[1]} {d.resolved_interface}"

@@ -76,8 +76,14 @@ def open_device(config: DisplayConfig, driver: str, pin_factory: Any, serial: An
         light.update(gpio=gpio, gpio_LIGHT=config.backlight_pin, active_low=config.backlight_active_low)
     if driver == "st7735":
         return lcd.st7735(
-            serial, width=width, height=height, rotate=config.rotate, bgr=config.bgr,
-            h_offset=config.h_offset, v_offset=config.v_offset, **light,
+            serial,
+            width=width,
+            height=height,
+            rotate=config.rotate,
+            bgr=config.bgr,
+            h_offset=config.h_offset,
+            v_offset=config.v_offset,
+            **light,
         )
     return lcd.st7789(serial, width=width, height=height, rotate=config.rotate, **light)
 

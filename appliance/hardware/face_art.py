@@ -106,7 +106,9 @@ class FaceArtist:
         elif face == "neutral":
             draw.arc([x - w * 0.8, y - 0.12 * u, x + w * 0.8, y + 0.06 * u], 30, 150, fill=c, width=s + 1)
         elif face == "angry":
-            draw.line([(x - w * 0.7, y + 0.03 * u), (x, y - 0.02 * u), (x + w * 0.7, y + 0.03 * u)], fill=c, width=s + 1)
+            draw.line(
+                [(x - w * 0.7, y + 0.03 * u), (x, y - 0.02 * u), (x + w * 0.7, y + 0.03 * u)], fill=c, width=s + 1
+            )
         elif face == "sorrow":
             draw.arc([x - w * 0.7, y, x + w * 0.7, y + 0.2 * u], 205, 335, fill=c, width=s + 1)
         elif face == "surprised":
@@ -155,9 +157,7 @@ class FolderFaces:
     converted to its colour mode once, at start.
     """
 
-    def __init__(
-        self, folder: Path, size: tuple[int, int], mode: str = "RGB", background: str = "#000000"
-    ) -> None:
+    def __init__(self, folder: Path, size: tuple[int, int], mode: str = "RGB", background: str = "#000000") -> None:
         self.size = size
         self.mode = mode
         self.images: dict[str, Image.Image] = {}
