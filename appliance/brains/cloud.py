@@ -7,11 +7,13 @@ of the one playing, and chunks always leave in the order the model wrote them.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import trio
 
+from appliance.audio.base import AudioClip, AudioStream
 from appliance.brains._groups import single_error
 from appliance.brains.base import BrainOutput, Message, ReplyChunk, Transcript, TurnRequest
 from appliance.conversation.llm.base import LLMService
@@ -20,7 +22,7 @@ from appliance.conversation.sentences import SentenceSplitter
 from appliance.conversation.stt.base import SpeechRecognizer
 from appliance.conversation.tags import extract_tags
 from appliance.conversation.tts.base import SpeechSynthesizer
-from appliance.errors import ProviderTimeout
+from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +154,46 @@ class CloudBrain:
             # The first sentence is what the user waits for: give its request the CPU and the network
             # alone. The rest only has to be ready before the sentence ahead of it finishes playing.
             await first.done.wait()
+        streaming = getattr(self.tts, "synthesize_stream", None)
         try:
-            audio = await self.tts.synthesize(pending.voice_text) if pending.voice_text else None
-            pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, audio)
+            if not pending.voice_text:
+                pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, None)
+            elif streaming is None:
+                audio = await self.tts.synthesize(pending.voice_text)
+                pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, audio)
+            else:
+                await self._stream_speech(pending, streaming(pending.voice_text))
         except Exception as exc:  # handed to the reader, which raises it in speaking order
+            if pending.done.is_set():
+                raise  # a bug after the chunk was handed out: let the turn fail loudly
             pending.error = exc
         finally:
             pending.done.set()
+
+    async def _stream_speech(self, pending: _Pending, pieces: AsyncIterator[AudioClip]) -> None:
+        """Hand the chunk out with the first piece of speech, then keep feeding it as the rest arrives."""
+        async with aclosing(pieces):
+            head = await anext(pieces, None)
+            if head is None:
+                raise ProviderBadReply(self.tts.name, "empty audio")
+            send, stream = AudioStream.open(head.sample_rate)
+            send.send_nowait(head.samples)
+            pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, stream)
+            pending.done.set()
+            async with send:
+                try:
+                    async for piece in pieces:
+                        send.send_nowait(piece.samples)
+                except ProviderError as exc:
+                    send.send_nowait(exc)  # the player raises it after what did arrive
+
+    async def warm(self) -> None:
+        """Open connections to every service before the utterance is finished (called at speech onset)."""
+        async with trio.open_nursery() as nursery:
+            for part in (self.stt, self.llm, self.tts):
+                warm = getattr(part, "warm", None)
+                if warm is not None:
+                    nursery.start_soon(warm)
 
     async def aclose(self) -> None:
         for part in (self.stt, self.llm, self.tts):

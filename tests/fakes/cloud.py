@@ -56,6 +56,7 @@ class Recorded:
     body: Any
     at: float
     first_byte_at: float | None = None
+    finished_at: float | None = None
 
 
 @dataclass
@@ -80,6 +81,7 @@ class FakeCloud:
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/audio/speech", self._speech, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
                 Route("/_fake/requests", self._log, methods=["GET"]),
             ]
         )
@@ -165,6 +167,8 @@ class FakeCloud:
                     yield piece
                 finished = True
                 self.completed_streams += 1
+                if record is not None:
+                    record.finished_at = time.monotonic()
             finally:
                 if not finished:
                     self.disconnects += 1
@@ -186,6 +190,11 @@ class FakeCloud:
         ])
 
     # --- OpenAI --------------------------------------------------------------------------------------
+
+    async def _models(self, request: Request) -> Response:
+        await self._record(request, None)
+        return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
+                                                         "owned_by": "fake"}]})
 
     async def _transcriptions(self, request: Request) -> Response:
         form = await request.form()

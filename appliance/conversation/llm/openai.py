@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from appliance.brains.base import Message
-from appliance.conversation.sdk_errors import map_sdk_error, openai_client
+from appliance.conversation.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
 from appliance.errors import ProviderBadReply
 
 
@@ -18,6 +18,7 @@ class OpenAIChat:
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.warmth = Warmth()
         self._client: Any = openai_client(api_key, base_url, timeout)
 
     async def stream(self, system: str, messages: Sequence[Message]) -> AsyncIterator[str]:
@@ -27,6 +28,7 @@ class OpenAIChat:
             extra["temperature"] = self.temperature
         finished = started = False
         try:
+            self.warmth.touch()
             stream = await self._client.chat.completions.create(
                 model=self.model, messages=payload, stream=True, **extra
             )
@@ -45,6 +47,9 @@ class OpenAIChat:
             raise mapped from exc
         if not finished:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
+
+    async def warm(self) -> None:
+        await warm_openai(self._client, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.close()
