@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -195,6 +196,7 @@ class Appliance:
     sink: AudioSink
     gpio: GPIOService | None
     faces: FaceService
+    control: Any = None  # the control API service, when enabled
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -214,6 +216,8 @@ def build_appliance(
     status_handler: StatusAwareHandler | None = None,
     pin_factory: Any = None,
     handle_signals: bool = True,
+    control: bool = False,
+    config_path: Path | None = None,
 ) -> Appliance:
     bus = EventBus()
     supervisor = Supervisor(bus, config.supervisor, notifier, handle_signals=handle_signals)
@@ -255,4 +259,9 @@ def build_appliance(
         supervisor.add(StatusLine(bus, status_handler), required=False)
     if prewarm is not None:
         supervisor.add(PrewarmService(prewarm), required=False)
-    return Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, gpio, faces)
+    appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, gpio, faces)
+    if control:  # last: it wraps the services registered above so a config change can restart one of them
+        from appliance.control.service import add_control
+
+        add_control(appliance, config_path)
+    return appliance

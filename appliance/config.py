@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError
 
 from appliance.audio.config import AudioConfig
+from appliance.control.config import ControlConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
 from appliance.hardware.config import GPIOConfig
 from appliance.listening.config import ListeningConfig
@@ -59,6 +60,7 @@ class AppConfig(Section):
     gpio: GPIOConfig = GPIOConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     log: LogConfig = LogConfig()
+    control: ControlConfig = ControlConfig()
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as JSON-able data with every secret replaced by a marker."""
