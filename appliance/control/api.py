@@ -64,6 +64,8 @@ STREAMED_EVENTS: tuple[type[Event], ...] = (
     MuteRequested,
 )
 
+HistoryId = Annotated[str, Path(pattern=ID_PATTERN, description="conversation id")]
+
 _bearer = HTTPBearer(auto_error=False, description="the token from control.token / token_file")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -84,13 +86,12 @@ def create_app(ctx: ControlContext) -> FastAPI:
         title="appliance control API",
         version=__version__,
         description="Manage a talking robot on the local network: status, speech, faces, mute, config.",
-        docs_url="/docs",
-        openapi_url="/openapi.json",
+        docs_url=None,
+        openapi_url=None,
         redoc_url=None,
     )
     app.state.ctx = ctx
-    slots = Slots(ctx.limits.max_sse_clients)
-    app.state.slots = slots
+    slots = ctx.slots
 
     async def authorize(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -314,8 +315,6 @@ def create_app(ctx: ControlContext) -> FastAPI:
 
     # --- histories ----------------------------------------------------------------------------------------
 
-    HistoryId = Annotated[str, Path(pattern=ID_PATTERN, description="conversation id")]
-
     def current_id() -> str:
         return ctx.appliance.conversation.history.conversation_id
 
@@ -430,8 +429,22 @@ def create_app(ctx: ControlContext) -> FastAPI:
         """Prometheus text format: turns, stage latencies, errors, restarts, audio overruns."""
         return Response(_metrics_text(ctx, slots), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    # The schema and its docs page need the token too: only /v1/health is public.
+    docs = APIRouter(dependencies=[Depends(authorize)], include_in_schema=False)
+
+    @docs.get("/openapi.json")
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @docs.get("/docs")
+    async def swagger() -> Response:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
     app.include_router(public)
     app.include_router(v1)
+    app.include_router(docs)
     return app
 
 

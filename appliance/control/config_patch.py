@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import os
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+import tomlkit
 from pydantic import ValidationError
 
 from appliance.config import (
@@ -81,8 +82,8 @@ def validate(data: dict[str, Any], environ: Mapping[str, str]) -> AppConfig:
         raise PatchRejected([(p[0], p[1] if len(p) > 1 else "") for p in problems]) from None
 
 
-def plan_patch(path: Path, patch: dict[str, Any], environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], AppConfig]:
-    """The new file content and the configuration it gives; raises PatchRejected when it is bad."""
+def plan_patch(path: Path, patch: dict[str, Any], environ: Mapping[str, str] | None = None) -> tuple[str, AppConfig]:
+    """The new file text and the configuration it gives; raises PatchRejected when it is bad."""
     environ = os.environ if environ is None else environ
     if not patch:
         raise PatchRejected([("(top level)", "empty patch")])
@@ -97,13 +98,39 @@ def plan_patch(path: Path, patch: dict[str, Any], environ: Mapping[str, str] | N
         raise PatchRejected([(str(path), p) for p in exc.problems]) from None
     new = _strip_nones(merge_patch(current, patch))
     config = validate(new, environ)
-    return new, config
+    text = render_config(path, patch)
+    if tomllib.loads(text) != new:  # the comment-keeping writer must say exactly what was validated
+        text = tomlkit.dumps(new)
+    return text, config
 
 
-def write_config(path: Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as TOML in one step, keeping the file it replaces as ``<name>.prev``."""
+def _update_document(doc: Any, patch: Mapping[str, Any]) -> None:
+    """Apply a merge patch to a tomlkit document in place, so the file's comments and layout survive."""
+    for key, value in patch.items():
+        if value is None:
+            if key in doc:
+                del doc[key]
+        elif isinstance(value, dict) and isinstance(doc.get(key), dict):
+            _update_document(doc[key], value)
+        else:
+            doc[key] = _strip_nones(value)
+
+
+def render_config(path: Path, patch: Mapping[str, Any]) -> str:
+    """The file's text with ``patch`` applied, keeping its comments."""
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+    except OSError as exc:
+        raise PatchRejected([(str(path), f"cannot read: {exc.strerror or exc}")]) from None
+    doc = tomlkit.parse(text)
+    _update_document(doc, patch)
+    return tomlkit.dumps(doc)
+
+
+def write_config(path: Path, text: str) -> Path:
+    """Write the new file in one step, keeping the file it replaces as ``<name>.prev``."""
     previous = path.with_name(path.name + ".prev")
-    body = tomli_w.dumps(data).encode("utf-8")
+    body = text.encode("utf-8")
     mode = 0o600
     try:
         mode = path.stat().st_mode & 0o777

@@ -21,6 +21,7 @@ from appliance.control.histories import HistoryStore
 from appliance.control.metrics import Metrics
 from appliance.control.restart import Restartable
 from appliance.control.speaker import Speaker
+from appliance.control.sse import Slots
 from appliance.events import FaceChanged, MuteRequested, State, StateChanged, TurnFinished
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class ControlContext:
         self.token = token
         self.config_path = config_path
         self.environ = os.environ if environ is None else environ
-        self.sse_clients = 0
+        self.slots = Slots(appliance.config.control.max_sse_clients)
         self.config_lock = trio.Lock()
 
     # --- reading ---------------------------------------------------------------------------------------
