@@ -16,6 +16,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, keep_previous: P
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    link: Path | None = None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -33,8 +34,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, keep_previous: P
             os.replace(link, keep_previous)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        for leftover in (tmp, link):
+            if leftover is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
         raise
     _fsync_dir(path.parent)
 
