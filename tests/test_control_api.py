@@ -177,7 +177,7 @@ async def test_say_speaks_through_the_conversation_with_its_face(robot: Robot, a
 
 async def test_say_limits_and_bad_names(robot: Robot, api: httpx.AsyncClient):
     long = await api.post("/v1/say", json={"text": "a" * 201})
-    assert long.status_code == 422 and "limit is 200" in long.json()["detail"]
+    assert long.status_code == 422 and "limit is 200" in long.json()["detail"][0]["msg"]
     blank = await api.post("/v1/say", json={"text": "   "})
     assert blank.status_code == 422
     tag_injection = await api.post("/v1/say", json={"text": "hi", "face": "joy][animation:x"})

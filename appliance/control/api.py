@@ -69,16 +69,28 @@ HistoryId = Annotated[str, Path(pattern=ID_PATTERN, description="conversation id
 _bearer = HTTPBearer(auto_error=False, description="the token from control.token / token_file")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": m.Problem, "description": "body cannot be read (not UTF-8)"},
     401: {"model": m.Problem, "description": "no bearer token"},
     403: {"model": m.Problem, "description": "wrong token"},
     413: {"model": m.Problem, "description": "body too large"},
     415: {"model": m.Problem, "description": "body is not JSON"},
 }
-SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "Server-Sent Events"}
+SSE_EVENT = {
+    "type": "object",
+    "description": "one Server-Sent Event; data is JSON",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["event", "data"],
+}
+SSE = {"content": {"text/event-stream": {"itemSchema": SSE_EVENT}}, "description": "Server-Sent Events"}
 
 
 def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> HTTPException:
     return HTTPException(status_code=status, detail=detail, headers=headers)
+
+
+def _invalid(loc: list[str], msg: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
+    return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
 
 
 def create_app(ctx: ControlContext) -> FastAPI:
@@ -109,7 +121,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
     public = APIRouter(prefix="/v1")
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
             for e in exc.errors()
@@ -224,9 +236,9 @@ def create_app(ctx: ControlContext) -> FastAPI:
     def check_text(text: str) -> str:
         text = text.strip()
         if not text:
-            raise _problem(422, "text is blank")
+            raise _invalid(["body", "text"], "text is blank")
         if len(text) > ctx.limits.max_say_chars:
-            raise _problem(422, f"text is {len(text)} characters; the limit is {ctx.limits.max_say_chars}")
+            raise _invalid(["body", "text"], f"text is {len(text)} characters; the limit is {ctx.limits.max_say_chars}")
         return text
 
     def need_running(name: str) -> None:
@@ -241,7 +253,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
             raise _problem(429, f"say queue is full: {exc}") from None
         return m.SayAccepted(id=job.id, position=ctx.speaker.position(job), interrupt=interrupt)
 
-    busy = {422: {"model": m.Problem}, 429: {"model": m.Problem}, 503: {"model": m.Problem}}
+    busy = {429: {"model": m.Problem}, 503: {"model": m.Problem}}
 
     @v1.post("/say", response_model=m.SayAccepted, status_code=202, tags=["speech"], responses=busy)
     async def say(body: m.SayRequest) -> m.SayAccepted:
@@ -254,7 +266,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
     async def perform(body: m.PerformRequest) -> m.Performed:
         """Show a face and start an animation now, and say a line (all optional, at least one)."""
         if body.text is None and body.face is None and body.animation is None:
-            raise _problem(422, "give at least one of text, face, animation")
+            raise _invalid(["body"], "give at least one of text, face, animation")
         text = check_text(body.text) if body.text is not None else None
         accepted = submit(text, body.interrupt) if text is not None else None
         if body.face:
@@ -285,8 +297,8 @@ def create_app(ctx: ControlContext) -> FastAPI:
 
     # --- conversation -------------------------------------------------------------------------------------
 
-    @v1.post("/conversation", response_class=EventStream, tags=["conversation"],
-             responses={200: SSE, 409: {"model": m.Problem}, 422: {"model": m.Problem}, 503: {"model": m.Problem}})
+    @v1.post("/conversation", tags=["conversation"],
+             responses={200: SSE, 409: {"model": m.Problem}, 503: {"model": m.Problem}})
     async def conversation(body: m.ConversationRequest) -> EventStream:
         """Say something to the robot as if spoken; the reply streams back as it is spoken.
 
@@ -350,7 +362,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
         return ctx.config.redacted()
 
     @v1.patch("/config", response_model=m.ConfigPatched, tags=["config"],
-              responses={409: {"model": m.Problem}, 422: {"description": "the patch is invalid; nothing changed"}})
+              responses={409: {"model": m.Problem}})
     async def patch_config(patch: dict[str, Any]) -> Any:
         """Change settings (JSON Merge Patch: ``null`` resets a setting to its default).
 
@@ -402,7 +414,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
             devices=found, input=getattr(app_.source, "name", "?"), output=getattr(app_.sink, "name", "?"), error=error
         )
 
-    @v1.get("/events", response_class=EventStream, tags=["status"], responses={200: SSE, 503: {"model": m.Problem}})
+    @v1.get("/events", tags=["status"], responses={200: SSE, 503: {"model": m.Problem}})
     async def events() -> EventStream:
         """State, face, turn, service and error events as they happen (``overflow`` then close if too slow)."""
         if not slots.take():
@@ -428,6 +440,22 @@ def create_app(ctx: ControlContext) -> FastAPI:
     async def metrics() -> Response:
         """Prometheus text format: turns, stage latencies, errors, restarts, audio overruns."""
         return Response(_metrics_text(ctx, slots), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    plain_openapi = app.openapi
+
+    def openapi_with_sse() -> dict[str, Any]:
+        # FastAPI describes a streaming response class as one string; each SSE event is the unit here.
+        document = plain_openapi()
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                for response in operation.get("responses", {}).values():
+                    stream = response.get("content", {}).get("text/event-stream")
+                    if stream is not None and "itemSchema" in stream:
+                        stream.pop("schema", None)
+                        response["content"].pop("application/json", None)
+        return document
+
+    app.openapi = openapi_with_sse  # type: ignore[method-assign]
 
     # The schema and its docs page need the token too: only /v1/health is public.
     docs = APIRouter(dependencies=[Depends(authorize)], include_in_schema=False)
