@@ -623,14 +623,32 @@ def _metrics_text(ctx: ControlContext, slots: Slots) -> str:
     return out.text()
 
 
-class Guard:
-    """Pure ASGI middleware: caps request bodies and insists they are JSON, before any route runs."""
+STREAMING_PATHS = ("/v1/events", "/v1/conversation")
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+
+class Guard:
+    """Pure ASGI middleware in front of every route.
+
+    Caps request bodies and insists they are JSON. And it keeps the API from starving audio: the appliance
+    runs on one event loop, and Trio runs every ready task before it looks at timers again, so fifty
+    requests being handled at once would make an audio block wait for all of them. At most
+    ``concurrency`` requests are handled at a time; the rest wait parked (costing nothing) in arrival
+    order. Event streams are exempt (they are capped by count and mostly idle).
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int, concurrency: int = 2) -> None:
         self.app = app
         self.max_body = max_body
+        self.turnstile = trio.Semaphore(concurrency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in STREAMING_PATHS:
+            await self._guarded(scope, receive, send)
+            return
+        async with self.turnstile:
+            await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
