@@ -109,6 +109,7 @@ class CloudBrain:
         order: trio.MemorySendChannel[_Pending],
     ) -> None:
         splitter = SentenceSplitter()
+        first_sentence: _Pending | None = None
         async with order, aclosing(self.llm.stream(system, messages)) as deltas:
             first = True
             while True:
@@ -123,20 +124,34 @@ class CloudBrain:
                 if delta is None:
                     break
                 for sentence in splitter.feed(delta):
-                    await self._queue(sentence, nursery, slots, order)
+                    queued = await self._queue(sentence, nursery, slots, order, first_sentence)
+                    first_sentence = first_sentence or queued
             for sentence in splitter.flush():
-                await self._queue(sentence, nursery, slots, order)
+                queued = await self._queue(sentence, nursery, slots, order, first_sentence)
+                first_sentence = first_sentence or queued
 
     async def _queue(
-        self, sentence: str, nursery: trio.Nursery, slots: trio.Semaphore, order: trio.MemorySendChannel[_Pending]
-    ) -> None:
+        self,
+        sentence: str,
+        nursery: trio.Nursery,
+        slots: trio.Semaphore,
+        order: trio.MemorySendChannel[_Pending],
+        first: _Pending | None,
+    ) -> _Pending:
         voice_text, tags = extract_tags(sentence)
+        if not any(ch.isalnum() for ch in voice_text):
+            voice_text = ""  # a stray quote or bracket: nothing to say
         pending = _Pending(sentence, voice_text, tags)
         await slots.acquire()
-        nursery.start_soon(self._synthesize, pending)
+        nursery.start_soon(self._synthesize, pending, first)
         await order.send(pending)
+        return pending
 
-    async def _synthesize(self, pending: _Pending) -> None:
+    async def _synthesize(self, pending: _Pending, first: _Pending | None) -> None:
+        if first is not None:
+            # The first sentence is what the user waits for: give its request the CPU and the network
+            # alone. The rest only has to be ready before the sentence ahead of it finishes playing.
+            await first.done.wait()
         try:
             audio = await self.tts.synthesize(pending.voice_text) if pending.voice_text else None
             pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, audio)
@@ -144,6 +159,14 @@ class CloudBrain:
             pending.error = exc
         finally:
             pending.done.set()
+
+    async def warm(self) -> None:
+        """Open connections to every service before the utterance is finished (called at speech onset)."""
+        async with trio.open_nursery() as nursery:
+            for part in (self.stt, self.llm, self.tts):
+                warm = getattr(part, "warm", None)
+                if warm is not None:
+                    nursery.start_soon(warm)
 
     async def aclose(self) -> None:
         for part in (self.stt, self.llm, self.tts):

@@ -49,6 +49,7 @@ class _Record:
     spoken: list[str] = field(default_factory=list)
     outcome: str | None = None
     error: str | None = None
+    error_kind: str | None = None
     heard_at: float | None = None
     first_text_at: float | None = None
     first_audio_at: float | None = None
@@ -119,10 +120,18 @@ class ConversationService:
     async def _follow_commands(self) -> None:
         with self.bus.subscribe(SpeechStarted, CancelTurnRequested, name="conversation") as sub:
             async for event in sub:
+                if isinstance(event, SpeechStarted) and self._nursery is not None:
+                    # Someone is talking to us: open the cloud connections while they speak.
+                    self._nursery.start_soon(self._warm)
                 if isinstance(event, SpeechStarted) and event.barge_in:
                     await self.cancel_turn("barge-in")
                 elif isinstance(event, CancelTurnRequested):
                     await self.cancel_turn(f"cancel from {event.source}")
+
+    async def _warm(self) -> None:
+        warm = getattr(self.brain, "warm", None)
+        if warm is not None:
+            await warm()
 
     async def _turn(
         self, turn_id: str, utterance: Utterance, brain: Brain, *, task_status: trio.TaskStatus[ActiveTurn]
@@ -139,7 +148,7 @@ class ConversationService:
                     await self._converse(turn_id, utterance, brain, record)
                     record.outcome = "done" if record.spoken or record.heard else "empty"
                 except ProviderError as exc:
-                    record.outcome, record.error = "failed", str(exc)
+                    record.outcome, record.error, record.error_kind = "failed", str(exc), type(exc).__name__
                     log.warning("turn %s failed: %s", turn_id, exc, extra={"turn_id": turn_id, "brain": brain.name})
                     self._finish(turn_id, record)
                     await self._say_error()
@@ -162,7 +171,7 @@ class ConversationService:
         if record.heard or record.spoken:
             self.history.add_turn(record.heard, " ".join(record.spoken))
         timings = record.timings(trio.current_time())
-        self.bus.publish(TurnFinished(turn_id, record.outcome, " ".join(record.spoken), record.error, timings))
+        self.bus.publish(TurnFinished(turn_id, record.outcome, " ".join(record.spoken), record.error, record.error_kind, timings))
         log.info(
             "turn %s %s (heard %s, first audio %s s)",
             turn_id,

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from appliance.brains.base import Message
-from appliance.conversation.sdk_errors import map_sdk_error
+from appliance.conversation.sdk_errors import Warmth, http_client, map_sdk_error, warm_openai
 from appliance.errors import ProviderBadReply
 
 
@@ -25,14 +25,17 @@ class AnthropicChat:
             base_url=base_url,
             timeout=anthropic.Timeout(timeout, connect=min(timeout, 5.0)),
             max_retries=0,
+            http_client=http_client(anthropic.DefaultAsyncHttpxClient),
         )
+        self.warmth = Warmth()
 
     async def stream(self, system: str, messages: Sequence[Message]) -> AsyncIterator[str]:
         extra: dict[str, Any] = {}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
-        finished = False
+        finished = started = False
         try:
+            self.warmth.touch()
             async with self._client.messages.stream(
                 model=self.model,
                 system=system,
@@ -41,18 +44,22 @@ class AnthropicChat:
                 **extra,
             ) as stream:
                 async for event in stream:
+                    started = True
                     kind = getattr(event, "type", "")
                     if kind == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
                         yield event.delta.text
                     elif kind == "message_stop":
                         finished = True
         except Exception as exc:
-            mapped = map_sdk_error(self.name, exc)
+            mapped = map_sdk_error(self.name, exc, mid_stream=started)
             if mapped is None:
                 raise
             raise mapped from exc
         if not finished:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
+
+    async def warm(self) -> None:
+        await warm_openai(self._client, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.close()

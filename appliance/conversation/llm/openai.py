@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from appliance.brains.base import Message
-from appliance.conversation.sdk_errors import map_sdk_error, openai_client
+from appliance.conversation.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
 from appliance.errors import ProviderBadReply
 
 
@@ -18,6 +18,7 @@ class OpenAIChat:
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.warmth = Warmth()
         self._client: Any = openai_client(api_key, base_url, timeout)
 
     async def stream(self, system: str, messages: Sequence[Message]) -> AsyncIterator[str]:
@@ -25,25 +26,30 @@ class OpenAIChat:
         extra: dict[str, Any] = {"max_tokens": self.max_tokens}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
-        finished = False
+        finished = started = False
         try:
+            self.warmth.touch()
             stream = await self._client.chat.completions.create(
                 model=self.model, messages=payload, stream=True, **extra
             )
             async with stream:
                 async for chunk in stream:
+                    started = True
                     for choice in chunk.choices or ():
                         if choice.delta and choice.delta.content:
                             yield choice.delta.content
                         if choice.finish_reason:
                             finished = True
         except Exception as exc:
-            mapped = map_sdk_error(self.name, exc)
+            mapped = map_sdk_error(self.name, exc, mid_stream=started)
             if mapped is None:
                 raise
             raise mapped from exc
         if not finished:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
+
+    async def warm(self) -> None:
+        await warm_openai(self._client, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -6,7 +6,7 @@ from typing import Any
 
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import AudioFormatError, decode_wav
-from appliance.conversation.sdk_errors import map_sdk_error, openai_client
+from appliance.conversation.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
 from appliance.errors import ProviderBadReply
 
 OPENAI_PCM_RATE = 24_000
@@ -21,6 +21,7 @@ class OpenAISynthesizer:
         self.voice = voice
         self.speed = speed
         self.instructions = instructions
+        self.warmth = Warmth()
         self._client: Any = openai_client(api_key, base_url, timeout)
 
     async def synthesize(self, text: str) -> AudioClip:
@@ -30,6 +31,7 @@ class OpenAISynthesizer:
         if self.speed != 1.0:
             extra["speed"] = self.speed
         try:
+            self.warmth.touch()
             response = await self._client.audio.speech.create(
                 model=self.model, voice=self.voice, input=text, response_format="pcm", **extra
             )
@@ -49,6 +51,9 @@ class OpenAISynthesizer:
         if len(clip.samples) == 0:
             raise ProviderBadReply(self.name, "empty audio")
         return clip
+
+    async def warm(self) -> None:
+        await warm_openai(self._client, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.close()
