@@ -133,6 +133,13 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
         except ConfigError as exc:
             print(exc.report(), file=sys.stderr)
             return EXIT_CONFIG
+    from appliance.control.auth import ControlSetupError, check_bind, resolve_token
+
+    try:
+        check_bind(config.control, resolve_token(config.control))
+    except ControlSetupError as exc:
+        print(f"configuration error:\n  - {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if show:
         print(json.dumps(config.redacted(), indent=2))
     print(
