@@ -10,7 +10,6 @@ wakes, which is what a capture or playback loop would suffer.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time

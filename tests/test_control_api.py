@@ -56,11 +56,6 @@ async def api(robot: Robot):
 
 async def collect_sse(response: httpx.Response, until: str, limit: int = 200) -> list[tuple[str, Any]]:
     events: list[tuple[str, Any]] = []
-
-    async def lines():
-        async for line in response.aiter_lines():
-            yield line
-
     buffer: list[str] = []
     async for line in response.aiter_lines():
         buffer.append(line)

@@ -99,6 +99,9 @@ async def test_history_store_records_and_reloads(tmp_path):
             with trio.fail_after(5):  # events are handled in order: wait until this turn is on disk
                 while store.get(conversation) is None or store.get(conversation)["turns"][-1]["turn_id"] != f"t{n}":
                     await trio.sleep(0.01)
+        with trio.fail_after(5):  # the last write and the pruning it triggers run in worker threads
+            while (tmp_path / "h" / "conv1.json").exists() or not (tmp_path / "h" / "conv3.json").exists():
+                await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     ids_kept = sorted(row["id"] for row in store.summaries())
     assert ids_kept == ["conv2", "conv3"]  # limit 2: the oldest conversation went, file and all

@@ -259,7 +259,8 @@ def create_app(ctx: ControlContext) -> FastAPI:
     async def say(body: m.SayRequest) -> m.SayAccepted:
         """Speak a line; queued behind the running turn unless ``interrupt``. Face/animation start with it."""
         text = check_text(body.text)
-        tags = "".join(f"[{kind}:{value}]" for kind, value in (("face", body.face), ("animation", body.animation)) if value)
+        wanted = (("face", body.face), ("animation", body.animation))
+        tags = "".join(f"[{kind}:{value}]" for kind, value in wanted if value)
         return submit(f"{tags} {text}" if tags else text, body.interrupt)
 
     @v1.post("/perform", response_model=m.Performed, status_code=202, tags=["speech"], responses=busy)
@@ -348,10 +349,10 @@ def create_app(ctx: ControlContext) -> FastAPI:
                responses={404: {"model": m.Problem}})
     async def delete_history(history_id: HistoryId) -> Response:
         """Forget a conversation; forgetting the current one also clears what the robot remembers of it."""
-        if history_id == current_id():
-            ctx.appliance.conversation.history.reset()
         if not await ctx.store.delete(history_id):
             raise _problem(404, f"no conversation {history_id}")
+        if history_id == current_id():
+            ctx.appliance.conversation.history.reset()
         return Response(status_code=204)
 
     # --- configuration ------------------------------------------------------------------------------------
@@ -536,7 +537,9 @@ def _check_brain(config: Any) -> None:
         raise PatchRejected([tuple(p.split(": ", 1)) if ": " in p else (p, "") for p in exc.problems]) from None  # type: ignore[misc]
 
 
-async def _converse(ctx: ControlContext, text: str, with_audio: bool, out: trio.MemorySendChannel[tuple[str, Any]]) -> None:
+async def _converse(
+    ctx: ControlContext, text: str, with_audio: bool, out: trio.MemorySendChannel[tuple[str, Any]]
+) -> None:
     conv = ctx.appliance.conversation
     overflow = False
 

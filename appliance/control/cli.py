@@ -150,8 +150,7 @@ def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> 
             if not args.assignments:
                 raise ValueError("config set needs section.key=value arguments")
             result = client.request("PATCH", "/config", parse_assignments(args.assignments))
-            return show(result, lambda r: "changed; restarted: " + (", ".join(r["restarted"]) or "nothing")
-                        + (f"; applies after a restart: {', '.join(r['restart_required'])}" if r["restart_required"] else ""))
+            return show(result, _patched_text)
         return show(client.request("GET", "/config"), lambda r: json.dumps(r, indent=2))
     if command == "metrics":
         print(client.request("GET", "/metrics"), end="")
@@ -175,6 +174,13 @@ def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> 
                 return EXIT_FAILED
         return EXIT_OK
     raise ValueError(f"unknown command {command}")
+
+
+def _patched_text(r: dict[str, Any]) -> str:
+    text = "changed; restarted: " + (", ".join(r["restarted"]) or "nothing")
+    if r["restart_required"]:
+        text += f"; applies after a restart: {', '.join(r['restart_required'])}"
+    return text
 
 
 def _status_text(r: dict[str, Any]) -> str:

@@ -47,7 +47,11 @@ class ControlClient:
 
     @classmethod
     def from_config(
-        cls, config: ControlConfig, url: str | None = None, token: str | None = None, environ: Mapping[str, str] | None = None
+        cls,
+        config: ControlConfig,
+        url: str | None = None,
+        token: str | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> ControlClient:
         return cls(url or default_url(config), token or resolve_token(config, environ))
 
@@ -123,10 +127,14 @@ def _detail(response: httpx.Response) -> str:
         return response.text[:200]
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(detail, list):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail
-        )
+        return "; ".join(_one_problem(d) for d in detail)
     return str(detail)
+
+
+def _one_problem(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    return f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg')}"
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:

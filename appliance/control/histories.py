@@ -86,23 +86,24 @@ class HistoryStore:
     async def add_turn(self, conversation_id: str, turn: dict[str, Any]) -> None:
         async with self._lock:
             now = time.time()
-            data = self._cache.get(conversation_id)
-            if data is None:
-                data = {"id": conversation_id, "started_at": now, "updated_at": now, "turns": []}
-                self._cache[conversation_id] = data
-            data["turns"].append(turn)
+            old = self._cache.get(conversation_id)
+            data = {"id": conversation_id, "started_at": now, "turns": []} if old is None else dict(old)
+            data["turns"] = [*data["turns"], turn]
             data["updated_at"] = now
             payload = json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")
             path = self._path(conversation_id)
+            # Disk first, then memory: what the API shows is always what a restart would read back.
             await trio.to_thread.run_sync(lambda: atomic_write(path, payload, mode=0o600))
+            self._cache[conversation_id] = data
             await self._prune()
 
     async def delete(self, conversation_id: str) -> bool:
         async with self._lock:
-            if self._cache.pop(conversation_id, None) is None:
+            if conversation_id not in self._cache:
                 return False
             path = self._path(conversation_id)
             await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+            self._cache.pop(conversation_id, None)
             return True
 
     async def _prune(self) -> None:
@@ -110,12 +111,16 @@ class HistoryStore:
             return
         oldest = sorted(self._cache.values(), key=lambda d: d.get("updated_at") or 0)
         for data in oldest[: len(self._cache) - self.limit]:
-            self._cache.pop(data["id"], None)
             path = self._path(data["id"])
             await trio.to_thread.run_sync(lambda p=path: p.unlink(missing_ok=True))
+            self._cache.pop(data["id"], None)
 
     async def record(
-        self, bus: EventBus, conversation_id: Callable[[], str], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        bus: EventBus,
+        conversation_id: Callable[[], str],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Follow the bus and store each finished turn that heard or said something."""
         await self.load()
