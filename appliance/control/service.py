@@ -50,12 +50,18 @@ class ControlService:
         ctx.token = resolve_token(cfg, ctx.environ)  # a token file may have changed since the last start
         check_bind(cfg, ctx.token)
         conv_history = ctx.appliance.conversation.history
-        app = Guard(create_app(ctx), cfg.max_body_bytes)
+        api = create_app(ctx)
+        # Building the schema takes tens of milliseconds of pure Python: do it once, off the event loop,
+        # instead of on the first /openapi.json request in the middle of someone's sentence.
+        await trio.to_thread.run_sync(api.openapi)
+        app = Guard(api, cfg.max_body_bytes)
         hyper = Config()
         host = f"[{cfg.host}]" if ":" in cfg.host and not cfg.host.startswith("[") else cfg.host
         hyper.bind = [f"{host}:{cfg.port}"]
         hyper.accesslog = None
-        hyper.errorlog = logging.getLogger("hypercorn.error")
+        server_log = logging.getLogger("appliance.control.server")
+        server_log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # its "Running on" repeats ours
+        hyper.errorlog = server_log
         hyper.graceful_timeout = 0.5
         hyper.include_server_header = False
         hyper.keep_alive_timeout = 30
