@@ -103,7 +103,10 @@ async def test_prompt_change_rebuilds_the_brain_and_null_resets(robot: Robot):
 async def test_control_changes_wait_for_the_next_start(robot: Robot):
     async with robot.client() as api:
         body = (await api.patch("/v1/config", json={"control": {"max_say_chars": 300}})).json()
-    assert body["restart_required"] == ["control"]
+        assert body["restart_required"] == ["control"]
+        still_old_limit = await api.post("/v1/say", json={"text": "a" * 250})
+    assert still_old_limit.status_code == 422
+    assert tomllib.loads(robot.config_path.read_text())["control"]["max_say_chars"] == 300
 
 
 async def test_without_a_config_file_patch_is_refused(tmp_path):

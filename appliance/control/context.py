@@ -17,6 +17,7 @@ import trio
 
 from appliance.bus import EventBus
 from appliance.config import AppConfig
+from appliance.control.config import ControlConfig
 from appliance.control.histories import HistoryStore
 from appliance.control.metrics import Metrics
 from appliance.control.restart import Restartable
@@ -62,7 +63,10 @@ class ControlContext:
         self.token = token
         self.config_path = config_path
         self.environ = os.environ if environ is None else environ
-        self.slots = Slots(appliance.config.control.max_sse_clients)
+        # The [control] settings in force: taken when the API starts, so a PATCH of them (reported as
+        # "restart required") does not half-apply to a running server.
+        self.limits: ControlConfig = appliance.config.control
+        self.slots = Slots(self.limits.max_sse_clients)
         self.config_lock = trio.Lock()
 
     # --- reading ---------------------------------------------------------------------------------------
@@ -70,10 +74,6 @@ class ControlContext:
     @property
     def config(self) -> AppConfig:
         return self.appliance.config
-
-    @property
-    def limits(self) -> Any:
-        return self.appliance.config.control
 
     def uptime(self) -> float:
         started = self.appliance.supervisor.started_at

@@ -46,7 +46,8 @@ class ControlService:
         from appliance.control.api import Guard, create_app
 
         ctx = self.ctx
-        cfg = ctx.limits
+        cfg = ctx.limits = ctx.appliance.config.control
+        ctx.slots.limit = cfg.max_sse_clients
         ctx.token = resolve_token(cfg, ctx.environ)  # a token file may have changed since the last start
         check_bind(cfg, ctx.token)
         conv_history = ctx.appliance.conversation.history
