@@ -420,3 +420,38 @@ async def test_shutdown_with_open_streams_is_prompt(tmp_path):
 
             outer.start_soon(run)
     assert finished
+
+
+async def test_ready_comes_after_the_port_is_bound(tmp_path):
+    from appliance.app import build_appliance
+    from appliance.config import load_config
+    from appliance.systemd import Notifier
+    from tests.fakes.control_robot import write_config
+
+    path = write_config(tmp_path)
+    notifier = Notifier({})
+    appliance = build_appliance(load_config(path, environ={}), notifier=notifier, handle_signals=False,
+                                control=True, config_path=path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(appliance.run)
+        assert "READY=1" in notifier.sent
+        # No waiting for anything: READY means the API already answers.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{appliance.control.port}") as client:
+            assert (await client.get("/v1/health")).status_code == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_conversation_client_that_leaves_does_not_stop_the_robot(tmp_path):
+    from appliance.events import TurnFinished
+
+    async with running_robot(tmp_path, realtime=True) as robot, robot.client() as api:
+        with robot.appliance.bus.subscribe(TurnFinished, name="test") as sub:
+            async with api.stream("POST", "/v1/conversation", json={"text": "hello"}) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("event: turn"):
+                        break  # hang up right after the turn started
+            finished = await sub.receive.receive()
+        assert isinstance(finished, TurnFinished) and finished.outcome == "done"
+        with trio.fail_after(5):
+            while robot.appliance.control.ctx.slots.open:
+                await trio.sleep(0.01)
