@@ -5,6 +5,9 @@ default). It is merged into what the *file* says, not into the running configura
 overrides and secrets never end up written to disk. Validation runs the same loader as start-up
 (environment overrides and secrets applied), so a patch that would stop the appliance from starting is
 refused with the field paths at fault and changes nothing.
+
+The file is edited with tomlkit rather than re-serialized, so the comments and layout a person wrote in
+it survive an API change; if its edit ever disagreed with what was validated, the plain rendering is used.
 """
 
 from __future__ import annotations
