@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -201,6 +202,7 @@ class Appliance:
     sink: AudioSink
     body: Body
     faces: FaceService
+    control: Any = None  # the control API service, when enabled
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -220,6 +222,8 @@ def build_appliance(
     status_handler: StatusAwareHandler | None = None,
     pin_factory: Any = None,
     handle_signals: bool = True,
+    control: bool = False,
+    config_path: Path | None = None,
 ) -> Appliance:
     bus = EventBus()
     supervisor = Supervisor(bus, config.supervisor, notifier, handle_signals=handle_signals)
@@ -259,4 +263,9 @@ def build_appliance(
         supervisor.add(part, required=False)
     if prewarm is not None:
         supervisor.add(PrewarmService(prewarm), required=False)
-    return Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
+    appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
+    if control:  # last: it wraps the services registered above so a config change can restart one of them
+        from appliance.control.service import add_control
+
+        add_control(appliance, config_path)
+    return appliance

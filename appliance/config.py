@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 
 from appliance.audio.config import AudioConfig
+from appliance.control.config import ControlConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
 from appliance.hardware.config import HardwareConfig
 from appliance.listening.config import ListeningConfig
@@ -61,6 +62,7 @@ class AppConfig(Section):
     )
     supervisor: SupervisorConfig = SupervisorConfig()
     log: LogConfig = LogConfig()
+    control: ControlConfig = ControlConfig()
 
     @model_validator(mode="before")
     @classmethod
