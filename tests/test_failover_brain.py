@@ -104,7 +104,8 @@ async def test_circuit_opens_after_threshold_then_skips(autojump_clock: trio.tes
         await collect(brain, request(turn=f"t{turn}"))
     assert len(cloud.requests) == 2  # threshold 2: the third and fourth turns skip it
     assert len(remote.requests) == 4
-    assert brain.health() == {"cloud": "open", "remote": "closed"}
+    assert brain.health == {"cloud": "open", "remote": "closed", "active": "remote"}
+    assert brain.healthy is False
 
 
 async def test_half_open_trial_by_a_real_turn_then_failback(autojump_clock: trio.testing.MockClock) -> None:

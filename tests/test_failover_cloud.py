@@ -12,7 +12,7 @@ import trio
 from appliance.brains.base import Utterance
 from appliance.brains.health import BrainChanged, BrainHealthChanged
 from appliance.config import AppConfig
-from appliance.events import Heard, TurnFinished, TurnStarted
+from appliance.events import ConnectivityChanged, Heard, TurnFinished, TurnStarted
 from tests.fakes.aiavatar import FakeAvatarServer
 from tests.fakes.cloud import fake_cloud
 from tests.fakes.tcp import FailingResolver, refused_port
@@ -136,3 +136,20 @@ async def test_failback_to_the_cloud_after_recovery(avatar: FakeAvatarServer) ->
     assert tried == 1  # the second turn never tried the cloud
     assert [e.brain for e in log.of(BrainChanged)] == ["remote", "cloud"]
     assert [e.brain for e in log.of(TurnStarted)] == ["cloud", "remote", "cloud"]  # what the status line shows
+    # what the LEDs show while idle: the backup colour while the remote answered, normal again after failback
+    assert [(e.status, e.brain) for e in log.of(ConnectivityChanged)] == [("fallback", "remote"), ("online", "cloud")]
+    assert app.body.leds is None or app.body.leds.connectivity == "online"
+
+
+async def test_leds_show_the_fallback_brain_while_idle(avatar: FakeAvatarServer) -> None:
+    async with fake_cloud() as cloud:
+        cloud.llm.status = 500
+        async with running_appliance(failover_config(cloud.url, avatar.url)) as (app, log):
+            await app.conversation.start_turn(UTTERANCE)
+            await log.wait_for(TurnFinished)
+            await log.wait_for(ConnectivityChanged)
+            leds = app.body.leds
+            assert leds is not None
+            with trio.fail_after(10):
+                while leds.current_mode() != "fallback":  # idle again, on the backup brain
+                    await trio.sleep(0.05)

@@ -32,6 +32,7 @@ from appliance.brains.health import BrainChanged, BrainHealthChanged, CircuitBre
 from appliance.bus import EventBus
 from appliance.conversation.local_voice import LocalVoice
 from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout, ProviderUnavailable
+from appliance.events import ConnectivityChanged
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,15 @@ class FailoverBrain:
                 return member.name
         return self.members[-1].name
 
+    @property
+    def healthy(self) -> bool:
+        """The preferred brain is answering (what the control API's status shows)."""
+        return self.members[0].breaker.healthy
+
+    @property
     def health(self) -> dict[str, str]:
-        return {m.name: m.breaker.state.value for m in self.members}
+        """Each brain's circuit, and which brain answered last."""
+        return {**{m.name: m.breaker.state.value for m in self.members}, "active": self.active or "-"}
 
     # --- background: the members' own services and the health probes ------------------------------------
 
@@ -276,7 +284,7 @@ class FailoverBrain:
 
     # --- bookkeeping --------------------------------------------------------------------------------------
 
-    def _publish(self, event: BrainChanged | BrainHealthChanged) -> None:
+    def _publish(self, event: BrainChanged | BrainHealthChanged | ConnectivityChanged) -> None:
         if self.bus is not None:
             self.bus.publish(event)
 
@@ -293,6 +301,9 @@ class FailoverBrain:
             reason = "; ".join(str(e) for e in state.errors) or f"{previous} is unhealthy"
         log.info("replies now come from %s (%s)", member.name, reason, extra={"brain": member.name})
         self._publish(BrainChanged(member.name, previous, reason))
+        # What the LEDs show while idle: the configured brain, a backup, or the one that only says it is offline.
+        status = "online" if member.name == preferred else "offline" if member.name == "offline" else "fallback"
+        self._publish(ConnectivityChanged(status, member.name))
 
     def _failed(self, member: _Member, error: ProviderError) -> None:
         was_healthy = member.breaker.healthy
