@@ -4,6 +4,12 @@ FailoverBrain wrapper costs when nothing fails.
 Everything runs on 127.0.0.1 in one Trio loop: the fake cloud (real HTTP, real OpenAI SDK), the fake
 AIAvatarKit server (real WebSocket), the real CloudBrain, RemoteBrain and FailoverBrain. "Latency" is the time
 from handing the brain an utterance to the first reply chunk with speech, i.e. what the user waits for.
+
+Measured on the 2-core development machine (2026-11-26): wrapper overhead 0.15 ms/turn (median); extra delay
+with the cloud refusing connections 0.006 s median (0.15 s on the first turn), with the cloud hung 0.000 s
+median (the first turn pays its request timeout); remote refused 0.001 s, remote frozen 0.000 s median
+(1.0 s on the first turn: the ping sent with the request); a frozen remote is noticed after 3.3 s median,
+3.6 s at most (heartbeat 2 s + pong timeout 2 s).
 """
 
 from __future__ import annotations
