@@ -341,3 +341,19 @@ def test_pcm_frames_split_across_chunks_and_stereo() -> None:
         except (trio.EndOfChannel, trio.WouldBlock):
             break
     assert np.concatenate(pieces).tolist() == [200, -200, 50]  # mono mix of whole frames only
+
+
+async def test_server_that_never_sends_accepted(nursery: trio.Nursery) -> None:
+    from tests.fakes.aiavatar import ALL_QUIRKS
+
+    fake = FakeAvatarServer(quirks=ALL_QUIRKS | {"no_accepted"})
+    await nursery.start(fake.run)
+    brain = remote(fake.url)
+    await nursery.start(brain.run)
+    with trio.fail_after(5):
+        while not brain.connected:
+            await trio.sleep(0.01)
+    for n in range(3):
+        items = await collect(brain, request(f"turn {n}", turn=f"t{n}"))
+        assert spoken(items)[0] == f"You said: turn {n}."
+    assert brain._link is not None and brain._link.awaiting_accept == []

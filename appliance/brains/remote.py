@@ -146,12 +146,13 @@ class _Link:
     def end(self, turn: _Turn, answered: bool) -> None:
         if self.turn is turn:
             self.turn = None
+        if answered and turn in self.awaiting_accept:
+            self.awaiting_accept.remove(turn)  # finished without an `accepted`: this server does not send them
+        del self.awaiting_accept[:-16]  # requests abandoned long ago will not be accepted any more
         if turn.transaction_id:
             self.stale[turn.transaction_id] = None
             while len(self.stale) > 64:
                 del self.stale[next(iter(self.stale))]  # forget the oldest
-        elif answered and turn in self.awaiting_accept:
-            self.awaiting_accept.remove(turn)  # this server does not send `accepted`
         turn.send.close()
 
     def deliver(self, frame: Frame) -> None:

@@ -9,7 +9,8 @@ Real servers' quirks, each switchable in ``quirks``:
   ``no_first_start`` no ``start`` frame for the session's first text ``invoke``
   ``double_final``   two ``final`` frames after an interruption
   ``canceled_stt``   ``canceled`` when speech recognition finds nothing in the audio
-(all on by default: a client must tolerate them). No pings of its own; pongs are automatic.
+(all on by default: a client must tolerate them; ``no_accepted``, never sending ``accepted``, is opt-in).
+No pings of its own; pongs are automatic.
 
 Faults to inject (``fault``): ``close_mid_reply``, ``silent`` (accepts, never answers), ``malformed``
 (broken JSON instead of a chunk), ``unknown_types`` (frames of unknown types before the reply),
@@ -291,7 +292,8 @@ class FakeAvatarServer:
             done.set()
 
     async def _reply(self, ws: WebSocketConnection, session: _Session, text: str | None, pcm: bytes | None) -> None:
-        await self._send(ws, session, "accepted")
+        if "no_accepted" not in self.quirks:
+            await self._send(ws, session, "accepted")
         if self.fault == "silent":
             await trio.sleep_forever()
         if self.fault == "error":
