@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from appliance.audio.base import AudioSink, AudioSource, BlockQueue
+from appliance.audio.capture import CaptureService
 from appliance.brains.base import Brain, BrainOutput, TurnRequest, Utterance
 from appliance.bus import EventBus
 from appliance.config import AppConfig, ConfigError, has_secret
@@ -29,17 +30,6 @@ from appliance.supervisor import Supervisor
 from appliance.systemd import Notifier
 
 log = logging.getLogger(__name__)
-
-
-class CaptureService:
-    name = "capture"
-
-    def __init__(self, source: AudioSource, queue: BlockQueue) -> None:
-        self.source = source
-        self.queue = queue
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.source.run(self.queue, task_status=task_status)
 
 
 class DeferredBrain:
@@ -141,6 +131,17 @@ def cloud_brain_factory(config: AppConfig, voice: LocalVoice) -> Callable[[], Br
     return build
 
 
+def wrap_for_text_wake(config: AppConfig, brain: Brain) -> Brain:
+    """With the STT-text wake word, turns only go on when the transcript holds a wake phrase."""
+    listening = config.listening
+    if listening.mode != "wake_word" or listening.wake_word.engine != "text":
+        return brain
+    from appliance.listening.textwake import TextWakeBrain, TextWakeGate
+
+    gate = TextWakeGate(listening.wake_word.phrases, listening.wake_word.wakeword_timeout)
+    return TextWakeBrain(brain, gate)
+
+
 def make_source(config: AppConfig) -> AudioSource:
     from appliance.audio.sources import SimulatedMicrophone, WavFileSource, bundled_clip
 
@@ -228,6 +229,7 @@ def build_appliance(
             from appliance.brains.cloud import OfflineBrain
 
             brain = OfflineBrain(config.conversation.offline_message, voice)
+    brain = wrap_for_text_wake(config, brain)
     log.info("brain: %s", brain.name)
     source = source or make_source(config)
     sink = sink or make_sink(config)
@@ -245,7 +247,7 @@ def build_appliance(
     gpio = GPIOService(bus, config.gpio, pin_factory) if (config.gpio.status_led or config.gpio.button) else None
 
     supervisor.add(state)
-    supervisor.add(CaptureService(source, queue))
+    supervisor.add(CaptureService(source, queue, bus))
     supervisor.add(listening)
     supervisor.add(conversation)
     supervisor.add(faces, required=False)
