@@ -95,6 +95,9 @@ class ListeningConfig(Section):
         default=True, description="raise the threshold to the median non-speech level of the last seconds + margin"
     )
     noise_margin_db: float = Field(default=10.0, ge=0, le=40, description="speech must be this far above the floor")
+    neural_margin_db: float = Field(
+        default=3.0, ge=0, le=40, description="the margin when a neural VAD tells speech from noise"
+    )
     noise_window: float = Field(default=3.0, ge=0.5, le=30, description="seconds of non-speech the floor is taken from")
     silence_duration: float = Field(default=0.5, gt=0, le=5, description="silence that ends an utterance (s)")
     early_endpoint: float | None = Field(

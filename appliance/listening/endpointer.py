@@ -92,6 +92,17 @@ class Endpointer:
         return bool(self._speech)
 
     @property
+    def forced(self) -> bool:
+        return self._forced
+
+    def abandon(self, reason: str) -> Discarded | None:
+        """Drop the open utterance (it was noise after all)."""
+        if not self._speech:
+            return None
+        self._clear()
+        return Discarded(reason)
+
+    @property
     def armed(self) -> bool:
         return self._armed_blocks is not None
 

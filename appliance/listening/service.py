@@ -94,7 +94,7 @@ class ListeningService:
         detector = self._speech_detector or make_detector(c.vad, c.silero_model)
         self.vad = VoiceActivity(
             self.block_seconds, c.volume_db_threshold, c.noise_floor, c.noise_margin_db, c.noise_window,
-            detector, c.vad_threshold,
+            detector, c.vad_threshold, c.neural_margin_db,
         )
         if self.wake_engine == "micro":
             self.wake = self._wake_detector or MicroWakeWordDetector.from_config(
@@ -149,7 +149,7 @@ class ListeningService:
         else:
             echo = guard.expected_echo_db() if playing else None
             extra = guard.margin_db if playing else 0.0
-            speech = vad.is_speech(block, extra, echo)
+            speech = vad.is_speech(block, extra, echo, endpointer.in_speech and not endpointer.armed)
             level = vad.last_level
         if playing:
             guard.learn(level)
@@ -166,8 +166,13 @@ class ListeningService:
         may_start = self.mode == "always" or (
             self.mode == "wake_word" and (self.wake_engine == "text" or self.conversation_open)
         )
-        if not endpointer.in_speech and (not may_start or (busy and not self.config.barge_in)):
+        if not endpointer.in_speech and (
+            not may_start or not vad.ready or (busy and not self.config.barge_in)
+        ):
             speech = False  # keep the pre-roll filling, start nothing
+        if endpointer.in_speech and not endpointer.forced and not playing and vad.noise_floor and vad.steady_noise():
+            vad.relearn()
+            return endpointer.abandon("steady noise")
         result = endpointer.process(block, speech, level)
         if isinstance(result, Segment) and result.reason == "max_duration" and vad.noise_floor:
             vad.relearn(list(result.levels))  # endless "speech" is most likely a new steady noise

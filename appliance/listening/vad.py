@@ -167,22 +167,46 @@ class VoiceActivity:
         noise_window: float = 3.0,
         detector: SpeechDetector | None = None,
         vad_threshold: float = 0.5,
+        neural_margin_db: float = 3.0,
     ) -> None:
         self.volume_db_threshold = volume_db_threshold
         self.noise_floor = noise_floor
-        self.noise_margin_db = noise_margin_db
         self.detector = detector or NoNeuralVAD()
+        # With a neural detector telling speech from noise, the energy gate only has to reject the near-silent.
+        self.noise_margin_db = noise_margin_db if self.detector.name == "energy" else min(noise_margin_db,
+                                                                                            neural_margin_db)
         self.vad_threshold = vad_threshold
-        self._levels: deque[float] = deque(maxlen=max(5, round(noise_window / block_seconds)))
+        window = max(5, round(noise_window / block_seconds))
+        self._levels: deque[float] = deque(maxlen=window)  # non-speech blocks
+        self._all: deque[float] = deque(maxlen=window)  # every block
+        self._enough_quiet = max(2, round(1.0 / block_seconds))
+        self.warmup_blocks = max(1, round(0.5 / block_seconds))
         self._floor: float | None = None
         self._dirty = False
         self.last_level = -100.0
         self.last_probability = 0.0
 
     @property
+    def ready(self) -> bool:
+        """Enough audio seen to know the room (0.5 s); before that no utterance should start."""
+        return not self.noise_floor or len(self._all) >= self.warmup_blocks
+
+    def _low_percentile(self) -> float | None:
+        if len(self._all) < self.warmup_blocks:
+            return None
+        ordered = sorted(self._all)
+        return ordered[len(ordered) // 10]
+
+    @property
     def floor_db(self) -> float | None:
+        """Median of recent non-speech levels; until 1 s of those exists, the median of all recent levels."""
         if self._dirty:
-            self._floor = statistics.median(self._levels) if self._levels else None
+            if len(self._levels) >= self._enough_quiet:
+                self._floor = statistics.median(self._levels)
+            elif len(self._all) >= self.warmup_blocks:
+                self._floor = statistics.median(self._all)  # just opened: the room, most likely
+            else:
+                self._floor = None
             self._dirty = False
         return self._floor
 
@@ -193,10 +217,21 @@ class VoiceActivity:
             return self.volume_db_threshold
         return max(self.volume_db_threshold, floor + self.noise_margin_db)
 
-    def is_speech(self, block: np.ndarray, extra_db: float = 0.0, floor_db: float | None = None) -> bool:
+    def steady_noise(self) -> bool:
+        """The last noise_window s had no pause at all below the threshold: a new steady noise, not speech."""
+        low = self._low_percentile()
+        return len(self._all) == self._all.maxlen and low is not None and low >= self.threshold_db
+
+    def is_speech(
+        self, block: np.ndarray, extra_db: float = 0.0, floor_db: float | None = None, in_speech: bool = False
+    ) -> bool:
         """Speech in ``block``? ``extra_db`` raises the threshold; ``floor_db`` (an echo estimate) sets a
-        minimum the level must clear by ``extra_db``."""
+        minimum the level must clear by ``extra_db``. ``in_speech``: an utterance is open, so a neural
+        detector's probability may dip 0.15 below its threshold before the block counts as silence."""
         level = self.last_level = level_db(block)
+        self._all.append(level)
+        if len(self._levels) < self._enough_quiet:
+            self._dirty = True
         needed = self.threshold_db + extra_db
         if floor_db is not None:
             needed = max(needed, floor_db + extra_db)
@@ -204,17 +239,18 @@ class VoiceActivity:
             return level >= needed
         # The neural detector must see every block to keep its streaming state, loud or not.
         self.last_probability = self.detector.probability(block)
-        return level >= needed and self.last_probability >= self.vad_threshold
+        cutoff = self.vad_threshold - (0.15 if in_speech else 0.0)
+        return level >= needed and self.last_probability >= cutoff
 
     def learn(self, level: float | None = None) -> None:
         """Count the last block (or ``level``) as room noise."""
         self._levels.append(self.last_level if level is None else level)
         self._dirty = True
 
-    def relearn(self, levels: list[float]) -> None:
-        """A "speech" segment that ran into max_duration was most likely a new steady noise: learn it."""
-        for level in levels[-(self._levels.maxlen or 0) :]:
-            self._levels.append(level)
+    def relearn(self, levels: list[float] | None = None) -> None:
+        """What looked like speech was a new steady noise: take it (default: the last window) as the floor."""
+        self._levels.clear()
+        self._levels.extend(list(self._all if levels is None else levels)[-(self._levels.maxlen or 0) :])
         self._dirty = True
 
     def reset(self) -> None:
