@@ -31,6 +31,13 @@ def device_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _first_leaf(group: BaseException | None) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    assert group is not None
+    return group
+
+
 class CaptureService:
     name = "capture"
 
@@ -93,6 +100,11 @@ class CaptureService:
                             ready = True
                 except device_errors() as exc:
                     error = exc
+                except BaseExceptionGroup as group:  # from the inner nursery
+                    matched, rest = group.split(device_errors())
+                    if rest is not None:
+                        raise
+                    error = _first_leaf(matched)
             self._scope = None
             if error is None:
                 if scope.cancelled_caught:

@@ -13,6 +13,7 @@ PortAudio only scans devices when it is initialised, so a replugged device is fo
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -173,9 +174,22 @@ class DeviceSource:
         self.rate = CAPTURE_RATE
         self.device_name = ""
         self.opened = 0
+        self._rescan = False  # PortAudio's device list is stale after a failure: rescan before the next try
 
     async def run(self, queue: BlockQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(queue, task_status)
+        except DeviceLost:
+            raise  # first try the same device again: a rescan closes every stream of the process
+        except AudioDeviceError:
+            self._rescan = True  # it could not even be opened: maybe it is known under a new index
+            raise
+
+    async def _run(self, queue: BlockQueue, task_status: trio.TaskStatus[None]) -> None:
         sd = _sd()
+        if self._rescan:
+            await trio.to_thread.run_sync(rescan)
+            self._rescan = False
         try:
             index = await trio.to_thread.run_sync(find_device_rescanning, self.device, "input")
             rate = pick_rate(sd, index, "input", CAPTURE_RATE)
@@ -245,37 +259,94 @@ class DeviceSource:
                 if trio.current_time() - last_delivery > self.stall_timeout:
                     raise DeviceLost(f"input {self.device_name!r} delivered no audio for {self.stall_timeout:g} s")
         finally:
-            with trio.CancelScope(shield=True):
+            # Closing a stream whose device hangs can block for good: give it 2 s, then abandon the thread.
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0) as waited:
                 try:
-                    await trio.to_thread.run_sync(stream.close)
+                    await trio.to_thread.run_sync(stream.close, abandon_on_cancel=True)
                 except sd.PortAudioError as exc:
                     log.debug("closing input: %s", exc)
+            if waited.cancelled_caught:
+                log.warning("input %r did not close within 2 s; abandoned", self.device_name)
 
 
 class DeviceSink(BlockSink):
-    """Plays through a sound card at its own rate. A failing device is reopened; if that fails the rest of the
-    clip is dropped (the robot goes on without a voice instead of crashing the conversation)."""
+    """Plays through a sound card at its own rate, in callback mode.
+
+    ``_write_block`` appends to a short queue (``queued_blocks`` deep, ~60 ms) that PortAudio's callback
+    drains; a cancelled clip clears the queue, so the robot goes quiet within one device block. Callback mode
+    also avoids PortAudio's blocking-write path, which corrupts memory on its JACK backend. A device that
+    fails is reopened on the next block; if it cannot be, the audio is dropped (the robot goes on without a
+    voice instead of crashing the conversation).
+    """
 
     name = "device"
 
-    def __init__(self, device: str | int | None = None, block_ms: int = 20, volume: float = 1.0) -> None:
+    def __init__(
+        self, device: str | int | None = None, block_ms: int = 20, volume: float = 1.0, queued_blocks: int = 3
+    ) -> None:
         super().__init__(48_000, block_ms, volume)
         self.device = device
+        self.queued_blocks = queued_blocks
         self._stream: Any = None
         self._generation = -1
+        self._pending: deque[np.ndarray] = deque()  # appended by Trio, popped by the audio thread
+        self._partial: np.ndarray | None = None  # audio-thread only: the rest of a block
+        self._drained: trio.Event | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._dead = False
         self.reopened = 0
+        self.underruns = 0
+
+    def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        if status.output_underflow:
+            self.underruns += 1
+        filled = 0
+        out = outdata[:, 0]
+        while filled < frames:
+            chunk = self._partial
+            self._partial = None
+            if chunk is None:
+                try:
+                    chunk = self._pending.popleft()
+                except IndexError:
+                    break
+            take = min(frames - filled, len(chunk))
+            out[filled : filled + take] = chunk[:take]
+            filled += take
+            if take < len(chunk):
+                self._partial = chunk[take:]
+        out[filled:] = 0
+        self._wake()
+
+    def _wake(self) -> None:
+        drained, token = self._drained, self._token
+        if drained is not None and token is not None:
+            try:
+                token.run_sync_soon(drained.set)
+            except trio.RunFinishedError:
+                pass
+
+    def _on_finished(self) -> None:
+        self._dead = True
+        self._wake()
 
     def _open_stream(self) -> None:
         sd = _sd()
         index = find_device_rescanning(self.device, "output")
         self.sample_rate = pick_rate(sd, index, "output", int(sd.query_devices(index)["default_samplerate"]))
-        stream = sd.OutputStream(device=index, samplerate=self.sample_rate, channels=1, dtype="int16")
+        blocksize = self.sample_rate * self.block_ms // 1000
+        stream = sd.OutputStream(
+            device=index, samplerate=self.sample_rate, channels=1, dtype="int16", blocksize=blocksize,
+            callback=self._callback, finished_callback=self._on_finished,
+        )
+        self._dead = False
         stream.start()
         self._stream, self._generation = stream, _generation
         log.info("playing to %s at %d Hz", sd.query_devices(index)["name"], self.sample_rate)
 
     def _close_stream(self) -> None:
         stream, self._stream = self._stream, None
+        self._pending.clear()
         if stream is not None and self._generation == _generation:
             try:
                 stream.close()
@@ -285,6 +356,7 @@ class DeviceSink(BlockSink):
     @asynccontextmanager
     async def open(self) -> AsyncIterator[None]:
         sd = _sd()
+        self._token = trio.lowlevel.current_trio_token()
         try:
             await trio.to_thread.run_sync(self._open_stream)
         except sd.PortAudioError as exc:
@@ -292,37 +364,45 @@ class DeviceSink(BlockSink):
         try:
             yield
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._close_stream)
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                await trio.to_thread.run_sync(self._close_stream, abandon_on_cancel=True)
 
     async def play(self, clip: AudioClip, on_level: LevelCallback | None = None) -> None:
         try:
             await super().play(clip, on_level)
+            # let the queued tail play out before returning ("play returns when the clip has been heard")
+            while self._pending and self._usable():
+                await self._wait_drained(self.block_ms / 1000 * 2)
         except trio.Cancelled:
-            # Drop what is still queued in the device so the robot goes quiet now, not after the buffer.
-            stream = self._stream
-            if stream is not None and self._generation == _generation:
-                try:
-                    stream.abort()
-                    stream.start()
-                except Exception as exc:
-                    log.debug("stopping output: %s", exc)
+            self._pending.clear()  # quiet at the next device block
             raise
+
+    def _usable(self) -> bool:
+        return self._stream is not None and self._generation == _generation and not self._dead
+
+    async def _wait_drained(self, timeout: float) -> None:
+        self._drained = trio.Event()
+        with trio.move_on_after(timeout):
+            await self._drained.wait()
 
     async def _write_block(self, block: np.ndarray) -> None:
         sd = _sd()
-        if self._stream is None or self._generation != _generation:
+        if not self._usable():
             try:
                 await trio.to_thread.run_sync(self._reopen)
             except (sd.PortAudioError, AudioDeviceError) as exc:
                 log.warning("output device unavailable, dropping audio: %s", exc)
                 await trio.sleep(len(block) / self.sample_rate)
                 return
-        try:
-            await trio.to_thread.run_sync(self._stream.write, block, abandon_on_cancel=True)
-        except sd.PortAudioError as exc:
-            log.warning("output device failed (%s); reopening", exc)
-            self._stream = None
+        self._pending.append(block)
+        deadline = trio.current_time() + 1.0  # a device that stops pulling audio is dead
+        while len(self._pending) > self.queued_blocks:
+            await self._wait_drained(self.block_ms / 1000 * 2)
+            if trio.current_time() > deadline:
+                log.warning("output device stopped taking audio; reopening")
+                self._dead = True
+                self._pending.clear()
+                return
 
     def _reopen(self) -> None:
         self._close_stream()
