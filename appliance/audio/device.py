@@ -156,17 +156,25 @@ def pick_rate(sd: Any, index: int, kind: str, wanted: int) -> int:
 class DeviceSource:
     """Captures 16 kHz mono int16 from a sound card (resampling when it only offers other rates).
 
-    ``stall_timeout``: no audio for this long means the device is gone.
+    ``device_block_ms``: how often PortAudio hands audio over (each hand-over wakes the event loop, the main
+    CPU cost of capture; the blocks the listener sees stay ``block_ms``). ``stall_timeout``: no audio for
+    this long means the device is gone.
     """
 
     name = "device"
 
     def __init__(
-        self, device: str | int | None = None, block_ms: int = 20, stall_timeout: float = 1.0, max_pending: int = 50
+        self,
+        device: str | int | None = None,
+        block_ms: int = 20,
+        stall_timeout: float = 1.0,
+        max_pending: int = 50,
+        device_block_ms: int | None = None,
     ) -> None:
         self.device = device
         self.block_size = CAPTURE_RATE * block_ms // 1000
         self.block_ms = block_ms
+        self.device_block_ms = max(block_ms, device_block_ms or block_ms)
         self.stall_timeout = stall_timeout
         self.max_pending = max_pending
         self.overflows = 0  # PortAudio reported input overflow (the device dropped audio)
@@ -238,7 +246,7 @@ class DeviceSource:
             except trio.RunFinishedError:
                 pass
 
-        blocksize = rate * self.block_ms // 1000
+        blocksize = rate * self.device_block_ms // 1000
         try:
             stream = sd.InputStream(
                 device=index, samplerate=rate, channels=1, dtype="int16", blocksize=blocksize, callback=callback,
