@@ -140,3 +140,9 @@ def test_wake_word_mode_ignores_speech_without_the_wake_word_until_a_turn_opens_
     assert not any(isinstance(service.process_block(b), Onset) for b in F.blocks(command))
     service.conversation_open_until = service.guard.now + 60  # what TurnFinished(done) does
     assert any(isinstance(service.process_block(b), Onset) for b in F.blocks(command))
+
+
+def test_config_names_an_unknown_wake_word_model() -> None:
+    with pytest.raises(ValidationError, match="hey_toaster.*not bundled"):
+        ListeningConfig(mode="wake_word", wake_word=WakeWordConfig(models=[WakeWordModel(model="hey_toaster")]))
+    ListeningConfig(mode="always", wake_word=WakeWordConfig(models=[WakeWordModel(model="hey_toaster")]))  # unused

@@ -126,4 +126,14 @@ class ListeningConfig(Section):
             raise ValueError("min_duration must be shorter than max_duration")
         if self.early_endpoint is not None and self.early_endpoint > self.silence_duration:
             raise ValueError("early_endpoint must not be longer than silence_duration")
+        if self.mode == "wake_word" and self.wake_word.engine == "micro":
+            from appliance.listening.wakeword import WakeWordError, resolve_model
+
+            for entry in self.wake_word.models:
+                try:
+                    resolve_model(entry)
+                except WakeWordError as exc:
+                    raise ValueError(str(exc)) from None
+        if self.vad == "silero" and self.silero_model is not None and not self.silero_model.exists():
+            raise ValueError(f"silero_model {self.silero_model} does not exist")
         return self
