@@ -208,6 +208,17 @@ def test_user_louder_than_the_echo_barges_in() -> None:
     assert service.guard.coupling_db < -8  # it learned the speaker is quieter at the mic than -6 dB
 
 
+def test_user_saying_the_wake_word_over_the_robot_barges_in() -> None:
+    out, echo = robot_echo(-15.0)
+    service = _service("wake_word", "raise")
+    mic = echo.astype(np.float64)
+    user = F.speak("okay nabu", "en-us", 150).astype(np.float64)
+    at = int(1.6 * F.RATE)
+    mic[at : at + len(user)] += user
+    run_while_speaking(service, out, np.clip(mic, -32768, 32767).astype(np.int16))
+    assert service.wake_detections == 1 and service.barge_ins == 1
+
+
 def test_gate_ignores_even_a_loud_user_while_speaking() -> None:
     out, echo = robot_echo(-15.0)
     service = _service("always", "gate")

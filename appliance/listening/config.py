@@ -136,4 +136,11 @@ class ListeningConfig(Section):
                     raise ValueError(str(exc)) from None
         if self.vad == "silero" and self.silero_model is not None and not self.silero_model.exists():
             raise ValueError(f"silero_model {self.silero_model} does not exist")
+        needs = {"silero": ("onnxruntime", "appliance[silero]"), "micro_vad": ("pymicro_vad", "pymicro-vad")}
+        if self.vad in needs:
+            import importlib.util
+
+            module, package = needs[self.vad]
+            if importlib.util.find_spec(module) is None:
+                raise ValueError(f"vad = {self.vad!r} needs {package} installed")
         return self

@@ -189,6 +189,8 @@ class ListeningService:
         self.bus.publish(WakeWordDetected(detection.phrase, detection.probability, accepted, reason))
         if not accepted:
             self.wake_rejected += 1
+            assert self.wake is not None
+            self.wake.refuse()
             log.info("wake word %s ignored: %s", detection.phrase, reason)
             return
         self.wake_detections += 1

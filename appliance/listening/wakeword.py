@@ -60,6 +60,8 @@ class WakeWordDetector(Protocol):
 
     def process(self, block: np.ndarray) -> WakeDetection | None: ...
 
+    def refuse(self) -> None: ...
+
     def reset(self) -> None: ...
 
 
@@ -316,6 +318,11 @@ class MicroWakeWordDetector:
             for model in self.models:
                 model.clear()
         return found
+
+    def refuse(self) -> None:
+        """The last detection was refused (the robot's own voice): a short pause instead of the refractory
+        time, so the user saying the wake word right after the robot still counts."""
+        self._quiet_until = self.now + 0.5
 
     def reset(self) -> None:
         """Forget all streaming state (after the mic was closed: the old context is stale)."""
