@@ -95,6 +95,22 @@ async def test_push_to_talk_only_hears_while_the_button_is_held(autojump_clock: 
     assert got[0].audio is not None and got[0].audio.duration >= len(speech) / F.RATE - 0.05
 
 
+async def test_a_tap_on_the_talk_button_listens_for_one_utterance(autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(ListeningConfig(mode="push_to_talk"))
+    scene = F.scene([0.5, F.speak("what time is it", "en-us", 160), 2.0])
+    async with trio.open_nursery() as nursery:
+        await h.start(nursery)
+        await h.play(F.silence(1.0))
+        h.bus.publish(ListenRequested("button"))
+        await h.play(F.silence(0.1))
+        h.bus.publish(ListenReleased("button"))
+        await h.play(scene.samples)
+        nursery.cancel_scope.cancel()
+    got = h.utterances()
+    assert [u.source for u in got] == ["button"]  # ended by silence, not by the release
+    assert got[0].audio is not None and got[0].audio.duration >= 0.6 + scene.spans[0][1]
+
+
 async def test_muted_mode_starts_closed_and_unmuting_opens_it(autojump_clock: trio.testing.MockClock) -> None:
     h = Harness(ListeningConfig(mode="muted"))
     speech = F.command_alone("en-us").samples

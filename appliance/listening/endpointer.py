@@ -132,9 +132,15 @@ class Endpointer:
         self._armed_blocks = None
 
     def arm(self, preroll: float, timeout: float) -> None:
-        """The wake word was heard: the utterance starts ``preroll`` s back; speech must follow in ``timeout``."""
-        self._clear()
-        self._open(round(preroll / self.block_seconds))
+        """The wake word was heard (or the talk button tapped): the utterance starts ``preroll`` s back (or
+        where the open one started); speech must follow within ``timeout``."""
+        if self._speech:
+            speech, levels = self._speech, self._levels
+            self._clear()
+            self._speech, self._levels = speech, levels
+        else:
+            self._clear()
+            self._open(round(preroll / self.block_seconds))
         if not self._speech:  # nothing kept yet: still mark the utterance open
             self._speech = [np.zeros(0, dtype=np.int16)]
             self._levels = [-100.0]

@@ -42,6 +42,7 @@ from appliance.listening.wakeword import MicroWakeWordDetector, WakeDetection, W
 log = logging.getLogger(__name__)
 
 _LEVEL_EVERY = 5  # publish the input level every Nth block: enough for a meter, cheap for the bus
+_TAP = 0.4  # s: the talk button released sooner than this was tapped (listen once), not held (push-to-talk)
 _WAKE_EVIDENCE = 1.2  # s: during playback a wake word needs the user's own voice (above the echo) this recently
 
 
@@ -81,6 +82,7 @@ class ListeningService:
         self.conversation_open_until = float("-inf")  # audio clock
         self._evidence: deque[bool] = deque(maxlen=max(1, round(_WAKE_EVIDENCE / self.block_seconds)))
         self._source = "voice"
+        self._listen_pressed_at = float("-inf")
         self.wake_detections = 0
         self.wake_rejected = 0
         self.barge_ins = 0
@@ -211,8 +213,6 @@ class ListeningService:
             barge_in = busy or result.resumed
             if barge_in:
                 self.barge_ins += 1
-            if self._source != "wake_word":
-                self._source = "voice"
             self.bus.publish(SpeechStarted(barge_in=barge_in))
         elif isinstance(result, Discarded):
             self._source = "voice"
@@ -255,8 +255,14 @@ class ListeningService:
                 self.wake.reset()
         elif isinstance(event, ListenRequested) and not self.muted:
             self.endpointer.start()
+            self._listen_pressed_at = self.guard.now
             self.bus.publish(SpeechStarted(barge_in=self.state in (State.THINKING, State.SPEAKING)))
         elif isinstance(event, ListenReleased):
+            if self.endpointer.forced and self.guard.now - self._listen_pressed_at < _TAP:
+                # A tap, not a hold: listen for one utterance that ends on silence, like after a wake word.
+                self.endpointer.arm(self.config.preroll, self.config.wake_word.command_timeout)
+                self._source = event.source
+                return
             segment = self.endpointer.finish()
             if segment is not None:
                 await self._emit(segment, event.source)
