@@ -327,8 +327,9 @@ class DeviceSink(BlockSink):
         self._wake()
 
     def _wake(self) -> None:
+        # Only when a writer waits: an idle speaker must not wake the event loop 50 times a second.
         drained, token = self._drained, self._token
-        if drained is not None and token is not None:
+        if drained is not None and token is not None and not drained.is_set():
             try:
                 token.run_sync_soon(drained.set)
             except trio.RunFinishedError:
@@ -389,9 +390,12 @@ class DeviceSink(BlockSink):
         return self._stream is not None and self._generation == _generation and not self._dead
 
     async def _wait_drained(self, timeout: float) -> None:
-        self._drained = trio.Event()
-        with trio.move_on_after(timeout):
-            await self._drained.wait()
+        self._drained = drained = trio.Event()
+        try:
+            with trio.move_on_after(timeout):
+                await drained.wait()
+        finally:
+            self._drained = None
 
     async def _write_block(self, block: np.ndarray) -> None:
         sd = _sd()
