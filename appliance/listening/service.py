@@ -172,7 +172,10 @@ class ListeningService:
             not may_start or not vad.ready or (busy and not self.config.barge_in)
         ):
             speech = False  # keep the pre-roll filling, start nothing
-        if endpointer.in_speech and not endpointer.forced and not playing and vad.noise_floor and vad.steady_noise():
+        if (
+            endpointer.in_speech and not endpointer.forced and not playing and vad.noise_floor
+            and vad.detector.name == "energy" and vad.steady_noise()  # a neural VAD tells noise apart itself
+        ):
             vad.relearn()
             return endpointer.abandon("steady noise")
         result = endpointer.process(block, speech, level)
