@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +58,16 @@ NEGATIVE_TEXT = (
 
 def cache_dir() -> Path:
     base = os.environ.get("APPLIANCE_TEST_CACHE")
-    path = Path(base) if base else Path.home() / ".cache" / "appliance-tests"
-    path = path / f"listening-v{VERSION}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    candidates = [Path(base)] if base else [Path.home() / ".cache" / "appliance-tests"]
+    candidates.append(Path(tempfile.gettempdir()) / f"appliance-tests-{os.getuid()}")
+    for candidate in candidates:
+        path = candidate / f"listening-v{VERSION}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        except OSError:
+            continue
+    raise RuntimeError(f"no writable fixture cache directory among {candidates}")
 
 
 def tools_available() -> bool:
