@@ -151,7 +151,7 @@ class ListeningService:
         else:
             echo = guard.expected_echo_db() if playing else None
             extra = guard.margin_db if playing else 0.0
-            speech = vad.is_speech(block, extra, echo, endpointer.in_speech and not endpointer.armed)
+            speech = vad.is_speech(block, extra, echo, endpointer.in_speech and not endpointer.armed, room=not playing)
             level = vad.last_level
         if playing:
             guard.learn(level)

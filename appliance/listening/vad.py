@@ -223,13 +223,20 @@ class VoiceActivity:
         return len(self._all) == self._all.maxlen and low is not None and low >= self.threshold_db
 
     def is_speech(
-        self, block: np.ndarray, extra_db: float = 0.0, floor_db: float | None = None, in_speech: bool = False
+        self,
+        block: np.ndarray,
+        extra_db: float = 0.0,
+        floor_db: float | None = None,
+        in_speech: bool = False,
+        room: bool = True,
     ) -> bool:
         """Speech in ``block``? ``extra_db`` raises the threshold; ``floor_db`` (an echo estimate) sets a
         minimum the level must clear by ``extra_db``. ``in_speech``: an utterance is open, so a neural
-        detector's probability may dip 0.15 below its threshold before the block counts as silence."""
+        detector's probability may dip 0.15 below its threshold before the block counts as silence.
+        ``room=False``: the block holds the robot's own voice and says nothing about the room's noise."""
         level = self.last_level = level_db(block)
-        self._all.append(level)
+        if room:
+            self._all.append(level)
         if len(self._levels) < self._enough_quiet:
             self._dirty = True
         needed = self.threshold_db + extra_db
