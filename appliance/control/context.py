@@ -175,13 +175,14 @@ class ControlContext:
             result.restart_required.append("audio.block_ms")
 
     async def _rebuild_brain(self, new: AppConfig) -> None:
-        from appliance.app import build_brain
+        from appliance.app import build_brain, wrap_for_text_wake
         from appliance.conversation.local_voice import LocalVoice
 
         app = self.appliance
         old = app.brain
         voice = app.conversation.error_voice or LocalVoice()
         brain, _prewarm, background = build_brain(new, voice, app.bus)
+        brain = wrap_for_text_wake(new, brain)
         app.brain = brain
         app.conversation.brain = brain
         brains = self.restartables.get("brains")  # remote sessions and health probes of the old brain list
