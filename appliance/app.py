@@ -15,7 +15,7 @@ import trio
 from appliance.audio.base import AudioSink, AudioSource, BlockQueue
 from appliance.brains.base import Brain, BrainOutput, TurnRequest, Utterance
 from appliance.bus import EventBus
-from appliance.config import AppConfig, ConfigError, has_secret
+from appliance.config import AppConfig, ConfigError
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.local_voice import LocalVoice
 from appliance.conversation.service import ConversationService
@@ -85,58 +85,39 @@ def choose_brain_kind(config: AppConfig) -> str:
     kind = config.conversation.brain
     if kind != "auto":
         return kind
-    sections = (config.stt, config.llm, config.tts)
-    ready = all(has_secret(s.api_key) or s.base_url for s in sections if getattr(s, "provider", "") != "espeak")
-    return "cloud" if ready else "offline"
+    from appliance.conversation.factory import missing_keys
+
+    return "offline" if missing_keys(config.stt, config.llm, config.tts) else "cloud"
 
 
-def cloud_brain_factory(config: AppConfig, voice: LocalVoice) -> Callable[[], Brain]:
-    problems = []
-    for section_name in ("stt", "llm", "tts"):
-        section = getattr(config, section_name)
-        if section.provider != "espeak" and not (has_secret(section.api_key) or section.base_url):
-            problems.append(
-                f"{section_name}.api_key: the cloud brain needs an API key for {section.provider} "
-                f"(set {'ANTHROPIC_API_KEY' if section.provider == 'anthropic' else 'OPENAI_API_KEY'} "
-                f"or APPLIANCE_{section_name.upper()}__API_KEY)"
-            )
+def cloud_brain_factory(config: AppConfig, voice: LocalVoice, tools: Any = None) -> Callable[[], Brain]:
+    """Check the cloud parts now (config errors name their TOML path), build them later in a worker thread."""
+    from appliance.conversation import factory
+
+    problems = factory.check_parts(config.stt, config.llm, config.tts)
     if problems:
         raise ConfigError("configuration", problems)
 
-    def secret(value: Any) -> str | None:
-        return value.get_secret_value() if value is not None else None
-
     def build() -> Brain:
         from appliance.brains.cloud import CloudBrain
-        from appliance.conversation.stt.openai import OpenAIRecognizer
+        from appliance.conversation.hooks import load_hook
 
-        stt = OpenAIRecognizer(
-            config.stt.model, secret(config.stt.api_key), config.stt.base_url, config.stt.timeout, config.stt.language
+        llm_cfg, tts_cfg, conv = config.llm, config.tts, config.conversation
+        llm = factory.build_llm(llm_cfg)
+        tts, voices = factory.build_tts(tts_cfg, voice, llm)
+        return CloudBrain(
+            factory.build_stt(config.stt), llm, tts, conv.system_prompt, conv.system_prompt_params,
+            config.stt.language, tts_cfg.prefetch, llm_cfg.timeout,
+            tools=factory.build_tools(llm_cfg, tools),
+            max_tool_rounds=llm_cfg.max_tool_rounds,
+            progress_after=llm_cfg.progress_after,
+            progress_message=llm_cfg.progress_message,
+            voices=voices,
+            guardrails=factory.build_guardrails(llm_cfg),
+            camera=factory.build_camera(llm_cfg),
+            merge_window=llm_cfg.merge_window,
+            on_finish=load_hook(llm_cfg.on_finish, "llm.on_finish") if llm_cfg.on_finish else None,
         )
-        llm_cfg = config.llm
-        llm: Any
-        if llm_cfg.provider == "anthropic":
-            from appliance.conversation.llm.anthropic import AnthropicChat
-
-            llm = AnthropicChat(llm_cfg.model_name, secret(llm_cfg.api_key), llm_cfg.base_url, llm_cfg.timeout,
-                                llm_cfg.temperature, llm_cfg.max_tokens)
-        else:
-            from appliance.conversation.llm.openai import OpenAIChat
-
-            llm = OpenAIChat(llm_cfg.model_name, secret(llm_cfg.api_key), llm_cfg.base_url, llm_cfg.timeout,
-                             llm_cfg.temperature, llm_cfg.max_tokens)
-        tts_cfg = config.tts
-        tts: Any
-        if tts_cfg.provider == "espeak":
-            tts = voice
-        else:
-            from appliance.conversation.tts.openai import OpenAISynthesizer
-
-            tts = OpenAISynthesizer(tts_cfg.model, tts_cfg.voice, secret(tts_cfg.api_key), tts_cfg.base_url,
-                                    tts_cfg.timeout, tts_cfg.speed, tts_cfg.instructions)
-        conv = config.conversation
-        return CloudBrain(stt, llm, tts, conv.system_prompt, conv.system_prompt_params, config.stt.language,
-                          tts_cfg.prefetch, llm_cfg.timeout)
 
     return build
 
@@ -195,6 +176,7 @@ class Appliance:
     sink: AudioSink
     gpio: GPIOService | None
     faces: FaceService
+    tools: Any = None  # the cloud brain's ToolRegistry: add tools at runtime with ``app.tools.add(...)``
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -219,10 +201,17 @@ def build_appliance(
     supervisor = Supervisor(bus, config.supervisor, notifier, handle_signals=handle_signals)
     voice = LocalVoice()
     prewarm: DeferredBrain | None = None
+    tools: Any = None
+    mcp: Any = None
     if brain is None:
         kind = choose_brain_kind(config)
         if kind == "cloud":
-            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice))
+            from appliance.conversation.factory import build_mcp
+            from appliance.conversation.tools import ToolRegistry
+
+            tools = ToolRegistry()
+            mcp = build_mcp(config.llm, tools)
+            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice, tools))
             brain = prewarm
         else:
             from appliance.brains.cloud import OfflineBrain
@@ -255,4 +244,6 @@ def build_appliance(
         supervisor.add(StatusLine(bus, status_handler), required=False)
     if prewarm is not None:
         supervisor.add(PrewarmService(prewarm), required=False)
-    return Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, gpio, faces)
+    if mcp is not None:
+        supervisor.add(mcp, required=False)
+    return Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, gpio, faces, tools)
