@@ -85,7 +85,8 @@ def map_http_error(provider: str, exc: BaseException, *, mid_stream: bool = Fals
         return exc
     if isinstance(exc, httpx.TimeoutException):
         return ProviderTimeout(provider, "timed out" + (" mid-reply" if mid_stream else ""))
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and mid_stream:
+    cut_body = "message body" in str(exc) or "incomplete" in str(exc)  # the answer began, then stopped
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and (mid_stream or cut_body):
         return ProviderBadReply(provider, f"stream cut short: {exc}"[:300])
     if isinstance(exc, httpx.HTTPError):
         return ProviderUnavailable(provider, f"{type(exc).__name__}: {exc}"[:300])
