@@ -367,6 +367,8 @@ class CloudBrain:
                     state.stopped = True
                 sentence = voice_text = verdict.text
                 voice_text, _ = extract_tags(voice_text)
+        if not voice_text and all(tag.name == "vision" for tag in tags):
+            return look  # a bare [vision:camera] has nothing to say or show
         state.texts.append(sentence)
         pending = _Pending(sentence, voice_text, tags, self._voice(state.language))
         await slots.acquire()

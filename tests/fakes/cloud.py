@@ -69,6 +69,7 @@ class FakeCloud:
     # answering; once a result comes back, answer ``tool_reply`` with ``{result}`` filled in.
     tool_call: tuple[str, dict[str, Any]] | None = None
     tool_reply: str = "The tool says {result}."
+    image_reply: str | None = None  # the answer when the request carries an image (vision)
     requests: list[Recorded] = field(default_factory=list)
     disconnects: int = 0
     completed_streams: int = 0
@@ -177,8 +178,10 @@ class FakeCloud:
             return JSONResponse({"error": {"message": "Invalid file format.", "type": "invalid_request_error"}}, 400)
         return JSONResponse({"text": self.transcript})
 
-    def _deltas(self, tool_result: str | None = None) -> list[str]:
+    def _deltas(self, tool_result: str | None = None, has_image: bool = False) -> list[str]:
         text = self.tool_reply.format(result=tool_result) if tool_result is not None else self.reply
+        if has_image and self.image_reply is not None:
+            text = self.image_reply
         words = text.split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
@@ -211,7 +214,9 @@ class FakeCloud:
             pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
             pieces.append(b"data: [DONE]\n\n")
             return self._stream(pieces, self.llm, "text/event-stream")
-        for delta in self._deltas(results[-1] if results else None):
+        has_image = any(isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
+                        for m in body.get("messages", []))
+        for delta in self._deltas(results[-1] if results else None, has_image):
             pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": None}]}))
         pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
         pieces.append(b"data: [DONE]\n\n")

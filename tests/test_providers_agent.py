@@ -1,0 +1,264 @@
+"""Agent features through whole turns of the real appliance, configured from config data only: tools
+(pydantic-validated, failing, slow with a progress sentence, added at runtime), MCP over stdio, guardrails,
+request merging, the on-finish hook, vision, a voice per language, and each provider chosen from config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from appliance.audio.base import AudioClip
+from appliance.brains.base import Utterance
+from appliance.brains.cloud import FinishedTurn
+from appliance.config import AppConfig
+from appliance.conversation.tools import ToolError, tool
+from appliance.events import Heard, SentenceStarted, TurnFinished
+from tests.fakes.providers import KEY, fake_providers
+from tests.harness import cloud_config, running_appliance
+
+ASK = Utterance(text="What's the weather in Tokyo?")
+SPEECH = Utterance(audio=AudioClip((np.sin(np.arange(9600) / 4) * 6000).astype(np.int16), 16000))
+MCP_SERVER = Path(__file__).parent / "fakes" / "mcp_server.py"
+
+calls: list[Any] = []
+finished: list[FinishedTurn] = []
+
+
+def record_finish(turn: FinishedTurn) -> None:
+    finished.append(turn)
+
+
+def get_weather(city: str, days: int = 1) -> dict[str, Any]:
+    """Forecast for a city."""
+    calls.append((city, days))
+    return {"city": city, "days": days, "sky": "sunny"}
+
+
+def block_secrets(text: str) -> str | None:
+    return text.replace("password", "(secret)") if "password" in text else None
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    calls.clear()
+    finished.clear()
+
+
+async def one_turn(config: AppConfig, utterance: Utterance = ASK, setup: Any = None) -> tuple[Any, TurnFinished, list[str]]:
+    async with running_appliance(config) as (app, log):
+        if setup is not None:
+            await setup(app)
+        await app.conversation.start_turn(utterance)
+        done = await log.wait_for(TurnFinished)
+    return app, done, [e.text for e in log.of(SentenceStarted)]
+
+
+# --- tools ----------------------------------------------------------------------------------------
+
+async def test_config_tool_round_trip_with_validated_arguments() -> None:
+    async with fake_providers(tool_call=("get_weather", {"city": "Tokyo", "days": "3"})) as fake:
+        config = cloud_config(fake.url, llm__tools=[{"function": "tests.test_providers_agent:get_weather"}])
+        _, done, spoken = await one_turn(config)
+    assert done.outcome == "done"
+    assert calls == [("Tokyo", 3)]  # "3" was validated into the int the function declared
+    assert spoken == ['The tool says {"city": "Tokyo", "days": 3, "sky": "sunny"}.']
+    offered = fake.bodies("/v1/chat/completions")[0]["tools"][0]["function"]
+    assert offered["name"] == "get_weather" and offered["description"] == "Forecast for a city."
+    assert offered["parameters"]["required"] == ["city"]
+
+
+async def test_invalid_arguments_go_back_to_the_model_not_to_the_function() -> None:
+    async with fake_providers(tool_call=("get_weather", {"city": "Tokyo", "days": "many"})) as fake:
+        config = cloud_config(fake.url, llm__tools=[{"function": "tests.test_providers_agent:get_weather"}])
+        _, done, spoken = await one_turn(config)
+    assert done.outcome == "done" and calls == []
+    assert spoken[0].startswith("The tool says Invalid arguments: days:")
+    tool_message = fake.bodies("/v1/chat/completions")[1]["messages"][-1]
+    assert tool_message["role"] == "tool" and tool_message["tool_call_id"] == "call_fake1"
+
+
+async def test_failing_tool_is_reported_to_the_model_and_the_turn_goes_on() -> None:
+    @tool
+    def lights(room: str) -> str:
+        """Switch on the lights."""
+        raise ToolError(f"the {room} lamp is unplugged")
+
+    async def add_tool(app: Any) -> None:
+        app.tools.add(lights)  # added at runtime, after start
+
+    async with fake_providers(tool_call=("lights", {"room": "kitchen"}), tool_reply="Sorry, {result}.") as fake:
+        _, done, spoken = await one_turn(cloud_config(fake.url), setup=add_tool)
+    assert done.outcome == "done"
+    assert spoken == ["Sorry, the kitchen lamp is unplugged."]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+async def test_slow_tool_says_its_progress_sentence_first(provider: str) -> None:
+    @tool(progress="Let me check that for you.")
+    async def slow_lookup(query: str) -> str:
+        """Looks something up slowly."""
+        await trio.sleep(0.8)
+        return f"found {query}"
+
+    async def add_tool(app: Any) -> None:
+        app.tools.add(slow_lookup)
+
+    async with fake_providers(tool_call=("slow_lookup", {"query": "trains"})) as fake:
+        overrides: dict[str, Any] = {"llm__progress_after": 0.1, "llm__provider": provider}
+        if provider != "openai":
+            overrides["llm__base_url"] = fake.url
+        _, done, spoken = await one_turn(cloud_config(fake.url, **overrides), setup=add_tool)
+    assert done.outcome == "done"
+    assert spoken == ["Let me check that for you.", "The tool says found trains."]
+
+
+async def test_mcp_server_over_stdio_lists_and_calls_tools() -> None:
+    async with fake_providers(tool_call=("calc_add", {"a": 2, "b": 40})) as fake:
+        config = cloud_config(fake.url, llm__mcp_servers=[
+            {"name": "tiny", "command": [sys.executable, str(MCP_SERVER)], "prefix": "calc_", "timeout": 20}
+        ])
+        async with running_appliance(config) as (app, log):
+            with trio.fail_after(30):
+                while app.tools.get("calc_add") is None:
+                    await trio.sleep(0.05)
+            names = sorted(t.name for t in app.tools)
+            await app.conversation.start_turn(ASK)
+            done = await log.wait_for(TurnFinished)
+            spoken = [e.text for e in log.of(SentenceStarted)]
+            failed = await app.tools.run(_call("calc_explode", {"reason": "on purpose"}))
+    assert names == ["calc_add", "calc_explode"]
+    assert done.outcome == "done" and spoken == ["The tool says 42."]
+    assert failed.is_error and "explode" in failed.content
+    described = {t["function"]["name"]: t["function"] for t in fake.bodies("/v1/chat/completions")[0]["tools"]}
+    assert described["calc_add"]["parameters"]["required"] == ["a", "b"]
+
+
+def _call(name: str, args: dict[str, Any]) -> Any:
+    from appliance.conversation.llm.base import ToolCall
+
+    return ToolCall("c1", name, args)
+
+
+# --- guardrails, merging, hooks -------------------------------------------------------------------
+
+async def test_request_guardrail_blocks_without_asking_the_model() -> None:
+    async with fake_providers() as fake:
+        config = cloud_config(fake.url, llm__guardrails=[
+            {"pattern": r"\bweather\b", "message": "I'd rather not talk about the weather."}
+        ])
+        _, done, spoken = await one_turn(config)
+    assert spoken == ["I'd rather not talk about the weather."]
+    assert "/v1/chat/completions" not in fake.paths()
+
+
+async def test_request_hook_rewrites_and_reply_guardrail_rewrites() -> None:
+    async with fake_providers(reply="My password is hunter2. Nice day.") as fake:
+        config = cloud_config(fake.url, llm__guardrails=[
+            {"hook": "tests.test_providers_agent:block_secrets", "target": "request"},
+            {"pattern": "hunter2", "target": "reply", "action": "rewrite", "replacement": "*****"},
+        ])
+        _, done, spoken = await one_turn(config, Utterance(text="Tell me the password"))
+    assert fake.bodies("/v1/chat/completions")[0]["messages"][-1]["content"] == "Tell me the (secret)"
+    assert spoken == ["My password is *****.", "Nice day."]
+    assert all("hunter2" not in b["input"] for b in fake.bodies("/v1/audio/speech"))
+
+
+async def test_reply_guardrail_block_ends_the_reply() -> None:
+    async with fake_providers(reply="First this. Then forbidden words. Then more.") as fake:
+        config = cloud_config(fake.url, llm__guardrails=[
+            {"pattern": "forbidden", "target": "reply", "message": "Let's change the subject."}
+        ])
+        _, _, spoken = await one_turn(config)
+    assert spoken == ["First this.", "Let's change the subject."]
+
+
+async def test_request_interrupting_an_unanswered_one_is_merged() -> None:
+    async with fake_providers() as fake:
+        fake.llm.latency = 0.5  # the first request is still waiting for its first token
+        config = cloud_config(fake.url, llm__merge_window=5.0)
+        async with running_appliance(config) as (app, log):
+            await app.conversation.start_turn(Utterance(text="What's the weather"))
+            await log.wait_for(Heard)
+            await app.conversation.start_turn(Utterance(text="in Tokyo tomorrow?"))
+            await log.wait_for(TurnFinished, lambda e: e.outcome == "done")
+    last = fake.bodies("/v1/chat/completions")[-1]["messages"]
+    assert last[-1] == {"role": "user", "content": "What's the weather in Tokyo tomorrow?"}
+    assert [m["content"] for m in last].count("What's the weather") == 0  # not also kept as its own question
+
+
+async def test_on_finish_hook_gets_the_exchange() -> None:
+    async with fake_providers() as fake:
+        config = cloud_config(fake.url, llm__on_finish="tests.test_providers_agent:record_finish")
+        _, done, _ = await one_turn(config)
+    assert len(finished) == 1
+    assert finished[0].user_text == ASK.text and finished[0].reply_text == fake.reply
+    assert finished[0].turn_id == done.turn_id
+
+
+# --- vision and voices ----------------------------------------------------------------------------
+
+async def test_vision_tag_takes_a_picture_and_asks_again(tmp_path: Path) -> None:
+    picture = tmp_path / "room.jpg"
+    picture.write_bytes(b"\xff\xd8\xff\xe0" + b"jpeg-body" * 10)
+    async with fake_providers(reply="Let me look. [vision:camera]", image_reply="I see a tidy room.") as fake:
+        config = cloud_config(fake.url, llm__camera="file", llm__camera_image=str(picture))
+        _, done, spoken = await one_turn(config, Utterance(text="What do you see?"))
+    assert spoken == ["Let me look.", "I see a tidy room."]
+    second = fake.bodies("/v1/chat/completions")[1]["messages"]
+    images = [p for m in second if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url"]
+    assert len(images) == 1 and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,/9j/4")
+
+
+async def test_lang_tag_switches_to_that_languages_voice() -> None:
+    async with fake_providers(reply="[lang:ja] こんにちは、ロボです。 [lang:en] Nice to meet you.") as fake:
+        config = cloud_config(fake.url, tts__voices={"ja": {"provider": "voicevox", "base_url": fake.url, "speaker": 2}})
+        _, done, spoken = await one_turn(config)
+    assert done.outcome == "done"
+    assert [b["text"] for b in fake.bodies("/audio_query")] == ["こんにちは、ロボです。"]
+    assert [b["input"] for b in fake.bodies("/v1/audio/speech")] == ["Nice to meet you."]
+
+
+# --- each provider, from config alone ---------------------------------------------------------------
+
+COMBOS = {
+    "google+gemini+voicevox": ({"provider": "google"}, {"provider": "gemini"}, {"provider": "voicevox"}),
+    "azure+dify+azure": ({"provider": "azure", "region": "x"}, {"provider": "dify"}, {"provider": "azure", "region": "x"}),
+    "amivoice+anthropic+google": ({"provider": "amivoice"}, {"provider": "anthropic"}, {"provider": "google"}),
+    "openai+openai+http": ({}, {}, {"provider": "http", "url": "{url}/tts", "body": '{"text": "{text}"}'}),
+}
+
+
+@pytest.mark.parametrize("combo", sorted(COMBOS))
+async def test_whole_turn_for_each_provider_from_config(combo: str) -> None:
+    stt, llm, tts = COMBOS[combo]
+    async with fake_providers() as fake:
+        def section(values: dict[str, Any], openai_base: str) -> dict[str, Any]:
+            out = {k: v.replace("{url}", fake.url) if isinstance(v, str) else v for k, v in values.items()}
+            out.setdefault("api_key", KEY)
+            if not values.get("provider") or values.get("provider") == "openai":
+                out["base_url"] = openai_base
+            elif values["provider"] == "dify":
+                out["base_url"] = f"{fake.url}/v1"
+            elif values["provider"] == "amivoice":
+                out["base_url"] = f"{fake.url}/v1"
+            elif values["provider"] != "http":
+                out["base_url"] = fake.url
+            return out
+
+        config = AppConfig.model_validate({
+            "stt": section(stt, f"{fake.url}/v1"),
+            "llm": section(llm, f"{fake.url}/v1"),
+            "tts": section(tts, f"{fake.url}/v1"),
+            "conversation": {"brain": "cloud"},
+            "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": None},
+            "gpio": {"pin_factory": "mock"},
+            "log": {"status_line": "off"},
+        })
+        _, done, spoken = await one_turn(config, SPEECH)
+    assert done.outcome == "done", done
+    assert spoken == ["It is nine o'clock.", "Time for breakfast!", "Have a nice day."]
