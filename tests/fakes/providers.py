@@ -298,3 +298,30 @@ async def fake_providers(**settings: Any) -> AsyncIterator[FakeProviders]:
         await nursery.start(fake.serve)
         yield fake
         nursery.cancel_scope.cancel()
+
+
+def _main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="fake speech/LLM providers on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--llm-latency", type=float, default=0.0)
+    parser.add_argument("--tts-latency", type=float, default=0.0)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    args = parser.parse_args()
+
+    async def run() -> None:
+        fake = FakeProviders()
+        for b in (fake.llm, fake.anthropic, fake.behaviours["gemini"], fake.behaviours["dify"]):
+            b.latency, b.token_delay = args.llm_latency, args.token_delay
+        for b in (fake.tts, *(fake.behaviours[n] for n in ("voicevox", "azure_tts", "google_tts", "http_tts"))):
+            b.latency = args.tts_latency
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(fake.serve, "127.0.0.1", args.port)
+            print(url, flush=True)
+
+    trio.run(run)
+
+
+if __name__ == "__main__":
+    _main()
