@@ -262,3 +262,91 @@ async def test_whole_turn_for_each_provider_from_config(combo: str) -> None:
         _, done, spoken = await one_turn(config, SPEECH)
     assert done.outcome == "done", done
     assert spoken == ["It is nine o'clock.", "Time for breakfast!", "Have a nice day."]
+
+
+async def test_mcp_server_over_streamable_http() -> None:
+    from appliance.conversation.mcp_tools import MCPServerConnection
+    from appliance.conversation.tools import ToolRegistry
+    from tests.fakes.mcp_server import serve_http
+
+    registry = ToolRegistry()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_http)
+        connection = MCPServerConnection("tiny-http", registry, url=url, headers={"X-Token": "t"}, timeout=10)
+        with trio.fail_after(30):
+            await nursery.start(connection.run)
+        result = await registry.run(_call("add", {"a": 20, "b": 22}))
+        nursery.cancel_scope.cancel()
+    assert sorted(t.name for t in registry) == []  # the connection's tools left with it
+    assert not result.is_error and result.content == "42"
+
+
+async def test_barge_in_during_a_slow_tool_cancels_it() -> None:
+    from appliance.events import CancelTurnRequested
+
+    cancelled = trio.Event()
+
+    @tool
+    async def wait_for_pizza() -> str:
+        """Waits for the pizza."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+        return "never"
+
+    async with fake_providers(tool_call=("wait_for_pizza", {})) as fake:
+        async with running_appliance(cloud_config(fake.url)) as (app, log):
+            app.tools.add(wait_for_pizza)
+            await app.conversation.start_turn(ASK)
+            with trio.fail_after(10):
+                while "/v1/chat/completions" not in fake.paths():
+                    await trio.sleep(0.01)
+            await trio.sleep(0.2)
+            app.bus.publish(CancelTurnRequested("test"))
+            done = await log.wait_for(TurnFinished)
+            with trio.fail_after(5):
+                await cancelled.wait()
+    assert done.outcome == "interrupted"
+
+
+def test_config_errors_name_their_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.app import build_appliance
+    from appliance.config import ConfigError
+
+    for var in ("GEMINI_API_KEY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    config = AppConfig.model_validate({
+        "conversation": {"brain": "cloud"},
+        "stt": {"api_key": "k"}, "tts": {"provider": "voicevox"},
+        "llm": {"provider": "gemini", "on_finish": "tests.test_providers_agent:nope",
+                "tools": [{"function": "json.loads"}]},
+    })
+    with pytest.raises(ConfigError) as info:
+        build_appliance(config, handle_signals=False)
+    report = info.value.report()
+    assert "llm.api_key" in report and "GEMINI_API_KEY" in report
+    assert "llm.on_finish" in report and "'nope'" in report
+    assert "llm.tools[0].function" in report
+
+
+def test_provider_specific_settings_are_checked() -> None:
+    from pydantic import ValidationError
+
+    for bad in ({"stt": {"provider": "azure"}}, {"tts": {"provider": "http"}}, {"llm": {"provider": "dify"}},
+                {"llm": {"mcp_servers": [{"name": "x"}]}}, {"llm": {"guardrails": [{"pattern": "x"}]}}):
+        with pytest.raises(ValidationError):
+            AppConfig.model_validate(bad)
+    voicevox_only = AppConfig.model_validate({"tts": {"provider": "voicevox", "voices": {"en": {"provider": "openai"}}}})
+    assert voicevox_only.tts.japanese and not voicevox_only.tts.voices["en"].japanese
+
+
+def test_auto_brain_is_offline_without_keys_and_cloud_for_keyless_local_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.app import choose_brain_kind
+
+    for var in ("OPENAI_API_KEY", "GEMINI_API_KEY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    assert choose_brain_kind(AppConfig.model_validate({"llm": {"provider": "gemini"}})) == "offline"
+    local = {"stt": {"base_url": "http://127.0.0.1:9000/v1"}, "llm": {"base_url": "http://127.0.0.1:11434/v1"},
+             "tts": {"provider": "voicevox"}}
+    assert choose_brain_kind(AppConfig.model_validate(local)) == "cloud"
