@@ -61,6 +61,12 @@ class DeferredBrain:
         brain = await self.ensure()
         await brain.reply(request, out)
 
+    async def warm(self) -> None:
+        brain = await self.ensure()
+        warm = getattr(brain, "warm", None)
+        if warm is not None:
+            await warm()
+
     async def aclose(self) -> None:
         if self._brain is not None:
             await self._brain.aclose()
@@ -76,7 +82,7 @@ class PrewarmService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        await self.brain.ensure()
+        await self.brain.warm()
         log.debug("cloud brain ready")
         await trio.sleep_forever()
 

@@ -51,9 +51,11 @@ class EventLog:
         return [e for e in self.events if isinstance(e, kind)]
 
     async def wait_for(self, kind: type[E], predicate: Callable[[E], bool] = lambda e: True, timeout: float = 20) -> E:
+        checked = 0
         with trio.fail_after(timeout):
             while True:
-                for event in self.events:
+                for event in self.events[checked:]:
+                    checked += 1
                     if isinstance(event, kind) and predicate(event):
                         return event
                 await self._changed.wait()

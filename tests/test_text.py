@@ -56,3 +56,12 @@ def test_extract_tags_both_forms_in_order() -> None:
 
 def test_text_without_tags_is_untouched() -> None:
     assert extract_tags("Plain [not a tag] text.") == ("Plain [not a tag] text.", ())
+
+
+def test_a_period_at_the_end_of_a_delta_ends_the_sentence_without_waiting() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.feed("It is nine o'clock.") == ["It is nine o'clock."]
+    assert splitter.feed(" The price is 3.") == []  # a number: "3.5" may follow
+    assert splitter.feed("5 dollars, see Dr.") == []  # an abbreviation
+    assert splitter.feed(" Smith...") == []  # an ellipsis may go on
+    assert splitter.feed(" Bye now.") == ["The price is 3.5 dollars, see Dr. Smith...", "Bye now."]

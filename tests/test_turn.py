@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,52 @@ async def test_turn_started_names_the_brain() -> None:
             await app.conversation.start_turn(SPEECH)
             await log.wait_for(TurnFinished)
     assert log.of(TurnStarted)[0].brain == "cloud"
+
+
+async def test_connections_are_opened_while_the_user_speaks_and_not_again_while_warm() -> None:
+    async with fake_cloud() as cloud:
+        async with running_appliance(cloud_config(cloud.url)) as (app, log):
+            with trio.fail_after(10):  # at start-up, right after READY
+                while cloud.paths().count("/v1/models") < 3:
+                    await trio.sleep(0.01)
+            await app.conversation.start_turn(SPEECH)
+            await log.wait_for(TurnFinished)
+            app.bus.publish(SpeechStarted())
+            await trio.sleep(0.3)
+            # One warm-up per service (STT, LLM, TTS) at start; the turn kept them warm, so onset added none.
+            assert cloud.paths().count("/v1/models") == 3
+            brain = await app.brain.ensure()  # type: ignore[attr-defined]
+            brain.stt.warmth.last_used = float("-inf")  # as if the robot had been idle for minutes
+            app.bus.publish(SpeechStarted())
+            with trio.fail_after(10):
+                while cloud.paths().count("/v1/models") < 4:
+                    await trio.sleep(0.01)
+    assert cloud.paths().count("/v1/models") == 4
+
+
+async def test_speech_plays_while_it_is_still_being_downloaded() -> None:
+    async with fake_cloud(reply="[face:joy] This sentence takes a while to synthesize.", seconds_per_char=0.05) as cloud:
+        cloud.tts.token_delay = 0.05  # each 100 ms piece of audio comes 50 ms after the last
+        sink = MemorySink(realtime=True)
+        async with running_appliance(cloud_config(cloud.url), sink=sink) as (app, log):
+            await app.conversation.start_turn(SPEECH)
+            finished = await log.wait_for(TurnFinished)
+    speech = [r for r in cloud.requests if r.path == "/v1/audio/speech"]
+    assert finished.outcome == "done" and len(speech) == 1
+    assert speech[0].finished_at is not None and sink.first_block_at is not None
+    # Both stamps come from time.monotonic() in this process (trio's clock is monotonic-based but offset).
+    first_block = sink.first_block_at - trio.current_time() + time.monotonic()
+    assert first_block < speech[0].finished_at, "playback waited for the whole download"
+    # Nothing was lost between pieces: 2.4 s of speech at 24 kHz reached the speaker.
+    assert abs(sink.played_samples - int(len("This sentence takes a while to synthesize.") * 0.05 * 24000)) < 480
+
+
+async def test_speech_cut_mid_download_plays_what_arrived_then_fails_the_turn() -> None:
+    async with fake_cloud(reply="One long sentence that will be cut.", seconds_per_char=0.05) as cloud:
+        cloud.tts.cut = "abort"
+        sink = MemorySink(realtime=False)
+        async with running_appliance(cloud_config(cloud.url), sink=sink) as (app, log):
+            await app.conversation.start_turn(SPEECH)
+            finished = await log.wait_for(TurnFinished)
+    assert finished.outcome == "failed" and finished.error_kind == "ProviderBadReply"
+    assert 0 < sink.played_samples < int(len("One long sentence that will be cut.") * 0.05 * 24000)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -49,6 +49,39 @@ class AudioClip:
     @classmethod
     def silence(cls, seconds: float, sample_rate: int = CAPTURE_RATE) -> AudioClip:
         return cls(np.zeros(int(seconds * sample_rate), dtype=np.int16), sample_rate)
+
+
+class AudioStream:
+    """Speech that is still arriving (a TTS response being downloaded): int16 mono pieces at one rate.
+
+    Playing it as it arrives saves the whole download time before the first word. The producer sends
+    pieces and closes its channel; a failure mid-way is sent as the exception itself and raised to the
+    reader, after the audio that did arrive.
+    """
+
+    def __init__(self, sample_rate: int, pieces: trio.MemoryReceiveChannel[np.ndarray | BaseException]) -> None:
+        self.sample_rate = sample_rate
+        self._pieces = pieces
+
+    @classmethod
+    def open(cls, sample_rate: int) -> tuple[trio.MemorySendChannel[np.ndarray | BaseException], AudioStream]:
+        send, receive = trio.open_memory_channel[np.ndarray | BaseException](float("inf"))
+        return send, cls(sample_rate, receive)
+
+    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        async with self._pieces:
+            async for piece in self._pieces:
+                if isinstance(piece, BaseException):
+                    raise piece
+                yield piece
+
+    async def read_all(self) -> AudioClip:
+        pieces = [piece async for piece in self]
+        data = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+        return AudioClip(data, self.sample_rate)
+
+
+Audio = AudioClip | AudioStream
 
 
 def level_db(block: np.ndarray) -> float:
@@ -104,10 +137,13 @@ LevelCallback = Callable[[float], None]
 
 @runtime_checkable
 class AudioSink(Protocol):
-    """A speaker. ``play`` returns when the clip has been heard; cancelling it stops within one block."""
+    """A speaker. ``play`` returns when the audio has been heard; cancelling it stops within one block.
+
+    ``audio`` is a whole clip or an :class:`AudioStream` still arriving (played as it comes).
+    """
 
     name: str
 
     def open(self) -> AbstractAsyncContextManager[None]: ...
 
-    async def play(self, clip: AudioClip, on_level: LevelCallback | None = None) -> None: ...
+    async def play(self, audio: Audio, on_level: LevelCallback | None = None) -> None: ...

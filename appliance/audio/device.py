@@ -168,9 +168,9 @@ class DeviceSink(BlockSink):
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(stream.close)
 
-    async def play(self, clip: Any, on_level: Any = None) -> None:
+    async def play(self, audio: Any, on_level: Any = None) -> None:
         try:
-            await super().play(clip, on_level)
+            await super().play(audio, on_level)
         except trio.Cancelled:
             # Drop what is still queued in the device so the robot goes quiet now, not after the buffer.
             stream = self._stream

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 import trio
 
-from appliance.audio.base import AudioClip, LevelCallback, level_db
+from appliance.audio.base import Audio, AudioClip, LevelCallback, level_db
 from appliance.audio.convert import resample, write_wav
 
 log = logging.getLogger(__name__)
@@ -35,21 +35,49 @@ class BlockSink:
     async def open(self) -> AsyncIterator[None]:
         yield
 
-    async def play(self, clip: AudioClip, on_level: LevelCallback | None = None) -> None:
-        samples = resample(clip.samples, clip.sample_rate, self.sample_rate)
-        if self.volume != 1.0:
-            samples = np.clip(samples.astype(np.float32) * self.volume, -32768, 32767).astype(np.int16)
-        block = max(1, self.sample_rate * self.block_ms // 1000)
+    async def play(self, audio: Audio, on_level: LevelCallback | None = None) -> None:
         try:
-            for start in range(0, len(samples), block):
-                chunk = samples[start : start + block]
-                if on_level is not None:
-                    on_level(level_db(chunk))
-                await self._write_block(chunk)
-                self.played_samples += len(chunk)
+            async with aclosing(self._blocks(audio)) as blocks:
+                async for block in blocks:
+                    if on_level is not None:
+                        on_level(level_db(block))
+                    await self._write_block(block)
+                    self.played_samples += len(block)
         finally:
             if on_level is not None:
                 on_level(-100.0)
+
+    async def _blocks(self, audio: Audio) -> AsyncIterator[np.ndarray]:
+        """Device-rate blocks of ``block_ms``, gain applied; a stream is resampled continuously."""
+        size = max(1, self.sample_rate * self.block_ms // 1000)
+        if isinstance(audio, AudioClip):
+            samples = self._gain(resample(audio.samples, audio.sample_rate, self.sample_rate))
+            for start in range(0, len(samples), size):
+                yield samples[start : start + size]
+            return
+        resampler = None
+        if audio.sample_rate != self.sample_rate:
+            import soxr
+
+            # One resampler for the whole stream: resampling piece by piece would click at every seam.
+            resampler = soxr.ResampleStream(audio.sample_rate, self.sample_rate, 1, dtype="int16")
+        pending = np.zeros(0, dtype=np.int16)
+        async for piece in audio:
+            if resampler is not None:
+                piece = resampler.resample_chunk(piece)
+            pending = np.concatenate([pending, self._gain(piece)])
+            while len(pending) >= size:
+                yield pending[:size]
+                pending = pending[size:]
+        if resampler is not None:
+            pending = np.concatenate([pending, self._gain(resampler.resample_chunk(np.zeros(0, np.int16), last=True))])
+        for start in range(0, len(pending), size):
+            yield pending[start : start + size]
+
+    def _gain(self, samples: np.ndarray) -> np.ndarray:
+        if self.volume == 1.0:
+            return samples
+        return np.clip(samples.astype(np.float32) * self.volume, -32768, 32767).astype(np.int16)
 
     async def _write_block(self, block: np.ndarray) -> None:
         raise NotImplementedError
@@ -107,8 +135,8 @@ class WavFileSink(MemorySink):
         super().__init__(sample_rate, block_ms, realtime)
         self.path = path
 
-    async def play(self, clip: AudioClip, on_level: LevelCallback | None = None) -> None:
+    async def play(self, audio: Audio, on_level: LevelCallback | None = None) -> None:
         try:
-            await super().play(clip, on_level)
+            await super().play(audio, on_level)
         finally:
             write_wav(self.path, self.audio)

@@ -12,7 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import trio
 
-from appliance.audio.base import AudioClip
+from appliance.audio.base import Audio, AudioClip
 from appliance.events import now
 
 
@@ -69,13 +69,14 @@ class ReplyChunk:
     """One speakable piece of the reply (usually a sentence).
 
     ``text`` is what the model wrote (tags included, for history), ``voice_text`` what is spoken, ``tags``
-    the control tags found in it, ``audio`` the synthesized speech (None when there is nothing to say).
+    the control tags found in it, ``audio`` the synthesized speech: a whole clip, or an ``AudioStream`` still
+    arriving (None when there is nothing to say).
     """
 
     text: str
     voice_text: str
     tags: tuple[Tag, ...] = ()
-    audio: AudioClip | None = None
+    audio: Audio | None = None
 
 
 BrainOutput = Transcript | ReplyChunk

@@ -12,13 +12,14 @@ interrupts an unanswered one, and an on-finish hook for long-term memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from appliance.audio.base import AudioClip, AudioStream
 from appliance.brains._groups import single_error
 from appliance.brains.base import BrainOutput, Message, ReplyChunk, Tag, Transcript, TurnRequest
 from appliance.conversation.llm.base import Image, LLMService, ToolCall, ToolResult, ToolRound
@@ -27,7 +28,7 @@ from appliance.conversation.sentences import SentenceSplitter
 from appliance.conversation.stt.base import SpeechRecognizer
 from appliance.conversation.tags import extract_tags
 from appliance.conversation.tts.base import SpeechSynthesizer
-from appliance.errors import ProviderTimeout
+from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class _Reply:
     texts: list[str] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)
     stopped: bool = False  # a guardrail ended the reply
+    first: _Pending | None = None  # the first sentence: its speech is requested before any other
 
 
 @dataclass
@@ -369,10 +371,13 @@ class CloudBrain:
                 voice_text, _ = extract_tags(voice_text)
         if not voice_text and all(tag.name == "vision" for tag in tags):
             return look  # a bare [vision:camera] has nothing to say or show
+        if not any(ch.isalnum() for ch in voice_text):
+            voice_text = ""  # a stray quote or bracket: nothing to say
         state.texts.append(sentence)
         pending = _Pending(sentence, voice_text, tags, self._voice(state.language))
+        first, state.first = state.first, state.first or pending
         await slots.acquire()
-        nursery.start_soon(self._synthesize, pending)
+        nursery.start_soon(self._synthesize, pending, first)
         await order.send(pending)
         return look
 
@@ -381,14 +386,51 @@ class CloudBrain:
             return self.voices.get(language) or self.voices.get(language.split("-")[0]) or self.tts
         return self.tts
 
-    async def _synthesize(self, pending: _Pending) -> None:
+    async def _synthesize(self, pending: _Pending, first: _Pending | None) -> None:
+        if first is not None:
+            # The first sentence is what the user waits for: give its request the CPU and the network
+            # alone. The rest only has to be ready before the sentence ahead of it finishes playing.
+            await first.done.wait()
+        streaming = getattr(pending.tts, "synthesize_stream", None)
         try:
-            audio = await pending.tts.synthesize(pending.voice_text) if pending.voice_text else None
-            pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, audio)
+            if not pending.voice_text:
+                pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, None)
+            elif streaming is None:
+                audio = await pending.tts.synthesize(pending.voice_text)
+                pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, audio)
+            else:
+                await self._stream_speech(pending, streaming(pending.voice_text))
         except Exception as exc:  # handed to the reader, which raises it in speaking order
+            if pending.done.is_set():
+                raise  # a bug after the chunk was handed out: let the turn fail loudly
             pending.error = exc
         finally:
             pending.done.set()
+
+    async def _stream_speech(self, pending: _Pending, pieces: AsyncIterator[AudioClip]) -> None:
+        """Hand the chunk out with the first piece of speech, then keep feeding it as the rest arrives."""
+        async with aclosing(pieces):
+            head = await anext(pieces, None)
+            if head is None:
+                raise ProviderBadReply(pending.tts.name, "empty audio")
+            send, stream = AudioStream.open(head.sample_rate)
+            send.send_nowait(head.samples)
+            pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, stream)
+            pending.done.set()
+            async with send:
+                try:
+                    async for piece in pieces:
+                        send.send_nowait(piece.samples)
+                except ProviderError as exc:
+                    send.send_nowait(exc)  # the player raises it after what did arrive
+
+    async def warm(self) -> None:
+        """Open connections to every service before the utterance is finished (called at speech onset)."""
+        async with trio.open_nursery() as nursery:
+            for part in (self.stt, self.llm, self.tts, *self.voices.values()):
+                warm = getattr(part, "warm", None)
+                if warm is not None:
+                    nursery.start_soon(warm)
 
     async def aclose(self) -> None:
         for part in (self.stt, self.llm, self.tts, *self.voices.values()):

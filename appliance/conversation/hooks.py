@@ -52,6 +52,8 @@ class HookedRecognizer:
         self.inner = inner
         self.name = inner.name
         self.preprocess, self.postprocess = preprocess, postprocess
+        if hasattr(inner, "warm"):
+            self.warm = inner.warm
 
     async def transcribe(self, audio: AudioClip, language: str | None = None) -> str:
         if self.preprocess is not None:

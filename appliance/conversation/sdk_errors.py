@@ -72,6 +72,11 @@ def _map(provider: str, exc: BaseException) -> ProviderError | None:
     return None
 
 
+# Connections stay open this long when idle. httpx's default of 5 s means a new TCP+TLS handshake
+# (100-200 ms from a home network) on nearly every turn, since people listen longer than that.
+KEEPALIVE_SECONDS = 90.0
+
+
 def openai_client(api_key: str | None, base_url: str | None, timeout: float):  # type: ignore[no-untyped-def]
     """An AsyncOpenAI client; a compatible server without auth still needs a placeholder key."""
     import openai
@@ -81,4 +86,43 @@ def openai_client(api_key: str | None, base_url: str | None, timeout: float):  #
         base_url=base_url,
         timeout=openai.Timeout(timeout, connect=min(timeout, 5.0)),
         max_retries=0,  # failing over beats retrying: a dead cloud must cost under a second
+        http_client=http_client(openai.DefaultAsyncHttpxClient),
     )
+
+
+def http_client(factory):  # type: ignore[no-untyped-def]
+    """The SDK's own default HTTP client, with long-lived keep-alive connections."""
+    import importlib
+
+    # The SDKs are built on httpx or its successor httpx2: take Limits from whichever this one uses.
+    http = importlib.import_module(factory.__mro__[1].__module__.split(".")[0])
+    limits = http.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=KEEPALIVE_SECONDS)
+    return factory(limits=limits)
+
+
+class Warmth:
+    """Remembers when a provider last talked to its server, to know whether its connection is still open."""
+
+    def __init__(self) -> None:
+        self.last_used = float("-inf")
+
+    def touch(self) -> None:
+        import trio
+
+        self.last_used = trio.current_time()
+
+    def cold(self) -> bool:
+        import trio
+
+        return trio.current_time() - self.last_used > KEEPALIVE_SECONDS / 2
+
+
+async def warm_openai(client, warmth: Warmth) -> None:  # type: ignore[no-untyped-def]
+    """Open a connection before it is needed (cheap ``GET /models``, same in both SDKs); failures do not matter."""
+    if not warmth.cold():
+        return
+    warmth.touch()
+    try:
+        await client.models.list()
+    except Exception:  # a compatible server without /models is still warmed by the connection
+        pass

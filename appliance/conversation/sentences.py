@@ -1,7 +1,8 @@
 """Cut a streamed reply into speakable sentences as soon as each one is complete.
 
-English terminators end a sentence only before whitespace (so "3.5" and "e.g." mid-word stay whole);
-Japanese and Chinese terminators end it at once. A tag that is still open (``[face:jo``) is never cut.
+English terminators end a sentence before whitespace, or at the end of the text received so far when a
+word precedes the period (so "3.5", "e.g." and "..." stay whole); "!" "?" and Japanese and Chinese
+terminators end it at once. A tag that is still open (``[face:jo``) is never cut.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 import re
 
 _TERMINATOR = re.compile(r"([.!?…]+[\"')\]]*)(?=\s)|([。！？!?]+[」』）)]*)|(\n+)")
-_MIN_CHARS = 8
+_MIN_CHARS = 8  # "Hi." alone sounds clipped; short fragments are joined to the next sentence
 # Words whose period does not end a sentence ("e.g. the shop", "Dr. Smith").
-_ABBREVIATIONS = {"e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "ms.", "dr.", "st.", "no.", "approx.", "p.m.", "a.m."}  # "Hi." alone sounds clipped; short fragments are joined to the next sentence
+_ABBREVIATIONS = {"e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "ms.", "dr.", "st.", "no.", "approx.", "p.m.", "a.m."}
 
 
 class SentenceSplitter:
@@ -34,8 +35,19 @@ class SentenceSplitter:
             if candidate:
                 sentences.append(candidate)
             start = end
-        self._buffer = self._buffer[start:]
+        rest = self._buffer[start:]
+        if self._ends_sentence(rest):
+            # A period right at the end of what has arrived, after a word: almost always the end of a
+            # sentence. Speaking it now saves waiting a whole token for the space that would confirm it.
+            sentences.append(rest.strip())
+            rest = ""
+        self._buffer = rest
         return sentences
+
+    def _ends_sentence(self, text: str) -> bool:
+        if not text.endswith(".") or len(text.strip()) < self.min_chars:
+            return False
+        return text[-2:-1].isalpha() and not _abbreviation(text.strip()) and not _open_tag(text)
 
     def flush(self) -> list[str]:
         rest, self._buffer = self._buffer.strip(), ""

@@ -120,10 +120,18 @@ class ConversationService:
     async def _follow_commands(self) -> None:
         with self.bus.subscribe(SpeechStarted, CancelTurnRequested, name="conversation") as sub:
             async for event in sub:
+                if isinstance(event, SpeechStarted) and self._nursery is not None:
+                    # Someone is talking to us: open the cloud connections while they speak.
+                    self._nursery.start_soon(self._warm)
                 if isinstance(event, SpeechStarted) and event.barge_in:
                     await self.cancel_turn("barge-in")
                 elif isinstance(event, CancelTurnRequested):
                     await self.cancel_turn(f"cancel from {event.source}")
+
+    async def _warm(self) -> None:
+        warm = getattr(self.brain, "warm", None)
+        if warm is not None:
+            await warm()
 
     async def _turn(
         self, turn_id: str, utterance: Utterance, brain: Brain, *, task_status: trio.TaskStatus[ActiveTurn]

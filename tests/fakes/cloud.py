@@ -51,9 +51,13 @@ class Behaviour:
 
 @dataclass
 class Recorded:
+    """One request as the server saw it; times are ``time.monotonic()``, comparable across processes."""
+
     path: str
     body: Any
     at: float
+    first_byte_at: float | None = None
+    finished_at: float | None = None
 
 
 @dataclass
@@ -83,8 +87,18 @@ class FakeCloud:
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/audio/speech", self._speech, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/_fake/requests", self._log, methods=["GET"]),
             ]
         )
+        inner = self.app
+
+        async def stamp(scope: Any, receive: Any, send: Any) -> None:
+            # The moment the request reached the application: everything before it is the client's share.
+            scope["fake.arrived"] = time.monotonic()
+            await inner(scope, receive, send)
+
+        self.asgi = stamp
 
     # --- serving ---------------------------------------------------------------------------------------
 
@@ -96,7 +110,7 @@ class FakeCloud:
         config.keep_alive_timeout = 30
 
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve, self.app, config)  # type: ignore[arg-type]
+            binds = await nursery.start(serve, self.asgi, config)  # type: ignore[arg-type]
             self.url = binds[0]
             task_status.started(self.url)
 
@@ -134,7 +148,12 @@ class FakeCloud:
             return JSONResponse(body, status_code=behaviour.status, headers=headers)
         return None
 
-    def _stream(self, pieces: list[bytes], behaviour: Behaviour, media_type: str) -> StreamingResponse:
+    def _stream(
+        self, pieces: list[bytes], behaviour: Behaviour, media_type: str, record: Recorded | None = None,
+        first_content: int = 0,
+    ) -> StreamingResponse:
+        """Stream ``pieces``; ``record.first_byte_at`` is stamped when piece ``first_content`` goes out."""
+
         async def body() -> AsyncIterator[bytes]:
             finished = False
             try:
@@ -149,9 +168,13 @@ class FakeCloud:
                         await trio.sleep_forever()
                     if i and behaviour.token_delay:
                         await trio.sleep(behaviour.token_delay)
+                    if record is not None and i == first_content:
+                        record.first_byte_at = time.monotonic()
                     yield piece
                 finished = True
                 self.completed_streams += 1
+                if record is not None:
+                    record.finished_at = time.monotonic()
             finally:
                 if not finished:
                     self.disconnects += 1
@@ -159,18 +182,36 @@ class FakeCloud:
 
         return StreamingResponse(body(), media_type=media_type, headers={"cache-control": "no-cache"})
 
-    async def _record(self, request: Request, body: Any) -> None:
-        self.requests.append(Recorded(request.url.path, body, time.monotonic()))
+    async def _record(self, request: Request, body: Any) -> Recorded:
+        record = Recorded(request.url.path, body, request.scope.get("fake.arrived", time.monotonic()))
+        self.requests.append(record)
+        return record
+
+    async def _log(self, request: Request) -> Response:
+        """The request log, for a benchmark in another process to subtract the server's own time."""
+        return JSONResponse([
+            {"path": r.path, "at": r.at, "first_byte_at": r.first_byte_at,
+             "input": r.body.get("input") if isinstance(r.body, dict) else None}
+            for r in self.requests
+        ])
 
     # --- OpenAI --------------------------------------------------------------------------------------
+
+    async def _models(self, request: Request) -> Response:
+        await self._record(request, None)
+        return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
+                                                         "owned_by": "fake"}]})
 
     async def _transcriptions(self, request: Request) -> Response:
         form = await request.form()
         upload = form.get("file")
         audio = await upload.read() if upload is not None and hasattr(upload, "read") else b""
-        await self._record(request, {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio)})
+        record = await self._record(
+            request, {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio)}
+        )
         if failure := await self._misbehave(self.stt):
             return failure
+        record.first_byte_at = time.monotonic()
         try:
             with wave.open(io.BytesIO(audio), "rb") as wav:
                 wav.getnframes()
@@ -187,7 +228,7 @@ class FakeCloud:
 
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
-        await self._record(request, body)
+        record = await self._record(request, body)
         if failure := await self._misbehave(self.llm):
             return failure
         created = int(time.time())
@@ -220,11 +261,11 @@ class FakeCloud:
             pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": None}]}))
         pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
         pieces.append(b"data: [DONE]\n\n")
-        return self._stream(pieces, self.llm, "text/event-stream")
+        return self._stream(pieces, self.llm, "text/event-stream", record, first_content=1)
 
     async def _speech(self, request: Request) -> Response:
         body = await request.json()
-        await self._record(request, body)
+        record = await self._record(request, body)
         if failure := await self._misbehave(self.tts):
             return failure
         text = body.get("input", "")
@@ -242,7 +283,7 @@ class FakeCloud:
         else:
             data, media = pcm, "audio/pcm"
         step = 4800
-        return self._stream([data[i : i + step] for i in range(0, len(data), step)], self.tts, media)
+        return self._stream([data[i : i + step] for i in range(0, len(data), step)], self.tts, media, record)
 
     # --- Anthropic -----------------------------------------------------------------------------------
 

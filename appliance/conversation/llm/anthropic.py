@@ -9,7 +9,7 @@ from typing import Any
 from appliance.brains.base import Message
 from appliance.conversation.llm.base import Image, LLMEvent, ToolCall, ToolRound, ToolSpec
 from appliance.conversation.llm.openai import parse_arguments
-from appliance.conversation.sdk_errors import map_sdk_error
+from appliance.conversation.sdk_errors import Warmth, http_client, map_sdk_error, warm_openai
 from appliance.errors import ProviderBadReply
 
 
@@ -56,7 +56,9 @@ class AnthropicChat:
             base_url=base_url,
             timeout=anthropic.Timeout(timeout, connect=min(timeout, 5.0)),
             max_retries=0,
+            http_client=http_client(anthropic.DefaultAsyncHttpxClient),
         )
+        self.warmth = Warmth()
 
     async def stream(
         self,
@@ -77,6 +79,7 @@ class AnthropicChat:
         blocks: dict[int, dict[str, str]] = {}
         calls: list[ToolCall] = []
         try:
+            self.warmth.touch()
             async with self._client.messages.stream(
                 model=self.model,
                 system=system,
@@ -110,6 +113,9 @@ class AnthropicChat:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
         for call in calls:
             yield call
+
+    async def warm(self) -> None:
+        await warm_openai(self._client, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.close()

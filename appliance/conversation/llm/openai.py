@@ -10,7 +10,7 @@ from typing import Any
 
 from appliance.brains.base import Message
 from appliance.conversation.llm.base import Image, LLMEvent, ToolCall, ToolRound, ToolSpec
-from appliance.conversation.sdk_errors import map_sdk_error, openai_client
+from appliance.conversation.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
 from appliance.errors import ProviderBadReply
 
 
@@ -62,6 +62,7 @@ class OpenAIChat:
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.warmth = Warmth()
         self._client: Any = openai_client(api_key, base_url, timeout)
 
     async def stream(
@@ -86,6 +87,7 @@ class OpenAIChat:
         finished = started = False
         calls: dict[int, dict[str, str]] = {}
         try:
+            self.warmth.touch()
             stream = await self._client.chat.completions.create(
                 model=self.model, messages=payload, stream=True, **extra
             )
@@ -118,6 +120,9 @@ class OpenAIChat:
             if not slot["name"]:
                 raise ProviderBadReply(self.name, "tool call without a name")
             yield ToolCall(slot["id"] or f"call_{index}", slot["name"], parse_arguments(self.name, slot["name"], slot["arguments"]))
+
+    async def warm(self) -> None:
+        await warm_openai(self._client, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -6,7 +6,7 @@ from typing import Any
 
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import encode_wav
-from appliance.conversation.sdk_errors import map_sdk_error, openai_client
+from appliance.conversation.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
 from appliance.errors import ProviderBadReply
 
 
@@ -17,6 +17,7 @@ class OpenAIRecognizer:
                  language: str | None = None) -> None:
         self.model = model
         self.language = language
+        self.warmth = Warmth()
         self._client: Any = openai_client(api_key, base_url, timeout)
 
     async def transcribe(self, audio: AudioClip, language: str | None = None) -> str:
@@ -24,6 +25,7 @@ class OpenAIRecognizer:
         if language or self.language:
             extra["language"] = language or self.language
         try:
+            self.warmth.touch()
             result = await self._client.audio.transcriptions.create(
                 model=self.model, file=("utterance.wav", encode_wav(audio), "audio/wav"), **extra
             )
@@ -36,6 +38,9 @@ class OpenAIRecognizer:
         if not isinstance(text, str):
             raise ProviderBadReply(self.name, "transcription without text")
         return text.strip()
+
+    async def warm(self) -> None:
+        await warm_openai(self._client, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -140,17 +141,30 @@ def llm_katakana(llm: Any) -> Callable[[list[str]], Awaitable[dict[str, str]]]:
 
 
 class PreprocessingSynthesizer:
-    """Runs text preprocessors, then the wrapped synthesizer."""
+    """Runs text preprocessors, then the wrapped synthesizer (keeping its streaming and warm-up, if any)."""
 
     def __init__(self, inner: Any, preprocessors: Sequence[Any]) -> None:
         self.inner = inner
         self.name = inner.name
         self.preprocessors = list(preprocessors)
+        if hasattr(inner, "synthesize_stream"):
+            self.synthesize_stream = self._synthesize_stream
+        if hasattr(inner, "warm"):
+            self.warm = inner.warm
 
-    async def synthesize(self, text: str) -> AudioClip:
+    async def _prepare(self, text: str) -> str:
         for p in self.preprocessors:
             text = await p.process(text)
-        return await self.inner.synthesize(text)
+        return text
+
+    async def synthesize(self, text: str) -> AudioClip:
+        return await self.inner.synthesize(await self._prepare(text))
+
+    async def _synthesize_stream(self, text: str) -> AsyncIterator[AudioClip]:
+        prepared = await self._prepare(text)
+        async with aclosing(self.inner.synthesize_stream(prepared)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def aclose(self) -> None:
         await self.inner.aclose()
