@@ -275,3 +275,53 @@ def test_katakana_dictionary_files(tmp_path: Path) -> None:
     bad.write_text("Docker ドッカー\n", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.tsv:1"):
         load_dictionary(bad)
+
+
+async def test_azure_and_http_speech_stream_in_pieces() -> None:
+    from contextlib import aclosing
+
+    async with fake_providers(seconds_per_char=0.05) as fake:
+        for kind in ("azure", "http"):
+            tts = make_tts(kind, fake.url)
+            async with aclosing(tts.synthesize_stream("A sentence long enough to arrive in several pieces.")) as pieces:
+                clips = [clip async for clip in pieces]
+            whole = await tts.synthesize("A sentence long enough to arrive in several pieces.")
+            await tts.aclose()
+            assert len(clips) > 1, kind  # playable before the whole answer arrived
+            assert sum(len(c.samples) for c in clips) == len(whole.samples)
+
+
+def test_wav_stream_decoder_copes_with_any_cut() -> None:
+    from appliance.conversation.tts._audio import WavStreamDecoder
+    from tests.fakes.providers import wav_bytes
+
+    data = wav_bytes(0.1, 16000)
+    for step in (1, 7, 44, 45, 1000):
+        decoder = WavStreamDecoder("x")
+        clips = [c for i in range(0, len(data), step) for c in decoder.feed(data[i:i + step])] + decoder.finish()
+        assert sum(len(c.samples) for c in clips) == 1600 and clips[0].sample_rate == 16000
+    with pytest.raises(ProviderBadReply, match="header"):
+        decoder = WavStreamDecoder("x")
+        decoder.feed(data[:30])
+        decoder.finish()
+    with pytest.raises(ProviderBadReply, match="not a WAV"):
+        WavStreamDecoder("x").feed(b"<html>nope</html>")
+
+
+async def test_http_providers_warm_their_connection_once() -> None:
+    async with fake_providers() as fake:
+        parts = [make_stt("google", fake.url), make_tts("voicevox", fake.url), make_tts("azure", fake.url),
+                 make_tts("http", fake.url)]
+        for part in parts:
+            sent: list[str] = []
+
+            async def count(request: Any, sent: list[str] = sent) -> None:
+                sent.append(request.method)
+
+            part._client.event_hooks["request"] = [count]
+            await part.warm()
+            await part.warm()  # still warm: no second request
+            await part.synthesize("Hi there.") if hasattr(part, "synthesize") else await part.transcribe(SPEECH)
+            await part.warm()  # just used: still warm
+            await part.aclose()
+            assert sent[0] == "HEAD" and sent.count("HEAD") == 1, (part.name, sent)

@@ -27,8 +27,24 @@ _TIMEOUT_STATUS = {408, 504}
 
 
 def http_client(timeout: float, **kwargs: Any) -> httpx.AsyncClient:
-    """A client with a short connect timeout: a dead service must fail over in about a second."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)), **kwargs)
+    """A client with a short connect timeout (a dead service must fail over in about a second) and long
+    keep-alive (so the next turn finds its connection open)."""
+    from appliance.conversation.sdk_errors import KEEPALIVE_SECONDS
+
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=KEEPALIVE_SECONDS)
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)), limits=limits, **kwargs)
+
+
+async def warm_http(client: httpx.AsyncClient, url: str, warmth: Any) -> None:
+    """Open (TCP + TLS) a connection before the turn needs it, with a cheap request whose answer does not
+    matter; skipped while the last one is surely still open."""
+    if not warmth.cold():
+        return
+    warmth.touch()
+    try:
+        await client.head(url)
+    except httpx.HTTPError:
+        pass  # warming is a bet: a failure here costs nothing, the real request reports the real error
 
 
 def _retry_after(response: httpx.Response) -> float | None:

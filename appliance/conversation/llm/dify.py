@@ -12,6 +12,7 @@ from typing import Any
 
 from appliance.brains.base import Message
 from appliance.conversation.http_errors import (
+    warm_http,
     StreamProgress,
     check_response,
     http_client,
@@ -22,6 +23,7 @@ from appliance.conversation.http_errors import (
 )
 from appliance.conversation.llm.base import Image, LLMEvent, ToolRound, ToolSpec
 from appliance.conversation.llm.openai import data_url
+from appliance.conversation.sdk_errors import Warmth
 from appliance.errors import ProviderBadReply
 
 _TEXT_EVENTS = {"message", "agent_message"}
@@ -37,6 +39,7 @@ class DifyChat:
         self.user = user
         self.inputs = dict(inputs or {})
         self._client = http_client(timeout)
+        self.warmth = Warmth()
         self._conversations: dict[str, str] = {}  # ours → Dify's
 
     async def stream(
@@ -63,6 +66,7 @@ class DifyChat:
             body["files"] = [{"type": "image", "transfer_method": "remote_url", "url": data_url(img)} for img in images]
         progress = StreamProgress()
         finished = False
+        self.warmth.touch()
         with provider_errors(self.name, progress):
             async with self._client.stream(
                 "POST", f"{self.base_url}/chat-messages", json=body,
@@ -85,6 +89,9 @@ class DifyChat:
                         raise status_error(self.name, status, f"{event.get('code', '')}: {event.get('message', '')}")
         if not finished:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
+
+    async def warm(self) -> None:
+        await warm_http(self._client, self.base_url, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -13,6 +13,7 @@ from typing import Any
 
 from appliance.brains.base import Message
 from appliance.conversation.http_errors import (
+    warm_http,
     StreamProgress,
     check_response,
     http_client,
@@ -21,6 +22,7 @@ from appliance.conversation.http_errors import (
     sse_events,
 )
 from appliance.conversation.llm.base import Image, LLMEvent, ToolCall, ToolRound, ToolSpec
+from appliance.conversation.sdk_errors import Warmth
 from appliance.errors import ProviderBadReply, ProviderRejected
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -70,6 +72,7 @@ class GeminiChat:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self._client = http_client(timeout)
+        self.warmth = Warmth()
 
     def _body(self, system: str, messages: Sequence[Message], tools: Sequence[ToolSpec],
               rounds: Sequence[ToolRound], images: Sequence[Image]) -> dict[str, Any]:
@@ -101,6 +104,7 @@ class GeminiChat:
         progress = StreamProgress()
         finished = False
         calls: list[ToolCall] = []
+        self.warmth.touch()
         with provider_errors(self.name, progress):
             async with self._client.stream(
                 "POST", url, params={"alt": "sse"}, headers={"x-goog-api-key": self.api_key},
@@ -134,6 +138,9 @@ class GeminiChat:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
         for call in calls:
             yield call
+
+    async def warm(self) -> None:
+        await warm_http(self._client, self.base_url, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.aclose()

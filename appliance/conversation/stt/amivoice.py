@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.audio.convert import encode_wav, resample
-from appliance.conversation.http_errors import check_response, http_client, provider_errors
+from appliance.conversation.http_errors import check_response, http_client, provider_errors, warm_http
+from appliance.conversation.sdk_errors import Warmth
 from appliance.errors import ProviderBadReply, ProviderError, ProviderRejected, ProviderUnavailable
 
 DEFAULT_BASE_URL = "https://acp-api.amivoice.com/v1"
@@ -35,10 +36,12 @@ class AmiVoiceRecognizer:
         self.url = root + ("/recognize" if log_audio else "/nolog/recognize")
         self.api_key, self.engine = api_key or "", engine
         self._client = http_client(timeout)
+        self.warmth = Warmth()
 
     async def transcribe(self, audio: AudioClip, language: str | None = None) -> str:
         clip = AudioClip(resample(audio.samples, audio.sample_rate, CAPTURE_RATE), CAPTURE_RATE)
         form = {"u": self.api_key, "d": f"grammarFileNames={self.engine}"}
+        self.warmth.touch()
         with provider_errors(self.name):
             response = await self._client.post(self.url, data=form,
                                                files={"a": ("utterance.wav", encode_wav(clip), "audio/wav")})
@@ -55,6 +58,9 @@ class AmiVoiceRecognizer:
         if not isinstance(text, str):
             raise ProviderBadReply(self.name, "reply has no text")
         return text.strip()
+
+    async def warm(self) -> None:
+        await warm_http(self._client, self.url, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.audio.convert import encode_wav, resample
-from appliance.conversation.http_errors import check_response, http_client, provider_errors
+from appliance.conversation.http_errors import check_response, http_client, provider_errors, warm_http
 from appliance.conversation.stt.google import bcp47
+from appliance.conversation.sdk_errors import Warmth
 from appliance.errors import ProviderBadReply
 
 _NOTHING_SAID = {"NoMatch", "InitialSilenceTimeout", "BabbleTimeout"}
@@ -22,9 +23,11 @@ class AzureRecognizer:
         self.url = root + "/speech/recognition/conversation/cognitiveservices/v1"
         self.language = language
         self._client = http_client(timeout, headers={"Ocp-Apim-Subscription-Key": api_key or ""})
+        self.warmth = Warmth()
 
     async def transcribe(self, audio: AudioClip, language: str | None = None) -> str:
         clip = AudioClip(resample(audio.samples, audio.sample_rate, CAPTURE_RATE), CAPTURE_RATE)
+        self.warmth.touch()
         with provider_errors(self.name):
             response = await self._client.post(
                 self.url,
@@ -44,6 +47,9 @@ class AzureRecognizer:
         if status in _NOTHING_SAID:
             return ""
         raise ProviderBadReply(self.name, f"recognition status {status!r}")
+
+    async def warm(self) -> None:
+        await warm_http(self._client, self.url, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.aclose()

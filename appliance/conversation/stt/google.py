@@ -6,7 +6,8 @@ import base64
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.audio.convert import resample
-from appliance.conversation.http_errors import check_response, http_client, provider_errors
+from appliance.conversation.http_errors import check_response, http_client, provider_errors, warm_http
+from appliance.conversation.sdk_errors import Warmth
 from appliance.errors import ProviderBadReply
 
 DEFAULT_BASE_URL = "https://speech.googleapis.com"
@@ -33,6 +34,7 @@ class GoogleRecognizer:
         self.language, self.model = language, model
         self.alternative_languages = list(alternative_languages or [])
         self._client = http_client(timeout, headers={"x-goog-api-key": api_key or ""})
+        self.warmth = Warmth()
 
     async def transcribe(self, audio: AudioClip, language: str | None = None) -> str:
         samples = resample(audio.samples, audio.sample_rate, CAPTURE_RATE)
@@ -43,6 +45,7 @@ class GoogleRecognizer:
         if self.alternative_languages:
             config["alternativeLanguageCodes"] = [bcp47(x) for x in self.alternative_languages]
         body = {"config": config, "audio": {"content": base64.b64encode(AudioClip(samples, CAPTURE_RATE).pcm()).decode()}}
+        self.warmth.touch()
         with provider_errors(self.name):
             response = await self._client.post(self.url, json=body)
             await check_response(self.name, response)
@@ -55,6 +58,9 @@ class GoogleRecognizer:
             if alternatives and isinstance(alternatives[0].get("transcript"), str):
                 texts.append(alternatives[0]["transcript"].strip())
         return " ".join(t for t in texts if t)
+
+    async def warm(self) -> None:
+        await warm_http(self._client, self.url, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.aclose()

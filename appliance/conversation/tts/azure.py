@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from xml.sax.saxutils import escape, quoteattr
 
 from appliance.audio.base import AudioClip
-from appliance.conversation.http_errors import check_response, http_client, provider_errors
-from appliance.conversation.tts._audio import clip_from_bytes
+from appliance.conversation.http_errors import StreamProgress, check_response, http_client, provider_errors, warm_http
+from appliance.conversation.sdk_errors import Warmth
+from appliance.conversation.tts._audio import PIECE_BYTES, WavStreamDecoder, gather
 
 OUTPUT_FORMAT = "riff-24khz-16bit-mono-pcm"
 
@@ -22,6 +24,7 @@ class AzureSynthesizer:
         self.url = (base_url.rstrip("/") if base_url else f"https://{region}.tts.speech.microsoft.com") + "/cognitiveservices/v1"
         self.voice, self.language, self.speed = voice, language, speed
         self._client = http_client(timeout, headers={"Ocp-Apim-Subscription-Key": api_key or ""})
+        self.warmth = Warmth()
 
     def ssml(self, text: str) -> str:
         body = escape(text)
@@ -31,14 +34,29 @@ class AzureSynthesizer:
                 f"<voice name={quoteattr(self.voice)}>{body}</voice></speak>")
 
     async def synthesize(self, text: str) -> AudioClip:
-        with provider_errors(self.name):
-            response = await self._client.post(
-                self.url, content=self.ssml(text).encode(),
+        return await gather(self.synthesize_stream(text))
+
+    async def synthesize_stream(self, text: str) -> AsyncIterator[AudioClip]:
+        """The WAV as Azure streams it, in playable pieces from the first one on."""
+        decoder = WavStreamDecoder(self.name)
+        progress = StreamProgress()
+        self.warmth.touch()
+        with provider_errors(self.name, progress):
+            async with self._client.stream(
+                "POST", self.url, content=self.ssml(text).encode(),
                 headers={"Content-Type": "application/ssml+xml", "X-Microsoft-OutputFormat": OUTPUT_FORMAT,
                          "User-Agent": "appliance"},
-            )
-            await check_response(self.name, response)
-        return clip_from_bytes(self.name, response.content, "wav")
+            ) as response:
+                await check_response(self.name, response)
+                async for data in response.aiter_bytes(PIECE_BYTES):
+                    progress.started = True
+                    for clip in decoder.feed(data):
+                        yield clip
+        for clip in decoder.finish():
+            yield clip
+
+    async def warm(self) -> None:
+        await warm_http(self._client, self.url, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.aclose()

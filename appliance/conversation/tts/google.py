@@ -6,8 +6,9 @@ import base64
 import binascii
 
 from appliance.audio.base import AudioClip
-from appliance.conversation.http_errors import check_response, http_client, provider_errors
+from appliance.conversation.http_errors import check_response, http_client, provider_errors, warm_http
 from appliance.conversation.tts._audio import clip_from_bytes
+from appliance.conversation.sdk_errors import Warmth
 from appliance.errors import ProviderBadReply
 
 DEFAULT_BASE_URL = "https://texttospeech.googleapis.com"
@@ -22,6 +23,7 @@ class GoogleSynthesizer:
         self.url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/text:synthesize"
         self.voice, self.language, self.speed, self.sample_rate = voice, language, speed, sample_rate
         self._client = http_client(timeout, headers={"x-goog-api-key": api_key or ""})
+        self.warmth = Warmth()
 
     async def synthesize(self, text: str) -> AudioClip:
         voice = {"languageCode": self.language}
@@ -30,6 +32,7 @@ class GoogleSynthesizer:
         body = {"input": {"text": text}, "voice": voice,
                 "audioConfig": {"audioEncoding": "LINEAR16", "sampleRateHertz": self.sample_rate,
                                 "speakingRate": self.speed}}
+        self.warmth.touch()
         with provider_errors(self.name):
             response = await self._client.post(self.url, json=body)
             await check_response(self.name, response)
@@ -41,6 +44,9 @@ class GoogleSynthesizer:
         except (binascii.Error, ValueError):
             raise ProviderBadReply(self.name, "audioContent is not base64") from None
         return clip_from_bytes(self.name, data, "pcm", self.sample_rate)
+
+    async def warm(self) -> None:
+        await warm_http(self._client, self.url, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.aclose()

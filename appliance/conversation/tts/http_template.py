@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from appliance.audio.base import AudioClip
-from appliance.conversation.http_errors import check_response, http_client, provider_errors
-from appliance.conversation.tts._audio import clip_from_bytes
+from appliance.conversation.http_errors import StreamProgress, check_response, http_client, provider_errors, warm_http
+from appliance.conversation.tts._audio import PIECE_BYTES, WavStreamDecoder, clip_from_bytes, gather
+from appliance.conversation.sdk_errors import Warmth
 from appliance.errors import ProviderBadReply
 
 
@@ -45,6 +47,9 @@ class HTTPTemplateSynthesizer:
             except ValueError as exc:
                 raise ValueError(f"tts.body is not valid JSON once filled in: {exc}") from None
         self._client = http_client(timeout)
+        parts = urlsplit(url)
+        self._origin = f"{parts.scheme}://{parts.netloc}/"
+        self.warmth = Warmth()
 
     def render(self, text: str) -> tuple[str, bytes | None]:
         values = {"text": text, **self.values}
@@ -54,18 +59,42 @@ class HTTPTemplateSynthesizer:
         escape = (lambda v: json.dumps(v)[1:-1]) if self._json_body else (lambda v: v)
         return url, _fill(self.body, values, escape).encode()
 
-    async def synthesize(self, text: str) -> AudioClip:
+    def _request(self, text: str) -> tuple[str, bytes | None, dict[str, str]]:
         url, body = self.render(text)
         headers = dict(self.headers)
         if body is not None and self._json_body and not any(k.lower() == "content-type" for k in headers):
             headers["Content-Type"] = "application/json"
+        return url, body, headers
+
+    async def synthesize(self, text: str) -> AudioClip:
+        if not self.audio_field:
+            return await gather(self.synthesize_stream(text))
+        url, body, headers = self._request(text)
+        self.warmth.touch()
         with provider_errors(self.name):
             response = await self._client.request(self.method, url, content=body, headers=headers)
             await check_response(self.name, response)
-            data = response.content
-            if self.audio_field:
-                data = self._from_json(response.json())
+            data = self._from_json(response.json())
         return clip_from_bytes(self.name, data, self.audio_format, self.sample_rate)
+
+    async def synthesize_stream(self, text: str) -> AsyncIterator[AudioClip]:
+        """Pieces as the engine sends them (WAV or raw PCM); JSON-wrapped audio comes whole."""
+        if self.audio_field:
+            yield await self.synthesize(text)
+            return
+        url, body, headers = self._request(text)
+        decoder = WavStreamDecoder(self.name, self.audio_format, self.sample_rate)
+        progress = StreamProgress()
+        self.warmth.touch()
+        with provider_errors(self.name, progress):
+            async with self._client.stream(self.method, url, content=body, headers=headers) as response:
+                await check_response(self.name, response)
+                async for data in response.aiter_bytes(PIECE_BYTES):
+                    progress.started = True
+                    for clip in decoder.feed(data):
+                        yield clip
+        for clip in decoder.finish():
+            yield clip
 
     def _from_json(self, payload: Any) -> bytes:
         value = payload
@@ -77,6 +106,9 @@ class HTTPTemplateSynthesizer:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise ProviderBadReply(self.name, f"field {self.audio_field!r} is not base64 audio") from None
+
+    async def warm(self) -> None:
+        await warm_http(self._client, self._origin, self.warmth)
 
     async def aclose(self) -> None:
         await self._client.aclose()

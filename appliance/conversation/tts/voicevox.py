@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.audio.base import AudioClip
-from appliance.conversation.http_errors import check_response, http_client, provider_errors
+from appliance.conversation.http_errors import check_response, http_client, provider_errors, warm_http
 from appliance.conversation.tts._audio import clip_from_bytes
+from appliance.conversation.sdk_errors import Warmth
 from appliance.errors import ProviderBadReply
 
 VOICEVOX_URL = "http://127.0.0.1:50021"
@@ -27,9 +28,11 @@ class VoicevoxSynthesizer:
         self.speed, self.pitch, self.intonation = speed, pitch, intonation
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = http_client(timeout, headers=headers)
+        self.warmth = Warmth()
 
     async def synthesize(self, text: str) -> AudioClip:
         params = {"speaker": self.speaker}
+        self.warmth.touch()
         with provider_errors(self.name):
             response = await self._client.post(f"{self.base_url}/audio_query", params={**params, "text": text})
             await check_response(self.name, response)
@@ -45,6 +48,9 @@ class VoicevoxSynthesizer:
             response = await self._client.post(f"{self.base_url}/synthesis", params=params, json=query)
             await check_response(self.name, response)
         return clip_from_bytes(self.name, response.content, "wav")
+
+    async def warm(self) -> None:
+        await warm_http(self._client, self.base_url + "/version", self.warmth)
 
     async def aclose(self) -> None:
         await self._client.aclose()
