@@ -105,7 +105,8 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
     if show:
         print(json.dumps(config.redacted(), indent=2))
     print(
-        f"configuration OK: brain={brain} llm={config.llm.provider}:{config.llm.model_name} "
+        f"configuration OK: brain={brain} stt={config.stt.provider} llm={config.llm.provider}:{config.llm.model_name} "
+        f"tts={config.tts.provider} "
         f"input={config.audio.input} output={config.audio.output} listening={config.listening.mode}"
     )
     return EXIT_OK
