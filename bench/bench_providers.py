@@ -4,7 +4,7 @@ The fakes run in their own process (so their work does not count as ours) and an
 For each pair we measure (a) a whole turn through the appliance, from the text request to the first audio
 handed to the speaker, and (b) the same two requests made bare with httpx (stream the model until its first
 sentence is complete, then synthesize that sentence): the transport and the fake's own time. The firmware's
-share is (a) − (b): SDKs, sentence splitting, the brain, the turn loop and the sink.
+share is best (a) − best (b): SDKs, sentence splitting, the brain, the turn loop and the sink.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from bench.common import Figure, median
 LLM_LATENCY = 0.150
 TTS_LATENCY = 0.080
 TOKEN_DELAY = 0.010
-RUNS = int(os.environ.get("BENCH_PROVIDERS_RUNS", "7"))
+RUNS = int(os.environ.get("BENCH_PROVIDERS_RUNS", "9"))
 KEY = "test-key"
 FIRST_SENTENCE = "It is nine o'clock."
 LLMS = os.environ.get("BENCH_PROVIDERS_LLMS", "openai,anthropic,gemini,dify").split(",")
@@ -104,20 +104,29 @@ def _tts_request(url: str, tts: str, text: str) -> dict[str, Any]:
 
 
 async def _bare(client: httpx.AsyncClient, url: str, llm: str, tts: str) -> float:
+    """The least any client could do: stream the model until its first sentence is complete, then request
+    that sentence's speech and stop at its first bytes (Google's JSON answer only counts when whole)."""
     start = trio.current_time()
     target, body, headers = _llm_request(url, llm)
     seen = b""
     async with client.stream("POST", target, json=body, headers=headers) as response:
         async for chunk in response.aiter_bytes():
             seen += chunk
-            if b"clock." in seen and b"Time" in seen:  # the splitter needs the next word to end a sentence
+            if b"clock." in seen:
                 break
     if tts == "voicevox":
         query = (await client.post(f"{url}/audio_query", params={"text": FIRST_SENTENCE, "speaker": 1})).json()
-        audio = await client.post(f"{url}/synthesis", params={"speaker": 1}, json=query)
+        request: dict[str, Any] = {"method": "POST", "url": f"{url}/synthesis", "params": {"speaker": 1}, "json": query}
     else:
-        audio = await client.request(**_tts_request(url, tts, FIRST_SENTENCE))
-    audio.raise_for_status()
+        request = _tts_request(url, tts, FIRST_SENTENCE)
+    async with client.stream(**request) as audio:
+        audio.raise_for_status()
+        if tts == "google":
+            await audio.aread()
+        else:
+            async for chunk in audio.aiter_bytes():
+                if chunk:
+                    break
     return trio.current_time() - start
 
 
@@ -127,11 +136,14 @@ async def _measure(url: str) -> list[Figure]:
         for llm in LLMS:
             for tts in TTSS:
                 turns, bare = await _pair(url, client, llm, tts)
-                share_ms = median([t - b for t, b in zip(turns, bare, strict=True)]) * 1000  # signed: below 0 is noise
+                # Best of N on both sides: on a shared machine the other processes only ever add time, so the
+                # fastest run of each is the closest to what the code itself costs. Signed: below 0 is noise.
+                share_ms = (min(turns) - min(bare)) * 1000
                 figures.append(Figure(f"time to first audio {llm}+{tts}", median(turns) * 1000, "ms",
                                       note=f"fixed latencies {LLM_LATENCY*1000:g}+{TTS_LATENCY*1000:g} ms"))
+                paired = median([t - b for t, b in zip(turns, bare, strict=True)]) * 1000
                 figures.append(Figure(f"firmware share {llm}+{tts}", share_ms, "ms", "<= 15",
-                                      note=f"bare requests {median(bare)*1000:.0f} ms"))
+                                      note=f"best bare {min(bare)*1000:.0f} ms; median paired diff {paired:.1f} ms"))
     return figures
 
 
