@@ -140,3 +140,26 @@ async def test_image_is_attached_to_the_last_user_message(kind: str) -> None:
         await llm.aclose()
     body = str(fake.requests[-1].body)
     assert "/9j/4GZha2UtanBlZw" in body  # the base64 of the picture went up with the question
+
+
+async def test_dify_uploads_the_image_and_refers_to_it() -> None:
+    picture = Image(b"\xff\xd8\xff\xe0fake-jpeg", "image/jpeg")
+    async with fake_providers() as fake:
+        llm = make_llm("dify", fake.url)
+        await collect(llm, images=[picture])
+        await llm.aclose()
+    assert fake.dify_files == [picture.data]
+    assert fake.bodies("/v1/chat-messages")[-1]["files"] == [
+        {"type": "image", "transfer_method": "local_file", "upload_file_id": "file-1"}]
+
+
+async def test_katakana_fallback_asks_the_language_model() -> None:
+    from appliance.conversation.tts.preprocess import KatakanaConverter, llm_katakana
+
+    async with fake_providers(reply='{"Kubernetes": "クバネティス"}') as fake:
+        llm = make_llm("openai", fake.url)
+        kana = KatakanaConverter(fallback=llm_katakana(llm))
+        said = await kana.process("Kubernetes を使います")
+        await llm.aclose()
+    assert said == "クバネティス を使います"
+    assert "Kubernetes" in fake.bodies("/v1/chat/completions")[0]["messages"][-1]["content"]

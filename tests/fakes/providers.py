@@ -48,12 +48,14 @@ def wav_bytes(seconds: float, rate: int = PCM_RATE) -> bytes:
 class FakeProviders(FakeCloud):
     behaviours: dict[str, Behaviour] = field(default_factory=lambda: {n: Behaviour() for n in NAMES})
     dify_conversation: str = ""
+    dify_files: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         add = self.app.add_route
         add("/v1beta/models/{model_action}", self._gemini, methods=["POST"])
         add("/v1/chat-messages", self._dify, methods=["POST"])
+        add("/v1/files/upload", self._dify_upload, methods=["POST"])
         add("/audio_query", self._audio_query, methods=["POST"])
         add("/synthesis", self._synthesis, methods=["POST"])
         add("/speech/recognition/conversation/cognitiveservices/v1", self._azure_stt, methods=["POST"])
@@ -150,6 +152,20 @@ class FakeProviders(FakeCloud):
             pieces.append(_sse({"event": "message", "answer": delta, **ids}))
         pieces.append(_sse({"event": "message_end", "metadata": {"usage": {"total_tokens": 10}}, **ids}))
         return self._stream(pieces, behaviour, "text/event-stream")
+
+    async def _dify_upload(self, request: Request) -> Response:
+        form = await request.form()
+        upload = form.get("file")
+        data = await upload.read() if upload is not None and hasattr(upload, "read") else b""
+        await self._record(request, {"user": form.get("user"), "bytes": len(data),
+                                     "type": getattr(upload, "content_type", None)})
+        if request.headers.get("authorization") != f"Bearer {KEY}":
+            return self._error("dify", 401, "Access token is invalid")
+        if not data or not form.get("user"):
+            return self._error("dify", 400, "file and user are required")
+        self.dify_files.append(data)
+        return JSONResponse({"id": f"file-{len(self.dify_files)}", "name": "camera.jpg", "size": len(data),
+                             "extension": "jpg", "mime_type": "image/jpeg", "created_by": 1, "created_at": 1}, 201)
 
     # --- VOICEVOX / AivisSpeech ---------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Dify ``/v1/chat-messages`` in streaming mode (chat, agent and chatflow apps).
 
 Dify keeps the conversation on its side: we send only the new query and remember which Dify conversation
-belongs to which of ours. Tools live in the Dify app, so this provider ignores ours; images go up as
-base64 data URLs through ``files``.
+belongs to which of ours. Tools live in the Dify app, so this provider ignores ours; images are uploaded
+to ``/files/upload`` and referenced by id.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from appliance.conversation.http_errors import (
     status_error,
 )
 from appliance.conversation.llm.base import Image, LLMEvent, ToolRound, ToolSpec
-from appliance.conversation.llm.openai import data_url
 from appliance.conversation.sdk_errors import Warmth
 from appliance.errors import ProviderBadReply
 
@@ -63,7 +62,8 @@ class DifyChat:
             "user": self.user,
         }
         if images:
-            body["files"] = [{"type": "image", "transfer_method": "remote_url", "url": data_url(img)} for img in images]
+            body["files"] = [{"type": "image", "transfer_method": "local_file", "upload_file_id": await self._upload(img)}
+                             for img in images]
         progress = StreamProgress()
         finished = False
         self.warmth.touch()
@@ -89,6 +89,22 @@ class DifyChat:
                         raise status_error(self.name, status, f"{event.get('code', '')}: {event.get('message', '')}")
         if not finished:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
+
+    async def _upload(self, image: Image) -> str:
+        """Dify takes pictures by reference: upload first (``/files/upload``), then send the file id."""
+        suffix = "png" if image.mime_type == "image/png" else "jpg"
+        self.warmth.touch()
+        with provider_errors(self.name):
+            response = await self._client.post(
+                f"{self.base_url}/files/upload", data={"user": self.user},
+                files={"file": (f"camera.{suffix}", image.data, image.mime_type)},
+                headers={"Authorization": f"Bearer {self.api_key}"},
+            )
+            await check_response(self.name, response)
+            file_id = response.json().get("id")
+        if not isinstance(file_id, str) or not file_id:
+            raise ProviderBadReply(self.name, "file upload answered without an id")
+        return file_id
 
     async def warm(self) -> None:
         await warm_http(self._client, self.base_url, self.warmth)
