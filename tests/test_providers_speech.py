@@ -325,3 +325,35 @@ async def test_http_providers_warm_their_connection_once() -> None:
             await part.warm()  # just used: still warm
             await part.aclose()
             assert sent[0] == "HEAD" and sent.count("HEAD") == 1, (part.name, sent)
+
+
+def test_say_uses_the_configured_voice_and_the_lang_tag(tmp_path: Path) -> None:
+    """``appliance say`` from a TOML file alone, against the fakes in their own process."""
+    import subprocess
+    import sys
+
+    from appliance.audio.convert import read_wav
+
+    root = Path(__file__).resolve().parent.parent
+    fake = subprocess.Popen([sys.executable, "-m", "tests.fakes.providers"], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert fake.stdout is not None
+        url = fake.stdout.readline().strip()
+        config = tmp_path / "appliance.toml"
+        config.write_text(
+            f'[tts]\nprovider = "http"\nurl = "{url}/tts"\nbody = \'{{"text": "{{text}}"}}\'\n'
+            f'[tts.voices.ja]\nprovider = "voicevox"\nbase_url = "{url}"\nspeaker = 5\n',
+            encoding="utf-8",
+        )
+        outputs = []
+        for line in ("Hello from the template voice.", "[lang:ja] こんにちは"):
+            out = tmp_path / f"say{len(outputs)}.wav"
+            result = subprocess.run([sys.executable, "-m", "appliance", "--config", str(config), "say", line,
+                                     "--output", str(out)], cwd=root, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            outputs.append(read_wav(out))
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+    assert outputs[0].sample_rate == 22050  # the HTTP template engine's WAV
+    assert outputs[1].sample_rate == 24000  # VOICEVOX, chosen by [lang:ja]

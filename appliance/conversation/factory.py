@@ -46,6 +46,13 @@ def needs_key(section: str, provider: str, base_url: str | None) -> bool:
     return not base_url
 
 
+def tts_ready(tts: TTSConfig) -> bool:
+    """Whether the configured voice can speak (it needs no key, or has one)."""
+    return tts.provider != "espeak" and (
+        not needs_key("tts", tts.provider, tts.base_url) or key_for(tts.provider, tts.api_key) is not None
+    )
+
+
 def missing_keys(stt: STTConfig, llm: LLMConfig, tts: TTSConfig) -> list[str]:
     problems = []
     sections: list[tuple[str, str, Any]] = [("stt", "stt", stt), ("llm", "llm", llm), ("tts", "tts", tts)]
