@@ -111,16 +111,22 @@ def cloud_brain_factory(config: AppConfig, voice: LocalVoice, tools: Any = None)
         llm_cfg, tts_cfg, conv = config.llm, config.tts, config.conversation
         llm = factory.build_llm(llm_cfg)
         tts, voices = factory.build_tts(tts_cfg, voice, llm)
+        registry = factory.build_tools(llm_cfg, tools)
+        camera = factory.build_camera(llm_cfg)
+        if camera is not None and llm_cfg.camera_tool:
+            from appliance.conversation.vision import camera_tool
+
+            registry.add(camera_tool(camera))
         return CloudBrain(
             factory.build_stt(config.stt), llm, tts, conv.system_prompt, conv.system_prompt_params,
             config.stt.language, tts_cfg.prefetch, llm_cfg.timeout,
-            tools=factory.build_tools(llm_cfg, tools),
+            tools=registry,
             max_tool_rounds=llm_cfg.max_tool_rounds,
             progress_after=llm_cfg.progress_after,
             progress_message=llm_cfg.progress_message,
             voices=voices,
             guardrails=factory.build_guardrails(llm_cfg),
-            camera=factory.build_camera(llm_cfg),
+            camera=camera,
             merge_window=llm_cfg.merge_window,
             on_finish=load_hook(llm_cfg.on_finish, "llm.on_finish") if llm_cfg.on_finish else None,
         )

@@ -214,6 +214,20 @@ async def test_vision_tag_takes_a_picture_and_asks_again(tmp_path: Path) -> None
     assert len(images) == 1 and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,/9j/4")
 
 
+async def test_look_tool_sends_the_picture_with_the_next_request(tmp_path: Path) -> None:
+    picture = tmp_path / "room.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + b"png-body" * 10)
+    async with fake_providers(tool_call=("look", {}), image_reply="A cat is on the sofa.") as fake:
+        config = cloud_config(fake.url, llm__camera="file", llm__camera_image=str(picture), llm__camera_tool=True)
+        _, done, spoken = await one_turn(config, Utterance(text="What is in front of you?"))
+    assert spoken == ["A cat is on the sofa."]
+    first, second = fake.bodies("/v1/chat/completions")
+    assert [t["function"]["name"] for t in first["tools"]] == ["look"]
+    parts = [p for m in second["messages"] if isinstance(m["content"], list) for p in m["content"]]
+    assert any(p.get("image_url", {}).get("url", "").startswith("data:image/png;base64,") for p in parts)
+    assert second["messages"][-1]["role"] == "tool"
+
+
 async def test_lang_tag_switches_to_that_languages_voice() -> None:
     async with fake_providers(reply="[lang:ja] こんにちは、ロボです。 [lang:en] Nice to meet you.") as fake:
         config = cloud_config(fake.url, tts__voices={"ja": {"provider": "voicevox", "base_url": fake.url, "speaker": 2}})

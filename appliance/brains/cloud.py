@@ -257,6 +257,7 @@ class CloudBrain:
                     return
                 results = await self._run_tools(calls, state, nursery, slots, order)
                 rounds.append(ToolRound(text, results))
+                images += tuple(image for result in results for image in result.images)
 
     async def _read_llm(
         self,

@@ -127,6 +127,7 @@ class LLMConfig(Section):
     )
     camera_image: Path | None = Field(default=None, description="camera = 'file': the picture it always sees")
     camera_device: int | str = Field(default=0, description="opencv: V4L2 device index or path")
+    camera_tool: bool = Field(default=False, description="also offer the model a 'look' tool for the camera")
 
     @property
     def model_name(self) -> str:
@@ -142,6 +143,8 @@ class LLMConfig(Section):
             raise ValueError("llm.base_url is required for dify (e.g. https://api.dify.ai/v1)")
         if self.camera == "file" and self.camera_image is None:
             raise ValueError("llm.camera_image is required when llm.camera = 'file'")
+        if self.camera_tool and self.camera == "off":
+            raise ValueError("llm.camera_tool needs a camera (llm.camera)")
         return self
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pydantic
 import trio
 
-from appliance.conversation.llm.base import ToolCall, ToolResult, ToolSpec
+from appliance.conversation.llm.base import Image, ToolCall, ToolResult, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -189,4 +189,6 @@ class ToolRegistry:
         except Exception as exc:  # a tool's bug must not end the conversation; the log keeps the traceback
             log.warning("tool %s failed", call.name, exc_info=True)
             return ToolResult(call, f"The tool failed: {type(exc).__name__}: {exc}"[:300], is_error=True)
+        if isinstance(value, Image):
+            return ToolResult(call, "The picture is attached to this message.", images=(value,))
         return ToolResult(call, render_result(value))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -129,3 +129,17 @@ def make_camera(kind: str, image: Path | None = None, device: int | str = 0) -> 
         else:
             return Picamera2Camera()
     return OpenCVCamera(device)
+
+
+def camera_tool(camera: Camera) -> Any:
+    """A ``look`` tool: the model decides when to see, the picture goes up with the next request."""
+    from appliance.conversation.tools import Tool, ToolError
+
+    async def look(arguments: dict[str, Any]) -> Image:
+        try:
+            return await camera.capture()
+        except CameraError as exc:
+            raise ToolError(f"The camera is not working: {exc}") from None
+
+    return Tool("look", "Take a picture with the robot's camera to see what is in front of it.",
+                {"type": "object", "properties": {}}, look, None, None, 15.0, source="camera")

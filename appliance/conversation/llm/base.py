@@ -33,9 +33,12 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class ToolResult:
+    """What a tool answered. ``images`` (e.g. a camera still) reach the model attached to the request."""
+
     call: ToolCall
     content: str
     is_error: bool = False
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True)
