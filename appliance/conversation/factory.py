@@ -271,6 +271,11 @@ def check_parts(stt: STTConfig, llm: LLMConfig, tts: TTSConfig) -> list[str]:
             load_dictionary(tts.katakana_dictionary)
         except ValueError as exc:
             problems.append(f"tts.katakana_dictionary: {exc}")
+    if llm.mcp_servers:
+        try:
+            import mcp  # noqa: F401
+        except ImportError:
+            problems.append("llm.mcp_servers: the mcp package is not installed (pip install 'appliance[mcp]')")
     if llm.camera == "file" and llm.camera_image is not None and not llm.camera_image.is_file():
         problems.append(f"llm.camera_image: {llm.camera_image} does not exist")
     return problems

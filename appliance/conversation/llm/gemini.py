@@ -132,6 +132,8 @@ class GeminiChat:
                         reason = candidate.get("finishReason")
                         if reason in _BLOCKED:
                             raise ProviderRejected(self.name, f"reply blocked: {reason}")
+                        if reason == "MALFORMED_FUNCTION_CALL":
+                            raise ProviderBadReply(self.name, "the model wrote a malformed function call")
                         if reason:
                             finished = True
         if not finished:
