@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -19,8 +20,8 @@ from appliance.config import AppConfig, ConfigError
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.local_voice import LocalVoice
 from appliance.conversation.service import ConversationService
-from appliance.hardware.faces import FaceService, LogFaceController
-from appliance.hardware.gpio import GPIOService
+from appliance.hardware.body import Body, build_body
+from appliance.hardware.faces import FaceService
 from appliance.listening.service import ListeningService
 from appliance.logs import StatusAwareHandler
 from appliance.state import StateService
@@ -186,8 +187,9 @@ class Appliance:
     brain: Brain
     source: AudioSource
     sink: AudioSink
-    gpio: GPIOService | None
+    body: Body
     faces: FaceService
+    control: Any = None  # the control API service, when enabled
     tools: Any = None  # the cloud brain's ToolRegistry: add tools at runtime with ``app.tools.add(...)``
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -208,6 +210,8 @@ def build_appliance(
     status_handler: StatusAwareHandler | None = None,
     pin_factory: Any = None,
     handle_signals: bool = True,
+    control: bool = False,
+    config_path: Path | None = None,
 ) -> Appliance:
     bus = EventBus()
     supervisor = Supervisor(bus, config.supervisor, notifier, handle_signals=handle_signals)
@@ -242,20 +246,24 @@ def build_appliance(
     conversation = ConversationService(
         bus, brain, sink, utterance_receive, history, voice, conv_cfg.error_message
     )
-    faces = FaceService(bus, [LogFaceController()])
-    gpio = GPIOService(bus, config.gpio, pin_factory) if (config.gpio.status_led or config.gpio.button) else None
+    body = build_body(bus, config.hardware, pin_factory, brain_name=brain.name)
 
     supervisor.add(state)
     supervisor.add(CaptureService(source, queue))
     supervisor.add(listening)
     supervisor.add(conversation)
-    supervisor.add(faces, required=False)
-    if gpio is not None:
-        supervisor.add(gpio, required=False)
     if status_handler is not None:
         supervisor.add(StatusLine(bus, status_handler), required=False)
+    for part in body.services:  # after the status line, so it sees the first LED colour and face
+        supervisor.add(part, required=False)
     if prewarm is not None:
         supervisor.add(PrewarmService(prewarm), required=False)
     if mcp is not None:
         supervisor.add(mcp, required=False)
-    return Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, gpio, faces, tools)
+    appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
+    appliance.tools = tools
+    if control:  # last: it wraps the services registered above so a config change can restart one of them
+        from appliance.control.service import add_control
+
+        add_control(appliance, config_path)
+    return appliance

@@ -1,4 +1,4 @@
-"""Command line: ``appliance run | check-config | devices | say``.
+"""Command line: ``appliance run | check-config | devices | say`` and the control API's client commands.
 
 ``main`` parses arguments and hands a configuration to the supervisor; policy lives in the subsystems.
 """
@@ -30,10 +30,29 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and print what it selects")
     check.add_argument("--show", action="store_true", help="print the whole configuration (secrets redacted)")
     sub.add_parser("devices", help="list audio devices")
-    say = sub.add_parser("say", help="speak a line through the configured voice and speaker")
+    faces = sub.add_parser("faces", help="draw every face at the display's size into a folder of PNGs")
+    faces.add_argument("folder", type=Path)
+    say = sub.add_parser(
+        "say", help="speak a line: through the running appliance (its API), else locally with the configured voice"
+    )
     say.add_argument("text")
-    say.add_argument("--output", type=Path, help="write a WAV file instead of playing")
+    say.add_argument("--output", type=Path, help="write a WAV file instead of playing (implies --local)")
+    where = say.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="speak here, without the running appliance")
+    where.add_argument("--api", action="store_true", help="only through the running appliance; fail if none")
+    say.add_argument("--interrupt", action="store_true", help="stop the current turn instead of queueing")
+    say.add_argument("--face", help="face to show while saying it")
+    say.add_argument("--animation")
+    _add_api_options(say)
+    from appliance.control.cli import add_commands
+
+    add_commands(sub, _add_api_options)
     return parser
+
+
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="control API address (default: from [control] in the configuration)")
+    parser.add_argument("--token", help="bearer token (default: control.token / token_file / environment)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,25 +67,41 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if command == "check-config":
         return _check_config(config, args.show)
+    if command == "faces":
+        return _faces(config, args.folder)
     if command == "devices":
         return _devices()
     if command == "say":
+        if not (args.local or args.output):
+            from appliance.control.cli import say_through_api
+
+            result = say_through_api(config, args)
+            if result is not None:
+                return result
         return _say(config, args.text, args.output)
-    return _run(config, getattr(args, "log_level", None))
+    if command != "run":
+        from appliance.control.cli import run_command
+
+        return run_command(command, config, args)
+    return _run(config, getattr(args, "log_level", None), args.config)
 
 
-def _run(config, level: str | None) -> int:  # type: ignore[no-untyped-def]
+def _run(config, level: str | None, path: Path | None = None) -> int:  # type: ignore[no-untyped-def]
+    import os
+
     import trio
 
     from appliance.app import build_appliance
-    from appliance.config import ConfigError
+    from appliance.config import ConfigError, config_path
     from appliance.logs import setup_logging
     from appliance.supervisor import SupervisorGaveUp
 
     want_status = config.log.status_line == "on" or (config.log.status_line == "auto" and sys.stdout.isatty())
     handler = setup_logging(level or config.log.level, status_line=want_status)
     try:
-        appliance = build_appliance(config, status_handler=handler)
+        appliance = build_appliance(
+            config, status_handler=handler, control=True, config_path=config_path(path, os.environ)
+        )
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_CONFIG
@@ -102,6 +137,13 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
         except ConfigError as exc:
             print(exc.report(), file=sys.stderr)
             return EXIT_CONFIG
+    from appliance.control.auth import ControlSetupError, check_bind, resolve_token
+
+    try:
+        check_bind(config.control, resolve_token(config.control))
+    except ControlSetupError as exc:
+        print(f"configuration error:\n  - {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if show:
         print(json.dumps(config.redacted(), indent=2))
     print(
@@ -109,6 +151,22 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
         f"tts={config.tts.provider} "
         f"input={config.audio.input} output={config.audio.output} listening={config.listening.mode}"
     )
+    from appliance.hardware.config import describe
+
+    print(f"body: {describe(config.hardware)}")
+    return EXIT_OK
+
+
+def _faces(config, folder: Path) -> int:  # type: ignore[no-untyped-def]
+    from appliance.hardware.face_art import FaceImageError
+    from appliance.hardware.preview import write_face_previews
+
+    try:
+        written = write_face_previews(config.hardware.display, folder)
+    except (FaceImageError, OSError) as exc:
+        print(f"cannot draw the faces: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{len(written)} pictures in {folder}")
     return EXIT_OK
 
 

@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 
 from appliance.audio.config import AudioConfig
+from appliance.control.config import ControlConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
-from appliance.hardware.config import GPIOConfig
+from appliance.hardware.config import HardwareConfig
 from appliance.listening.config import ListeningConfig
 from appliance.settings_base import Section
 
@@ -56,9 +57,21 @@ class AppConfig(Section):
     stt: STTConfig = STTConfig()
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
-    gpio: GPIOConfig = GPIOConfig()
+    hardware: HardwareConfig = Field(
+        default=HardwareConfig(), validation_alias=AliasChoices("hardware", "gpio"), description="[gpio] is the old name"
+    )
     supervisor: SupervisorConfig = SupervisorConfig()
     log: LogConfig = LogConfig()
+    control: ControlConfig = ControlConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_section_names(cls, data: Any) -> Any:
+        # [gpio] (the skeleton's name) next to [hardware], e.g. an old APPLIANCE_GPIO__* override: merge them.
+        if isinstance(data, dict) and isinstance(data.get("gpio"), dict) and isinstance(data.get("hardware"), dict):
+            data = dict(data)
+            data["hardware"] = {**data.pop("gpio"), **data["hardware"]}
+        return data
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as JSON-able data with every secret replaced by a marker."""

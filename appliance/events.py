@@ -158,6 +158,14 @@ class LedChanged(Event):
 
 
 @dataclass(frozen=True)
+class ConnectivityChanged(Event):
+    """Which kind of brain answers now: ``online`` (the configured one), ``fallback`` (a backup), ``offline``."""
+
+    status: str
+    brain: str = ""
+
+
+@dataclass(frozen=True)
 class AnimationRequested(Event):
     name: str
     duration: float | None = None

@@ -128,16 +128,21 @@ def build_tools(cfg: LLMConfig, registry: Any = None) -> Any:
     from appliance.conversation.tools import ToolRegistry, http_tool, tool
 
     registry = registry if registry is not None else ToolRegistry()
+    registry.remove_source("config")  # a rebuilt brain takes the config's tools as they are now
     for index, t in enumerate(cfg.tools):
         where = f"llm.tools[{index}]"
         if t.function:
             func = load_hook(t.function, f"{where}.function")
-            registry.add(tool(func, name=t.name, description=t.description or None, progress=t.progress,
-                              timeout=t.timeout))
+            declared = tool(func, name=t.name, description=t.description or None, progress=t.progress,
+                            timeout=t.timeout)
+            declared.source = "config"
+            registry.add(declared)
         else:
             assert t.url is not None and t.name is not None
-            registry.add(http_tool(t.name, t.description or t.name, t.url, t.parameters, headers=t.headers,
-                                   progress=t.progress, timeout=t.timeout))
+            declared = http_tool(t.name, t.description or t.name, t.url, t.parameters, headers=t.headers,
+                                 progress=t.progress, timeout=t.timeout)
+            declared.source = "config"
+            registry.add(declared)
     return registry
 
 

@@ -1,7 +1,16 @@
+"""The robot's body in configuration: LEDs, buttons, a display face and an avatar over OSC.
+
+``[hardware] preset = "respeaker-2mic"`` names a board instead of pins; anything written next to the preset
+replaces that part of it (a ``leds`` list replaces the preset's LEDs, and so on). Every pin is checked once
+for the whole body: out of range, or claimed twice (including the pins an SPI/I2C bus or the board's audio
+codec already uses), is an error naming the field.
+"""
+
 from __future__ import annotations
 
 import re
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -9,43 +18,424 @@ from appliance.settings_base import Section
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
-DEFAULT_STATE_COLOURS = {
-    "idle": "#000000",
-    "listening": "#0040ff",
-    "thinking": "#ffa000",
-    "speaking": "#00ff40",
-    "muted": "#ff0000",
-    "error": "#ff0060",
+# BCM numbers a user can wire on the 40-pin header.
+MAX_PIN = 27
+Pin = Annotated[int, Field(ge=0, le=MAX_PIN, description=f"BCM GPIO number 0..{MAX_PIN}")]
+
+FACES = ("neutral", "joy", "angry", "sorrow", "fun", "surprised", "thinking", "listening", "sleeping")
+STATES = ("idle", "listening", "thinking", "speaking", "muted", "error")
+# LED modes are the states plus how the robot is connected, shown while idle.
+LED_MODES = (*STATES, "offline", "fallback")
+
+I2C_PINS = {1: (2, 3), 0: (0, 1)}
+SPI_BUS_PINS = {0: (9, 10, 11), 1: (19, 20, 21)}  # MISO, MOSI, SCLK
+SPI_SELECT_PINS = {0: (8, 7), 1: (18, 17, 16)}
+
+
+def check_colour(value: str, what: str) -> str:
+    if not _HEX.match(value):
+        raise ValueError(f"{what} must look like #rrggbb, got {value!r}")
+    return value.lower()
+
+
+class LedConfig(Section):
+    """One LED or strip. ``led`` = on/off, ``pwm`` = dimmable, ``rgb`` = three pins, ``apa102`` = SPI strip."""
+
+    kind: Literal["led", "pwm", "rgb", "apa102"]
+    pins: list[Pin] = Field(default_factory=list, description="led/pwm: [pin]; rgb: [red, green, blue]; apa102: []")
+    active_high: bool = Field(default=True, description="false for common-anode RGB LEDs / LEDs wired to 3V3")
+    colour: str = Field(default="#ffffff", description="led/pwm: the colour the LED glows (for the status line)")
+    count: int = Field(default=3, ge=1, le=1024, description="apa102: number of pixels")
+    spi_port: Literal[0, 1] = 0
+    spi_device: int = Field(default=0, ge=0, le=2, description="apa102: chip select (spidev<port>.<device>)")
+    brightness: float = Field(default=1.0, gt=0, le=1, description="scales every pattern (APA102s are bright)")
+    order: Literal["rgb", "rbg", "grb", "gbr", "brg", "bgr"] = Field(default="bgr", description="apa102 byte order")
+
+    @field_validator("colour")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        return check_colour(value, "colour")
+
+    @model_validator(mode="after")
+    def _pins_for_kind(self) -> LedConfig:
+        wanted = {"led": 1, "pwm": 1, "rgb": 3, "apa102": 0}[self.kind]
+        if len(self.pins) != wanted:
+            shape = {1: "one pin", 3: "three pins (red, green, blue)", 0: "no pins (it uses the SPI bus)"}[wanted]
+            raise ValueError(f"pins: a {self.kind} LED takes {shape}, got {self.pins}")
+        if self.kind == "apa102" and self.spi_device >= len(SPI_SELECT_PINS[self.spi_port]):
+            raise ValueError(f"spi_device: SPI{self.spi_port} has no chip select {self.spi_device}")
+        return self
+
+
+class ButtonConfig(Section):
+    """A push button: press, long press (hold) and double press each map to an action."""
+
+    pin: Pin
+    pull_up: bool | None = Field(default=True, description="true: button to GND; false: to 3V3; null: external")
+    active_high: bool | None = Field(default=None, description="only with pull_up = null: level when pressed")
+    press: Literal["talk", "push_to_talk", "none"] = Field(
+        default="talk", description="talk = start listening (again to stop); push_to_talk = listen while held"
+    )
+    hold: Literal["mute", "none"] = "mute"
+    double_press: Literal["cancel", "none"] = "cancel"
+    hold_time: float = Field(default=1.5, gt=0, le=30, description="seconds held for a long press")
+    double_press_window: float = Field(default=0.4, gt=0, le=2, description="second press within this (s)")
+    bounce_time: float = Field(default=0.03, ge=0, le=0.5, description="contact settle time (s)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ButtonConfig:
+        if self.pull_up is None and self.active_high is None:
+            raise ValueError("active_high: must be set when pull_up is null (no internal pull resistor)")
+        if self.pull_up is not None and self.active_high is not None:
+            raise ValueError("active_high: only applies when pull_up is null (the pull sets the active level)")
+        if self.press == "push_to_talk" and self.hold != "none":
+            raise ValueError('hold: push_to_talk uses holding for talking; set hold = "none"')
+        return self
+
+
+class PatternConfig(Section):
+    """How the LEDs show one state."""
+
+    pattern: Literal["off", "solid", "pulse", "spin", "blink", "level"]
+    colour: str = "#ffffff"
+    brightness: float = Field(default=1.0, ge=0, le=1)
+    period: float = Field(default=1.0, gt=0, le=60, description="pulse/spin/blink cycle (s)")
+
+    @field_validator("colour")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        return check_colour(value, "colour")
+
+
+def _p(pattern: str, colour: str = "#000000", brightness: float = 1.0, period: float = 1.0) -> PatternConfig:
+    return PatternConfig(pattern=pattern, colour=colour, brightness=brightness, period=period)  # type: ignore[arg-type]
+
+
+DEFAULT_PATTERNS: dict[str, PatternConfig] = {
+    "idle": _p("off"),
+    "listening": _p("solid", "#0040ff"),
+    "thinking": _p("spin", "#ffa000", period=1.2),
+    "speaking": _p("level", "#00ff40"),
+    "muted": _p("solid", "#ff0000", brightness=0.3),
+    "error": _p("blink", "#ff0000", period=0.5),
+    "offline": _p("pulse", "#a000ff", brightness=0.4, period=4.0),
+    "fallback": _p("solid", "#00c0c0", brightness=0.15),
 }
 
 
-class GPIOConfig(Section):
-    """The robot's body as far as the skeleton knows it: one RGB status LED and one talk button."""
+class DisplayConfig(Section):
+    """A small face display through luma.oled / luma.lcd, or luma's dummy device when simulated."""
 
+    driver: Literal["auto", "none", "dummy", "ssd1306", "sh1106", "st7735", "st7789"] = Field(
+        default="auto", description="auto = the dummy device when GPIO is simulated, none on a real board"
+    )
+    interface: Literal["auto", "i2c", "spi"] = Field(default="auto", description="auto: OLEDs i2c, LCDs spi")
+    width: int | None = Field(default=None, ge=8, le=1024, description="default: the driver's usual size")
+    height: int | None = Field(default=None, ge=8, le=1024)
+    rotate: Literal[0, 1, 2, 3] = Field(default=0, description="quarter turns")
+    i2c_port: Literal[0, 1] = 1
+    i2c_address: int = Field(default=0x3C, ge=0x03, le=0x77)
+    spi_port: Literal[0, 1] = 0
+    spi_device: int = Field(default=0, ge=0, le=2)
+    spi_speed_hz: int = Field(default=8_000_000, description="SPI clock; one of luma's speeds (0.5..52 MHz)")
+    dc_pin: Pin | None = 24
+    reset_pin: Pin | None = 25
+    backlight_pin: Pin | None = Field(default=18, description="LCD backlight; null when always on")
+    backlight_active_low: bool = False
+    bgr: bool = Field(default=False, description="st7735: panel wants BGR colour order")
+    h_offset: int = Field(default=0, ge=0, le=128)
+    v_offset: int = Field(default=0, ge=0, le=128)
+    fps: float = Field(default=15.0, gt=0, le=60, description="frame rate cap while animating")
+    colour: str = Field(default="#ffffff", description="face colour (colour displays)")
+    background: str = Field(default="#000000")
+    image_folder: Path | None = Field(default=None, description="<face>.png (+ <face>-blink / <face>-talk)")
+    blink_every: tuple[float, float] = Field(default=(2.5, 7.0), description="random interval range (s)")
+    blink_time: float = Field(default=0.15, gt=0, le=2)
+    mouth_floor_db: float = Field(default=-50.0, description="output level that closes the mouth")
+    mouth_full_db: float = Field(default=-12.0, description="output level that opens it fully")
+
+    @field_validator("colour", "background")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        return check_colour(value, "colour")
+
+    @field_validator("spi_speed_hz")
+    @classmethod
+    def _speed(cls, value: int) -> int:
+        allowed = [int(mhz * 1_000_000) for mhz in (0.5, 1, 2, 4, 8, 16, 20, 24, 28, 32, 36, 40, 44, 48, 50, 52)]
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(str(a) for a in allowed)}")
+        return value
+
+    @field_validator("image_folder")
+    @classmethod
+    def _folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DisplayConfig:
+        low, high = self.blink_every
+        if not 0 < low <= high:
+            raise ValueError(f"blink_every: needs 0 < min <= max, got {list(self.blink_every)}")
+        if self.mouth_floor_db >= self.mouth_full_db:
+            raise ValueError("mouth_floor_db: must be below mouth_full_db")
+        if self.spi_device >= len(SPI_SELECT_PINS[self.spi_port]):
+            raise ValueError(f"spi_device: SPI{self.spi_port} has no chip select {self.spi_device}")
+        return self
+
+    @property
+    def resolved_interface(self) -> str:
+        if self.interface != "auto":
+            return self.interface
+        return "spi" if self.driver in ("st7735", "st7789") else "i2c"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        usual = {"st7735": (160, 128), "st7789": (240, 240)}.get(self.driver, (128, 64))
+        return (self.width or usual[0], self.height or usual[1])
+
+
+DEFAULT_OSC_FACES = {"neutral": 0, "joy": 1, "angry": 2, "sorrow": 3, "fun": 4, "surprised": 5}
+DEFAULT_OSC_ANIMATIONS = {"idle": 0, "wave": 1, "clap": 2, "point": 3, "cheer": 4, "dance": 5}
+
+
+class OscConfig(Section):
+    """Faces and animations as VRChat avatar parameters (any OSC receiver works)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9000, ge=1, le=65535)
+    face_address: str = "/avatar/parameters/FaceOSC"
+    faces: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_OSC_FACES))
+    animation_address: str = "/avatar/parameters/VRCEmote"
+    animations: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_OSC_ANIMATIONS))
+    idle_animation: str = "idle"
+    animation_duration: float = Field(default=3.0, gt=0, le=600, description="when a tag gives none (s)")
+
+    @field_validator("face_address", "animation_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not value.startswith("/") or " " in value:
+            raise ValueError(f"an OSC address starts with / and has no spaces, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _idle(self) -> OscConfig:
+        if "neutral" not in self.faces:
+            raise ValueError("faces: needs a value for 'neutral' (sent when a face times out)")
+        if self.idle_animation not in self.animations:
+            raise ValueError(f"idle_animation: {self.idle_animation!r} is not in animations")
+        return self
+
+
+DEFAULT_STATE_FACES = {
+    "idle": "neutral",
+    "listening": "listening",
+    "thinking": "thinking",
+    "speaking": "neutral",
+    "muted": "sleeping",
+    "error": "sorrow",
+}
+DEFAULT_FACE_ALIASES = {
+    "happy": "joy",
+    "smile": "joy",
+    "sad": "sorrow",
+    "anger": "angry",
+    "mad": "angry",
+    "relaxed": "fun",
+    "surprise": "surprised",
+    "think": "thinking",
+    "sleep": "sleeping",
+    "sleepy": "sleeping",
+}
+
+
+class FacesConfig(Section):
+    duration: float = Field(default=4.0, gt=0, le=600, description="how long a [face:...] tag lasts (s)")
+    sleep_after: float | None = Field(
+        default=300.0, gt=0, description="idle this long (s) shows the sleeping face; null = never"
+    )
+    state_faces: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATE_FACES))
+    aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_FACE_ALIASES))
+
+    @field_validator("state_faces")
+    @classmethod
+    def _states(cls, value: dict[str, str]) -> dict[str, str]:
+        for state in value:
+            if state not in STATES:
+                raise ValueError(f"unknown state {state!r} (one of {', '.join(STATES)})")
+        return {**DEFAULT_STATE_FACES, **value}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Presets: a board's wiring as configuration data. Only what the board has; the rest stays configurable.
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {"leds": [], "buttons": [], "reserved_pins": []},
+    # One LED (with a resistor) on GPIO18 and a push button from GPIO17 to GND.
+    "breadboard": {
+        "leds": [{"kind": "pwm", "pins": [18], "colour": "#ff2000"}],
+        "buttons": [{"pin": 17}],
+        "reserved_pins": [],
+    },
+    # An RGB LED (common cathode) on GPIO5/6/13 and the button on GPIO17: colours show every state.
+    "breadboard-rgb": {
+        "leds": [{"kind": "rgb", "pins": [5, 6, 13]}],
+        "buttons": [{"pin": 17}],
+        "reserved_pins": [],
+    },
+    # Seeed ReSpeaker 2-Mics Pi HAT: user button on GPIO17, three APA102 LEDs on SPI0 (CE1). The WM8960
+    # codec takes I2S (GPIO18-21) and sits on I2C1, which an OLED may share.
+    "respeaker-2mic": {
+        "leds": [{"kind": "apa102", "count": 3, "spi_port": 0, "spi_device": 1, "brightness": 0.3}],
+        "buttons": [{"pin": 17}],
+        "reserved_pins": [18, 19, 20, 21],
+    },
+}
+PRESET_NAMES = tuple(PRESETS)
+
+
+class HardwareConfig(Section):
+    """The whole body. Simulated (gpiozero mock pins, luma dummy display) when no GPIO chip is present."""
+
+    preset: Literal["none", "breadboard", "breadboard-rgb", "respeaker-2mic"] = Field(
+        default="breadboard-rgb", description="a board's wiring; fields set here replace the preset's"
+    )
     pin_factory: Literal["auto", "mock", "lgpio", "rpigpio", "native"] = Field(
         default="auto", description="auto = lgpio on a Pi, gpiozero's mock pins elsewhere"
     )
-    status_led: tuple[int, int, int] | None = Field(default=(5, 6, 13), description="RGB LED pins (BCM)")
-    button: int | None = Field(default=17, description="talk button pin (BCM); null = none")
-    button_pull_up: bool = True
-    colours: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATE_COLOURS))
+    leds: list[LedConfig] = Field(default_factory=list)
+    buttons: list[ButtonConfig] = Field(default_factory=list)
+    reserved_pins: list[Pin] = Field(default_factory=list, description="pins the board uses otherwise")
+    patterns: dict[str, PatternConfig] = Field(default_factory=lambda: dict(DEFAULT_PATTERNS))
+    fps: float = Field(default=30.0, gt=0, le=120, description="LED animation frame rate")
+    display: DisplayConfig = DisplayConfig()
+    faces: FacesConfig = FacesConfig()
+    osc: OscConfig = OscConfig()
 
-    @field_validator("colours")
+    @model_validator(mode="before")
     @classmethod
-    def _colours(cls, value: dict[str, str]) -> dict[str, str]:
-        for state, colour in value.items():
-            if state not in DEFAULT_STATE_COLOURS:
-                raise ValueError(f"unknown state {state!r} (one of {', '.join(DEFAULT_STATE_COLOURS)})")
-            if not _HEX.match(colour):
-                raise ValueError(f"colour for {state!r} must look like #rrggbb, got {colour!r}")
-        return {**DEFAULT_STATE_COLOURS, **value}
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = _from_skeleton_keys(data)
+        preset = PRESETS.get(data.get("preset", "breadboard-rgb"))
+        if preset is None:
+            return data  # the Literal check reports the unknown name
+        return {**preset, **data}
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, value: dict[str, PatternConfig]) -> dict[str, PatternConfig]:
+        for mode in value:
+            if mode not in LED_MODES:
+                raise ValueError(f"unknown state {mode!r} (one of {', '.join(LED_MODES)})")
+        return {**DEFAULT_PATTERNS, **value}
 
     @model_validator(mode="after")
-    def _pins(self) -> GPIOConfig:
-        pins = [*(self.status_led or ()), *([self.button] if self.button is not None else [])]
-        for pin in pins:
-            if not 0 <= pin <= 27:
-                raise ValueError(f"GPIO pin {pin} is outside 0..27")
-        if len(set(pins)) != len(pins):
-            raise ValueError(f"a GPIO pin is used twice: {pins}")
+    def _pins(self) -> HardwareConfig:
+        claims = pin_claims(self)
+        owner: dict[int, str] = {}
+        shared: dict[int, str] = {}
+        for pin, field, is_bus in claims:
+            if is_bus:
+                # Several SPI devices share clock/data lines; they must not collide with a plain GPIO.
+                if pin in owner:
+                    raise ValueError(f"{field}: GPIO{pin} is used twice (also by {owner[pin]})")
+                shared.setdefault(pin, field)
+                continue
+            if pin in owner or pin in shared:
+                raise ValueError(f"{field}: GPIO{pin} is used twice (also by {owner.get(pin) or shared[pin]})")
+            owner[pin] = field
         return self
+
+
+def describe(config: HardwareConfig) -> str:
+    """One line saying what the body is, for ``appliance check-config``."""
+    leds = (
+        ", ".join(
+            f"{led.kind}x{led.count}@SPI{led.spi_port}.{led.spi_device}"
+            if led.kind == "apa102"
+            else f"{led.kind}@{'/'.join(str(p) for p in led.pins)}"
+            for led in config.leds
+        )
+        or "none"
+    )
+    buttons = ", ".join(f"GPIO{b.pin}({b.press}/{b.hold}/{b.double_press})" for b in config.buttons) or "none"
+    d = config.display
+    display = d.driver if d.driver in ("auto", "none") else f"{d.driver} {d.size[0]}x{d.size[1]} {d.resolved_interface}"
+    osc = f"{config.osc.host}:{config.osc.port}" if config.osc.enabled else "off"
+    return (
+        f"preset={config.preset} pins={config.pin_factory} leds=[{leds}] buttons=[{buttons}] "
+        f"display={display} osc={osc}"
+    )
+
+
+def _from_skeleton_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """The walking skeleton's ``[gpio]`` keys (status_led, button, button_pull_up, colours) as body parts."""
+    legacy = {"status_led", "button", "button_pull_up", "colours"}
+    if not legacy & data.keys():
+        return data
+    data = dict(data)
+    if "status_led" in data:
+        pins = data.pop("status_led")
+        data["leds"] = [] if pins is None else [{"kind": "rgb", "pins": pins}]
+    pull_up = data.pop("button_pull_up", True)
+    if "button" in data:
+        pin = data.pop("button")
+        data["buttons"] = [] if pin is None else [{"pin": pin, "pull_up": pull_up}]
+    colours = data.pop("colours", None)
+    if isinstance(colours, dict):
+        patterns = dict(data.get("patterns") or {})
+        for state, colour in colours.items():
+            base = DEFAULT_PATTERNS.get(state)
+            pattern = base.pattern if base is not None else "solid"
+            if colour in ("#000000", "#000"):
+                pattern = "off"
+            elif pattern == "off":
+                pattern = "solid"
+            patterns[state] = {"pattern": pattern, "colour": colour}
+        data["patterns"] = patterns
+    return data
+
+
+def pin_claims(config: HardwareConfig) -> list[tuple[int, str, bool]]:
+    """Every pin the body uses: (pin, the field that uses it, whether it is a shareable bus line)."""
+    claims: list[tuple[int, str, bool]] = []
+    for pin in config.reserved_pins:
+        claims.append((pin, f"reserved_pins (preset {config.preset})", False))
+    spi_selects: set[tuple[int, int]] = set()
+
+    def spi(port: int, device: int, field: str) -> None:
+        for pin in SPI_BUS_PINS[port]:  # MISO too: the kernel's SPI driver (and gpiozero) take all three
+            claims.append((pin, field, True))
+        if (port, device) in spi_selects:
+            raise ValueError(f"{field}: SPI{port} chip select {device} is already used")
+        spi_selects.add((port, device))
+        claims.append((SPI_SELECT_PINS[port][device], f"{field} (chip select)", False))
+
+    for i, led in enumerate(config.leds):
+        for j, pin in enumerate(led.pins):
+            claims.append((pin, f"leds.{i}.pins.{j}", False))
+        if led.kind == "apa102":
+            spi(led.spi_port, led.spi_device, f"leds.{i} (apa102 on SPI{led.spi_port})")
+    for i, button in enumerate(config.buttons):
+        claims.append((button.pin, f"buttons.{i}.pin", False))
+    display = config.display
+    if display.driver not in ("auto", "none", "dummy"):
+        if display.resolved_interface == "i2c":
+            for pin in I2C_PINS[display.i2c_port]:
+                claims.append((pin, f"display (I2C{display.i2c_port})", True))
+        else:
+            spi(display.spi_port, display.spi_device, f"display (SPI{display.spi_port})")
+            for name in ("dc_pin", "reset_pin", "backlight_pin"):
+                pin = getattr(display, name)
+                if pin is not None and (name != "backlight_pin" or display.driver in ("st7735", "st7789")):
+                    claims.append((pin, f"display.{name}", False))
+    return claims
+
+
+# The skeleton called this section ``[gpio]`` / GPIOConfig; both names keep working.
+GPIOConfig = HardwareConfig

@@ -1,0 +1,218 @@
+"""``appliance status | mute | unmute | volume | listen | face | animation | perform | ask | cancel |
+histories | config | events | metrics``: the control API from the terminal.
+
+Output is short human text by default and the API's JSON with ``--json``. Exit codes: 0 done, 1 the
+API said no (or is not running), 2 bad arguments or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from appliance.control.client import ApiError, ControlClient, NotRunning, parse_assignments
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+COMMANDS = {
+    "status", "health", "mute", "unmute", "volume", "listen", "face", "animation", "perform", "ask", "cancel",
+    "histories", "config", "events", "metrics",
+}
+
+
+def add_commands(sub: Any, add_api_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        add_api_options(parser)
+        parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+        return parser
+
+    command("status", "what the running appliance is doing")
+    command("health", "is the appliance up (exit 0) or not (exit 1)")
+    command("mute", "stop listening (the robot still speaks when asked)")
+    command("unmute", "listen again")
+    volume = command("volume", "set the output gain now (0.0-2.0)")
+    volume.add_argument("volume", type=float)
+    listen = command("listen", "open the microphone for one utterance, or end it")
+    listen.add_argument("action", choices=["start", "stop", "status"], nargs="?", default="start")
+    for name in ("face", "animation"):
+        p = command(name, f"show a {name}")
+        p.add_argument("name")
+        p.add_argument("--duration", type=float, help="seconds")
+    perform = command("perform", "face + animation + line in one")
+    perform.add_argument("text", nargs="?")
+    perform.add_argument("--face")
+    perform.add_argument("--animation")
+    perform.add_argument("--interrupt", action="store_true")
+    ask = command("ask", "say something to the robot as text and print its reply as it speaks")
+    ask.add_argument("text")
+    command("cancel", "stop the running turn (barge-in)")
+    histories = command("histories", "list conversations, show one, or delete one")
+    histories.add_argument("id", nargs="?")
+    histories.add_argument("--delete", action="store_true")
+    config = command("config", "show the running configuration, or change settings: config set a.b=1 ...")
+    config.add_argument("action", choices=["show", "set"], nargs="?", default="show")
+    config.add_argument("assignments", nargs="*", help="section.key=value (JSON values; null = default)")
+    command("events", "print events as they happen (Ctrl+C to stop)")
+    command("metrics", "print the Prometheus metrics")
+
+
+def _client(config: Any, args: argparse.Namespace) -> ControlClient:
+    return ControlClient.from_config(config.control, getattr(args, "url", None), getattr(args, "token", None))
+
+
+def say_through_api(config: Any, args: argparse.Namespace) -> int | None:
+    """Speak through the running appliance; None means none is running and the caller speaks locally."""
+    try:
+        client = _client(config, args)
+    except Exception as exc:  # a broken token file
+        print(f"control API: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with client:
+        if not args.api and not client.running():
+            print(f"(no appliance at {client.url}; speaking locally)", file=sys.stderr)
+            return None
+        body = {"text": args.text, "interrupt": args.interrupt, "face": args.face, "animation": args.animation}
+        try:
+            result = client.request("POST", "/say", {k: v for k, v in body.items() if v not in (None, False)})
+        except ApiError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAILED
+    where = "now" if result["position"] == 0 else f"queued #{result['position']}"
+    print(f"saying ({where}), id {result['id']}")
+    return EXIT_OK
+
+
+def run_command(command: str, config: Any, args: argparse.Namespace) -> int:
+    try:
+        client = _client(config, args)
+    except Exception as exc:
+        print(f"control API: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with client:
+            return _dispatch(command, client, args)
+    except NotRunning as exc:
+        print(f"{exc}\n(is `appliance run` going? is [control] enabled?)", file=sys.stderr)
+        return EXIT_FAILED
+    except ApiError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    as_json = getattr(args, "json", False)
+
+    def show(result: Any, text: Callable[[Any], str]) -> int:
+        print(json.dumps(result, indent=2, ensure_ascii=False) if as_json else text(result))
+        return EXIT_OK
+
+    if command == "status":
+        return show(client.request("GET", "/status"), _status_text)
+    if command == "health":
+        return show(client.request("GET", "/health"), lambda r: f"{r['status']} (up {r['uptime']:.0f} s)")
+    if command in ("mute", "unmute"):
+        return show(client.request("POST", f"/{command}"), lambda r: "muted" if r["muted"] else "listening")
+    if command == "volume":
+        return show(client.request("POST", "/volume", {"volume": args.volume}), lambda r: f"volume {r['volume']}")
+    if command == "listen":
+        method = "GET" if args.action == "status" else "POST"
+        return show(client.request(method, f"/listener/{args.action}"),
+                    lambda r: f"{r['state']} (mode {r['mode']}{', muted' if r['muted'] else ''})")
+    if command in ("face", "animation"):
+        body = {"name": args.name, **({"duration": args.duration} if args.duration else {})}
+        return show(client.request("POST", f"/{command}", body), lambda r: f"{command}: {r['name']}")
+    if command == "perform":
+        body = {"text": args.text, "face": args.face, "animation": args.animation, "interrupt": args.interrupt}
+        return show(client.request("POST", "/perform", {k: v for k, v in body.items() if v not in (None, False)}),
+                    lambda r: "performing")
+    if command == "cancel":
+        return show(client.request("POST", "/turn/cancel"),
+                    lambda r: "cancelled" if r["cancelled"] else "nothing was running")
+    if command == "histories":
+        if args.id and args.delete:
+            client.request("DELETE", f"/histories/{args.id}")
+            print(f"deleted {args.id}")
+            return EXIT_OK
+        if args.id:
+            return show(client.request("GET", f"/histories/{args.id}"), _history_text)
+        return show(client.request("GET", "/histories"), _histories_text)
+    if command == "config":
+        if args.action == "set":
+            if not args.assignments:
+                raise ValueError("config set needs section.key=value arguments")
+            result = client.request("PATCH", "/config", parse_assignments(args.assignments))
+            return show(result, _patched_text)
+        return show(client.request("GET", "/config"), lambda r: json.dumps(r, indent=2))
+    if command == "metrics":
+        print(client.request("GET", "/metrics"), end="")
+        return EXIT_OK
+    if command == "events":
+        for kind, data in client.stream("GET", "/events"):
+            print(json.dumps({"event": kind, **data}) if as_json else f"{kind}: {data}", flush=True)
+        return EXIT_OK
+    if command == "ask":
+        for kind, data in client.stream("POST", "/conversation", {"text": args.text}):
+            if as_json:
+                print(json.dumps({"event": kind, **(data if isinstance(data, dict) else {"data": data})}), flush=True)
+            elif kind == "chunk":
+                print(data["voice_text"], flush=True)
+            elif kind == "finished":
+                timings = data.get("timings") or {}
+                print(f"({data['outcome']}, first audio {timings.get('first_audio')} s)", file=sys.stderr)
+                return EXIT_OK if data["outcome"] == "done" else EXIT_FAILED
+            elif kind in ("overflow", "error"):
+                print(f"{kind}: {data}", file=sys.stderr)
+                return EXIT_FAILED
+        return EXIT_OK
+    raise ValueError(f"unknown command {command}")
+
+
+def _patched_text(r: dict[str, Any]) -> str:
+    text = "changed; restarted: " + (", ".join(r["restarted"]) or "nothing")
+    if r["restart_required"]:
+        text += f"; applies after a restart: {', '.join(r['restart_required'])}"
+    return text
+
+
+def _status_text(r: dict[str, Any]) -> str:
+    lines = [
+        f"state {r['state']}{' (muted)' if r['muted'] else ''}, mode {r['mode']}, face {r['face']}, "
+        f"brain {r['brain']['name']}, up {r['uptime']:.0f} s, version {r['version']}",
+        f"audio in {r['audio']['input']} out {r['audio']['output']} volume {r['audio']['volume']}",
+    ]
+    for s in r["subsystems"]:
+        extra = f" restarts={s['restarts']}" if s["restarts"] else ""
+        extra += f" error={s['last_error']}" if s["last_error"] and s["status"] != "running" else ""
+        lines.append(f"  {s['name']:14} {s['status']}{extra}")
+    last = r.get("last_turn")
+    if last:
+        t = last["timings"]
+        lines.append(f"last turn {last['outcome']}: first audio {t['first_audio']} s, finished {t['finished']} s")
+    return "\n".join(lines)
+
+
+def _histories_text(r: dict[str, Any]) -> str:
+    if not r["histories"]:
+        return "no conversations stored"
+    return "\n".join(
+        f"{h['id']}  {h['turns']:3} turns{' (current)' if h['current'] else ''}  {h['preview']}" for h in r["histories"]
+    )
+
+
+def _history_text(r: dict[str, Any]) -> str:
+    lines = [f"conversation {r['id']}{' (current)' if r['current'] else ''}"]
+    for t in r["turns"]:
+        if t.get("heard"):
+            lines.append(f"  user:  {t['heard']}")
+        if t.get("spoken"):
+            lines.append(f"  robot: {t['spoken']}  [{t['outcome']}]")
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""What the routes work on: the running appliance, seen through its bus, supervisor and services.
+
+Routes read state here and act by publishing events (mute, face, listen, ...) or calling the conversation
+service; nothing here reaches into another subsystem's internals beyond its public attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from appliance.bus import EventBus
+from appliance.config import AppConfig
+from appliance.control.config import ControlConfig
+from appliance.control.histories import HistoryStore
+from appliance.control.metrics import Metrics
+from appliance.control.restart import Restartable
+from appliance.control.speaker import Speaker
+from appliance.control.sse import Slots
+from appliance.events import FaceChanged, MuteRequested, State, StateChanged, TurnFinished
+
+if TYPE_CHECKING:
+    from appliance.app import Appliance
+
+log = logging.getLogger(__name__)
+
+_BRAIN_FIELDS = {"brain", "system_prompt", "system_prompt_params", "offline_message"}
+_INPUT_FIELDS = {"input", "input_device", "input_file", "simulated_speech_after", "simulated_repeat"}
+_OUTPUT_FIELDS = {"output", "output_device", "output_file"}
+
+
+@dataclass
+class ApplyResult:
+    applied: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    restart_required: list[str] = field(default_factory=list)
+
+
+class ControlContext:
+    def __init__(
+        self,
+        appliance: Appliance,
+        store: HistoryStore,
+        metrics: Metrics,
+        speaker: Speaker,
+        restartables: dict[str, Restartable],
+        token: str | None,
+        config_path: Path | None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.appliance = appliance
+        self.bus: EventBus = appliance.bus
+        self.store = store
+        self.metrics = metrics
+        self.speaker = speaker
+        self.restartables = restartables
+        self.token = token
+        self.config_path = config_path
+        self.environ = os.environ if environ is None else environ
+        # The [control] settings in force: taken when the API starts, so a PATCH of them (reported as
+        # "restart required") does not half-apply to a running server.
+        self.limits: ControlConfig = appliance.config.control
+        self.slots = Slots(self.limits.max_sse_clients)
+        self.config_lock = trio.Lock()
+
+    # --- reading ---------------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> AppConfig:
+        return self.appliance.config
+
+    def uptime(self) -> float:
+        started = self.appliance.supervisor.started_at
+        return 0.0 if started is None else max(0.0, trio.current_time() - started)
+
+    def state(self) -> State:
+        return self.appliance.state.state
+
+    def muted(self) -> bool:
+        latest = self.bus.latest(MuteRequested)
+        if latest is not None:
+            return latest.muted
+        return self.state() is State.MUTED
+
+    def face(self) -> str:
+        latest = self.bus.latest(FaceChanged)
+        return latest.name if latest is not None else getattr(self.appliance.faces, "current", "neutral")
+
+    def last_turn(self) -> TurnFinished | None:
+        return self.bus.latest(TurnFinished)
+
+    def last_state_change(self) -> StateChanged | None:
+        return self.bus.latest(StateChanged)
+
+    def service_running(self, name: str) -> bool:
+        record = self.appliance.supervisor.records.get(name)
+        return record is not None and record.status == "running"
+
+    # --- changing the configuration ------------------------------------------------------------------------
+
+    async def apply(self, old: AppConfig, new: AppConfig, changes: dict[str, set[str]]) -> ApplyResult:
+        """Bring the running appliance in line with ``new``, restarting only what the change touches."""
+        result = ApplyResult()
+        app = self.appliance
+        app.config = new
+        restart: list[str] = []
+        rebuild_brain = False
+        for section, fields in changes.items():
+            if section == "log":
+                logging.getLogger().setLevel(new.log.level)
+                result.applied.append("log")
+            elif section == "supervisor":
+                app.supervisor.config = new.supervisor
+                result.applied.append("supervisor")
+            elif section == "listening":
+                app.listening.config = new.listening
+                restart.append("listening")
+            elif section in ("hardware", "gpio"):
+                # The body's parts are built from the whole section (presets, shared pin checks): a
+                # change applies at the next start rather than being half-applied now.
+                result.restart_required.append("hardware")
+            elif section == "audio":
+                self._apply_audio(new, fields, result, restart)
+            elif section == "conversation":
+                conv = new.conversation
+                app.conversation.history.limit = conv.history_limit
+                app.conversation.history.idle_timeout = conv.idle_timeout
+                app.conversation.error_message = conv.error_message
+                app.state.error_display = conv.error_display
+                result.applied.append("conversation")
+                rebuild_brain |= bool(fields & _BRAIN_FIELDS)
+            elif section in ("stt", "llm", "tts"):
+                rebuild_brain = True
+            elif section in self.restartables and hasattr(self.restartables[section].inner, "config"):
+                self.restartables[section].inner.config = getattr(new, section)  # type: ignore[attr-defined]
+                restart.append(section)
+            else:
+                result.restart_required.append(section)
+        if rebuild_brain:
+            await self._rebuild_brain(new)
+            result.restarted.append("brain")
+        for name in dict.fromkeys(restart):
+            service = self.restartables.get(name)
+            if service is None:
+                result.restart_required.append(name)
+                continue
+            await service.restart()
+            result.restarted.append(name)
+        return result
+
+    def _apply_audio(self, new: AppConfig, fields: set[str], result: ApplyResult, restart: list[str]) -> None:
+        from appliance.app import make_sink, make_source
+
+        app = self.appliance
+        if "volume" in fields and hasattr(app.sink, "volume"):
+            app.sink.volume = new.audio.volume  # type: ignore[attr-defined]
+            result.applied.append("audio.volume")
+        if fields & _INPUT_FIELDS and "capture" in self.restartables:
+            source = make_source(new)
+            app.source = source
+            self.restartables["capture"].inner.source = source  # type: ignore[attr-defined]
+            restart.append("capture")
+        if fields & _OUTPUT_FIELDS:
+            sink = make_sink(new)
+            app.sink = sink
+            app.conversation.sink = sink
+            restart.append("conversation")
+        if "block_ms" in fields:
+            result.restart_required.append("audio.block_ms")
+
+    async def _rebuild_brain(self, new: AppConfig) -> None:
+        from appliance.app import DeferredBrain, choose_brain_kind, cloud_brain_factory
+        from appliance.brains.cloud import OfflineBrain
+
+        app = self.appliance
+        old = app.brain
+        voice = app.conversation.error_voice
+        if choose_brain_kind(new) == "cloud":
+            # The same tool registry: tools added at runtime and MCP tools survive the rebuild.
+            brain: Any = DeferredBrain("cloud", cloud_brain_factory(new, voice, app.tools))  # type: ignore[arg-type]
+        else:
+            from appliance.conversation.local_voice import LocalVoice
+
+            brain = OfflineBrain(new.conversation.offline_message, voice or LocalVoice())
+        app.brain = brain
+        app.conversation.brain = brain
+        log.info("brain rebuilt for new configuration: %s", brain.name)
+        with trio.move_on_after(new.supervisor.stop_timeout):
+            try:
+                await old.aclose()
+            except Exception:
+                log.debug("closing the old brain failed", exc_info=True)

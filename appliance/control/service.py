@@ -1,0 +1,103 @@
+"""The control API as a supervised subsystem.
+
+``run`` binds the port before it reports ready (``nursery.start`` on hypercorn's Trio ``serve``), so the
+supervisor's READY means the API answers. The history recorder, metrics and the say queue run beside the
+server in the same nursery; cancelling the service (shutdown) closes every open stream at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from appliance.config import ConfigError
+from appliance.control.auth import ControlSetupError, check_bind, resolve_token
+from appliance.control.context import ControlContext
+from appliance.control.files import default_state_dir
+from appliance.control.histories import HistoryStore
+from appliance.control.metrics import Metrics
+from appliance.control.restart import make_restartable
+from appliance.control.speaker import Speaker
+
+if TYPE_CHECKING:
+    from appliance.app import Appliance
+
+log = logging.getLogger(__name__)
+
+
+class ControlService:
+    name = "control"
+
+    def __init__(self, context: ControlContext) -> None:
+        self.ctx = context
+        self.urls: list[str] = []
+        self.port: int | None = None
+        self.bound = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        from appliance.control.api import Guard, create_app
+
+        ctx = self.ctx
+        cfg = ctx.limits = ctx.appliance.config.control
+        ctx.slots.limit = cfg.max_sse_clients
+        ctx.token = resolve_token(cfg, ctx.environ)  # a token file may have changed since the last start
+        check_bind(cfg, ctx.token)
+        conv_history = ctx.appliance.conversation.history
+        api = create_app(ctx)
+        # Building the schema takes tens of milliseconds of pure Python: do it once, off the event loop,
+        # instead of on the first /openapi.json request in the middle of someone's sentence.
+        await trio.to_thread.run_sync(api.openapi)
+        app = Guard(api, cfg.max_body_bytes)
+        hyper = Config()
+        host = f"[{cfg.host}]" if ":" in cfg.host and not cfg.host.startswith("[") else cfg.host
+        hyper.bind = [f"{host}:{cfg.port}"]
+        hyper.accesslog = None
+        server_log = logging.getLogger("appliance.control.server")
+        server_log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # its "Running on" repeats ours
+        hyper.errorlog = server_log
+        hyper.graceful_timeout = 0.5
+        hyper.include_server_header = False
+        hyper.keep_alive_timeout = 30
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(ctx.store.record, ctx.bus, lambda: conv_history.conversation_id))
+            await nursery.start(partial(ctx.metrics.follow, ctx.bus))
+            await nursery.start(ctx.speaker.run)
+            urls: list[str] = await nursery.start(partial(serve, app, hyper))  # type: ignore[arg-type]
+            self.urls = urls
+            self.port = int(urls[0].rsplit(":", 1)[1]) if urls else None
+            self.bound.set()
+            log.info("control API on %s%s", ", ".join(urls), "" if ctx.token else " (no token: loopback only)")
+            task_status.started(urls)
+
+
+def add_control(
+    appliance: Appliance, config_path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> ControlService | None:
+    """Register the control API with the appliance's supervisor (when enabled); checks the bind first."""
+    config = appliance.config.control
+    if not config.enabled:
+        return None
+    try:
+        token = resolve_token(config, environ)
+        check_bind(config, token)
+    except ControlSetupError as exc:
+        raise ConfigError("control", [str(exc)]) from None
+    restartables = make_restartable(appliance.supervisor)
+    state_dir = config.state_dir or default_state_dir(environ)
+    store = HistoryStore(state_dir / "histories", config.max_histories)
+    speaker = Speaker(appliance.conversation, appliance.bus, config.max_queued_says)
+    ctx = ControlContext(appliance, store, Metrics(), speaker, restartables, token, config_path, environ)
+    service = ControlService(ctx)
+    appliance.supervisor.add(service, required=False)
+    appliance.control = service
+    return service
+
+

@@ -1,0 +1,142 @@
+"""Parts of the control API on their own: event streams with stuck clients, the history store, restarts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+
+from appliance.bus import EventBus
+from appliance.control.histories import HistoryStore
+from appliance.control.restart import Restartable
+from appliance.control.sse import EventStream, Slots, format_event
+from appliance.events import Heard, ServiceStatus, TurnFinished, TurnStarted, TurnTimings
+
+
+async def test_a_stuck_client_is_dropped_and_its_slot_freed(autojump_clock):
+    slots = Slots(1)
+    assert slots.take() and not slots.take()
+    produced = 0
+
+    async def producer(out: trio.MemorySendChannel[tuple[str, Any]]) -> None:
+        nonlocal produced
+        for i in range(10_000):
+            try:
+                out.send_nowait(("tick", {"i": i}))
+                produced += 1
+            except trio.WouldBlock:
+                return  # what the real producers do: a full buffer ends the stream
+            await trio.sleep(0.001)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) > 3:
+            await trio.sleep_forever()  # the client stopped reading
+
+    async def receive() -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    stream = EventStream(producer, slots, buffer=16, heartbeat=15)
+    with trio.fail_after(60):  # virtual time: the write deadline (5 s) must end it
+        await stream({"type": "http"}, receive, send)
+    assert slots.open == 0 and slots.take()
+    assert produced < 10_000
+
+
+async def test_a_vanished_client_ends_the_stream(autojump_clock):
+    slots = Slots(2)
+    slots.take()
+    disconnect = trio.Event()
+
+    async def producer(out: trio.MemorySendChannel[tuple[str, Any]]) -> None:
+        await trio.sleep_forever()
+
+    async def receive() -> dict[str, Any]:
+        await disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(EventStream(producer, slots, heartbeat=1.0), {"type": "http"}, receive, send)
+        await trio.sleep(3.5)
+        disconnect.set()
+    assert slots.open == 0
+    assert sum(1 for m in sent if m.get("body") == b": keep-alive\n\n") == 3
+    assert sent[-1]["type"] == "http.response.body" and sent[-1].get("more_body")  # no final write to a gone peer
+
+
+def test_sse_format_escapes_newlines():
+    text = format_event("chunk", {"text": "two\nlines"}, 7).decode()
+    assert text.startswith("id: 7\nevent: chunk\ndata: ")
+    assert text.endswith("\n\n") and text.count("\n") == 4
+    assert json.loads(text.split("data: ", 1)[1]) == {"text": "two\nlines"}
+
+
+async def test_history_store_records_and_reloads(tmp_path):
+    bus = EventBus()
+    store = HistoryStore(tmp_path / "h", limit=2)
+    current = {"id": "conv1"}
+
+    def conversation_id() -> str:
+        return current["id"]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.record, bus, conversation_id)
+        for n, conversation in enumerate(["conv1", "conv1", "conv2", "conv3"]):
+            bus.publish(TurnStarted(f"t{n}", "offline"))
+            bus.publish(Heard(f"t{n}", f"question {n}"))
+            bus.publish(TurnFinished(f"t{n}", "done", f"answer {n}", timings=TurnTimings(0.1, 0.2, 0.3, 0.4)))
+            current["id"] = conversation
+            bus.publish(TurnFinished("empty", "empty"))  # nothing heard or said: not stored
+            with trio.fail_after(5):  # events are handled in order: wait until this turn is on disk
+                while store.get(conversation) is None or store.get(conversation)["turns"][-1]["turn_id"] != f"t{n}":
+                    await trio.sleep(0.01)
+        with trio.fail_after(5):  # the last write and the pruning it triggers run in worker threads
+            while (tmp_path / "h" / "conv1.json").exists() or not (tmp_path / "h" / "conv3.json").exists():
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    ids_kept = sorted(row["id"] for row in store.summaries())
+    assert ids_kept == ["conv2", "conv3"]  # limit 2: the oldest conversation went, file and all
+    assert not (tmp_path / "h" / "conv1.json").exists()
+    (tmp_path / "h" / "broken.json").write_text("{not json")
+    again = HistoryStore(tmp_path / "h")
+    await again.load()
+    assert sorted(row["id"] for row in again.summaries()) == ["conv2", "conv3"]
+    turn = again.get("conv3")["turns"][0]  # type: ignore[index]
+    assert turn["heard"] == "question 3" and turn["brain"] == "offline" and turn["timings"]["first_audio"] == 0.3
+
+
+class Counter:
+    name = "counter"
+
+    def __init__(self) -> None:
+        self.starts = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.starts += 1
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def test_restartable_restarts_in_place(autojump_clock):
+    bus = EventBus()
+    inner = Counter()
+    wrapped = Restartable(inner, bus)
+    with bus.subscribe(ServiceStatus, name="test") as sub:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wrapped.run)
+            assert inner.starts == 1
+            await wrapped.restart()
+            assert inner.starts == 2 and wrapped.reconfigured == 1
+            assert wrapped.starts == 2  # attributes of the wrapped service show through
+            nursery.cancel_scope.cancel()
+        statuses = [sub.receive.receive_nowait().status for _ in range(2)]
+    assert statuses == ["restarting", "running"]
