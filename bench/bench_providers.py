@@ -45,15 +45,17 @@ def _config(url: str, llm: str, tts: str) -> Any:
         tts_cfg["base_url"] = url
         if tts == "azure":
             tts_cfg["region"] = "x"
-    return AppConfig.model_validate({
-        "stt": {"base_url": f"{url}/v1", "api_key": KEY},
-        "llm": llm_cfg,
-        "tts": tts_cfg,
-        "conversation": {"brain": "cloud"},
-        "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": None},
-        "gpio": {"pin_factory": "mock"},
-        "log": {"status_line": "off", "level": "WARNING"},
-    })
+    return AppConfig.model_validate(
+        {
+            "stt": {"base_url": f"{url}/v1", "api_key": KEY},
+            "llm": llm_cfg,
+            "tts": tts_cfg,
+            "conversation": {"brain": "cloud"},
+            "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": None},
+            "gpio": {"pin_factory": "mock"},
+            "log": {"status_line": "off", "level": "WARNING"},
+        }
+    )
 
 
 async def _pair(url: str, client: httpx.AsyncClient, llm: str, tts: str) -> tuple[list[float], list[float]]:
@@ -81,25 +83,55 @@ async def _pair(url: str, client: httpx.AsyncClient, llm: str, tts: str) -> tupl
 def _llm_request(url: str, llm: str) -> tuple[str, dict[str, Any], dict[str, str]]:
     messages = [{"role": "user", "content": "What time is it?"}]
     if llm == "openai":
-        return f"{url}/v1/chat/completions", {"model": "m", "messages": messages, "stream": True}, {"authorization": f"Bearer {KEY}"}
+        return (
+            f"{url}/v1/chat/completions",
+            {"model": "m", "messages": messages, "stream": True},
+            {"authorization": f"Bearer {KEY}"},
+        )
     if llm == "anthropic":
-        return f"{url}/v1/messages", {"model": "m", "max_tokens": 100, "messages": messages, "stream": True}, {"x-api-key": KEY}
+        return (
+            f"{url}/v1/messages",
+            {"model": "m", "max_tokens": 100, "messages": messages, "stream": True},
+            {"x-api-key": KEY},
+        )
     if llm == "gemini":
-        return (f"{url}/v1beta/models/m:streamGenerateContent?alt=sse",
-                {"contents": [{"role": "user", "parts": [{"text": "What time is it?"}]}]}, {"x-goog-api-key": KEY})
-    return (f"{url}/v1/chat-messages", {"query": "What time is it?", "inputs": {}, "user": "u",
-                                         "response_mode": "streaming"}, {"authorization": f"Bearer {KEY}"})
+        return (
+            f"{url}/v1beta/models/m:streamGenerateContent?alt=sse",
+            {"contents": [{"role": "user", "parts": [{"text": "What time is it?"}]}]},
+            {"x-goog-api-key": KEY},
+        )
+    return (
+        f"{url}/v1/chat-messages",
+        {"query": "What time is it?", "inputs": {}, "user": "u", "response_mode": "streaming"},
+        {"authorization": f"Bearer {KEY}"},
+    )
 
 
 def _tts_request(url: str, tts: str, text: str) -> dict[str, Any]:
     if tts == "openai":
-        return {"method": "POST", "url": f"{url}/v1/audio/speech", "json": {"model": "m", "voice": "alloy", "input": text, "response_format": "pcm"}}
+        return {
+            "method": "POST",
+            "url": f"{url}/v1/audio/speech",
+            "json": {"model": "m", "voice": "alloy", "input": text, "response_format": "pcm"},
+        }
     if tts == "azure":
-        return {"method": "POST", "url": f"{url}/cognitiveservices/v1", "headers": {"ocp-apim-subscription-key": KEY},
-                "content": f"<speak version='1.0'><voice name='v'>{text}</voice></speak>".encode()}
+        return {
+            "method": "POST",
+            "url": f"{url}/cognitiveservices/v1",
+            "headers": {"ocp-apim-subscription-key": KEY},
+            "content": f"<speak version='1.0'><voice name='v'>{text}</voice></speak>".encode(),
+        }
     if tts == "google":
-        return {"method": "POST", "url": f"{url}/v1/text:synthesize", "headers": {"x-goog-api-key": KEY},
-                "json": {"input": {"text": text}, "voice": {"languageCode": "en-US"}, "audioConfig": {"audioEncoding": "LINEAR16"}}}
+        return {
+            "method": "POST",
+            "url": f"{url}/v1/text:synthesize",
+            "headers": {"x-goog-api-key": KEY},
+            "json": {
+                "input": {"text": text},
+                "voice": {"languageCode": "en-US"},
+                "audioConfig": {"audioEncoding": "LINEAR16"},
+            },
+        }
     return {"method": "POST", "url": f"{url}/tts", "json": {"text": text}}
 
 
@@ -139,19 +171,43 @@ async def _measure(url: str) -> list[Figure]:
                 # Best of N on both sides: on a shared machine the other processes only ever add time, so the
                 # fastest run of each is the closest to what the code itself costs. Signed: below 0 is noise.
                 share_ms = (min(turns) - min(bare)) * 1000
-                figures.append(Figure(f"time to first audio {llm}+{tts}", median(turns) * 1000, "ms",
-                                      note=f"fixed latencies {LLM_LATENCY*1000:g}+{TTS_LATENCY*1000:g} ms"))
+                figures.append(
+                    Figure(
+                        f"time to first audio {llm}+{tts}",
+                        median(turns) * 1000,
+                        "ms",
+                        note=f"fixed latencies {LLM_LATENCY * 1000:g}+{TTS_LATENCY * 1000:g} ms",
+                    )
+                )
                 paired = median([t - b for t, b in zip(turns, bare, strict=True)]) * 1000
-                figures.append(Figure(f"firmware share {llm}+{tts}", share_ms, "ms", "<= 15",
-                                      note=f"best bare {min(bare)*1000:.0f} ms; median paired diff {paired:.1f} ms"))
+                figures.append(
+                    Figure(
+                        f"firmware share {llm}+{tts}",
+                        share_ms,
+                        "ms",
+                        "<= 15",
+                        note=f"best bare {min(bare) * 1000:.0f} ms; median paired diff {paired:.1f} ms",
+                    )
+                )
     return figures
 
 
 def main() -> list[Figure]:
     fake = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.providers", "--llm-latency", str(LLM_LATENCY),
-         "--tts-latency", str(TTS_LATENCY), "--token-delay", str(TOKEN_DELAY)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.providers",
+            "--llm-latency",
+            str(LLM_LATENCY),
+            "--tts-latency",
+            str(TTS_LATENCY),
+            "--token-delay",
+            str(TOKEN_DELAY),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert fake.stdout is not None

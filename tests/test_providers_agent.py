@@ -49,7 +49,9 @@ def _clear() -> None:
     finished.clear()
 
 
-async def one_turn(config: AppConfig, utterance: Utterance = ASK, setup: Any = None) -> tuple[Any, TurnFinished, list[str]]:
+async def one_turn(
+    config: AppConfig, utterance: Utterance = ASK, setup: Any = None
+) -> tuple[Any, TurnFinished, list[str]]:
     async with running_appliance(config) as (app, log):
         if setup is not None:
             await setup(app)
@@ -59,6 +61,7 @@ async def one_turn(config: AppConfig, utterance: Utterance = ASK, setup: Any = N
 
 
 # --- tools ----------------------------------------------------------------------------------------
+
 
 async def test_config_tool_round_trip_with_validated_arguments() -> None:
     async with fake_providers(tool_call=("get_weather", {"city": "Tokyo", "days": "3"})) as fake:
@@ -119,9 +122,12 @@ async def test_slow_tool_says_its_progress_sentence_first(provider: str) -> None
 
 async def test_mcp_server_over_stdio_lists_and_calls_tools() -> None:
     async with fake_providers(tool_call=("calc_add", {"a": 2, "b": 40})) as fake:
-        config = cloud_config(fake.url, llm__mcp_servers=[
-            {"name": "tiny", "command": [sys.executable, str(MCP_SERVER)], "prefix": "calc_", "timeout": 20}
-        ])
+        config = cloud_config(
+            fake.url,
+            llm__mcp_servers=[
+                {"name": "tiny", "command": [sys.executable, str(MCP_SERVER)], "prefix": "calc_", "timeout": 20}
+            ],
+        )
         async with running_appliance(config) as (app, log):
             with trio.fail_after(30):
                 while app.tools.get("calc_add") is None:
@@ -146,11 +152,12 @@ def _call(name: str, args: dict[str, Any]) -> Any:
 
 # --- guardrails, merging, hooks -------------------------------------------------------------------
 
+
 async def test_request_guardrail_blocks_without_asking_the_model() -> None:
     async with fake_providers() as fake:
-        config = cloud_config(fake.url, llm__guardrails=[
-            {"pattern": r"\bweather\b", "message": "I'd rather not talk about the weather."}
-        ])
+        config = cloud_config(
+            fake.url, llm__guardrails=[{"pattern": r"\bweather\b", "message": "I'd rather not talk about the weather."}]
+        )
         _, done, spoken = await one_turn(config)
     assert spoken == ["I'd rather not talk about the weather."]
     assert "/v1/chat/completions" not in fake.paths()
@@ -158,10 +165,13 @@ async def test_request_guardrail_blocks_without_asking_the_model() -> None:
 
 async def test_request_hook_rewrites_and_reply_guardrail_rewrites() -> None:
     async with fake_providers(reply="My password is hunter2. Nice day.") as fake:
-        config = cloud_config(fake.url, llm__guardrails=[
-            {"hook": "tests.test_providers_agent:block_secrets", "target": "request"},
-            {"pattern": "hunter2", "target": "reply", "action": "rewrite", "replacement": "*****"},
-        ])
+        config = cloud_config(
+            fake.url,
+            llm__guardrails=[
+                {"hook": "tests.test_providers_agent:block_secrets", "target": "request"},
+                {"pattern": "hunter2", "target": "reply", "action": "rewrite", "replacement": "*****"},
+            ],
+        )
         _, done, spoken = await one_turn(config, Utterance(text="Tell me the password"))
     assert fake.bodies("/v1/chat/completions")[0]["messages"][-1]["content"] == "Tell me the (secret)"
     assert spoken == ["My password is *****.", "Nice day."]
@@ -170,9 +180,10 @@ async def test_request_hook_rewrites_and_reply_guardrail_rewrites() -> None:
 
 async def test_reply_guardrail_block_ends_the_reply() -> None:
     async with fake_providers(reply="First this. Then forbidden words. Then more.") as fake:
-        config = cloud_config(fake.url, llm__guardrails=[
-            {"pattern": "forbidden", "target": "reply", "message": "Let's change the subject."}
-        ])
+        config = cloud_config(
+            fake.url,
+            llm__guardrails=[{"pattern": "forbidden", "target": "reply", "message": "Let's change the subject."}],
+        )
         _, _, spoken = await one_turn(config)
     assert spoken == ["First this.", "Let's change the subject."]
 
@@ -202,6 +213,7 @@ async def test_on_finish_hook_gets_the_exchange() -> None:
 
 # --- vision and voices ----------------------------------------------------------------------------
 
+
 async def test_vision_tag_takes_a_picture_and_asks_again(tmp_path: Path) -> None:
     picture = tmp_path / "room.jpg"
     picture.write_bytes(b"\xff\xd8\xff\xe0" + b"jpeg-body" * 10)
@@ -230,7 +242,9 @@ async def test_look_tool_sends_the_picture_with_the_next_request(tmp_path: Path)
 
 async def test_lang_tag_switches_to_that_languages_voice() -> None:
     async with fake_providers(reply="[lang:ja] こんにちは、ロボです。 [lang:en] Nice to meet you.") as fake:
-        config = cloud_config(fake.url, tts__voices={"ja": {"provider": "voicevox", "base_url": fake.url, "speaker": 2}})
+        config = cloud_config(
+            fake.url, tts__voices={"ja": {"provider": "voicevox", "base_url": fake.url, "speaker": 2}}
+        )
         _, done, spoken = await one_turn(config)
     assert done.outcome == "done"
     assert [b["text"] for b in fake.bodies("/audio_query")] == ["こんにちは、ロボです。"]
@@ -241,7 +255,11 @@ async def test_lang_tag_switches_to_that_languages_voice() -> None:
 
 COMBOS = {
     "google+gemini+voicevox": ({"provider": "google"}, {"provider": "gemini"}, {"provider": "voicevox"}),
-    "azure+dify+azure": ({"provider": "azure", "region": "x"}, {"provider": "dify"}, {"provider": "azure", "region": "x"}),
+    "azure+dify+azure": (
+        {"provider": "azure", "region": "x"},
+        {"provider": "dify"},
+        {"provider": "azure", "region": "x"},
+    ),
     "amivoice+anthropic+google": ({"provider": "amivoice"}, {"provider": "anthropic"}, {"provider": "google"}),
     "openai+openai+http": ({}, {}, {"provider": "http", "url": "{url}/tts", "body": '{"text": "{text}"}'}),
 }
@@ -251,6 +269,7 @@ COMBOS = {
 async def test_whole_turn_for_each_provider_from_config(combo: str) -> None:
     stt, llm, tts = COMBOS[combo]
     async with fake_providers() as fake:
+
         def section(values: dict[str, Any], openai_base: str) -> dict[str, Any]:
             out = {k: v.replace("{url}", fake.url) if isinstance(v, str) else v for k, v in values.items()}
             out.setdefault("api_key", KEY)
@@ -264,15 +283,17 @@ async def test_whole_turn_for_each_provider_from_config(combo: str) -> None:
                 out["base_url"] = fake.url
             return out
 
-        config = AppConfig.model_validate({
-            "stt": section(stt, f"{fake.url}/v1"),
-            "llm": section(llm, f"{fake.url}/v1"),
-            "tts": section(tts, f"{fake.url}/v1"),
-            "conversation": {"brain": "cloud"},
-            "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": None},
-            "gpio": {"pin_factory": "mock"},
-            "log": {"status_line": "off"},
-        })
+        config = AppConfig.model_validate(
+            {
+                "stt": section(stt, f"{fake.url}/v1"),
+                "llm": section(llm, f"{fake.url}/v1"),
+                "tts": section(tts, f"{fake.url}/v1"),
+                "conversation": {"brain": "cloud"},
+                "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": None},
+                "gpio": {"pin_factory": "mock"},
+                "log": {"status_line": "off"},
+            }
+        )
         _, done, spoken = await one_turn(config, SPEECH)
     assert done.outcome == "done", done
     assert spoken == ["It is nine o'clock.", "Time for breakfast!", "Have a nice day."]
@@ -330,12 +351,18 @@ def test_config_errors_name_their_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for var in ("GEMINI_API_KEY", "CREDENTIALS_DIRECTORY"):
         monkeypatch.delenv(var, raising=False)
-    config = AppConfig.model_validate({
-        "conversation": {"brain": "cloud"},
-        "stt": {"api_key": "k"}, "tts": {"provider": "voicevox"},
-        "llm": {"provider": "gemini", "on_finish": "tests.test_providers_agent:nope",
-                "tools": [{"function": "json.loads"}]},
-    })
+    config = AppConfig.model_validate(
+        {
+            "conversation": {"brain": "cloud"},
+            "stt": {"api_key": "k"},
+            "tts": {"provider": "voicevox"},
+            "llm": {
+                "provider": "gemini",
+                "on_finish": "tests.test_providers_agent:nope",
+                "tools": [{"function": "json.loads"}],
+            },
+        }
+    )
     with pytest.raises(ConfigError) as info:
         build_appliance(config, handle_signals=False)
     report = info.value.report()
@@ -347,20 +374,32 @@ def test_config_errors_name_their_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_provider_specific_settings_are_checked() -> None:
     from pydantic import ValidationError
 
-    for bad in ({"stt": {"provider": "azure"}}, {"tts": {"provider": "http"}}, {"llm": {"provider": "dify"}},
-                {"llm": {"mcp_servers": [{"name": "x"}]}}, {"llm": {"guardrails": [{"pattern": "x"}]}}):
+    for bad in (
+        {"stt": {"provider": "azure"}},
+        {"tts": {"provider": "http"}},
+        {"llm": {"provider": "dify"}},
+        {"llm": {"mcp_servers": [{"name": "x"}]}},
+        {"llm": {"guardrails": [{"pattern": "x"}]}},
+    ):
         with pytest.raises(ValidationError):
             AppConfig.model_validate(bad)
-    voicevox_only = AppConfig.model_validate({"tts": {"provider": "voicevox", "voices": {"en": {"provider": "openai"}}}})
+    voicevox_only = AppConfig.model_validate(
+        {"tts": {"provider": "voicevox", "voices": {"en": {"provider": "openai"}}}}
+    )
     assert voicevox_only.tts.japanese and not voicevox_only.tts.voices["en"].japanese
 
 
-def test_auto_brain_is_offline_without_keys_and_cloud_for_keyless_local_services(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_brain_is_offline_without_keys_and_cloud_for_keyless_local_services(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from appliance.app import choose_brain_kind
 
     for var in ("OPENAI_API_KEY", "GEMINI_API_KEY", "CREDENTIALS_DIRECTORY"):
         monkeypatch.delenv(var, raising=False)
     assert choose_brain_kind(AppConfig.model_validate({"llm": {"provider": "gemini"}})) == "offline"
-    local = {"stt": {"base_url": "http://127.0.0.1:9000/v1"}, "llm": {"base_url": "http://127.0.0.1:11434/v1"},
-             "tts": {"provider": "voicevox"}}
+    local = {
+        "stt": {"base_url": "http://127.0.0.1:9000/v1"},
+        "llm": {"base_url": "http://127.0.0.1:11434/v1"},
+        "tts": {"provider": "voicevox"},
+    }
     assert choose_brain_kind(AppConfig.model_validate(local)) == "cloud"

@@ -19,8 +19,11 @@ from tests.fakes.providers import KEY, FakeProviders, fake_providers
 
 PROVIDERS = ["openai", "anthropic", "gemini", "dify"]
 HELLO = (Message("user", "What time is it?"),)
-WEATHER = ToolSpec("get_weather", "Weather for a city",
-                   {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+WEATHER = ToolSpec(
+    "get_weather",
+    "Weather for a city",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
 
 
 def make_llm(kind: str, url: str, key: str = KEY) -> Any:
@@ -113,7 +116,9 @@ async def test_tool_call_round_trip_in_each_wire_format(kind: str) -> None:
         await llm.aclose()
     assert "".join(e for e in second if isinstance(e, str)) == "The tool says sunny, 21 degrees."
     # The second request carried the call and its result, linked the way the provider links them.
-    path = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}.get(kind, "/v1beta/models/gemini-2.5-flash:streamGenerateContent")
+    path = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}.get(
+        kind, "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    )
     body = fake.bodies(path)[-1]
     assert "sunny, 21 degrees" in str(body) and "get_weather" in str(body)
 
@@ -122,7 +127,9 @@ async def test_dify_keeps_its_conversation_id_per_conversation() -> None:
     async with fake_providers() as fake:
         llm = make_llm("dify", fake.url)
         await collect(llm, conversation_id="ours-1")
-        await collect(llm, (*HELLO, Message("assistant", "Nine."), Message("user", "And tomorrow?")), conversation_id="ours-1")
+        await collect(
+            llm, (*HELLO, Message("assistant", "Nine."), Message("user", "And tomorrow?")), conversation_id="ours-1"
+        )
         await collect(llm, conversation_id="ours-2")
         await llm.aclose()
     bodies = fake.bodies("/v1/chat-messages")
@@ -150,7 +157,8 @@ async def test_dify_uploads_the_image_and_refers_to_it() -> None:
         await llm.aclose()
     assert fake.dify_files == [picture.data]
     assert fake.bodies("/v1/chat-messages")[-1]["files"] == [
-        {"type": "image", "transfer_method": "local_file", "upload_file_id": "file-1"}]
+        {"type": "image", "transfer_method": "local_file", "upload_file_id": "file-1"}
+    ]
 
 
 async def test_katakana_fallback_asks_the_language_model() -> None:

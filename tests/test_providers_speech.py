@@ -52,25 +52,39 @@ def make_tts(kind: str, url: str, key: str = KEY) -> Any:
         return OpenAISynthesizer("tts-1", "alloy", key, f"{url}/v1", timeout=5)
     if kind in ("voicevox", "aivisspeech"):
         # The local engines have no auth; the hosted AivisSpeech one takes a bearer key.
-        return VoicevoxSynthesizer(url, 3, name=f"{kind}-tts", timeout=5, api_key=key if kind == "aivisspeech" else None)
+        return VoicevoxSynthesizer(
+            url, 3, name=f"{kind}-tts", timeout=5, api_key=key if kind == "aivisspeech" else None
+        )
     if kind == "azure":
         return AzureSynthesizer(key, voice="ja-JP-NanamiNeural", language="ja-JP", base_url=url, timeout=5)
     if kind == "google":
         return GoogleSynthesizer(key, "en-US-Neural2-C", "en-US", url, timeout=5)
-    return HTTPTemplateSynthesizer(f"{url}/tts", headers={"x-api-key": key}, body='{"text": "{text}", "voice": "{voice}"}',
-                                   voice="robo", timeout=5)
+    return HTTPTemplateSynthesizer(
+        f"{url}/tts", headers={"x-api-key": key}, body='{"text": "{text}", "voice": "{voice}"}', voice="robo", timeout=5
+    )
 
 
 def stt_behaviour(fake: FakeProviders, kind: str) -> Any:
-    return fake.stt if kind == "openai" else fake.behaviours[{"google": "google_stt", "azure": "azure_stt"}.get(kind, kind)]
+    return (
+        fake.stt
+        if kind == "openai"
+        else fake.behaviours[{"google": "google_stt", "azure": "azure_stt"}.get(kind, kind)]
+    )
 
 
 def tts_behaviour(fake: FakeProviders, kind: str) -> Any:
-    names = {"voicevox": "voicevox", "aivisspeech": "voicevox", "azure": "azure_tts", "google": "google_tts", "http": "http_tts"}
+    names = {
+        "voicevox": "voicevox",
+        "aivisspeech": "voicevox",
+        "azure": "azure_tts",
+        "google": "google_tts",
+        "http": "http_tts",
+    }
     return fake.tts if kind == "openai" else fake.behaviours[names[kind]]
 
 
 # --- speech to text -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", STT)
 async def test_stt_transcribes(kind: str) -> None:
@@ -149,6 +163,7 @@ def test_hook_paths_are_checked() -> None:
 
 # --- text to speech -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", TTS)
 async def test_tts_synthesizes(kind: str) -> None:
     async with fake_providers() as fake:
@@ -156,7 +171,9 @@ async def test_tts_synthesizes(kind: str) -> None:
         clip = await tts.synthesize("Good morning, it is sunny & warm.")
         await tts.aclose()
     assert clip.duration > 0.1 and np.abs(clip.samples).max() > 1000
-    assert "sunny & warm" in json.dumps(fake.requests[-1].body) or "sunny &amp; warm" in json.dumps(fake.requests[-1].body)
+    assert "sunny & warm" in json.dumps(fake.requests[-1].body) or "sunny &amp; warm" in json.dumps(
+        fake.requests[-1].body
+    )
 
 
 @pytest.mark.parametrize("kind", ["openai", "aivisspeech", "azure", "google", "http"])
@@ -230,6 +247,7 @@ def test_http_template_body_must_be_json_when_it_says_so() -> None:
 
 # --- preprocessors --------------------------------------------------------------------------------
 
+
 class _Echo:
     name = "echo"
 
@@ -246,10 +264,13 @@ class _Echo:
 
 async def test_replacements_then_katakana() -> None:
     echo = _Echo()
-    tts = PreprocessingSynthesizer(echo, [
-        PatternReplacer([ReplacementRule("Robo", "ロボ"), ReplacementRule(r"(\d+)%", r"\1パーセント", regex=True)]),
-        KatakanaConverter({"sensor": "センサー"}),
-    ])
+    tts = PreprocessingSynthesizer(
+        echo,
+        [
+            PatternReplacer([ReplacementRule("Robo", "ロボ"), ReplacementRule(r"(\d+)%", r"\1パーセント", regex=True)]),
+            KatakanaConverter({"sensor": "センサー"}),
+        ],
+    )
     await tts.synthesize("Roboの sensor は 80% で、AI と Raspberry Pi を使います。zyzzyva")
     assert echo.said == ["ロボの センサー は 80パーセント で、エーアイ と ラズベリー パイ を使います。zyzzyva"]
 
@@ -298,7 +319,7 @@ def test_wav_stream_decoder_copes_with_any_cut() -> None:
     data = wav_bytes(0.1, 16000)
     for step in (1, 7, 44, 45, 1000):
         decoder = WavStreamDecoder("x")
-        clips = [c for i in range(0, len(data), step) for c in decoder.feed(data[i:i + step])] + decoder.finish()
+        clips = [c for i in range(0, len(data), step) for c in decoder.feed(data[i : i + step])] + decoder.finish()
         assert sum(len(c.samples) for c in clips) == 1600 and clips[0].sample_rate == 16000
     with pytest.raises(ProviderBadReply, match="header"):
         decoder = WavStreamDecoder("x")
@@ -310,8 +331,12 @@ def test_wav_stream_decoder_copes_with_any_cut() -> None:
 
 async def test_http_providers_warm_their_connection_once() -> None:
     async with fake_providers() as fake:
-        parts = [make_stt("google", fake.url), make_tts("voicevox", fake.url), make_tts("azure", fake.url),
-                 make_tts("http", fake.url)]
+        parts = [
+            make_stt("google", fake.url),
+            make_tts("voicevox", fake.url),
+            make_tts("azure", fake.url),
+            make_tts("http", fake.url),
+        ]
         for part in parts:
             sent: list[str] = []
 
@@ -335,7 +360,9 @@ def test_say_uses_the_configured_voice_and_the_lang_tag(tmp_path: Path) -> None:
     from appliance.audio.convert import read_wav
 
     root = Path(__file__).resolve().parent.parent
-    fake = subprocess.Popen([sys.executable, "-m", "tests.fakes.providers"], cwd=root, stdout=subprocess.PIPE, text=True)
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.providers"], cwd=root, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert fake.stdout is not None
         url = fake.stdout.readline().strip()
@@ -348,8 +375,13 @@ def test_say_uses_the_configured_voice_and_the_lang_tag(tmp_path: Path) -> None:
         outputs = []
         for line in ("Hello from the template voice.", "[lang:ja] こんにちは"):
             out = tmp_path / f"say{len(outputs)}.wav"
-            result = subprocess.run([sys.executable, "-m", "appliance", "--config", str(config), "say", line,
-                                     "--output", str(out)], cwd=root, capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [sys.executable, "-m", "appliance", "--config", str(config), "say", line, "--output", str(out)],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert result.returncode == 0, result.stderr
             outputs.append(read_wav(out))
     finally:

@@ -248,7 +248,8 @@ class CloudBrain:
                     looked = True
                     images = (await self.camera.capture(),)
                     if text:
-                        messages = (*messages, Message("assistant", text), Message("user", "(Here is what the camera sees.)"))
+                        seen = Message("user", "(Here is what the camera sees.)")
+                        messages = (*messages, Message("assistant", text), seen)
                     continue
                 if not calls:
                     return

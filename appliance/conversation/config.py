@@ -29,8 +29,9 @@ class STTConfig(Section):
     engine: str = Field(default="-a-general", description="amivoice: the engine (grammar file), e.g. '-a-general'")
     alternative_languages: list[str] = Field(default_factory=list, description="google: other languages to expect")
     preprocess: str | None = Field(
-        default=None, description="'module:function' (AudioClip) -> AudioClip | None, run before recognition; "
-        "None drops the utterance (noise gate, speaker gate)"
+        default=None,
+        description="'module:function' (AudioClip) -> AudioClip | None, run before recognition; "
+        "None drops the utterance (noise gate, speaker gate)",
     )
     postprocess: str | None = Field(default=None, description="'module:function' (text) -> text, run after recognition")
 
@@ -118,8 +119,10 @@ class LLMConfig(Section):
     progress_message: str = Field(default="", description="default progress sentence for tools without their own")
     guardrails: list[GuardrailConfig] = Field(default_factory=list)
     merge_window: float = Field(
-        default=0.0, ge=0, description="join a request to the previous one when it interrupts it unanswered "
-        "within this many seconds (0: off)"
+        default=0.0,
+        ge=0,
+        description="join a request to the previous one when it interrupts it unanswered "
+        "within this many seconds (0: off)",
     )
     on_finish: str | None = Field(default=None, description="'module:function' (FinishedTurn) called after each reply")
     camera: Literal["off", "auto", "picamera2", "opencv", "file"] = Field(
@@ -171,7 +174,7 @@ class TTSVoiceConfig(Section):
     url: str | None = Field(default=None, description="http: URL template ({text} {voice} {language} {speaker})")
     method: Literal["GET", "POST", "PUT"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict, description="http: request headers")
-    body: str | None = Field(default=None, description="http: body template, e.g. '{\"text\": \"{text}\"}'")
+    body: str | None = Field(default=None, description='http: body template, e.g. \'{"text": "{text}"}\'')
     audio_format: Literal["wav", "pcm"] = Field(default="wav", description="http: what the engine answers")
     sample_rate: int = Field(default=24_000, ge=8000, le=96_000, description="http: rate of raw pcm")
     audio_field: str | None = Field(default=None, description="http: dotted JSON field holding base64 audio")

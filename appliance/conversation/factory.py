@@ -68,14 +68,21 @@ def missing_keys(stt: STTConfig, llm: LLMConfig, tts: TTSConfig) -> list[str]:
 
 # --- speech to text -----------------------------------------------------------------------------------
 
+
 def build_stt(cfg: STTConfig) -> Any:
     key = key_for(cfg.provider, cfg.api_key)
     recognizer: Any
     if cfg.provider == "google":
         from appliance.conversation.stt.google import GoogleRecognizer
 
-        recognizer = GoogleRecognizer(key, cfg.language, cfg.base_url, cfg.timeout,
-                                      None if cfg.model == STTConfig().model else cfg.model, cfg.alternative_languages)
+        recognizer = GoogleRecognizer(
+            key,
+            cfg.language,
+            cfg.base_url,
+            cfg.timeout,
+            None if cfg.model == STTConfig().model else cfg.model,
+            cfg.alternative_languages,
+        )
     elif cfg.provider == "azure":
         from appliance.conversation.stt.azure import AzureRecognizer
 
@@ -100,6 +107,7 @@ def build_stt(cfg: STTConfig) -> Any:
 
 
 # --- language model -----------------------------------------------------------------------------------
+
 
 def build_llm(cfg: LLMConfig) -> Any:
     key = key_for(cfg.provider, cfg.api_key)
@@ -133,14 +141,22 @@ def build_tools(cfg: LLMConfig, registry: Any = None) -> Any:
         where = f"llm.tools[{index}]"
         if t.function:
             func = load_hook(t.function, f"{where}.function")
-            declared = tool(func, name=t.name, description=t.description or None, progress=t.progress,
-                            timeout=t.timeout)
+            declared = tool(
+                func, name=t.name, description=t.description or None, progress=t.progress, timeout=t.timeout
+            )
             declared.source = "config"
             registry.add(declared)
         else:
             assert t.url is not None and t.name is not None
-            declared = http_tool(t.name, t.description or t.name, t.url, t.parameters, headers=t.headers,
-                                 progress=t.progress, timeout=t.timeout)
+            declared = http_tool(
+                t.name,
+                t.description or t.name,
+                t.url,
+                t.parameters,
+                headers=t.headers,
+                progress=t.progress,
+                timeout=t.timeout,
+            )
             declared.source = "config"
             registry.add(declared)
     return registry
@@ -168,9 +184,18 @@ def build_mcp(cfg: LLMConfig, registry: Any) -> Any:
     from appliance.conversation.mcp_tools import MCPServerConnection, MCPService
 
     connections = [
-        MCPServerConnection(s.name, registry, command=s.command, url=s.url, env=s.env or None,
-                            headers=s.headers or None, prefix=s.prefix, timeout=s.timeout, progress=s.progress,
-                            allowed=s.tools)
+        MCPServerConnection(
+            s.name,
+            registry,
+            command=s.command,
+            url=s.url,
+            env=s.env or None,
+            headers=s.headers or None,
+            prefix=s.prefix,
+            timeout=s.timeout,
+            progress=s.progress,
+            allowed=s.tools,
+        )
         for s in cfg.mcp_servers
     ]
     return MCPService(connections)
@@ -197,8 +222,16 @@ def build_voice(cfg: TTSVoiceConfig, local_voice: Any) -> Any:
     if cfg.provider in ("voicevox", "aivisspeech"):
         from appliance.conversation.tts.voicevox import VoicevoxSynthesizer
 
-        return VoicevoxSynthesizer(cfg.base_url, cfg.speaker, name=f"{cfg.provider}-tts", timeout=cfg.timeout,
-                                   speed=cfg.speed, pitch=cfg.pitch, intonation=cfg.intonation, api_key=key)
+        return VoicevoxSynthesizer(
+            cfg.base_url,
+            cfg.speaker,
+            name=f"{cfg.provider}-tts",
+            timeout=cfg.timeout,
+            speed=cfg.speed,
+            pitch=cfg.pitch,
+            intonation=cfg.intonation,
+            api_key=key,
+        )
     if cfg.provider == "azure":
         from appliance.conversation.tts.azure import AzureSynthesizer
 
@@ -211,10 +244,19 @@ def build_voice(cfg: TTSVoiceConfig, local_voice: Any) -> Any:
         from appliance.conversation.tts.http_template import HTTPTemplateSynthesizer
 
         assert cfg.url is not None
-        return HTTPTemplateSynthesizer(cfg.url, method=cfg.method, headers=cfg.headers, body=cfg.body,
-                                       audio_format=cfg.audio_format, sample_rate=cfg.sample_rate,
-                                       audio_field=cfg.audio_field, voice=voice, language=cfg.language or "",
-                                       speaker=str(cfg.speaker), timeout=cfg.timeout)
+        return HTTPTemplateSynthesizer(
+            cfg.url,
+            method=cfg.method,
+            headers=cfg.headers,
+            body=cfg.body,
+            audio_format=cfg.audio_format,
+            sample_rate=cfg.sample_rate,
+            audio_field=cfg.audio_field,
+            voice=voice,
+            language=cfg.language or "",
+            speaker=str(cfg.speaker),
+            timeout=cfg.timeout,
+        )
     from appliance.conversation.tts.openai import OpenAISynthesizer
 
     return OpenAISynthesizer(cfg.model, voice, key, cfg.base_url, cfg.timeout, cfg.speed, cfg.instructions)
@@ -225,8 +267,11 @@ def _preprocessors(tts: TTSConfig, voice: TTSVoiceConfig, katakana: Any) -> list
 
     steps: list[Any] = []
     if tts.replacements:
-        steps.append(PatternReplacer([ReplacementRule(r.pattern, r.replacement, r.regex, r.ignore_case)
-                                      for r in tts.replacements]))
+        steps.append(
+            PatternReplacer(
+                [ReplacementRule(r.pattern, r.replacement, r.regex, r.ignore_case) for r in tts.replacements]
+            )
+        )
     wants_katakana = voice.katakana if voice.katakana is not None else voice.japanese
     if wants_katakana:
         steps.append(katakana)

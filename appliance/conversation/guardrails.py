@@ -34,8 +34,16 @@ class Guardrail(Protocol):
 class RegexGuardrail:
     """Blocks (answering ``message``) or rewrites (substituting ``replacement``) text matching ``pattern``."""
 
-    def __init__(self, pattern: str, target: Target = "request", action: Literal["block", "rewrite"] = "block",
-                 message: str = "", replacement: str = "", name: str = "regex", ignore_case: bool = True) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        target: Target = "request",
+        action: Literal["block", "rewrite"] = "block",
+        message: str = "",
+        replacement: str = "",
+        name: str = "regex",
+        ignore_case: bool = True,
+    ) -> None:
         self.name, self.target, self.action = name, target, action
         self.pattern = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
         self.message, self.replacement = message, replacement

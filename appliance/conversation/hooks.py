@@ -47,8 +47,9 @@ class HookedRecognizer:
     """Wraps a recognizer with an audio pre-process hook (clip → clip, e.g. noise reduction or a speaker
     gate that returns None to drop the utterance) and a text post-process hook (text → text)."""
 
-    def __init__(self, inner: Any, preprocess: Callable[..., Any] | None = None,
-                 postprocess: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, inner: Any, preprocess: Callable[..., Any] | None = None, postprocess: Callable[..., Any] | None = None
+    ) -> None:
         self.inner = inner
         self.name = inner.name
         self.preprocess, self.postprocess = preprocess, postprocess

@@ -33,10 +33,20 @@ def result_text(result: Any) -> str:
 class MCPServerConnection:
     """One MCP server: connects, lists its tools into the registry, and keeps the session open."""
 
-    def __init__(self, name: str, registry: ToolRegistry, *, command: list[str] | None = None,
-                 url: str | None = None, env: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-                 prefix: str = "", timeout: float = 30.0, progress: str | None = None,
-                 allowed: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        registry: ToolRegistry,
+        *,
+        command: list[str] | None = None,
+        url: str | None = None,
+        env: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        prefix: str = "",
+        timeout: float = 30.0,
+        progress: str | None = None,
+        allowed: list[str] | None = None,
+    ) -> None:
         if bool(command) == bool(url):
             raise ValueError(f"MCP server {name!r}: give exactly one of command (stdio) or url (streamable HTTP)")
         self.name, self.registry = name, registry
@@ -90,8 +100,16 @@ class MCPServerConnection:
 
         schema = dict(spec.input_schema or {"type": "object", "properties": {}})
         schema.setdefault("properties", {})
-        return Tool(self.prefix + remote_name, spec.description or remote_name, schema, runner, None,
-                    self.progress, self.timeout, source=self.source)
+        return Tool(
+            self.prefix + remote_name,
+            spec.description or remote_name,
+            schema,
+            runner,
+            None,
+            self.progress,
+            self.timeout,
+            source=self.source,
+        )
 
 
 class MCPService:
@@ -115,7 +133,13 @@ class MCPService:
             try:
                 await connection.run()
             except Exception as exc:  # noqa: BLE001 - any failure of one server: log, back off, reconnect
-                log.warning("MCP server %s failed: %s: %s; retrying in %g s", connection.name,
-                            type(exc).__name__, exc, delay, extra={"mcp": connection.name})
+                log.warning(
+                    "MCP server %s failed: %s: %s; retrying in %g s",
+                    connection.name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    extra={"mcp": connection.name},
+                )
             await trio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)

@@ -101,8 +101,16 @@ def tool(
     return build(func) if func is not None else build
 
 
-def http_tool(name: str, description: str, url: str, parameters: dict[str, Any] | None = None, *,
-              headers: dict[str, str] | None = None, progress: str | None = None, timeout: float = 30.0) -> Tool:
+def http_tool(
+    name: str,
+    description: str,
+    url: str,
+    parameters: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    progress: str | None = None,
+    timeout: float = 30.0,
+) -> Tool:
     """A tool that POSTs its arguments as JSON to ``url`` and gives the model the reply body."""
     import httpx
 

@@ -141,5 +141,13 @@ def camera_tool(camera: Camera) -> Any:
         except CameraError as exc:
             raise ToolError(f"The camera is not working: {exc}") from None
 
-    return Tool("look", "Take a picture with the robot's camera to see what is in front of it.",
-                {"type": "object", "properties": {}}, look, None, None, 15.0, source="camera")
+    return Tool(
+        "look",
+        "Take a picture with the robot's camera to see what is in front of it.",
+        {"type": "object", "properties": {}},
+        look,
+        None,
+        None,
+        15.0,
+        source="camera",
+    )

@@ -30,8 +30,14 @@ from tests.fakes.cloud import PCM_RATE, Behaviour, FakeCloud, _sse, tone
 KEY = "test-key"
 NAMES = ("gemini", "dify", "voicevox", "azure_stt", "azure_tts", "google_stt", "google_tts", "amivoice", "http_tts")
 
-_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED",
-                  500: "INTERNAL", 503: "UNAVAILABLE"}
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
 
 
 def wav_bytes(seconds: float, rate: int = PCM_RATE) -> bytes:
@@ -109,13 +115,26 @@ class FakeProviders(FakeCloud):
         behaviour = self.behaviours["gemini"]
         if behaviour.malformed:
             return self._stream([b'data: {"candidates": [\n\n'], behaviour, "text/event-stream")
-        results = [p["functionResponse"]["response"] for c in body.get("contents", []) for p in c.get("parts", [])
-                   if "functionResponse" in p]
+        results = [
+            p["functionResponse"]["response"]
+            for c in body.get("contents", [])
+            for p in c.get("parts", [])
+            if "functionResponse" in p
+        ]
         usage = {"promptTokenCount": 5, "candidatesTokenCount": 5, "totalTokenCount": 10}
         if self.tool_call and body.get("tools") and not results:
             name, args = self.tool_call
-            chunk = {"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": name, "args": args}}]},
-                                     "finishReason": "STOP", "index": 0}], "usageMetadata": usage, "modelVersion": model}
+            chunk = {
+                "candidates": [
+                    {
+                        "content": {"role": "model", "parts": [{"functionCall": {"name": name, "args": args}}]},
+                        "finishReason": "STOP",
+                        "index": 0,
+                    }
+                ],
+                "usageMetadata": usage,
+                "modelVersion": model,
+            }
             return self._stream([_sse(chunk)], behaviour, "text/event-stream")
         tool_result = None
         if results:
@@ -146,7 +165,7 @@ class FakeProviders(FakeCloud):
         ids = {"task_id": "t1", "message_id": "m1", "conversation_id": conversation, "created_at": 1}
         pieces = [b"event: ping\n\n"]
         if behaviour.malformed:
-            pieces.append(b"data: {\"event\": \"message\", \"answer\": \n\n")
+            pieces.append(b'data: {"event": "message", "answer": \n\n')
             return self._stream(pieces, behaviour, "text/event-stream")
         for delta in self._deltas():
             pieces.append(_sse({"event": "message", "answer": delta, **ids}))
@@ -157,15 +176,26 @@ class FakeProviders(FakeCloud):
         form = await request.form()
         upload = form.get("file")
         data = await upload.read() if upload is not None and hasattr(upload, "read") else b""
-        await self._record(request, {"user": form.get("user"), "bytes": len(data),
-                                     "type": getattr(upload, "content_type", None)})
+        await self._record(
+            request, {"user": form.get("user"), "bytes": len(data), "type": getattr(upload, "content_type", None)}
+        )
         if request.headers.get("authorization") != f"Bearer {KEY}":
             return self._error("dify", 401, "Access token is invalid")
         if not data or not form.get("user"):
             return self._error("dify", 400, "file and user are required")
         self.dify_files.append(data)
-        return JSONResponse({"id": f"file-{len(self.dify_files)}", "name": "camera.jpg", "size": len(data),
-                             "extension": "jpg", "mime_type": "image/jpeg", "created_by": 1, "created_at": 1}, 201)
+        return JSONResponse(
+            {
+                "id": f"file-{len(self.dify_files)}",
+                "name": "camera.jpg",
+                "size": len(data),
+                "extension": "jpg",
+                "mime_type": "image/jpeg",
+                "created_by": 1,
+                "created_at": 1,
+            },
+            201,
+        )
 
     # --- VOICEVOX / AivisSpeech ---------------------------------------------------------------------
 
@@ -187,10 +217,20 @@ class FakeProviders(FakeCloud):
         if self.behaviours["voicevox"].malformed:
             return JSONResponse({"nonsense": True})
         moras = [{"text": c, "vowel": "a", "vowel_length": 0.1, "pitch": 5.5} for c in text]
-        return JSONResponse({"accent_phrases": [{"moras": moras, "accent": 1}], "speedScale": 1.0, "pitchScale": 0.0,
-                             "intonationScale": 1.0, "volumeScale": 1.0, "prePhonemeLength": 0.1,
-                             "postPhonemeLength": 0.1, "outputSamplingRate": 24000, "outputStereo": False,
-                             "kana": text})
+        return JSONResponse(
+            {
+                "accent_phrases": [{"moras": moras, "accent": 1}],
+                "speedScale": 1.0,
+                "pitchScale": 0.0,
+                "intonationScale": 1.0,
+                "volumeScale": 1.0,
+                "prePhonemeLength": 0.1,
+                "postPhonemeLength": 0.1,
+                "outputSamplingRate": 24000,
+                "outputStereo": False,
+                "kana": text,
+            }
+        )
 
     async def _synthesis(self, request: Request) -> Response:
         query = await request.json()
@@ -205,8 +245,14 @@ class FakeProviders(FakeCloud):
 
     async def _azure_stt(self, request: Request) -> Response:
         audio = await request.body()
-        await self._record(request, {"language": request.query_params.get("language"), "bytes": len(audio),
-                                     "content_type": request.headers.get("content-type")})
+        await self._record(
+            request,
+            {
+                "language": request.query_params.get("language"),
+                "bytes": len(audio),
+                "content_type": request.headers.get("content-type"),
+            },
+        )
         if request.headers.get("ocp-apim-subscription-key") != KEY:
             return self._error("azure", 401, "")
         if failure := await self._fail("azure_stt", "azure"):
@@ -218,8 +264,9 @@ class FakeProviders(FakeCloud):
             return self._error("azure", 400, "")
         if self.behaviours["azure_stt"].malformed:
             return JSONResponse({"RecognitionStatus": "Success"})
-        return JSONResponse({"RecognitionStatus": "Success", "DisplayText": self.transcript, "Offset": 100000,
-                             "Duration": 12000000})
+        return JSONResponse(
+            {"RecognitionStatus": "Success", "DisplayText": self.transcript, "Offset": 100000, "Duration": 12000000}
+        )
 
     async def _azure_tts(self, request: Request) -> Response:
         ssml = (await request.body()).decode()
@@ -233,22 +280,37 @@ class FakeProviders(FakeCloud):
         if self.behaviours["azure_tts"].malformed:
             return Response(b"RIFF\x00\x00garbage", media_type="audio/x-wav")
         data = wav_bytes(max(0.05, len(ssml) * self.seconds_per_char / 4), 24000)
-        return self._stream([data[i:i + 4800] for i in range(0, len(data), 4800)], self.behaviours["azure_tts"], "audio/x-wav")
+        return self._stream(
+            [data[i : i + 4800] for i in range(0, len(data), 4800)], self.behaviours["azure_tts"], "audio/x-wav"
+        )
 
     # --- Google speech ----------------------------------------------------------------------------
 
     async def _google_stt(self, request: Request) -> Response:
         body = await request.json()
-        await self._record(request, {"config": body.get("config"), "bytes": len(base64.b64decode(body.get("audio", {}).get("content", "")))})
+        await self._record(
+            request,
+            {"config": body.get("config"), "bytes": len(base64.b64decode(body.get("audio", {}).get("content", "")))},
+        )
         if request.headers.get("x-goog-api-key") != KEY:
             return self._error("google", 403, "The request is missing a valid API key.")
         if failure := await self._fail("google_stt", "google"):
             return failure
         if self.behaviours["google_stt"].malformed:
             return Response(b"<html>proxy error</html>", media_type="text/html")
-        return JSONResponse({"results": [{"alternatives": [{"transcript": self.transcript, "confidence": 0.93}],
-                                          "resultEndTime": "1.2s", "languageCode": "en-us"}],
-                             "totalBilledTime": "2s", "requestId": "1"})
+        return JSONResponse(
+            {
+                "results": [
+                    {
+                        "alternatives": [{"transcript": self.transcript, "confidence": 0.93}],
+                        "resultEndTime": "1.2s",
+                        "languageCode": "en-us",
+                    }
+                ],
+                "totalBilledTime": "2s",
+                "requestId": "1",
+            }
+        )
 
     async def _google_tts(self, request: Request) -> Response:
         body = await request.json()
@@ -272,17 +334,40 @@ class FakeProviders(FakeCloud):
         audio = await upload.read() if upload is not None and hasattr(upload, "read") else b""
         await self._record(request, {"d": form.get("d"), "bytes": len(audio)})
         if form.get("u") != KEY:
-            return JSONResponse({"results": [{"tokens": [], "text": ""}], "text": "", "code": "-",
-                                 "message": "received illegal service authorization", "utteranceid": ""})
+            return JSONResponse(
+                {
+                    "results": [{"tokens": [], "text": ""}],
+                    "text": "",
+                    "code": "-",
+                    "message": "received illegal service authorization",
+                    "utteranceid": "",
+                }
+            )
         if failure := await self._fail("amivoice", "voicevox"):
             return failure
         if self.behaviours["amivoice"].malformed:
             return JSONResponse({"results": [], "code": "", "message": ""})
         if not audio:
             return JSONResponse({"results": [], "text": "", "code": "+", "message": "received empty audio data"})
-        return JSONResponse({"results": [{"tokens": [], "confidence": 0.99, "starttime": 0, "endtime": 1000,
-                                          "tags": [], "rulename": "", "text": self.transcript}],
-                             "utteranceid": "20260101/ja_ja-amivoice", "text": self.transcript, "code": "", "message": ""})
+        return JSONResponse(
+            {
+                "results": [
+                    {
+                        "tokens": [],
+                        "confidence": 0.99,
+                        "starttime": 0,
+                        "endtime": 1000,
+                        "tags": [],
+                        "rulename": "",
+                        "text": self.transcript,
+                    }
+                ],
+                "utteranceid": "20260101/ja_ja-amivoice",
+                "text": self.transcript,
+                "code": "",
+                "message": "",
+            }
+        )
 
     # --- generic HTTP TTS (SpeechGateway-like) -------------------------------------------------
 

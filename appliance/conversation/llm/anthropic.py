@@ -21,8 +21,14 @@ def anthropic_messages(
     for i, m in enumerate(messages):
         if i == last_user and images:
             parts: list[dict[str, Any]] = [
-                {"type": "image", "source": {"type": "base64", "media_type": img.mime_type,
-                                             "data": base64.b64encode(img.data).decode()}}
+                {
+                    "type": "image",
+                    "source": {
+                        "type": "base64",
+                        "media_type": img.mime_type,
+                        "data": base64.b64encode(img.data).decode(),
+                    },
+                }
                 for img in images
             ]
             parts.append({"type": "text", "text": m.content})
@@ -31,21 +37,40 @@ def anthropic_messages(
             payload.append({"role": m.role, "content": m.content})
     for r in rounds:
         content: list[dict[str, Any]] = [{"type": "text", "text": r.text}] if r.text else []
-        content += [{"type": "tool_use", "id": res.call.id, "name": res.call.name, "input": res.call.arguments}
-                    for res in r.results]
-        payload.append({"role": "assistant", "content": content})
-        payload.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": res.call.id, "content": res.content, "is_error": res.is_error}
+        content += [
+            {"type": "tool_use", "id": res.call.id, "name": res.call.name, "input": res.call.arguments}
             for res in r.results
-        ]})
+        ]
+        payload.append({"role": "assistant", "content": content})
+        payload.append(
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": res.call.id,
+                        "content": res.content,
+                        "is_error": res.is_error,
+                    }
+                    for res in r.results
+                ],
+            }
+        )
     return payload
 
 
 class AnthropicChat:
     name = "anthropic-llm"
 
-    def __init__(self, model: str, api_key: str | None, base_url: str | None = None, timeout: float = 30.0,
-                 temperature: float | None = None, max_tokens: int = 512) -> None:
+    def __init__(
+        self,
+        model: str,
+        api_key: str | None,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        temperature: float | None = None,
+        max_tokens: int = 512,
+    ) -> None:
         import anthropic  # costs 1-2 s to import: only when this provider is configured
 
         self.model = model
@@ -74,7 +99,9 @@ class AnthropicChat:
         if self.temperature is not None:
             extra["temperature"] = self.temperature
         if tools:
-            extra["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools]
+            extra["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
+            ]
         finished = started = False
         blocks: dict[int, dict[str, str]] = {}
         calls: list[ToolCall] = []
@@ -91,7 +118,11 @@ class AnthropicChat:
                     started = True
                     kind = getattr(event, "type", "")
                     if kind == "content_block_start" and getattr(event.content_block, "type", "") == "tool_use":
-                        blocks[event.index] = {"id": event.content_block.id, "name": event.content_block.name, "json": ""}
+                        blocks[event.index] = {
+                            "id": event.content_block.id,
+                            "name": event.content_block.name,
+                            "json": "",
+                        }
                     elif kind == "content_block_delta":
                         delta_kind = getattr(event.delta, "type", "")
                         if delta_kind == "text_delta":
@@ -100,8 +131,11 @@ class AnthropicChat:
                             blocks[event.index]["json"] += event.delta.partial_json
                     elif kind == "content_block_stop" and event.index in blocks:
                         block = blocks.pop(event.index)
-                        calls.append(ToolCall(block["id"], block["name"],
-                                              parse_arguments(self.name, block["name"], block["json"])))
+                        calls.append(
+                            ToolCall(
+                                block["id"], block["name"], parse_arguments(self.name, block["name"], block["json"])
+                            )
+                        )
                     elif kind == "message_stop":
                         finished = True
         except Exception as exc:

@@ -12,7 +12,6 @@ from typing import Any
 
 from appliance.brains.base import Message
 from appliance.conversation.http_errors import (
-    warm_http,
     StreamProgress,
     check_response,
     http_client,
@@ -20,6 +19,7 @@ from appliance.conversation.http_errors import (
     provider_errors,
     sse_events,
     status_error,
+    warm_http,
 )
 from appliance.conversation.llm.base import Image, LLMEvent, ToolRound, ToolSpec
 from appliance.conversation.sdk_errors import Warmth
@@ -31,8 +31,14 @@ _TEXT_EVENTS = {"message", "agent_message"}
 class DifyChat:
     name = "dify-llm"
 
-    def __init__(self, api_key: str | None, base_url: str, timeout: float = 30.0, user: str = "appliance",
-                 inputs: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str | None,
+        base_url: str,
+        timeout: float = 30.0,
+        user: str = "appliance",
+        inputs: dict[str, str] | None = None,
+    ) -> None:
         self.api_key = api_key or ""
         self.base_url = base_url.rstrip("/")
         self.user = user
@@ -62,14 +68,18 @@ class DifyChat:
             "user": self.user,
         }
         if images:
-            body["files"] = [{"type": "image", "transfer_method": "local_file", "upload_file_id": await self._upload(img)}
-                             for img in images]
+            body["files"] = [
+                {"type": "image", "transfer_method": "local_file", "upload_file_id": await self._upload(img)}
+                for img in images
+            ]
         progress = StreamProgress()
         finished = False
         self.warmth.touch()
         with provider_errors(self.name, progress):
             async with self._client.stream(
-                "POST", f"{self.base_url}/chat-messages", json=body,
+                "POST",
+                f"{self.base_url}/chat-messages",
+                json=body,
                 headers={"Authorization": f"Bearer {self.api_key}"},
             ) as response:
                 await check_response(self.name, response)
@@ -96,7 +106,8 @@ class DifyChat:
         self.warmth.touch()
         with provider_errors(self.name):
             response = await self._client.post(
-                f"{self.base_url}/files/upload", data={"user": self.user},
+                f"{self.base_url}/files/upload",
+                data={"user": self.user},
                 files={"file": (f"camera.{suffix}", image.data, image.mime_type)},
                 headers={"Authorization": f"Bearer {self.api_key}"},
             )

@@ -13,13 +13,13 @@ from typing import Any
 
 from appliance.brains.base import Message
 from appliance.conversation.http_errors import (
-    warm_http,
     StreamProgress,
     check_response,
     http_client,
     parse_json,
     provider_errors,
     sse_events,
+    warm_http,
 )
 from appliance.conversation.llm.base import Image, LLMEvent, ToolCall, ToolRound, ToolSpec
 from appliance.conversation.sdk_errors import Warmth
@@ -40,32 +40,52 @@ def gemini_schema(schema: Any) -> Any:
     return schema
 
 
-def gemini_contents(messages: Sequence[Message], rounds: Sequence[ToolRound], images: Sequence[Image]) -> list[dict[str, Any]]:
+def gemini_contents(
+    messages: Sequence[Message], rounds: Sequence[ToolRound], images: Sequence[Image]
+) -> list[dict[str, Any]]:
     contents: list[dict[str, Any]] = []
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
     for i, m in enumerate(messages):
         parts: list[dict[str, Any]] = [{"text": m.content}]
         if i == last_user:
-            parts += [{"inlineData": {"mimeType": img.mime_type, "data": base64.b64encode(img.data).decode()}}
-                      for img in images]
+            parts += [
+                {"inlineData": {"mimeType": img.mime_type, "data": base64.b64encode(img.data).decode()}}
+                for img in images
+            ]
         contents.append({"role": "model" if m.role == "assistant" else "user", "parts": parts})
     for r in rounds:
         model_parts: list[dict[str, Any]] = [{"text": r.text}] if r.text else []
         model_parts += [{"functionCall": {"name": res.call.name, "args": res.call.arguments}} for res in r.results]
         contents.append({"role": "model", "parts": model_parts})
-        contents.append({"role": "user", "parts": [
-            {"functionResponse": {"name": res.call.name,
-                                  "response": {"error": res.content} if res.is_error else {"result": res.content}}}
-            for res in r.results
-        ]})
+        contents.append(
+            {
+                "role": "user",
+                "parts": [
+                    {
+                        "functionResponse": {
+                            "name": res.call.name,
+                            "response": {"error": res.content} if res.is_error else {"result": res.content},
+                        }
+                    }
+                    for res in r.results
+                ],
+            }
+        )
     return contents
 
 
 class GeminiChat:
     name = "gemini-llm"
 
-    def __init__(self, model: str, api_key: str | None, base_url: str | None = None, timeout: float = 30.0,
-                 temperature: float | None = None, max_tokens: int = 512) -> None:
+    def __init__(
+        self,
+        model: str,
+        api_key: str | None,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        temperature: float | None = None,
+        max_tokens: int = 512,
+    ) -> None:
         self.model = model
         self.api_key = api_key or ""
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
@@ -74,8 +94,14 @@ class GeminiChat:
         self._client = http_client(timeout)
         self.warmth = Warmth()
 
-    def _body(self, system: str, messages: Sequence[Message], tools: Sequence[ToolSpec],
-              rounds: Sequence[ToolRound], images: Sequence[Image]) -> dict[str, Any]:
+    def _body(
+        self,
+        system: str,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        rounds: Sequence[ToolRound],
+        images: Sequence[Image],
+    ) -> dict[str, Any]:
         config: dict[str, Any] = {"maxOutputTokens": self.max_tokens}
         if self.temperature is not None:
             config["temperature"] = self.temperature
@@ -85,9 +111,14 @@ class GeminiChat:
             "generationConfig": config,
         }
         if tools:
-            body["tools"] = [{"functionDeclarations": [
-                {"name": t.name, "description": t.description, "parameters": gemini_schema(t.parameters)} for t in tools
-            ]}]
+            body["tools"] = [
+                {
+                    "functionDeclarations": [
+                        {"name": t.name, "description": t.description, "parameters": gemini_schema(t.parameters)}
+                        for t in tools
+                    ]
+                }
+            ]
         return body
 
     async def stream(
@@ -107,7 +138,10 @@ class GeminiChat:
         self.warmth.touch()
         with provider_errors(self.name, progress):
             async with self._client.stream(
-                "POST", url, params={"alt": "sse"}, headers={"x-goog-api-key": self.api_key},
+                "POST",
+                url,
+                params={"alt": "sse"},
+                headers={"x-goog-api-key": self.api_key},
                 json=self._body(system, messages, tools, rounds, images),
             ) as response:
                 await check_response(self.name, response)
@@ -127,7 +161,9 @@ class GeminiChat:
                                 fc = part["functionCall"]
                                 args = fc.get("args") or {}
                                 if not isinstance(args, dict) or not fc.get("name"):
-                                    raise ProviderBadReply(self.name, f"malformed function call: {json.dumps(fc)[:120]}")
+                                    raise ProviderBadReply(
+                                        self.name, f"malformed function call: {json.dumps(fc)[:120]}"
+                                    )
                                 calls.append(ToolCall(fc.get("id") or f"call_{uuid.uuid4().hex[:8]}", fc["name"], args))
                         reason = candidate.get("finishReason")
                         if reason in _BLOCKED:

@@ -31,15 +31,20 @@ def openai_messages(
         else:
             payload.append({"role": m.role, "content": m.content})
     for r in rounds:
-        payload.append({
-            "role": "assistant",
-            "content": r.text or None,
-            "tool_calls": [
-                {"id": res.call.id, "type": "function",
-                 "function": {"name": res.call.name, "arguments": json.dumps(res.call.arguments)}}
-                for res in r.results
-            ],
-        })
+        payload.append(
+            {
+                "role": "assistant",
+                "content": r.text or None,
+                "tool_calls": [
+                    {
+                        "id": res.call.id,
+                        "type": "function",
+                        "function": {"name": res.call.name, "arguments": json.dumps(res.call.arguments)},
+                    }
+                    for res in r.results
+                ],
+            }
+        )
         payload += [{"role": "tool", "tool_call_id": res.call.id, "content": res.content} for res in r.results]
     return payload
 
@@ -57,8 +62,15 @@ def parse_arguments(provider: str, name: str, raw: str) -> dict[str, Any]:
 class OpenAIChat:
     name = "openai-llm"
 
-    def __init__(self, model: str, api_key: str | None, base_url: str | None = None, timeout: float = 30.0,
-                 temperature: float | None = None, max_tokens: int = 512) -> None:
+    def __init__(
+        self,
+        model: str,
+        api_key: str | None,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        temperature: float | None = None,
+        max_tokens: int = 512,
+    ) -> None:
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -81,7 +93,10 @@ class OpenAIChat:
             extra["temperature"] = self.temperature
         if tools:
             extra["tools"] = [
-                {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
                 for t in tools
             ]
         finished = started = False
@@ -119,7 +134,9 @@ class OpenAIChat:
             slot = calls[index]
             if not slot["name"]:
                 raise ProviderBadReply(self.name, "tool call without a name")
-            yield ToolCall(slot["id"] or f"call_{index}", slot["name"], parse_arguments(self.name, slot["name"], slot["arguments"]))
+            yield ToolCall(
+                slot["id"] or f"call_{index}", slot["name"], parse_arguments(self.name, slot["name"], slot["arguments"])
+            )
 
     async def warm(self) -> None:
         await warm_openai(self._client, self.warmth)

@@ -30,8 +30,14 @@ def amivoice_error(provider: str, code: str, message: str) -> ProviderError:
 class AmiVoiceRecognizer:
     name = "amivoice-stt"
 
-    def __init__(self, api_key: str | None, engine: str = "-a-general", base_url: str | None = None,
-                 timeout: float = 15.0, log_audio: bool = False) -> None:
+    def __init__(
+        self,
+        api_key: str | None,
+        engine: str = "-a-general",
+        base_url: str | None = None,
+        timeout: float = 15.0,
+        log_audio: bool = False,
+    ) -> None:
         root = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.url = root + ("/recognize" if log_audio else "/nolog/recognize")
         self.api_key, self.engine = api_key or "", engine
@@ -43,8 +49,9 @@ class AmiVoiceRecognizer:
         form = {"u": self.api_key, "d": f"grammarFileNames={self.engine}"}
         self.warmth.touch()
         with provider_errors(self.name):
-            response = await self._client.post(self.url, data=form,
-                                               files={"a": ("utterance.wav", encode_wav(clip), "audio/wav")})
+            response = await self._client.post(
+                self.url, data=form, files={"a": ("utterance.wav", encode_wav(clip), "audio/wav")}
+            )
             await check_response(self.name, response)
             data = response.json()
         if not isinstance(data, dict):

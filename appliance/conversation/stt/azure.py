@@ -5,8 +5,8 @@ from __future__ import annotations
 from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.audio.convert import encode_wav, resample
 from appliance.conversation.http_errors import check_response, http_client, provider_errors, warm_http
-from appliance.conversation.stt.google import bcp47
 from appliance.conversation.sdk_errors import Warmth
+from appliance.conversation.stt.google import bcp47
 from appliance.errors import ProviderBadReply
 
 _NOTHING_SAID = {"NoMatch", "InitialSilenceTimeout", "BabbleTimeout"}
@@ -15,8 +15,14 @@ _NOTHING_SAID = {"NoMatch", "InitialSilenceTimeout", "BabbleTimeout"}
 class AzureRecognizer:
     name = "azure-stt"
 
-    def __init__(self, api_key: str | None, region: str | None = None, language: str | None = None,
-                 base_url: str | None = None, timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        api_key: str | None,
+        region: str | None = None,
+        language: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 15.0,
+    ) -> None:
         if not base_url and not region:
             raise ValueError("azure STT needs a region (or a base_url)")
         root = base_url.rstrip("/") if base_url else f"https://{region}.stt.speech.microsoft.com"
@@ -33,8 +39,10 @@ class AzureRecognizer:
                 self.url,
                 params={"language": bcp47(language or self.language), "format": "simple"},
                 content=encode_wav(clip),
-                headers={"Content-Type": f"audio/wav; codecs=audio/pcm; samplerate={CAPTURE_RATE}",
-                         "Accept": "application/json"},
+                headers={
+                    "Content-Type": f"audio/wav; codecs=audio/pcm; samplerate={CAPTURE_RATE}",
+                    "Accept": "application/json",
+                },
             )
             await check_response(self.name, response)
             data = response.json()

@@ -19,17 +19,32 @@ def bcp47(language: str | None, default: str = "en-US") -> str:
         return default
     if "-" in language:
         return language
-    regions = {"en": "en-US", "ja": "ja-JP", "zh": "zh-CN", "ko": "ko-KR", "pt": "pt-BR", "es": "es-ES",
-               "fr": "fr-FR", "de": "de-DE", "it": "it-IT"}
+    regions = {
+        "en": "en-US",
+        "ja": "ja-JP",
+        "zh": "zh-CN",
+        "ko": "ko-KR",
+        "pt": "pt-BR",
+        "es": "es-ES",
+        "fr": "fr-FR",
+        "de": "de-DE",
+        "it": "it-IT",
+    }
     return regions.get(language, f"{language}-{language.upper()}")
 
 
 class GoogleRecognizer:
     name = "google-stt"
 
-    def __init__(self, api_key: str | None, language: str | None = None, base_url: str | None = None,
-                 timeout: float = 15.0, model: str | None = None,
-                 alternative_languages: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str | None,
+        language: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 15.0,
+        model: str | None = None,
+        alternative_languages: list[str] | None = None,
+    ) -> None:
         self.url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/speech:recognize"
         self.language, self.model = language, model
         self.alternative_languages = list(alternative_languages or [])
@@ -38,13 +53,19 @@ class GoogleRecognizer:
 
     async def transcribe(self, audio: AudioClip, language: str | None = None) -> str:
         samples = resample(audio.samples, audio.sample_rate, CAPTURE_RATE)
-        config: dict[str, object] = {"encoding": "LINEAR16", "sampleRateHertz": CAPTURE_RATE,
-                                     "languageCode": bcp47(language or self.language)}
+        config: dict[str, object] = {
+            "encoding": "LINEAR16",
+            "sampleRateHertz": CAPTURE_RATE,
+            "languageCode": bcp47(language or self.language),
+        }
         if self.model:
             config["model"] = self.model
         if self.alternative_languages:
             config["alternativeLanguageCodes"] = [bcp47(x) for x in self.alternative_languages]
-        body = {"config": config, "audio": {"content": base64.b64encode(AudioClip(samples, CAPTURE_RATE).pcm()).decode()}}
+        body = {
+            "config": config,
+            "audio": {"content": base64.b64encode(AudioClip(samples, CAPTURE_RATE).pcm()).decode()},
+        }
         self.warmth.touch()
         with provider_errors(self.name):
             response = await self._client.post(self.url, json=body)

@@ -11,7 +11,6 @@ from appliance.audio.base import AudioClip
 from appliance.audio.convert import AudioFormatError, decode_wav
 from appliance.errors import ProviderBadReply
 
-
 PIECE_BYTES = 4_800  # 100 ms at 24 kHz: small enough to start soon, big enough to be cheap
 
 
@@ -73,18 +72,22 @@ class WavStreamDecoder:
             raise ProviderBadReply(self.provider, "audio is not a WAV file")
         pos, fmt_ok = 12, False
         while pos + 8 <= len(head):
-            chunk, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+            chunk, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
             if chunk == b"data":
                 if not fmt_ok:
                     self._whole = bytearray(head)  # not 16-bit mono PCM: decode at the end
                     return []
                 self._streaming = True
-                return self._pcm(head[pos + 8:])
+                return self._pcm(head[pos + 8 :])
             if pos + 8 + size > len(head):
                 return []  # wait for the rest of this chunk
             if chunk == b"fmt ":
-                fmt = head[pos + 8:pos + 8 + size]
-                tag, channels, rate = int.from_bytes(fmt[0:2], "little"), int.from_bytes(fmt[2:4], "little"), int.from_bytes(fmt[4:8], "little")
+                fmt = head[pos + 8 : pos + 8 + size]
+                tag, channels, rate = (
+                    int.from_bytes(fmt[0:2], "little"),
+                    int.from_bytes(fmt[2:4], "little"),
+                    int.from_bytes(fmt[4:8], "little"),
+                )
                 bits = int.from_bytes(fmt[14:16], "little")
                 fmt_ok = tag == 1 and bits == 16 and channels == 1 and rate > 0
                 self.rate, self.channels = rate, channels

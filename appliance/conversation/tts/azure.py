@@ -16,12 +16,21 @@ OUTPUT_FORMAT = "riff-24khz-16bit-mono-pcm"
 class AzureSynthesizer:
     name = "azure-tts"
 
-    def __init__(self, api_key: str | None, region: str | None = None, voice: str = "en-US-JennyNeural",
-                 language: str = "en-US", base_url: str | None = None, timeout: float = 15.0,
-                 speed: float = 1.0) -> None:
+    def __init__(
+        self,
+        api_key: str | None,
+        region: str | None = None,
+        voice: str = "en-US-JennyNeural",
+        language: str = "en-US",
+        base_url: str | None = None,
+        timeout: float = 15.0,
+        speed: float = 1.0,
+    ) -> None:
         if not base_url and not region:
             raise ValueError("azure TTS needs a region (or a base_url)")
-        self.url = (base_url.rstrip("/") if base_url else f"https://{region}.tts.speech.microsoft.com") + "/cognitiveservices/v1"
+        self.url = (
+            base_url.rstrip("/") if base_url else f"https://{region}.tts.speech.microsoft.com"
+        ) + "/cognitiveservices/v1"
         self.voice, self.language, self.speed = voice, language, speed
         self._client = http_client(timeout, headers={"Ocp-Apim-Subscription-Key": api_key or ""})
         self.warmth = Warmth()
@@ -30,8 +39,10 @@ class AzureSynthesizer:
         body = escape(text)
         if self.speed != 1.0:
             body = f"<prosody rate={quoteattr(f'{self.speed:.2f}')}>{body}</prosody>"
-        return (f"<speak version='1.0' xml:lang={quoteattr(self.language)}>"
-                f"<voice name={quoteattr(self.voice)}>{body}</voice></speak>")
+        return (
+            f"<speak version='1.0' xml:lang={quoteattr(self.language)}>"
+            f"<voice name={quoteattr(self.voice)}>{body}</voice></speak>"
+        )
 
     async def synthesize(self, text: str) -> AudioClip:
         return await gather(self.synthesize_stream(text))
@@ -43,9 +54,14 @@ class AzureSynthesizer:
         self.warmth.touch()
         with provider_errors(self.name, progress):
             async with self._client.stream(
-                "POST", self.url, content=self.ssml(text).encode(),
-                headers={"Content-Type": "application/ssml+xml", "X-Microsoft-OutputFormat": OUTPUT_FORMAT,
-                         "User-Agent": "appliance"},
+                "POST",
+                self.url,
+                content=self.ssml(text).encode(),
+                headers={
+                    "Content-Type": "application/ssml+xml",
+                    "X-Microsoft-OutputFormat": OUTPUT_FORMAT,
+                    "User-Agent": "appliance",
+                },
             ) as response:
                 await check_response(self.name, response)
                 async for data in response.aiter_bytes(PIECE_BYTES):

@@ -17,8 +17,8 @@ from urllib.parse import quote, urlsplit
 
 from appliance.audio.base import AudioClip
 from appliance.conversation.http_errors import StreamProgress, check_response, http_client, provider_errors, warm_http
-from appliance.conversation.tts._audio import PIECE_BYTES, WavStreamDecoder, clip_from_bytes, gather
 from appliance.conversation.sdk_errors import Warmth
+from appliance.conversation.tts._audio import PIECE_BYTES, WavStreamDecoder, clip_from_bytes, gather
 from appliance.errors import ProviderBadReply
 
 
@@ -29,10 +29,22 @@ def _fill(template: str, values: dict[str, str], escape: Any) -> str:
 
 
 class HTTPTemplateSynthesizer:
-    def __init__(self, url: str, *, method: str = "POST", headers: dict[str, str] | None = None,
-                 body: str | None = None, audio_format: str = "wav", sample_rate: int = 24_000,
-                 audio_field: str | None = None, voice: str = "", language: str = "", speaker: str = "",
-                 timeout: float = 15.0, name: str = "http-tts") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        method: str = "POST",
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+        audio_format: str = "wav",
+        sample_rate: int = 24_000,
+        audio_field: str | None = None,
+        voice: str = "",
+        language: str = "",
+        speaker: str = "",
+        timeout: float = 15.0,
+        name: str = "http-tts",
+    ) -> None:
         self.name = name
         self.url, self.method, self.body = url, method.upper(), body
         self.headers = dict(headers or {})

@@ -44,21 +44,80 @@ class PatternReplacer:
 
 
 LETTERS = {
-    "A": "エー", "B": "ビー", "C": "シー", "D": "ディー", "E": "イー", "F": "エフ", "G": "ジー", "H": "エイチ",
-    "I": "アイ", "J": "ジェー", "K": "ケー", "L": "エル", "M": "エム", "N": "エヌ", "O": "オー", "P": "ピー",
-    "Q": "キュー", "R": "アール", "S": "エス", "T": "ティー", "U": "ユー", "V": "ブイ", "W": "ダブリュー",
-    "X": "エックス", "Y": "ワイ", "Z": "ゼット",
+    "A": "エー",
+    "B": "ビー",
+    "C": "シー",
+    "D": "ディー",
+    "E": "イー",
+    "F": "エフ",
+    "G": "ジー",
+    "H": "エイチ",
+    "I": "アイ",
+    "J": "ジェー",
+    "K": "ケー",
+    "L": "エル",
+    "M": "エム",
+    "N": "エヌ",
+    "O": "オー",
+    "P": "ピー",
+    "Q": "キュー",
+    "R": "アール",
+    "S": "エス",
+    "T": "ティー",
+    "U": "ユー",
+    "V": "ブイ",
+    "W": "ダブリュー",
+    "X": "エックス",
+    "Y": "ワイ",
+    "Z": "ゼット",
 }
 BUILTIN_WORDS = {
-    "hello": "ハロー", "robot": "ロボット", "ok": "オーケー", "okay": "オーケー", "thank": "サンク", "thanks": "サンクス",
-    "you": "ユー", "yes": "イエス", "no": "ノー", "good": "グッド", "morning": "モーニング", "night": "ナイト",
-    "coffee": "コーヒー", "computer": "コンピューター", "python": "パイソン", "raspberry": "ラズベリー", "pi": "パイ",
-    "google": "グーグル", "openai": "オープンエーアイ", "chatgpt": "チャットジーピーティー", "wifi": "ワイファイ",
-    "bluetooth": "ブルートゥース", "email": "イーメール", "internet": "インターネット", "music": "ミュージック",
-    "weather": "ウェザー", "news": "ニュース", "timer": "タイマー", "alarm": "アラーム", "game": "ゲーム",
-    "the": "ザ", "and": "アンド", "of": "オブ", "smart": "スマート", "phone": "フォン", "app": "アプリ",
-    "appliance": "アプライアンス", "speaker": "スピーカー", "camera": "カメラ", "light": "ライト", "on": "オン",
-    "off": "オフ", "home": "ホーム", "video": "ビデオ", "youtube": "ユーチューブ", "amazon": "アマゾン",
+    "hello": "ハロー",
+    "robot": "ロボット",
+    "ok": "オーケー",
+    "okay": "オーケー",
+    "thank": "サンク",
+    "thanks": "サンクス",
+    "you": "ユー",
+    "yes": "イエス",
+    "no": "ノー",
+    "good": "グッド",
+    "morning": "モーニング",
+    "night": "ナイト",
+    "coffee": "コーヒー",
+    "computer": "コンピューター",
+    "python": "パイソン",
+    "raspberry": "ラズベリー",
+    "pi": "パイ",
+    "google": "グーグル",
+    "openai": "オープンエーアイ",
+    "chatgpt": "チャットジーピーティー",
+    "wifi": "ワイファイ",
+    "bluetooth": "ブルートゥース",
+    "email": "イーメール",
+    "internet": "インターネット",
+    "music": "ミュージック",
+    "weather": "ウェザー",
+    "news": "ニュース",
+    "timer": "タイマー",
+    "alarm": "アラーム",
+    "game": "ゲーム",
+    "the": "ザ",
+    "and": "アンド",
+    "of": "オブ",
+    "smart": "スマート",
+    "phone": "フォン",
+    "app": "アプリ",
+    "appliance": "アプライアンス",
+    "speaker": "スピーカー",
+    "camera": "カメラ",
+    "light": "ライト",
+    "on": "オン",
+    "off": "オフ",
+    "home": "ホーム",
+    "video": "ビデオ",
+    "youtube": "ユーチューブ",
+    "amazon": "アマゾン",
 }
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 
@@ -93,8 +152,11 @@ class KatakanaConverter:
 
     name = "katakana"
 
-    def __init__(self, dictionary: dict[str, str] | None = None,
-                 fallback: Callable[[list[str]], Awaitable[dict[str, str]]] | None = None) -> None:
+    def __init__(
+        self,
+        dictionary: dict[str, str] | None = None,
+        fallback: Callable[[list[str]], Awaitable[dict[str, str]]] | None = None,
+    ) -> None:
         self.words = {**BUILTIN_WORDS, **{k.lower(): v for k, v in (dictionary or {}).items()}}
         self.fallback = fallback
 
@@ -127,8 +189,10 @@ def llm_katakana(llm: Any) -> Callable[[list[str]], Awaitable[dict[str, str]]]:
     from appliance.brains.base import Message
 
     async def ask(words: list[str]) -> dict[str, str]:
-        system = ("Convert each English word to its usual Japanese katakana reading. Answer only with a JSON "
-                  "object mapping each word exactly as given to katakana.")
+        system = (
+            "Convert each English word to its usual Japanese katakana reading. Answer only with a JSON "
+            "object mapping each word exactly as given to katakana."
+        )
         text = ""
         async with aclosing(llm.stream(system, [Message("user", json.dumps(words))])) as stream:
             async for delta in stream:

@@ -11,8 +11,8 @@ from typing import Any
 
 from appliance.audio.base import AudioClip
 from appliance.conversation.http_errors import StreamProgress, check_response, http_client, provider_errors, warm_http
-from appliance.conversation.tts._audio import PIECE_BYTES, WavStreamDecoder, gather
 from appliance.conversation.sdk_errors import Warmth
+from appliance.conversation.tts._audio import PIECE_BYTES, WavStreamDecoder, gather
 from appliance.errors import ProviderBadReply
 
 VOICEVOX_URL = "http://127.0.0.1:50021"
@@ -20,9 +20,18 @@ AIVISSPEECH_URL = "http://127.0.0.1:10101"
 
 
 class VoicevoxSynthesizer:
-    def __init__(self, base_url: str | None = None, speaker: int = 1, *, name: str = "voicevox-tts",
-                 timeout: float = 15.0, speed: float = 1.0, pitch: float = 0.0, intonation: float = 1.0,
-                 api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        speaker: int = 1,
+        *,
+        name: str = "voicevox-tts",
+        timeout: float = 15.0,
+        speed: float = 1.0,
+        pitch: float = 0.0,
+        intonation: float = 1.0,
+        api_key: str | None = None,
+    ) -> None:
         self.name = name
         self.base_url = (base_url or (AIVISSPEECH_URL if name.startswith("aivis") else VOICEVOX_URL)).rstrip("/")
         self.speaker = speaker
@@ -56,8 +65,9 @@ class VoicevoxSynthesizer:
         self.warmth.touch()
         with provider_errors(self.name, progress):
             query = await self._query(text)
-            async with self._client.stream("POST", f"{self.base_url}/synthesis", params={"speaker": self.speaker},
-                                           json=query) as response:
+            async with self._client.stream(
+                "POST", f"{self.base_url}/synthesis", params={"speaker": self.speaker}, json=query
+            ) as response:
                 await check_response(self.name, response)
                 async for data in response.aiter_bytes(PIECE_BYTES):
                     progress.started = True
