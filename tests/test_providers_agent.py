@@ -202,6 +202,20 @@ async def test_request_interrupting_an_unanswered_one_is_merged() -> None:
     assert [m["content"] for m in last].count("What's the weather") == 0  # not also kept as its own question
 
 
+async def test_request_after_part_of_the_answer_was_heard_is_not_merged() -> None:
+    async with fake_providers() as fake:
+        fake.llm.token_delay = 0.05  # slow enough to interrupt after the first sentence
+        config = cloud_config(fake.url, llm__merge_window=30.0)
+        async with running_appliance(config) as (app, log):
+            await app.conversation.start_turn(Utterance(text="What time is it?"))
+            await log.wait_for(SentenceStarted)
+            await app.conversation.start_turn(Utterance(text="And tomorrow?"))
+            await log.wait_for(TurnFinished, lambda e: e.outcome == "done")
+    last = fake.bodies("/v1/chat/completions")[-1]["messages"]
+    assert last[-1] == {"role": "user", "content": "And tomorrow?"}
+    assert last[-2]["role"] == "assistant" and last[-3] == {"role": "user", "content": "What time is it?"}
+
+
 async def test_on_finish_hook_gets_the_exchange() -> None:
     async with fake_providers() as fake:
         config = cloud_config(fake.url, llm__on_finish="tests.test_providers_agent:record_finish")

@@ -81,7 +81,7 @@ class _Previous:
     text: str
     conversation_id: str
     started: float
-    answered: bool = False
+    answered: bool = False  # finished, or the user already heard part of the answer
 
 
 class CloudBrain:
@@ -220,6 +220,8 @@ class CloudBrain:
                         raise pending.error
                     assert pending.chunk is not None
                     await out.send(pending.chunk)
+                    if self._previous is not None and pending.chunk.voice_text:
+                        self._previous.answered = True  # heard: a new request is a new question, not the rest
                     slots.release()
 
     async def _produce(
