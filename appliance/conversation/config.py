@@ -60,6 +60,8 @@ class ToolConfig(Section):
             raise ValueError("a tool needs exactly one of 'function' or 'url'")
         if self.url and not self.name:
             raise ValueError("a url tool needs a name")
+        if self.parameters is not None and self.parameters.get("type") != "object":
+            raise ValueError("parameters must be a JSON schema of type 'object'")
         return self
 
 

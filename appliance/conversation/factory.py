@@ -132,6 +132,8 @@ def build_llm(cfg: LLMConfig) -> Any:
 
 def build_tools(cfg: LLMConfig, registry: Any = None) -> Any:
     """A registry holding the config-declared tools (MCP tools join it when their servers connect)."""
+    import pydantic
+
     from appliance.conversation.hooks import load_hook
     from appliance.conversation.tools import ToolRegistry, http_tool, tool
 
@@ -141,14 +143,17 @@ def build_tools(cfg: LLMConfig, registry: Any = None) -> Any:
         where = f"llm.tools[{index}]"
         if t.function:
             func = load_hook(t.function, f"{where}.function")
-            declared = tool(
-                func, name=t.name, description=t.description or None, progress=t.progress, timeout=t.timeout
-            )
+            try:
+                declared = tool(
+                    func, name=t.name, description=t.description or None, progress=t.progress, timeout=t.timeout
+                )
+            except (TypeError, ValueError, pydantic.PydanticUserError) as exc:  # a signature no schema can describe
+                raise ValueError(f"{where}.function {t.function!r}: {exc}") from None
             declared.source = "config"
             registry.add(declared)
         else:
             assert t.url is not None and t.name is not None
-            declared = http_tool(
+            declared = http_tool(  # its parameters schema was checked by ToolConfig
                 t.name,
                 t.description or t.name,
                 t.url,
