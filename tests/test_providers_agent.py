@@ -417,3 +417,34 @@ def test_auto_brain_is_offline_without_keys_and_cloud_for_keyless_local_services
         "tts": {"provider": "voicevox"},
     }
     assert choose_brain_kind(AppConfig.model_validate(local)) == "cloud"
+
+
+async def test_a_broken_camera_is_told_to_the_model_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "gone.jpg").write_bytes(b"\xff\xd8\xff")
+    async with fake_providers(reply="Let me look. [vision:camera]") as fake:
+        config = cloud_config(fake.url, llm__camera="file", llm__camera_image=str(tmp_path / "gone.jpg"))
+        async with running_appliance(config) as (app, log):
+            await app.brain.ensure()
+            (tmp_path / "gone.jpg").unlink()  # the camera breaks after start
+            await app.conversation.start_turn(Utterance(text="What do you see?"))
+            done = await log.wait_for(TurnFinished)
+    assert done.outcome == "done"
+    second = fake.bodies("/v1/chat/completions")[1]["messages"]
+    assert "could not take a picture" in second[-1]["content"]
+
+
+def test_camera_choice_and_bad_images(tmp_path: Path) -> None:
+    from appliance.conversation.vision import CameraError, FileCamera, OpenCVCamera, make_camera
+
+    assert isinstance(make_camera("file", tmp_path / "x.jpg"), FileCamera)
+    assert isinstance(make_camera("opencv", None, "/dev/video9"), OpenCVCamera)
+    with pytest.raises(ValueError, match="needs an image"):
+        make_camera("file", None)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+
+    async def grab() -> None:
+        await FileCamera(text).capture()
+
+    with pytest.raises(CameraError, match="neither JPEG nor PNG"):
+        trio.run(grab)

@@ -248,10 +248,15 @@ class CloudBrain:
                     return
                 if look and not looked and self.camera is not None:
                     looked = True
-                    images = (await self.camera.capture(),)
-                    if text:
-                        seen = Message("user", "(Here is what the camera sees.)")
-                        messages = (*messages, Message("assistant", text), seen)
+                    from appliance.conversation.vision import CameraError
+
+                    try:
+                        images = (await self.camera.capture(),)
+                        note = "(Here is what the camera sees.)"
+                    except CameraError as exc:  # say so, rather than fail the turn over a camera
+                        log.warning("camera: %s", exc)
+                        note = f"(The camera could not take a picture: {exc}. Answer without it.)"
+                    messages = (*messages, Message("assistant", text or "[vision:camera]"), Message("user", note))
                     continue
                 if not calls:
                     return
