@@ -97,7 +97,9 @@ def choose_brain_kind(config: AppConfig) -> str:
     return "offline" if missing_keys(config.stt, config.llm, config.tts) else "cloud"
 
 
-def cloud_brain_factory(config: AppConfig, voice: LocalVoice, tools: Any = None) -> Callable[[], Brain]:
+def cloud_brain_factory(
+    config: AppConfig, voice: LocalVoice, tools: Any = None, jobs: Any = None
+) -> Callable[[], Brain]:
     """Check the cloud parts now (config errors name their TOML path), build them later in a worker thread."""
     from appliance.conversation import factory
 
@@ -130,6 +132,7 @@ def cloud_brain_factory(config: AppConfig, voice: LocalVoice, tools: Any = None)
             camera=camera,
             merge_window=llm_cfg.merge_window,
             on_finish=load_hook(llm_cfg.on_finish, "llm.on_finish") if llm_cfg.on_finish else None,
+            jobs=jobs,
         )
 
     return build
@@ -219,6 +222,7 @@ def build_appliance(
     prewarm: DeferredBrain | None = None
     tools: Any = None
     mcp: Any = None
+    jobs: Any = None
     if brain is None:
         kind = choose_brain_kind(config)
         if kind == "cloud":
@@ -227,7 +231,11 @@ def build_appliance(
 
             tools = ToolRegistry()
             mcp = build_mcp(config.llm, tools)
-            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice, tools))
+            if config.llm.on_finish:
+                from appliance.conversation.background import BackgroundJobs
+
+                jobs = BackgroundJobs()
+            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice, tools, jobs))
             brain = prewarm
         else:
             from appliance.brains.cloud import OfflineBrain
@@ -260,6 +268,8 @@ def build_appliance(
         supervisor.add(PrewarmService(prewarm), required=False)
     if mcp is not None:
         supervisor.add(mcp, required=False)
+    if jobs is not None:
+        supervisor.add(jobs, required=False)
     appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
     appliance.tools = tools
     if control:  # last: it wraps the services registered above so a config change can restart one of them

@@ -29,7 +29,12 @@ calls: list[Any] = []
 finished: list[FinishedTurn] = []
 
 
-def record_finish(turn: FinishedTurn) -> None:
+hook_release: list[trio.Event] = []
+
+
+async def record_finish(turn: FinishedTurn) -> None:
+    if hook_release:
+        await hook_release[0].wait()  # a slow memory store: the turn must not wait for it
     finished.append(turn)
 
 
@@ -47,6 +52,7 @@ def block_secrets(text: str) -> str | None:
 def _clear() -> None:
     calls.clear()
     finished.clear()
+    hook_release.clear()
 
 
 async def one_turn(
@@ -219,7 +225,15 @@ async def test_request_after_part_of_the_answer_was_heard_is_not_merged() -> Non
 async def test_on_finish_hook_gets_the_exchange() -> None:
     async with fake_providers() as fake:
         config = cloud_config(fake.url, llm__on_finish="tests.test_providers_agent:record_finish")
-        _, done, _ = await one_turn(config)
+        hook_release.append(trio.Event())
+        async with running_appliance(config) as (app, log):
+            await app.conversation.start_turn(ASK)
+            done = await log.wait_for(TurnFinished)  # the turn ended while the hook was still waiting
+            assert finished == []
+            hook_release[0].set()
+            with trio.fail_after(10):
+                while not finished:
+                    await trio.sleep(0.05)
     assert len(finished) == 1
     assert finished[0].user_text == ASK.text and finished[0].reply_text == fake.reply
     assert finished[0].turn_id == done.turn_id

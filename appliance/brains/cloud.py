@@ -108,6 +108,7 @@ class CloudBrain:
         merge_window: float = 0.0,
         on_finish: Callable[[FinishedTurn], Any] | None = None,
         on_finish_timeout: float = 10.0,
+        jobs: Any = None,
     ) -> None:
         self.stt = stt
         self.llm = llm
@@ -127,6 +128,7 @@ class CloudBrain:
         self.merge_window = merge_window
         self.on_finish = on_finish
         self.on_finish_timeout = on_finish_timeout
+        self.jobs = jobs  # a BackgroundJobs service for the on-finish hook
         self._previous: _Previous | None = None
 
     # --- the turn ---------------------------------------------------------------------------------
@@ -193,13 +195,18 @@ class CloudBrain:
             return
         from appliance.conversation.hooks import call_hook
 
-        summary = FinishedTurn(request.turn_id, request.conversation_id, user_text, " ".join(state.texts),
-                               tuple(state.tool_results))
-        # Shielded: the reply is complete, so a barge-in now must not lose the memory of it. Bounded: a slow
-        # memory service must not hold the turn open.
+        summary = FinishedTurn(
+            request.turn_id, request.conversation_id, user_text, " ".join(state.texts), tuple(state.tool_results)
+        )
+        hook = self.on_finish
+        if self.jobs is not None:  # the usual way: the turn ends now, memory is stored meanwhile
+            self.jobs.submit(f"on_finish {request.turn_id}", lambda: call_hook(hook, summary))
+            return
+        # No background service (a brain built outside the appliance): shielded, since the reply is complete
+        # and a barge-in now must not lose the memory of it, and bounded.
         with trio.CancelScope(shield=True), trio.move_on_after(self.on_finish_timeout) as waited:
             try:
-                await call_hook(self.on_finish, summary)
+                await call_hook(hook, summary)
             except Exception:  # noqa: BLE001 - memory is a side job: log it, the user already has the answer
                 log.warning("on-finish hook failed", exc_info=True, extra={"turn_id": request.turn_id})
         if waited.cancelled_caught:
