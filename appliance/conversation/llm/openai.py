@@ -114,7 +114,11 @@ class OpenAIChat:
                         if delta and delta.content:
                             yield delta.content
                         for fragment in (delta.tool_calls if delta else None) or ():
-                            slot = calls.setdefault(fragment.index, {"id": "", "name": "", "arguments": ""})
+                            # Some compatible servers omit the index and send each call whole, with its id.
+                            index = fragment.index
+                            if index is None:
+                                index = len(calls) if fragment.id or not calls else max(calls)
+                            slot = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
                             if fragment.id:
                                 slot["id"] = fragment.id
                             if fragment.function and fragment.function.name:
