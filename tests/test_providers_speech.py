@@ -389,3 +389,55 @@ def test_say_uses_the_configured_voice_and_the_lang_tag(tmp_path: Path) -> None:
         fake.wait(timeout=10)
     assert outputs[0].sample_rate == 22050  # the HTTP template engine's WAV
     assert outputs[1].sample_rate == 24000  # VOICEVOX, chosen by [lang:ja]
+
+
+class _SpectrumEmbedder:
+    """Stands in for the ONNX model in tests: a voice is its coarse spectrum."""
+
+    def embed(self, clip: AudioClip) -> Any:
+        power = np.abs(np.fft.rfft(clip.samples.astype(np.float64)))
+        return np.array([band.mean() for band in np.array_split(power, 32)], dtype=np.float32)
+
+
+def _tone(freq: float, seconds: float = 1.0) -> AudioClip:
+    t = np.arange(int(16000 * seconds)) / 16000
+    return AudioClip((np.sin(2 * np.pi * freq * t) * 8000).astype(np.int16), 16000)
+
+
+async def test_speaker_gate_passes_the_enrolled_voice_only(tmp_path: Path) -> None:
+    from appliance.audio.convert import write_wav
+    from appliance.conversation.stt.speaker_gate import SpeakerGate
+
+    enrolled = tmp_path / "me.wav"
+    write_wav(enrolled, _tone(300))
+    gate = SpeakerGate.enroll(_SpectrumEmbedder(), [enrolled], threshold=0.8)
+    async with fake_providers(transcript="it is me") as fake:
+        stt = HookedRecognizer(make_stt("google", fake.url), gate)
+        assert await stt.transcribe(_tone(300)) == "it is me"
+        assert await stt.transcribe(_tone(3000)) == ""  # someone else: dropped before any request
+        assert await stt.transcribe(_tone(3000, 0.3)) == "it is me"  # too short to judge: let through
+        await stt.aclose()
+    assert len(fake.bodies("/v1/speech:recognize")) == 2
+
+
+def test_speaker_gate_config_is_checked(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from appliance.config import AppConfig
+    from appliance.conversation.factory import check_parts
+
+    with pytest.raises(ValidationError, match="speaker_gate_enroll"):
+        AppConfig.model_validate({"stt": {"speaker_gate_model": str(tmp_path / "m.onnx")}})
+    config = AppConfig.model_validate(
+        {
+            "stt": {
+                "api_key": "k",
+                "speaker_gate_model": str(tmp_path / "m.onnx"),
+                "speaker_gate_enroll": [str(tmp_path / "me.wav")],
+            },
+            "llm": {"api_key": "k"},
+            "tts": {"api_key": "k"},
+        }
+    )
+    problems = "\n".join(check_parts(config.stt, config.llm, config.tts))
+    assert "m.onnx does not exist" in problems and "speaker_gate_enroll[0]" in problems

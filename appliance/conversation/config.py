@@ -34,11 +34,18 @@ class STTConfig(Section):
         "None drops the utterance (noise gate, speaker gate)",
     )
     postprocess: str | None = Field(default=None, description="'module:function' (text) -> text, run after recognition")
+    speaker_gate_model: Path | None = Field(
+        default=None, description="ONNX speaker-embedding model (sherpa-onnx): only enrolled voices are heard"
+    )
+    speaker_gate_enroll: list[Path] = Field(default_factory=list, description="WAV recordings of the enrolled voices")
+    speaker_gate_threshold: float = Field(default=0.5, ge=-1, le=1, description="cosine similarity to pass")
 
     @model_validator(mode="after")
     def _needs_region(self) -> STTConfig:
         if self.provider == "azure" and not (self.region or self.base_url):
             raise ValueError("stt.region is required for azure (or give base_url)")
+        if self.speaker_gate_model is not None and not self.speaker_gate_enroll:
+            raise ValueError("stt.speaker_gate_enroll needs at least one recording of the enrolled voice")
         return self
 
 

@@ -95,15 +95,36 @@ def build_stt(cfg: STTConfig) -> Any:
         from appliance.conversation.stt.openai import OpenAIRecognizer
 
         recognizer = OpenAIRecognizer(cfg.model, key, cfg.base_url, cfg.timeout, cfg.language)
-    if cfg.preprocess or cfg.postprocess:
+    preprocess = None
+    if cfg.preprocess:
+        from appliance.conversation.hooks import load_hook
+
+        preprocess = load_hook(cfg.preprocess, "stt.preprocess")
+    if cfg.speaker_gate_model is not None:
+        from appliance.conversation.stt.speaker_gate import SherpaEmbedder, SpeakerGate
+
+        gate = SpeakerGate.enroll(
+            SherpaEmbedder(cfg.speaker_gate_model), cfg.speaker_gate_enroll, cfg.speaker_gate_threshold
+        )
+        preprocess = chain_audio_hooks(preprocess, gate) if preprocess else gate
+    if preprocess or cfg.postprocess:
         from appliance.conversation.hooks import HookedRecognizer, load_hook
 
         recognizer = HookedRecognizer(
-            recognizer,
-            load_hook(cfg.preprocess, "stt.preprocess") if cfg.preprocess else None,
-            load_hook(cfg.postprocess, "stt.postprocess") if cfg.postprocess else None,
+            recognizer, preprocess, load_hook(cfg.postprocess, "stt.postprocess") if cfg.postprocess else None
         )
     return recognizer
+
+
+def chain_audio_hooks(first: Any, second: Any) -> Any:
+    """The user's pre-process hook, then the speaker gate (each may drop the utterance with None)."""
+    from appliance.conversation.hooks import call_hook
+
+    async def both(clip: Any) -> Any:
+        clip = await call_hook(first, clip)
+        return None if clip is None else await call_hook(second, clip)
+
+    return both
 
 
 # --- language model -----------------------------------------------------------------------------------
@@ -326,6 +347,18 @@ def check_parts(stt: STTConfig, llm: LLMConfig, tts: TTSConfig) -> list[str]:
             load_dictionary(tts.katakana_dictionary)
         except ValueError as exc:
             problems.append(f"tts.katakana_dictionary: {exc}")
+    if stt.speaker_gate_model is not None:
+        try:
+            import sherpa_onnx  # noqa: F401
+        except ImportError:
+            problems.append(
+                "stt.speaker_gate_model: the speaker gate needs sherpa-onnx (pip install 'appliance[speaker]')"
+            )
+        if not stt.speaker_gate_model.is_file():
+            problems.append(f"stt.speaker_gate_model: {stt.speaker_gate_model} does not exist")
+        for index, path in enumerate(stt.speaker_gate_enroll):
+            if not path.is_file():
+                problems.append(f"stt.speaker_gate_enroll[{index}]: {path} does not exist")
     if llm.mcp_servers:
         try:
             import mcp  # noqa: F401
