@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from appliance.audio.base import AudioSink, AudioSource, BlockQueue
+from appliance.audio.capture import CaptureService
 from appliance.brains.base import Brain, BrainOutput, TurnRequest, Utterance
 from appliance.bus import EventBus
 from appliance.config import AppConfig, ConfigError
@@ -30,17 +31,6 @@ from appliance.supervisor import Supervisor
 from appliance.systemd import Notifier
 
 log = logging.getLogger(__name__)
-
-
-class CaptureService:
-    name = "capture"
-
-    def __init__(self, source: AudioSource, queue: BlockQueue) -> None:
-        self.source = source
-        self.queue = queue
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.source.run(self.queue, task_status=task_status)
 
 
 class DeferredBrain:
@@ -138,6 +128,17 @@ def cloud_brain_factory(
     return build
 
 
+def wrap_for_text_wake(config: AppConfig, brain: Brain) -> Brain:
+    """With the STT-text wake word, turns only go on when the transcript holds a wake phrase."""
+    listening = config.listening
+    if listening.mode != "wake_word" or listening.wake_word.engine != "text":
+        return brain
+    from appliance.listening.textwake import TextWakeBrain, TextWakeGate
+
+    gate = TextWakeGate(listening.wake_word.phrases, listening.wake_word.wakeword_timeout)
+    return TextWakeBrain(brain, gate)
+
+
 def make_source(config: AppConfig) -> AudioSource:
     from appliance.audio.sources import SimulatedMicrophone, WavFileSource, bundled_clip
 
@@ -150,7 +151,7 @@ def make_source(config: AppConfig) -> AudioSource:
     if kind == "device":
         from appliance.audio.device import DeviceSource
 
-        return DeviceSource(audio.input_device, audio.block_ms)
+        return DeviceSource(audio.input_device, audio.block_ms, device_block_ms=audio.device_block_ms)
     if kind == "file":
         assert audio.input_file is not None
         return WavFileSource(audio.input_file, audio.block_ms)
@@ -241,6 +242,7 @@ def build_appliance(
             from appliance.brains.cloud import OfflineBrain
 
             brain = OfflineBrain(config.conversation.offline_message, voice)
+    brain = wrap_for_text_wake(config, brain)
     log.info("brain: %s", brain.name)
     source = source or make_source(config)
     sink = sink or make_sink(config)
@@ -257,7 +259,7 @@ def build_appliance(
     body = build_body(bus, config.hardware, pin_factory, brain_name=brain.name)
 
     supervisor.add(state)
-    supervisor.add(CaptureService(source, queue))
+    supervisor.add(CaptureService(source, queue, bus))
     supervisor.add(listening)
     supervisor.add(conversation)
     if status_handler is not None:

@@ -180,9 +180,18 @@ def _devices() -> int:
         return EXIT_FAILED
     if not devices:
         print("no audio devices found")
+        return EXIT_OK
+    print("  #  in/out  default   mono int16 rates (kHz)             name  [host API]")
     for d in devices:
         kinds = "/".join(k for k, n in (("in", d.inputs), ("out", d.outputs)) if n)
-        print(f"{d.index:3}  {kinds:6}  {d.default_rate:>7.0f} Hz  {d.name}  [{d.hostapi}]")
+        rates = []
+        if d.input_rates:
+            rates.append("in " + ",".join(f"{r / 1000:g}" for r in d.input_rates))
+        if d.output_rates:
+            rates.append("out " + ",".join(f"{r / 1000:g}" for r in d.output_rates))
+        shown = "; ".join(rates) or "-"
+        print(f"{d.index:3}  {kinds:6}  {d.default_rate:>5.0f} Hz  {shown:34} {d.name}  [{d.hostapi}]")
+    print("use audio.input_device / audio.output_device = index or a part of the name")
     return EXIT_OK
 
 

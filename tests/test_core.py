@@ -205,3 +205,15 @@ def _drain(sub):  # type: ignore[no-untyped-def]
             out.append(sub.receive.receive_nowait())
         except trio.WouldBlock:
             return out
+
+
+def test_announcements_are_the_robots_words_and_models_still_see_the_user_first() -> None:
+    history = ConversationHistory(limit=10, idle_timeout=60, clock=lambda: 0.0)
+    history.add_turn(None, "Good morning!")  # said on its own, before anyone spoke
+    assert history.messages() == ()
+    history.add_turn("hello", "Hi there.")
+    history.add_turn(None, "The oven is ready.")
+    assert [(m.role, m.content) for m in history.messages()] == [
+        ("user", "hello"),
+        ("assistant", "Hi there. The oven is ready."),
+    ]

@@ -246,3 +246,20 @@ async def test_speech_cut_mid_download_plays_what_arrived_then_fails_the_turn() 
             finished = await log.wait_for(TurnFinished)
     assert finished.outcome == "failed" and finished.error_kind == "ProviderBadReply"
     assert 0 < sink.played_samples < int(len("One long sentence that will be cut.") * 0.05 * 24000)
+
+
+async def test_an_announcement_is_not_taken_for_something_the_user_said() -> None:
+    from appliance.brains.scripted import ScriptedBrain
+    from appliance.conversation.local_voice import LocalVoice
+
+    async with fake_cloud() as cloud:
+        async with running_appliance(cloud_config(cloud.url)) as (app, log):
+            await app.conversation.start_turn(
+                Utterance(text="Dinner is ready.", announce=True), brain=ScriptedBrain("Dinner is ready.", LocalVoice())
+            )
+            await log.wait_for(TurnFinished)
+            await app.conversation.start_turn(SPEECH)
+            await log.wait_for(TurnFinished, lambda e: len(log.of(TurnFinished)) == 2)
+    assert not log.of(Heard)[:-1]  # only the real user's words were heard
+    messages = cloud.bodies("/v1/chat/completions")[0]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user"]  # the model's history starts with the user

@@ -34,6 +34,10 @@ class AudioConfig(Section):
     output_device: str | int | None = None
     output_file: Path | None = Field(default=None, description="WAV the speaker writes to ('file' output)")
     block_ms: int = Field(default=20, ge=10, le=100, description="audio block length in milliseconds")
+    device_block_ms: int = Field(
+        default=40, ge=10, le=200,
+        description="how often the sound card hands captured audio over (ms); larger = less CPU, more latency",
+    )
     volume: float = Field(default=1.0, ge=0.0, le=2.0, description="output gain")
 
     @model_validator(mode="after")

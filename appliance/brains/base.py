@@ -18,12 +18,17 @@ from appliance.events import now
 
 @dataclass(frozen=True, eq=False)
 class Utterance:
-    """What the user said: captured audio (16 kHz mono) and/or text (typed into the API, or already known)."""
+    """What the user said: captured audio (16 kHz mono) and/or text (typed into the API, or already known).
+
+    ``announce``: nobody spoke; the robot says ``text`` on its own (``appliance say``, the API's /say), so it
+    goes into the history as the robot's words, not the user's.
+    """
 
     audio: AudioClip | None = None
     text: str | None = None
     source: str = "voice"
     ended_at: float = field(default_factory=now)
+    announce: bool = False
 
     def __post_init__(self) -> None:
         if self.audio is None and not self.text:

@@ -113,7 +113,7 @@ class Speaker:
     async def _speak(self, job: SayJob) -> None:
         tts = await voice_of(self.conversation)
         active = await self.conversation.start_turn(
-            Utterance(text=job.text, source=job.source), brain=ScriptedBrain(job.text, tts)
+            Utterance(text=job.text, source=job.source, announce=True), brain=ScriptedBrain(job.text, tts)
         )
         job.turn_id = active.turn_id
         job.started.set()

@@ -29,8 +29,12 @@ class ConversationHistory:
         self.conversation_id = uuid.uuid4().hex[:12]
 
     def messages(self) -> tuple[Message, ...]:
+        """The history as a model takes it: starting with the user (an announcement may come first)."""
         self._expire()
-        return tuple(self._messages)
+        start = 0
+        while start < len(self._messages) and self._messages[start].role != "user":
+            start += 1
+        return tuple(self._messages[start:])
 
     def add_turn(self, user: str | None, assistant: str) -> None:
         """Record a finished (or interrupted) turn: only what the user heard goes in as the reply."""
@@ -38,6 +42,10 @@ class ConversationHistory:
         if user:
             self._messages.append(Message("user", user))
         if assistant:
+            if not user and self._messages and self._messages[-1].role == "assistant":
+                # The robot spoke twice in a row (an announcement): one reply, as models expect turns to alternate.
+                previous = self._messages.pop()
+                assistant = f"{previous.content} {assistant}"
             self._messages.append(Message("assistant", assistant))
         if self.limit and len(self._messages) > self.limit:
             del self._messages[: len(self._messages) - self.limit]

@@ -139,7 +139,7 @@ class ConversationService:
         active = ActiveTurn(turn_id, trio.CancelScope())
         self.current = active
         self.turns += 1
-        record = _Record(heard=utterance.text, started=trio.current_time())
+        record = _Record(heard=None if utterance.announce else utterance.text, started=trio.current_time())
         task_status.started(active)
         self.bus.publish(TurnStarted(turn_id, brain.name))
         try:

@@ -1,6 +1,15 @@
-"""Energy endpointing: where an utterance starts and ends, from block levels alone.
+"""Endpointing: where an utterance starts and ends, from a per-block speech decision.
 
 Pure and synchronous so it can be tested block by block and benchmarked without Trio.
+
+* Pre-roll: the blocks before the onset are kept, so the first syllable (quiet, below the threshold) is in
+  the utterance.
+* Early endpoint: after ``early_endpoint`` seconds of silence the utterance is handed out already (the cloud
+  STT can start), but it stays open until ``silence_duration``. If speech resumes in between, the endpointer
+  reports ``Onset(resumed=True)`` and later hands out the whole utterance again, which supersedes the first.
+  This takes ~250 ms off every turn at the price of a wasted STT call when somebody pauses mid-sentence.
+* Armed start (after a wake word): the utterance starts from the audio before the detection, and is given
+  up when no speech follows within ``command_timeout``.
 """
 
 from __future__ import annotations
@@ -15,17 +24,28 @@ from appliance.audio.base import level_db
 
 @dataclass(frozen=True)
 class Onset:
-    """Speech started; ``level`` is the block's dBFS."""
+    """Speech started; ``level`` is the block's dBFS. ``resumed``: it continues an utterance handed out early."""
 
     level: float
+    resumed: bool = False
 
 
 @dataclass(frozen=True, eq=False)
 class Segment:
-    """A finished utterance: pre-roll + speech + the silence that ended it (16 kHz int16)."""
+    """A finished utterance: pre-roll + speech + the silence that ended it (16 kHz int16).
+
+    ``reason``: "silence", "early" (handed out before the full silence; may be superseded), "max_duration",
+    or "button". ``levels`` are the block levels, for the noise floor.
+    """
 
     samples: np.ndarray
     forced: bool = False
+    reason: str = "silence"
+    levels: tuple[float, ...] = ()
+
+    @property
+    def early(self) -> bool:
+        return self.reason == "early"
 
 
 @dataclass(frozen=True)
@@ -36,7 +56,164 @@ class Discarded:
 EndpointResult = Onset | Segment | Discarded
 
 
-class EnergyEndpointer:
+class Endpointer:
+    def __init__(
+        self,
+        block_seconds: float,
+        silence_duration: float = 0.5,
+        min_duration: float = 0.2,
+        max_duration: float = 10.0,
+        preroll: float = 0.3,
+        early_endpoint: float | None = None,
+        longest_preroll: float | None = None,
+    ) -> None:
+        self.block_seconds = block_seconds
+        self.silence_blocks = max(1, round(silence_duration / block_seconds))
+        self.early_blocks = (
+            max(1, round(early_endpoint / block_seconds)) if early_endpoint and early_endpoint < silence_duration
+            else None
+        )
+        self.min_blocks = max(1, round(min_duration / block_seconds))
+        self.max_blocks = max(1, round(max_duration / block_seconds))
+        self.preroll_blocks = round(preroll / block_seconds)
+        keep = max(preroll, longest_preroll or 0.0)
+        self._history: deque[tuple[np.ndarray, float]] = deque(maxlen=max(1, round(keep / block_seconds)))
+        self._speech: list[np.ndarray] = []
+        self._levels: list[float] = []
+        self._voiced = 0
+        self._quiet = 0
+        self._forced = False
+        self._sent_early = False
+        self._armed_blocks: int | None = None  # blocks left to wait for speech after a wake word
+        self.last_level = -100.0
+
+    @property
+    def in_speech(self) -> bool:
+        return bool(self._speech)
+
+    @property
+    def forced(self) -> bool:
+        return self._forced
+
+    def abandon(self, reason: str) -> Discarded | None:
+        """Drop the open utterance (it was noise after all)."""
+        if not self._speech:
+            return None
+        self._clear()
+        return Discarded(reason)
+
+    @property
+    def armed(self) -> bool:
+        return self._armed_blocks is not None
+
+    def reset(self) -> None:
+        self._history.clear()
+        self._clear()
+
+    def _clear(self) -> None:
+        self._speech = []
+        self._levels = []
+        self._voiced = self._quiet = 0
+        self._forced = False
+        self._sent_early = False
+        self._armed_blocks = None
+
+    def _open(self, preroll_blocks: int) -> None:
+        kept = list(self._history)[-preroll_blocks:] if preroll_blocks else []
+        self._speech = [b for b, _ in kept]
+        self._levels = [lv for _, lv in kept]
+        self._history.clear()
+
+    def start(self) -> None:
+        """Open an utterance now, whatever the level (push-to-talk)."""
+        if not self._speech:
+            self._open(self.preroll_blocks)
+        self._forced = True
+        self._armed_blocks = None
+
+    def arm(self, preroll: float, timeout: float) -> None:
+        """The wake word was heard (or the talk button tapped): the utterance starts ``preroll`` s back (or
+        where the open one started); speech must follow within ``timeout``."""
+        if self._speech:
+            speech, levels = self._speech, self._levels
+            self._clear()
+            self._speech, self._levels = speech, levels
+        else:
+            self._clear()
+            self._open(round(preroll / self.block_seconds))
+        if not self._speech:  # nothing kept yet: still mark the utterance open
+            self._speech = [np.zeros(0, dtype=np.int16)]
+            self._levels = [-100.0]
+        self._armed_blocks = max(1, round(timeout / self.block_seconds))
+
+    def finish(self) -> Segment | None:
+        """Close the open utterance now (push-to-talk released)."""
+        if not self._speech:
+            self._forced = False
+            return None
+        return self._close("button")
+
+    def process(self, block: np.ndarray, speech: bool, level: float | None = None) -> EndpointResult | None:
+        level = self.last_level = level_db(block) if level is None else level
+        if not self._speech:
+            if not speech:
+                self._history.append((block, level))
+                return None
+            self._open(self.preroll_blocks)
+            self._speech.append(block)
+            self._levels.append(level)
+            self._voiced, self._quiet = 1, 0
+            return Onset(level)
+        self._speech.append(block)
+        self._levels.append(level)
+        if self._armed_blocks is not None:
+            if not speech:
+                self._armed_blocks -= 1
+                if self._armed_blocks <= 0:
+                    self._clear()
+                    return Discarded("no speech after the wake word")
+                return None
+            self._armed_blocks = None
+            self._voiced, self._quiet = 1, 0
+            return Onset(level)
+        if speech:
+            self._voiced += 1
+            resumed = self._sent_early and self._quiet > 0
+            self._quiet = 0
+            if resumed:
+                self._sent_early = False  # what was handed out is now incomplete: hand out the whole again
+                return Onset(level, resumed=True)
+        else:
+            self._quiet += 1
+        if len(self._speech) >= self.max_blocks:
+            return self._close("max_duration")
+        if self._forced:
+            return None
+        if self._quiet >= self.silence_blocks:
+            if self._voiced < self.min_blocks:
+                self._clear()
+                return Discarded("too short")
+            if self._sent_early:
+                self._clear()  # already handed out, and nothing was added since
+                return None
+            return self._close("silence")
+        if self.early_blocks is not None and self._quiet == self.early_blocks and self._voiced >= self.min_blocks:
+            self._sent_early = True
+            return self._segment("early")
+        return None
+
+    def _segment(self, reason: str) -> Segment:
+        return Segment(np.concatenate(self._speech), forced=self._forced, reason=reason, levels=tuple(self._levels))
+
+    def _close(self, reason: str) -> Segment:
+        segment = self._segment(reason)
+        self._clear()
+        return segment
+
+
+class EnergyEndpointer(Endpointer):
+    """The plain energy endpointer: a block is speech when its level reaches ``threshold_db`` (+ extra)."""
+
     def __init__(
         self,
         block_seconds: float,
@@ -46,71 +223,11 @@ class EnergyEndpointer:
         max_duration: float = 10.0,
         preroll: float = 0.3,
     ) -> None:
-        self.block_seconds = block_seconds
+        super().__init__(block_seconds, silence_duration, min_duration, max_duration, preroll)
         self.threshold_db = threshold_db
-        self.silence_blocks = max(1, round(silence_duration / block_seconds))
-        self.min_blocks = max(1, round(min_duration / block_seconds))
-        self.max_blocks = max(1, round(max_duration / block_seconds))
-        self._preroll: deque[np.ndarray] = deque(maxlen=max(1, round(preroll / block_seconds)))
-        self._speech: list[np.ndarray] = []
-        self._voiced = 0
-        self._quiet = 0
-        self._forced = False
-        self.last_level = -100.0
 
-    @property
-    def in_speech(self) -> bool:
-        return bool(self._speech)
-
-    def reset(self) -> None:
-        self._preroll.clear()
-        self._speech = []
-        self._voiced = self._quiet = 0
-        self._forced = False
-
-    def start(self) -> None:
-        """Open an utterance now, whatever the level (push-to-talk)."""
-        if not self._speech:
-            self._speech = list(self._preroll)
-        self._forced = True
-
-    def finish(self) -> Segment | None:
-        """Close the open utterance now (push-to-talk released)."""
-        if not self._speech:
-            self._forced = False
-            return None
-        segment = Segment(np.concatenate(self._speech), forced=True)
-        self.reset()
-        return segment
-
-    def process(self, block: np.ndarray, extra_threshold_db: float = 0.0) -> EndpointResult | None:
-        level = self.last_level = level_db(block)
-        loud = level >= self.threshold_db + extra_threshold_db
-        if not self._speech:
-            if not loud:
-                self._preroll.append(block)
-                return None
-            self._speech = [*self._preroll, block]
-            self._preroll.clear()
-            self._voiced, self._quiet = 1, 0
-            return Onset(level)
-        self._speech.append(block)
-        if loud:
-            self._voiced += 1
-            self._quiet = 0
-        else:
-            self._quiet += 1
-        spoken = len(self._speech)
-        if spoken >= self.max_blocks:
-            return self._close("too long")
-        if self._quiet >= self.silence_blocks and not self._forced:
-            if self._voiced < self.min_blocks:
-                self.reset()
-                return Discarded("too short")
-            return self._close(None)
-        return None
-
-    def _close(self, reason: str | None) -> Segment:
-        segment = Segment(np.concatenate(self._speech), forced=self._forced)
-        self.reset()
-        return segment
+    def process(  # type: ignore[override]
+        self, block: np.ndarray, extra_threshold_db: float = 0.0
+    ) -> EndpointResult | None:
+        level = level_db(block)
+        return super().process(block, level >= self.threshold_db + extra_threshold_db, level)

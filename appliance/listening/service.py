@@ -1,12 +1,20 @@
-"""Turns the microphone's blocks into utterances, honouring mode, mute and barge-in."""
+"""Turns the microphone's blocks into utterances, honouring mode, mute, wake word, barge-in and echo.
+
+Per block: the voice activity decision (energy gate with noise floor, optional neural VAD, thresholds raised
+by the self-trigger guard while the robot speaks), the wake word models (always fed, so their streaming
+state stays current), then the endpointer. Commands and the robot's output level arrive on the bus and are
+handled by a second task, so unmuting works while the microphone is closed and delivers no blocks.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 
+import numpy as np
 import trio
 
-from appliance.audio.base import CAPTURE_RATE, AudioClip, BlockQueue
+from appliance.audio.base import CAPTURE_RATE, AudioClip, BlockQueue, level_db
 from appliance.brains.base import Utterance
 from appliance.bus import EventBus
 from appliance.events import (
@@ -15,18 +23,26 @@ from appliance.events import (
     ListenReleased,
     ListenRequested,
     MuteRequested,
+    OutputLevel,
     SpeechDiscarded,
     SpeechStarted,
     State,
     StateChanged,
+    TurnFinished,
     UtteranceCaptured,
 )
 from appliance.listening.config import ListeningConfig
-from appliance.listening.endpointer import Discarded, EnergyEndpointer, Onset, Segment
+from appliance.listening.endpointer import Discarded, Endpointer, Onset, Segment
+from appliance.listening.events import WakeWordDetected
+from appliance.listening.guard import EchoGuard
+from appliance.listening.vad import SpeechDetector, VoiceActivity, make_detector
+from appliance.listening.wakeword import MicroWakeWordDetector, WakeDetection, WakeWordDetector
 
 log = logging.getLogger(__name__)
 
 _LEVEL_EVERY = 5  # publish the input level every Nth block: enough for a meter, cheap for the bus
+_TAP = 0.4  # s: the talk button released sooner than this was tapped (listen once), not held (push-to-talk)
+_WAKE_EVIDENCE = 1.2  # s: during playback a wake word needs the user's own voice (above the echo) this recently
 
 
 class ListeningService:
@@ -39,6 +55,9 @@ class ListeningService:
         utterances: trio.MemorySendChannel[Utterance],
         config: ListeningConfig,
         block_ms: int = 20,
+        *,
+        wake_detector: WakeWordDetector | None = None,
+        speech_detector: SpeechDetector | None = None,
     ) -> None:
         self.bus = bus
         self.blocks = blocks
@@ -46,67 +65,207 @@ class ListeningService:
         self.config = config
         self.block_seconds = block_ms / 1000
         self.state = State.IDLE
-        self.muted = False
-
-    def _endpointer(self) -> EnergyEndpointer:
-        c = self.config
-        return EnergyEndpointer(
-            self.block_seconds, c.volume_db_threshold, c.silence_duration, c.min_duration, c.max_duration, c.preroll
+        self.muted = config.mode == "muted"
+        self.mode = "always" if config.mode == "muted" else config.mode
+        self.wake_engine = config.wake_word.engine if self.mode == "wake_word" else None
+        self._wake_detector = wake_detector
+        self._speech_detector = speech_detector
+        self.wake: WakeWordDetector | None = None
+        self.vad: VoiceActivity | None = None
+        c = config
+        self.endpointer = Endpointer(
+            self.block_seconds, c.silence_duration, c.min_duration, c.max_duration, c.preroll, c.early_endpoint,
+            longest_preroll=c.wake_word.preroll if self.wake_engine == "micro" else None,
         )
+        self.guard = EchoGuard(c.self_trigger_guard, self.block_seconds, c.barge_in_margin_db, c.echo_tail)
+        self.conversation_open_until = float("-inf")  # audio clock
+        self._evidence: deque[bool] = deque(maxlen=max(1, round(_WAKE_EVIDENCE / self.block_seconds)))
+        self._source = "voice"
+        self._listen_pressed_at = float("-inf")
+        self.wake_detections = 0
+        self.wake_rejected = 0
+        self.barge_ins = 0
+        self.utterances_sent = 0
+
+    # --- setup ------------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Build the detectors (loads model files: run in a worker thread)."""
+        c = self.config
+        detector = self._speech_detector or make_detector(c.vad, c.silero_model)
+        self.vad = VoiceActivity(
+            self.block_seconds, c.volume_db_threshold, c.noise_floor, c.noise_margin_db, c.noise_window,
+            detector, c.vad_threshold, c.neural_margin_db,
+        )
+        if self.wake_engine == "micro":
+            self.wake = self._wake_detector or MicroWakeWordDetector.from_config(
+                c.wake_word.models, c.wake_word.runtime, c.wake_word.refractory
+            )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        endpointer = self._endpointer()
-        with self.bus.subscribe(StateChanged, MuteRequested, ListenRequested, ListenReleased, name=self.name) as sub:
+        if self.vad is None:
+            await trio.to_thread.run_sync(self._load)
+        types = (StateChanged, MuteRequested, ListenRequested, ListenReleased, OutputLevel, TurnFinished)
+        with self.bus.subscribe(*types, name=self.name, size=1024) as sub:
             self.blocks.clear()  # audio that queued up while we were down is stale
-            task_status.started()
-            count = 0
-            while True:
-                block = await self.blocks.get()
-                while True:
-                    try:
-                        event = sub.receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    await self._command(event, endpointer)
-                if self.muted:
-                    continue
-                count += 1
-                busy = self.state in (State.THINKING, State.SPEAKING)
-                if busy and not self.config.barge_in and not endpointer.in_speech:
-                    continue
-                extra = self.config.barge_in_margin_db if self.state is State.SPEAKING else 0.0
-                if self.config.mode == "push_to_talk" and not endpointer.in_speech:
-                    endpointer.process(block, extra_threshold_db=float("inf"))  # keep the pre-roll filling
-                    continue
-                result = endpointer.process(block, extra_threshold_db=extra)
-                if count % _LEVEL_EVERY == 0:
-                    self.bus.publish(InputLevel(endpointer.last_level))
-                await self._handle(result, busy)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow_events, sub)
+                task_status.started()
+                if self.config.mode == "muted":
+                    self.bus.publish(MuteRequested(True, source="config"))
+                log.info(
+                    "listening: mode=%s vad=%s wake=%s guard=%s", self.config.mode, self.config.vad,
+                    self.wake_engine or "-", self.config.self_trigger_guard,
+                )
+                await self._follow_blocks()
 
-    async def _handle(self, result: Onset | Segment | Discarded | None, busy: bool) -> None:
+    # --- blocks -----------------------------------------------------------------------------------------
+
+    async def _follow_blocks(self) -> None:
+        count = 0
+        while True:
+            block = await self.blocks.get()
+            if self.muted:
+                continue
+            count += 1
+            result = self.process_block(block)
+            if count % _LEVEL_EVERY == 0:
+                self.bus.publish(InputLevel(self.endpointer.last_level))
+            if result is not None:
+                await self._handle(result)
+
+    @property
+    def conversation_open(self) -> bool:
+        return self.guard.now < self.conversation_open_until
+
+    def process_block(self, block: np.ndarray) -> Onset | Segment | Discarded | None:
+        """Everything one block does, synchronously; returns the endpointer's verdict for the caller to send."""
+        assert self.vad is not None
+        guard, vad, endpointer = self.guard, self.vad, self.endpointer
+        guard.tick()
+        playing = guard.playing
+        if playing and guard.mode == "gate":
+            speech = False
+            vad.last_level = level = level_db(block)
+        else:
+            echo = guard.expected_echo_db() if playing else None
+            extra = guard.margin_db if playing else 0.0
+            speech = vad.is_speech(block, extra, echo, endpointer.in_speech and not endpointer.armed, room=not playing)
+            level = vad.last_level
+        if playing:
+            guard.learn(level)
+        elif not speech and not endpointer.in_speech:
+            vad.learn(level)
+        self._evidence.append(speech)
+
+        if self.wake is not None:
+            detection = self.wake.process(block)
+            if detection is not None:
+                self._on_wake(detection, playing)
+
+        busy = self.state in (State.THINKING, State.SPEAKING)
+        may_start = self.mode == "always" or (
+            self.mode == "wake_word" and (self.wake_engine == "text" or self.conversation_open)
+        )
+        if not endpointer.in_speech and (
+            not may_start or not vad.ready or (busy and not self.config.barge_in)
+        ):
+            speech = False  # keep the pre-roll filling, start nothing
+        if (
+            endpointer.in_speech and not endpointer.forced and not playing and vad.noise_floor
+            and vad.detector.name == "energy" and vad.steady_noise()  # a neural VAD tells noise apart itself
+        ):
+            vad.relearn()
+            return endpointer.abandon("steady noise")
+        result = endpointer.process(block, speech, level)
+        if isinstance(result, Segment) and result.reason == "max_duration" and vad.noise_floor:
+            vad.relearn(list(result.levels))  # endless "speech" is most likely a new steady noise
+        return result
+
+    def _on_wake(self, detection: WakeDetection, playing: bool) -> None:
+        accepted, reason = True, ""
+        if self.muted:
+            accepted, reason = False, "muted"
+        elif playing and self.guard.mode == "gate":
+            accepted, reason = False, "robot speaking (gate)"
+        elif playing and not any(self._evidence):
+            accepted, reason = False, "robot speaking and the mic was not louder than its echo"
+        self.bus.publish(WakeWordDetected(detection.phrase, detection.probability, accepted, reason))
+        if not accepted:
+            self.wake_rejected += 1
+            assert self.wake is not None
+            self.wake.refuse()
+            log.info("wake word %s ignored: %s", detection.phrase, reason)
+            return
+        self.wake_detections += 1
+        busy = self.state in (State.THINKING, State.SPEAKING) or playing
+        log.info("wake word %s (p=%.2f)%s", detection.phrase, detection.probability, " barge-in" if busy else "")
+        if busy and not self.config.barge_in:
+            return
+        ww = self.config.wake_word
+        self.endpointer.arm(ww.preroll, ww.command_timeout)
+        self._source = "wake_word"
+        if busy:
+            self.barge_ins += 1
+        self.bus.publish(SpeechStarted(barge_in=busy))
+
+    async def _handle(self, result: Onset | Segment | Discarded) -> None:
         if isinstance(result, Onset):
-            self.bus.publish(SpeechStarted(barge_in=busy))
+            busy = self.state in (State.THINKING, State.SPEAKING) or self.guard.playing
+            barge_in = busy or result.resumed
+            if barge_in:
+                self.barge_ins += 1
+            self.bus.publish(SpeechStarted(barge_in=barge_in))
         elif isinstance(result, Discarded):
+            self._source = "voice"
             self.bus.publish(SpeechDiscarded(result.reason))
         elif isinstance(result, Segment):
-            await self._emit(result, "button" if result.forced else "voice")
+            source = "button" if result.forced else self._source
+            if not result.early:
+                self._source = "voice"
+            await self._emit(result, source)
 
     async def _emit(self, segment: Segment, source: str) -> None:
         clip = AudioClip(segment.samples, CAPTURE_RATE)
         self.bus.publish(UtteranceCaptured(clip.duration, source))
-        log.info("utterance captured: %.2f s (%s)", clip.duration, source)
+        log.info("utterance captured: %.2f s (%s, %s)", clip.duration, source, segment.reason)
+        self.utterances_sent += 1
         await self.utterances.send(Utterance(audio=clip, source=source))
 
-    async def _command(self, event: Event, endpointer: EnergyEndpointer) -> None:
-        if isinstance(event, StateChanged):
+    # --- commands and the robot's own output --------------------------------------------------------------
+
+    async def _follow_events(self, sub) -> None:  # type: ignore[no-untyped-def]
+        async for event in sub:
+            await self._command(event)
+
+    async def _command(self, event: Event) -> None:
+        if isinstance(event, OutputLevel):
+            self.guard.on_output(event.db)
+        elif isinstance(event, StateChanged):
             self.state = event.new
+        elif isinstance(event, TurnFinished):
+            if event.outcome == "done" and self.mode == "wake_word":
+                self.conversation_open_until = self.guard.now + self.config.wake_word.wakeword_timeout
         elif isinstance(event, MuteRequested):
+            if event.muted != self.muted:
+                log.info("microphone %s (%s)", "muted" if event.muted else "open", event.source)
             self.muted = event.muted
-            endpointer.reset()
+            self.endpointer.reset()
+            if self.vad is not None:
+                self.vad.reset()
+            if self.wake is not None and event.muted:
+                self.wake.reset()
         elif isinstance(event, ListenRequested) and not self.muted:
-            endpointer.start()
+            self.endpointer.start()
+            self._listen_pressed_at = self.guard.now
             self.bus.publish(SpeechStarted(barge_in=self.state in (State.THINKING, State.SPEAKING)))
         elif isinstance(event, ListenReleased):
-            segment = endpointer.finish()
+            if self.endpointer.forced and self.guard.now - self._listen_pressed_at < _TAP:
+                # A tap, not a hold: listen for one utterance that ends on silence, like after a wake word.
+                self.endpointer.arm(self.config.preroll, self.config.wake_word.command_timeout)
+                self._source = event.source
+                return
+            segment = self.endpointer.finish()
             if segment is not None:
                 await self._emit(segment, event.source)
+
