@@ -82,6 +82,7 @@ class _Previous:
     conversation_id: str
     started: float
     answered: bool = False  # finished, or the user already heard part of the answer
+    parts: tuple[str, ...] = ()  # what the user said, utterance by utterance
 
 
 class CloudBrain:
@@ -145,8 +146,9 @@ class CloudBrain:
             if not text.strip():
                 return
             await out.send(Transcript(text))
-            history, asked = self._merge(request, text)
-            previous = _Previous(asked, request.conversation_id, trio.current_time())
+            history, parts = self._merge(request, text)
+            asked = " ".join(parts)
+            previous = _Previous(asked, request.conversation_id, trio.current_time(), parts=parts)
             self._previous = previous
             verdict = await guardrails.apply(self.guardrails, "request", asked)
             if verdict is not None and verdict.action == "block":
@@ -164,7 +166,7 @@ class CloudBrain:
             previous.answered = True
         await self._finished(request, text, state)
 
-    def _merge(self, request: TurnRequest, text: str) -> tuple[tuple[Message, ...], str]:
+    def _merge(self, request: TurnRequest, text: str) -> tuple[tuple[Message, ...], tuple[str, ...]]:
         """Join ``text`` to the previous request when that one was cut off before any answer.
 
         People pause mid-sentence; the endpointer then sends half a question, and the rest interrupts it.
@@ -179,11 +181,12 @@ class CloudBrain:
             or prev.conversation_id != request.conversation_id
             or trio.current_time() - prev.started > self.merge_window
         ):
-            return history, text
-        if history and history[-1].role == "user" and history[-1].content == prev.text:
-            history = history[:-1]  # the interrupted half is in the history unanswered: it is now part of this one
+            return history, (text,)
+        # The interrupted parts are in the history unanswered: they are now part of this request.
+        while history and history[-1].role == "user" and history[-1].content in prev.parts:
+            history = history[:-1]
         log.info("merging with the unanswered previous request", extra={"turn_id": request.turn_id})
-        return history, f"{prev.text} {text}"
+        return history, (*prev.parts, text)
 
     async def _say_directly(self, text: str, out: trio.MemorySendChannel[BrainOutput]) -> None:
         voice_text, tags = extract_tags(text)
