@@ -171,3 +171,39 @@ async def test_katakana_fallback_asks_the_language_model() -> None:
         await llm.aclose()
     assert said == "クバネティス を使います"
     assert "Kubernetes" in fake.bodies("/v1/chat/completions")[0]["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize("kind", ["gemini", "dify"])
+async def test_a_silent_service_times_out(kind: str) -> None:
+    from appliance.errors import ProviderTimeout
+
+    async with fake_providers() as fake:
+        fake.behaviours[kind].hang = True
+        llm = (
+            GeminiChat("m", KEY, fake.url, timeout=0.3)
+            if kind == "gemini"
+            else DifyChat(KEY, f"{fake.url}/v1", timeout=0.3)
+        )
+        with pytest.raises(ProviderTimeout):
+            await collect(llm)
+        await llm.aclose()
+
+
+async def test_a_stream_that_goes_silent_mid_reply_times_out() -> None:
+    from appliance.errors import ProviderTimeout
+
+    async with fake_providers() as fake:
+        fake.behaviours["gemini"].hang_mid_stream = True
+        llm = GeminiChat("m", KEY, fake.url, timeout=0.3)
+        with pytest.raises(ProviderTimeout, match="mid-reply"):
+            await collect(llm)
+        await llm.aclose()
+
+
+async def test_nothing_listening_is_unavailable() -> None:
+    async with fake_providers() as fake:
+        url = fake.url
+    llm = GeminiChat("m", KEY, url, timeout=2)  # the server is gone: connection refused
+    with pytest.raises(ProviderUnavailable):
+        await collect(llm)
+    await llm.aclose()
