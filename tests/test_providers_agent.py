@@ -464,3 +464,22 @@ def test_camera_choice_and_bad_images(tmp_path: Path) -> None:
 
     with pytest.raises(CameraError, match="neither JPEG nor PNG"):
         trio.run(grab)
+
+
+async def test_a_failing_mcp_server_is_retried_without_harming_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    from appliance.conversation.mcp_tools import MCPServerConnection, MCPService
+    from appliance.conversation.tools import ToolRegistry
+
+    registry = ToolRegistry()
+    good = MCPServerConnection("good", registry, command=[sys.executable, str(MCP_SERVER)], timeout=20)
+    bad = MCPServerConnection("bad", registry, command=["/nonexistent/mcp-server"], timeout=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(MCPService([bad, good], max_backoff=0.2).run)
+        with trio.fail_after(30):
+            await good.connected.wait()
+            while sum("MCP server bad failed" in r.getMessage() for r in caplog.records) < 2:
+                await trio.sleep(0.05)  # failed, backed off, tried again
+        running = sorted(t.name for t in registry)
+        nursery.cancel_scope.cancel()
+    assert running == ["add", "explode"]  # the good server served all along
+    assert sorted(t.name for t in registry) == []  # and its tools left when it was shut down
