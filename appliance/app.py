@@ -18,7 +18,7 @@ from appliance.audio.base import AudioSink, AudioSource, BlockQueue
 from appliance.audio.capture import CaptureService
 from appliance.brains.base import Brain, BrainOutput, TurnRequest, Utterance
 from appliance.bus import EventBus
-from appliance.config import AppConfig, ConfigError, has_secret
+from appliance.config import AppConfig, ConfigError
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.local_voice import LocalVoice
 from appliance.conversation.service import ConversationService
@@ -83,58 +83,48 @@ def choose_brain_kind(config: AppConfig) -> str:
     kind = config.conversation.brain
     if kind != "auto":
         return kind
-    sections = (config.stt, config.llm, config.tts)
-    ready = all(has_secret(s.api_key) or s.base_url for s in sections if getattr(s, "provider", "") != "espeak")
-    return "cloud" if ready else "offline"
+    from appliance.conversation.factory import missing_keys
+
+    return "offline" if missing_keys(config.stt, config.llm, config.tts) else "cloud"
 
 
-def cloud_brain_factory(config: AppConfig, voice: LocalVoice) -> Callable[[], Brain]:
-    problems = []
-    for section_name in ("stt", "llm", "tts"):
-        section = getattr(config, section_name)
-        if section.provider != "espeak" and not (has_secret(section.api_key) or section.base_url):
-            problems.append(
-                f"{section_name}.api_key: the cloud brain needs an API key for {section.provider} "
-                f"(set {'ANTHROPIC_API_KEY' if section.provider == 'anthropic' else 'OPENAI_API_KEY'} "
-                f"or APPLIANCE_{section_name.upper()}__API_KEY)"
-            )
+def cloud_brain_factory(
+    config: AppConfig, voice: LocalVoice, tools: Any = None, jobs: Any = None
+) -> Callable[[], Brain]:
+    """Check the cloud parts now (config errors name their TOML path), build them later in a worker thread."""
+    from appliance.conversation import factory
+
+    problems = factory.check_parts(config.stt, config.llm, config.tts)
     if problems:
         raise ConfigError("configuration", problems)
 
-    def secret(value: Any) -> str | None:
-        return value.get_secret_value() if value is not None else None
-
     def build() -> Brain:
         from appliance.brains.cloud import CloudBrain
-        from appliance.conversation.stt.openai import OpenAIRecognizer
+        from appliance.conversation.hooks import load_hook
 
-        stt = OpenAIRecognizer(
-            config.stt.model, secret(config.stt.api_key), config.stt.base_url, config.stt.timeout, config.stt.language
+        llm_cfg, tts_cfg, conv = config.llm, config.tts, config.conversation
+        llm = factory.build_llm(llm_cfg)
+        tts, voices = factory.build_tts(tts_cfg, voice, llm)
+        registry = factory.build_tools(llm_cfg, tools)
+        camera = factory.build_camera(llm_cfg)
+        if camera is not None and llm_cfg.camera_tool:
+            from appliance.conversation.vision import camera_tool
+
+            registry.add(camera_tool(camera))
+        return CloudBrain(
+            factory.build_stt(config.stt), llm, tts, conv.system_prompt, conv.system_prompt_params,
+            config.stt.language, tts_cfg.prefetch, llm_cfg.timeout,
+            tools=registry,
+            max_tool_rounds=llm_cfg.max_tool_rounds,
+            progress_after=llm_cfg.progress_after,
+            progress_message=llm_cfg.progress_message,
+            voices=voices,
+            guardrails=factory.build_guardrails(llm_cfg),
+            camera=camera,
+            merge_window=llm_cfg.merge_window,
+            on_finish=load_hook(llm_cfg.on_finish, "llm.on_finish") if llm_cfg.on_finish else None,
+            jobs=jobs,
         )
-        llm_cfg = config.llm
-        llm: Any
-        if llm_cfg.provider == "anthropic":
-            from appliance.conversation.llm.anthropic import AnthropicChat
-
-            llm = AnthropicChat(llm_cfg.model_name, secret(llm_cfg.api_key), llm_cfg.base_url, llm_cfg.timeout,
-                                llm_cfg.temperature, llm_cfg.max_tokens)
-        else:
-            from appliance.conversation.llm.openai import OpenAIChat
-
-            llm = OpenAIChat(llm_cfg.model_name, secret(llm_cfg.api_key), llm_cfg.base_url, llm_cfg.timeout,
-                             llm_cfg.temperature, llm_cfg.max_tokens)
-        tts_cfg = config.tts
-        tts: Any
-        if tts_cfg.provider == "espeak":
-            tts = voice
-        else:
-            from appliance.conversation.tts.openai import OpenAISynthesizer
-
-            tts = OpenAISynthesizer(tts_cfg.model, tts_cfg.voice, secret(tts_cfg.api_key), tts_cfg.base_url,
-                                    tts_cfg.timeout, tts_cfg.speed, tts_cfg.instructions)
-        conv = config.conversation
-        return CloudBrain(stt, llm, tts, conv.system_prompt, conv.system_prompt_params, config.stt.language,
-                          tts_cfg.prefetch, llm_cfg.timeout)
 
     return build
 
@@ -161,8 +151,13 @@ def brain_plan(config: AppConfig) -> list[str]:
     return [choose_brain_kind(config)]
 
 
-def build_brain(config: AppConfig, voice: LocalVoice, bus: EventBus) -> tuple[Brain, DeferredBrain | None, Any]:
-    """(the brain, the deferred cloud brain to prewarm if any, a brain with background work to supervise if any)."""
+def build_brain(
+    config: AppConfig, voice: LocalVoice, bus: EventBus, tools: Any = None, jobs: Any = None
+) -> tuple[Brain, DeferredBrain | None, Any]:
+    """(the brain, the deferred cloud brain to prewarm if any, a brain with background work to supervise if any).
+
+    ``tools`` and ``jobs`` are the cloud brain's tool registry and background-job runner, kept across rebuilds.
+    """
     from appliance.brains.cloud import OfflineBrain
 
     plan = brain_plan(config)
@@ -171,7 +166,7 @@ def build_brain(config: AppConfig, voice: LocalVoice, bus: EventBus) -> tuple[Br
     probes: dict[str, Any] = {}
     for kind in plan:
         if kind == "cloud":
-            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice))
+            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice, tools, jobs))
             brains.append(prewarm)
             from appliance.brains.probes import models_probe
 
@@ -268,6 +263,7 @@ class Appliance:
     body: Body
     faces: FaceService
     control: Any = None  # the control API service, when enabled
+    tools: Any = None  # the cloud brain's ToolRegistry: add tools at runtime with ``app.tools.add(...)``
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -295,8 +291,21 @@ def build_appliance(
     voice = LocalVoice()
     prewarm: DeferredBrain | None = None
     background: Any = None
+    tools: Any = None
+    mcp: Any = None
+    jobs: Any = None
     if brain is None:
-        brain, prewarm, background = build_brain(config, voice, bus)
+        if "cloud" in brain_plan(config):
+            from appliance.conversation.factory import build_mcp
+            from appliance.conversation.tools import ToolRegistry
+
+            tools = ToolRegistry()
+            mcp = build_mcp(config.llm, tools)
+            if config.llm.on_finish:
+                from appliance.conversation.background import BackgroundJobs
+
+                jobs = BackgroundJobs()
+        brain, prewarm, background = build_brain(config, voice, bus, tools, jobs)
         brain = wrap_for_text_wake(config, brain)
     log.info("brain: %s", " → ".join(brain_plan(config)) if background is not None else brain.name)
     source = source or make_source(config)
@@ -325,7 +334,12 @@ def build_appliance(
         supervisor.add(PrewarmService(prewarm), required=False)
     if background is not None:
         supervisor.add(BrainService(background), required=False)
+    if mcp is not None:
+        supervisor.add(mcp, required=False)
+    if jobs is not None:
+        supervisor.add(jobs, required=False)
     appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
+    appliance.tools = tools
     if control:  # last: it wraps the services registered above so a config change can restart one of them
         from appliance.control.service import add_control
 

@@ -192,7 +192,8 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
     if show:
         print(json.dumps(config.redacted(), indent=2))
     print(
-        f"configuration OK: brain={brain} llm={config.llm.provider}:{config.llm.model_name} "
+        f"configuration OK: brain={brain} stt={config.stt.provider} llm={config.llm.provider}:{config.llm.model_name} "
+        f"tts={config.tts.provider} "
         f"input={config.audio.input} output={config.audio.output} listening={config.listening.mode}"
     )
     from appliance.hardware.config import describe
@@ -242,7 +243,9 @@ def _devices() -> int:
 def _say(config, text: str, output: Path | None) -> int:  # type: ignore[no-untyped-def]
     import trio
 
-    from appliance.app import choose_brain_kind, make_sink
+    from typing import Any
+
+    from appliance.app import make_sink
     from appliance.audio.convert import write_wav
     from appliance.conversation.local_voice import LocalVoice
     from appliance.conversation.tags import extract_tags
@@ -250,19 +253,19 @@ def _say(config, text: str, output: Path | None) -> int:  # type: ignore[no-unty
     from appliance.logs import setup_logging
 
     setup_logging(config.log.level)
-    voice_text, _ = extract_tags(text)
+    voice_text, tags = extract_tags(text)
     if not voice_text:
         print("nothing to say", file=sys.stderr)
         return EXIT_FAILED
 
     async def speak() -> None:
-        tts = LocalVoice()
-        if choose_brain_kind(config) == "cloud" and config.tts.provider == "openai":
-            from appliance.conversation.tts.openai import OpenAISynthesizer
+        from appliance.conversation import factory
 
-            key = config.tts.api_key.get_secret_value() if config.tts.api_key else None
-            tts = OpenAISynthesizer(config.tts.model, config.tts.voice, key, config.tts.base_url, config.tts.timeout,
-                                    config.tts.speed, config.tts.instructions)  # type: ignore[assignment]
+        tts: Any = LocalVoice()
+        if factory.tts_ready(config.tts):
+            default, voices = factory.build_tts(config.tts, tts)
+            language = next((t.value.lower() for t in tags if t.name == "lang"), None)  # "[lang:ja] ..." picks a voice
+            tts = voices.get(language or "", default)
         clip = await tts.synthesize(voice_text)
         if output is not None:
             write_wav(output, clip)

@@ -172,6 +172,11 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
 _PROVIDER_KEYS = {
     "openai": ("OPENAI_API_KEY", "openai_api_key"),
     "anthropic": ("ANTHROPIC_API_KEY", "anthropic_api_key"),
+    "gemini": ("GEMINI_API_KEY", "gemini_api_key"),
+    "google": ("GOOGLE_API_KEY", "google_api_key"),
+    "azure": ("AZURE_SPEECH_KEY", "azure_speech_key"),
+    "amivoice": ("AMIVOICE_API_KEY", "amivoice_api_key"),
+    "dify": ("DIFY_API_KEY", "dify_api_key"),
 }
 
 

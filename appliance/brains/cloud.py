@@ -1,22 +1,28 @@
-"""STT → streamed LLM → sentence splitter → TTS, on the device.
+"""STT → streamed LLM (with tools) → sentence splitter → TTS, on the device.
 
 Sentence n+1 is synthesized while sentence n plays; at most ``prefetch`` sentences are synthesized ahead
 of the one playing, and chunks always leave in the order the model wrote them.
+
+Around that pipe sit the agent features, each optional: tools (the model calls, we run them and stream
+again; a slow tool gets a progress sentence), ``[vision:camera]`` (take a still and ask again with it),
+guardrails on the request and on each reply sentence, a voice per ``[lang:xx]``, merging a request that
+interrupts an unanswered one, and an on-finish hook for long-term memory.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from appliance.audio.base import AudioClip, AudioStream
 from appliance.brains._groups import single_error
-from appliance.brains.base import BrainOutput, Message, ReplyChunk, Transcript, TurnRequest
-from appliance.conversation.llm.base import LLMService
+from appliance.brains.base import BrainOutput, Message, ReplyChunk, Tag, Transcript, TurnRequest
+from appliance.conversation.llm.base import Image, LLMService, ToolCall, ToolResult, ToolRound
 from appliance.conversation.local_voice import LocalVoice
 from appliance.conversation.sentences import SentenceSplitter
 from appliance.conversation.stt.base import SpeechRecognizer
@@ -25,7 +31,6 @@ from appliance.conversation.tts.base import SpeechSynthesizer
 from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout
 
 log = logging.getLogger(__name__)
-
 
 class _Prompt(dict[str, str]):
     def __missing__(self, key: str) -> str:
@@ -42,10 +47,42 @@ class _Pending:
 
     text: str
     voice_text: str
-    tags: tuple
+    tags: tuple[Tag, ...]
+    tts: SpeechSynthesizer
     done: trio.Event = field(default_factory=trio.Event)
     chunk: ReplyChunk | None = None
     error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class FinishedTurn:
+    """What an on-finish hook gets: enough to store a long-term memory of the exchange."""
+
+    turn_id: str
+    conversation_id: str
+    user_text: str
+    reply_text: str
+    tool_results: tuple[ToolResult, ...] = ()
+
+
+@dataclass
+class _Reply:
+    """What one reply has done so far (shared by the LLM reader and the tool runner)."""
+
+    language: str | None
+    texts: list[str] = field(default_factory=list)
+    tool_results: list[ToolResult] = field(default_factory=list)
+    stopped: bool = False  # a guardrail ended the reply
+    first: _Pending | None = None  # the first sentence: its speech is requested before any other
+
+
+@dataclass
+class _Previous:
+    text: str
+    conversation_id: str
+    started: float
+    answered: bool = False  # finished, or the user already heard part of the answer
+    parts: tuple[str, ...] = ()  # what the user said, utterance by utterance
 
 
 class CloudBrain:
@@ -61,6 +98,18 @@ class CloudBrain:
         language: str | None = None,
         prefetch: int = 2,
         first_token_timeout: float = 30.0,
+        *,
+        tools: Any = None,
+        max_tool_rounds: int = 4,
+        progress_after: float = 1.5,
+        progress_message: str = "",
+        voices: dict[str, SpeechSynthesizer] | None = None,
+        guardrails: Sequence[Any] = (),
+        camera: Any = None,
+        merge_window: float = 0.0,
+        on_finish: Callable[[FinishedTurn], Any] | None = None,
+        on_finish_timeout: float = 10.0,
+        jobs: Any = None,
     ) -> None:
         self.stt = stt
         self.llm = llm
@@ -70,8 +119,24 @@ class CloudBrain:
         self.language = language
         self.prefetch = prefetch
         self.first_token_timeout = first_token_timeout
+        self.tools = tools  # a ToolRegistry (or None): read at every turn, so tools can come and go
+        self.max_tool_rounds = max_tool_rounds
+        self.progress_after = progress_after
+        self.progress_message = progress_message
+        self.voices = dict(voices or {})
+        self.guardrails = list(guardrails)
+        self.camera = camera
+        self.merge_window = merge_window
+        self.on_finish = on_finish
+        self.on_finish_timeout = on_finish_timeout
+        self.jobs = jobs  # a BackgroundJobs service for the on-finish hook
+        self._previous: _Previous | None = None
+
+    # --- the turn ---------------------------------------------------------------------------------
 
     async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        from appliance.conversation import guardrails
+
         async with out:
             utterance = request.utterance
             text = utterance.text
@@ -81,18 +146,83 @@ class CloudBrain:
             if not text.strip():
                 return
             await out.send(Transcript(text))
+            history, parts = self._merge(request, text)
+            asked = " ".join(parts)
+            previous = _Previous(asked, request.conversation_id, trio.current_time(), parts=parts)
+            self._previous = previous
+            verdict = await guardrails.apply(self.guardrails, "request", asked)
+            if verdict is not None and verdict.action == "block":
+                log.info("request blocked by a guardrail", extra={"turn_id": request.turn_id})
+                await self._say_directly(verdict.text, out)
+                previous.answered = True
+                return
+            if verdict is not None:
+                asked = verdict.text
             system = render_prompt(self.system_prompt, {**self.prompt_params, **request.prompt_params})
-            messages = (*request.history, Message("user", text))
+            messages = (*history, Message("user", asked))
+            state = _Reply(self.language)
             with single_error():
-                await self._speak_reply(system, messages, out)
+                await self._speak_reply(system, messages, request.conversation_id, state, out)
+            previous.answered = True
+        await self._finished(request, text, state)
+
+    def _merge(self, request: TurnRequest, text: str) -> tuple[tuple[Message, ...], tuple[str, ...]]:
+        """Join ``text`` to the previous request when that one was cut off before any answer.
+
+        People pause mid-sentence; the endpointer then sends half a question, and the rest interrupts it.
+        Answering "what's the weather" + "in Tokyo tomorrow" as one request is what the user meant.
+        """
+        history = tuple(request.history)
+        prev = self._previous
+        if (
+            self.merge_window <= 0
+            or prev is None
+            or prev.answered
+            or prev.conversation_id != request.conversation_id
+            or trio.current_time() - prev.started > self.merge_window
+        ):
+            return history, (text,)
+        # The interrupted parts are in the history unanswered: they are now part of this request.
+        while history and history[-1].role == "user" and history[-1].content in prev.parts:
+            history = history[:-1]
+        log.info("merging with the unanswered previous request", extra={"turn_id": request.turn_id})
+        return history, (*prev.parts, text)
+
+    async def _say_directly(self, text: str, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        voice_text, tags = extract_tags(text)
+        audio = await self.tts.synthesize(voice_text) if voice_text else None
+        await out.send(ReplyChunk(text, voice_text, tags, audio))
+
+    async def _finished(self, request: TurnRequest, user_text: str, state: _Reply) -> None:
+        if self.on_finish is None:
+            return
+        from appliance.conversation.hooks import call_hook
+
+        summary = FinishedTurn(
+            request.turn_id, request.conversation_id, user_text, " ".join(state.texts), tuple(state.tool_results)
+        )
+        hook = self.on_finish
+        if self.jobs is not None:  # the usual way: the turn ends now, memory is stored meanwhile
+            self.jobs.submit(f"on_finish {request.turn_id}", lambda: call_hook(hook, summary))
+            return
+        # No background service (a brain built outside the appliance): shielded, since the reply is complete
+        # and a barge-in now must not lose the memory of it, and bounded.
+        with trio.CancelScope(shield=True), trio.move_on_after(self.on_finish_timeout) as waited:
+            try:
+                await call_hook(hook, summary)
+            except Exception:  # noqa: BLE001 - memory is a side job: log it, the user already has the answer
+                log.warning("on-finish hook failed", exc_info=True, extra={"turn_id": request.turn_id})
+        if waited.cancelled_caught:
+            log.warning("on-finish hook gave up after %g s", self.on_finish_timeout, extra={"turn_id": request.turn_id})
 
     async def _speak_reply(
-        self, system: str, messages: tuple[Message, ...], out: trio.MemorySendChannel[BrainOutput]
+        self, system: str, messages: tuple[Message, ...], conversation_id: str, state: _Reply,
+        out: trio.MemorySendChannel[BrainOutput],
     ) -> None:
         slots = trio.Semaphore(self.prefetch)
         order_send, order_recv = trio.open_memory_channel[_Pending](self.prefetch)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read_llm, system, messages, nursery, slots, order_send)
+            nursery.start_soon(self._produce, system, messages, conversation_id, state, nursery, slots, order_send)
             async with order_recv:
                 async for pending in order_recv:
                     await pending.done.wait()
@@ -100,66 +230,192 @@ class CloudBrain:
                         raise pending.error
                     assert pending.chunk is not None
                     await out.send(pending.chunk)
+                    if self._previous is not None and pending.chunk.voice_text:
+                        self._previous.answered = True  # heard: a new request is a new question, not the rest
                     slots.release()
+
+    async def _produce(
+        self,
+        system: str,
+        messages: tuple[Message, ...],
+        conversation_id: str,
+        state: _Reply,
+        nursery: trio.Nursery,
+        slots: trio.Semaphore,
+        order: trio.MemorySendChannel[_Pending],
+    ) -> None:
+        """Stream the model, run the tools it calls and stream again, until it answers in words."""
+        rounds: list[ToolRound] = []
+        images: tuple[Image, ...] = ()
+        looked = False
+        async with order:
+            for round_number in range(self.max_tool_rounds + 1):
+                tools = self.tools.specs() if self.tools is not None else ()
+                text, calls, look = await self._read_llm(
+                    system, messages, tools, tuple(rounds), images, conversation_id, state, nursery, slots, order
+                )
+                if state.stopped:
+                    return
+                if look and not looked and self.camera is not None:
+                    looked = True
+                    from appliance.conversation.vision import CameraError
+
+                    try:
+                        images = (await self.camera.capture(),)
+                        note = "(Here is what the camera sees.)"
+                    except CameraError as exc:  # say so, rather than fail the turn over a camera
+                        log.warning("camera: %s", exc)
+                        note = f"(The camera could not take a picture: {exc}. Answer without it.)"
+                    messages = (*messages, Message("assistant", text or "[vision:camera]"), Message("user", note))
+                    continue
+                if not calls:
+                    return
+                if round_number == self.max_tool_rounds:
+                    log.warning("model still calling tools after %d rounds; stopping", self.max_tool_rounds)
+                    return
+                results = await self._run_tools(calls, state, nursery, slots, order)
+                rounds.append(ToolRound(text, results))
+                images += tuple(image for result in results for image in result.images)
 
     async def _read_llm(
         self,
         system: str,
         messages: tuple[Message, ...],
+        tools: tuple[Any, ...],
+        rounds: tuple[ToolRound, ...],
+        images: tuple[Image, ...],
+        conversation_id: str,
+        state: _Reply,
         nursery: trio.Nursery,
         slots: trio.Semaphore,
         order: trio.MemorySendChannel[_Pending],
-    ) -> None:
+    ) -> tuple[str, list[ToolCall], bool]:
+        """One model stream: speak its sentences, collect its tool calls. Returns (text, calls, wants a look)."""
         splitter = SentenceSplitter()
-        first_sentence: _Pending | None = None
-        async with order, aclosing(self.llm.stream(system, messages)) as deltas:
+        calls: list[ToolCall] = []
+        written: list[str] = []
+        kwargs: dict[str, Any] = {}
+        if tools:
+            kwargs["tools"] = tools
+        if rounds:
+            kwargs["rounds"] = rounds
+        if images:
+            kwargs["images"] = images
+        if conversation_id:
+            kwargs["conversation_id"] = conversation_id
+        look = False
+        async with aclosing(self.llm.stream(system, messages, **kwargs)) as events:
             first = True
             while True:
                 if first:
                     with trio.move_on_after(self.first_token_timeout) as waited:
-                        delta = await anext(deltas, None)
+                        event = await anext(events, None)
                     if waited.cancelled_caught:
                         raise ProviderTimeout(self.llm.name, f"no reply within {self.first_token_timeout:g} s")
                     first = False
                 else:
-                    delta = await anext(deltas, None)
-                if delta is None:
+                    event = await anext(events, None)
+                if event is None:
                     break
-                for sentence in splitter.feed(delta):
-                    queued = await self._queue(sentence, nursery, slots, order, first_sentence)
-                    first_sentence = first_sentence or queued
+                if isinstance(event, ToolCall):
+                    calls.append(event)
+                    continue
+                written.append(event)
+                for sentence in splitter.feed(event):
+                    look = await self._queue(sentence, state, nursery, slots, order) or look
+                    if state.stopped or look:
+                        return "".join(written), calls, look
             for sentence in splitter.flush():
-                queued = await self._queue(sentence, nursery, slots, order, first_sentence)
-                first_sentence = first_sentence or queued
+                look = await self._queue(sentence, state, nursery, slots, order) or look
+                if state.stopped:
+                    break
+        return "".join(written), calls, look
 
-    async def _queue(
+    async def _run_tools(
         self,
-        sentence: str,
+        calls: list[ToolCall],
+        state: _Reply,
         nursery: trio.Nursery,
         slots: trio.Semaphore,
         order: trio.MemorySendChannel[_Pending],
-        first: _Pending | None,
-    ) -> _Pending:
+    ) -> tuple[ToolResult, ...]:
+        """Run the calls concurrently; if they take longer than ``progress_after``, say so meanwhile."""
+        results: list[ToolResult | None] = [None] * len(calls)
+        finished = trio.Event()
+
+        async def run(index: int, call: ToolCall) -> None:
+            log.info("tool call %s", call.name, extra={"tool": call.name})
+            results[index] = await self.tools.run(call)
+
+        async def progress() -> None:
+            with trio.move_on_after(self.progress_after):
+                await finished.wait()
+                return
+            sentence = next((t.progress for c in calls if (t := self.tools.get(c.name)) and t.progress), None)
+            sentence = sentence or self.progress_message
+            if sentence:
+                await self._queue(sentence, state, nursery, slots, order)
+
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(progress)
+            async with trio.open_nursery() as running:
+                for index, call in enumerate(calls):
+                    running.start_soon(run, index, call)
+            finished.set()
+        done = tuple(r for r in results if r is not None)
+        state.tool_results.extend(done)
+        return done
+
+    async def _queue(
+        self, sentence: str, state: _Reply, nursery: trio.Nursery, slots: trio.Semaphore,
+        order: trio.MemorySendChannel[_Pending],
+    ) -> bool:
+        """Hand one sentence to synthesis. Returns True when it asks for a camera look."""
+        from appliance.conversation import guardrails
+
         voice_text, tags = extract_tags(sentence)
+        look = False
+        for tag in tags:
+            if tag.name == "lang":
+                state.language = tag.value.lower()
+            elif tag.name == "vision":
+                look = self.camera is not None
+        if voice_text:
+            verdict = await guardrails.apply(self.guardrails, "reply", voice_text)
+            if verdict is not None:
+                if verdict.action == "block":
+                    log.info("reply stopped by a guardrail")
+                    state.stopped = True
+                sentence = voice_text = verdict.text
+                voice_text, _ = extract_tags(voice_text)
+        if not voice_text and all(tag.name == "vision" for tag in tags):
+            return look  # a bare [vision:camera] has nothing to say or show
         if not any(ch.isalnum() for ch in voice_text):
             voice_text = ""  # a stray quote or bracket: nothing to say
-        pending = _Pending(sentence, voice_text, tags)
+        state.texts.append(sentence)
+        pending = _Pending(sentence, voice_text, tags, self._voice(state.language))
+        first, state.first = state.first, state.first or pending
         await slots.acquire()
         nursery.start_soon(self._synthesize, pending, first)
         await order.send(pending)
-        return pending
+        return look
+
+    def _voice(self, language: str | None) -> SpeechSynthesizer:
+        if language and self.voices:
+            return self.voices.get(language) or self.voices.get(language.split("-")[0]) or self.tts
+        return self.tts
 
     async def _synthesize(self, pending: _Pending, first: _Pending | None) -> None:
         if first is not None:
             # The first sentence is what the user waits for: give its request the CPU and the network
             # alone. The rest only has to be ready before the sentence ahead of it finishes playing.
             await first.done.wait()
-        streaming = getattr(self.tts, "synthesize_stream", None)
+        streaming = getattr(pending.tts, "synthesize_stream", None)
         try:
             if not pending.voice_text:
                 pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, None)
             elif streaming is None:
-                audio = await self.tts.synthesize(pending.voice_text)
+                audio = await pending.tts.synthesize(pending.voice_text)
                 pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, audio)
             else:
                 await self._stream_speech(pending, streaming(pending.voice_text))
@@ -175,7 +431,7 @@ class CloudBrain:
         async with aclosing(pieces):
             head = await anext(pieces, None)
             if head is None:
-                raise ProviderBadReply(self.tts.name, "empty audio")
+                raise ProviderBadReply(pending.tts.name, "empty audio")
             send, stream = AudioStream.open(head.sample_rate)
             send.send_nowait(head.samples)
             pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, stream)
@@ -190,18 +446,17 @@ class CloudBrain:
     async def warm(self) -> None:
         """Open connections to every service before the utterance is finished (called at speech onset)."""
         async with trio.open_nursery() as nursery:
-            for part in (self.stt, self.llm, self.tts):
+            for part in (self.stt, self.llm, self.tts, *self.voices.values()):
                 warm = getattr(part, "warm", None)
                 if warm is not None:
                     nursery.start_soon(warm)
 
     async def aclose(self) -> None:
-        for part in (self.stt, self.llm, self.tts):
+        for part in (self.stt, self.llm, self.tts, *self.voices.values()):
             try:
                 await part.aclose()
             except Exception:  # closing a client that never connected must not mask shutdown
                 log.debug("closing %s failed", part.name, exc_info=True)
-
 
 class OfflineBrain:
     """Says that it is offline. Always works: it needs no network."""

@@ -181,7 +181,8 @@ class ControlContext:
         app = self.appliance
         old = app.brain
         voice = app.conversation.error_voice or LocalVoice()
-        brain, _prewarm, background = build_brain(new, voice, app.bus)
+        # The same tool registry: tools added at runtime and MCP tools survive the rebuild.
+        brain, _prewarm, background = build_brain(new, voice, app.bus, app.tools)
         brain = wrap_for_text_wake(new, brain)
         app.brain = brain
         app.conversation.brain = brain

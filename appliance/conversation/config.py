@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from appliance.settings_base import Section
 
@@ -14,40 +15,208 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 class STTConfig(Section):
-    provider: Literal["openai"] = "openai"
-    model: str = "gpt-4o-mini-transcribe"
+    provider: Literal["openai", "google", "azure", "amivoice"] = Field(
+        default="openai", description="openai also covers any OpenAI-compatible server via base_url"
+    )
+    model: str = Field(default="gpt-4o-mini-transcribe", description="openai model; google: optional model name")
     base_url: str | None = Field(default=None, description="an OpenAI-compatible server, e.g. http://pc:8000/v1")
-    api_key: SecretStr | None = Field(default=None, description="default: OPENAI_API_KEY")
-    language: str | None = Field(default=None, description="ISO-639-1 hint, e.g. 'en' or 'ja'")
+    api_key: SecretStr | None = Field(
+        default=None, description="default: OPENAI_API_KEY / GOOGLE_API_KEY / AZURE_SPEECH_KEY / AMIVOICE_API_KEY"
+    )
+    language: str | None = Field(default=None, description="ISO-639-1 hint, e.g. 'en' or 'ja' (or 'ja-JP')")
     timeout: float = Field(default=15.0, gt=0)
+    region: str | None = Field(default=None, description="azure: the Speech resource's region, e.g. 'japaneast'")
+    engine: str = Field(default="-a-general", description="amivoice: the engine (grammar file), e.g. '-a-general'")
+    alternative_languages: list[str] = Field(default_factory=list, description="google: other languages to expect")
+    preprocess: str | None = Field(
+        default=None,
+        description="'module:function' (AudioClip) -> AudioClip | None, run before recognition; "
+        "None drops the utterance (noise gate, speaker gate)",
+    )
+    postprocess: str | None = Field(default=None, description="'module:function' (text) -> text, run after recognition")
+    speaker_gate_model: Path | None = Field(
+        default=None, description="ONNX speaker-embedding model (sherpa-onnx): only enrolled voices are heard"
+    )
+    speaker_gate_enroll: list[Path] = Field(default_factory=list, description="WAV recordings of the enrolled voices")
+    speaker_gate_threshold: float = Field(default=0.5, ge=-1, le=1, description="cosine similarity to pass")
+
+    @model_validator(mode="after")
+    def _needs_region(self) -> STTConfig:
+        if self.provider == "azure" and not (self.region or self.base_url):
+            raise ValueError("stt.region is required for azure (or give base_url)")
+        if self.speaker_gate_model is not None and not self.speaker_gate_enroll:
+            raise ValueError("stt.speaker_gate_enroll needs at least one recording of the enrolled voice")
+        return self
+
+
+class ToolConfig(Section):
+    """A tool declared in the config: a Python function (``function``) or an HTTP endpoint (``url``)."""
+
+    name: str | None = Field(default=None, description="default: the function's name (required for url tools)")
+    description: str = ""
+    function: str | None = Field(default=None, description="'package.module:function'")
+    url: str | None = Field(default=None, description="POSTed the arguments as JSON; the reply body is the result")
+    parameters: dict[str, Any] | None = Field(default=None, description="url tools: JSON schema of the arguments")
+    headers: dict[str, str] = Field(default_factory=dict)
+    progress: str | None = Field(default=None, description="said while the tool is slow")
+    timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ToolConfig:
+        if bool(self.function) == bool(self.url):
+            raise ValueError("a tool needs exactly one of 'function' or 'url'")
+        if self.url and not self.name:
+            raise ValueError("a url tool needs a name")
+        if self.parameters is not None and self.parameters.get("type") != "object":
+            raise ValueError("parameters must be a JSON schema of type 'object'")
+        return self
+
+
+class MCPServerConfig(Section):
+    name: str
+    command: list[str] | None = Field(default=None, description="stdio: the server command and its arguments")
+    url: str | None = Field(default=None, description="streamable HTTP endpoint, e.g. http://host:8000/mcp")
+    env: dict[str, str] = Field(default_factory=dict, description="stdio: extra environment for the server")
+    headers: dict[str, str] = Field(default_factory=dict, description="HTTP: extra headers (e.g. Authorization)")
+    prefix: str = Field(default="", description="prepended to the server's tool names")
+    tools: list[str] = Field(default_factory=list, description="only offer these tools (empty: all)")
+    progress: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> MCPServerConfig:
+        if bool(self.command) == bool(self.url):
+            raise ValueError(f"MCP server {self.name!r} needs exactly one of 'command' (stdio) or 'url' (HTTP)")
+        return self
+
+
+class GuardrailConfig(Section):
+    target: Literal["request", "reply"] = "request"
+    pattern: str | None = Field(default=None, description="a regular expression (case-insensitive)")
+    hook: str | None = Field(default=None, description="'module:function' (text) -> None | str | Verdict")
+    action: Literal["block", "rewrite"] = "block"
+    message: str = Field(default="", description="block: what to say instead")
+    replacement: str = Field(default="", description="rewrite: what the pattern is replaced by")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GuardrailConfig:
+        if bool(self.pattern) == bool(self.hook):
+            raise ValueError("a guardrail needs exactly one of 'pattern' or 'hook'")
+        if self.pattern and self.action == "block" and not self.message:
+            raise ValueError("a blocking guardrail needs a 'message' to say instead")
+        return self
 
 
 class LLMConfig(Section):
-    provider: Literal["openai", "anthropic"] = "openai"
-    model: str | None = Field(default=None, description="default: gpt-4.1-mini / claude-haiku-4-5")
-    base_url: str | None = None
-    api_key: SecretStr | None = Field(default=None, description="default: OPENAI_API_KEY / ANTHROPIC_API_KEY")
+    provider: Literal["openai", "anthropic", "gemini", "dify"] = Field(
+        default="openai", description="openai also covers LiteLLM, Ollama, vLLM, LM Studio via base_url"
+    )
+    model: str | None = Field(default=None, description="default: gpt-4.1-mini / claude-haiku-4-5 / gemini-2.5-flash")
+    base_url: str | None = Field(default=None, description="dify: the API base, e.g. https://api.dify.ai/v1")
+    api_key: SecretStr | None = Field(
+        default=None, description="default: OPENAI_API_KEY / ANTHROPIC_API_KEY / GEMINI_API_KEY / DIFY_API_KEY"
+    )
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int = Field(default=512, ge=16, le=32768)
     timeout: float = Field(default=30.0, gt=0, description="seconds to the first token")
+    user: str = Field(default="appliance", description="dify: the end-user id")
+    inputs: dict[str, str] = Field(default_factory=dict, description="dify: app input variables")
+    tools: list[ToolConfig] = Field(default_factory=list)
+    mcp_servers: list[MCPServerConfig] = Field(default_factory=list)
+    max_tool_rounds: int = Field(default=4, ge=0, le=20, description="model → tools → model rounds per turn")
+    progress_after: float = Field(default=1.5, ge=0, description="say the progress sentence when tools take longer")
+    progress_message: str = Field(default="", description="default progress sentence for tools without their own")
+    guardrails: list[GuardrailConfig] = Field(default_factory=list)
+    merge_window: float = Field(
+        default=0.0,
+        ge=0,
+        description="join a request to the previous one when it interrupts it unanswered "
+        "within this many seconds (0: off)",
+    )
+    on_finish: str | None = Field(default=None, description="'module:function' (FinishedTurn) called after each reply")
+    camera: Literal["off", "auto", "picamera2", "opencv", "file"] = Field(
+        default="off", description="lets the model look with [vision:camera]"
+    )
+    camera_image: Path | None = Field(default=None, description="camera = 'file': the picture it always sees")
+    camera_device: int | str = Field(default=0, description="opencv: V4L2 device index or path")
+    camera_tool: bool = Field(default=False, description="also offer the model a 'look' tool for the camera")
 
     @property
     def model_name(self) -> str:
         if self.model:
             return self.model
-        return "claude-haiku-4-5" if self.provider == "anthropic" else "gpt-4.1-mini"
+        return {"anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash", "dify": "dify"}.get(
+            self.provider, "gpt-4.1-mini"
+        )
+
+    @model_validator(mode="after")
+    def _checks(self) -> LLMConfig:
+        if self.provider == "dify" and not self.base_url:
+            raise ValueError("llm.base_url is required for dify (e.g. https://api.dify.ai/v1)")
+        if self.camera == "file" and self.camera_image is None:
+            raise ValueError("llm.camera_image is required when llm.camera = 'file'")
+        if self.camera_tool and self.camera == "off":
+            raise ValueError("llm.camera_tool needs a camera (llm.camera)")
+        return self
 
 
-class TTSConfig(Section):
-    provider: Literal["openai", "espeak"] = "openai"
+TTSProvider = Literal["openai", "espeak", "voicevox", "aivisspeech", "azure", "google", "http"]
+
+
+class TTSVoiceConfig(Section):
+    """One voice: which engine and how it speaks. ``[tts]`` is the default voice; ``[tts.voices.<lang>]``
+    adds one per language, chosen when the reply carries ``[lang:<lang>]``."""
+
+    provider: TTSProvider = "openai"
     model: str = "gpt-4o-mini-tts"
-    voice: str = "alloy"
+    voice: str = Field(default="alloy", description="openai voice; azure/google voice name")
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     instructions: str | None = Field(default=None, description="speaking style, for models that take it")
     base_url: str | None = None
-    api_key: SecretStr | None = Field(default=None, description="default: OPENAI_API_KEY")
+    api_key: SecretStr | None = Field(default=None, description="default: the provider's usual variable")
     timeout: float = Field(default=15.0, gt=0)
+    language: str | None = Field(default=None, description="azure/google: voice language, e.g. 'ja-JP'")
+    region: str | None = Field(default=None, description="azure: the Speech resource's region")
+    speaker: int = Field(default=1, ge=0, description="voicevox/aivisspeech: style id")
+    pitch: float = Field(default=0.0, ge=-0.15, le=0.15, description="voicevox/aivisspeech pitchScale")
+    intonation: float = Field(default=1.0, ge=0, le=2, description="voicevox/aivisspeech intonationScale")
+    url: str | None = Field(default=None, description="http: URL template ({text} {voice} {language} {speaker})")
+    method: Literal["GET", "POST", "PUT"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict, description="http: request headers")
+    body: str | None = Field(default=None, description='http: body template, e.g. \'{"text": "{text}"}\'')
+    audio_format: Literal["wav", "pcm"] = Field(default="wav", description="http: what the engine answers")
+    sample_rate: int = Field(default=24_000, ge=8000, le=96_000, description="http: rate of raw pcm")
+    audio_field: str | None = Field(default=None, description="http: dotted JSON field holding base64 audio")
+    katakana: bool | None = Field(
+        default=None, description="English words → katakana before speaking (default: on for Japanese voices)"
+    )
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> TTSVoiceConfig:
+        if self.provider == "http" and not self.url:
+            raise ValueError("url is required for the http synthesizer")
+        if self.provider == "azure" and not (self.region or self.base_url):
+            raise ValueError("region is required for azure (or give base_url)")
+        return self
+
+    @property
+    def japanese(self) -> bool:
+        return self.provider in ("voicevox", "aivisspeech") or (self.language or "").lower().startswith("ja")
+
+
+class ReplacementConfig(Section):
+    pattern: str
+    replacement: str = ""
+    regex: bool = Field(default=False, description="pattern is a regular expression (else literal text)")
+    ignore_case: bool = False
+
+
+class TTSConfig(TTSVoiceConfig):
     prefetch: int = Field(default=2, ge=1, le=8, description="sentences synthesized ahead of playback")
+    voices: dict[str, TTSVoiceConfig] = Field(default_factory=dict, description="a voice per [lang:xx] tag")
+    replacements: list[ReplacementConfig] = Field(default_factory=list, description="applied before every voice")
+    katakana_dictionary: Path | None = Field(default=None, description="JSON or TSV word → katakana")
+    katakana_llm: bool = Field(default=False, description="ask the LLM for words the dictionary lacks")
 
 
 class ConversationConfig(Section):

@@ -46,6 +46,7 @@ class Behaviour:
     hang_mid_stream: bool = False  # send part of the stream, then go silent
     token_delay: float = 0.0  # seconds between streamed deltas
     fail_times: int | None = None  # fail only for the next N requests, then behave
+    malformed: bool = False  # answer 200 with a body the provider's client cannot parse
 
 
 @dataclass
@@ -68,6 +69,11 @@ class FakeCloud:
     llm: Behaviour = field(default_factory=Behaviour)
     tts: Behaviour = field(default_factory=Behaviour)
     anthropic: Behaviour = field(default_factory=Behaviour)
+    # Tool calling: when the request offers tools and has no tool result yet, call this tool instead of
+    # answering; once a result comes back, answer ``tool_reply`` with ``{result}`` filled in.
+    tool_call: tuple[str, dict[str, Any]] | None = None
+    tool_reply: str = "The tool says {result}."
+    image_reply: str | None = None  # the answer when the request carries an image (vision)
     requests: list[Recorded] = field(default_factory=list)
     disconnects: int = 0
     completed_streams: int = 0
@@ -213,8 +219,11 @@ class FakeCloud:
             return JSONResponse({"error": {"message": "Invalid file format.", "type": "invalid_request_error"}}, 400)
         return JSONResponse({"text": self.transcript})
 
-    def _deltas(self) -> list[str]:
-        words = self.reply.split(" ")
+    def _deltas(self, tool_result: str | None = None, has_image: bool = False) -> list[str]:
+        text = self.tool_reply.format(result=tool_result) if tool_result is not None else self.reply
+        if has_image and self.image_reply is not None:
+            text = self.image_reply
+        words = text.split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
     async def _chat(self, request: Request) -> Response:
@@ -230,7 +239,25 @@ class FakeCloud:
                                  "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
         pieces = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
-        for delta in self._deltas():
+        if self.llm.malformed:
+            pieces.append(b"data: {not json\n\n")
+            return self._stream(pieces, self.llm, "text/event-stream")
+        results = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "tool"]
+        if self.tool_call and body.get("tools") and not results:
+            name, args = self.tool_call
+            encoded = json.dumps(args)
+            half = len(encoded) // 2
+            for i, part in enumerate((encoded[:half], encoded[half:])):  # arguments arrive in fragments
+                call = {"index": 0, "function": {"arguments": part}}
+                if i == 0:
+                    call.update({"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": part}})
+                pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}))
+            pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
+            pieces.append(b"data: [DONE]\n\n")
+            return self._stream(pieces, self.llm, "text/event-stream")
+        has_image = any(isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
+                        for m in body.get("messages", []))
+        for delta in self._deltas(results[-1] if results else None, has_image):
             pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": None}]}))
         pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
         pieces.append(b"data: [DONE]\n\n")
@@ -268,12 +295,31 @@ class FakeCloud:
         model = body.get("model")
         message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
                    "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 0}}
-        pieces = [
-            _event("message_start", {"type": "message_start", "message": message}),
-            _event("content_block_start", {"type": "content_block_start", "index": 0,
-                                           "content_block": {"type": "text", "text": ""}}),
-        ]
-        for delta in self._deltas():
+        pieces = [_event("message_start", {"type": "message_start", "message": message})]
+        if self.anthropic.malformed:
+            pieces.append(b"event: content_block_delta\ndata: {broken\n\n")
+            return self._stream(pieces, self.anthropic, "text/event-stream")
+        results = [part.get("content", "") for m in body.get("messages", []) if isinstance(m.get("content"), list)
+                   for part in m["content"] if part.get("type") == "tool_result"]
+        if self.tool_call and body.get("tools") and not results:
+            name, args = self.tool_call
+            encoded = json.dumps(args)
+            half = len(encoded) // 2
+            pieces.append(_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+                "type": "tool_use", "id": "toolu_fake1", "name": name, "input": {}}}))
+            for part in (encoded[:half], encoded[half:]):
+                pieces.append(_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                             "delta": {"type": "input_json_delta", "partial_json": part}}))
+            pieces += [
+                _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                                         "usage": {"output_tokens": 10}}),
+                _event("message_stop", {"type": "message_stop"}),
+            ]
+            return self._stream(pieces, self.anthropic, "text/event-stream")
+        pieces.append(_event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                     "content_block": {"type": "text", "text": ""}}))
+        for delta in self._deltas(results[-1] if results else None):
             pieces.append(_event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                          "delta": {"type": "text_delta", "text": delta}}))
         pieces += [

@@ -1,20 +1,76 @@
-"""Anthropic Messages API with streaming."""
+"""Anthropic Messages API with streaming: text, tool use (input JSON streamed in fragments) and images."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from appliance.brains.base import Message
+from appliance.conversation.llm.base import Image, LLMEvent, ToolCall, ToolRound, ToolSpec
+from appliance.conversation.llm.openai import parse_arguments
 from appliance.conversation.sdk_errors import Warmth, http_client, map_sdk_error, warm_openai
 from appliance.errors import ProviderBadReply
+
+
+def anthropic_messages(
+    messages: Sequence[Message], rounds: Sequence[ToolRound], images: Sequence[Image]
+) -> list[dict[str, Any]]:
+    payload: list[dict[str, Any]] = []
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    for i, m in enumerate(messages):
+        if i == last_user and images:
+            parts: list[dict[str, Any]] = [
+                {
+                    "type": "image",
+                    "source": {
+                        "type": "base64",
+                        "media_type": img.mime_type,
+                        "data": base64.b64encode(img.data).decode(),
+                    },
+                }
+                for img in images
+            ]
+            parts.append({"type": "text", "text": m.content})
+            payload.append({"role": "user", "content": parts})
+        else:
+            payload.append({"role": m.role, "content": m.content})
+    for r in rounds:
+        content: list[dict[str, Any]] = [{"type": "text", "text": r.text}] if r.text else []
+        content += [
+            {"type": "tool_use", "id": res.call.id, "name": res.call.name, "input": res.call.arguments}
+            for res in r.results
+        ]
+        payload.append({"role": "assistant", "content": content})
+        payload.append(
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": res.call.id,
+                        "content": res.content,
+                        "is_error": res.is_error,
+                    }
+                    for res in r.results
+                ],
+            }
+        )
+    return payload
 
 
 class AnthropicChat:
     name = "anthropic-llm"
 
-    def __init__(self, model: str, api_key: str | None, base_url: str | None = None, timeout: float = 30.0,
-                 temperature: float | None = None, max_tokens: int = 512) -> None:
+    def __init__(
+        self,
+        model: str,
+        api_key: str | None,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        temperature: float | None = None,
+        max_tokens: int = 512,
+    ) -> None:
         import anthropic  # costs 1-2 s to import: only when this provider is configured
 
         self.model = model
@@ -29,25 +85,57 @@ class AnthropicChat:
         )
         self.warmth = Warmth()
 
-    async def stream(self, system: str, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        system: str,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        rounds: Sequence[ToolRound] = (),
+        images: Sequence[Image] = (),
+        conversation_id: str = "",
+    ) -> AsyncIterator[LLMEvent]:
         extra: dict[str, Any] = {}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
+        if tools:
+            extra["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
+            ]
         finished = started = False
+        blocks: dict[int, dict[str, str]] = {}
+        calls: list[ToolCall] = []
         try:
             self.warmth.touch()
             async with self._client.messages.stream(
                 model=self.model,
                 system=system,
                 max_tokens=self.max_tokens,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=anthropic_messages(messages, rounds, images),
                 **extra,
             ) as stream:
                 async for event in stream:
                     started = True
                     kind = getattr(event, "type", "")
-                    if kind == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
-                        yield event.delta.text
+                    if kind == "content_block_start" and getattr(event.content_block, "type", "") == "tool_use":
+                        blocks[event.index] = {
+                            "id": event.content_block.id,
+                            "name": event.content_block.name,
+                            "json": "",
+                        }
+                    elif kind == "content_block_delta":
+                        delta_kind = getattr(event.delta, "type", "")
+                        if delta_kind == "text_delta":
+                            yield event.delta.text
+                        elif delta_kind == "input_json_delta" and event.index in blocks:
+                            blocks[event.index]["json"] += event.delta.partial_json
+                    elif kind == "content_block_stop" and event.index in blocks:
+                        block = blocks.pop(event.index)
+                        calls.append(
+                            ToolCall(
+                                block["id"], block["name"], parse_arguments(self.name, block["name"], block["json"])
+                            )
+                        )
                     elif kind == "message_stop":
                         finished = True
         except Exception as exc:
@@ -57,6 +145,8 @@ class AnthropicChat:
             raise mapped from exc
         if not finished:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
+        for call in calls:
+            yield call
 
     async def warm(self) -> None:
         await warm_openai(self._client, self.warmth)
