@@ -142,6 +142,7 @@ def process_figures() -> list[Figure]:
                     "APPLIANCE_GPIO__PIN_FACTORY": "mock",
                     "APPLIANCE_LOG__STATUS_LINE": "off",
                     "APPLIANCE_LOG__LEVEL": "WARNING",
+                    "APPLIANCE_CONTROL__PORT": "0",
                 }
                 started = time.perf_counter()
                 proc = subprocess.Popen([sys.executable, "-m", "appliance", "run"], env=env, cwd=REPO,

@@ -11,9 +11,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from appliance.control.client import ApiError, ControlClient, NotRunning, parse_assignments
+if TYPE_CHECKING:  # the client pulls in httpx: only the commands that talk to the API pay for it
+    from appliance.control.client import ControlClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -61,11 +62,15 @@ def add_commands(sub: Any, add_api_options: Callable[[argparse.ArgumentParser], 
 
 
 def _client(config: Any, args: argparse.Namespace) -> ControlClient:
+    from appliance.control.client import ControlClient
+
     return ControlClient.from_config(config.control, getattr(args, "url", None), getattr(args, "token", None))
 
 
 def say_through_api(config: Any, args: argparse.Namespace) -> int | None:
     """Speak through the running appliance; None means none is running and the caller speaks locally."""
+    from appliance.control.client import ApiError
+
     try:
         client = _client(config, args)
     except Exception as exc:  # a broken token file
@@ -87,6 +92,8 @@ def say_through_api(config: Any, args: argparse.Namespace) -> int | None:
 
 
 def run_command(command: str, config: Any, args: argparse.Namespace) -> int:
+    from appliance.control.client import ApiError, NotRunning
+
     try:
         client = _client(config, args)
     except Exception as exc:
@@ -149,6 +156,8 @@ def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> 
         if args.action == "set":
             if not args.assignments:
                 raise ValueError("config set needs section.key=value arguments")
+            from appliance.control.client import parse_assignments
+
             result = client.request("PATCH", "/config", parse_assignments(args.assignments))
             return show(result, _patched_text)
         return show(client.request("GET", "/config"), lambda r: json.dumps(r, indent=2))

@@ -1,13 +1,16 @@
 """The control API as a supervised subsystem.
 
-``run`` binds the port before it reports ready (``nursery.start`` on hypercorn's Trio ``serve``), so the
-supervisor's READY means the API answers. The history recorder, metrics and the say queue run beside the
+``run`` binds and listens on the port before it reports ready, so the supervisor's READY means the API
+accepts connections; the web framework is loaded right after, off the voice's critical path, and answers
+what queued up meanwhile. The history recorder, metrics and the say queue run beside the
 server in the same nursery; cancelling the service (shutdown) closes every open stream at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -40,42 +43,77 @@ class ControlService:
         self.bound = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve
-
-        from appliance.control.api import Guard, create_app
-
         ctx = self.ctx
         cfg = ctx.limits = ctx.appliance.config.control
         ctx.slots.limit = cfg.max_sse_clients
         ctx.token = resolve_token(cfg, ctx.environ)  # a token file may have changed since the last start
         check_bind(cfg, ctx.token)
         conv_history = ctx.appliance.conversation.history
-        api = create_app(ctx)
-        # Building the schema takes tens of milliseconds of pure Python: do it once, off the event loop,
-        # instead of on the first /openapi.json request in the middle of someone's sentence.
-        await trio.to_thread.run_sync(api.openapi)
-        app = Guard(api, cfg.max_body_bytes)
-        hyper = Config()
-        host = f"[{cfg.host}]" if ":" in cfg.host and not cfg.host.startswith("[") else cfg.host
-        hyper.bind = [f"{host}:{cfg.port}"]
-        hyper.accesslog = None
-        server_log = logging.getLogger("appliance.control.server")
-        server_log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # its "Running on" repeats ours
-        hyper.errorlog = server_log
-        hyper.graceful_timeout = 0.5
-        hyper.include_server_header = False
-        hyper.keep_alive_timeout = 30
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(ctx.store.record, ctx.bus, lambda: conv_history.conversation_id))
-            await nursery.start(partial(ctx.metrics.follow, ctx.bus))
-            await nursery.start(ctx.speaker.run)
-            urls: list[str] = await nursery.start(partial(serve, app, hyper))  # type: ignore[arg-type]
-            self.urls = urls
-            self.port = int(urls[0].rsplit(":", 1)[1]) if urls else None
-            self.bound.set()
-            log.info("control API on %s%s", ", ".join(urls), "" if ctx.token else " (no token: loopback only)")
-            task_status.started(urls)
+        fd, urls = listen_socket(cfg.host, cfg.port)
+        handed_over = False
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(ctx.store.record, ctx.bus, lambda: conv_history.conversation_id))
+                await nursery.start(partial(ctx.metrics.follow, ctx.bus))
+                await nursery.start(ctx.speaker.run)
+                self.urls = urls
+                self.port = int(urls[0].rsplit(":", 1)[1])
+                self.bound.set()
+                log.info("control API on %s%s", ", ".join(urls), "" if ctx.token else " (no token: loopback only)")
+                # The port is bound and listening: READY may go out now. The web framework takes most of a
+                # second to import, which the voice must not wait for; connections made meanwhile wait in
+                # the kernel's accept queue and are answered as soon as it is loaded.
+                task_status.started(urls)
+                await trio.to_thread.run_sync(_import_web_stack)
+                from hypercorn.trio import serve
+
+                from appliance.control.api import Guard, create_app
+
+                api = create_app(ctx)
+                # The schema is pure Python work: build it once off the event loop, not on the first
+                # /openapi.json request in the middle of someone's sentence.
+                await trio.to_thread.run_sync(api.openapi)
+                handed_over = True
+                await nursery.start(partial(serve, Guard(api, cfg.max_body_bytes), _hypercorn_config(fd)))
+        finally:
+            if not handed_over:
+                os.close(fd)
+
+
+def listen_socket(host: str, port: int) -> tuple[int, list[str]]:
+    """Bind and listen now; the file descriptor goes to hypercorn once it is loaded (``fd://``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+        bound_host, bound_port = sock.getsockname()[:2]
+    except OSError:
+        sock.close()
+        raise
+    shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
+    return sock.detach(), [f"http://{shown}:{bound_port}"]
+
+
+def _import_web_stack() -> None:
+    import appliance.control.api  # noqa: F401  (fastapi, starlette, pydantic models of every route)
+    import hypercorn.trio  # noqa: F401
+
+
+def _hypercorn_config(fd: int):  # type: ignore[no-untyped-def]
+    from hypercorn.config import Config
+
+    hyper = Config()
+    hyper.bind = [f"fd://{fd}"]
+    hyper.accesslog = None
+    server_log = logging.getLogger("appliance.control.server")
+    server_log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # its "Running on" repeats ours
+    hyper.errorlog = server_log
+    hyper.graceful_timeout = 0.5
+    hyper.include_server_header = False
+    hyper.keep_alive_timeout = 30
+    return hyper
 
 
 def add_control(
