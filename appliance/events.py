@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
+import trio
+
 
 class State(str, Enum):
     IDLE = "idle"
@@ -21,10 +23,18 @@ class State(str, Enum):
     ERROR = "error"
 
 
+def now() -> float:
+    """Trio's clock inside the event loop (so virtual-time tests line up), the monotonic clock outside it."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
+
+
 @dataclass(frozen=True)
 class Event:
     droppable: ClassVar[bool] = False
-    at: float = field(default_factory=time.monotonic, kw_only=True, compare=False)
+    at: float = field(default_factory=now, kw_only=True, compare=False)
 
 
 # --- state -------------------------------------------------------------------------------------------------
@@ -176,6 +186,7 @@ class TurnFinished(Event):
     outcome: str  # "done" | "interrupted" | "failed" | "empty"
     spoken: str = ""
     error: str | None = None
+    error_kind: str | None = None  # the ProviderError subclass, e.g. "ProviderTimeout"
     timings: TurnTimings = TurnTimings()
 
 

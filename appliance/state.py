@@ -28,6 +28,16 @@ from appliance.events import (
 log = logging.getLogger(__name__)
 
 _BUSY = (State.THINKING, State.SPEAKING)
+_INPUTS = (
+    MuteRequested,
+    SpeechStarted,
+    ListenRequested,
+    SpeechDiscarded,
+    UtteranceCaptured,
+    TurnStarted,
+    SentenceStarted,
+    TurnFinished,
+)
 
 
 class StateMachine:
@@ -86,21 +96,24 @@ class StateService:
         return self.machine.state
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self.bus.subscribe(name=self.name, size=1024) as events:
+        with self.bus.subscribe(*_INPUTS, name=self.name, size=1024) as events:
             task_status.started()
+            leave_error_at = float("inf")
             while True:
-                deadline = trio.current_time() + self.error_display if self.state is State.ERROR else float("inf")
                 event = None
-                with trio.move_on_at(deadline):
+                with trio.move_on_at(leave_error_at):
                     event = await events.receive.receive()
                 if event is None:
+                    leave_error_at = float("inf")
                     self._change(State.IDLE, "error shown")
                     continue
                 old = self.state
                 new = self.machine.apply(event)
-                if new is not None:
-                    self.bus.publish(StateChanged(old, new, reason=type(event).__name__))
-                    log.debug("state %s -> %s (%s)", old.value, new.value, type(event).__name__)
+                if new is None:
+                    continue
+                self.bus.publish(StateChanged(old, new, reason=type(event).__name__))
+                log.debug("state %s -> %s (%s)", old.value, new.value, type(event).__name__)
+                leave_error_at = trio.current_time() + self.error_display if new is State.ERROR else float("inf")
 
     def _change(self, new: State, reason: str) -> None:
         old = self.machine.state

@@ -115,7 +115,8 @@ class Supervisor:
                         task_status.started()
                 error = "returned unexpectedly"
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                cause = _root_cause(exc)
+                error = f"{type(cause).__name__}: {cause}"
                 log.error("subsystem %s failed", name, exc_info=exc, extra={"service": name})
             record.last_error = error
             now = trio.current_time()
@@ -156,3 +157,10 @@ class Supervisor:
             async for event in sub:
                 assert isinstance(event, StateChanged)
                 self.notifier.status(event.new.value)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The one error inside nested nursery groups, for a log line that says what actually broke."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -33,9 +33,9 @@ class PacedSource:
 
     name = "paced"
 
-    def __init__(self, block_ms: int = 20) -> None:
+    def __init__(self, block_ms: int = 20, speed: float = 1.0) -> None:
         self.block_size = CAPTURE_RATE * block_ms // 1000
-        self.block_seconds = self.block_size / CAPTURE_RATE
+        self.block_seconds = self.block_size / CAPTURE_RATE / speed  # speed > 1: faster than real time (tests)
         self._silence = np.zeros(self.block_size, dtype=np.int16)
 
     def _blocks_of(self, samples: np.ndarray) -> Iterable[np.ndarray]:
@@ -100,8 +100,8 @@ class WavFileSource(PacedSource):
 
     name = "file"
 
-    def __init__(self, path: Path, block_ms: int = 20, lead_in: float = 0.5) -> None:
-        super().__init__(block_ms)
+    def __init__(self, path: Path, block_ms: int = 20, lead_in: float = 0.5, speed: float = 1.0) -> None:
+        super().__init__(block_ms, speed)
         self.path = path
         self.lead_in = lead_in
         self.samples = to_capture_rate(read_wav(path))  # fail at construction: config check sees it

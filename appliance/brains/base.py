@@ -7,13 +7,13 @@ so a brain naturally works one chunk ahead of playback and no further.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 import trio
 
 from appliance.audio.base import AudioClip
+from appliance.events import now
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,7 +23,7 @@ class Utterance:
     audio: AudioClip | None = None
     text: str | None = None
     source: str = "voice"
-    ended_at: float = field(default_factory=time.monotonic)
+    ended_at: float = field(default_factory=now)
 
     def __post_init__(self) -> None:
         if self.audio is None and not self.text:

@@ -33,10 +33,20 @@ def _retry_after(exc: BaseException) -> float | None:
         return None
 
 
-def map_sdk_error(provider: str, exc: BaseException) -> ProviderError | None:
-    """Our error for ``exc``, or None when it is not a provider failure (then it is our bug: let it raise)."""
+def map_sdk_error(provider: str, exc: BaseException, *, mid_stream: bool = False) -> ProviderError | None:
+    """Our error for ``exc``, or None when it is not a provider failure (then it is our bug: let it raise).
+
+    ``mid_stream``: the reply had already started, so a dropped connection is a reply cut short.
+    """
     if isinstance(exc, ProviderError):
         return exc
+    mapped = _map(provider, exc)
+    if mid_stream and isinstance(mapped, ProviderUnavailable) and "APIStatusError" not in _names(exc):
+        return ProviderBadReply(provider, f"stream cut short: {exc.__cause__ or exc}"[:300])
+    return mapped
+
+
+def _map(provider: str, exc: BaseException) -> ProviderError | None:
     names = _names(exc)
     module = type(exc).__module__
     if "APITimeoutError" in names or "TimeoutException" in names:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 
 _TERMINATOR = re.compile(r"([.!?…]+[\"')\]]*)(?=\s)|([。！？!?]+[」』）)]*)|(\n+)")
-_MIN_CHARS = 8  # "Hi." alone sounds clipped; short fragments are joined to the next sentence
+_MIN_CHARS = 8
+# Words whose period does not end a sentence ("e.g. the shop", "Dr. Smith").
+_ABBREVIATIONS = {"e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "ms.", "dr.", "st.", "no.", "approx.", "p.m.", "a.m."}  # "Hi." alone sounds clipped; short fragments are joined to the next sentence
 
 
 class SentenceSplitter:
@@ -25,7 +27,7 @@ class SentenceSplitter:
         for m in _TERMINATOR.finditer(self._buffer):
             end = m.end()
             candidate = self._buffer[start:end].strip()
-            if _open_tag(candidate):
+            if _open_tag(candidate) or _abbreviation(candidate):
                 continue
             if len(candidate) < self.min_chars and not m.group(3):
                 continue
@@ -42,3 +44,8 @@ class SentenceSplitter:
 
 def _open_tag(text: str) -> bool:
     return text.rfind("[") > text.rfind("]") or text.rfind("<") > text.rfind(">")
+
+
+def _abbreviation(text: str) -> bool:
+    last = text.rsplit(None, 1)[-1].lower() if text else ""
+    return last in _ABBREVIATIONS or (len(last) == 2 and last[0].isalpha() and last[1] == ".")

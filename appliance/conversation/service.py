@@ -49,6 +49,7 @@ class _Record:
     spoken: list[str] = field(default_factory=list)
     outcome: str | None = None
     error: str | None = None
+    error_kind: str | None = None
     heard_at: float | None = None
     first_text_at: float | None = None
     first_audio_at: float | None = None
@@ -139,7 +140,7 @@ class ConversationService:
                     await self._converse(turn_id, utterance, brain, record)
                     record.outcome = "done" if record.spoken or record.heard else "empty"
                 except ProviderError as exc:
-                    record.outcome, record.error = "failed", str(exc)
+                    record.outcome, record.error, record.error_kind = "failed", str(exc), type(exc).__name__
                     log.warning("turn %s failed: %s", turn_id, exc, extra={"turn_id": turn_id, "brain": brain.name})
                     self._finish(turn_id, record)
                     await self._say_error()
@@ -162,7 +163,7 @@ class ConversationService:
         if record.heard or record.spoken:
             self.history.add_turn(record.heard, " ".join(record.spoken))
         timings = record.timings(trio.current_time())
-        self.bus.publish(TurnFinished(turn_id, record.outcome, " ".join(record.spoken), record.error, timings))
+        self.bus.publish(TurnFinished(turn_id, record.outcome, " ".join(record.spoken), record.error, record.error_kind, timings))
         log.info(
             "turn %s %s (heard %s, first audio %s s)",
             turn_id,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import trio
 
@@ -96,7 +95,7 @@ class ListeningService:
         clip = AudioClip(segment.samples, CAPTURE_RATE)
         self.bus.publish(UtteranceCaptured(clip.duration, source))
         log.info("utterance captured: %.2f s (%s)", clip.duration, source)
-        await self.utterances.send(Utterance(audio=clip, source=source, ended_at=time.monotonic()))
+        await self.utterances.send(Utterance(audio=clip, source=source))
 
     async def _command(self, event: Event, endpointer: EnergyEndpointer) -> None:
         if isinstance(event, StateChanged):

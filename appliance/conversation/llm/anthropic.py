@@ -31,7 +31,7 @@ class AnthropicChat:
         extra: dict[str, Any] = {}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
-        finished = False
+        finished = started = False
         try:
             async with self._client.messages.stream(
                 model=self.model,
@@ -41,13 +41,14 @@ class AnthropicChat:
                 **extra,
             ) as stream:
                 async for event in stream:
+                    started = True
                     kind = getattr(event, "type", "")
                     if kind == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
                         yield event.delta.text
                     elif kind == "message_stop":
                         finished = True
         except Exception as exc:
-            mapped = map_sdk_error(self.name, exc)
+            mapped = map_sdk_error(self.name, exc, mid_stream=started)
             if mapped is None:
                 raise
             raise mapped from exc

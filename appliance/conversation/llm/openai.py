@@ -25,20 +25,21 @@ class OpenAIChat:
         extra: dict[str, Any] = {"max_tokens": self.max_tokens}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
-        finished = False
+        finished = started = False
         try:
             stream = await self._client.chat.completions.create(
                 model=self.model, messages=payload, stream=True, **extra
             )
             async with stream:
                 async for chunk in stream:
+                    started = True
                     for choice in chunk.choices or ():
                         if choice.delta and choice.delta.content:
                             yield choice.delta.content
                         if choice.finish_reason:
                             finished = True
         except Exception as exc:
-            mapped = map_sdk_error(self.name, exc)
+            mapped = map_sdk_error(self.name, exc, mid_stream=started)
             if mapped is None:
                 raise
             raise mapped from exc

@@ -1,0 +1,174 @@
+"""Walking-skeleton figures: firmware overhead per turn, start → READY, idle memory, stop time.
+
+The fake cloud runs in its own process with fixed latencies; the firmware's overhead is what the turn took
+beyond them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import trio
+
+from appliance.audio.base import AudioClip
+from appliance.audio.playback import MemorySink
+from appliance.brains.base import Utterance
+from appliance.events import TurnFinished
+from bench.common import Figure, median, percentile
+
+REPO = Path(__file__).resolve().parent.parent
+STT, LLM, TTS = 0.050, 0.120, 0.080  # seconds the fake cloud waits before answering each request
+TURNS = 60
+
+
+class FirstBlockSink(MemorySink):
+    """Records when the first block of each turn reached the speaker (monotonic clock, as the fake's log)."""
+
+    def __init__(self) -> None:
+        super().__init__(realtime=False)
+        self.first: float | None = None
+
+    async def _write_block(self, block: np.ndarray) -> None:
+        if self.first is None:
+            self.first = time.monotonic()
+        await trio.sleep(0)  # no real-time pacing: we only need the moment the first block arrives
+
+
+def start_fake_cloud(*args: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.cloud", "--port", "0", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    if not url.startswith("http"):
+        process.kill()
+        raise RuntimeError("fake cloud did not start")
+    return process, url
+
+
+def turn_overhead() -> list[Figure]:
+    import httpx
+
+    from tests.harness import cloud_config, running_appliance
+
+    process, url = start_fake_cloud("--stt-latency", str(STT), "--llm-latency", str(LLM), "--tts-latency", str(TTS))
+    turns: list[tuple[float, float]] = []
+
+    async def run() -> None:
+        sink = FirstBlockSink()
+        speech = AudioClip.silence(1.5)
+        async with running_appliance(cloud_config(url), sink=sink) as (app, _log):
+            with app.bus.subscribe(TurnFinished, name="bench") as finished:
+                for i in range(TURNS + 3):
+                    sink.first = None
+                    started = time.monotonic()
+                    await app.conversation.start_turn(Utterance(audio=speech))
+                    await finished.receive.receive()
+                    if i >= 3 and sink.first is not None:  # the first turns warm up connections and imports
+                        turns.append((started, sink.first))
+
+    try:
+        trio.run(run)
+        log = httpx.get(f"{url}/_fake/requests").json()
+    finally:
+        process.kill()
+    beyond, firmware = [], []
+    for started, first in turns:
+        inside = [r for r in log if started <= r["at"] <= first]
+        stt = next(r for r in inside if r["path"].endswith("transcriptions"))
+        llm = next(r for r in inside if r["path"].endswith("completions"))
+        tts = min((r for r in inside if r["path"].endswith("speech")), key=lambda r: r["at"])
+        server = sum(r["first_byte_at"] - r["at"] for r in (stt, llm, tts))
+        beyond.append((first - started - (STT + LLM + TTS)) * 1000)
+        firmware.append((first - started - server) * 1000)
+    return [
+        Figure("turn time beyond the configured cloud latency, median", median(beyond), "ms", "<= 15",
+               f"{len(beyond)} turns; includes the fake server's own work"),
+        Figure("turn time beyond the configured cloud latency, p95", percentile(beyond, 95), "ms", "<= 30"),
+        Figure("firmware share (minus the server's measured time), median", median(firmware), "ms", "<= 15"),
+        Figure("firmware share (minus the server's measured time), p95", percentile(firmware, 95), "ms", "<= 30"),
+    ]
+
+
+def _notify_socket(path: Path):  # type: ignore[no-untyped-def]
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(20)
+    return sock
+
+
+def _wait_message(sock, prefix: str) -> float:  # type: ignore[no-untyped-def]
+    while True:
+        data = sock.recv(4096).decode()
+        if any(line.startswith(prefix) for line in data.splitlines()):
+            return time.perf_counter()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def process_figures() -> list[Figure]:
+    process_cloud, url = start_fake_cloud("--tts-latency", "0.05")
+    ready_times, rss, stops = [], [], []
+    try:
+        for run in range(5):
+            with tempfile.TemporaryDirectory() as tmp:
+                sock_path = Path(tmp) / "notify.sock"
+                sock = _notify_socket(sock_path)
+                env = {
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "NOTIFY_SOCKET": str(sock_path),
+                    "OPENAI_API_KEY": "bench-key",
+                    "APPLIANCE_STT__BASE_URL": f"{url}/v1",
+                    "APPLIANCE_LLM__BASE_URL": f"{url}/v1",
+                    "APPLIANCE_TTS__BASE_URL": f"{url}/v1",
+                    "APPLIANCE_AUDIO__INPUT": "simulated",
+                    "APPLIANCE_AUDIO__SIMULATED_SPEECH_AFTER": "0.5",
+                    "APPLIANCE_AUDIO__OUTPUT": "simulated",
+                    "APPLIANCE_GPIO__PIN_FACTORY": "mock",
+                    "APPLIANCE_LOG__STATUS_LINE": "off",
+                    "APPLIANCE_LOG__LEVEL": "WARNING",
+                }
+                started = time.perf_counter()
+                proc = subprocess.Popen([sys.executable, "-m", "appliance", "run"], env=env, cwd=REPO,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    ready_times.append(_wait_message(sock, "READY=1") - started)
+                    _wait_message(sock, "STATUS=speaking")
+                    if run == 0:
+                        _wait_message(sock, "STATUS=idle")
+                        time.sleep(2)  # SDKs loaded, one turn done, idle again
+                        rss.append(_rss_mb(proc.pid))
+                    sent = time.perf_counter()
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=10)
+                    if run:  # runs 1.. are stopped while the reply is being spoken
+                        stops.append(time.perf_counter() - sent)
+                finally:
+                    proc.kill()
+                    sock.close()
+    finally:
+        process_cloud.kill()
+    return [
+        Figure("start -> READY=1, median of 5", median(ready_times) * 1000, "ms", "<= 1500"),
+        Figure("idle RSS after a cloud turn", rss[0] if rss else float("nan"), "MB", "<= 120"),
+        Figure("SIGTERM mid-reply -> exit, worst of 4", max(stops) * 1000, "ms", "<= 2000"),
+    ]
+
+
+def main() -> list[Figure]:
+    return turn_overhead() + process_figures()

@@ -1,0 +1,328 @@
+"""A fake of the cloud APIs the appliance uses, as a real HTTP server on 127.0.0.1.
+
+It speaks the wire formats the official SDKs expect — OpenAI ``/v1/audio/transcriptions``,
+``/v1/chat/completions`` (SSE streaming), ``/v1/audio/speech`` (pcm / wav), Anthropic ``/v1/messages``
+(SSE event stream) — and can be told, per endpoint, to be slow, fail with a status code, cut its stream,
+or hang. It records every request and notices when a client goes away mid-stream.
+
+In tests: ``async with fake_cloud() as cloud: ... cloud.url``. For benchmarks in a separate process:
+``python -m tests.fakes.cloud --port 0`` prints the URL it serves on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import time
+import wave
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+PCM_RATE = 24_000
+
+
+@dataclass
+class Behaviour:
+    """How one endpoint misbehaves. The defaults answer at once and correctly."""
+
+    latency: float = 0.0  # seconds before the response starts (time to first byte)
+    status: int | None = None  # answer with this HTTP error instead
+    retry_after: float | None = None  # Retry-After header with the error
+    cut: str | None = None  # "abort": drop the connection mid-stream; "truncate": end early, cleanly
+    hang: bool = False  # never answer (headers never come)
+    hang_mid_stream: bool = False  # send part of the stream, then go silent
+    token_delay: float = 0.0  # seconds between streamed deltas
+    fail_times: int | None = None  # fail only for the next N requests, then behave
+
+
+@dataclass
+class Recorded:
+    """One request as the server saw it; times are ``time.monotonic()``, comparable across processes."""
+
+    path: str
+    body: Any
+    at: float
+    first_byte_at: float | None = None
+
+
+@dataclass
+class FakeCloud:
+    transcript: str = "What time is it?"
+    reply: str = "[face:joy] It is nine o'clock. Time for breakfast! [animation:wave] Have a nice day."
+    seconds_per_char: float = 0.01
+    stt: Behaviour = field(default_factory=Behaviour)
+    llm: Behaviour = field(default_factory=Behaviour)
+    tts: Behaviour = field(default_factory=Behaviour)
+    anthropic: Behaviour = field(default_factory=Behaviour)
+    requests: list[Recorded] = field(default_factory=list)
+    disconnects: int = 0
+    completed_streams: int = 0
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        self.disconnected = trio.Event()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/audio/transcriptions", self._transcriptions, methods=["POST"]),
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/audio/speech", self._speech, methods=["POST"]),
+                Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/_fake/requests", self._log, methods=["GET"]),
+            ]
+        )
+        inner = self.app
+
+        async def stamp(scope: Any, receive: Any, send: Any) -> None:
+            # The moment the request reached the application: everything before it is the client's share.
+            scope["fake.arrived"] = time.monotonic()
+            await inner(scope, receive, send)
+
+        self.asgi = stamp
+
+    # --- serving ---------------------------------------------------------------------------------------
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        config = HypercornConfig()
+        config.bind = [f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = None
+        config.keep_alive_timeout = 30
+
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve, self.asgi, config)  # type: ignore[arg-type]
+            self.url = binds[0]
+            task_status.started(self.url)
+
+    def paths(self) -> list[str]:
+        return [r.path for r in self.requests]
+
+    def bodies(self, path: str) -> list[Any]:
+        return [r.body for r in self.requests if r.path == path]
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.disconnects = 0
+        self.completed_streams = 0
+        self.disconnected = trio.Event()
+        for b in (self.stt, self.llm, self.tts, self.anthropic):
+            b.__init__()  # type: ignore[misc]
+
+    # --- shared behaviour -----------------------------------------------------------------------------
+
+    async def _misbehave(self, behaviour: Behaviour, anthropic_style: bool = False) -> Response | None:
+        if behaviour.latency:
+            await trio.sleep(behaviour.latency)
+        if behaviour.hang:
+            await trio.sleep_forever()
+        if behaviour.status is not None and (behaviour.fail_times is None or behaviour.fail_times > 0):
+            if behaviour.fail_times is not None:
+                behaviour.fail_times -= 1
+            headers = {}
+            if behaviour.retry_after is not None:
+                headers["retry-after"] = f"{behaviour.retry_after:g}"
+            if anthropic_style:
+                body = {"type": "error", "error": {"type": _anthropic_error(behaviour.status), "message": "fake failure"}}
+            else:
+                body = {"error": {"message": "fake failure", "type": "fake_error", "code": str(behaviour.status)}}
+            return JSONResponse(body, status_code=behaviour.status, headers=headers)
+        return None
+
+    def _stream(
+        self, pieces: list[bytes], behaviour: Behaviour, media_type: str, record: Recorded | None = None,
+        first_content: int = 0,
+    ) -> StreamingResponse:
+        """Stream ``pieces``; ``record.first_byte_at`` is stamped when piece ``first_content`` goes out."""
+
+        async def body() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                half = max(1, len(pieces) // 2)
+                for i, piece in enumerate(pieces):
+                    if i == half and behaviour.cut == "abort":
+                        raise ConnectionAbortedError("fake cloud cut the stream")
+                    if i == half and behaviour.cut == "truncate":
+                        finished = True
+                        return
+                    if i == half and behaviour.hang_mid_stream:
+                        await trio.sleep_forever()
+                    if i and behaviour.token_delay:
+                        await trio.sleep(behaviour.token_delay)
+                    if record is not None and i == first_content:
+                        record.first_byte_at = time.monotonic()
+                    yield piece
+                finished = True
+                self.completed_streams += 1
+            finally:
+                if not finished:
+                    self.disconnects += 1
+                    self.disconnected.set()
+
+        return StreamingResponse(body(), media_type=media_type, headers={"cache-control": "no-cache"})
+
+    async def _record(self, request: Request, body: Any) -> Recorded:
+        record = Recorded(request.url.path, body, request.scope.get("fake.arrived", time.monotonic()))
+        self.requests.append(record)
+        return record
+
+    async def _log(self, request: Request) -> Response:
+        """The request log, for a benchmark in another process to subtract the server's own time."""
+        return JSONResponse([
+            {"path": r.path, "at": r.at, "first_byte_at": r.first_byte_at,
+             "input": r.body.get("input") if isinstance(r.body, dict) else None}
+            for r in self.requests
+        ])
+
+    # --- OpenAI --------------------------------------------------------------------------------------
+
+    async def _transcriptions(self, request: Request) -> Response:
+        form = await request.form()
+        upload = form.get("file")
+        audio = await upload.read() if upload is not None and hasattr(upload, "read") else b""
+        record = await self._record(
+            request, {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio)}
+        )
+        if failure := await self._misbehave(self.stt):
+            return failure
+        record.first_byte_at = time.monotonic()
+        try:
+            with wave.open(io.BytesIO(audio), "rb") as wav:
+                wav.getnframes()
+        except (wave.Error, EOFError):
+            return JSONResponse({"error": {"message": "Invalid file format.", "type": "invalid_request_error"}}, 400)
+        return JSONResponse({"text": self.transcript})
+
+    def _deltas(self) -> list[str]:
+        words = self.reply.split(" ")
+        return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        record = await self._record(request, body)
+        if failure := await self._misbehave(self.llm):
+            return failure
+        created = int(time.time())
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": body.get("model")}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": self.reply}
+            return JSONResponse({**base, "object": "chat.completion",
+                                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        pieces = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
+        for delta in self._deltas():
+            pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": None}]}))
+        pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        pieces.append(b"data: [DONE]\n\n")
+        return self._stream(pieces, self.llm, "text/event-stream", record, first_content=1)
+
+    async def _speech(self, request: Request) -> Response:
+        body = await request.json()
+        record = await self._record(request, body)
+        if failure := await self._misbehave(self.tts):
+            return failure
+        text = body.get("input", "")
+        if not text:
+            return JSONResponse({"error": {"message": "input is empty", "type": "invalid_request_error"}}, 400)
+        pcm = tone(max(0.05, len(text) * self.seconds_per_char))
+        if body.get("response_format") == "wav":
+            buf = io.BytesIO()
+            with wave.open(buf, "wb") as wav:
+                wav.setnchannels(1)
+                wav.setsampwidth(2)
+                wav.setframerate(PCM_RATE)
+                wav.writeframes(pcm)
+            data, media = buf.getvalue(), "audio/wav"
+        else:
+            data, media = pcm, "audio/pcm"
+        step = 4800
+        return self._stream([data[i : i + step] for i in range(0, len(data), step)], self.tts, media, record)
+
+    # --- Anthropic -----------------------------------------------------------------------------------
+
+    async def _messages(self, request: Request) -> Response:
+        body = await request.json()
+        await self._record(request, body)
+        if failure := await self._misbehave(self.anthropic, anthropic_style=True):
+            return failure
+        model = body.get("model")
+        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
+                   "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 0}}
+        pieces = [
+            _event("message_start", {"type": "message_start", "message": message}),
+            _event("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}}),
+        ]
+        for delta in self._deltas():
+            pieces.append(_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                         "delta": {"type": "text_delta", "text": delta}}))
+        pieces += [
+            _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                     "usage": {"output_tokens": 10}}),
+            _event("message_stop", {"type": "message_stop"}),
+        ]
+        return self._stream(pieces, self.anthropic, "text/event-stream")
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _anthropic_error(status: int) -> str:
+    return {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+
+
+def tone(seconds: float, freq: float = 440.0, rate: int = PCM_RATE) -> bytes:
+    """A sine tone as s16le PCM: stands in for speech (non-silent, so level meters move)."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * 32767 * np.sin(2 * math.pi * freq * t)).astype("<i2").tobytes()
+
+
+@asynccontextmanager
+async def fake_cloud(**settings: Any) -> AsyncIterator[FakeCloud]:
+    cloud = FakeCloud(**settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cloud.serve)
+        yield cloud
+        nursery.cancel_scope.cancel()
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description="fake OpenAI/Anthropic cloud on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--stt-latency", type=float, default=0.0)
+    parser.add_argument("--llm-latency", type=float, default=0.0)
+    parser.add_argument("--tts-latency", type=float, default=0.0)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    args = parser.parse_args()
+
+    async def run() -> None:
+        cloud = FakeCloud()
+        cloud.stt.latency, cloud.llm.latency, cloud.tts.latency = args.stt_latency, args.llm_latency, args.tts_latency
+        cloud.llm.token_delay = args.token_delay
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(cloud.serve, "127.0.0.1", args.port)
+            print(url, flush=True)
+
+    trio.run(run)
+
+
+if __name__ == "__main__":
+    _main()
