@@ -162,7 +162,8 @@ apply_preset() {
     case "$1" in
         usb) ;;
         respeaker-2mic)
-            ctl_card=wm8960soundcard needs_i2c=yes needs_spi=yes dtoverlay=wm8960-soundcard ;;
+            # Seeed's overlay (from their seeed-voicecard package); its card id is seeed2micvoicec.
+            ctl_card=seeed2micvoicec needs_i2c=yes needs_spi=yes dtoverlay=seeed-2mic-voicecard ;;
         voicehat)
             ctl_card=sndrpigooglevoi dtoverlay=googlevoicehat-soundcard ;;
         loopback)
@@ -341,7 +342,10 @@ ensure_buses() {
     fi
     local config
     config=$(boot_config)
-    if [ -n "$dtoverlay" ] && [ -n "$config" ] && ! grep -qx "dtoverlay=$dtoverlay" "$config"; then
+    if [ -n "$dtoverlay" ] && [ -n "$config" ] && [ ! -e "$(dirname "$config")/overlays/$dtoverlay.dtbo" ]; then
+        log "warning: the overlay $dtoverlay is not installed ($(dirname "$config")/overlays/); install the"
+        log "         HAT maker's driver first (see the README's hardware presets), then run this again"
+    elif [ -n "$dtoverlay" ] && [ -n "$config" ] && ! grep -qx "dtoverlay=$dtoverlay" "$config"; then
         printf '\n# added by appliance install.sh (preset %s)\ndtoverlay=%s\n' "$preset" "$dtoverlay" >>"$config"
         changed "$config: dtoverlay=$dtoverlay"
         reboot_needed=yes
