@@ -429,7 +429,7 @@ build_release() {
     # System site packages: Debian's python3-systemd (and on a Pi, python3-lgpio) without a compiler.
     python3 -m venv --system-site-packages "$dir"
     if ! "$dir/bin/pip" install --quiet --disable-pip-version-check "${args[@]}" \
-        --constraint "$here/constraints.txt" "$wheel_file[pi]" >&2; then
+        --constraint "$here/constraints.txt" "${wheel_file}[pi]" >&2; then
         rm -rf "$dir"
         return 1
     fi
