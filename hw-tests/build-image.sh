@@ -25,7 +25,7 @@ case "$arch" in
 esac
 
 # What the guest needs beyond the appliance's own packages: kernel, SSH, a compiler for gpio-sim.
-vm_packages=("linux-image-$kernel_flavour" "linux-headers-$kernel_flavour" openssh-server systemd-resolved
+vm_packages=("linux-image-$kernel_flavour" "linux-headers-$kernel_flavour" openssh-server
              gcc make xz-utils python3-venv sox e2fsprogs)
 
 inputs_hash=$( { echo "$arch $mirror ${vm_packages[*]}"; cat "$0" "$here/build-rootfs.sh" \
@@ -40,10 +40,18 @@ started=$(date +%s)
 base=${BASE_ROOTFS:-$repo/.cache/rootfs/bookworm-$arch}
 "$here/build-rootfs.sh" "$arch" "$base"
 
-mkdir -p "$out"
 root="$out/rootfs"
+stage1="$out/stage1"
+stage1_hash=$( { cat "$base.stamp"; echo "${vm_packages[*]}"; } | sha256sum | cut -c1-16)
 rm -rf "$root" "$out/image.stamp"
-cp -a "$base" "$root"
+if [ -f "$stage1.stamp" ] && [ "$(cat "$stage1.stamp")" = "$stage1_hash" ]; then
+    cp -a "$stage1" "$root"
+    fresh_stage1=no
+else
+    rm -rf "$stage1" "$stage1.stamp"
+    cp -a "$base" "$root"
+    fresh_stage1=yes
+fi
 
 in_root() {
     chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
@@ -67,31 +75,50 @@ deb $mirror bookworm main
 deb $mirror bookworm-updates main
 deb ${mirror%/debian}/debian-security bookworm-security main
 SOURCES
-echo "build-image: installing kernel, SSH and build tools in the guest" >&2
-in_root apt-get update -q >"$out/build.log" 2>&1
-in_root apt-get install -y -q --no-install-recommends "${vm_packages[@]}" >>"$out/build.log" 2>&1 \
-    || { tail -20 "$out/build.log" >&2; exit 1; }
+if [ "$fresh_stage1" = yes ]; then
+    echo "build-image: installing kernel, SSH and build tools in the guest" >&2
+    in_root apt-get update -q >"$out/build.log" 2>&1
+    in_root apt-get install -y -q --no-install-recommends "${vm_packages[@]}" >>"$out/build.log" 2>&1 \
+        || { tail -20 "$out/build.log" >&2; exit 1; }
+    # Kept (outside the image) so changing a later step does not reinstall the kernel.
+    for mnt in dev/pts dev proc sys; do umount "$root/$mnt"; done
+    cp -a "$root" "$stage1"
+    echo "$stage1_hash" >"$stage1.stamp"
+    mount -t proc proc "$root/proc"
+    mount -t sysfs sysfs "$root/sys"
+    mount --bind /dev "$root/dev"
+    mount --bind /dev/pts "$root/dev/pts"
+fi
 kver=$(find "$root/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n1)
 
-# gpio-sim, out of tree: Debian's kernel is built without CONFIG_GPIO_SIM. The source comes from the
-# linux-source package of the same version as the kernel.
+# gpio-sim, out of tree: Debian's kernel has neither CONFIG_GPIO_SIM nor CONFIG_IRQ_SIM, so the module is
+# built from the linux-source package of the kernel's own version with the interrupt simulator linked in.
 echo "build-image: building gpio-sim for $kver" >&2
 # shellcheck disable=SC2016 # ${Version} is dpkg-query's, not the shell's
 src_version=$(in_root dpkg-query -W -f='${Version}' "linux-image-$kver")
-in_root sh -c "cd /tmp && apt-get download -q linux-source-6.1=$src_version" >>"$out/build.log" 2>&1
-mkdir -p "$root/usr/src/gpio-sim"
-dpkg-deb --fsys-tarfile "$root"/tmp/linux-source-6.1_*.deb \
-    | tar -xO --wildcards './usr/src/linux-source-6.1.tar.xz' \
-    | tar -xJO --wildcards '*/drivers/gpio/gpio-sim.c' >"$root/usr/src/gpio-sim/gpio-sim.c"
-rm -f "$root"/tmp/linux-source-6.1_*.deb
-# Early 6.1 releases called irq_to_desc(), which is not exported to modules; current 6.1 stable (like
-# later kernels) asks irq_find_mapping()/irq_get_trigger_type() instead. Stop with a clear message if an
-# old source comes back.
-if grep -q 'irq_to_desc' "$root/usr/src/gpio-sim/gpio-sim.c"; then
-    echo "build-image: this gpio-sim.c calls irq_to_desc (not exported): use a newer linux-source-6.1" >&2
+source_deb=$(find "$out" -maxdepth 1 -name "linux-source-6.1_${src_version}_all.deb" | head -n1)
+if [ -z "$source_deb" ]; then
+    in_root sh -c "cd /tmp && apt-get download -q linux-source-6.1=$src_version" >>"$out/build.log" 2>&1 \
+        || { tail -5 "$out/build.log" >&2; exit 1; }
+    mv "$root"/tmp/linux-source-6.1_*.deb "$out/"
+    source_deb=$(find "$out" -maxdepth 1 -name "linux-source-6.1_*_all.deb" | head -n1)
+fi
+mod="$root/usr/src/gpio-sim"
+mkdir -p "$mod"
+dpkg-deb --fsys-tarfile "$source_deb" | tar -xO ./usr/src/linux-source-6.1.tar.xz \
+    | tar -xJ -C "$mod" --strip-components=3 --wildcards \
+        '*/drivers/gpio/gpio-sim.c' '*/drivers/gpio/gpiolib.h' '*/kernel/irq/irq_sim.c'
+mv "$mod/gpio-sim.c" "$mod/gpio-sim-core.c"
+# irq_sim.c calls irq_to_desc(), which 6.1 does not export to modules: ask the exported
+# generic_handle_domain_irq_safe() (what later kernels do) to run the handler instead.
+sed -i -e '/irqnum = irq_find_mapping(work_ctx->domain, offset);/d' \
+    -e 's/handle_simple_irq(irq_to_desc(irqnum));/generic_handle_domain_irq_safe(work_ctx->domain, offset);/' \
+    "$mod/irq_sim.c"
+if grep -q 'irq_to_desc' "$mod/irq_sim.c" "$mod/gpio-sim-core.c"; then
+    echo "build-image: the irq_to_desc patch no longer fits this source; look at $mod" >&2
     exit 1
 fi
-echo 'obj-m := gpio-sim.o' >"$root/usr/src/gpio-sim/Makefile"
+printf 'obj-m := gpio-sim.o\ngpio-sim-y := gpio-sim-core.o irq_sim.o\n' >"$mod/Makefile"
 in_root make -C "/lib/modules/$kver/build" M=/usr/src/gpio-sim modules >"$out/gpio-sim-build.log" 2>&1 \
     || { tail -30 "$out/gpio-sim-build.log" >&2; exit 1; }
 if grep -q 'undefined!' "$out/gpio-sim-build.log"; then
@@ -124,7 +151,7 @@ in_root systemctl enable gpio-sim.service >>"$out/build.log" 2>&1
 in_root systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
     e2scrub_reap.service fstrim.timer systemd-timesyncd.service dpkg-db-backup.timer \
     systemd-networkd-wait-online.service >>"$out/build.log" 2>&1 || true
-in_root systemctl enable systemd-networkd.service systemd-resolved.service ssh.service >>"$out/build.log" 2>&1
+in_root systemctl enable systemd-networkd.service ssh.service >>"$out/build.log" 2>&1
 cat >"$root/etc/systemd/network/10-wired.network" <<'NET'
 [Match]
 Name=en* eth*

@@ -112,7 +112,7 @@ def provisioned(target: Target, vm: VirtualPi | None) -> Target:
     target.put_tree(files, "/root/appliance-src")
     offline = ""
     if vm is not None:
-        target.put_tree({"wheelhouse": WHEELHOUSE}, "/root")
+        target.put_tree({".": WHEELHOUSE}, "/root/wheelhouse")
         offline = "--wheelhouse /root/wheelhouse"
     # The fake cloud: the same server the unit tests use, in its own venv, on the target's loopback.
     target.run(
@@ -129,7 +129,7 @@ def provisioned(target: Target, vm: VirtualPi | None) -> Target:
     # Our configuration goes in first: install.sh never overwrites an existing one.
     target.run("install -d -m 0755 /etc/appliance")
     target.put_file(CONFIG.encode(), "/etc/appliance/appliance.toml", "0640")
-    key = f"/root/fake-key"
+    key = "/root/fake-key"
     target.put_file(FAKE_KEY.encode() + b"\n", key, "0600")
     result = target.run(
         f"/root/appliance-src/provisioning/install.sh --preset loopback --non-interactive {offline} "

@@ -13,6 +13,10 @@ if [ ! -d "$cfg" ]; then
 fi
 echo 1 >"$cfg/live"
 chip=$(cat "$cfg/bank0/chip_name")
+# Buttons are wired to ground with a pull-up, as on the robot: every line idles high (not pressed).
+for sim in /sys/devices/platform/"$(cat "$cfg/dev_name")"/"$chip"/sim_gpio*; do
+    echo pull-up >"$sim/pull"
+done
 # The appliance's gpio group may use it (as Raspberry Pi OS's udev rules do for the real header).
 chgrp gpio "/dev/$chip" 2>/dev/null || true
 chmod 0660 "/dev/$chip"
