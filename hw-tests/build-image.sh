@@ -146,6 +146,15 @@ ExecStart=/usr/local/sbin/gpio-sim-setup
 WantedBy=multi-user.target
 UNIT
 in_root systemctl enable gpio-sim.service >>"$out/build.log" 2>&1
+# A Pi's firmware tells software which board it is (gpiozero reads "Revision" from /proc/cpuinfo); the
+# virtual Pi says it is a Pi 4 B, to the appliance's service only.
+mkdir -p "$root/etc/virtual-pi" "$root/etc/systemd/system/appliance.service.d"
+printf 'processor\t: 0\nHardware\t: BCM2835\nRevision\t: c03114\nModel\t: Raspberry Pi 4 Model B Rev 1.4 (virtual)\n' \
+    >"$root/etc/virtual-pi/cpuinfo"
+cat >"$root/etc/systemd/system/appliance.service.d/virtual-pi.conf" <<'DROPIN'
+[Service]
+BindReadOnlyPaths=/etc/virtual-pi/cpuinfo:/proc/cpuinfo
+DROPIN
 
 # Boot fast under emulation: no timers, no periodic jobs, no waiting for a network that is not needed.
 in_root systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \

@@ -24,6 +24,9 @@ IMAGE_DIR = Path(os.environ.get("HW_IMAGE_DIR", REPO / ".cache" / "vm" / ARCH))
 WHEELHOUSE = Path(os.environ.get("HW_WHEELHOUSE", REPO / ".cache" / "wheelhouse"))
 FAKE_CLOUD_PORT = 8765
 FAKE_KEY = "sk-hwtest-not-a-real-key"
+# tests/fakes/cloud.py's web stack, beyond what the appliance itself installs.
+FAKE_CLOUD_PACKAGES = ("hypercorn", "starlette", "python-multipart", "h11", "h2", "hpack", "hyperframe", "priority",
+                       "wsproto")
 
 # The appliance's configuration on the target: loopback audio, the gpio-sim header, the fake cloud on the
 # target's own loopback.
@@ -71,7 +74,9 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Target, 
     given = os.environ.get("HW_TARGET")
     if given:
         user = given.split("@", 1)[0] if "@" in given else os.environ.get("USER", "root")
-        yield Target(given, sudo=user != "root"), None
+        key = os.environ.get("HW_SSH_KEY")
+        yield Target(given, port=int(os.environ.get("HW_SSH_PORT", "22")), key=Path(key) if key else None,
+                     sudo=user != "root"), None
         return
     if not (IMAGE_DIR / "image.stamp").exists():
         pytest.fail(f"no virtual Pi image in {IMAGE_DIR}: run `make hw-test` (it builds one)")
@@ -111,21 +116,9 @@ def provisioned(target: Target, vm: VirtualPi | None) -> Target:
     files = {name: REPO / name for name in SHIPPED if (REPO / name).exists()}
     target.put_tree(files, "/root/appliance-src")
     offline = ""
-    if vm is not None:
+    if vm is not None or os.environ.get("HW_OFFLINE"):
         target.put_tree({".": WHEELHOUSE}, "/root/wheelhouse")
         offline = "--wheelhouse /root/wheelhouse"
-    # The fake cloud: the same server the unit tests use, in its own venv, on the target's loopback.
-    target.run(
-        "test -x /root/fake-venv/bin/python || { python3 -m venv --system-site-packages /root/fake-venv && "
-        f"/root/fake-venv/bin/pip install --quiet {'--no-index --find-links /root/wheelhouse' if offline else ''} "
-        "trio numpy hypercorn starlette; }",
-        timeout=900,
-    )
-    target.run("systemctl stop fake-cloud 2>/dev/null; systemctl reset-failed fake-cloud 2>/dev/null; "
-               "systemd-run --unit=fake-cloud --working-directory=/root/appliance-src "
-               f"/root/fake-venv/bin/python -m tests.fakes.cloud --port {FAKE_CLOUD_PORT}")
-    target.run(f"for i in $(seq 60); do curl -s -o /dev/null http://127.0.0.1:{FAKE_CLOUD_PORT}/ && exit 0; "
-               "sleep 1; done; exit 1", timeout=120)
     # Our configuration goes in first: install.sh never overwrites an existing one.
     target.run("install -d -m 0755 /etc/appliance")
     target.put_file(CONFIG.encode(), "/etc/appliance/appliance.toml", "0640")
@@ -138,4 +131,14 @@ def provisioned(target: Target, vm: VirtualPi | None) -> Target:
     )
     assert FAKE_KEY not in result.output
     figure("provisioning (install.sh, first run)", time.monotonic() - began)
+    # The fake cloud: the same server the unit tests use, run by the installed interpreter with its few
+    # extra packages beside it, on the target's own loopback.
+    index = "--no-index --find-links /root/wheelhouse" if offline else ""
+    target.run(f"test -d /root/fake-deps || /opt/appliance/current/bin/pip install --quiet {index} --no-deps "
+               f"--target /root/fake-deps {' '.join(FAKE_CLOUD_PACKAGES)}", timeout=900)
+    target.run("systemctl stop fake-cloud 2>/dev/null; systemctl reset-failed fake-cloud 2>/dev/null; "
+               "systemd-run --unit=fake-cloud --working-directory=/root/appliance-src -E PYTHONPATH=/root/fake-deps "
+               f"/opt/appliance/current/bin/python -m tests.fakes.cloud --port {FAKE_CLOUD_PORT}", check=False)
+    target.run(f"for i in $(seq 120); do curl -s -o /dev/null http://127.0.0.1:{FAKE_CLOUD_PORT}/ && exit 0; "
+               "sleep 1; done; journalctl -u fake-cloud --no-pager | tail; exit 1", timeout=180)
     return target

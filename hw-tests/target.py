@@ -155,7 +155,7 @@ class VirtualPi:
         if self.arch == "arm64":
             return ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-accel", "tcg",
                     "-append", "root=/dev/vda rw console=ttyAMA0 quiet", *common]
-        accel = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+        accel = ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
         return ["qemu-system-x86_64", "-M", "q35", *accel,
                 "-append", "root=/dev/vda rw console=ttyS0 quiet", *common]
 
@@ -168,8 +168,10 @@ class VirtualPi:
         self.ssh_port = self.ssh_port or free_port()
         self.api_port = self.api_port or free_port()
         if not self.accel:
-            wanted = os.environ.get("HW_ACCEL", "auto")
-            self.accel = "kvm" if wanted == "kvm" or (wanted == "auto" and self.arch == "amd64" and _kvm_works()) else "tcg"
+            # TCG by default: where /dev/kvm exists here it is nested and unreliable (guests hang or
+            # QEMU aborts on MSRs). HW_ACCEL=kvm for a host with working KVM.
+            wanted = os.environ.get("HW_ACCEL", "tcg")
+            self.accel = "kvm" if wanted == "kvm" and self.arch == "amd64" and _kvm_works() else "tcg"
         self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=open(self.workdir / "qemu.log", "wb"))
 

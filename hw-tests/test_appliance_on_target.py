@@ -31,7 +31,8 @@ def wait_for(what: str, check, timeout: float, interval: float = 0.5):  # type: 
 
 
 def state(target: Target) -> str:
-    return target.show(SERVICE, "StatusText")["StatusText"]
+    """The appliance's state as it tells systemd (STATUS=); none yet means it has not left idle."""
+    return target.show(SERVICE, "StatusText")["StatusText"] or "idle"
 
 
 def main_pid(target: Target) -> int:

@@ -28,6 +28,10 @@ readonly KEY_NAMES=(openai_api_key anthropic_api_key)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+source_parts=(pyproject.toml appliance)
+for part in README.md LICENSE; do
+    [ -e "$repo/$part" ] && source_parts+=("$part")
+done
 
 mode=install
 preset=""
@@ -376,31 +380,28 @@ pip_source_args() {
     fi
 }
 
-build_wheel() {
+# What to install: the wheel given with --wheel, or a copy of this checkout's source (pip builds it in the
+# release's own venv, so no second venv is needed just to build).
+code_source() {
     if [ -n "$wheel" ]; then
-        echo "$wheel"
+        echo "${wheel}[pi]"
         return
     fi
     [ -f "$repo/pyproject.toml" ] || die "no wheel given (--wheel) and $repo is not a checkout of the appliance"
-    log "building the appliance wheel from $repo"
-    mkdir -p "$tmp/src" "$tmp/dist"
-    # A copy, so building never writes into the checkout (which may be read-only or someone else's).
-    local parts=(pyproject.toml appliance) args part
-    for part in README.md LICENSE; do
-        [ -e "$repo/$part" ] && parts+=("$part")
-    done
-    tar -C "$repo" --exclude=__pycache__ -cf - "${parts[@]}" | tar -C "$tmp/src" -xf -
-    mapfile -t args < <(pip_source_args)
-    python3 -m venv "$tmp/build-venv"
-    "$tmp/build-venv/bin/pip" wheel --quiet --no-deps "${args[@]}" --wheel-dir "$tmp/dist" "$tmp/src" >&2 \
-        || die "could not build the appliance wheel"
-    ls "$tmp"/dist/appliance-*.whl
+    if [ ! -d "$tmp/src" ]; then
+        # A copy, so building never writes into the checkout (which may be read-only or someone else's).
+        mkdir -p "$tmp/src"
+        tar -C "$repo" --exclude=__pycache__ --exclude='*.pyc' -cf - "${source_parts[@]}" | tar -C "$tmp/src" -xf -
+    fi
+    echo "$tmp/src[pi]"
 }
 
-# A release is named by version and the hash of the wheel's RECORD (the hashes of every file in it),
-# which is the same for the same source however often the wheel is rebuilt.
+# A release is named by version and a hash of its contents: for a wheel, its RECORD (the hashes of every
+# file in it, the same however often the wheel is rebuilt); for a checkout, every file that goes into the
+# wheel. The pinned versions count too. The same code under the same pins is the same release.
 release_id() {
-    python3 - "$1" "$here/constraints.txt" <<'PY'
+    if [ -n "$wheel" ]; then
+        python3 - "$wheel" "$here/constraints.txt" <<'PY'
 import hashlib, sys, zipfile
 wheel, constraints = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as zf:
@@ -411,6 +412,14 @@ with open(constraints, "rb") as fh:
     digest.update(fh.read())
 print(f"{version}-{digest.hexdigest()[:12]}")
 PY
+        return
+    fi
+    local version digest
+    version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/appliance/__init__.py")
+    [ -n "$version" ] || die "cannot read __version__ from $repo/appliance/__init__.py"
+    digest=$(cd "$repo" && { find "${source_parts[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+        | LC_ALL=C sort | xargs -d '\n' sha256sum; sha256sum provisioning/constraints.txt; } | sha256sum | cut -c1-12)
+    echo "$version-$digest"
 }
 
 current_release() {
@@ -422,14 +431,14 @@ current_release() {
 release_complete() { [ -f "$PREFIX/releases/$1/.complete" ]; }
 
 build_release() {
-    local wheel_file=$1 id=$2 dir="$PREFIX/releases/$2" args
+    local source=$1 id=$2 dir="$PREFIX/releases/$2" args
     mapfile -t args < <(pip_source_args)
     rm -rf "$dir"
     log "creating $dir (Python packages: ${wheelhouse:-from the package index})"
     # System site packages: Debian's python3-systemd (and on a Pi, python3-lgpio) without a compiler.
     python3 -m venv --system-site-packages "$dir"
     if ! "$dir/bin/pip" install --quiet --disable-pip-version-check "${args[@]}" \
-        --constraint "$here/constraints.txt" "${wheel_file}[pi]" >&2; then
+        --constraint "$here/constraints.txt" "$source" >&2; then
         rm -rf "$dir"
         return 1
     fi
@@ -490,9 +499,8 @@ restart_and_wait() {
 }
 
 install_code() {
-    local wheel_file id current
-    wheel_file=$(build_wheel)
-    id=$(release_id "$wheel_file")
+    local id current
+    id=$(release_id)
     current=$(current_release)
     if [ "$current" = "$id" ] && release_complete "$id"; then
         return 0
@@ -502,7 +510,7 @@ install_code() {
         return 0
     fi
     if ! release_complete "$id"; then
-        build_release "$wheel_file" "$id" || die "installing the Python packages failed; nothing was changed"
+        build_release "$(code_source)" "$id" || die "installing the Python packages failed; nothing was changed"
     fi
     if ! check_release "$PREFIX/releases/$id"; then
         [ "$id" != "$current" ] && rm -rf "${PREFIX:?}/releases/$id"
