@@ -138,7 +138,9 @@ def provisioned(target: Target, vm: VirtualPi | None) -> Target:
                f"--target /root/fake-deps {' '.join(FAKE_CLOUD_PACKAGES)}", timeout=900)
     target.run("systemctl stop fake-cloud 2>/dev/null; systemctl reset-failed fake-cloud 2>/dev/null; "
                "systemd-run --unit=fake-cloud --working-directory=/root/appliance-src -E PYTHONPATH=/root/fake-deps "
-               f"/opt/appliance/current/bin/python -m tests.fakes.cloud --port {FAKE_CLOUD_PORT}", check=False)
+               f"/opt/appliance/current/bin/python -m tests.fakes.cloud --port {FAKE_CLOUD_PORT} "
+               # A reply that streams for several seconds, so a test can stop the robot in the middle of it.
+               "--token-delay 0.4", check=False)
     target.run(f"for i in $(seq 120); do curl -s -o /dev/null http://127.0.0.1:{FAKE_CLOUD_PORT}/ && exit 0; "
                "sleep 1; done; journalctl -u fake-cloud --no-pager | tail; exit 1", timeout=180)
     return target
