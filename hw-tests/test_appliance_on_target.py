@@ -228,6 +228,32 @@ def test_sigterm_mid_reply_stops_cleanly_and_keeps_config_and_state(provisioned:
     assert is_ready(target)
 
 
+def test_upgrade_that_never_gets_ready_is_rolled_back(provisioned: Target) -> None:
+    """--upgrade to code that passes its offline checks but cannot start: install.sh must switch back."""
+    target = provisioned
+    wait_for("running", lambda: is_ready(target), 60)
+    current = target.run("readlink /opt/appliance/current").stdout.strip()
+    offline = "--wheelhouse /root/wheelhouse" if target.run("test -d /root/wheelhouse", check=False).returncode == 0 else ""
+    result = target.run(
+        "rm -rf /root/broken-src && cp -a /root/appliance-src /root/broken-src && "
+        "sed -i 's/^__version__ = .*/__version__ = \"999.0.0\"/' /root/broken-src/appliance/__init__.py && "
+        "printf '\\n\\ndef build_appliance(*args, **kwargs):\\n    raise RuntimeError(\"broken on purpose\")\\n' "
+        ">> /root/broken-src/appliance/app.py && "
+        f"/root/broken-src/provisioning/install.sh --upgrade --non-interactive {offline}",
+        check=False,
+        timeout=1800,
+    )
+    assert result.returncode != 0, result.output
+    assert "rolled back" in result.output, result.output[-3000:]
+    assert "broken on purpose" in result.output, "the journal lines explaining the failure were not shown"
+    assert target.run("readlink /opt/appliance/current").stdout.strip() == current
+    assert target.run("ls /opt/appliance/releases").stdout.count("999.0.0") == 0
+    assert is_ready(target), target.journal()
+    version = target.run("/opt/appliance/current/bin/appliance --version").stdout
+    assert "999.0.0" not in version
+    target.run(f"systemctl reset-failed {SERVICE}", check=False)
+
+
 def test_reboot_brings_the_service_back(provisioned: Target) -> None:
     target = provisioned
     boot_id = target.run("cat /proc/sys/kernel/random/boot_id").stdout
