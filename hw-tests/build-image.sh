@@ -34,7 +34,9 @@ if [ -f "$out/image.stamp" ] && [ "$(cat "$out/image.stamp")" = "$inputs_hash" ]
     exit 0
 fi
 [ "$(id -u)" -eq 0 ] || { echo "build-image: needs root (chroot, mkfs)" >&2; exit 1; }
-"$repo/provisioning/ensure-packages.sh" e2fsprogs qemu-utils openssh-client zstd
+qemu_package=qemu-system-x86
+[ "$arch" = arm64 ] && qemu_package=qemu-system-arm
+"$repo/provisioning/ensure-packages.sh" e2fsprogs qemu-utils openssh-client zstd "$qemu_package"
 
 started=$(date +%s)
 base=${BASE_ROOTFS:-$repo/.cache/rootfs/bookworm-$arch}
