@@ -4,10 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
-                libportaudio2 espeak-ng sox alsa-utils jackd2
+                libportaudio2 espeak-ng sox alsa-utils jackd2 shellcheck systemd
 PYTEST_ARGS ?=
 
-.PHONY: run test bench deps apt check-config clean
+.PHONY: run test bench deps apt check-config clean security lock wheelhouse rootfs provisioning-test \
+        hw-image hw-test
 
 run: $(STAMP)
 	$(BIN)/appliance run
@@ -35,3 +36,69 @@ $(STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# --- systemd service and provisioning (issue 8) ---------------------------------------------------------
+CACHE      ?= .cache
+WHEELHOUSE := $(CACHE)/wheelhouse
+ROOTFS     := $(CACHE)/rootfs/bookworm-amd64
+
+# systemd-analyze's exposure score for the unit (target <= 2.0) and what still counts against it.
+security:
+	@provisioning/ensure-packages.sh systemd
+	@systemd-analyze security --offline=yes --no-pager systemd/appliance.service | grep -E '✗|Overall'
+
+# Pin what install.sh puts on a robot to what a clean install resolves today.
+lock:
+	rm -rf $(CACHE)/lock-venv && $(PYTHON) -m venv $(CACHE)/lock-venv
+	$(CACHE)/lock-venv/bin/pip install --quiet .
+	{ sed -n '1,3p' provisioning/constraints.txt; \
+	  $(CACHE)/lock-venv/bin/pip freeze --exclude-editable | grep -v '^appliance'; } > provisioning/constraints.txt.new
+	mv provisioning/constraints.txt.new provisioning/constraints.txt
+
+# Every wheel install.sh needs, so the provisioning tests install offline.
+wheelhouse: $(WHEELHOUSE)/.stamp
+$(WHEELHOUSE)/.stamp: $(STAMP) provisioning/constraints.txt pyproject.toml
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELHOUSE) --constraint provisioning/constraints.txt \
+	    '.[pi,test]' 'setuptools>=68' wheel
+	rm -f $(WHEELHOUSE)/appliance-*.whl
+	touch $@
+
+# A Debian bookworm root file system with systemd (debootstrap; cached until its inputs change).
+rootfs:
+	@hw-tests/build-rootfs.sh amd64 $(ROOTFS)
+
+# install.sh run for real inside a bookworm chroot: twice, --upgrade, a failed upgrade, --uninstall.
+provisioning-test: $(STAMP) wheelhouse rootfs
+	APPLIANCE_TEST_ROOTFS=$(abspath $(ROOTFS)) APPLIANCE_TEST_WHEELHOUSE=$(abspath $(WHEELHOUSE)) \
+	    $(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests/test_provisioning_chroot.py
+
+# --- hardware-in-the-loop (issue 9): the installed appliance on a virtual Pi, or a real one -----------------
+# make hw-test                      virtual Pi, amd64 guest (quick; CI)
+# make hw-test ARCH=arm64           virtual Pi, arm64 guest (the real thing, ~4x slower)
+# make hw-test HW_TARGET=pi@robot   a real Pi on the desk (see README)
+ARCH      ?= amd64
+HW_TARGET ?=
+HW_IMAGE  := $(CACHE)/vm/$(ARCH)
+HW_WHEELS := $(if $(filter arm64,$(ARCH)),$(CACHE)/wheelhouse-arm64,$(WHEELHOUSE))
+
+$(CACHE)/wheelhouse-arm64/.stamp: $(WHEELHOUSE)/.stamp
+	rm -rf $(CACHE)/wheelhouse-arm64 && mkdir -p $(CACHE)/wheelhouse-arm64
+	grep -v -E '^(#|systemd-python|spidev)' provisioning/constraints.txt > $(CACHE)/arm64-reqs.txt
+	$(BIN)/pip download --quiet --dest $(CACHE)/wheelhouse-arm64 --only-binary=:all: --python-version 3.11 \
+	    --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_34_aarch64 \
+	    -r $(CACHE)/arm64-reqs.txt 'lgpio>=0.2.2' hypercorn starlette 'setuptools>=68' wheel
+	touch $@
+
+hw-image:
+	@began=$$(date +%s); hw-tests/build-image.sh $(ARCH) $(HW_IMAGE); \
+	  echo "  HW FIGURE image build (or cache check)                  $$(( $$(date +%s) - began )) s"
+
+hw-test: $(STAMP) $(HW_WHEELS)/.stamp
+	@rm -f $(CACHE)/hw-figures.txt
+	@if [ -z "$(HW_TARGET)" ]; then $(MAKE) --no-print-directory hw-image; fi
+	@began=$$(date +%s); \
+	HW_ARCH=$(ARCH) HW_TARGET=$(HW_TARGET) HW_IMAGE_DIR=$(abspath $(HW_IMAGE)) HW_WHEELHOUSE=$(abspath $(HW_WHEELS)) \
+	  $(BIN)/python -m pytest -p no:cacheprovider -v $(PYTEST_ARGS) hw-tests; rc=$$?; \
+	echo "hardware-in-the-loop figures:"; cat $(CACHE)/hw-figures.txt 2>/dev/null; \
+	echo "  HW FIGURE suite time                                    $$(( $$(date +%s) - began )) s"; exit $$rc
