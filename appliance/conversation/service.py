@@ -173,11 +173,11 @@ class ConversationService:
         timings = record.timings(trio.current_time())
         self.bus.publish(TurnFinished(turn_id, record.outcome, " ".join(record.spoken), record.error, record.error_kind, timings))
         log.info(
-            "turn %s %s (heard %s, first audio %s s)",
+            "turn %s %s (transcript after %s s, first audio after %s s)",
             turn_id,
             record.outcome,
-            timings.heard,
-            timings.first_audio,
+            "-" if timings.heard is None else timings.heard,
+            "-" if timings.first_audio is None else timings.first_audio,
             extra={"turn_id": turn_id},
         )
 
