@@ -50,10 +50,25 @@ base_url = "http://127.0.0.1:{FAKE_CLOUD_PORT}/v1"
 [tts]
 base_url = "http://127.0.0.1:{FAKE_CLOUD_PORT}/v1"
 
-[gpio]
+[hardware]
 pin_factory = "{os.environ.get('HW_PIN_FACTORY', 'lgpio')}"
-status_led = [5, 6, 13]
-button = 17
+preset = "breadboard-rgb"  # RGB LED on 5/6/13
+
+# The tests hold the button down while they sample the LEDs: push-to-talk, so a hold is talking
+# (with the default "talk" press, holding 1.5 s is the mute gesture).
+[[hardware.buttons]]
+pin = 17
+press = "push_to_talk"
+hold = "none"
+
+# Solid colours at full brightness, so sampling a GPIO line reads the state's colour; the moving patterns
+# (pulse, spin, blink, level) are checked on mock pins by tests/test_body_leds.py.
+[hardware.patterns]
+listening = {{ pattern = "solid", colour = "#0040ff" }}
+thinking = {{ pattern = "solid", colour = "#ffa000" }}
+speaking = {{ pattern = "solid", colour = "#00ff40" }}
+error = {{ pattern = "solid", colour = "#ff0060" }}
+muted = {{ pattern = "solid", colour = "#ff0000" }}
 
 [log]
 level = "DEBUG"
