@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Any
 
 import numpy as np
 
@@ -108,3 +109,16 @@ class WavStreamDecoder:
         if not self.raw and not self._streaming:
             raise ProviderBadReply(self.provider, "audio ended inside the WAV header")
         return []
+
+
+async def decode_response(
+    provider: str, response: Any, decoder: WavStreamDecoder, progress: Any
+) -> AsyncIterator[AudioClip]:
+    """Check an HTTP audio response, then yield its speech piece by piece as the bytes arrive."""
+    from appliance.conversation.http_errors import check_response
+
+    await check_response(provider, response)
+    async for data in response.aiter_bytes(PIECE_BYTES):
+        progress.started = True
+        for clip in decoder.feed(data):
+            yield clip

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from xml.sax.saxutils import escape, quoteattr
 
 from appliance.audio.base import AudioClip
-from appliance.conversation.http_errors import StreamProgress, check_response, http_client, provider_errors, warm_http
+from appliance.conversation.http_errors import StreamProgress, http_client, provider_errors, warm_http
 from appliance.conversation.sdk_errors import Warmth
-from appliance.conversation.tts._audio import PIECE_BYTES, WavStreamDecoder, gather
+from appliance.conversation.tts._audio import WavStreamDecoder, decode_response, gather
 
 OUTPUT_FORMAT = "riff-24khz-16bit-mono-pcm"
 
@@ -63,11 +63,8 @@ class AzureSynthesizer:
                     "User-Agent": "appliance",
                 },
             ) as response:
-                await check_response(self.name, response)
-                async for data in response.aiter_bytes(PIECE_BYTES):
-                    progress.started = True
-                    for clip in decoder.feed(data):
-                        yield clip
+                async for clip in decode_response(self.name, response, decoder, progress):
+                    yield clip
         for clip in decoder.finish():
             yield clip
 

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 from appliance.audio.base import AudioClip
 from appliance.conversation.http_errors import StreamProgress, check_response, http_client, provider_errors, warm_http
 from appliance.conversation.sdk_errors import Warmth
-from appliance.conversation.tts._audio import PIECE_BYTES, WavStreamDecoder, clip_from_bytes, gather
+from appliance.conversation.tts._audio import WavStreamDecoder, clip_from_bytes, decode_response, gather
 from appliance.errors import ProviderBadReply
 
 
@@ -100,11 +100,8 @@ class HTTPTemplateSynthesizer:
         self.warmth.touch()
         with provider_errors(self.name, progress):
             async with self._client.stream(self.method, url, content=body, headers=headers) as response:
-                await check_response(self.name, response)
-                async for data in response.aiter_bytes(PIECE_BYTES):
-                    progress.started = True
-                    for clip in decoder.feed(data):
-                        yield clip
+                async for clip in decode_response(self.name, response, decoder, progress):
+                    yield clip
         for clip in decoder.finish():
             yield clip
 

@@ -12,10 +12,10 @@ import numpy as np
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import AudioFormatError, decode_wav
 from appliance.conversation.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
+from appliance.conversation.tts._audio import PIECE_BYTES
 from appliance.errors import ProviderBadReply
 
 OPENAI_PCM_RATE = 24_000
-_PIECE_BYTES = 4_800  # 100 ms at 24 kHz: small enough to start soon, big enough to be cheap
 
 
 class OpenAISynthesizer:
@@ -50,7 +50,7 @@ class OpenAISynthesizer:
             ) as response:
                 carry = b""
                 wav: bytearray | None = None
-                async for data in response.iter_bytes(_PIECE_BYTES):
+                async for data in response.iter_bytes(PIECE_BYTES):
                     if not received and data[:4] == b"RIFF":
                         wav = bytearray()  # a compatible server answered WAV: decode it whole
                     received = received or bool(data)

@@ -12,7 +12,7 @@ from typing import Any
 from appliance.audio.base import AudioClip
 from appliance.conversation.http_errors import StreamProgress, check_response, http_client, provider_errors, warm_http
 from appliance.conversation.sdk_errors import Warmth
-from appliance.conversation.tts._audio import PIECE_BYTES, WavStreamDecoder, gather
+from appliance.conversation.tts._audio import WavStreamDecoder, decode_response, gather
 from appliance.errors import ProviderBadReply
 
 VOICEVOX_URL = "http://127.0.0.1:50021"
@@ -68,11 +68,8 @@ class VoicevoxSynthesizer:
             async with self._client.stream(
                 "POST", f"{self.base_url}/synthesis", params={"speaker": self.speaker}, json=query
             ) as response:
-                await check_response(self.name, response)
-                async for data in response.aiter_bytes(PIECE_BYTES):
-                    progress.started = True
-                    for clip in decoder.feed(data):
-                        yield clip
+                async for clip in decode_response(self.name, response, decoder, progress):
+                    yield clip
         for clip in decoder.finish():
             yield clip
 
