@@ -329,6 +329,25 @@ def test_wav_stream_decoder_copes_with_any_cut() -> None:
         WavStreamDecoder("x").feed(b"<html>nope</html>")
 
 
+def test_pcm_stream_decoder_sniffs_a_wav_even_from_tiny_pieces() -> None:
+    """Raw PCM was asked for; a compatible server may answer WAV, and the first piece may be a byte long."""
+    from appliance.conversation.tts._audio import WavStreamDecoder
+    from tests.fakes.providers import wav_bytes
+
+    wav = wav_bytes(0.1, 16000)
+    pcm = bytes(range(256)) * 10  # 1280 samples of raw s16le
+    for step in (1, 3, 4, 5, 1000):
+        decoder = WavStreamDecoder("x", "pcm", 24_000)
+        clips = [c for i in range(0, len(wav), step) for c in decoder.feed(wav[i : i + step])] + decoder.finish()
+        assert sum(len(c.samples) for c in clips) == 1600 and clips[0].sample_rate == 16000, step
+        decoder = WavStreamDecoder("x", "pcm", 24_000)
+        clips = [c for i in range(0, len(pcm), step) for c in decoder.feed(pcm[i : i + step])] + decoder.finish()
+        assert sum(len(c.samples) for c in clips) == 1280 and clips[0].sample_rate == 24_000, step
+    decoder = WavStreamDecoder("x", "pcm", 24_000)
+    assert decoder.feed(b"\x01\x00") == []  # too short to tell a header from audio yet
+    assert [len(c.samples) for c in decoder.finish()] == [1]
+
+
 async def test_http_providers_warm_their_connection_once() -> None:
     async with fake_providers() as fake:
         parts = [

@@ -237,6 +237,25 @@ async def test_speech_plays_while_it_is_still_being_downloaded() -> None:
     assert abs(sink.played_samples - int(len("This sentence takes a while to synthesize.") * 0.05 * 24000)) < 480
 
 
+async def test_speech_piece_is_played_as_it_arrives_however_small() -> None:
+    """A TTS engine sends what it has made so far; waiting for a round size first would delay the first word."""
+    from contextlib import aclosing
+
+    from appliance.conversation.tts.openai import OpenAISynthesizer
+
+    async with fake_cloud(seconds_per_char=0.05) as cloud:
+        cloud.tts_piece_bytes = 960  # 20 ms of audio, then a long pause before the next
+        cloud.tts.token_delay = 30
+        tts = OpenAISynthesizer("tts-1", "alloy", "test-key", f"{cloud.url}/v1")
+        with trio.fail_after(5):
+            async with aclosing(tts.synthesize_stream("Hello there.")) as pieces:
+                first = await anext(pieces)
+        await tts.aclose()
+        assert len(first.samples) == 480 and first.sample_rate == 24_000
+        with trio.fail_after(5):
+            await cloud.disconnected.wait()  # and the rest is not downloaded once nobody wants it
+
+
 async def test_speech_cut_mid_download_plays_what_arrived_then_fails_the_turn() -> None:
     async with fake_cloud(reply="One long sentence that will be cut.", seconds_per_char=0.05) as cloud:
         cloud.tts.cut = "abort"

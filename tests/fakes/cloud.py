@@ -58,6 +58,7 @@ class Recorded:
     at: float
     first_byte_at: float | None = None
     finished_at: float | None = None
+    sent_at: list[float] = field(default_factory=list)  # when each piece of a streamed reply went out
 
 
 @dataclass
@@ -65,6 +66,7 @@ class FakeCloud:
     transcript: str = "What time is it?"
     reply: str = "[face:joy] It is nine o'clock. Time for breakfast! [animation:wave] Have a nice day."
     seconds_per_char: float = 0.01
+    tts_piece_bytes: int = 4800  # speech goes out in pieces this big (100 ms at 24 kHz)
     stt: Behaviour = field(default_factory=Behaviour)
     llm: Behaviour = field(default_factory=Behaviour)
     tts: Behaviour = field(default_factory=Behaviour)
@@ -168,8 +170,10 @@ class FakeCloud:
                         await trio.sleep_forever()
                     if i and behaviour.token_delay:
                         await trio.sleep(behaviour.token_delay)
-                    if record is not None and i == first_content:
-                        record.first_byte_at = time.monotonic()
+                    if record is not None:
+                        record.sent_at.append(time.monotonic())
+                        if i == first_content:
+                            record.first_byte_at = record.sent_at[-1]
                     yield piece
                 finished = True
                 self.completed_streams += 1
@@ -190,7 +194,7 @@ class FakeCloud:
     async def _log(self, request: Request) -> Response:
         """The request log, for a benchmark in another process to subtract the server's own time."""
         return JSONResponse([
-            {"path": r.path, "at": r.at, "first_byte_at": r.first_byte_at,
+            {"path": r.path, "at": r.at, "first_byte_at": r.first_byte_at, "sent_at": r.sent_at,
              "input": r.body.get("input") if isinstance(r.body, dict) else None}
             for r in self.requests
         ])
@@ -282,7 +286,7 @@ class FakeCloud:
             data, media = buf.getvalue(), "audio/wav"
         else:
             data, media = pcm, "audio/pcm"
-        step = 4800
+        step = self.tts_piece_bytes
         return self._stream([data[i : i + step] for i in range(0, len(data), step)], self.tts, media, record)
 
     # --- Anthropic -----------------------------------------------------------------------------------

@@ -107,13 +107,17 @@ class AnthropicChat:
         calls: list[ToolCall] = []
         try:
             self.warmth.touch()
-            async with self._client.messages.stream(
+            # The raw event stream, not the ``messages.stream`` helper: that one also builds a snapshot of the
+            # whole message after every event, which we never read.
+            stream = await self._client.messages.create(
                 model=self.model,
                 system=system,
                 max_tokens=self.max_tokens,
                 messages=anthropic_messages(messages, rounds, images),
+                stream=True,
                 **extra,
-            ) as stream:
+            )
+            async with stream:
                 async for event in stream:
                     started = True
                     kind = getattr(event, "type", "")

@@ -12,8 +12,6 @@ from appliance.audio.base import AudioClip
 from appliance.audio.convert import AudioFormatError, decode_wav
 from appliance.errors import ProviderBadReply
 
-PIECE_BYTES = 4_800  # 100 ms at 24 kHz: small enough to start soon, big enough to be cheap
-
 
 async def gather(pieces: AsyncIterator[AudioClip]) -> AudioClip:
     """A whole clip from a synthesizer's stream of pieces (all at one rate)."""
@@ -51,14 +49,21 @@ class WavStreamDecoder:
         self._carry = b""
         self._whole: bytearray | None = None
         self._streaming = False
+        self._sniffed = not self.raw  # raw PCM is checked for a RIFF header first
         self.received = False
 
     def feed(self, data: bytes) -> list[AudioClip]:
         if not data:
             return []
-        if not self.received and self.raw and data[:4] == b"RIFF":
-            self.raw = False  # the engine sent a WAV after all
         self.received = True
+        if not self._sniffed:
+            self._head += data
+            if len(self._head) < 4:
+                return []
+            self._sniffed = True
+            data, self._head = bytes(self._head), bytearray()
+            if data[:4] == b"RIFF":
+                self.raw = False  # the engine sent a WAV after all
         if self._whole is not None:
             self._whole += data
             return []
@@ -106,6 +111,9 @@ class WavStreamDecoder:
             return [clip_from_bytes(self.provider, bytes(self._whole), "wav")]
         if not self.received:
             raise ProviderBadReply(self.provider, "empty audio")
+        if not self._sniffed:  # fewer than four bytes in all
+            self._sniffed = True
+            return self._pcm(bytes(self._head))
         if not self.raw and not self._streaming:
             raise ProviderBadReply(self.provider, "audio ended inside the WAV header")
         return []
@@ -118,7 +126,9 @@ async def decode_response(
     from appliance.conversation.http_errors import check_response
 
     await check_response(provider, response)
-    async for data in response.aiter_bytes(PIECE_BYTES):
+    # Pieces as they arrive, never gathered to a size first: waiting for a round 100 ms of audio would
+    # hold back the first syllable until the engine had made that much.
+    async for data in response.aiter_bytes():
         progress.started = True
         for clip in decoder.feed(data):
             yield clip
