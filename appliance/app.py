@@ -220,7 +220,10 @@ def make_source(config: AppConfig) -> AudioSource:
     if kind == "device":
         from appliance.audio.device import DeviceSource
 
-        return DeviceSource(audio.input_device, audio.block_ms, device_block_ms=audio.device_block_ms)
+        return DeviceSource(
+            audio.input_device, audio.block_ms, device_block_ms=audio.device_block_ms,
+            relaxed_ms=audio.idle_handover_ms,
+        )
     if kind == "file":
         assert audio.input_file is not None
         return WavFileSource(audio.input_file, audio.block_ms)

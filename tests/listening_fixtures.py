@@ -150,12 +150,34 @@ def noise(kind: str, seconds: float, seed: int = 0) -> np.ndarray:
     return _cached({"kind": f"noise-{kind}", "seconds": seconds, "seed": seed}, build)
 
 
+def _noise_gain(speech: np.ndarray, background: np.ndarray, snr_db: float) -> float:
+    voiced = speech[np.abs(speech) > 300]
+    return (rms(voiced) / (rms(background) or 1.0)) / (10 ** (snr_db / 20))
+
+
 def mix(speech: np.ndarray, background: np.ndarray, snr_db: float) -> np.ndarray:
     """``speech`` over ``background`` (same length or longer) at the given SNR, measured on the speech part."""
-    voiced = speech[np.abs(speech) > 300]
-    gain = (rms(voiced) / (rms(background) or 1.0)) / (10 ** (snr_db / 20))
+    gain = _noise_gain(speech, background, snr_db)
     out = speech.astype(np.float64) + background[: len(speech)].astype(np.float64) * gain
     return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+
+
+def audible_spans(labelled: Labelled, background: np.ndarray, snr_db: float) -> tuple[tuple[float, float], ...]:
+    """The labels for ``mix(labelled.samples, background, snr_db)``: each span cut to the speech louder than
+    the noise (20 ms frames, 10 ms apart, whose clean level is at least the noise's).
+
+    A word's fading end (the "s" of "lights") can lie well under a fan: no listener and no detector hears it
+    there, so a boundary is judged against where the speech can be heard. Whether the whole clean span still
+    reaches the recognizer is a separate check against ``labelled.spans``.
+    """
+    speech = labelled.samples
+    noise_level = rms(background[: len(speech)].astype(np.float64) * _noise_gain(speech, background, snr_db))
+    spans = []
+    for start, end in labelled.spans:
+        first, last = int(start * RATE), int(end * RATE)
+        loud = [i for i in range(first, last - 319, 160) if rms(speech[i : i + 320].astype(np.float64)) >= noise_level]
+        spans.append((loud[0] / RATE, (loud[-1] + 320) / RATE) if loud else (start, start))
+    return tuple(spans)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ import trio.testing
 from appliance.audio.base import AudioClip, BlockQueue
 from appliance.audio.capture import CaptureService
 from appliance.bus import EventBus
-from appliance.events import ErrorRaised, MuteRequested, ServiceStatus
+from appliance.events import ErrorRaised, MuteRequested, ServiceStatus, State, StateChanged
+from appliance.listening.config import ListeningConfig
+from appliance.listening.service import ListeningService
 
 
 class FlakySource:
@@ -217,6 +219,54 @@ async def test_real_capture_resamples_and_comes_back_after_the_device_stalls(jac
         assert "restarting" in seen and capture.losses >= 1
         assert bus.latest(ServiceStatus).status == "running"  # type: ignore[union-attr]
         nursery.cancel_scope.cancel()
+
+
+async def test_real_capture_hands_over_in_batches_only_while_the_listener_is_relaxed(jack: Jack) -> None:
+    """Idle, the audio comes ``relaxed_ms`` at a time (fewer event-loop wake-ups); otherwise every device
+    block (40 ms = two 20 ms blocks) comes as soon as PortAudio has it."""
+    from appliance.audio.device import DeviceSource
+
+    queue = BlockQueue(max_blocks=1000)
+    source = DeviceSource(device="system", block_ms=20, device_block_ms=40, relaxed_ms=200)
+
+    async def batches(seconds: float) -> list[int]:
+        sizes: list[int] = []
+        with trio.move_on_after(seconds):
+            while True:
+                await queue.get()
+                sizes.append(1 + len(queue))  # what came with it, handed over in the same wake-up
+                queue.clear()
+        return sizes
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(source.run, queue)
+        eager = await batches(1.5)
+        queue.relaxed = True
+        await batches(0.5)  # the switch takes effect at the next hand-over
+        relaxed = await batches(2.0)
+        nursery.cancel_scope.cancel()
+    assert sorted(eager)[len(eager) // 2] <= 2, eager
+    assert sorted(relaxed)[len(relaxed) // 2] >= 8 and len(relaxed) <= 15, relaxed
+
+
+async def test_listener_relaxes_the_capture_only_while_nothing_is_going_on() -> None:
+    queue = BlockQueue()
+    service = ListeningService(EventBus(), queue, trio.open_memory_channel[object](10)[0], ListeningConfig())
+    service._load()
+    loud = (np.sin(np.arange(320) / 3) * 8000).astype(np.int16)
+    for _ in range(50):
+        service.process_block(np.zeros(320, dtype=np.int16))
+        service._relax()
+    assert queue.relaxed
+    for _ in range(5):
+        service.process_block(loud)
+        service._relax()
+    assert service.endpointer.in_speech and not queue.relaxed  # someone speaks: its end must not wait
+    service.endpointer.reset()
+    service._relax()
+    assert queue.relaxed
+    await service._command(StateChanged(State.IDLE, State.SPEAKING))
+    assert not queue.relaxed  # the robot talks: a barge-in must not wait either
 
 
 async def test_real_playback_and_cancel_within_a_block(jack: Jack) -> None:

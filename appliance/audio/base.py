@@ -103,6 +103,10 @@ class BlockQueue:
         self._blocks: deque[np.ndarray] = deque(maxlen=max_blocks)
         self._lot = trio.lowlevel.ParkingLot()
         self.dropped = 0
+        # Set by the consumer when nothing is going on (nobody speaking, robot idle): the producer may then
+        # hand audio over in batches, waking the event loop a few times a second instead of every device
+        # block. Read from the audio thread; a bool is safe to share under the GIL.
+        self.relaxed = False
 
     def put_nowait(self, block: np.ndarray) -> None:
         if len(self._blocks) == self._blocks.maxlen:

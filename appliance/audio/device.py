@@ -1,8 +1,10 @@
 """Sound cards through PortAudio (sounddevice).
 
-The PortAudio callback runs on PortAudio's thread; it only copies the block and hands it to Trio with
-``run_sync_soon``, never waiting (when Trio falls behind, the oldest audio is dropped and counted). Resampling
-to 16 kHz (soxr) and cutting into fixed blocks happen on the Trio side. A stream that stops delivering (USB
+The PortAudio callback runs on PortAudio's thread; it only copies the block into a deque and, unless the
+listener said it is relaxed, wakes Trio with ``run_sync_soon``, never waiting (when Trio falls behind, audio
+is dropped and counted). While relaxed, Trio collects what arrived every ``relaxed_ms`` instead: each wake-up
+of the event loop costs more CPU than the listening work it brings. Resampling to 16 kHz (soxr) and cutting
+into fixed blocks happen on the Trio side. A stream that stops delivering (USB
 mic unplugged, sound server gone) raises :class:`DeviceLost`; the capture service reopens it with backoff.
 Playback writes one block at a time from a worker thread so a cancelled turn stops within a block.
 
@@ -170,12 +172,14 @@ class DeviceSource:
         stall_timeout: float = 1.0,
         max_pending: int = 50,
         device_block_ms: int | None = None,
+        relaxed_ms: int = 100,
     ) -> None:
         self.device = device
         self.block_size = CAPTURE_RATE * block_ms // 1000
         self.block_ms = block_ms
         self.device_block_ms = max(block_ms, device_block_ms or block_ms)
         self.stall_timeout = stall_timeout
+        self.relaxed_seconds = max(self.device_block_ms, relaxed_ms) / 1000
         self.max_pending = max_pending
         self.overflows = 0  # PortAudio reported input overflow (the device dropped audio)
         self.dropped_callbacks = 0  # Trio was too far behind: blocks dropped in the callback
@@ -211,32 +215,38 @@ class DeviceSource:
 
             resampler = soxr.ResampleStream(rate, CAPTURE_RATE, 1, dtype="int16")
         token = trio.lowlevel.current_trio_token()
-        pending = [0]  # callbacks handed to Trio and not yet delivered (written by both threads; GIL-atomic)
+        arrived: deque[bytes] = deque()  # appended by the audio thread, emptied by Trio
+        woken = [False]  # a flush is already scheduled (written by both threads; GIL-atomic)
+        last_arrival = [trio.current_time()]
         leftover = np.zeros(0, dtype=np.int16)
-        last_delivery = trio.current_time()
         finished = trio.Event()
 
-        def deliver(block: np.ndarray) -> None:
-            nonlocal leftover, last_delivery
-            pending[0] -= 1
-            last_delivery = trio.current_time()
-            if resampler is not None:
-                block = resampler.resample_chunk(block)
-            samples = np.concatenate([leftover, block]) if leftover.size else block
-            usable = len(samples) - len(samples) % self.block_size
-            for start in range(0, usable, self.block_size):
-                queue.put_nowait(samples[start : start + self.block_size])
-            leftover = samples[usable:].copy()
+        def flush() -> None:
+            nonlocal leftover
+            woken[0] = False
+            while arrived:
+                block = np.frombuffer(arrived.popleft(), dtype=np.int16)
+                if resampler is not None:
+                    block = resampler.resample_chunk(block)
+                samples = np.concatenate([leftover, block]) if leftover.size else block
+                usable = len(samples) - len(samples) % self.block_size
+                for start in range(0, usable, self.block_size):
+                    queue.put_nowait(samples[start : start + self.block_size])
+                leftover = samples[usable:].copy()
 
-        def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        def callback(indata: Any, frames: int, time_info: Any, status: Any) -> None:
             if status.input_overflow:
                 self.overflows += 1
-            if pending[0] >= self.max_pending:
+            if len(arrived) >= self.max_pending:
                 self.dropped_callbacks += 1  # never block the audio thread; drop newest here, queue drops oldest
                 return
-            pending[0] += 1
+            arrived.append(bytes(indata))
+            last_arrival[0] = -1.0  # "just now": Trio stamps it, the audio thread has no Trio clock
+            if queue.relaxed or woken[0]:
+                return
+            woken[0] = True
             try:
-                token.run_sync_soon(deliver, indata[:, 0].copy())
+                token.run_sync_soon(flush)
             except trio.RunFinishedError:
                 pass
 
@@ -248,7 +258,9 @@ class DeviceSource:
 
         blocksize = rate * self.device_block_ms // 1000
         try:
-            stream = sd.InputStream(
+            # Raw bytes, not numpy arrays: the callback runs 25 times a second on the audio thread, and building
+            # an array there costs more than the copy it makes.
+            stream = sd.RawInputStream(
                 device=index, samplerate=rate, channels=1, dtype="int16", blocksize=blocksize, callback=callback,
                 finished_callback=on_finished,
             )
@@ -260,11 +272,17 @@ class DeviceSource:
         try:
             task_status.started()
             while True:
-                with trio.move_on_after(self.stall_timeout / 4):
+                # Relaxed: this loop is what hands the audio over. Otherwise the callback does, and the loop
+                # only watches for a stalled device.
+                with trio.move_on_after(self.relaxed_seconds if queue.relaxed else self.stall_timeout / 4):
                     await finished.wait()
                 if finished.is_set():
                     raise DeviceLost(f"input {self.device_name!r} stopped")
-                if trio.current_time() - last_delivery > self.stall_timeout:
+                flush()
+                now = trio.current_time()
+                if last_arrival[0] < 0:
+                    last_arrival[0] = now
+                elif now - last_arrival[0] > self.stall_timeout:
                     raise DeviceLost(f"input {self.device_name!r} delivered no audio for {self.stall_timeout:g} s")
         finally:
             # Closing a stream whose device hangs can block for good: give it 2 s, then abandon the thread.

@@ -35,7 +35,7 @@ from appliance.listening.config import ListeningConfig
 from appliance.listening.endpointer import Discarded, Endpointer, Onset, Segment
 from appliance.listening.events import WakeWordDetected
 from appliance.listening.guard import EchoGuard
-from appliance.listening.vad import SpeechDetector, VoiceActivity, make_detector
+from appliance.listening.vad import REACTION_SECONDS, SpeechDetector, VoiceActivity, make_detector
 from appliance.listening.wakeword import MicroWakeWordDetector, WakeDetection, WakeWordDetector
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,12 @@ class ListeningService:
         self.wake: WakeWordDetector | None = None
         self.vad: VoiceActivity | None = None
         c = config
+        # A detector that decides late would start the utterance after the first syllable: keep that much more.
+        late = getattr(speech_detector, "reaction", None) if speech_detector is not None else None
+        late = REACTION_SECONDS.get(c.vad, 0.0) if late is None else late
         self.endpointer = Endpointer(
-            self.block_seconds, c.silence_duration, c.min_duration, c.max_duration, c.preroll, c.early_endpoint,
+            self.block_seconds, c.silence_duration, c.min_duration, c.max_duration, c.preroll + late,
+            c.early_endpoint,
             longest_preroll=c.wake_word.preroll if self.wake_engine == "micro" else None,
         )
         self.guard = EchoGuard(c.self_trigger_guard, self.block_seconds, c.barge_in_margin_db, c.echo_tail)
@@ -133,6 +137,15 @@ class ListeningService:
                 self.bus.publish(InputLevel(self.endpointer.last_level))
             if result is not None:
                 await self._handle(result)
+            self._relax()
+
+    def _relax(self) -> None:
+        """Let the capture hand audio over in batches while nothing is going on. An onset may then be seen up
+        to ``audio.idle_handover_ms`` late (the pre-roll still holds it); the end of speech, a barge-in and
+        push-to-talk are never delayed, since they all happen outside the idle state."""
+        self.blocks.relaxed = (
+            self.state == State.IDLE and not self.endpointer.in_speech and not self.guard.playing and not self.muted
+        )
 
     @property
     def conversation_open(self) -> bool:
@@ -243,6 +256,7 @@ class ListeningService:
             self.guard.on_output(event.db)
         elif isinstance(event, StateChanged):
             self.state = event.new
+            self._relax()
         elif isinstance(event, TurnFinished):
             if event.outcome == "done" and self.mode == "wake_word":
                 self.conversation_open_until = self.guard.now + self.config.wake_word.wakeword_timeout

@@ -29,13 +29,22 @@ class VADUnavailable(RuntimeError):
 
 
 class SpeechDetector(Protocol):
-    """Speech probability (0..1) of one 16 kHz int16 block. Streaming: blocks arrive in order."""
+    """Speech probability (0..1) of one 16 kHz int16 block. Streaming: blocks arrive in order.
+
+    An implementation may also set ``reaction``: how many seconds after the real onset it says "speech"; that
+    much audio is added to the pre-roll, so its late decision does not clip the first syllable.
+    """
 
     name: str
 
     def probability(self, block: np.ndarray) -> float: ...
 
     def reset(self) -> None: ...
+
+
+# How late each built-in detector says "speech" after a real onset, measured on the labelled espeak-ng
+# commands (bench listening): micro_vad needs ~0.3 s of speech to be sure.
+REACTION_SECONDS = {"energy": 0.0, "silero": 0.0, "micro_vad": 0.3}
 
 
 class NoNeuralVAD:
