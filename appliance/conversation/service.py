@@ -185,7 +185,9 @@ class ConversationService:
         request = TurnRequest(
             turn_id, utterance, self.history.messages(), self.history.conversation_id, self.prompt_params
         )
-        send, receive = trio.open_memory_channel[BrainOutput](0)
+        # One slot: the brain hands over the transcript and goes straight on to the LLM request, instead of
+        # waiting while we publish and log it.
+        send, receive = trio.open_memory_channel[BrainOutput](1)
         with single_error():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(brain.reply, request, send)
