@@ -12,7 +12,7 @@ import wave
 
 import numpy as np
 import pytest
-from conftest import FAKE_KEY, figure
+from conftest import FAKE_KEY, TIME_SCALE, figure
 from target import REPO, Target
 
 SERVICE = "appliance.service"
@@ -20,6 +20,7 @@ SIM = "$(ls -d /sys/devices/platform/gpio-sim.*/gpiochip* | head -n1)"
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 0.5):  # type: ignore[no-untyped-def]
+    timeout *= TIME_SCALE
     began = time.monotonic()
     while True:
         value = check()
@@ -106,7 +107,7 @@ def led_samples(target: Target, count: int) -> list[tuple[str, dict[int, int]]]:
         "a=$(systemctl show -p StatusText --value appliance); "
         "v=$(cat $S/sim_gpio5/value $S/sim_gpio6/value $S/sim_gpio13/value | tr '\\n' ' '); "
         "b=$(systemctl show -p StatusText --value appliance); echo \"$a|$v|$b\"; done",
-        timeout=300,
+        timeout=300 * TIME_SCALE,
     ).stdout
     samples = []
     for row in out.splitlines():
@@ -159,9 +160,9 @@ def test_spoken_question_gets_a_spoken_reply(provisioned: Target) -> None:
     # Record the speaker (playback side 0,1 -> capture 1,1) while "saying" the question into the
     # microphone (play into 0,0 -> the app captures 1,0).
     target.run(
-        "arecord -q -D plughw:Loopback,1,1 -f S16_LE -r 16000 -c 1 -d 20 /root/reply.wav & rec=$!; "
+        f"arecord -q -D plughw:Loopback,1,1 -f S16_LE -r 16000 -c 1 -d {int(20 * TIME_SCALE)} /root/reply.wav & rec=$!; "
         "sleep 1; aplay -q -D plughw:Loopback,0,0 /root/question.wav; wait $rec",
-        timeout=120,
+        timeout=120 * TIME_SCALE,
     )
     with wave.open(io.BytesIO(target.get_file("/root/reply.wav"))) as wav:
         rate = wav.getframerate()
@@ -194,7 +195,7 @@ def test_watchdog_restarts_a_hung_process(provisioned: Target) -> None:
     journal = target.run(f"journalctl -u {SERVICE} --no-pager -n 80 -o cat").stdout
     assert "Watchdog timeout" in journal
     # WatchdogSec + the abort/kill timeout + RestartSec + start-up under emulation.
-    assert elapsed < 15 + 10 + 3 + 90
+    assert elapsed < 15 + 10 + 3 + 90 * TIME_SCALE
 
 
 def test_sigterm_mid_reply_stops_cleanly_and_keeps_config_and_state(provisioned: Target) -> None:
@@ -205,10 +206,11 @@ def test_sigterm_mid_reply_stops_cleanly_and_keeps_config_and_state(provisioned:
     # Ask, and stop the service the moment it starts speaking (the fake cloud streams its reply slowly).
     out = target.run(
         "aplay -q -D plughw:Loopback,0,0 /root/question.wav; "
-        "for i in $(seq 600); do [ \"$(systemctl show -p StatusText --value appliance)\" = speaking ] && break; "
+        f"for i in $(seq {int(600 * TIME_SCALE)}); do "
+        "[ \"$(systemctl show -p StatusText --value appliance)\" = speaking ] && break; "
         "sleep 0.05; done; systemctl show -p StatusText --value appliance; "
         "a=$(date +%s.%N); systemctl stop appliance; b=$(date +%s.%N); echo \"$a $b\"",
-        timeout=180,
+        timeout=180 * TIME_SCALE,
     ).stdout.split("\n")
     assert out[0] == "speaking", f"the robot never spoke: {out}\n{target.journal()}"
     started, stopped = (float(x) for x in out[1].split())
