@@ -50,7 +50,7 @@ security:
 # Pin what install.sh puts on a robot to what a clean install resolves today.
 lock:
 	rm -rf $(CACHE)/lock-venv && $(PYTHON) -m venv $(CACHE)/lock-venv
-	$(CACHE)/lock-venv/bin/pip install --quiet .
+	$(CACHE)/lock-venv/bin/pip install --quiet '.[pi]'
 	{ sed -n '1,3p' provisioning/constraints.txt; \
 	  $(CACHE)/lock-venv/bin/pip freeze --exclude-editable | grep -v '^appliance'; } > provisioning/constraints.txt.new
 	mv provisioning/constraints.txt.new provisioning/constraints.txt
@@ -82,12 +82,17 @@ HW_TARGET ?=
 HW_IMAGE  := $(CACHE)/vm/$(ARCH)
 HW_WHEELS := $(if $(filter arm64,$(ARCH)),$(CACHE)/wheelhouse-arm64,$(WHEELHOUSE))
 
+# The same wheels as the amd64 wheelhouse, same versions: pure-Python ones copied, the rest fetched for
+# aarch64. systemd-python and spidev come from Debian in the guest (python3-systemd, python3-spidev).
 $(CACHE)/wheelhouse-arm64/.stamp: $(WHEELHOUSE)/.stamp
 	rm -rf $(CACHE)/wheelhouse-arm64 && mkdir -p $(CACHE)/wheelhouse-arm64
-	grep -v -E '^(#|systemd-python|spidev)' provisioning/constraints.txt > $(CACHE)/arm64-reqs.txt
-	$(BIN)/pip download --quiet --dest $(CACHE)/wheelhouse-arm64 --only-binary=:all: --python-version 3.11 \
+	cp $(WHEELHOUSE)/*-none-any.whl $(CACHE)/wheelhouse-arm64/
+	ls $(WHEELHOUSE)/*.whl | grep -v -e '-none-any\.whl$$' | sed -E 's#.*/([^-]+)-([^-]+)-.*#\1==\2#' \
+	    | grep -v -i -E '^(systemd_python|spidev)==' > $(CACHE)/arm64-reqs.txt
+	$(BIN)/pip download --quiet --no-deps --dest $(CACHE)/wheelhouse-arm64 --only-binary=:all: --python-version 3.11 \
 	    --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_34_aarch64 \
-	    -r $(CACHE)/arm64-reqs.txt 'lgpio>=0.2.2' hypercorn starlette 'setuptools>=68' wheel
+	    --platform manylinux_2_17_aarch64 --platform manylinux_2_27_aarch64 --platform linux_aarch64 \
+	    -r $(CACHE)/arm64-reqs.txt
 	touch $@
 
 hw-image:
