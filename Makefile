@@ -82,6 +82,8 @@ HW_TARGET ?=
 HW_IMAGE  := $(CACHE)/vm/$(ARCH)
 HW_WHEELS := $(if $(filter arm64,$(ARCH)),$(CACHE)/wheelhouse-arm64,$(WHEELHOUSE))
 
+# Every manylinux tag bookworm's glibc (2.36) can load.
+ARM64_GLIBCS := 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36
 # The same wheels as the amd64 wheelhouse, same versions: pure-Python ones copied, the rest fetched for
 # aarch64. systemd-python and spidev come from Debian in the guest (python3-systemd, python3-spidev).
 $(CACHE)/wheelhouse-arm64/.stamp: $(WHEELHOUSE)/.stamp
@@ -90,8 +92,7 @@ $(CACHE)/wheelhouse-arm64/.stamp: $(WHEELHOUSE)/.stamp
 	ls $(WHEELHOUSE)/*.whl | grep -v -e '-none-any\.whl$$' | sed -E 's#.*/([^-]+)-([^-]+)-.*#\1==\2#' \
 	    | grep -v -i -E '^(systemd_python|spidev)==' > $(CACHE)/arm64-reqs.txt
 	$(BIN)/pip download --quiet --no-deps --dest $(CACHE)/wheelhouse-arm64 --only-binary=:all: --python-version 3.11 \
-	    --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_34_aarch64 \
-	    --platform manylinux_2_17_aarch64 --platform manylinux_2_27_aarch64 --platform linux_aarch64 \
+	    --platform manylinux2014_aarch64 $(foreach v,$(ARM64_GLIBCS),--platform manylinux_2_$(v)_aarch64) \
 	    -r $(CACHE)/arm64-reqs.txt
 	touch $@
 
