@@ -47,12 +47,14 @@ security:
 	@provisioning/ensure-packages.sh systemd
 	@systemd-analyze security --offline=yes --no-pager systemd/appliance.service | grep -E '✗|Overall'
 
-# Pin what install.sh puts on a robot to what a clean install resolves today.
+# Pin what install.sh puts on a robot to what a clean install resolves today. Not systemd-python and spidev:
+# the robot takes those from Debian (python3-systemd, python3-spidev), so it needs no compiler.
 lock:
 	rm -rf $(CACHE)/lock-venv && $(PYTHON) -m venv $(CACHE)/lock-venv
 	$(CACHE)/lock-venv/bin/pip install --quiet '.[pi]'
 	{ sed -n '1,3p' provisioning/constraints.txt; \
-	  $(CACHE)/lock-venv/bin/pip freeze --exclude-editable | grep -v '^appliance'; } > provisioning/constraints.txt.new
+	  $(CACHE)/lock-venv/bin/pip freeze --exclude-editable | grep -v '^appliance' \
+	    | grep -v -i -E '^(systemd-python|spidev)=='; } > provisioning/constraints.txt.new
 	mv provisioning/constraints.txt.new provisioning/constraints.txt
 
 # Every wheel install.sh needs, so the provisioning tests install offline.
