@@ -115,8 +115,7 @@ class Supervisor:
                         task_status.started()
                 error = "returned unexpectedly"
             except Exception as exc:
-                cause = _root_cause(exc)
-                error = f"{type(cause).__name__}: {cause}"
+                error = _describe(exc)
                 log.error("subsystem %s failed", name, exc_info=exc, extra={"service": name})
             record.last_error = error
             now = trio.current_time()
@@ -157,6 +156,11 @@ class Supervisor:
             async for event in sub:
                 assert isinstance(event, StateChanged)
                 self.notifier.status(event.new.value)
+
+
+def _describe(exc: BaseException) -> str:
+    cause = _root_cause(exc)
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -224,3 +224,65 @@ async def test_button_drives_the_state_machine(
     await rig.press(held=2.0)
     await trio.sleep(1.0)
     assert state.state is State.IDLE
+
+
+async def test_a_button_whose_line_failed_to_open_comes_back_after_a_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """gpiozero reserves a pin before it opens the line; when opening fails (a chip not there yet, a line
+    busy), the half-built device keeps its reservation for as long as anything refers to it: the error the
+    supervisor just caught, for one. The restarted service must still get its pin."""
+    import gc
+
+    from appliance.config import SupervisorConfig
+    from appliance.supervisor import Supervisor
+    from appliance.systemd import Notifier
+
+    factory = MockFactory()
+    real_pin = factory.pin
+    failures = [1]
+
+    def flaky_pin(spec, **kwargs):  # type: ignore[no-untyped-def]
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError("GPIO chip not ready")
+        return real_pin(spec, **kwargs)
+
+    factory.pin = flaky_pin  # type: ignore[method-assign]
+    bus = EventBus()
+    service = ButtonService(bus, [ButtonConfig(pin=17)], factory)
+    supervisor = Supervisor(bus, SupervisorConfig(restart_initial_delay=0.5, max_failures=5), Notifier({}), False)
+    supervisor.add(service, required=False)
+    gc.disable()  # collections come at random moments: do not let one clean up behind our back
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            await trio.sleep(5)
+            record = supervisor.records[service.name]
+            assert record.status == "running", record.last_error
+            assert record.restarts == 1
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.enable()
+
+
+def test_an_rgb_led_that_fails_half_way_leaves_no_pin_reserved() -> None:
+    from gpiozero import RGBLED
+
+    from appliance.hardware.pins import build_device
+
+    factory = MockFactory(pin_class=MockPWMPin)
+    real_pin = factory.pin
+
+    def pin(spec, **kwargs):  # type: ignore[no-untyped-def]
+        if spec == 6:  # green: red is already open by now
+            raise OSError("line busy")
+        return real_pin(spec, **kwargs)
+
+    factory.pin = pin  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="line busy") as caught:  # kept, as a log handler may keep it
+        build_device(factory, lambda: RGBLED(5, 6, 13, pin_factory=factory))
+    factory.pin = real_pin  # type: ignore[method-assign]
+    led = RGBLED(5, 6, 13, pin_factory=factory)  # every pin is free again
+    led.close()
+    assert caught.value.__traceback__ is not None

@@ -23,6 +23,7 @@ from appliance.events import (
     StateChanged,
 )
 from appliance.hardware.config import ButtonConfig
+from appliance.hardware.pins import build_device
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,15 @@ class ButtonWatcher:
             except trio.RunFinishedError:
                 pass
 
-        self.device = Button(
-            cfg.pin,
-            pull_up=cfg.pull_up,
-            active_state=cfg.active_high,
-            bounce_time=None,
-            pin_factory=self.pin_factory,
+        self.device = build_device(
+            self.pin_factory,
+            lambda: Button(
+                cfg.pin,
+                pull_up=cfg.pull_up,
+                active_state=cfg.active_high,
+                bounce_time=None,
+                pin_factory=self.pin_factory,
+            ),
         )
         try:
             self.device.when_pressed = poke

@@ -18,6 +18,7 @@ import trio
 from appliance.bus import EventBus
 from appliance.events import ConnectivityChanged, LedChanged, OutputLevel, State, StateChanged, TurnStarted
 from appliance.hardware.config import HardwareConfig, LedConfig, PatternConfig
+from appliance.hardware.pins import build_device
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ class OnOffLed:
     def __init__(self, config: LedConfig, factory: Any) -> None:
         from gpiozero import LED
 
-        self.device = LED(config.pins[0], active_high=config.active_high, pin_factory=factory)
+        self.device = build_device(
+            factory, lambda: LED(config.pins[0], active_high=config.active_high, pin_factory=factory)
+        )
         self.brightness = config.brightness
 
     def show(self, frame: Sequence[RGB]) -> None:
@@ -85,7 +88,9 @@ class DimmableLed:
     def __init__(self, config: LedConfig, factory: Any) -> None:
         from gpiozero import PWMLED
 
-        self.device = PWMLED(config.pins[0], active_high=config.active_high, pin_factory=factory)
+        self.device = build_device(
+            factory, lambda: PWMLED(config.pins[0], active_high=config.active_high, pin_factory=factory)
+        )
         self.brightness = config.brightness
 
     def show(self, frame: Sequence[RGB]) -> None:
@@ -102,7 +107,10 @@ class RgbLed:
         from gpiozero import RGBLED
 
         red, green, blue = config.pins
-        self.device = RGBLED(red, green, blue, active_high=config.active_high, pwm=True, pin_factory=factory)
+        self.device = build_device(
+            factory,
+            lambda: RGBLED(red, green, blue, active_high=config.active_high, pwm=True, pin_factory=factory),
+        )
         self.brightness = config.brightness
 
     def show(self, frame: Sequence[RGB]) -> None:

@@ -10,9 +10,41 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def build_device(factory: Any, make: Callable[[], T]) -> T:
+    """``make()`` a gpiozero device; if that fails, free the pins the half-built device reserved.
+
+    gpiozero reserves a pin before it opens the line. When opening fails (a GPIO chip not there yet, a line
+    busy), the half-built device keeps its reservation for as long as anything refers to it: the traceback
+    of the error, which a supervisor logs and a log handler may keep. The restarted subsystem would then find
+    its own pin "in use" by that ghost, again and again.
+    """
+    try:
+        return make()
+    except Exception as exc:
+        _release_half_built(factory, exc)
+        raise
+
+
+def _release_half_built(factory: Any, exc: BaseException) -> None:
+    from gpiozero import Device
+
+    tb = exc.__traceback__
+    while tb is not None:
+        device = tb.tb_frame.f_locals.get("self")
+        if isinstance(device, Device):  # the device whose __init__ failed (and any composite around it)
+            try:
+                device.close()  # a composite closes the parts it had already built
+            except Exception:  # noqa: BLE001 - half-built: closing may fail; the reservation is what matters
+                pass
+            factory.release_all(device)
+        tb = tb.tb_next
 
 
 def resolve_factory_kind(kind: str) -> str:
@@ -97,8 +129,9 @@ class GpiozeroAsRPiGPIO:
             raise ValueError("only outputs are supported")
         for number in pin if isinstance(pin, list) else [pin]:
             if number not in self.devices:
-                self.devices[number] = DigitalOutputDevice(
-                    number, initial_value=bool(initial), pin_factory=self.pin_factory
+                self.devices[number] = build_device(
+                    self.pin_factory,
+                    lambda: DigitalOutputDevice(number, initial_value=bool(initial), pin_factory=self.pin_factory),
                 )
 
     def output(self, pin: int, value: int | bool) -> None:
