@@ -139,7 +139,14 @@ def provisioned(target: Target, vm: VirtualPi | None) -> Target:
         offline = "--wheelhouse /root/wheelhouse"
     # Our configuration goes in first: install.sh never overwrites an existing one.
     target.run("install -d -m 0755 /etc/appliance")
-    target.put_file(CONFIG.encode(), "/etc/appliance/appliance.toml", "0640")
+    config = CONFIG
+    # The simulated header's chip number: 0 on the amd64 guest, 1 on arm64's virt machine (its PL061
+    # controller, wired to the power button, comes first).
+    chip = target.run("basename $(ls -d /sys/devices/platform/gpio-sim.*/gpiochip* | head -n1)", check=False).stdout
+    if chip.strip().startswith("gpiochip"):
+        number = int(chip.strip().removeprefix("gpiochip"))
+        config = config.replace('preset = "breadboard-rgb"', f'preset = "breadboard-rgb"\ngpio_chip = {number}', 1)
+    target.put_file(config.encode(), "/etc/appliance/appliance.toml", "0640")
     key = "/root/fake-key"
     target.put_file(FAKE_KEY.encode() + b"\n", key, "0600")
     result = target.run(

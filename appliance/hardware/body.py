@@ -59,7 +59,7 @@ def build_body(bus: EventBus, config: HardwareConfig, pin_factory: Any = None, *
         factory = pin_factory
     else:
         try:
-            factory = make_pin_factory(config.pin_factory)
+            factory = make_pin_factory(config.pin_factory, config.gpio_chip)
         except PinFactoryError as exc:
             from appliance.config import ConfigError
 

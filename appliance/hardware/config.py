@@ -306,6 +306,11 @@ class HardwareConfig(Section):
     pin_factory: Literal["auto", "mock", "lgpio", "rpigpio", "native"] = Field(
         default="auto", description="auto = lgpio on a Pi, gpiozero's mock pins elsewhere"
     )
+    gpio_chip: int | None = Field(
+        default=None, ge=0,
+        description="the /dev/gpiochipN the header is on, for lgpio (default: gpiozero's choice; set it when "
+        "another controller comes first, as on an arm64 virt machine)",
+    )
     leds: list[LedConfig] = Field(default_factory=list)
     buttons: list[ButtonConfig] = Field(default_factory=list)
     reserved_pins: list[Pin] = Field(default_factory=list, description="pins the board uses otherwise")

@@ -57,7 +57,7 @@ class PinFactoryError(Exception):
     """The pin library asked for cannot be used here."""
 
 
-def make_pin_factory(kind: str) -> Any:
+def make_pin_factory(kind: str, chip: int | None = None) -> Any:
     """The gpiozero pin factory for ``kind``; ``auto`` picks lgpio when a GPIO chip exists, mock pins otherwise.
 
     With ``auto``, a GPIO chip that lgpio cannot drive (not a Pi) means simulated pins, said in a warning;
@@ -65,7 +65,7 @@ def make_pin_factory(kind: str) -> Any:
     """
     resolved = resolve_factory_kind(kind)
     try:
-        return _factory(resolved)
+        return _factory(resolved, chip)
     except Exception as exc:
         if kind == "auto" and resolved != "mock":
             log.warning("GPIO: %s pins unavailable (%s); simulating them", resolved, exc)
@@ -73,7 +73,7 @@ def make_pin_factory(kind: str) -> Any:
         raise PinFactoryError(f"{resolved} pins cannot be used here: {exc}") from exc
 
 
-def _factory(kind: str) -> Any:
+def _factory(kind: str, chip: int | None = None) -> Any:
     if kind == "mock":
         from gpiozero.pins.mock import MockFactory, MockPWMPin
 
@@ -81,7 +81,7 @@ def _factory(kind: str) -> Any:
     if kind == "lgpio":
         from gpiozero.pins.lgpio import LGPIOFactory
 
-        return LGPIOFactory()
+        return LGPIOFactory(chip=chip)  # None: gpiozero's choice (4 on a Pi 5's old kernels, else 0)
     if kind == "rpigpio":
         from gpiozero.pins.rpigpio import RPiGPIOFactory
 
