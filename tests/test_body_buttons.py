@@ -226,6 +226,18 @@ async def test_button_drives_the_state_machine(
     assert state.state is State.IDLE
 
 
+def fail_to_open(factory: MockFactory, fails: Any, message: str) -> None:
+    """Make ``factory`` raise OSError(message) when opening a pin for which ``fails(spec)`` is true."""
+    real_pin = factory.pin
+
+    def pin(spec, **kwargs):  # type: ignore[no-untyped-def]
+        if fails(spec):
+            raise OSError(message)
+        return real_pin(spec, **kwargs)
+
+    factory.pin = pin  # type: ignore[method-assign]
+
+
 async def test_a_button_whose_line_failed_to_open_comes_back_after_a_restart(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -239,16 +251,13 @@ async def test_a_button_whose_line_failed_to_open_comes_back_after_a_restart(
     from appliance.systemd import Notifier
 
     factory = MockFactory()
-    real_pin = factory.pin
     failures = [1]
 
-    def flaky_pin(spec, **kwargs):  # type: ignore[no-untyped-def]
-        if failures[0]:
-            failures[0] -= 1
-            raise OSError("GPIO chip not ready")
-        return real_pin(spec, **kwargs)
+    def first_time(spec: Any) -> bool:
+        failures[0] -= 1
+        return failures[0] >= 0
 
-    factory.pin = flaky_pin  # type: ignore[method-assign]
+    fail_to_open(factory, first_time, "GPIO chip not ready")
     bus = EventBus()
     service = ButtonService(bus, [ButtonConfig(pin=17)], factory)
     supervisor = Supervisor(bus, SupervisorConfig(restart_initial_delay=0.5, max_failures=5), Notifier({}), False)
@@ -273,13 +282,7 @@ def test_an_rgb_led_that_fails_half_way_leaves_no_pin_reserved() -> None:
 
     factory = MockFactory(pin_class=MockPWMPin)
     real_pin = factory.pin
-
-    def pin(spec, **kwargs):  # type: ignore[no-untyped-def]
-        if spec == 6:  # green: red is already open by now
-            raise OSError("line busy")
-        return real_pin(spec, **kwargs)
-
-    factory.pin = pin  # type: ignore[method-assign]
+    fail_to_open(factory, lambda spec: spec == 6, "line busy")  # green: red is already open by now
     with pytest.raises(OSError, match="line busy") as caught:  # kept, as a log handler may keep it
         build_device(factory, lambda: RGBLED(5, 6, 13, pin_factory=factory))
     factory.pin = real_pin  # type: ignore[method-assign]
