@@ -12,6 +12,7 @@ import logging
 
 import trio
 
+from appliance.brains._groups import single_error
 from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnRequest
 from appliance.errors import ProviderBadReply, ProviderRejected, ProviderTimeout, ProviderUnavailable
 from appliance.integrations.esphome.media import stream_url
@@ -63,42 +64,48 @@ class HomeAssistantBrain:
 
     async def _follow(self, pipeline: Pipeline, out: trio.MemorySendChannel[BrainOutput]) -> None:
         timeout = self.satellite.config.reply_timeout
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                await self._events(pipeline, out, nursery, timeout)
+
+    async def _events(
+        self, pipeline: Pipeline, out: trio.MemorySendChannel[BrainOutput], nursery: trio.Nursery, timeout: float
+    ) -> None:
         reply_text = ""
-        async with trio.open_nursery() as nursery:
-            while True:
-                with trio.move_on_after(timeout) as late:
-                    try:
-                        event = await pipeline.events.receive()
-                    except (trio.EndOfChannel, trio.ClosedResourceError):
-                        return
-                if late.cancelled_caught:
-                    raise ProviderTimeout(NAME, f"no pipeline event for {timeout:g} s")
-                kind, data = event.kind, event.data
-                if kind == EV("VOICE_ASSISTANT_ERROR"):
-                    code = data.get("code", "")
-                    if code in _NOTHING_HEARD:
-                        log.info("Assist heard nothing", extra={"brain": NAME})
-                        return
-                    if code == "connection":
-                        raise ProviderUnavailable(NAME, data.get("message", "connection lost"))
-                    raise ProviderBadReply(NAME, f"{code}: {data.get('message', '')}"[:200])
-                if kind == EV("VOICE_ASSISTANT_STT_END"):
-                    text = data.get("text", "").strip()
-                    if text:
-                        await out.send(Transcript(text))
-                elif kind == EV("VOICE_ASSISTANT_INTENT_END"):
-                    if data.get("conversation_id"):
-                        self.satellite.remember_conversation(data["conversation_id"])
-                elif kind == EV("VOICE_ASSISTANT_TTS_START"):
-                    reply_text = data.get("text", "")
-                elif kind == EV("VOICE_ASSISTANT_TTS_END"):
-                    url = data.get("url", "")
-                    if not url:
-                        raise ProviderBadReply(NAME, "TTS ended without a URL")
-                    stream = await nursery.start(stream_url, url, self.satellite.config.tts_timeout)
-                    await out.send(ReplyChunk(reply_text, reply_text, (), stream))
-                elif kind == EV("VOICE_ASSISTANT_RUN_END"):
+        while True:
+            with trio.move_on_after(timeout) as late:
+                try:
+                    event = await pipeline.events.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
                     return
+            if late.cancelled_caught:
+                raise ProviderTimeout(NAME, f"no pipeline event for {timeout:g} s")
+            kind, data = event.kind, event.data
+            if kind == EV("VOICE_ASSISTANT_ERROR"):
+                code = data.get("code", "")
+                if code in _NOTHING_HEARD:
+                    log.info("Assist heard nothing", extra={"brain": NAME})
+                    return
+                if code == "connection":
+                    raise ProviderUnavailable(NAME, data.get("message", "connection lost"))
+                raise ProviderBadReply(NAME, f"{code}: {data.get('message', '')}"[:200])
+            if kind == EV("VOICE_ASSISTANT_STT_END"):
+                text = data.get("text", "").strip()
+                if text:
+                    await out.send(Transcript(text))
+            elif kind == EV("VOICE_ASSISTANT_INTENT_END"):
+                if data.get("conversation_id"):
+                    self.satellite.remember_conversation(data["conversation_id"])
+            elif kind == EV("VOICE_ASSISTANT_TTS_START"):
+                reply_text = data.get("text", "")
+            elif kind == EV("VOICE_ASSISTANT_TTS_END"):
+                url = data.get("url", "")
+                if not url:
+                    raise ProviderBadReply(NAME, "TTS ended without a URL")
+                stream = await nursery.start(stream_url, url, self.satellite.config.tts_timeout)
+                await out.send(ReplyChunk(reply_text, reply_text, (), stream))
+            elif kind == EV("VOICE_ASSISTANT_RUN_END"):
+                return
 
     async def aclose(self) -> None:
         return None

@@ -74,9 +74,16 @@ class Connection:
                 return
 
     def close(self, reason: str) -> None:
+        """End the connection now (what is still in the outbox is dropped)."""
         if self.reason is None:
             self.reason = reason
             self.scope.cancel()
+
+    def finish(self, reason: str) -> None:
+        """End the connection after the outbox has been written (a polite goodbye)."""
+        if self.reason is None:
+            self.reason = reason
+            self.outbox.close()
 
     async def write(self, stream: trio.abc.SendStream, timeout: float) -> None:
         async for data in self._outbox_receive:
@@ -151,6 +158,7 @@ class EsphomeServer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(conn.write, stream, self.config.write_timeout)
                     await self._read(conn, reader)
+                    conn.finish("done")  # the writer drains the outbox, then the connection closes
         except FrameError as exc:
             reason, level = str(exc), logging.WARNING
         except trio.TooSlowError:
@@ -203,9 +211,9 @@ class EsphomeServer:
             conn.send(pb.PingResponse())
         elif isinstance(message, pb.DisconnectRequest):
             conn.send(pb.DisconnectResponse())
-            conn.close("the client said goodbye")
+            conn.finish("the client said goodbye")
         elif isinstance(message, pb.DisconnectResponse):
-            conn.close("disconnected")
+            conn.finish("disconnected")
         elif isinstance(message, pb.DeviceInfoRequest):
             conn.send(self.device_info())
         elif isinstance(message, pb.ListEntitiesRequest):
