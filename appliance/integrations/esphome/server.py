@@ -153,7 +153,7 @@ class EsphomeServer:
         try:
             with conn.scope, single_error():
                 reader = Reader(stream)
-                with trio.fail_after(_HANDSHAKE_TIMEOUT):
+                with trio.fail_after(min(_HANDSHAKE_TIMEOUT, self.config.idle_timeout)):
                     await transport.handshake(reader, stream)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(conn.write, stream, self.config.write_timeout)
