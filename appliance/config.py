@@ -34,7 +34,7 @@ CONFIG_PATH_ENV = "APPLIANCE_CONFIG"
 # Variables with our prefix that are not config keys.
 _NOT_OVERRIDES = {CONFIG_PATH_ENV}
 
-SECRET_MARKERS = ("api_key", "token", "password", "secret")
+SECRET_MARKERS = ("api_key", "token", "password", "secret", "encryption_key")
 
 
 class SupervisorConfig(Section):

@@ -36,7 +36,7 @@ class HomeAssistantConfig(Section):
         if value is None or not value.get_secret_value():
             return None
         try:
-            raw = binascii.a2b_base64(value.get_secret_value().strip())
+            raw = binascii.a2b_base64(value.get_secret_value().strip(), strict_mode=True)
         except binascii.Error:
             raise ValueError("must be base64 (32 bytes)") from None
         if len(raw) != 32:
