@@ -38,9 +38,11 @@ def esphome_config(**home_assistant: Any) -> AppConfig:
 
 
 @asynccontextmanager
-async def esphome_appliance(**home_assistant: Any) -> AsyncIterator[tuple[Any, EventLog, Any, MemorySink]]:
+async def esphome_appliance(
+    *, realtime: bool = False, **home_assistant: Any
+) -> AsyncIterator[tuple[Any, EventLog, Any, MemorySink]]:
     """A running appliance with the ESPHome server; yields (app, event log, the server, the sink)."""
-    sink = MemorySink(sample_rate=16_000, realtime=False)
+    sink = MemorySink(sample_rate=16_000, realtime=realtime)
     async with running_appliance(esphome_config(**home_assistant), sink=sink) as (app, log):
         yield app, log, server_of(app), sink
 

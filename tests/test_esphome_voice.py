@@ -31,12 +31,15 @@ class FakePipeline:
     events of a run (or an error) and the URL of its speech."""
 
     def __init__(self, ha: HomeAssistant, tts_url: str, *, text: str = "turn on the kitchen light",
-                 reply: str = "Turned on the light", error: str | None = None) -> None:
+                 reply: str = "Turned on the light", error: str | None = None, streaming: bool = False,
+                 ask: bool = False) -> None:
         self.ha = ha
         self.tts_url = tts_url
         self.text = text
         self.reply = reply
         self.error = error
+        self.streaming = streaming  # announce the TTS URL at RUN_START and start it during the intent
+        self.ask = ask  # continue_conversation: the reply is a question
         self.starts: list[tuple[str, int, str | None]] = []
         self.audio = bytearray()
         self.stops: list[bool] = []
@@ -61,7 +64,7 @@ class FakePipeline:
         from aioesphomeapi.model import VoiceAssistantEventType as T
 
         send = self.ha.client.send_voice_assistant_event
-        send(T.VOICE_ASSISTANT_RUN_START, None)
+        send(T.VOICE_ASSISTANT_RUN_START, {"url": self.tts_url} if self.streaming else None)
         send(T.VOICE_ASSISTANT_STT_START, None)
         if self.error:
             send(T.VOICE_ASSISTANT_ERROR, {"code": self.error, "message": "the pipeline failed"})
@@ -69,7 +72,9 @@ class FakePipeline:
             return
         send(T.VOICE_ASSISTANT_STT_END, {"text": self.text})
         send(T.VOICE_ASSISTANT_INTENT_START, None)
-        send(T.VOICE_ASSISTANT_INTENT_END, {"conversation_id": "conv-1", "continue_conversation": "0"})
+        if self.streaming:
+            send(T.VOICE_ASSISTANT_INTENT_PROGRESS, {"tts_start_streaming": "1"})
+        send(T.VOICE_ASSISTANT_INTENT_END, {"conversation_id": "conv-1", "continue_conversation": "1" if self.ask else "0"})
         send(T.VOICE_ASSISTANT_TTS_START, {"text": self.reply})
         send(T.VOICE_ASSISTANT_TTS_END, {"url": self.tts_url})
         send(T.VOICE_ASSISTANT_RUN_END, None)
@@ -234,3 +239,54 @@ async def test_wake_word_settings_map_onto_our_models() -> None:
                 await trio.sleep(0.02)
         config = await ha.run(lambda: ha.client.get_voice_assistant_configuration(5))
         assert config.active_wake_words == ["hey_jarvis"]
+
+
+async def connected(server: Any, ha: HomeAssistant, fake: FakePipeline) -> None:
+    await fake.subscribe()
+    with trio.fail_after(10):
+        while not server.satellite.available:
+            await trio.sleep(0.02)
+
+
+async def test_streaming_tts_starts_during_the_intent_and_is_fetched_once() -> None:
+    body, tone = tone_wav(0.5)
+    with WavServer(body) as web:
+        async with esphome_appliance() as (app, log, server, sink), home_assistant(server.port) as ha:
+            fake = FakePipeline(ha, f"{web.url}/stream.wav", streaming=True)
+            await connected(server, ha, fake)
+            await app.conversation.start_turn(Utterance(audio=speech(0.3)))
+            finished = await log.wait_for(TurnFinished)
+            assert finished.outcome == "done"
+            assert finished.spoken.strip() == "Turned on the light"  # the words reach the history
+            assert web.requests == ["/stream.wav"]  # TTS_END's URL is the one already playing
+            assert len(sink.audio.samples) >= len(tone.samples) * 0.95
+
+
+async def test_a_question_from_assist_opens_the_microphone_again() -> None:
+    body, _tone = tone_wav(0.2)
+    with WavServer(body) as web:
+        async with esphome_appliance() as (app, log, server, _sink), home_assistant(server.port) as ha:
+            fake = FakePipeline(ha, f"{web.url}/tts.wav", reply="Which light?", ask=True)
+            await connected(server, ha, fake)
+            await app.conversation.start_turn(Utterance(audio=speech(0.3)))
+            finished = await log.wait_for(TurnFinished)
+            assert finished.outcome == "done"
+            await log.wait_for(ListenRequested, lambda e: e.source == "home_assistant")
+            with trio.fail_after(10):
+                while len(fake.starts) < 2:  # and a new pipeline streams the answer
+                    await trio.sleep(0.02)
+
+
+async def test_barge_in_stops_the_assist_reply() -> None:
+    body, tone = tone_wav(4.0)
+    with WavServer(body) as web:
+        async with esphome_appliance(realtime=True) as (app, log, server, sink), home_assistant(server.port) as ha:
+            fake = FakePipeline(ha, f"{web.url}/tts.wav")
+            await connected(server, ha, fake)
+            await app.conversation.start_turn(Utterance(audio=speech(0.3)))
+            started = await log.wait_for(SentenceStarted)
+            await sink.block_written.wait()
+            app.bus.publish(CancelTurnRequested(source="button"))
+            finished = await log.wait_for(TurnFinished, lambda e: e.turn_id == started.turn_id)
+            assert finished.outcome == "interrupted"
+            assert len(sink.audio.samples) < len(tone.samples) / 2

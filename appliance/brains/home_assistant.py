@@ -56,22 +56,25 @@ class HomeAssistantBrain:
                 pipeline.end_audio()
             done = False
             try:
-                await self._follow(pipeline, out)
+                await self._follow(pipeline, out, request.turn_id)
                 done = True
             finally:
                 if not done:
                     pipeline.abort("turn interrupted")
 
-    async def _follow(self, pipeline: Pipeline, out: trio.MemorySendChannel[BrainOutput]) -> None:
-        timeout = self.satellite.config.reply_timeout
+    async def _follow(self, pipeline: Pipeline, out: trio.MemorySendChannel[BrainOutput], turn_id: str) -> None:
         with single_error():
             async with trio.open_nursery() as nursery:
-                await self._events(pipeline, out, nursery, timeout)
+                await self._events(pipeline, out, nursery, turn_id)
 
-    async def _events(
-        self, pipeline: Pipeline, out: trio.MemorySendChannel[BrainOutput], nursery: trio.Nursery, timeout: float
+    async def _events(  # noqa: C901 - one branch per pipeline event
+        self, pipeline: Pipeline, out: trio.MemorySendChannel[BrainOutput], nursery: trio.Nursery, turn_id: str
     ) -> None:
+        config = self.satellite.config
+        timeout = config.reply_timeout
         reply_text = ""
+        early_url = ""  # the streaming TTS URL Home Assistant announces at RUN_START
+        streaming_early = False
         while True:
             with trio.move_on_after(timeout) as late:
                 try:
@@ -89,20 +92,32 @@ class HomeAssistantBrain:
                 if code == "connection":
                     raise ProviderUnavailable(NAME, data.get("message", "connection lost"))
                 raise ProviderBadReply(NAME, f"{code}: {data.get('message', '')}"[:200])
-            if kind == EV("VOICE_ASSISTANT_STT_END"):
+            if kind == EV("VOICE_ASSISTANT_RUN_START"):
+                early_url = data.get("url", "")
+            elif kind == EV("VOICE_ASSISTANT_INTENT_PROGRESS"):
+                if data.get("tts_start_streaming") == "1" and early_url and not streaming_early:
+                    # An LLM agent is still writing: its speech can start now, before the intent ends.
+                    streaming_early = True
+                    stream = await nursery.start(stream_url, early_url, config.tts_timeout)
+                    await out.send(ReplyChunk("", "", (), stream))
+            elif kind == EV("VOICE_ASSISTANT_STT_END"):
                 text = data.get("text", "").strip()
                 if text:
                     await out.send(Transcript(text))
             elif kind == EV("VOICE_ASSISTANT_INTENT_END"):
                 if data.get("conversation_id"):
                     self.satellite.remember_conversation(data["conversation_id"])
+                if data.get("continue_conversation") == "1":
+                    self.satellite.continue_after = turn_id  # Assist asked a question: listen again after it
             elif kind == EV("VOICE_ASSISTANT_TTS_START"):
                 reply_text = data.get("text", "")
-            elif kind == EV("VOICE_ASSISTANT_TTS_END"):
+                if streaming_early and reply_text:
+                    await out.send(ReplyChunk(reply_text, "", (), None))  # the words, for the history
+            elif kind == EV("VOICE_ASSISTANT_TTS_END") and not streaming_early:
                 url = data.get("url", "")
                 if not url:
                     raise ProviderBadReply(NAME, "TTS ended without a URL")
-                stream = await nursery.start(stream_url, url, self.satellite.config.tts_timeout)
+                stream = await nursery.start(stream_url, url, config.tts_timeout)
                 await out.send(ReplyChunk(reply_text, reply_text, (), stream))
             elif kind == EV("VOICE_ASSISTANT_RUN_END"):
                 return

@@ -25,7 +25,7 @@ from appliance.audio.base import BlockQueue
 from appliance.brains.base import BrainOutput, ReplyChunk, Tag
 from appliance.bus import EventBus
 from appliance.errors import ProviderError
-from appliance.events import FaceRequested, ListenRequested, SpeechDiscarded, TurnStarted
+from appliance.events import FaceRequested, ListenRequested, SpeechDiscarded, TurnFinished, TurnStarted
 from appliance.integrations.esphome.config import HomeAssistantConfig
 from appliance.integrations.esphome.media import chime, stream_url
 from appliance.integrations.esphome.messages import event_data, pb
@@ -148,6 +148,7 @@ class Satellite:
         self.wake_words: Any = None  # the listening service (its wake word models), when there is one
         self.wake_word_catalogue: list[tuple[str, str]] = []  # (id, phrase) of every configured model
         self.timers: dict[str, dict[str, Any]] = {}
+        self.continue_after: str | None = None  # the turn after which Assist wants to hear the user again
         self.pipelines = 0
         self._ring: deque[tuple[float, np.ndarray]] = deque(maxlen=_RING_BLOCKS)
         self._all_models: list[Any] | None = None
@@ -328,7 +329,7 @@ class Satellite:
     # --- following the robot ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        types = (WakeWordDetected, ListenRequested, SpeechDiscarded, TurnStarted)
+        types = (WakeWordDetected, ListenRequested, SpeechDiscarded, TurnStarted, TurnFinished)
         with self.bus.subscribe(*types, name="esphome", size=256) as sub:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -343,14 +344,18 @@ class Satellite:
         if isinstance(event, WakeWordDetected | ListenRequested):
             if isinstance(event, WakeWordDetected) and not event.accepted:
                 return
-            if isinstance(event, ListenRequested) and event.source == NAME:
-                pass  # Home Assistant's own "start conversation": a pipeline of ours, like a button press
             if self.available and self.brain_present and self.prefer():
                 phrase = event.wake_word if isinstance(event, WakeWordDetected) else ""
                 self.start_pipeline(phrase, since=event.at)
         elif isinstance(event, SpeechDiscarded):
             if self.pipeline is not None and not self.pipeline.claimed:
                 self.pipeline.abort(f"speech discarded ({event.reason})")
+        elif isinstance(event, TurnFinished):
+            if event.turn_id == self.continue_after:
+                self.continue_after = None
+                if event.outcome == "done" and self.robot is not None:
+                    log.info("Assist continues the conversation: listening")
+                    self.robot.listen()
         elif isinstance(event, TurnStarted):
             pipeline = self.pipeline
             if pipeline is not None and not pipeline.claimed and event.brain != NAME and not pipeline.finished:
