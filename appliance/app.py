@@ -188,7 +188,8 @@ def build_brain(
             brains.append(RemoteBrain(remote_cfg, bus=bus))
         elif kind == "home_assistant":
             if not config.home_assistant.esphome:
-                raise ConfigError("configuration", ["conversation: the home_assistant brain needs home_assistant.esphome = true"])
+                problem = "conversation: the home_assistant brain needs home_assistant.esphome = true"
+                raise ConfigError("configuration", [problem])
             from appliance.brains.home_assistant import HomeAssistantBrain
             from appliance.integrations.esphome.satellite import satellite_for
 

@@ -62,7 +62,9 @@ async def still_serving(server: object) -> None:
         (b"\x01\x00\x00", "wants encryption"),
     ],
 )
-async def test_bad_frames_end_only_that_connection(payload: bytes, reason: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_bad_frames_end_only_that_connection(
+    payload: bytes, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async with esphome_appliance() as (app, _log, server, _sink):
         stream = await trio.open_tcp_stream("127.0.0.1", server.port)
         await stream.send_all(payload)

@@ -74,7 +74,8 @@ class FakePipeline:
         send(T.VOICE_ASSISTANT_INTENT_START, None)
         if self.streaming:
             send(T.VOICE_ASSISTANT_INTENT_PROGRESS, {"tts_start_streaming": "1"})
-        send(T.VOICE_ASSISTANT_INTENT_END, {"conversation_id": "conv-1", "continue_conversation": "1" if self.ask else "0"})
+        ask = "1" if self.ask else "0"
+        send(T.VOICE_ASSISTANT_INTENT_END, {"conversation_id": "conv-1", "continue_conversation": ask})
         send(T.VOICE_ASSISTANT_TTS_START, {"text": self.reply})
         send(T.VOICE_ASSISTANT_TTS_END, {"url": self.tts_url})
         send(T.VOICE_ASSISTANT_RUN_END, None)
@@ -290,3 +291,58 @@ async def test_barge_in_stops_the_assist_reply() -> None:
             finished = await log.wait_for(TurnFinished, lambda e: e.turn_id == started.turn_id)
             assert finished.outcome == "interrupted"
             assert len(sink.audio.samples) < len(tone.samples) / 2
+
+
+async def test_events_out_of_order_and_a_silent_pipeline(caplog: pytest.LogCaptureFixture) -> None:
+    """Events with no pipeline, a stop for nothing, an unknown timer, an empty announcement: ignored or refused;
+    a pipeline that goes silent after the audio is a timeout, and failover answers."""
+    from aioesphomeapi.model import VoiceAssistantEventType as T
+    from aioesphomeapi.model import VoiceAssistantTimerEventType as TT
+
+    async with esphome_appliance(reply_timeout=0.5) as (app, log, server, _sink), home_assistant(server.port) as ha:
+        fake = FakePipeline(ha, "")
+        fake.stop = _silent_stop  # type: ignore[method-assign]
+        await connected(server, ha, fake)
+        client = ha.client
+        await ha.call_soon(lambda: client.send_voice_assistant_event(T.VOICE_ASSISTANT_TTS_END, {"url": "http://x/"}))
+        await ha.call_soon(lambda: client.send_voice_assistant_event(T.VOICE_ASSISTANT_RUN_END, None))
+        await ha.call_soon(lambda: client.send_voice_assistant_timer_event(
+            TT.VOICE_ASSISTANT_TIMER_CANCELLED, "nope", None, 0, 0, False))
+        result = await ha.run(lambda: client.send_voice_assistant_announcement_await_response("", 5))
+        assert result.success is False
+        await app.conversation.start_turn(Utterance(audio=speech(0.3)))
+        finished = await log.wait_for(TurnFinished)
+        assert finished.outcome == "done" and app.brain.active == "offline"
+        assert "no pipeline event for 0.5 s" in caplog.text
+        assert app.supervisor.records["esphome"].status == "running"
+
+
+async def _silent_stop(abort: bool) -> None:
+    return None  # a Home Assistant that takes the audio and never answers
+
+
+async def test_a_second_home_assistant_takes_over_the_voice() -> None:
+    async with esphome_appliance() as (_app, _log, server, _sink):
+        async with home_assistant(server.port) as first, home_assistant(server.port) as second:
+            await connected(server, first, FakePipeline(first, ""))
+            first_conn = server.satellite.peer
+            await connected(server, second, FakePipeline(second, ""))
+            with trio.fail_after(10):
+                while server.satellite.peer is first_conn:
+                    await trio.sleep(0.02)
+            assert len(server.connections) == 2  # both still served; voice goes to the newest subscriber
+        with trio.fail_after(10):
+            while server.satellite.available:
+                await trio.sleep(0.02)
+
+
+async def test_the_media_player_plays_a_url() -> None:
+    body, tone = tone_wav(0.4)
+    with WavServer(body) as web:
+        async with esphome_appliance() as (_app, log, server, sink), home_assistant(server.port) as ha:
+            entities, _ = await ha.run(lambda: ha.client.list_entities_services())
+            key = next(e.key for e in entities if e.object_id == "media_player")
+            await ha.call_soon(lambda: ha.client.media_player_command(key, media_url=f"{web.url}/song.wav"))
+            await log.wait_for(TurnFinished, lambda e: e.outcome == "done")
+            assert web.requests == ["/song.wav"]
+            assert len(sink.audio.samples) >= len(tone.samples) * 0.95

@@ -12,7 +12,7 @@ from appliance.settings_base import Section
 class HomeAssistantConfig(Section):
     esphome: bool = Field(default=False, description="serve the ESPHome native API (Home Assistant adopts the robot)")
     host: str = Field(default="0.0.0.0", description="address to listen on")
-    port: int = Field(default=6053, ge=0, le=65535, description="6053 is what Home Assistant expects; 0 = any free port")
+    port: int = Field(default=6053, ge=0, le=65535, description="Home Assistant expects 6053; 0 = any free port")
     name: str = Field(
         default="appliance", min_length=1, max_length=31, pattern=r"^[a-z0-9-]+$",
         description="device name (lowercase letters, digits, '-'), also the mDNS host name",
@@ -24,7 +24,7 @@ class HomeAssistantConfig(Section):
     mdns: bool = Field(default=True, description="announce _esphomelib._tcp on the LAN")
     mdns_interfaces: list[str] = Field(default_factory=list, description="addresses to announce on; empty = all")
     max_connections: int = Field(default=4, ge=1, le=32, description="clients served at once")
-    idle_timeout: float = Field(default=90.0, gt=0, description="a client silent this long is dropped (HA pings every 20 s)")
+    idle_timeout: float = Field(default=90.0, gt=0, description="drop a client silent this long (s)")
     write_timeout: float = Field(default=5.0, gt=0, description="a client that takes longer to read is dropped (s)")
     reply_timeout: float = Field(default=20.0, gt=0, description="Assist must send the next pipeline event within (s)")
     tts_timeout: float = Field(default=15.0, gt=0, description="fetching a TTS or announcement URL (s)")

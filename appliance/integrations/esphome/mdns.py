@@ -7,7 +7,6 @@ unregistering happen in a worker thread, and the Trio task just holds the regist
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 import trio

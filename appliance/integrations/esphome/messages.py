@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioesphomeapi import api_pb2 as pb  # noqa: F401 - re-exported for the other modules
+from aioesphomeapi import api_pb2 as pb
 from aioesphomeapi.core import MESSAGE_TYPE_TO_PROTO
 from google.protobuf.message import Message
+
+__all__ = ["API_VERSION", "CLASS_TO_TYPE", "TYPE_TO_CLASS", "event_data", "pb", "type_of"]
 
 TYPE_TO_CLASS: dict[int, Any] = dict(MESSAGE_TYPE_TO_PROTO)
 CLASS_TO_TYPE: dict[Any, int] = {cls: msg_type for msg_type, cls in TYPE_TO_CLASS.items()}

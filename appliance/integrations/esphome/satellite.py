@@ -211,8 +211,10 @@ class Satellite:
     def claim(self) -> Pipeline | None:
         """The pipeline already streaming this utterance, if there is one."""
         pipeline = self.pipeline
-        if pipeline is None or pipeline.claimed or (pipeline.finished and pipeline.events.statistics().current_buffer_used == 0):
+        if pipeline is None or pipeline.claimed:
             return None
+        if pipeline.finished and pipeline.events.statistics().current_buffer_used == 0:
+            return None  # over, with nothing left to read
         pipeline.claimed = True
         return pipeline
 
