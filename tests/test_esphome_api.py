@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from appliance.events import FaceRequested, MuteRequested
 from tests.esphome_helpers import KEY, OTHER_KEY, HomeAssistant, esphome_appliance, home_assistant
@@ -125,3 +126,23 @@ async def test_wrong_key_and_wrong_mode_are_refused_and_the_robot_goes_on(caplog
         with pytest.raises(APIConnectionError):
             await encrypted.connect()
         await encrypted.close()
+
+
+async def test_a_volume_change_elsewhere_reaches_home_assistant(autojump_clock: trio.testing.MockClock) -> None:
+    """The control API sets the sink's gain without an event; the server notices within a few seconds."""
+    async with esphome_appliance() as (app, _log, server, sink):
+
+        class Conn:
+            states = True
+            sent: list[object] = []
+
+            def send(self, *messages: object) -> None:
+                self.sent.extend(messages)
+
+        conn = Conn()
+        server.connections.add(conn)
+        sink.volume = 0.3
+        await trio.sleep(6)
+        server.connections.discard(conn)
+        volumes = [m.state for m in conn.sent if type(m).__name__ == "NumberStateResponse"]
+        assert volumes == [30]

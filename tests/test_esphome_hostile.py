@@ -155,3 +155,51 @@ async def test_plain_framing_round_trip_and_limits() -> None:
     with pytest.raises(FrameError):
         await transport.receive(reader)
     assert [varint(v) for v in (0, 127, 128, 300)] == [b"\x00", b"\x7f", b"\x80\x01", b"\xac\x02"]
+
+
+async def _noise_client(port: int) -> tuple[trio.SocketStream, object, Reader]:
+    """A hand-made Noise client (the noiseprotocol package as initiator) that completes the handshake."""
+    import binascii
+
+    from noise.connection import NoiseConnection
+
+    noise = NoiseConnection.from_name(b"Noise_NNpsk0_25519_ChaChaPoly_SHA256")
+    noise.set_as_initiator()
+    noise.set_psks(binascii.a2b_base64(KEY))
+    noise.set_prologue(b"NoiseAPIInit\x00\x00")
+    noise.start_handshake()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    first = b"\x00" + noise.write_message()
+    await stream.send_all(b"\x01\x00\x00" + b"\x01" + len(first).to_bytes(2, "big") + first)
+    reader = Reader(stream)
+    for _ in range(2):
+        header = await reader.exactly(3)
+        body = await reader.exactly(int.from_bytes(header[1:], "big"))
+    noise.read_message(body[1:])
+    assert noise.handshake_finished
+    return stream, noise, reader
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda noise: b"\xde\xad" * 20, "failed to decrypt"),
+        (lambda noise: noise.encrypt(b"\x00\x01\x00\x09hi"), "does not match"),
+        (lambda noise: noise.encrypt(b"\x00"), "too short"),
+    ],
+)
+async def test_forged_noise_frames_end_the_connection(
+    make, reason: str, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    async with esphome_appliance(encryption_key=KEY) as (_app, _log, server, _sink):
+        stream, noise, _reader = await _noise_client(server.port)
+        data = make(noise)
+        await stream.send_all(b"\x01" + len(data).to_bytes(2, "big") + data)
+        await ended(stream)
+        await logged(caplog, reason)
+        await still_serving_encrypted(server)
+
+
+async def still_serving_encrypted(server: object) -> None:
+    async with home_assistant(server.port, KEY) as ha:  # type: ignore[attr-defined]
+        assert (await ha.run(lambda: ha.client.device_info())).name == "robot"

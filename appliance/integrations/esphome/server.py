@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _OUTBOX = 512  # messages (~10 s of microphone audio) a client may fall behind before it is dropped
 _HANDSHAKE_TIMEOUT = 10.0
+_VOLUME_POLL = 5.0
 _ENTITY_COMMANDS = (
     pb.SwitchCommandRequest, pb.NumberCommandRequest, pb.SelectCommandRequest, pb.LightCommandRequest,
     pb.MediaPlayerCommandRequest,
@@ -296,5 +297,9 @@ class EsphomeServer:
         self._last_states = {s.key: s.SerializeToString() for s in self.entities.states()}
         types = (MuteRequested, FaceChanged, LedChanged, StateChanged, TurnFinished)
         with self.app.bus.subscribe(*types, name="esphome-states", size=256) as sub:
-            async for _event in sub:
+            while True:
+                # The volume has no event of its own (the control API sets the sink's gain): look every few
+                # seconds too, which costs nothing worth measuring.
+                with trio.move_on_after(_VOLUME_POLL):
+                    await sub.receive.receive()
                 self.push_states()
