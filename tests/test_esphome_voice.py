@@ -346,3 +346,22 @@ async def test_the_media_player_plays_a_url() -> None:
             await log.wait_for(TurnFinished, lambda e: e.outcome == "done")
             assert web.requests == ["/song.wav"]
             assert len(sink.audio.samples) >= len(tone.samples) * 0.95
+
+
+async def test_muting_stops_a_streaming_pipeline() -> None:
+    from appliance.events import MuteRequested
+
+    async with esphome_appliance() as (app, _log, server, _sink), home_assistant(server.port) as ha:
+        fake = FakePipeline(ha, "")
+        await connected(server, ha, fake)
+        app.bus.publish(WakeWordDetected("okay nabu", 0.97))
+        with trio.fail_after(10):
+            while not fake.audio:
+                await trio.sleep(0.02)
+        app.bus.publish(MuteRequested(True, source="button"))
+        with trio.fail_after(10):
+            while fake.stops != [True]:  # Home Assistant is told to abort the run
+                await trio.sleep(0.02)
+        streamed = len(fake.audio)
+        await trio.sleep(0.2)
+        assert len(fake.audio) == streamed  # and no more of the microphone reaches it

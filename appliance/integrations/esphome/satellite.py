@@ -25,7 +25,14 @@ from appliance.audio.base import BlockQueue
 from appliance.brains.base import BrainOutput, ReplyChunk, Tag
 from appliance.bus import EventBus
 from appliance.errors import ProviderError
-from appliance.events import FaceRequested, ListenRequested, SpeechDiscarded, TurnFinished, TurnStarted
+from appliance.events import (
+    FaceRequested,
+    ListenRequested,
+    MuteRequested,
+    SpeechDiscarded,
+    TurnFinished,
+    TurnStarted,
+)
 from appliance.integrations.esphome.config import HomeAssistantConfig
 from appliance.integrations.esphome.media import chime, stream_url
 from appliance.integrations.esphome.messages import event_data, pb
@@ -331,7 +338,7 @@ class Satellite:
     # --- following the robot ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        types = (WakeWordDetected, ListenRequested, SpeechDiscarded, TurnStarted, TurnFinished)
+        types = (WakeWordDetected, ListenRequested, SpeechDiscarded, TurnStarted, TurnFinished, MuteRequested)
         with self.bus.subscribe(*types, name="esphome", size=256) as sub:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -349,6 +356,11 @@ class Satellite:
             if self.available and self.brain_present and self.prefer():
                 phrase = event.wake_word if isinstance(event, WakeWordDetected) else ""
                 self.start_pipeline(phrase, since=event.at)
+        elif isinstance(event, MuteRequested):
+            if event.muted:
+                self._ring.clear()
+                if self.pipeline is not None and not self.pipeline.claimed:
+                    self.pipeline.abort("microphone muted")
         elif isinstance(event, SpeechDiscarded):
             if self.pipeline is not None and not self.pipeline.claimed:
                 self.pipeline.abort(f"speech discarded ({event.reason})")
