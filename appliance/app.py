@@ -186,6 +186,14 @@ def build_brain(
                 if key:
                     remote_cfg = remote_cfg.model_copy(update={"api_key": SecretStr(key)})
             brains.append(RemoteBrain(remote_cfg, bus=bus))
+        elif kind == "home_assistant":
+            if not config.home_assistant.esphome:
+                problem = "conversation: the home_assistant brain needs home_assistant.esphome = true"
+                raise ConfigError("configuration", [problem])
+            from appliance.brains.home_assistant import HomeAssistantBrain
+            from appliance.integrations.esphome.satellite import satellite_for
+
+            brains.append(HomeAssistantBrain(satellite_for(bus, config.home_assistant)))
         else:
             brains.append(OfflineBrain(config.conversation.offline_message, voice))
     if len(brains) == 1:
@@ -314,6 +322,10 @@ def build_appliance(
     source = source or make_source(config)
     sink = sink or make_sink(config)
     queue = BlockQueue()
+    if config.home_assistant.esphome:  # the satellite streams microphone blocks to Home Assistant from here
+        from appliance.integrations.esphome.satellite import TappedBlockQueue
+
+        queue = TappedBlockQueue()
     utterance_send, utterance_receive = trio.open_memory_channel[Utterance](4)
     conv_cfg = config.conversation
     history = ConversationHistory(conv_cfg.history_limit, conv_cfg.idle_timeout)
@@ -343,6 +355,10 @@ def build_appliance(
         supervisor.add(jobs, required=False)
     appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
     appliance.tools = tools
+    if config.home_assistant.esphome:
+        from appliance.integrations.esphome.service import add_esphome
+
+        add_esphome(appliance, queue)
     if control:  # last: it wraps the services registered above so a config change can restart one of them
         from appliance.control.service import add_control
 

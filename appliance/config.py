@@ -22,6 +22,7 @@ from appliance.brains.config import FailoverConfig, RemoteConfig, ServerConfig
 from appliance.control.config import ControlConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
 from appliance.hardware.config import HardwareConfig
+from appliance.integrations.esphome.config import HomeAssistantConfig
 from appliance.listening.config import ListeningConfig
 from appliance.settings_base import Section
 
@@ -33,7 +34,7 @@ CONFIG_PATH_ENV = "APPLIANCE_CONFIG"
 # Variables with our prefix that are not config keys.
 _NOT_OVERRIDES = {CONFIG_PATH_ENV}
 
-SECRET_MARKERS = ("api_key", "token", "password", "secret")
+SECRET_MARKERS = ("api_key", "token", "password", "secret", "encryption_key")
 
 
 class SupervisorConfig(Section):
@@ -67,6 +68,7 @@ class AppConfig(Section):
     supervisor: SupervisorConfig = SupervisorConfig()
     log: LogConfig = LogConfig()
     control: ControlConfig = ControlConfig()
+    home_assistant: HomeAssistantConfig = HomeAssistantConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -220,10 +220,10 @@ class TTSConfig(TTSVoiceConfig):
 
 
 class ConversationConfig(Section):
-    brain: Literal["auto", "cloud", "remote", "offline"] = Field(
+    brain: Literal["auto", "cloud", "remote", "offline", "home_assistant"] = Field(
         default="auto", description="auto = cloud when an API key is configured, offline otherwise"
     )
-    brains: tuple[Literal["cloud", "remote", "offline"], ...] = Field(
+    brains: tuple[Literal["cloud", "remote", "offline", "home_assistant"], ...] = Field(
         default=(),
         description='ordered fallback list, e.g. ["cloud", "remote", "offline"]; when set it replaces brain',
     )
