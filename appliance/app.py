@@ -89,12 +89,18 @@ def choose_brain_kind(config: AppConfig) -> str:
 
 
 def cloud_brain_factory(
-    config: AppConfig, voice: LocalVoice, tools: Any = None, jobs: Any = None
+    config: AppConfig, voice: LocalVoice, tools: Any = None, jobs: Any = None, speech: tuple[Any, Any] | None = None
 ) -> Callable[[], Brain]:
-    """Check the cloud parts now (config errors name their TOML path), build them later in a worker thread."""
+    """Check the cloud parts now (config errors name their TOML path), build them later in a worker thread.
+
+    ``speech``: a (recognizer, synthesizer) pair used instead of the configured STT and TTS, whose settings are
+    then not checked (dialog evaluation works on words only).
+    """
     from appliance.conversation import factory
 
     problems = factory.check_parts(config.stt, config.llm, config.tts)
+    if speech is not None:
+        problems = [problem for problem in problems if not problem.startswith(("stt.", "tts."))]
     if problems:
         raise ConfigError("configuration", problems)
 
@@ -104,7 +110,11 @@ def cloud_brain_factory(
 
         llm_cfg, tts_cfg, conv = config.llm, config.tts, config.conversation
         llm = factory.build_llm(llm_cfg)
-        tts, voices = factory.build_tts(tts_cfg, voice, llm)
+        if speech is None:
+            stt = factory.build_stt(config.stt)
+            tts, voices = factory.build_tts(tts_cfg, voice, llm)
+        else:
+            (stt, tts), voices = speech, {}
         registry = factory.build_tools(llm_cfg, tools)
         camera = factory.build_camera(llm_cfg)
         if camera is not None and llm_cfg.camera_tool:
@@ -112,7 +122,7 @@ def cloud_brain_factory(
 
             registry.add(camera_tool(camera))
         return CloudBrain(
-            factory.build_stt(config.stt), llm, tts, conv.system_prompt, conv.system_prompt_params,
+            stt, llm, tts, conv.system_prompt, conv.system_prompt_params,
             config.stt.language, tts_cfg.prefetch, llm_cfg.timeout,
             tools=registry,
             max_tool_rounds=llm_cfg.max_tool_rounds,
