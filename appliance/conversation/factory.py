@@ -172,6 +172,15 @@ def build_tools(cfg: LLMConfig, registry: Any = None) -> Any:
                 raise ValueError(f"{where}.function {t.function!r}: {exc}") from None
             declared.source = "config"
             registry.add(declared)
+        elif t.builtin:
+            from appliance.conversation.web_reader import AddressPolicy, WebReader, web_reader_tool
+
+            policy = AddressPolicy.from_config(t.allow_private, t.allow_networks)
+            reader = WebReader(policy, t.max_bytes, t.max_chars, timeout=t.timeout)
+            declared = web_reader_tool(
+                reader, name=t.name or t.builtin, description=t.description, progress=t.progress, timeout=t.timeout
+            )
+            registry.add(declared)
         else:
             assert t.url is not None and t.name is not None
             declared = http_tool(  # its parameters schema was checked by ToolConfig
