@@ -135,6 +135,11 @@ class LLMConfig(Section):
     timeout: float = Field(default=30.0, gt=0, description="seconds to the first token")
     user: str = Field(default="appliance", description="dify: the end-user id")
     inputs: dict[str, str] = Field(default_factory=dict, description="dify: app input variables")
+    web_search: bool = Field(
+        default=False,
+        description="the provider's own web search: Gemini grounding with Google Search, Anthropic's web search "
+        "tool, OpenAI's search models (e.g. gpt-4o-mini-search-preview) through web_search_options",
+    )
     tools: list[ToolConfig] = Field(default_factory=list)
     mcp_servers: list[MCPServerConfig] = Field(default_factory=list)
     max_tool_rounds: int = Field(default=4, ge=0, le=20, description="model → tools → model rounds per turn")
@@ -167,6 +172,8 @@ class LLMConfig(Section):
     def _checks(self) -> LLMConfig:
         if self.provider == "dify" and not self.base_url:
             raise ValueError("llm.base_url is required for dify (e.g. https://api.dify.ai/v1)")
+        if self.provider == "dify" and self.web_search:
+            raise ValueError("llm.web_search: a Dify app searches with the tools set up in Dify itself")
         if self.camera == "file" and self.camera_image is None:
             raise ValueError("llm.camera_image is required when llm.camera = 'file'")
         if self.camera_tool and self.camera == "off":

@@ -136,11 +136,11 @@ def build_llm(cfg: LLMConfig) -> Any:
     if cfg.provider == "anthropic":
         from appliance.conversation.llm.anthropic import AnthropicChat
 
-        return AnthropicChat(*args)
+        return AnthropicChat(*args, web_search=cfg.web_search)
     if cfg.provider == "gemini":
         from appliance.conversation.llm.gemini import GeminiChat
 
-        return GeminiChat(*args)
+        return GeminiChat(*args, web_search=cfg.web_search)
     if cfg.provider == "dify":
         from appliance.conversation.llm.dify import DifyChat
 
@@ -148,7 +148,7 @@ def build_llm(cfg: LLMConfig) -> Any:
         return DifyChat(key, cfg.base_url, cfg.timeout, cfg.user, cfg.inputs)
     from appliance.conversation.llm.openai import OpenAIChat
 
-    return OpenAIChat(*args)
+    return OpenAIChat(*args, web_search=cfg.web_search)
 
 
 def build_tools(cfg: LLMConfig, registry: Any = None) -> Any:
