@@ -139,6 +139,16 @@ def cloud_brain_factory(
     return build
 
 
+def build_response_hooks(bus: EventBus, config: AppConfig) -> Any:
+    from appliance.conversation.hooks import HookError
+    from appliance.conversation.response_hooks import ResponseHooks
+
+    try:
+        return ResponseHooks.from_config(bus, config.response_hooks)
+    except HookError as exc:
+        raise ConfigError("configuration", [str(exc)]) from None
+
+
 class BrainService:
     """Runs a brain's background work (remote sessions, health probes) under the supervisor."""
 
@@ -277,6 +287,7 @@ class Appliance:
     faces: FaceService
     control: Any = None  # the control API service, when enabled
     tools: Any = None  # the cloud brain's ToolRegistry: add tools at runtime with ``app.tools.add(...)``
+    response_hooks: Any = None  # ``app.response_hooks.add("start", show_thinking)``
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -334,6 +345,7 @@ def build_appliance(
         bus, brain, sink, utterance_receive, history, voice, conv_cfg.error_message
     )
     body = build_body(bus, config.hardware, pin_factory, brain_name=brain.name)
+    response_hooks = build_response_hooks(bus, config)
 
     supervisor.add(state)
     supervisor.add(CaptureService(source, queue, bus))
@@ -351,8 +363,10 @@ def build_appliance(
         supervisor.add(mcp, required=False)
     if jobs is not None:
         supervisor.add(jobs, required=False)
+    supervisor.add(response_hooks, required=False)
     appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
     appliance.tools = tools
+    appliance.response_hooks = response_hooks
     if control:  # last: it wraps the services registered above so a config change can restart one of them
         from appliance.control.service import add_control
 

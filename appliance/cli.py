@@ -181,18 +181,20 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
 
 
 def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
-    from appliance.app import brain_plan, cloud_brain_factory
+    from appliance.app import brain_plan, build_response_hooks, cloud_brain_factory
+    from appliance.bus import EventBus
     from appliance.config import ConfigError
     from appliance.conversation.local_voice import LocalVoice
 
     plan = brain_plan(config)
     brain = ",".join(plan)
-    if "cloud" in plan:
-        try:
+    try:
+        if "cloud" in plan:
             cloud_brain_factory(config, LocalVoice())
-        except ConfigError as exc:
-            print(exc.report(), file=sys.stderr)
-            return EXIT_CONFIG
+        build_response_hooks(EventBus(), config)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_CONFIG
     from appliance.control.auth import ControlSetupError, check_bind, resolve_token
 
     try:

@@ -21,6 +21,7 @@ from appliance.audio.config import AudioConfig
 from appliance.brains.config import FailoverConfig, RemoteConfig, ServerConfig
 from appliance.control.config import ControlConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
+from appliance.conversation.response_hooks import ResponseHooksConfig
 from appliance.hardware.config import HardwareConfig
 from appliance.listening.config import ListeningConfig
 from appliance.settings_base import Section
@@ -58,6 +59,7 @@ class AppConfig(Section):
     stt: STTConfig = STTConfig()
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
+    response_hooks: ResponseHooksConfig = ResponseHooksConfig()
     hardware: HardwareConfig = Field(
         default=HardwareConfig(), validation_alias=AliasChoices("hardware", "gpio"), description="[gpio] is the old name"
     )
