@@ -181,7 +181,7 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
 
 
 def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
-    from appliance.app import brain_plan, build_response_hooks, cloud_brain_factory
+    from appliance.app import brain_plan, build_response_hooks, build_tracing, cloud_brain_factory
     from appliance.bus import EventBus
     from appliance.config import ConfigError
     from appliance.conversation.local_voice import LocalVoice
@@ -192,6 +192,9 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
         if "cloud" in plan:
             cloud_brain_factory(config, LocalVoice())
         build_response_hooks(EventBus(), config)
+        tracing = build_tracing(config)
+        if tracing is not None:
+            tracing.shutdown()
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_CONFIG

@@ -22,6 +22,7 @@ from appliance.brains.config import FailoverConfig, RemoteConfig, ServerConfig
 from appliance.control.config import ControlConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
 from appliance.conversation.response_hooks import ResponseHooksConfig
+from appliance.conversation.tracing import TracingConfig
 from appliance.hardware.config import HardwareConfig
 from appliance.listening.config import ListeningConfig
 from appliance.settings_base import Section
@@ -60,6 +61,7 @@ class AppConfig(Section):
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
     response_hooks: ResponseHooksConfig = ResponseHooksConfig()
+    tracing: TracingConfig = TracingConfig()
     hardware: HardwareConfig = Field(
         default=HardwareConfig(), validation_alias=AliasChoices("hardware", "gpio"), description="[gpio] is the old name"
     )
