@@ -90,7 +90,7 @@ def choose_brain_kind(config: AppConfig) -> str:
 
 def cloud_brain_factory(
     config: AppConfig, voice: LocalVoice, tools: Any = None, jobs: Any = None, speech: tuple[Any, Any] | None = None,
-    tracing: Any = None,
+    tracing: Any = None, bus: EventBus | None = None,
 ) -> Callable[[], Brain]:
     """Check the cloud parts now (config errors name their TOML path), build them later in a worker thread.
 
@@ -119,7 +119,7 @@ def cloud_brain_factory(
         if tracing is not None:  # every provider call a span of the turn's trace
             stt, llm, tts = tracing.wrap_stt(stt), tracing.wrap_llm(llm), tracing.wrap_tts(tts)
             voices = {language: tracing.wrap_tts(v) for language, v in voices.items()}
-        registry = factory.build_tools(llm_cfg, tools)
+        registry = factory.build_tools(llm_cfg, tools, picture_shower(bus) if bus is not None else None)
         camera = factory.build_camera(llm_cfg)
         if camera is not None and llm_cfg.camera_tool:
             from appliance.conversation.vision import camera_tool
@@ -146,6 +146,19 @@ def cloud_brain_factory(
         return brain
 
     return build
+
+
+def picture_shower(bus: EventBus) -> Callable[[bytes, float, str], None]:
+    """Puts a picture on the display, or says there is none to put it on (no display, or it is down)."""
+    from appliance.conversation.tools import ToolError
+    from appliance.events import PictureRequested
+
+    def show(picture: bytes, seconds: float, caption: str) -> None:
+        if not bus.handled(PictureRequested):
+            raise ToolError("this robot has no display showing pictures right now")
+        bus.publish(PictureRequested(picture, seconds, caption))
+
+    return show
 
 
 def build_tracing(config: AppConfig) -> Any:
@@ -212,7 +225,7 @@ def build_brain(
     probes: dict[str, Any] = {}
     for kind in plan:
         if kind == "cloud":
-            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice, tools, jobs, tracing=tracing))
+            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice, tools, jobs, tracing=tracing, bus=bus))
             brains.append(prewarm)
             from appliance.brains.probes import models_probe
 
