@@ -89,12 +89,19 @@ def choose_brain_kind(config: AppConfig) -> str:
 
 
 def cloud_brain_factory(
-    config: AppConfig, voice: LocalVoice, tools: Any = None, jobs: Any = None
+    config: AppConfig, voice: LocalVoice, tools: Any = None, jobs: Any = None, speech: tuple[Any, Any] | None = None,
+    tracing: Any = None, bus: EventBus | None = None,
 ) -> Callable[[], Brain]:
-    """Check the cloud parts now (config errors name their TOML path), build them later in a worker thread."""
+    """Check the cloud parts now (config errors name their TOML path), build them later in a worker thread.
+
+    ``speech``: a (recognizer, synthesizer) pair used instead of the configured STT and TTS, whose settings are
+    then not checked (dialog evaluation works on words only).
+    """
     from appliance.conversation import factory
 
     problems = factory.check_parts(config.stt, config.llm, config.tts)
+    if speech is not None:
+        problems = [problem for problem in problems if not problem.startswith(("stt.", "tts."))]
     if problems:
         raise ConfigError("configuration", problems)
 
@@ -104,15 +111,22 @@ def cloud_brain_factory(
 
         llm_cfg, tts_cfg, conv = config.llm, config.tts, config.conversation
         llm = factory.build_llm(llm_cfg)
-        tts, voices = factory.build_tts(tts_cfg, voice, llm)
-        registry = factory.build_tools(llm_cfg, tools)
+        if speech is None:
+            stt = factory.build_stt(config.stt)
+            tts, voices = factory.build_tts(tts_cfg, voice, llm)
+        else:
+            (stt, tts), voices = speech, {}
+        if tracing is not None:  # every provider call a span of the turn's trace
+            stt, llm, tts = tracing.wrap_stt(stt), tracing.wrap_llm(llm), tracing.wrap_tts(tts)
+            voices = {language: tracing.wrap_tts(v) for language, v in voices.items()}
+        registry = factory.build_tools(llm_cfg, tools, picture_shower(bus) if bus is not None else None)
         camera = factory.build_camera(llm_cfg)
         if camera is not None and llm_cfg.camera_tool:
             from appliance.conversation.vision import camera_tool
 
             registry.add(camera_tool(camera))
-        return CloudBrain(
-            factory.build_stt(config.stt), llm, tts, conv.system_prompt, conv.system_prompt_params,
+        brain = CloudBrain(
+            stt, llm, tts, conv.system_prompt, conv.system_prompt_params,
             config.stt.language, tts_cfg.prefetch, llm_cfg.timeout,
             tools=registry,
             max_tool_rounds=llm_cfg.max_tool_rounds,
@@ -125,8 +139,53 @@ def cloud_brain_factory(
             on_finish=load_hook(llm_cfg.on_finish, "llm.on_finish") if llm_cfg.on_finish else None,
             jobs=jobs,
         )
+        if tracing is not None:
+            from appliance.conversation.tracing import TracedBrain
+
+            return TracedBrain(brain, tracing)
+        return brain
 
     return build
+
+
+def picture_shower(bus: EventBus) -> Callable[[bytes, float, str], None]:
+    """Puts a picture on the display, or says there is none to put it on (no display, or it is down)."""
+    from appliance.conversation.tools import ToolError
+    from appliance.events import PictureRequested
+
+    def show(picture: bytes, seconds: float, caption: str) -> None:
+        if not bus.handled(PictureRequested):
+            raise ToolError("this robot has no display showing pictures right now")
+        bus.publish(PictureRequested(picture, seconds, caption))
+
+    return show
+
+
+def build_tracing(config: AppConfig) -> Any:
+    """The OpenTelemetry exporter when ``[tracing]`` is on; None (and nothing imported) when it is off."""
+    if not config.tracing.enabled:
+        return None
+    try:
+        from appliance.conversation import factory
+        from appliance.conversation.tracing import Tracing
+
+        keys = [factory.key_for(c.provider, c.api_key) for c in (config.stt, config.llm, config.tts)]
+        remote = config.remote.api_key.get_secret_value() if config.remote.api_key else None
+        return Tracing(config.tracing, [k for k in (*keys, remote) if k])
+    except ImportError:
+        raise ConfigError(
+            "configuration", ["tracing.enabled: needs the OpenTelemetry SDK (pip install 'appliance[tracing]')"]
+        ) from None
+
+
+def build_response_hooks(bus: EventBus, config: AppConfig) -> Any:
+    from appliance.conversation.hooks import HookError
+    from appliance.conversation.response_hooks import ResponseHooks
+
+    try:
+        return ResponseHooks.from_config(bus, config.response_hooks)
+    except HookError as exc:
+        raise ConfigError("configuration", [str(exc)]) from None
 
 
 class BrainService:
@@ -152,7 +211,7 @@ def brain_plan(config: AppConfig) -> list[str]:
 
 
 def build_brain(
-    config: AppConfig, voice: LocalVoice, bus: EventBus, tools: Any = None, jobs: Any = None
+    config: AppConfig, voice: LocalVoice, bus: EventBus, tools: Any = None, jobs: Any = None, tracing: Any = None
 ) -> tuple[Brain, DeferredBrain | None, Any]:
     """(the brain, the deferred cloud brain to prewarm if any, a brain with background work to supervise if any).
 
@@ -166,7 +225,7 @@ def build_brain(
     probes: dict[str, Any] = {}
     for kind in plan:
         if kind == "cloud":
-            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice, tools, jobs))
+            prewarm = DeferredBrain("cloud", cloud_brain_factory(config, voice, tools, jobs, tracing=tracing, bus=bus))
             brains.append(prewarm)
             from appliance.brains.probes import models_probe
 
@@ -275,6 +334,9 @@ class Appliance:
     faces: FaceService
     control: Any = None  # the control API service, when enabled
     tools: Any = None  # the cloud brain's ToolRegistry: add tools at runtime with ``app.tools.add(...)``
+    response_hooks: Any = None  # ``app.response_hooks.add("start", show_thinking)``
+    tracing: Any = None  # the OpenTelemetry exporter, when [tracing] is on
+
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -282,6 +344,8 @@ class Appliance:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self.config.supervisor.stop_timeout):
                 await self.brain.aclose()
+                if self.tracing is not None:  # the last turns' spans, as far as the stop allows
+                    await trio.to_thread.run_sync(self.tracing.shutdown, abandon_on_cancel=True)
 
 
 def build_appliance(
@@ -305,6 +369,7 @@ def build_appliance(
     tools: Any = None
     mcp: Any = None
     jobs: Any = None
+    tracing: Any = None
     if brain is None:
         if "cloud" in brain_plan(config):
             from appliance.conversation.factory import build_mcp
@@ -316,7 +381,8 @@ def build_appliance(
                 from appliance.conversation.background import BackgroundJobs
 
                 jobs = BackgroundJobs()
-        brain, prewarm, background = build_brain(config, voice, bus, tools, jobs)
+        tracing = build_tracing(config)
+        brain, prewarm, background = build_brain(config, voice, bus, tools, jobs, tracing)
         brain = wrap_for_text_wake(config, brain)
     log.info("brain: %s", " → ".join(brain_plan(config)) if background is not None else brain.name)
     source = source or make_source(config)
@@ -336,6 +402,7 @@ def build_appliance(
         bus, brain, sink, utterance_receive, history, voice, conv_cfg.error_message
     )
     body = build_body(bus, config.hardware, pin_factory, brain_name=brain.name)
+    response_hooks = build_response_hooks(bus, config)
 
     supervisor.add(state)
     supervisor.add(CaptureService(source, queue, bus))
@@ -353,8 +420,11 @@ def build_appliance(
         supervisor.add(mcp, required=False)
     if jobs is not None:
         supervisor.add(jobs, required=False)
+    supervisor.add(response_hooks, required=False)
     appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
     appliance.tools = tools
+    appliance.response_hooks = response_hooks
+    appliance.tracing = tracing
     if config.home_assistant.esphome:
         from appliance.integrations.esphome.service import add_esphome
 

@@ -78,6 +78,10 @@ class EventBus:
             self._unsubscribe(sub)
             sub.close()
 
+    def handled(self, event_type: type[Event]) -> bool:
+        """Whether a subscriber asked for this type by name (catch-all listeners such as loggers do not count)."""
+        return any(event_type in sub.types for sub in self._subscriptions)
+
     def latest(self, event_type: type[E]) -> E | None:
         event = self.last.get(event_type)
         return event  # type: ignore[return-value]

@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: server.host)")
     serve.add_argument("--port", type=int, help="port (default: server.port)")
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    evaluate = sub.add_parser("eval", help="run dialog scenarios through the brain and judge the replies")
+    evaluate.add_argument("scenarios", type=Path, help="a .toml, .json or .yaml file of scenarios")
+    evaluate.add_argument("--results", type=Path, help="where results are kept (default: SCENARIOS.results.json)")
+    evaluate.add_argument("--rerun", action="store_true", help="run scenarios again that already have results")
+    evaluate.add_argument("--only", action="append", metavar="NAME", help="run only this scenario (repeatable)")
     faces = sub.add_parser("faces", help="draw every face at the display's size into a folder of PNGs")
     faces.add_argument("folder", type=Path)
     say = sub.add_parser(
@@ -71,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if command == "check-config":
         return _check_config(config, args.show)
+    if command == "eval":
+        from appliance.evaluation.command import run_eval
+        from appliance.logs import setup_logging
+
+        setup_logging("WARNING")
+        return run_eval(config, args.scenarios, sys.stdout, results=args.results, rerun=args.rerun, only=args.only)
     if command == "faces":
         return _faces(config, args.folder)
     if command == "devices":
@@ -170,18 +181,23 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
 
 
 def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
-    from appliance.app import brain_plan, cloud_brain_factory
+    from appliance.app import brain_plan, build_response_hooks, build_tracing, cloud_brain_factory
+    from appliance.bus import EventBus
     from appliance.config import ConfigError
     from appliance.conversation.local_voice import LocalVoice
 
     plan = brain_plan(config)
     brain = ",".join(plan)
-    if "cloud" in plan:
-        try:
+    try:
+        if "cloud" in plan:
             cloud_brain_factory(config, LocalVoice())
-        except ConfigError as exc:
-            print(exc.report(), file=sys.stderr)
-            return EXIT_CONFIG
+        build_response_hooks(EventBus(), config)
+        tracing = build_tracing(config)
+        if tracing is not None:
+            tracing.shutdown()
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_CONFIG
     from appliance.control.auth import ControlSetupError, check_bind, resolve_token
 
     try:

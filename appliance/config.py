@@ -21,6 +21,8 @@ from appliance.audio.config import AudioConfig
 from appliance.brains.config import FailoverConfig, RemoteConfig, ServerConfig
 from appliance.control.config import ControlConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
+from appliance.conversation.response_hooks import ResponseHooksConfig
+from appliance.conversation.tracing import TracingConfig
 from appliance.hardware.config import HardwareConfig
 from appliance.integrations.esphome.config import HomeAssistantConfig
 from appliance.listening.config import ListeningConfig
@@ -59,6 +61,8 @@ class AppConfig(Section):
     stt: STTConfig = STTConfig()
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
+    response_hooks: ResponseHooksConfig = ResponseHooksConfig()
+    tracing: TracingConfig = TracingConfig()
     hardware: HardwareConfig = Field(
         default=HardwareConfig(), validation_alias=AliasChoices("hardware", "gpio"), description="[gpio] is the old name"
     )

@@ -198,6 +198,15 @@ class TurnFinished(Event):
     timings: TurnTimings = TurnTimings()
 
 
+@dataclass(frozen=True)
+class PictureRequested(Event):
+    """Show a picture (PNG or JPEG bytes, already checked to decode) on the display for ``seconds``."""
+
+    image: bytes = field(repr=False)
+    seconds: float
+    caption: str = ""
+
+
 # --- supervision -------------------------------------------------------------------------------------------
 
 

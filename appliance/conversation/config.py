@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,12 +51,25 @@ class STTConfig(Section):
 
 
 class ToolConfig(Section):
-    """A tool declared in the config: a Python function (``function``) or an HTTP endpoint (``url``)."""
+    """A tool declared in the config: a Python function (``function``), an HTTP endpoint (``url``), or one
+    that comes with the firmware (``builtin``)."""
 
     name: str | None = Field(default=None, description="default: the function's name (required for url tools)")
     description: str = ""
     function: str | None = Field(default=None, description="'package.module:function'")
     url: str | None = Field(default=None, description="POSTed the arguments as JSON; the reply body is the result")
+    builtin: Literal["read_web_page", "generate_image"] | None = Field(
+        default=None, description="a tool that comes with the firmware"
+    )
+    allow_private: bool = Field(
+        default=False, description="read_web_page: also reach loopback, private and link-local addresses"
+    )
+    allow_networks: list[str] = Field(default_factory=list, description="read_web_page: CIDRs reachable besides public ones")
+    max_bytes: int = Field(default=2_000_000, ge=1024, le=50_000_000, description="read_web_page: body bytes read")
+    max_chars: int = Field(default=8000, ge=100, le=200_000, description="read_web_page: text given to the model")
+    model: str | None = Field(default=None, description="generate_image: the Gemini image model (gemini-2.5-flash-image)")
+    base_url: str | None = Field(default=None, description="generate_image: the Gemini API base (default: Google's)")
+    show_seconds: float = Field(default=20.0, gt=0, le=600, description="generate_image: how long the picture shows")
     parameters: dict[str, Any] | None = Field(default=None, description="url tools: JSON schema of the arguments")
     headers: dict[str, str] = Field(default_factory=dict)
     progress: str | None = Field(default=None, description="said while the tool is slow")
@@ -63,8 +77,13 @@ class ToolConfig(Section):
 
     @model_validator(mode="after")
     def _one_kind(self) -> ToolConfig:
-        if bool(self.function) == bool(self.url):
-            raise ValueError("a tool needs exactly one of 'function' or 'url'")
+        if sum(map(bool, (self.function, self.url, self.builtin))) != 1:
+            raise ValueError("a tool needs exactly one of 'function', 'url' or 'builtin'")
+        for network in self.allow_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"allow_networks: {network!r} is not a network such as 192.168.1.0/24") from None
         if self.url and not self.name:
             raise ValueError("a url tool needs a name")
         if self.parameters is not None and self.parameters.get("type") != "object":
@@ -121,6 +140,11 @@ class LLMConfig(Section):
     timeout: float = Field(default=30.0, gt=0, description="seconds to the first token")
     user: str = Field(default="appliance", description="dify: the end-user id")
     inputs: dict[str, str] = Field(default_factory=dict, description="dify: app input variables")
+    web_search: bool = Field(
+        default=False,
+        description="the provider's own web search: Gemini grounding with Google Search, Anthropic's web search "
+        "tool, OpenAI's search models (e.g. gpt-4o-mini-search-preview) through web_search_options",
+    )
     tools: list[ToolConfig] = Field(default_factory=list)
     mcp_servers: list[MCPServerConfig] = Field(default_factory=list)
     max_tool_rounds: int = Field(default=4, ge=0, le=20, description="model → tools → model rounds per turn")
@@ -153,6 +177,8 @@ class LLMConfig(Section):
     def _checks(self) -> LLMConfig:
         if self.provider == "dify" and not self.base_url:
             raise ValueError("llm.base_url is required for dify (e.g. https://api.dify.ai/v1)")
+        if self.provider == "dify" and self.web_search:
+            raise ValueError("llm.web_search: a Dify app searches with the tools set up in Dify itself")
         if self.camera == "file" and self.camera_image is None:
             raise ValueError("llm.camera_image is required when llm.camera = 'file'")
         if self.camera_tool and self.camera == "off":

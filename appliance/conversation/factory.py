@@ -136,11 +136,11 @@ def build_llm(cfg: LLMConfig) -> Any:
     if cfg.provider == "anthropic":
         from appliance.conversation.llm.anthropic import AnthropicChat
 
-        return AnthropicChat(*args)
+        return AnthropicChat(*args, web_search=cfg.web_search)
     if cfg.provider == "gemini":
         from appliance.conversation.llm.gemini import GeminiChat
 
-        return GeminiChat(*args)
+        return GeminiChat(*args, web_search=cfg.web_search)
     if cfg.provider == "dify":
         from appliance.conversation.llm.dify import DifyChat
 
@@ -148,15 +148,18 @@ def build_llm(cfg: LLMConfig) -> Any:
         return DifyChat(key, cfg.base_url, cfg.timeout, cfg.user, cfg.inputs)
     from appliance.conversation.llm.openai import OpenAIChat
 
-    return OpenAIChat(*args)
+    return OpenAIChat(*args, web_search=cfg.web_search)
 
 
-def build_tools(cfg: LLMConfig, registry: Any = None) -> Any:
-    """A registry holding the config-declared tools (MCP tools join it when their servers connect)."""
+def build_tools(cfg: LLMConfig, registry: Any = None, show_picture: Any = None) -> Any:
+    """A registry holding the config-declared tools (MCP tools join it when their servers connect).
+
+    ``show_picture(png_or_jpeg, seconds, caption)`` puts a picture on the display (generate_image).
+    """
     import pydantic
 
     from appliance.conversation.hooks import load_hook
-    from appliance.conversation.tools import ToolRegistry, http_tool, tool
+    from appliance.conversation.tools import ToolError, ToolRegistry, http_tool, tool
 
     registry = registry if registry is not None else ToolRegistry()
     registry.remove_source("config")  # a rebuilt brain takes the config's tools as they are now
@@ -171,6 +174,27 @@ def build_tools(cfg: LLMConfig, registry: Any = None) -> Any:
             except (TypeError, ValueError, pydantic.PydanticUserError) as exc:  # a signature no schema can describe
                 raise ValueError(f"{where}.function {t.function!r}: {exc}") from None
             declared.source = "config"
+            registry.add(declared)
+        elif t.builtin == "generate_image":
+            from appliance.conversation.image_tool import image_tool
+
+            def nowhere(picture: bytes, seconds: float, caption: str) -> None:
+                raise ToolError("this robot has no display to show a picture on")
+
+            declared = image_tool(
+                show_picture or nowhere, key_for("gemini", None), model=t.model, base_url=t.base_url,
+                seconds=t.show_seconds, name=t.name or t.builtin, description=t.description, progress=t.progress,
+                timeout=t.timeout,
+            )
+            registry.add(declared)
+        elif t.builtin:
+            from appliance.conversation.web_reader import AddressPolicy, WebReader, web_reader_tool
+
+            policy = AddressPolicy.from_config(t.allow_private, t.allow_networks)
+            reader = WebReader(policy, t.max_bytes, t.max_chars, timeout=t.timeout)
+            declared = web_reader_tool(
+                reader, name=t.name or t.builtin, description=t.description, progress=t.progress, timeout=t.timeout
+            )
             registry.add(declared)
         else:
             assert t.url is not None and t.name is not None

@@ -16,7 +16,7 @@ import trio
 from PIL import Image
 
 from appliance.bus import EventBus
-from appliance.events import OutputLevel, State, StateChanged
+from appliance.events import OutputLevel, PictureRequested, State, StateChanged
 from appliance.hardware.config import DisplayConfig
 from appliance.hardware.face_art import FaceArtist, FolderFaces, Look, to_png
 from appliance.hardware.leds import LevelMeter
@@ -30,6 +30,19 @@ def resolve_driver(config: DisplayConfig, simulated: bool) -> str:
     if config.driver == "auto":
         return "dummy" if simulated else "none"
     return config.driver
+
+
+def fit_picture(data: bytes, size: tuple[int, int], mode: str, background: str) -> Image.Image:
+    """``data`` (PNG/JPEG) scaled to fit ``size``, centred on the background, in the device's colour mode."""
+    import io
+
+    with Image.open(io.BytesIO(data)) as source:
+        source.load()
+        picture = source.convert("RGB")
+    picture.thumbnail(size)
+    canvas = Image.new("RGB", size, background)
+    canvas.paste(picture, ((size[0] - picture.width) // 2, (size[1] - picture.height) // 2))
+    return canvas.convert(mode)
 
 
 class _NoBacklight:
@@ -118,6 +131,8 @@ class DisplayService:
         self.meter = LevelMeter(config.mouth_floor_db, config.mouth_full_db, release=0.08)
         self.artist: FaceArtist | FolderFaces | None = None
         self.image: Image.Image | None = None
+        self.picture: Image.Image | None = None  # shown instead of the face while set (PictureRequested)
+        self._picture_scope: trio.CancelScope | None = None
         self.frames = 0
         self._wake = trio.Event()
 
@@ -161,13 +176,15 @@ class DisplayService:
                 )
             else:
                 self.artist = FaceArtist(device.size, device.mode, cfg.colour, cfg.background)
-            with self.bus.subscribe(StateChanged, OutputLevel, name=self.name) as sub:
+            with self.bus.subscribe(StateChanged, OutputLevel, PictureRequested, name=self.name) as sub:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self._render_loop)
                     nursery.start_soon(self._blink)
                     task_status.started()
                     async for event in sub:
-                        if isinstance(event, OutputLevel):
+                        if isinstance(event, PictureRequested):
+                            nursery.start_soon(self._show_picture, event)
+                        elif isinstance(event, OutputLevel):
                             if self.speaking:
                                 self.meter.feed(event.db, trio.current_time())
                         elif isinstance(event, StateChanged):
@@ -183,6 +200,28 @@ class DisplayService:
                     log.warning("display cleanup failed", exc_info=True)
                 self.device = None
 
+    async def _show_picture(self, event: PictureRequested) -> None:
+        """The picture fitted to the display for its time, then the face again; a newer picture replaces it."""
+        if self._picture_scope is not None:
+            self._picture_scope.cancel()
+        with trio.CancelScope() as scope:
+            self._picture_scope = scope
+            size, mode, background = self.device.size, self.device.mode, self.config.background
+            try:
+                picture = await trio.to_thread.run_sync(fit_picture, event.image, size, mode, background)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                log.warning("picture not shown: %s", exc)
+                return
+            self.picture = picture
+            self._wake.set()
+            try:
+                await trio.sleep(event.seconds)
+            finally:
+                if self._picture_scope is scope:
+                    self.picture = None
+                    self._picture_scope = None
+                    self._wake.set()
+
     async def _blink(self) -> None:
         low, high = self.config.blink_every
         while True:
@@ -195,7 +234,7 @@ class DisplayService:
 
     async def _render_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         interval = 1.0 / self.config.fps
-        shown: Look | None = None
+        shown: Look | Image.Image | None = None
         await self._draw(self.look(trio.current_time()))
         shown = self.look(trio.current_time())
         task_status.started()
@@ -203,18 +242,20 @@ class DisplayService:
             if not self.speaking:
                 await self._wake.wait()
             self._wake = trio.Event()
-            look = self.look(trio.current_time())
-            if look != shown:
-                await self._draw(look)
-                shown = look
+            target: Look | Image.Image = self.picture if self.picture is not None else self.look(trio.current_time())
+            # A picture is redrawn only when it is another one (comparing pictures would compare every pixel).
+            changed = target is not shown if isinstance(target, Image.Image) else target != shown
+            if changed:
+                await self._draw(target)
+                shown = target
             await trio.sleep(interval)  # frame rate cap; while speaking, also the mouth's sampling rate
 
-    async def _draw(self, look: Look) -> None:
+    async def _draw(self, what: Look | Image.Image) -> None:
         artist, device = self.artist, self.device
         assert artist is not None and device is not None
 
         def draw() -> Image.Image:
-            image = artist.render(look)
+            image = what if isinstance(what, Image.Image) else artist.render(what)
             device.display(image)
             return image
 

@@ -59,6 +59,9 @@ def anthropic_messages(
     return payload
 
 
+WEB_SEARCH_TOOL = "web_search_20250305"
+
+
 class AnthropicChat:
     name = "anthropic-llm"
 
@@ -70,12 +73,15 @@ class AnthropicChat:
         timeout: float = 30.0,
         temperature: float | None = None,
         max_tokens: int = 512,
+        *,
+        web_search: bool = False,
     ) -> None:
         import anthropic  # costs 1-2 s to import: only when this provider is configured
 
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.web_search = web_search
         self._client: Any = anthropic.AsyncAnthropic(
             api_key=api_key or "not-needed",
             base_url=base_url,
@@ -98,10 +104,15 @@ class AnthropicChat:
         extra: dict[str, Any] = {}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
-        if tools:
-            extra["tools"] = [
-                {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
-            ]
+        declared: list[dict[str, Any]] = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
+        ]
+        if self.web_search:
+            # A server tool: Anthropic searches and the reply goes on; its server_tool_use and result blocks
+            # are not ours to run, so the loop below only ever collects tool_use blocks.
+            declared.append({"type": WEB_SEARCH_TOOL, "name": "web_search", "max_uses": 3})
+        if declared:
+            extra["tools"] = declared
         finished = started = False
         blocks: dict[int, dict[str, str]] = {}
         calls: list[ToolCall] = []

@@ -85,8 +85,11 @@ class GeminiChat:
         timeout: float = 30.0,
         temperature: float | None = None,
         max_tokens: int = 512,
+        *,
+        web_search: bool = False,
     ) -> None:
         self.model = model
+        self.web_search = web_search  # grounding with Google Search
         self.api_key = api_key or ""
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.temperature = temperature
@@ -110,15 +113,20 @@ class GeminiChat:
             "systemInstruction": {"parts": [{"text": system}]},
             "generationConfig": config,
         }
+        declared: list[dict[str, Any]] = []
         if tools:
-            body["tools"] = [
+            declared.append(
                 {
                     "functionDeclarations": [
                         {"name": t.name, "description": t.description, "parameters": gemini_schema(t.parameters)}
                         for t in tools
                     ]
                 }
-            ]
+            )
+        if self.web_search:
+            declared.append({"google_search": {}})
+        if declared:
+            body["tools"] = declared
         return body
 
     async def stream(

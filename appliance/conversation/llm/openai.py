@@ -70,10 +70,13 @@ class OpenAIChat:
         timeout: float = 30.0,
         temperature: float | None = None,
         max_tokens: int = 512,
+        *,
+        web_search: bool = False,
     ) -> None:
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.web_search = web_search  # OpenAI's search models search when asked through web_search_options
         self.warmth = Warmth()
         self._client: Any = openai_client(api_key, base_url, timeout)
 
@@ -91,6 +94,8 @@ class OpenAIChat:
         extra: dict[str, Any] = {"max_tokens": self.max_tokens}
         if self.temperature is not None:
             extra["temperature"] = self.temperature
+        if self.web_search:
+            extra["web_search_options"] = {}
         if tools:
             extra["tools"] = [
                 {
