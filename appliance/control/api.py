@@ -97,6 +97,21 @@ def _invalid(loc: list[str], msg: str) -> HTTPException:
     return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
 
 
+def _patch_schema() -> dict[str, Any]:
+    from appliance.config import AppConfig
+
+    sections = sorted({*AppConfig.model_fields, "gpio"})
+    return {
+        "description": "JSON Merge Patch of the configuration: sections of settings; null resets to the default. "
+                       "Checked like a fresh start, so a patch the schema allows may still be refused (422).",
+        "propertyNames": {"enum": sections},
+        "additionalProperties": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+    }
+
+
+PATCH_SCHEMA = _patch_schema()
+
+
 def create_app(ctx: ControlContext) -> FastAPI:
     app = FastAPI(
         title="appliance control API",
@@ -136,7 +151,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method the path takes, not only those of the first route matched
-            headers["Allow"] = ", ".join(_allowed_methods(app, request.scope))
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(app, request.scope)))
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     # --- health and status ----------------------------------------------------------------------------
@@ -342,7 +357,15 @@ def create_app(ctx: ControlContext) -> FastAPI:
     def current_id() -> str:
         return ctx.appliance.conversation.history.conversation_id
 
-    @v1.get("/histories", response_model=m.Histories, tags=["histories"])
+    first_history = {"history_id": "$response.body#/histories/0/id"}
+    history_links = {
+        "GetFirstHistory": {"operationRef": "#/paths/~1v1~1histories~1{history_id}/get", "parameters": first_history},
+        "DeleteFirstHistory": {"operationRef": "#/paths/~1v1~1histories~1{history_id}/delete",
+                               "parameters": first_history},
+    }
+
+    @v1.get("/histories", response_model=m.Histories, tags=["histories"],
+            responses={200: {"description": "stored conversations, newest first", "links": history_links}})
     async def histories() -> m.Histories:
         now = current_id()
         rows = [m.HistorySummary(**row, current=row["id"] == now) for row in ctx.store.summaries()]
@@ -375,7 +398,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
 
     @v1.patch("/config", response_model=m.ConfigPatched, tags=["config"],
               responses={409: {"model": m.Problem}})
-    async def patch_config(patch: Annotated[dict[str, Any], Body(min_length=1)]) -> Any:
+    async def patch_config(patch: Annotated[dict[str, Any], Body(min_length=1, json_schema_extra=PATCH_SCHEMA)]) -> Any:
         """Change settings (JSON Merge Patch: ``null`` resets a setting to its default).
 
         Validated like a fresh start; written atomically, the old file kept as ``<file>.prev``; then only the
@@ -491,16 +514,22 @@ def create_app(ctx: ControlContext) -> FastAPI:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+def _allowed_methods(app: Any, scope: Scope) -> set[str]:
     """The methods the schema lists for this path (the docs pages take GET)."""
-    import re
+    patterns = getattr(app.state, "method_patterns", None)
+    if patterns is None:
+        import re
 
-    methods = {"GET"} if scope["path"] in ("/openapi.json", "/docs") else set()
-    for template, operations in app.openapi().get("paths", {}).items():
-        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
-        if re.match(pattern, scope["path"]):
-            methods |= {method.upper() for method in operations}
-    return sorted(methods)
+        patterns = app.state.method_patterns = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+             {method.upper() for method in operations})
+            for template, operations in app.openapi().get("paths", {}).items()
+        ] + [(re.compile(r"^/(openapi\.json|docs)$"), {"GET"})]
+    methods: set[str] = set()
+    for pattern, allowed in patterns:
+        if pattern.match(scope["path"]):
+            methods |= allowed
+    return methods
 
 
 def _finite(value: Any) -> float | None:
@@ -681,7 +710,11 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = self._refusal(scope["method"], headers)
+        refusal = self._unauthenticated(headers)
+        if refusal is None and scope["method"] not in _allowed_methods(self.app, scope):
+            await self.app(scope, receive, send)  # a 404 or 405, which reads no body
+            return
+        refusal = refusal or self._unsafe(scope["method"], headers)
         if refusal is not None:
             await _reply(send, *refusal)
             return
@@ -696,7 +729,7 @@ class Guard:
         async with self.turnstile:
             await self.app(scope, receive, send)
 
-    def _refusal(self, method: str, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
+    def _unauthenticated(self, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
         token = self.ctx.token
         if token is None:
             if not host_header_is_loopback(headers.get("host")):
@@ -707,6 +740,9 @@ class Guard:
                 return 401, "missing bearer token", {"www-authenticate": "Bearer"}
             if not token_matches(presented.strip(), token):
                 return 403, "wrong token", {}
+        return None
+
+    def _unsafe(self, method: str, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
         if method in SAFE_METHODS:
             return None
         if not same_origin(headers):
