@@ -667,6 +667,8 @@ def _metrics_text(ctx: ControlContext, slots: Slots) -> str:
     out.family("appliance_bus_dropped_total", "counter", "events dropped for slow subscribers",
                [({}, app_.bus.dropped)])
     out.family("appliance_control_streams", "gauge", "open event streams", [({}, slots.open)])
+    out.family("appliance_control_responses_total", "counter", "API answers by HTTP status, refusals included",
+               [({"code": str(code)}, n) for code, n in sorted(metrics.responses.items())] or [({"code": "200"}, 0)])
     return out.text()
 
 
@@ -706,6 +708,14 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        responses = self.ctx.metrics.responses
+        inner_send = send
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                responses[int(message["status"])] += 1
+            await inner_send(message)
+
         if scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
