@@ -87,7 +87,7 @@ class ServerConfig(Section):
     max_sessions: int = Field(default=4, ge=1, le=100, description="sessions one connection may hold open")
     start_timeout: float = Field(default=10.0, gt=0, description="a new connection must start a session within (s)")
     idle_timeout: float = Field(
-        default=300.0, gt=0, description="a connection that sends nothing this long, with no reply running, is closed (s)"
+        default=300.0, gt=0, description="a connection silent this long, with no reply running, is closed (s)"
     )
     max_audio_seconds: float = Field(default=60.0, gt=0, le=600, description="longest audio one invoke may carry (s)")
     max_audio_in_flight: int = Field(
