@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -244,9 +245,15 @@ def _is_secret(loc: tuple[str, ...]) -> bool:
 
 
 def is_secret_key(key: str) -> bool:
-    """A setting that holds a credential itself (``api_key``, ``token``...), not a path to one."""
-    key = key.lower()
-    return any(marker in key for marker in SECRET_MARKERS) and not key.endswith("_file")
+    """A setting that holds a credential itself (``api_key``, ``access_token``...), not a path to one.
+
+    Markers match whole words (``max_tokens`` is no token); ``token_file`` names a file, not a secret.
+    """
+    words = [word for word in re.split(r"[^a-z0-9]+", key.lower()) if word]
+    if not words or words[-1] in ("file", "path", "dir"):
+        return False
+    joined = "_".join(words)
+    return any(joined == m or joined.endswith("_" + m) or joined.startswith(m + "_") for m in SECRET_MARKERS)
 
 
 def redact(value: Any, key: str | None = None) -> Any:

@@ -225,6 +225,7 @@ async def test_every_secret_in_the_tree_is_redacted(tmp_path):
             for secret in SECRET_VALUES:
                 assert secret not in text
         assert "**********" in shown and "127.0.0.1:9/mcp" in shown  # the rest is still shown
+        assert (await api.get("/v1/config")).json()["llm"]["max_tokens"] == 512  # no "token" by a substring
 
 
 LOCKED_PATCHES: list[dict[str, Any]] = [
@@ -268,8 +269,9 @@ async def test_a_provider_cannot_be_pointed_at_an_endpoint_the_file_names(tmp_pa
     async with running_robot(tmp_path, extra=extra) as robot, robot.client() as api:
         response = await api.patch("/v1/config", json={"stt": {"provider": "google"}})
         assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["stt", "provider"]
-        response = await api.patch("/v1/config", json={"stt": {"language": "ja"}})  # the rest may change
-        assert response.status_code == 200
+        response = await api.patch("/v1/config", json={"stt": {"language": "ja"}, "llm": {"max_tokens": 256}})
+        assert response.status_code == 200  # the rest may change
+        assert response.json()["config"]["llm"]["max_tokens"] == 256
 
 
 # --- 6. patches that would break the next start -------------------------------------------------------------
