@@ -158,7 +158,7 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
         if key:
             changes["api_key"] = SecretStr(key)
         else:
-            log.warning("no server.api_key: only this machine may use the server")
+            log.info("no server.api_key: only loopback clients may be served")
     try:
         server = AvatarServer(brain, config.server.model_copy(update=changes),
                               history_limit=config.conversation.history_limit)

@@ -80,6 +80,17 @@ def test_a_network_bind_without_a_key_is_refused(host: str) -> None:
     AvatarServer(HeldBrain(), ServerConfig(host="127.0.0.1"))  # and loopback needs none
 
 
+def test_appliance_serve_refuses_a_network_bind_without_a_key(tmp_path, capsys, monkeypatch) -> None:
+    from appliance.cli import main
+
+    monkeypatch.delenv("APPLIANCE_SERVER__API_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    config = tmp_path / "serve.toml"
+    config.write_text('[stt]\napi_key = "sk-test"\n[llm]\napi_key = "sk-test"\n[tts]\napi_key = "sk-test"\n')
+    assert main(["--config", str(config), "serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "server.api_key" in capsys.readouterr().err
+
+
 # --- idle connections and sessions ------------------------------------------------------------------------
 
 
