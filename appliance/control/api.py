@@ -722,7 +722,8 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self._unauthenticated(headers)
         if refusal is None and scope["method"] not in _allowed_methods(self.app, scope):
-            await self.app(scope, receive, send)  # a 404 or 405, which reads no body
+            # A 404 or 405 (the schema lists every route that takes a body): answered without the body.
+            await self.app(scope, _replay(b"", receive), send)
             return
         refusal = refusal or self._unsafe(scope["method"], headers)
         if refusal is not None:
