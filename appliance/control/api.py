@@ -708,14 +708,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        responses = self.ctx.metrics.responses
-        inner_send = send
-
-        async def send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                responses[int(message["status"])] += 1
-            await inner_send(message)
-
+        send = self._counted(send)
         if scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
@@ -739,6 +732,17 @@ class Guard:
             return
         async with self.turnstile:
             await self.app(scope, receive, send)
+
+    def _counted(self, send: Send) -> Send:
+        """``send`` that counts each answer's status for /v1/metrics (refusals made here included)."""
+        responses = self.ctx.metrics.responses
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                responses[int(message["status"])] += 1
+            await send(message)
+
+        return counted
 
     def _unauthenticated(self, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
         token = self.ctx.token
