@@ -146,6 +146,9 @@ async def test_stalled_bodies_neither_hold_health_and_status_nor_skip_auth(tmp_p
             assert await read_status(owner) == 408
         for stream in strangers + owners:
             await stream.aclose()
+        metrics = (await api.get("/v1/metrics")).text  # refusals made before any route are counted too
+        assert 'appliance_control_responses_total{code="401"} 2' in metrics
+        assert 'appliance_control_responses_total{code="408"} 4' in metrics
 
 
 # --- 3. cross-site requests ----------------------------------------------------------------------------------
