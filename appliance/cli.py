@@ -169,9 +169,13 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
         if key:
             changes["api_key"] = SecretStr(key)
         else:
-            log.warning("no server.api_key: any client on the network may use this server (and your cloud keys)")
-    server = AvatarServer(brain, config.server.model_copy(update=changes),
-                          history_limit=config.conversation.history_limit)
+            log.info("no server.api_key: only loopback clients may be served")
+    try:
+        server = AvatarServer(brain, config.server.model_copy(update=changes),
+                              history_limit=config.conversation.history_limit)
+    except ConfigError as exc:  # a non-loopback address without a key
+        print(exc.report(), file=sys.stderr)
+        return EXIT_CONFIG
     try:
         trio.run(serve_until_signalled, server)
     except OSError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +37,15 @@ CONFIG_PATH_ENV = "APPLIANCE_CONFIG"
 # Variables with our prefix that are not config keys.
 _NOT_OVERRIDES = {CONFIG_PATH_ENV}
 
-SECRET_MARKERS = ("api_key", "token", "password", "secret", "encryption_key")
+SECRET_MARKERS = (
+    "api_key", "token", "password", "secret", "authorization", "cookie", "credential", "encryption_key"
+)
+# Tables whose every value may be a credential (HTTP headers of tools, MCP servers and the http voice; the
+# environment of an MCP server's process).
+SECRET_TABLES = ("headers", "env")
+# Query parameters that carry a credential in a URL.
+_SECRET_QUERY = ("key", "sig", "signature", "code")
+REDACTED = "**********"
 
 
 class SupervisorConfig(Section):
@@ -85,7 +94,7 @@ class AppConfig(Section):
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as JSON-able data with every secret replaced by a marker."""
-        return self.model_dump(mode="json")
+        return redact(self.model_dump(mode="json"))
 
 
 class ConfigError(Exception):
@@ -240,7 +249,56 @@ def describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]
 
 
 def _is_secret(loc: tuple[str, ...]) -> bool:
-    return any(marker in part for part in loc for marker in SECRET_MARKERS)
+    return any(is_secret_key(part) or part in SECRET_TABLES for part in loc)
+
+
+def is_secret_key(key: str) -> bool:
+    """A setting that holds a credential itself (``api_key``, ``access_token``...), not a path to one.
+
+    Markers match whole words (``max_tokens`` is no token); ``token_file`` names a file, not a secret.
+    """
+    words = [word for word in re.split(r"[^a-z0-9]+", key.lower()) if word]
+    if not words or words[-1] in ("file", "path", "dir"):
+        return False
+    joined = "_".join(words)
+    return any(joined == m or joined.endswith("_" + m) or joined.startswith(m + "_") for m in SECRET_MARKERS)
+
+
+def redact(value: Any, key: str | None = None) -> Any:
+    """``value`` (JSON-able data) with every credential in it replaced by a marker, at any depth.
+
+    A credential is a value under a secret-looking key, every value of a ``headers``/``env`` table, and the
+    password or a key-like query parameter of any URL.
+    """
+    if isinstance(value, dict):
+        if key in SECRET_TABLES:
+            return {k: REDACTED for k in value}
+        return {k: REDACTED if v is not None and is_secret_key(str(k)) else redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(item, key) for item in value]
+    if isinstance(value, str) and "://" in value:
+        return _redact_url(value)
+    return value
+
+
+def _redact_url(url: str) -> str:
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if password is not None:
+        netloc = netloc.rsplit("@", 1)[0].split(":", 1)[0] + f":{REDACTED}@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        hidden = [(k, REDACTED if is_secret_key(k) or k.lower() in _SECRET_QUERY else v) for k, v in pairs]
+        if hidden != pairs:
+            query = urlencode(hidden, safe="{}*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def has_secret(value: SecretStr | None) -> bool:

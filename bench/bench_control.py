@@ -117,7 +117,7 @@ async def _measure() -> dict[str, list[float]]:
                     trio.lowlevel.remove_instrument(work)
                     cpu_share = (time.process_time() - cpu_started) / (time.perf_counter() - wall_started)
                     still_talking = robot.appliance.state.state.value == "speaking"
-                    await api.post("/v1/turn/cancel")
+                    await api.post("/v1/turn/cancel", json={})
             load = json.loads(result.stdout)
             return {"start_lag": start_lag, "idle_lag": idle_lag, "load_lag": load_lag, "latency": load["latency"],
                     "errors": [load["errors"]], "talking": [float(still_talking)], "elapsed": [load["elapsed"]],

@@ -18,16 +18,16 @@ from tests.fakes.control_robot import TOKEN, Robot, running_robot
 ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/v1/status", None),
     ("GET", "/v1/listener/status", None),
-    ("POST", "/v1/listener/start", None),
-    ("POST", "/v1/listener/stop", None),
-    ("POST", "/v1/mute", None),
-    ("POST", "/v1/unmute", None),
+    ("POST", "/v1/listener/start", {}),
+    ("POST", "/v1/listener/stop", {}),
+    ("POST", "/v1/mute", {}),
+    ("POST", "/v1/unmute", {}),
     ("POST", "/v1/volume", {"volume": 0.5}),
     ("POST", "/v1/say", {"text": "hello"}),
     ("POST", "/v1/face", {"name": "joy"}),
     ("POST", "/v1/animation", {"name": "wave"}),
     ("POST", "/v1/perform", {"face": "joy"}),
-    ("POST", "/v1/turn/cancel", None),
+    ("POST", "/v1/turn/cancel", {}),
     ("GET", "/v1/histories", None),
     ("GET", "/v1/histories/abc", None),
     ("DELETE", "/v1/histories/abc", None),
@@ -119,16 +119,16 @@ async def test_status_reports_subsystems_brain_audio_and_version(robot: Robot, a
 async def test_mute_and_unmute_publish_and_show_in_status(robot: Robot, api: httpx.AsyncClient):
     bus = robot.appliance.bus
     with bus.subscribe(MuteRequested, StateChanged, name="test") as sub:
-        assert (await api.post("/v1/mute")).json() == {"muted": True}
+        assert (await api.post("/v1/mute", json={})).json() == {"muted": True}
         first = await sub.receive.receive()
         assert first == MuteRequested(True, source="api")
         changed = await sub.receive.receive()
         assert isinstance(changed, StateChanged) and changed.new is State.MUTED
     status = (await api.get("/v1/listener/status")).json()
     assert status["muted"] is True and status["state"] == "muted"
-    refused = await api.post("/v1/listener/start")
+    refused = await api.post("/v1/listener/start", json={})
     assert refused.status_code == 409
-    assert (await api.post("/v1/unmute")).json() == {"muted": False}
+    assert (await api.post("/v1/unmute", json={})).json() == {"muted": False}
     assert (await api.get("/v1/status")).json()["muted"] is False
 
 
@@ -136,10 +136,10 @@ async def test_listener_start_and_stop_act_like_the_talk_button(robot: Robot, ap
     from appliance.events import ListenReleased, ListenRequested
 
     with robot.appliance.bus.subscribe(ListenRequested, ListenReleased, name="test") as sub:
-        started = await api.post("/v1/listener/start")
+        started = await api.post("/v1/listener/start", json={})
         assert started.status_code == 200
         assert await sub.receive.receive() == ListenRequested(source="api")
-        await api.post("/v1/listener/stop")
+        await api.post("/v1/listener/stop", json={})
         assert await sub.receive.receive() == ListenReleased(source="api")
 
 
@@ -272,9 +272,9 @@ async def test_conversation_without_interrupt_refuses_while_busy(tmp_path):
             await sub.receive.receive()
         busy = await api.post("/v1/conversation", json={"text": "hello", "interrupt": False})
         assert busy.status_code == 409
-        cancelled = await api.post("/v1/turn/cancel")
+        cancelled = await api.post("/v1/turn/cancel", json={})
         assert cancelled.json() == {"cancelled": True}
-        assert (await api.post("/v1/turn/cancel")).json() == {"cancelled": False}
+        assert (await api.post("/v1/turn/cancel", json={})).json() == {"cancelled": False}
 
 
 async def test_histories_are_stored_listed_and_deleted(robot: Robot, api: httpx.AsyncClient):

@@ -80,8 +80,17 @@ class FailoverConfig(Section):
 class ServerConfig(Section):
     """``appliance serve``: our cloud pipeline behind the AIAvatarKit WebSocket protocol."""
 
-    host: str = Field(default="0.0.0.0", description="address to listen on")
+    host: str = Field(default="127.0.0.1", description="address to listen on; any other than loopback needs api_key")
     port: int = Field(default=8000, ge=0, le=65535)
     api_key: SecretStr | None = Field(default=None, description="clients must send this as a Bearer token")
     max_connections: int = Field(default=16, ge=1, le=1000, description="robots served at once")
+    max_sessions: int = Field(default=4, ge=1, le=100, description="sessions one connection may hold open")
+    start_timeout: float = Field(default=10.0, gt=0, description="a new connection must start a session within (s)")
+    idle_timeout: float = Field(
+        default=300.0, gt=0, description="a connection silent this long, with no reply running, is closed (s)"
+    )
+    max_audio_seconds: float = Field(default=60.0, gt=0, le=600, description="longest audio one invoke may carry (s)")
+    max_audio_in_flight: int = Field(
+        default=32 * 1024 * 1024, ge=1024 * 1024, description="PCM bytes of all invokes being answered at once"
+    )
     pcm: bool = Field(default=False, description="send speech as raw PCM chunks instead of WAV")

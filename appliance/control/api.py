@@ -11,16 +11,20 @@ import base64
 import dataclasses
 import logging
 import math
+from urllib.parse import urlsplit
 from typing import Annotated, Any
 
 import trio
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance import __version__
+from appliance.audio.base import AudioClip
+from appliance.audio.convert import encode_wav
 from appliance.brains.base import ReplyChunk, Transcript, Utterance
 from appliance.control import models as m
 from appliance.control.auth import host_header_is_loopback, token_matches
@@ -93,6 +97,21 @@ def _invalid(loc: list[str], msg: str) -> HTTPException:
     return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
 
 
+def _patch_schema() -> dict[str, Any]:
+    from appliance.config import AppConfig
+
+    sections = sorted({*AppConfig.model_fields, "gpio"})
+    return {
+        "description": "JSON Merge Patch of the configuration: sections of settings; null resets to the default. "
+                       "Checked like a fresh start, so a patch the schema allows may still be refused (422).",
+        "propertyNames": {"enum": sections},
+        "additionalProperties": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+    }
+
+
+PATCH_SCHEMA = _patch_schema()
+
+
 def create_app(ctx: ControlContext) -> FastAPI:
     app = FastAPI(
         title="appliance control API",
@@ -127,6 +146,13 @@ def create_app(ctx: ControlContext) -> FastAPI:
             for e in exc.errors()
         ]
         return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method the path takes, not only those of the first route matched
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(app, request.scope)))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     # --- health and status ----------------------------------------------------------------------------
 
@@ -194,7 +220,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
 
     @v1.post("/listener/start", response_model=m.ListenerStatus, tags=["listening"],
              responses={409: {"model": m.Problem}})
-    async def listener_start() -> m.ListenerStatus:
+    async def listener_start(_body: m.Empty) -> m.ListenerStatus:
         """Open the microphone for one utterance, like pressing the talk button."""
         if ctx.muted():
             raise _problem(409, "the microphone is muted; unmute first")
@@ -202,7 +228,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
         return listener_status()
 
     @v1.post("/listener/stop", response_model=m.ListenerStatus, tags=["listening"])
-    async def listener_stop() -> m.ListenerStatus:
+    async def listener_stop(_body: m.Empty) -> m.ListenerStatus:
         """End the utterance now, like releasing the talk button."""
         ctx.bus.publish(ListenReleased(source="api"))
         return listener_status()
@@ -212,13 +238,13 @@ def create_app(ctx: ControlContext) -> FastAPI:
         return listener_status()
 
     @v1.post("/mute", response_model=m.Muted, tags=["listening"])
-    async def mute() -> m.Muted:
+    async def mute(_body: m.Empty) -> m.Muted:
         """Stop listening (e.g. during a meeting); the robot still speaks when asked to."""
         ctx.bus.publish(MuteRequested(True, source="api"))
         return m.Muted(muted=True)
 
     @v1.post("/unmute", response_model=m.Muted, tags=["listening"])
-    async def unmute() -> m.Muted:
+    async def unmute(_body: m.Empty) -> m.Muted:
         ctx.bus.publish(MuteRequested(False, source="api"))
         return m.Muted(muted=False)
 
@@ -321,7 +347,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
         return EventStream(produce, slots, buffer=ctx.limits.sse_buffer, heartbeat=ctx.limits.sse_heartbeat)
 
     @v1.post("/turn/cancel", response_model=m.Cancelled, tags=["conversation"])
-    async def cancel() -> m.Cancelled:
+    async def cancel(_body: m.Empty) -> m.Cancelled:
         """Barge in: stop the running turn (speech stops within a block)."""
         cancelled = await ctx.appliance.conversation.cancel_turn("cancel from api")
         return m.Cancelled(cancelled=cancelled)
@@ -331,7 +357,15 @@ def create_app(ctx: ControlContext) -> FastAPI:
     def current_id() -> str:
         return ctx.appliance.conversation.history.conversation_id
 
-    @v1.get("/histories", response_model=m.Histories, tags=["histories"])
+    first_history = {"history_id": "$response.body#/histories/0/id"}
+    history_links = {
+        "GetFirstHistory": {"operationRef": "#/paths/~1v1~1histories~1{history_id}/get", "parameters": first_history},
+        "DeleteFirstHistory": {"operationRef": "#/paths/~1v1~1histories~1{history_id}/delete",
+                               "parameters": first_history},
+    }
+
+    @v1.get("/histories", response_model=m.Histories, tags=["histories"],
+            responses={200: {"description": "stored conversations, newest first", "links": history_links}})
     async def histories() -> m.Histories:
         now = current_id()
         rows = [m.HistorySummary(**row, current=row["id"] == now) for row in ctx.store.summaries()]
@@ -364,12 +398,13 @@ def create_app(ctx: ControlContext) -> FastAPI:
 
     @v1.patch("/config", response_model=m.ConfigPatched, tags=["config"],
               responses={409: {"model": m.Problem}})
-    async def patch_config(patch: dict[str, Any]) -> Any:
+    async def patch_config(patch: Annotated[dict[str, Any], Body(min_length=1, json_schema_extra=PATCH_SCHEMA)]) -> Any:
         """Change settings (JSON Merge Patch: ``null`` resets a setting to its default).
 
         Validated like a fresh start; written atomically, the old file kept as ``<file>.prev``; then only the
         subsystems the change touches are restarted. A bad patch changes nothing and returns 422 with the
-        paths at fault. Secrets cannot be set here.
+        paths at fault. Secrets, the endpoints credentials go to (``base_url``, ``url``, ``region``) and code
+        (commands, hooks) cannot be set here; nor can anything that would make the next start fail.
         """
         path = ctx.config_path
         if path is None:
@@ -377,7 +412,6 @@ def create_app(ctx: ControlContext) -> FastAPI:
         async with ctx.config_lock:
             try:
                 new_data, new = await trio.to_thread.run_sync(plan_patch, path, patch, ctx.environ)
-                _check_brain(new)
             except PatchRejected as exc:
                 detail = [{"loc": loc.split("."), "msg": msg, "type": "config"} for loc, msg in exc.problems]
                 return JSONResponse({"detail": detail}, status_code=422)
@@ -480,6 +514,24 @@ def create_app(ctx: ControlContext) -> FastAPI:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
+def _allowed_methods(app: Any, scope: Scope) -> set[str]:
+    """The methods the schema lists for this path (the docs pages take GET)."""
+    patterns = getattr(app.state, "method_patterns", None)
+    if patterns is None:
+        import re
+
+        patterns = app.state.method_patterns = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+             {method.upper() for method in operations})
+            for template, operations in app.openapi().get("paths", {}).items()
+        ] + [(re.compile(r"^/(openapi\.json|docs)$"), {"GET"})]
+    methods: set[str] = set()
+    for pattern, allowed in patterns:
+        if pattern.match(scope["path"]):
+            methods |= allowed
+    return methods
+
+
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -523,20 +575,6 @@ def _event_data(event: Event) -> dict[str, Any]:
     return data
 
 
-def _check_brain(config: Any) -> None:
-    """A patch that selects the cloud brain without the keys it needs is refused like a bad value."""
-    from appliance.app import brain_plan, cloud_brain_factory
-    from appliance.config import ConfigError
-    from appliance.conversation.local_voice import LocalVoice
-
-    if "cloud" not in brain_plan(config):
-        return
-    try:
-        cloud_brain_factory(config, LocalVoice())
-    except ConfigError as exc:
-        raise PatchRejected([tuple(p.split(": ", 1)) if ": " in p else (p, "") for p in exc.problems]) from None  # type: ignore[misc]
-
-
 async def _converse(
     ctx: ControlContext, text: str, with_audio: bool, out: trio.MemorySendChannel[tuple[str, Any]]
 ) -> None:
@@ -563,30 +601,36 @@ async def _converse(
                 "voice_text": item.voice_text,
                 "tags": [{"name": t.name, "value": t.value, "attributes": dict(t.attributes)} for t in item.tags],
             }
-            if with_audio and item.audio is not None:
-                from appliance.audio.convert import encode_wav
-
+            if with_audio and isinstance(item.audio, AudioClip):  # TappedBrain hands streamed speech over whole
                 chunk["audio"] = base64.b64encode(encode_wav(item.audio)).decode("ascii")
             emit("chunk", chunk)
 
+    stream_failed = trio.CancelScope()
+
+    def tap_failed(exc: Exception) -> None:
+        emit("error", {"message": f"this stream failed ({type(exc).__name__}); the turn goes on"})
+        stream_failed.cancel()
+
+    brain = TappedBrain(conv.brain, tap, copy_audio=with_audio, on_error=tap_failed)
     with ctx.bus.subscribe(SentenceStarted, TurnFinished, name="control-conversation", size=256) as sub:
         try:
-            active = await conv.start_turn(Utterance(text=text, source="api"), brain=TappedBrain(conv.brain, tap))
+            active = await conv.start_turn(Utterance(text=text, source="api"), brain=brain)
         except RuntimeError as exc:
             emit("error", {"message": str(exc)})
             return
         emit("turn", {"turn_id": active.turn_id, "brain": conv.brain.name})
-        async for event in sub:
-            if overflow:
-                with trio.move_on_after(1):
-                    await out.send(("overflow", {"message": "client too slow; the turn goes on"}))
-                return
-            if isinstance(event, SentenceStarted) and event.turn_id == active.turn_id:
-                emit("speaking", {"index": event.index, "text": event.text})
-            elif isinstance(event, TurnFinished) and event.turn_id == active.turn_id:
-                emit("finished", {"outcome": event.outcome, "spoken": event.spoken, "error": event.error,
-                                  "timings": dataclasses.asdict(event.timings)})
-                return
+        with stream_failed:
+            async for event in sub:
+                if overflow:
+                    with trio.move_on_after(1):
+                        await out.send(("overflow", {"message": "client too slow; the turn goes on"}))
+                    return
+                if isinstance(event, SentenceStarted) and event.turn_id == active.turn_id:
+                    emit("speaking", {"index": event.index, "text": event.text})
+                elif isinstance(event, TurnFinished) and event.turn_id == active.turn_id:
+                    emit("finished", {"outcome": event.outcome, "spoken": event.spoken, "error": event.error,
+                                      "timings": dataclasses.asdict(event.timings)})
+                    return
 
 
 def _metrics_text(ctx: ControlContext, slots: Slots) -> str:
@@ -623,74 +667,165 @@ def _metrics_text(ctx: ControlContext, slots: Slots) -> str:
     out.family("appliance_bus_dropped_total", "counter", "events dropped for slow subscribers",
                [({}, app_.bus.dropped)])
     out.family("appliance_control_streams", "gauge", "open event streams", [({}, slots.open)])
+    out.family("appliance_control_responses_total", "counter", "API answers by HTTP status, refusals included",
+               [({"code": str(code)}, n) for code, n in sorted(metrics.responses.items())] or [({"code": "200"}, 0)])
     return out.text()
 
 
 STREAMING_PATHS = ("/v1/events", "/v1/conversation")
+PUBLIC_PATHS = ("/v1/health",)
+BODY_METHODS = ("POST", "PUT", "PATCH")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class Guard:
-    """Pure ASGI middleware in front of every route.
+    """Pure ASGI middleware in front of every route: who may ask, from where, with what body, and when.
 
-    Caps request bodies and insists they are JSON. And it keeps the API from starving audio: the appliance
-    runs on one event loop, and Trio runs every ready task before it looks at timers again, so fifty
-    requests being handled at once would make an audio block wait for all of them. At most
-    ``concurrency`` requests are handled at a time; the rest wait parked (costing nothing) in arrival
-    order. Event streams are exempt (they are capped by count and mostly idle).
+    In order, before any route runs and before a byte of body is read:
+
+    * ``/v1/health`` is answered at once: no token, no queue, so a monitor sees the robot however busy it is.
+    * The caller is authenticated from the headers (bearer token, or a loopback Host without one), so a
+      stranger cannot hold anything open by sending headers and then no body.
+    * A state-changing request must come from the robot's own origin (``Origin``/``Sec-Fetch-Site``) and,
+      if it may carry a body, say ``Content-Type: application/json``, empty bodies included: a web page in
+      the owner's browser can only send simple cross-site requests (form or text/plain, no custom
+      headers), and those are refused here.
+    * The body is read within ``body_timeout`` and capped at ``max_body`` bytes, outside the turnstile.
+
+    Then the turnstile keeps the API from starving audio: the appliance runs on one event loop, and Trio
+    runs every ready task before it looks at timers again, so fifty requests handled at once would make an
+    audio block wait for all of them. At most ``concurrency`` requests are handled at a time; the rest wait
+    parked (costing nothing) in arrival order. Event streams are exempt (they are capped by count and mostly
+    idle).
     """
 
-    def __init__(self, app: ASGIApp, max_body: int, concurrency: int = 2) -> None:
+    def __init__(self, app: ASGIApp, ctx: ControlContext, concurrency: int = 2) -> None:
         self.app = app
-        self.max_body = max_body
+        self.ctx = ctx
         self.turnstile = trio.Semaphore(concurrency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in STREAMING_PATHS:
-            await self._guarded(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        async with self.turnstile:
-            await self._guarded(scope, receive, send)
-
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        send = self._counted(send)
+        if scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._unauthenticated(headers)
+        if refusal is None and scope["method"] not in _allowed_methods(self.app, scope):
+            # A 404 or 405 (the schema lists every route that takes a body): answered without the body.
+            await self.app(scope, _replay(b"", receive), send)
+            return
+        refusal = refusal or self._unsafe(scope["method"], headers)
+        if refusal is not None:
+            await _reply(send, *refusal)
+            return
+        if scope["method"] in BODY_METHODS:
+            body = await self._read_body(headers, receive, send)
+            if body is None:
+                return
+            receive = _replay(body, receive)
+        if scope["path"] in STREAMING_PATHS:
+            await self.app(scope, receive, send)
+            return
+        async with self.turnstile:
+            await self.app(scope, receive, send)
+
+    def _counted(self, send: Send) -> Send:
+        """``send`` that counts each answer's status for /v1/metrics (refusals made here included)."""
+        responses = self.ctx.metrics.responses
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                responses[int(message["status"])] += 1
+            await send(message)
+
+        return counted
+
+    def _unauthenticated(self, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
+        token = self.ctx.token
+        if token is None:
+            if not host_header_is_loopback(headers.get("host")):
+                return 403, "without a token only loopback Host names are accepted", {}
+        else:
+            scheme, _, presented = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not presented.strip():
+                return 401, "missing bearer token", {"www-authenticate": "Bearer"}
+            if not token_matches(presented.strip(), token):
+                return 403, "wrong token", {}
+        return None
+
+    def _unsafe(self, method: str, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
+        if method in SAFE_METHODS:
+            return None
+        if not same_origin(headers):
+            return 403, "cross-site request refused: send it from the robot's own origin or without a browser", {}
+        if method in BODY_METHODS and not _is_json(headers.get("content-type", "")):
+            return 415, "send the body as application/json (an empty body is {})", {}
+        return None
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive, send: Send) -> bytes | None:
+        limits = self.ctx.limits
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _reply(send, 413, f"request body over {self.max_body} bytes")
-            return
+        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
+            await _reply(send, 413, f"request body over {limits.max_body_bytes} bytes")
+            return None
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_body:
-                await _reply(send, 413, f"request body over {self.max_body} bytes")
-                return
-            if not message.get("more_body", False):
-                break
-        kind = headers.get("content-type", "").split(";")[0].strip().lower()
-        if body and not (kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))):
-            await _reply(send, 415, "send the body as application/json")
-            return
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        with trio.move_on_after(limits.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                body += message.get("body", b"")
+                if len(body) > limits.max_body_bytes:
+                    await _reply(send, 413, f"request body over {limits.max_body_bytes} bytes")
+                    return None
+                if not message.get("more_body", False):
+                    return bytes(body)
+        await _reply(send, 408, f"the request body did not arrive within {limits.body_timeout:g} s",
+                     {"connection": "close"})
+        return None
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def same_origin(headers: dict[str, str]) -> bool:
+    """False for a request a browser sent on behalf of another site (what a CSRF attempt looks like)."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in ("same-origin", "none"):
+        return False
+    origin = headers.get("origin")
+    if origin is None:
+        return True  # not sent by a browser's cross-site fetch (browsers always send Origin there)
+    parts = urlsplit(origin.strip())
+    host = headers.get("host", "").strip().lower()
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == host
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _reply(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
     import json
 
     payload = json.dumps({"detail": detail}).encode()
+    extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *extra]})
     await send({"type": "http.response.body", "body": payload})

@@ -65,6 +65,8 @@ class ControlClient:
         self.close()
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = {}  # the API takes only JSON bodies, an empty one included (it refuses cross-site forms)
         try:
             response = self.http.request(method, f"/v1{path}", json=body)
         except httpx.ConnectError as exc:

@@ -26,6 +26,7 @@ class ControlConfig(Section):
         description="where histories are kept; default $STATE_DIRECTORY, else ~/.local/state/appliance",
     )
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="request body cap")
+    body_timeout: float = Field(default=10.0, gt=0, le=300, description="a request body must arrive within (s)")
     max_say_chars: int = Field(default=1000, ge=1, le=20_000, description="longest text /say and /perform accept")
     max_queued_says: int = Field(default=16, ge=1, le=1000, description="queued /say requests kept")
     max_sse_clients: int = Field(default=8, ge=1, le=256, description="concurrent /events and /conversation streams")

@@ -23,12 +23,13 @@ import tomlkit
 from pydantic import ValidationError
 
 from appliance.config import (
-    SECRET_MARKERS,
+    SECRET_TABLES,
     AppConfig,
     ConfigError,
     apply_env_overrides,
     describe_errors,
     fill_secrets,
+    is_secret_key,
     read_toml,
 )
 from appliance.control.files import atomic_write
@@ -54,14 +55,47 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def _secret_paths(patch: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
+# Where a credential is sent: changing one would send the robot's key to a host of the caller's choice.
+ENDPOINT_FIELDS = frozenset({"base_url", "url", "region"})
+# Code the appliance runs or imports: a command or hook could read the keys from the environment.
+CODE_FIELDS = frozenset({"command", "function", "hook", "preprocess", "postprocess", "on_finish"})
+LOCKED_WHY = {
+    "secret": "secrets cannot be set through the API; use the environment or a credentials file",
+    "endpoint": "where a credential is sent cannot be changed through the API; edit the file on the robot",
+    "code": "what code the appliance runs cannot be changed through the API; edit the file on the robot",
+}
+
+
+def locked_paths(patch: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """``(path, why)`` for every setting in ``patch`` the API may not touch, lists and tables included."""
+    found: list[tuple[str, str]] = []
+    for key, value in patch.items():
+        name = str(key)
+        path = (*prefix, name)
+        if is_secret_key(name) or name in SECRET_TABLES:
+            found.append((".".join(path), "secret"))
+        elif name in ENDPOINT_FIELDS:
+            found.append((".".join(path), "endpoint"))
+        elif name in CODE_FIELDS:
+            found.append((".".join(path), "code"))
+        elif isinstance(value, dict):
+            found.extend(locked_paths(value, path))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    found.extend(locked_paths(item, (*path, str(index))))
+    return found
+
+
+def _provider_moves(patch: Mapping[str, Any], new: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
+    """A new ``provider`` in a section that names its own endpoint would send that provider's key there."""
     found = []
     for key, value in patch.items():
-        path = (*prefix, str(key))
-        if any(marker in str(key) for marker in SECRET_MARKERS) and not str(key).endswith("_file"):
-            found.append(".".join(path))
-        elif isinstance(value, dict):
-            found.extend(_secret_paths(value, path))
+        target = new.get(key) if isinstance(new, Mapping) else None
+        if key == "provider" and isinstance(new, Mapping) and any(new.get(f) for f in ENDPOINT_FIELDS):
+            found.append(".".join((*prefix, str(key))))
+        elif isinstance(value, dict) and isinstance(target, Mapping):
+            found.extend(_provider_moves(value, target, (*prefix, str(key))))
     return found
 
 
@@ -90,21 +124,74 @@ def plan_patch(path: Path, patch: dict[str, Any], environ: Mapping[str, str] | N
     environ = os.environ if environ is None else environ
     if not patch:
         raise PatchRejected([("(top level)", "empty patch")])
-    secrets = _secret_paths(patch)
-    if secrets:
-        raise PatchRejected(
-            [(p, "secrets cannot be set through the API; use the environment or a credentials file") for p in secrets]
-        )
+    locked = locked_paths(patch)
+    if locked:
+        raise PatchRejected([(path, LOCKED_WHY[why]) for path, why in locked])
     try:
         current = read_toml(path) if path.exists() else {}
     except ConfigError as exc:
         raise PatchRejected([(str(path), p) for p in exc.problems]) from None
     new = _strip_nones(merge_patch(current, patch))
+    moves = _provider_moves(patch, new)
+    if moves:
+        raise PatchRejected([(path, LOCKED_WHY["endpoint"]) for path in moves])
     config = validate(new, environ)
+    check_startable(config, patch, environ)
     text = render_config(path, patch)
     if tomllib.loads(text) != new:  # the comment-keeping writer must say exactly what was validated
         text = tomlkit.dumps(new)
     return text, config
+
+
+def check_startable(config: AppConfig, patch: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """Refuse what a valid model would still fail at the next start: the checks start-up makes.
+
+    The control API's token and bind, the cloud brain's keys, and every file a patched setting names.
+    """
+    from appliance.control.auth import ControlSetupError, check_bind, resolve_token
+
+    problems: list[tuple[str, str]] = []
+    if config.control.enabled:
+        try:
+            check_bind(config.control, resolve_token(config.control, environ))
+        except ControlSetupError as exc:
+            problems.append(("control", str(exc)))
+    problems.extend(_brain_problems(config))
+    problems.extend(_missing_files(config, patch))
+    if problems:
+        raise PatchRejected(problems)
+
+
+def _brain_problems(config: AppConfig) -> list[tuple[str, str]]:
+    """A patch that selects the cloud brain without the keys it needs is refused like a bad value."""
+    from appliance.app import brain_plan, cloud_brain_factory
+    from appliance.conversation.local_voice import LocalVoice
+
+    if "cloud" not in brain_plan(config):
+        return []
+    try:
+        cloud_brain_factory(config, LocalVoice())
+    except ConfigError as exc:
+        return [(p.split(": ", 1)[0], p.split(": ", 1)[1]) if ": " in p else (p, "") for p in exc.problems]
+    return []
+
+
+_WRITTEN_PATHS = ("state_dir", "output_file")  # created by the appliance, need not exist
+
+
+def _missing_files(config: Any, patch: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for key, value in patch.items():
+        current = getattr(config, str(key), None) if not isinstance(config, Mapping) else config.get(key)
+        path = (*prefix, str(key))
+        if isinstance(value, dict) and current is not None:
+            problems.extend(_missing_files(current, value, path))
+        elif str(key) not in _WRITTEN_PATHS:
+            files = current if isinstance(current, list | tuple) else [current]
+            for file in files:
+                if isinstance(file, Path) and not file.exists():
+                    problems.append((".".join(path), f"{file}: no such file"))
+    return problems
 
 
 def _update_document(doc: Any, patch: Mapping[str, Any]) -> None:

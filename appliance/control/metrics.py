@@ -38,6 +38,7 @@ class Metrics:
         self.turns: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.stages = {stage: Histogram() for stage in STAGES}
+        self.responses: Counter[int] = Counter()  # HTTP status codes the API answered, refusals included
 
     def on_turn(self, event: TurnFinished) -> None:
         self.turns[event.outcome] += 1

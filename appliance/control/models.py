@@ -10,7 +10,13 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields are errors and values are not coerced (``interrupt: 0`` is no bool)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Empty(Body):
+    """The body of a command that takes no arguments: ``{}``, sent as JSON like every other body."""
 
 
 class Problem(BaseModel):
@@ -105,6 +111,11 @@ class SayRequest(Body):
 
 
 class PerformRequest(Body):
+    # At least one of text, face, animation: said in the schema too, so a client can know before asking.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": [name], "properties": {name: {"type": "string"}}} for name in ("text", "face", "animation")
+    ]})
+
     text: str | None = Field(default=None, min_length=1)
     face: str | None = Field(default=None, pattern=NAME_PATTERN)
     face_duration: float | None = Field(default=None, gt=0, le=3600)

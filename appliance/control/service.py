@@ -74,7 +74,7 @@ class ControlService:
                 # /openapi.json request in the middle of someone's sentence.
                 await trio.to_thread.run_sync(api.openapi)
                 handed_over = True
-                await nursery.start(partial(serve, Guard(api, cfg.max_body_bytes), _hypercorn_config(fd)))
+                await nursery.start(partial(serve, Guard(api, ctx), _hypercorn_config(fd)))
         finally:
             if not handed_over:
                 os.close(fd)

@@ -7,15 +7,20 @@ faces, state, history and metrics treat it like any reply.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import trio
 
-from appliance.brains.base import Brain, Utterance
+from appliance.audio.base import AudioClip, AudioStream
+from appliance.brains.base import Brain, ReplyChunk, Utterance
 from appliance.brains.scripted import ScriptedBrain
 from appliance.bus import EventBus
 from appliance.conversation.service import ConversationService
@@ -144,24 +149,84 @@ async def voice_of(conversation: ConversationService) -> SpeechSynthesizer:
 
 
 class TappedBrain:
-    """Passes another brain's output through unchanged while showing each piece to ``tap`` (for SSE)."""
+    """Passes another brain's output through unchanged while showing each piece to ``tap`` (for SSE).
 
-    def __init__(self, inner: Brain, tap: Any) -> None:
+    The tap serves one API client, so its failure is that client's: ``on_error`` hears of it, the tap is
+    dropped and the reply goes on (the conversation subsystem never sees it). Chunks reach the tap in
+    order, each with its audio whole: with ``copy_audio`` a streamed sentence (``AudioStream``) is copied
+    as it arrives (playback reads the copy without waiting) and its chunk is tapped once the stream ends.
+    """
+
+    def __init__(self, inner: Brain, tap: Callable[[Any], None], *, copy_audio: bool = False,
+                 on_error: Callable[[Exception], None] | None = None) -> None:
         self.inner = inner
-        self.tap = tap
+        self.tap: Callable[[Any], None] | None = tap
+        self.copy_audio = copy_audio
+        self.on_error = on_error
         self.name = inner.name
+
+    def _show(self, item: Any) -> None:
+        if self.tap is None:
+            return
+        try:
+            self.tap(item)
+        except Exception as exc:  # the client's stream ends; the robot's turn does not
+            log.exception("control stream failed on %s; ending that stream", type(item).__name__)
+            self.tap = None
+            if self.on_error is not None:
+                self.on_error(exc)
 
     async def reply(self, request: Any, out: trio.MemorySendChannel[Any]) -> None:
         from appliance.brains._groups import single_error
 
         send, receive = trio.open_memory_channel[Any](0)
+        shown = trio.Event()  # the previous chunk has been tapped: keeps taps in reply order
+        shown.set()
         with single_error():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.inner.reply, request, send)
                 async with out, receive:
                     async for item in receive:
-                        self.tap(item)
+                        if not isinstance(item, ReplyChunk):
+                            self._show(item)
+                        elif self.copy_audio and isinstance(item.audio, AudioStream) and self.tap is not None:
+                            feed, copy = AudioStream.open(item.audio.sample_rate)
+                            nursery.start_soon(self._tee, item, feed, shown, mine := trio.Event())
+                            shown = mine
+                            item = dataclasses.replace(item, audio=copy)
+                        elif shown.is_set():
+                            self._show(item)
+                        else:
+                            nursery.start_soon(self._show_after, item, shown, mine := trio.Event())
+                            shown = mine
                         await out.send(item)
+
+    async def _show_after(self, item: Any, previous: trio.Event, done: trio.Event) -> None:
+        await previous.wait()
+        self._show(item)
+        done.set()
+
+    async def _tee(self, chunk: ReplyChunk, feed: trio.MemorySendChannel[Any], previous: trio.Event,
+                   done: trio.Event) -> None:
+        assert isinstance(chunk.audio, AudioStream)
+        pieces: list[np.ndarray] = []
+        failed = False
+        async with feed:
+            try:
+                async for piece in chunk.audio:
+                    pieces.append(piece)
+                    with contextlib.suppress(trio.BrokenResourceError):  # playback stopped (barge-in)
+                        feed.send_nowait(piece)
+            except Exception as exc:  # the synthesizer failed mid-way: playback hears it as before
+                failed = True
+                with contextlib.suppress(trio.BrokenResourceError):
+                    feed.send_nowait(exc)
+        await previous.wait()
+        clip = None
+        if pieces and not failed:
+            clip = AudioClip(np.concatenate(pieces), chunk.audio.sample_rate)
+        self._show(dataclasses.replace(chunk, audio=clip))
+        done.set()
 
     async def aclose(self) -> None:
         return None  # the wrapped brain belongs to the appliance

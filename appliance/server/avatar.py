@@ -41,6 +41,19 @@ log = logging.getLogger(__name__)
 
 _BLOCK = 320  # 20 ms at 16 kHz, the block size the endpointer is tuned for
 _MAX_CONTEXTS = 256
+_FRAME_OVERHEAD = 64 * 1024  # the JSON around an invoke's base64 audio
+
+
+def check_bind(config: ServerConfig) -> None:
+    """Refuse to serve beyond this machine without a key: the server spends its owner's cloud keys."""
+    from appliance.config import ConfigError
+    from appliance.control.auth import is_loopback
+
+    if config.api_key is None and not is_loopback(config.host):
+        raise ConfigError("server", [
+            f"server.host = {config.host!r} is reachable from the network but no server.api_key is set: set one "
+            "($APPLIANCE_SERVER__API_KEY or the credential server_api_key), or bind 127.0.0.1"
+        ])
 
 
 @dataclass(eq=False)
@@ -65,7 +78,10 @@ class AvatarServer:
         self.config = config
         self.history_limit = history_limit
         self.idle_timeout = idle_timeout
+        check_bind(config)
         self._api_key = config.api_key.get_secret_value() if config.api_key else None
+        self.max_pcm = int(config.max_audio_seconds * CAPTURE_RATE) * 2
+        self.audio_in_flight = 0
         self._histories: OrderedDict[str, ConversationHistory] = OrderedDict()
         self.port = 0
         self.connections = 0
@@ -75,8 +91,10 @@ class AvatarServer:
         cfg = self.config
         with single_error():  # a port already in use is reported as the OSError it is
             async with trio.open_nursery() as nursery:
+                # The largest frame is an invoke with the longest audio allowed, base64: refused beyond that.
+                largest = self.max_pcm * 4 // 3 + _FRAME_OVERHEAD
                 server = await nursery.start(partial(serve_websocket, self._handle, cfg.host, cfg.port, None,
-                                                     max_message_size=16 * 1024 * 1024))
+                                                     max_message_size=largest))
                 self.port = server.port
                 log.info("serving the AIAvatarKit protocol on ws://%s:%d/ws", cfg.host, self.port)
                 task_status.started(self.port)
@@ -128,13 +146,30 @@ class AvatarServer:
             async with trio.open_nursery() as nursery:
                 try:
                     while True:
-                        message = await ws.get_message()
+                        message = await self._next_message(ws, sessions)
+                        if message is None:
+                            await ws.aclose(1000, "idle")
+                            break
                         if not await self._on_message(ws, message, sessions, nursery):
                             await ws.aclose()
                             break
                 except ConnectionClosed:
                     pass
                 nursery.cancel_scope.cancel()
+
+    async def _next_message(self, ws: WebSocketConnection, sessions: dict[str, _Session]) -> str | bytes | None:
+        """The next client frame, or None when the connection has been idle too long.
+
+        A connection must start a session soon after it opens, and one that then sends nothing for
+        ``idle_timeout`` while no reply runs is closed, so idle sockets cannot hold every slot for good.
+        """
+        while True:
+            limit = self.config.idle_timeout if sessions else self.config.start_timeout
+            with trio.move_on_after(limit):
+                return await ws.get_message()
+            if not any(s.done is not None and not s.done.is_set() for s in sessions.values()):
+                log.info("closing a connection idle for %.0f s", limit)
+                return None
 
     async def _send(self, ws: WebSocketConnection, session: _Session | None, kind: str, **fields: Any) -> None:
         frame: dict[str, Any] = {
@@ -160,6 +195,9 @@ class AvatarServer:
         except json.JSONDecodeError as exc:
             await self._send(ws, None, "error", metadata={"error": f"malformed JSON: {exc.msg}"})
             return True
+        except RecursionError:  # nested deeper than the parser goes: a bad frame like any other
+            await self._send(ws, None, "error", metadata={"error": "malformed JSON: nested too deeply"})
+            return True
         if not isinstance(frame, dict) or frame.get("type") not in CLIENT_TYPES:
             kind = frame.get("type") if isinstance(frame, dict) else None
             what = "binary frame" if isinstance(message, bytes) else f"frame type {kind!r}"
@@ -173,6 +211,10 @@ class AvatarServer:
         if kind == "start":
             context_id = frame.get("context_id") if isinstance(frame.get("context_id"), str) else None
             user = frame.get("user_id") if isinstance(frame.get("user_id"), str) else "user"
+            if session_id not in sessions and len(sessions) >= self.config.max_sessions:
+                await self._send(ws, None, "error", metadata={
+                    "error": f"this connection already holds {len(sessions)} sessions; stop one first"})
+                return True
             session = _Session(session_id, user, context_id,
                                frame["metadata"] if isinstance(frame.get("metadata"), dict) else {})
             sessions[session_id] = session
@@ -205,18 +247,41 @@ class AvatarServer:
         if text is not None and not isinstance(text, str):
             raise ProtocolError("invoke: text must be a string")
         audio = None
+        reserved = 0
         if not text:
             if frame.get("audio_data") is None:
                 raise ProtocolError("invoke needs text or audio_data")
-            pcm = b64decode(frame["audio_data"], "invoke.audio_data")
+            encoded = frame["audio_data"]
+            if isinstance(encoded, str) and len(encoded) * 3 // 4 > self.max_pcm:
+                raise ProtocolError(f"invoke: audio longer than {self.config.max_audio_seconds:g} s")
+            pcm = b64decode(encoded, "invoke.audio_data")
+            if len(pcm) > self.max_pcm:
+                raise ProtocolError(f"invoke: audio longer than {self.config.max_audio_seconds:g} s")
+            if self.audio_in_flight + len(pcm) > self.config.max_audio_in_flight:
+                raise ProtocolError("invoke: the server is answering too much audio at once; try again shortly")
             audio = AudioClip.from_pcm(pcm, CAPTURE_RATE)
+            reserved = len(pcm)
         if isinstance(frame.get("context_id"), str) and frame["context_id"]:
             session.context_id = frame["context_id"]
         params = frame.get("system_prompt_params")
         params = {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {}
         meta = frame.get("metadata") if isinstance(frame.get("metadata"), dict) else {}
         utterance = Utterance(audio=audio, text=text or None, source="remote")
-        await self._begin(ws, session, utterance, params, meta.get("history"), nursery)
+        self.audio_in_flight += reserved
+        try:
+            await self._begin(ws, session, utterance, params, meta.get("history"), nursery)
+        except BaseException:
+            self.audio_in_flight -= reserved
+            raise
+        if reserved:
+            nursery.start_soon(self._release_audio, session.done, reserved)
+
+    async def _release_audio(self, done: trio.Event | None, reserved: int) -> None:
+        try:
+            if done is not None:
+                await done.wait()
+        finally:
+            self.audio_in_flight -= reserved
 
     async def _listen(self, ws: WebSocketConnection, session: _Session, frame: dict[str, Any],
                       nursery: trio.Nursery) -> None:
