@@ -253,6 +253,14 @@ LOCKED_PATCHES: list[dict[str, Any]] = [
     {"stt": {"postprocess": "os:system"}},
     {"llm": {"on_finish": "os:system"}},
     {"llm": {"tools": [{"function": "os:system"}]}},
+    {"response_hooks": {"on_start": ["os:system"]}},
+    {"response_hooks": {"on_error": ["subprocess:run"]}},
+    # where the conversation is sent, and what the model's tools may reach
+    {"tracing": {"enabled": True, "endpoint": "http://127.0.0.1:9/v1/traces"}},
+    {"tracing": {"headers": {"Authorization": "Basic x"}}},
+    {"llm": {"tools": [{"builtin": "read_web_page", "allow_private": True}]}},
+    {"llm": {"tools": [{"builtin": "read_web_page", "allow_networks": ["192.168.0.0/16"]}]}},
+    {"llm": {"tools": [{"builtin": "generate_image", "base_url": "http://127.0.0.1:9"}]}},
 ]
 
 

@@ -55,14 +55,21 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-# Where a credential is sent: changing one would send the robot's key to a host of the caller's choice.
-ENDPOINT_FIELDS = frozenset({"base_url", "url", "region"})
+# Where a credential (or the conversation, for traces) is sent: changing one would send the robot's key or
+# what its users say to a host of the caller's choice.
+ENDPOINT_FIELDS = frozenset({"base_url", "url", "region", "endpoint"})
 # Code the appliance runs or imports: a command or hook could read the keys from the environment.
-CODE_FIELDS = frozenset({"command", "function", "hook", "preprocess", "postprocess", "on_finish"})
+CODE_FIELDS = frozenset(
+    {"command", "function", "hook", "preprocess", "postprocess", "on_finish", "on_start", "on_chunk", "on_final",
+     "on_error"}
+)
+# What the model's tools may reach: widening it would let a caller walk the robot's own network.
+REACH_FIELDS = frozenset({"allow_private", "allow_networks"})
 LOCKED_WHY = {
     "secret": "secrets cannot be set through the API; use the environment or a credentials file",
     "endpoint": "where a credential is sent cannot be changed through the API; edit the file on the robot",
     "code": "what code the appliance runs cannot be changed through the API; edit the file on the robot",
+    "reach": "what the robot's tools may reach cannot be widened through the API; edit the file on the robot",
 }
 
 
@@ -78,6 +85,8 @@ def locked_paths(patch: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list
             found.append((".".join(path), "endpoint"))
         elif name in CODE_FIELDS:
             found.append((".".join(path), "code"))
+        elif name in REACH_FIELDS:
+            found.append((".".join(path), "reach"))
         elif isinstance(value, dict):
             found.extend(locked_paths(value, path))
         elif isinstance(value, list):
@@ -157,9 +166,25 @@ def check_startable(config: AppConfig, patch: Mapping[str, Any], environ: Mappin
         except ControlSetupError as exc:
             problems.append(("control", str(exc)))
     problems.extend(_brain_problems(config))
+    problems.extend(_optional_parts(config))
     problems.extend(_missing_files(config, patch))
     if problems:
         raise PatchRejected(problems)
+
+
+def _optional_parts(config: AppConfig) -> list[tuple[str, str]]:
+    """Response hooks that will not load, tracing without its SDK: what would stop the next start."""
+    from appliance.app import build_response_hooks, build_tracing
+    from appliance.bus import EventBus
+
+    try:
+        build_response_hooks(EventBus(), config)
+        tracing = build_tracing(config)
+    except ConfigError as exc:
+        return [(p.split(": ", 1)[0], p.split(": ", 1)[1]) if ": " in p else (p, "") for p in exc.problems]
+    if tracing is not None:
+        tracing.shutdown()
+    return []
 
 
 def _brain_problems(config: AppConfig) -> list[tuple[str, str]]:
