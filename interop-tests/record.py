@@ -87,20 +87,35 @@ def final_or_canceled(frame: dict[str, Any]) -> bool:
     return frame["type"] in ("final", "canceled", "error")
 
 
+def reply_done(rec: Recorder) -> Any:
+    """The end of the reply to the last request: a final (not one marked interrupted) of the last accepted."""
+    def done(frame: dict[str, Any]) -> bool:
+        accepted = [f["transaction_id"] for f in rec.received if f["type"] == "accepted"]
+        return (final_or_canceled(frame) and not (frame.get("metadata") or {}).get("interrupted")
+                and bool(accepted) and frame["transaction_id"] == accepted[-1])
+    return done
+
+
 async def text_invoke(rec: Recorder, ws: Any, session: str) -> None:
     await rec.send(ws, invoke(session, text="Hello robot"))
-    await rec.until(ws, final_or_canceled)
+    await rec.until(ws, reply_done(rec))
 
 
 async def audio_invoke(rec: Recorder, ws: Any, session: str) -> None:
     await rec.send(ws, invoke(session, audio_data=base64.b64encode(speech_pcm()).decode()))
-    await rec.until(ws, final_or_canceled)
+    await rec.until(ws, reply_done(rec))
+
+
+async def text_then_audio(rec: Recorder, ws: Any, session: str) -> None:
+    await text_invoke(rec, ws, session)
+    await audio_invoke(rec, ws, session)
 
 
 async def barge_in(rec: Recorder, ws: Any, session: str) -> None:
     await rec.send(ws, invoke(session, text="Tell me a long story"))
     await rec.until(ws, lambda f: f["type"] == "chunk", grace=0)
     await rec.send(ws, invoke(session, text="Stop, a new question"))
+
     def second_reply_done(frame: dict[str, Any]) -> bool:
         accepted = [f["transaction_id"] for f in rec.received if f["type"] == "accepted"]
         return len(accepted) >= 2 and final_or_canceled(frame) and frame["transaction_id"] == accepted[-1]
@@ -113,6 +128,7 @@ async def record_all(cloud: FakeCloud) -> dict[str, dict[str, Any]]:
     async with peer_server(cloud.url) as peer:
         out["text_invoke"] = await scenario(peer.url, "text_invoke", text_invoke)
         out["audio_invoke"] = await scenario(peer.url, "audio_invoke", audio_invoke)
+        out["text_then_audio"] = await scenario(peer.url, "text_then_audio", text_then_audio)
         cloud.transcript = ""  # the STT hears nothing
         out["stt_failure"] = await scenario(peer.url, "stt_failure", audio_invoke)
         cloud.transcript = "What time is it?"
