@@ -422,6 +422,7 @@ class FakeAvatarServer:
             done.set()
 
     async def _reply(self, ws: WebSocketConnection, session: _Session, text: str | None, pcm: bytes | None) -> None:
+        typed = text is not None
         stop = {"user_id": None, "transaction_id": None, "metadata": None}
         if text is not None and "stop_first" in self.quirks:  # recorded order for text: stop, then accepted
             await self._send(ws, session, "stop", **stop)
@@ -450,7 +451,7 @@ class FakeAvatarServer:
                 await self._send(ws, session, "stop", **stop)
         else:
             session.text_invokes += 1
-        if not (text and "no_first_start" in self.quirks):
+        if not (typed and "no_first_start" in self.quirks):
             await self._send(ws, session, "start", metadata={"request_text": text, "recognized_text": text})
         history = self.histories[session.context_id or ""]
         sentences = self.reply(text, history)
@@ -475,7 +476,8 @@ class FakeAvatarServer:
                 return
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": " ".join(spoken)}]
         self.replied += 1
-        await self._send(ws, session, "final", text=" ".join(spoken), metadata={"request_text": text})
+        voices = "".join(parse_tags(sentence)[0] for sentence in spoken)  # the real one joins them without a gap
+        await self._send(ws, session, "final", text=" ".join(spoken), voice_text=voices, metadata={})
 
     async def _chunk(self, ws: WebSocketConnection, session: _Session, sentence: str) -> None:
         voice, tags = parse_tags(sentence)
