@@ -9,7 +9,11 @@ Two ways to run:
 
 One reader task per connection reads every frame (so pongs are always processed) and hands the frames of the
 running turn to it. Frames of an earlier turn (a second ``final`` after an interruption, chunks still in
-flight after a barge-in) are recognised by their ``transaction_id`` and dropped.
+flight after a barge-in) are recognised by their ``transaction_id`` and dropped. A server ``stop`` ends the
+turn (and asks for playback to stop) only once this turn's speech has gone out: AIAvatarKit sends one without
+``transaction_id`` before every reply, clearing its previous response. A turn the server ends without a word
+(and that nobody on our side interrupted: that cancels the task) is a ``ProviderBadReply``, so the next brain
+gets the same utterance.
 
 Failures are mapped once, here, into :mod:`appliance.errors`: refused or unreachable → ``ProviderUnavailable``,
 bad key → ``ProviderRejected``, no pong / no frames in time → ``ProviderTimeout``, unusable frames →
