@@ -69,6 +69,7 @@ async def test_its_client_parses_every_frame_shows_faces_and_plays_audio(cloud: 
         saw = await run_peer_client(url, [{"text": "Hello"}, {"audio_seconds": 1.0}, {"text": "Bye"}])
     assert saw["parse_errors"] == []
     assert [r["type"] for r in saw["results"]] == ["final", "final", "final"], saw["results"]
+    assert {r["voice_text"] for r in saw["results"]} == {" ".join(SENTENCES)}  # what its client prints
     chunks = [s for s in saw["seen"] if s["type"] == "chunk" and s["voice_text"]]
     assert [c["voice_text"] for c in chunks] == SENTENCES * 3
     assert saw["faces"] == ["joy"] * 3 and saw["animations"] == ["wave"] * 3

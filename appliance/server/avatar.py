@@ -272,6 +272,7 @@ class AvatarServer:
                     history: ConversationHistory, scope: trio.CancelScope, done: trio.Event) -> None:
         heard: str | None = utterance.text
         said: list[str] = []
+        voiced: list[str] = []  # the final carries what was spoken too (AIAvatarKit's client prints it)
         self.turns += 1
         try:
             with scope:
@@ -295,6 +296,8 @@ class AvatarServer:
                                             started = True
                                             await self._send(ws, session, "start", metadata={"request_text": heard})
                                         said.append(item.text)
+                                        if item.voice_text:
+                                            voiced.append(item.voice_text)
                                         await self._chunk(ws, session, item)
                 except ProviderError as exc:
                     log.warning("reply failed: %s", exc, extra={"turn_id": session.transaction_id})
@@ -308,7 +311,7 @@ class AvatarServer:
                 if not heard and not said:  # nothing understood: what AIAvatarKit does
                     await self._send(ws, session, "canceled", metadata={"reason": "No speech recognized."})
                     return
-                await self._send(ws, session, "final", text=" ".join(said),
+                await self._send(ws, session, "final", text=" ".join(said), voice_text=" ".join(voiced),
                                  metadata={"request_text": heard})
         finally:
             if heard or said:
