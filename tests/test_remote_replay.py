@@ -124,6 +124,19 @@ async def test_server_stop_while_speaking_still_cancels_playback(nursery: trio.N
     assert len(spoken(items)) == 1
 
 
+async def test_a_stop_naming_another_transaction_cancels_nothing(nursery: trio.Nursery) -> None:
+    fake = FakeAvatarServer()
+    fake.fault = "foreign_stop"
+    await nursery.start(fake.run)
+    bus = EventBus()
+    brain = RemoteBrain(remote(fake.url).config, bus=bus)
+    with bus.subscribe(CancelTurnRequested, name="test") as sub:
+        items = await collect(brain, request("hello robot"))
+        with pytest.raises(trio.WouldBlock):
+            sub.receive.receive_nowait()
+    assert spoken(items) == ["You said: hello robot.", "That is turn 1."]
+
+
 async def test_recorded_stop_before_the_reply_cancels_nothing(server: FakeAvatarServer) -> None:
     bus = EventBus()
     brain = RemoteBrain(remote(server.url).config, bus=bus)

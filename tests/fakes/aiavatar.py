@@ -26,7 +26,9 @@ No pings of its own; pongs are automatic.
 Faults to inject (``fault``): ``close_mid_reply``, ``silent`` (accepts, never answers), ``malformed``
 (broken JSON instead of a chunk), ``unknown_types`` (frames of unknown types before the reply),
 ``error`` (an ``error`` frame), ``binary`` (a binary frame), ``stop`` (a ``stop`` after the first
-sentence), ``drop_on_start`` (hangs up right after ``connected``). A refused key is a handshake 403.
+sentence), ``foreign_stop`` (after each sentence a ``stop`` naming another transaction),
+``drop_on_start`` (hangs up right after ``connected``). Replayed frames know ``silent`` and
+``close_mid_reply``. A refused key is a handshake 403.
 """
 
 from __future__ import annotations
@@ -474,6 +476,8 @@ class FakeAvatarServer:
             if self.fault == "stop":  # its guardrail (or its own VAD) says: stop playing now
                 await self._send(ws, session, "stop")
                 return
+            if self.fault == "foreign_stop":  # a stop naming another transaction: not this reply's
+                await self._send(ws, session, "stop", transaction_id=uuid.uuid4().hex)
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": " ".join(spoken)}]
         self.replied += 1
         voices = "".join(parse_tags(sentence)[0] for sentence in spoken)  # the real one joins them without a gap
