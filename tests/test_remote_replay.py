@@ -94,7 +94,8 @@ async def test_later_turns_on_one_connection_ignore_the_previous_transactions_fi
     assert server.connections == 1 and server.violations == []
 
 
-async def test_user_barge_in_then_next_turn_is_answered(server: FakeAvatarServer, nursery: trio.Nursery) -> None:
+async def test_user_barge_in_then_next_turn_is_answered(server: FakeAvatarServer, nursery: trio.Nursery,
+                                                         clock: trio.testing.MockClock) -> None:
     """Our side interrupts (the turn's scope is cancelled) after the first sentence; the real server keeps
     sending that reply (it reads nothing meanwhile) and only then takes the next request."""
     server.chunk_delay = 0.2
@@ -201,3 +202,22 @@ async def test_made_up_replies_follow_the_recorded_sequence(nursery: trio.Nurser
     for frame in made_up:
         if frame["type"] in recorded_nulls:
             assert {k for k, v in frame.items() if v is None} == recorded_nulls[frame["type"]], frame["type"]
+
+
+async def test_recorded_reply_cut_by_a_dying_server(server: FakeAvatarServer) -> None:
+    from appliance.errors import ProviderUnavailable
+
+    server.fault = "close_mid_reply"
+    send, receive = trio.open_memory_channel[BrainOutput](math.inf)
+    with pytest.raises(ProviderUnavailable):
+        await remote(server.url).reply(request("Hello robot"), send)
+    assert spoken([item async for item in receive]) == SENTENCES[:1]  # what was heard before it died
+
+
+async def test_recorded_server_that_goes_silent_times_out(server: FakeAvatarServer,
+                                                          clock: trio.testing.MockClock) -> None:
+    from appliance.errors import ProviderTimeout
+
+    server.fault = "silent"
+    with pytest.raises(ProviderTimeout):
+        await collect(remote(server.url, reply_timeout=3.0, frame_timeout=3.0), request("Hello robot"))
