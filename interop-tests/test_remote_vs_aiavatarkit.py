@@ -196,3 +196,12 @@ async def test_killed_mid_reply_after_speech_ends_the_turn_cleanly(cloud: FakeCl
         assert finished.spoken.endswith(CONFIG.mid_reply_message)
         items = await collect(brain, request("and now?"))
         assert spoken(items) == ["backup answer."]  # the next turn goes to the next brain
+
+
+async def test_streamed_mic_endpointed_by_its_vad(cloud: FakeCloud, nursery: trio.Nursery) -> None:
+    async with peer_server(cloud.url) as peer:
+        config = remote(peer.url, api_key="secret-key", input="stream", stream_tail=1.0, **TIMING).config
+        brain = RemoteBrain(config)
+        await nursery.start(brain.run)
+        items = await collect(brain, request(None, audio=speech(1.0)))
+        assert heard(items) == ["What time is it?"] and spoken(items) == SENTENCES
