@@ -2,7 +2,8 @@
 
 ``tests/fixtures/aiavatar/*.json`` hold what AIAvatarKit 0.9.2 itself sent (``make interop-record``). With
 ``replay=True`` this fake answers every ``invoke`` with exactly those frames (only the ids rewritten to the live
-session's), one request after the other as the real server does (it reads nothing while it answers). Without
+session's), one request after the other as the real server does (it reads nothing while it answers); in PCM
+mode every text request gets the recorded first-request frames (no later-request PCM recording). Without
 it, the fake makes up replies (``reply``/``stt`` functions, faults) in the recorded envelope: every field
 present, ``null`` where the real server sends null, a ``stop`` without ``transaction_id`` before each reply,
 sentence text ending in the space that followed it. ``tests/test_remote_replay.py`` checks that the made-up
