@@ -110,3 +110,23 @@ hw-test: $(STAMP) $(HW_WHEELS)/.stamp
 	  $(BIN)/python -m pytest -p no:cacheprovider -v $(PYTEST_ARGS) hw-tests; rc=$$?; \
 	echo "hardware-in-the-loop figures:"; cat $(CACHE)/hw-figures.txt 2>/dev/null; \
 	echo "  HW FIGURE suite time                                    $$(( $$(date +%s) - began )) s"; exit $$rc
+
+# --- the real AIAvatarKit (issue 14): our remote brain against its server, its client against `appliance serve` ---
+AIAVATAR_VENV := $(CACHE)/aiavatar-venv
+.PHONY: interop-venv interop-test interop-record
+
+$(AIAVATAR_VENV)/.stamp: interop-tests/peer-requirements.txt
+	rm -rf $(AIAVATAR_VENV) && $(PYTHON) -m venv $(AIAVATAR_VENV)
+	$(AIAVATAR_VENV)/bin/pip install --quiet --no-deps -r interop-tests/peer-requirements.txt
+	touch $@
+
+interop-venv: $(AIAVATAR_VENV)/.stamp
+
+interop-test: $(STAMP) interop-venv
+	@began=$$(date +%s); \
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) interop-tests; rc=$$?; \
+	echo "interop-test: $$(( $$(date +%s) - began )) s"; exit $$rc
+
+# Re-record the real server's frames into tests/fixtures/aiavatar/ (the fake replays them); read the diff.
+interop-record: $(STAMP) interop-venv
+	$(BIN)/python interop-tests/record.py

@@ -178,3 +178,68 @@ async def test_serve_the_real_cloud_brain(nursery: trio.Nursery) -> None:
             ("user", "and tomorrow?"),
         ]
         await cloud_brain.aclose()
+
+
+async def _frames_until_end(ws: object, limit: int = 200) -> list[dict]:
+    frames = []
+    for _ in range(limit):
+        frame = json.loads(await ws.get_message())  # type: ignore[attr-defined]
+        frames.append(frame)
+        if frame["type"] in ("final", "canceled", "error"):
+            break
+    return frames
+
+
+async def test_frames_have_aiavatarkits_envelope_and_nulls(nursery: trio.Nursery) -> None:
+    """Checked against frames recorded from AIAvatarKit 0.9.2 (tests/fixtures/aiavatar), not our own models."""
+    from tests.fakes.aiavatar import RESPONSE_FIELDS, replayed_frames
+
+    server = await serve(nursery, api_key=None, pcm=True)
+    async with open_websocket_url(url(server)) as ws:
+        await ws.send_message(json.dumps({"type": "start", "session_id": "s"}))
+        await ws.get_message()
+        await ws.send_message(json.dumps({"type": "invoke", "session_id": "s", "text": "hi"}))
+        frames = await _frames_until_end(ws)
+    assert all(tuple(f) == RESPONSE_FIELDS for f in frames)
+
+    def nulls(frame: dict) -> set[str]:
+        return {k for k, v in frame.items() if v is None}
+
+    recorded = replayed_frames("pcm_text_invoke")
+    real_sentence = next(f for f in recorded if (f["metadata"] or {}).get("audio_frame_count") and f["control_tags"])
+    real_audio = next(f for f in recorded if f["audio_data"] and "audio_frame_count" not in f["metadata"])
+    sentence = next(f for f in frames if f["metadata"].get("audio_frame_count") and f["control_tags"])
+    audio = [f for f in frames if f["type"] == "chunk" and f["audio_data"]]
+    assert nulls(sentence) - {"language"} == nulls(real_sentence) - {"language"}
+    assert set(sentence["avatar_control_request"]) == set(real_sentence["avatar_control_request"])
+    assert audio and all(nulls(f) == nulls(real_audio) for f in audio)
+    assert all(f["metadata"]["pcm_format"] == sentence["metadata"]["pcm_format"] for f in audio)
+
+
+class DeafBrain:
+    """Fails in speech recognition for audio (nothing understood), in the LLM for text."""
+
+    name = "deaf"
+
+    async def reply(self, req: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        async with out:
+            if req.utterance.text is None:
+                raise ProviderUnavailable("openai-stt", "HTTP 500")
+            await out.send(Transcript(req.utterance.text))
+            raise ProviderUnavailable("openai-llm", "HTTP 500")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_failed_speech_recognition_is_canceled_like_aiavatarkit(nursery: trio.Nursery) -> None:
+    server = await serve(nursery, DeafBrain(), api_key=None)  # type: ignore[arg-type]
+    async with open_websocket_url(url(server)) as ws:
+        await ws.send_message(json.dumps({"type": "start", "session_id": "s"}))
+        await ws.get_message()
+        pcm = base64.b64encode(speech(0.3).pcm()).decode()
+        await ws.send_message(json.dumps({"type": "invoke", "session_id": "s", "audio_data": pcm}))
+        assert [f["type"] for f in await _frames_until_end(ws)] == ["accepted", "canceled"]
+        await ws.send_message(json.dumps({"type": "invoke", "session_id": "s", "text": "hi"}))
+        kinds = [f["type"] for f in await _frames_until_end(ws)]
+        assert kinds[0] == "accepted" and kinds[-1] == "error"  # heard, then failed: an error, not canceled

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from appliance.settings_base import Section
 
 AudioBackend = Literal["auto", "device", "simulated", "file"]
+# TOML has no null and the environment has only strings: a silent simulated microphone is spelled "never".
+SpeechAfter = Annotated[float, Field(ge=0)] | Literal["never"]
 
 
 class AudioConfig(Section):
@@ -24,8 +26,8 @@ class AudioConfig(Section):
     input_file: Path | None = Field(
         default=None, description="WAV played as the microphone ('file' input, or the simulated mic's phrase)"
     )
-    simulated_speech_after: float | None = Field(
-        default=2.0, ge=0, description="seconds after start before the simulated mic says its phrase; null = silence"
+    simulated_speech_after: SpeechAfter = Field(
+        default=2.0, description='seconds after start before the simulated mic says its phrase; "never" = silence'
     )
     simulated_repeat: float | None = Field(
         default=None, gt=0, description="say the simulated phrase again every N seconds"
@@ -44,6 +46,11 @@ class AudioConfig(Section):
         "instead of every device block: fewer wake-ups, less CPU; speech switches back at once",
     )
     volume: float = Field(default=1.0, ge=0.0, le=2.0, description="output gain")
+
+    @field_validator("simulated_speech_after", mode="before")
+    @classmethod
+    def _none_is_never(cls, value: Any) -> Any:
+        return "never" if value is None else value  # Python callers (tests) may still say None
 
     @model_validator(mode="after")
     def _files_given(self) -> AudioConfig:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import trio
@@ -69,7 +70,7 @@ class SimulatedMicrophone(PacedSource):
     def __init__(
         self,
         phrase: AudioClip | None,
-        speech_after: float | None = 2.0,
+        speech_after: float | Literal["never"] | None = 2.0,
         repeat: float | None = None,
         block_ms: int = 20,
     ) -> None:
@@ -81,10 +82,11 @@ class SimulatedMicrophone(PacedSource):
     async def run(self, queue: BlockQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         due = trio.current_time()
-        if self.phrase is None or self.speech_after is None:
+        after = self.speech_after
+        if self.phrase is None or not isinstance(after, int | float):  # None or "never": only silence
             await self._silence_until(queue, due, float("inf"))
             return
-        next_phrase = due + self.speech_after
+        next_phrase = due + after
         while True:
             due = await self._silence_until(queue, due, next_phrase)
             log.info("simulated microphone: speaking its phrase (%.1f s)", len(self.phrase) / CAPTURE_RATE)

@@ -9,7 +9,11 @@ Two ways to run:
 
 One reader task per connection reads every frame (so pongs are always processed) and hands the frames of the
 running turn to it. Frames of an earlier turn (a second ``final`` after an interruption, chunks still in
-flight after a barge-in) are recognised by their ``transaction_id`` and dropped.
+flight after a barge-in) are recognised by their ``transaction_id`` and dropped. A server ``stop`` ends the
+turn (and asks for playback to stop) only once this turn's speech has gone out: AIAvatarKit sends one without
+``transaction_id`` before every reply, clearing its previous response. A turn the server ends without a word
+(and that nobody on our side interrupted: that cancels the task) is a ``ProviderBadReply``, so the next brain
+gets the same utterance.
 
 Failures are mapped once, here, into :mod:`appliance.errors`: refused or unreachable → ``ProviderUnavailable``,
 bad key → ``ProviderRejected``, no pong / no frames in time → ``ProviderTimeout``, unusable frames →
@@ -175,7 +179,11 @@ class _Link:
                 log.debug("frame %s between turns ignored", kind, extra={"brain": self.provider})
             return
         if tx:
-            if turn.transaction_id is None:
+            # Neither a stop nor an `interrupted` final is the start of this turn's reply: both may name the
+            # response before it (AIAvatarKit closes its previous transaction so on every new request).
+            meta = frame.get("metadata")
+            adopt = kind != "stop" and not (kind == "final" and isinstance(meta, dict) and meta.get("interrupted"))
+            if turn.transaction_id is None and adopt:
                 turn.transaction_id = tx
             elif tx != turn.transaction_id:
                 log.debug("dropped %s of transaction %s", kind, tx, extra={"brain": self.provider})
@@ -247,14 +255,19 @@ class _ReplyReader:
             voice, text_tags = extract_tags(text)
             known = {(t.name, t.value) for t in tags}
             tags += tuple(t for t in text_tags if (t.name, t.value) not in known)
-        return text, voice.strip(), tags
+        # AIAvatarKit's sentence text keeps the space that followed it ("meet you. "): whoever joins our
+        # sentences adds its own.
+        return text.strip(), voice.strip(), tags
 
     def chunk(self, frame: Frame) -> list[ReplyChunk]:
         """The chunks a ``chunk`` frame lets us hand out (often one; none for an empty or tags-only frame)."""
         meta = frame.get("metadata") if isinstance(frame.get("metadata"), dict) else {}
         pcm_format = meta.get("pcm_format")
         audio_id = meta.get("audio_id", frame.get("audio_id"))
-        if self.pcm is not None and pcm_format is None and audio_id is not None and audio_id == self.pcm.audio_id:
+        # A sentence's audio frames share its descriptor's audio_id; AIAvatarKit repeats pcm_format in each of
+        # them, so only the descriptor's frame count tells a new sentence from more of the current one.
+        if (self.pcm is not None and audio_id is not None and audio_id == self.pcm.audio_id
+                and "audio_frame_count" not in meta):
             return self._feed(b64decode(frame.get("audio_data") or "", f"PCM chunk {audio_id}"))
         self.close()
         text, voice, tags = self._text(frame)
@@ -635,6 +648,7 @@ class RemoteBrain:
                           reader: _ReplyReader, text: str | None) -> bool:
         cfg = self.config
         heard = False
+        spoke = False  # speech of this turn went out: from here on a server `stop` is a barge-in of it
         deadline = trio.current_time() + cfg.reply_timeout
 
         async def send_heard(words: str | None) -> None:
@@ -671,6 +685,7 @@ class RemoteBrain:
                     raise ProviderBadReply(self.name, str(exc)) from None
                 for chunk in chunks:
                     await out.send(chunk)
+                    spoke = spoke or _speaks(chunk)
                     deadline = trio.current_time() + cfg.frame_timeout  # its playing is not the server's silence
             elif kind == "final":
                 await send_heard(meta.get("request_text") or text)
@@ -680,13 +695,23 @@ class RemoteBrain:
                     raise ProviderBadReply(self.name, str(exc)) from None
                 for chunk in chunks:
                     await out.send(chunk)
+                    spoke = spoke or _speaks(chunk)
                 if meta.get("interrupted"):
                     log.info("server reports the reply was interrupted", extra={"brain": self.name})
                 error = _error_text(frame)
-                if error and not heard and not chunks:
+                if error and not heard and not spoke:
                     raise ProviderUnavailable(self.name, f"server error: {error}")
+                if not spoke:
+                    # Nobody on our side interrupted (that cancels this task): a reply without a word is this
+                    # server failing, and the next brain gets the same utterance.
+                    raise ProviderBadReply(self.name, "the server ended the turn without saying anything")
                 return True
             elif kind == "stop":
+                if not spoke:
+                    # AIAvatarKit sends this (without transaction_id) on every invoke, before `start`: it is
+                    # clearing its previous response. Nothing of this turn plays yet, so there is nothing to stop.
+                    log.debug("stop before this turn's speech ignored", extra={"brain": self.name})
+                    continue
                 log.info("server asked to stop speaking", extra={"brain": self.name, "turn_id": turn.turn_id})
                 if self.bus is not None:
                     self.bus.publish(CancelTurnRequested(source=self.name))  # stop what is playing, now
@@ -704,6 +729,10 @@ class RemoteBrain:
 
     async def aclose(self) -> None:
         return None  # connections live in `run` / `reply` and close with them
+
+
+def _speaks(chunk: ReplyChunk) -> bool:
+    return chunk.audio is not None or bool(chunk.voice_text)
 
 
 def _error_text(frame: Frame) -> str | None:

@@ -172,14 +172,15 @@ class AvatarServer:
                 return None
 
     async def _send(self, ws: WebSocketConnection, session: _Session | None, kind: str, **fields: Any) -> None:
+        # AIAvatarKit's envelope (its AIAvatarResponse): every field present, null where it sends null.
         frame: dict[str, Any] = {
             "type": kind,
             "session_id": session.session_id if session else None,
             "user_id": session.user_id if session else None,
             "context_id": session.context_id if session else None,
             "transaction_id": session.transaction_id if session else None,
-            "text": None, "voice_text": None, "language": None, "control_tags": [],
-            "avatar_control_request": None, "audio_data": None, "metadata": {},
+            "text": None, "voice_text": None, "language": None, "control_tags": None,
+            "avatar_control_request": None, "audio_data": None, "metadata": {}, "structured_content": None,
         }
         frame.update(fields)
         try:
@@ -336,6 +337,7 @@ class AvatarServer:
                     history: ConversationHistory, scope: trio.CancelScope, done: trio.Event) -> None:
         heard: str | None = utterance.text
         said: list[str] = []
+        voiced: list[str] = []  # the final carries what was spoken too (AIAvatarKit's client prints it)
         self.turns += 1
         try:
             with scope:
@@ -359,15 +361,22 @@ class AvatarServer:
                                             started = True
                                             await self._send(ws, session, "start", metadata={"request_text": heard})
                                         said.append(item.text)
+                                        if item.voice_text:
+                                            voiced.append(item.voice_text)
                                         await self._chunk(ws, session, item)
                 except ProviderError as exc:
                     log.warning("reply failed: %s", exc, extra={"turn_id": session.transaction_id})
-                    await self._send(ws, session, "error", metadata={"error": str(exc)})
+                    if heard is None and not said:
+                        # Nothing of the audio was understood (speech recognition failed): AIAvatarKit answers
+                        # `canceled` then, and its client carries on; an `error` would end its receive loop.
+                        await self._send(ws, session, "canceled", metadata={"reason": "speech recognition failed"})
+                    else:
+                        await self._send(ws, session, "error", metadata={"error": str(exc)})
                     return
-                if not heard and not said:
-                    await self._send(ws, session, "canceled")  # nothing understood: what AIAvatarKit does
+                if not heard and not said:  # nothing understood: what AIAvatarKit does
+                    await self._send(ws, session, "canceled", metadata={"reason": "No speech recognized."})
                     return
-                await self._send(ws, session, "final", text=" ".join(said),
+                await self._send(ws, session, "final", text=" ".join(said), voice_text=" ".join(voiced),
                                  metadata={"request_text": heard})
         finally:
             if heard or said:
@@ -375,9 +384,12 @@ class AvatarServer:
             done.set()
 
     async def _chunk(self, ws: WebSocketConnection, session: _Session, chunk: ReplyChunk) -> None:
+        # As AIAvatarKit: a sentence always carries an avatar_control_request (its fields null when there is no
+        # face or animation); control_tags is null rather than empty.
+        control = {"animation_name": None, "animation_duration": None, "face_name": None, "face_duration": None}
+        control.update(avatar_control_from_tags(chunk.tags) or {})
         common: dict[str, Any] = {"text": chunk.text, "voice_text": chunk.voice_text,
-                                  "avatar_control_request": avatar_control_from_tags(chunk.tags),
-                                  "control_tags": control_tags(chunk.tags)}
+                                  "avatar_control_request": control, "control_tags": control_tags(chunk.tags) or None}
         audio = chunk.audio
         if isinstance(audio, AudioStream):
             # The protocol announces a sentence's length before its audio, so a stream is read to its end.
@@ -395,8 +407,10 @@ class AvatarServer:
             raw = audio.pcm()
             step = audio.sample_rate // 5 * 2  # 200 ms a frame
             for start in range(0, len(raw), step):
+                # Each frame names its format again: AIAvatarKit's client queues a frame for its PCM stream only
+                # when it carries pcm_format, and would try to play it as a WAV otherwise.
                 await self._send(ws, session, "chunk", audio_data=b64encode(raw[start : start + step]),
-                                 metadata={"audio_id": audio_id})
+                                 metadata={"pcm_format": fmt, "audio_id": audio_id})
 
 
 async def serve_until_signalled(server: AvatarServer) -> None:

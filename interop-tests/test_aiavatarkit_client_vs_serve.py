@@ -1,0 +1,115 @@
+"""(b) AIAvatarKit 0.9.2's own client (its models, receive loop, face controller and audio player; PortAudio
+stood in for) against ``appliance serve`` as a real process, with the cloud pipeline on the fake cloud."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from conftest import SENTENCES
+from peer import API_KEY, REPO, run_peer_client
+
+from tests.fakes.cloud import FakeCloud
+
+
+@asynccontextmanager
+async def appliance_serve(cloud: FakeCloud, tmp_path: Path, *,
+                          pcm: bool = False) -> AsyncIterator[tuple[str, list[str]]]:
+    """``appliance serve`` in its own process; yields its URL and (after it stopped) the lines it logged."""
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'[stt]\nbase_url = "{cloud.url}/v1"\n[llm]\nbase_url = "{cloud.url}/v1"\nmodel = "fake"\n'
+        f'[tts]\nbase_url = "{cloud.url}/v1"\n[server]\nhost = "127.0.0.1"\nport = 0\npcm = {str(pcm).lower()}\n'
+    )
+    env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": API_KEY}
+    log: list[str] = []
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        seen = b""
+        with trio.fail_after(30):
+            while not (match := re.search(rb"ws://127\.0\.0\.1:(\d+)/ws", seen)):
+                data = await process.stdout.receive_some(4096)
+                assert data, f"appliance serve exited: {seen.decode(errors='replace')}"
+                seen += data
+        async with trio.open_nursery() as nursery:
+            async def drain() -> None:
+                nonlocal seen
+                assert process.stdout is not None
+                while data := await process.stdout.receive_some(4096):
+                    seen += data
+
+            nursery.start_soon(drain)
+            yield f"ws://127.0.0.1:{int(match.group(1))}/ws", log
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        log.extend(seen.decode(errors="replace").splitlines())
+
+
+def assert_clean(log: list[str]) -> None:
+    assert not [line for line in log if "Traceback" in line or "ERROR" in line], "\n".join(log)
+
+
+async def test_its_client_parses_every_frame_shows_faces_and_plays_audio(cloud: FakeCloud, tmp_path: Path) -> None:
+    async with appliance_serve(cloud, tmp_path) as (url, log):
+        saw = await run_peer_client(url, [{"text": "Hello"}, {"audio_seconds": 1.0}, {"text": "Bye"}])
+    assert saw["parse_errors"] == []
+    assert [r["type"] for r in saw["results"]] == ["final", "final", "final"], saw["results"]
+    assert {r["voice_text"] for r in saw["results"]} == {" ".join(SENTENCES)}  # what its client prints
+    chunks = [s for s in saw["seen"] if s["type"] == "chunk" and s["voice_text"]]
+    assert [c["voice_text"] for c in chunks] == SENTENCES * 3
+    assert saw["faces"] == ["joy"] * 3 and saw["animations"] == ["wave"] * 3
+    assert saw["played_bytes"] > 0 and saw["streams"][0]["rate"] == 24_000  # its AudioPlayer wrote our WAVs
+    assert_clean(log)
+
+
+async def test_its_client_plays_pcm_mode(cloud: FakeCloud, tmp_path: Path) -> None:
+    async with appliance_serve(cloud, tmp_path, pcm=True) as (url, log):
+        saw = await run_peer_client(url, [{"text": "Hello"}])
+    assert saw["parse_errors"] == [] and [r["type"] for r in saw["results"]] == ["final"]
+    assert saw["faces"] == ["joy"] and saw["animations"] == ["wave"]
+    seconds = sum(max(0.05, len(s) * 0.004) for s in SENTENCES)
+    assert abs(saw["played_bytes"] - seconds * 24_000 * 2) < 24_000 * 2 * 0.01  # every PCM frame reached it
+    assert_clean(log)
+
+
+async def test_nothing_heard_is_canceled_not_an_error(cloud: FakeCloud, tmp_path: Path) -> None:
+    cloud.transcript = ""
+    async with appliance_serve(cloud, tmp_path) as (url, log):
+        saw = await run_peer_client(url, [{"audio_seconds": 1.0}, {"text": "still there?"}])
+    assert [r["type"] for r in saw["results"]] == ["canceled", "final"]  # its client lives on after it
+    assert saw["parse_errors"] == []
+    assert_clean(log)
+
+
+async def test_failed_speech_recognition_is_canceled_not_an_error(cloud: FakeCloud, tmp_path: Path) -> None:
+    cloud.stt.status = 500
+    async with appliance_serve(cloud, tmp_path) as (url, log):
+        saw = await run_peer_client(url, [{"audio_seconds": 1.0}, {"text": "still there?"}])
+    assert [r["type"] for r in saw["results"]] == ["canceled", "final"]
+    assert saw["parse_errors"] == []
+
+
+async def test_a_client_leaving_mid_reply_leaves_no_traceback(cloud: FakeCloud, tmp_path: Path) -> None:
+    cloud.llm.token_delay = 0.05
+    async with appliance_serve(cloud, tmp_path) as (url, log):
+        for how in ("close", "drop"):
+            saw = await run_peer_client(url, [{"text": "Tell me a long story", "hang_up": how}])
+            assert saw["results"] == [{"type": "hung-up"}]
+        saw = await run_peer_client(url, [{"text": "Hello"}])  # and the server serves the next robot
+        assert [r["type"] for r in saw["results"]] == ["final"]
+    assert_clean(log)
