@@ -239,9 +239,9 @@ class FailoverBrain:
                                 state.transcript = item.text
                                 await out.send(item)
                         elif state.handed_speech:
-                            await out.send(item)
+                            await out.send(replace(item, brain=item.brain or member.name))
                         else:
-                            held.append(item)
+                            held.append(replace(item, brain=item.brain or member.name))
                             if item.audio is not None:
                                 guard.deadline = math.inf  # speech started: from here the brain's own timeouts rule
                                 state.handed_speech = True
