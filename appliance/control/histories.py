@@ -53,7 +53,9 @@ class HistoryStore:
             return {"id": conversation_id, "started_at": first, "updated_at": last, "turns": turns}
         if legacy.exists():
             data = json.loads(legacy.read_text(encoding="utf-8"))
-            if not isinstance(data, dict) or data.get("id") != conversation_id or not isinstance(data.get("turns"), list):
+            if not isinstance(data, dict) or data.get("id") != conversation_id:
+                raise ValueError("not a conversation record")
+            if not isinstance(data.get("turns"), list):
                 raise ValueError("not a conversation record")
             return data
         return None

@@ -66,6 +66,10 @@ class TurnJournal:
         """A sentence started playing (queued in order behind the earlier records; not waited for)."""
         self._queue(conversation_id, {"t": "said", "turn_id": turn_id, "text": text})
 
+    def cut(self, conversation_id: str, turn_id: str, heard: str) -> None:
+        """The last sentence broke off: only ``heard`` of it was played (empty: none of it)."""
+        self._queue(conversation_id, {"t": "cut", "turn_id": turn_id, "text": heard})
+
     async def end(self, conversation_id: str, turn_id: str, **fields: Any) -> None:
         """Durable before it returns: the turn is reported finished only after this."""
         await self._write(conversation_id, {"t": "end", "turn_id": turn_id, "at": time.time(), **fields}, durable=True)
@@ -178,6 +182,10 @@ def read_turns(lines: Iterable[str]) -> tuple[list[dict[str, Any]], float | None
             turn["heard"] = record["text"]
         elif kind == "said" and isinstance(record.get("text"), str):
             turn["said"].append(record["text"])
+        elif kind == "cut" and turn["said"] and isinstance(record.get("text"), str):
+            turn["said"].pop()
+            if record["text"]:
+                turn["said"].append(record["text"])
         elif kind == "end":
             for key in ("outcome", "brain", "error", "timings", "spoken"):
                 if key in record:
