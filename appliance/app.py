@@ -399,7 +399,8 @@ def build_appliance(
     state = StateService(bus, conv_cfg.error_display)
     listening = ListeningService(bus, queue, utterance_send, config.listening, config.audio.block_ms)
     conversation = ConversationService(
-        bus, brain, sink, utterance_receive, history, voice, conv_cfg.error_message
+        bus, brain, sink, utterance_receive, history, voice, conv_cfg.error_message,
+        mid_reply_message=config.failover.mid_reply_message,
     )
     body = build_body(bus, config.hardware, pin_factory, brain_name=brain.name)
     response_hooks = build_response_hooks(bus, config)

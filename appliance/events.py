@@ -196,6 +196,8 @@ class TurnFinished(Event):
     error: str | None = None
     error_kind: str | None = None  # the ProviderError subclass, e.g. "ProviderTimeout"
     timings: TurnTimings = TurnTimings()
+    brain: str = ""  # the brain whose reply was spoken (after a failover, not the one the turn started with)
+    conversation_id: str = ""
 
 
 @dataclass(frozen=True)

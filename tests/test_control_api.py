@@ -290,8 +290,10 @@ async def test_histories_are_stored_listed_and_deleted(robot: Robot, api: httpx.
     full = (await api.get(f"/v1/histories/{entry['id']}")).json()
     assert full["turns"][0]["heard"] == "Remember me"
     assert "offline" in full["turns"][0]["spoken"] or full["turns"][0]["brain"] == "offline"
-    stored = robot.config_path.parent / "state" / "histories" / f"{entry['id']}.json"
-    assert json.loads(stored.read_text())["turns"][0]["heard"] == "Remember me"
+    stored = robot.config_path.parent / "state" / "histories" / f"{entry['id']}.jsonl"
+    records = [json.loads(line) for line in stored.read_text().splitlines()]
+    assert [r["t"] for r in records][0] == "begin" and records[0]["heard"] == "Remember me"
+    assert records[-1]["t"] == "end" and records[-1]["outcome"] == "done"
     assert (await api.delete(f"/v1/histories/{entry['id']}")).status_code == 204
     assert not stored.exists()
     assert robot.appliance.conversation.history.messages() == ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import trio
@@ -11,6 +12,7 @@ from appliance.bus import EventBus
 from appliance.control.histories import HistoryStore
 from appliance.control.restart import Restartable
 from appliance.control.sse import EventStream, Slots, format_event
+from appliance.conversation.journal import TurnJournal
 from appliance.events import Heard, ServiceStatus, TurnFinished, TurnStarted, TurnTimings
 
 
@@ -80,38 +82,41 @@ def test_sse_format_escapes_newlines():
     assert json.loads(text.split("data: ", 1)[1]) == {"text": "two\nlines"}
 
 
-async def test_history_store_records_and_reloads(tmp_path):
+async def test_history_store_reads_the_journal_and_keeps_the_newest(tmp_path):
     bus = EventBus()
-    store = HistoryStore(tmp_path / "h", limit=2)
-    current = {"id": "conv1"}
-
-    def conversation_id() -> str:
-        return current["id"]
-
+    directory = tmp_path / "h"
+    store = HistoryStore(directory, limit=2)
+    journal = TurnJournal(directory)
     async with trio.open_nursery() as nursery:
-        await nursery.start(store.record, bus, conversation_id)
+        await nursery.start(journal.run)
+        await nursery.start(store.record, bus, lambda: "unused")
         for n, conversation in enumerate(["conv1", "conv1", "conv2", "conv3"]):
-            bus.publish(TurnStarted(f"t{n}", "offline"))
-            bus.publish(Heard(f"t{n}", f"question {n}"))
-            bus.publish(TurnFinished(f"t{n}", "done", f"answer {n}", timings=TurnTimings(0.1, 0.2, 0.3, 0.4)))
-            current["id"] = conversation
-            bus.publish(TurnFinished("empty", "empty"))  # nothing heard or said: not stored
-            with trio.fail_after(5):  # events are handled in order: wait until this turn is on disk
+            await journal.begin(conversation, f"t{n}", brain="cloud", source="voice", heard=None, audio_seconds=1.5)
+            journal.heard(conversation, f"t{n}", f"question {n}")
+            journal.said(conversation, f"t{n}", f"answer {n}.")
+            await journal.end(conversation, f"t{n}", outcome="done", brain="offline", spoken=f"answer {n}.",
+                              error=None, timings=asdict(TurnTimings(0.1, 0.2, 0.3, 0.4)))
+            bus.publish(TurnFinished(f"t{n}", "done", f"answer {n}.", conversation_id=conversation))
+            with trio.fail_after(5):  # events are handled in order: wait until this turn is read back
                 while store.get(conversation) is None or store.get(conversation)["turns"][-1]["turn_id"] != f"t{n}":
                     await trio.sleep(0.01)
-        with trio.fail_after(5):  # the last write and the pruning it triggers run in worker threads
-            while (tmp_path / "h" / "conv1.json").exists() or not (tmp_path / "h" / "conv3.json").exists():
-                await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-    ids_kept = sorted(row["id"] for row in store.summaries())
-    assert ids_kept == ["conv2", "conv3"]  # limit 2: the oldest conversation went, file and all
-    assert not (tmp_path / "h" / "conv1.json").exists()
-    (tmp_path / "h" / "broken.json").write_text("{not json")
-    again = HistoryStore(tmp_path / "h")
+    assert sorted(row["id"] for row in store.summaries()) == ["conv2", "conv3"]  # limit 2: the oldest went
+    assert not (directory / "conv1.jsonl").exists()
+    (directory / "broken.json").write_text("{not json")
+    (directory / "old.json").write_text(json.dumps(  # a record written by an earlier version
+        {"id": "old", "started_at": 1.0, "updated_at": 2.0, "turns": [{"turn_id": "x", "heard": "hi", "spoken": "yo"}]}
+    ))
+    with (directory / "conv3.jsonl").open("a") as torn:  # a power cut mid-line, after a turn that never ended
+        torn.write(json.dumps({"t": "begin", "turn_id": "t9", "at": 9.0, "heard": None, "audio_seconds": 2.5}) + "\n")
+        torn.write('{"t": "said", "turn_id": "t9", "te')
+    again = HistoryStore(directory)
     await again.load()
-    assert sorted(row["id"] for row in again.summaries()) == ["conv2", "conv3"]
-    turn = again.get("conv3")["turns"][0]  # type: ignore[index]
-    assert turn["heard"] == "question 3" and turn["brain"] == "offline" and turn["timings"]["first_audio"] == 0.3
+    assert sorted(row["id"] for row in again.summaries()) == ["conv2", "conv3", "old"]
+    first, cut = again.get("conv3")["turns"]  # type: ignore[index]
+    assert first["heard"] == "question 3" and first["brain"] == "offline" and first["timings"]["first_audio"] == 0.3
+    assert first["spoken"] == "answer 3." and first["audio_seconds"] == 1.5
+    assert cut["outcome"] == "cut off" and cut["audio_seconds"] == 2.5 and cut["spoken"] == ""
 
 
 class Counter:

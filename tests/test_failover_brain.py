@@ -104,7 +104,7 @@ async def test_circuit_opens_after_threshold_then_skips(autojump_clock: trio.tes
         await collect(brain, request(turn=f"t{turn}"))
     assert len(cloud.requests) == 2  # threshold 2: the third and fourth turns skip it
     assert len(remote.requests) == 4
-    assert brain.health == {"cloud": "open", "remote": "closed", "active": "remote"}
+    assert brain.health == {"cloud": "unhealthy", "remote": "healthy", "active": "remote"}
     assert brain.healthy is False
 
 
@@ -151,13 +151,14 @@ async def test_background_probe_fails_back(nursery: trio.Nursery, autojump_clock
     await collect(brain, request(turn="a"))
     assert brain.active == "remote" and brain.members[0].breaker.open_for == 15  # Retry-After respected
     await trio.sleep(16)
-    assert cloud.probes == 1 and not brain.members[0].breaker.healthy  # probe failed: open for 30 s
+    # one probe at start (failed: degraded), one when the circuit's 15 s were up (failed: open for 30 s)
+    assert cloud.probes == 2 and not brain.members[0].breaker.healthy
     await collect(brain, request(turn="b"))
     assert len(cloud.requests) == 1  # no real turn is spent on a brain being probed
     cloud.probe_error = None
     cloud.fail = None
     await trio.sleep(31)
-    assert cloud.probes == 2 and brain.members[0].breaker.healthy
+    assert cloud.probes == 3 and brain.members[0].breaker.healthy
     items = await collect(brain, request(turn="c"))
     assert items and brain.active == "cloud"
 
@@ -218,7 +219,7 @@ async def test_routine_probe_finds_an_outage_before_the_user_speaks(
     brain = FailoverBrain([cloud, remote], config)
     await nursery.start(brain.run)
     await trio.sleep(31)
-    assert cloud.probes == 1 and brain.members[0].breaker.healthy
+    assert cloud.probes == 2 and brain.members[0].breaker.healthy  # the first look at start, the routine one at 30 s
     cloud.probe_error = lambda: ProviderTimeout("cloud", "hung")  # the cloud hangs while nobody talks
     cloud.hang = True
     await trio.sleep(30)

@@ -264,7 +264,17 @@ async def test_speech_cut_mid_download_plays_what_arrived_then_fails_the_turn() 
             await app.conversation.start_turn(SPEECH)
             finished = await log.wait_for(TurnFinished)
     assert finished.outcome == "failed" and finished.error_kind == "ProviderBadReply"
-    assert 0 < sink.played_samples < int(len("One long sentence that will be cut.") * 0.05 * 24000)
+    # What was played: the part of the sentence that arrived, then the line saying the connection went.
+    from appliance.conversation.local_voice import LocalVoice
+
+    line = await LocalVoice().say("Sorry, I lost my connection.")
+    assert line is not None
+    sentence_samples = sink.played_samples - round(line.duration * sink.sample_rate)
+    assert 0 < sentence_samples < int(len("One long sentence that will be cut.") * 0.05 * 24000)
+    # ... and exactly that is what the turn says was said: a cut-off start of the sentence, then the line.
+    heard, _, said_line = finished.spoken.rpartition(" Sorry")
+    assert said_line == ", I lost my connection." and "One long sentence that will be cut.".startswith(heard.rstrip("…"))
+    assert heard.endswith("…") or heard == ""
 
 
 async def test_an_announcement_is_not_taken_for_something_the_user_said() -> None:

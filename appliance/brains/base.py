@@ -82,6 +82,7 @@ class ReplyChunk:
     voice_text: str
     tags: tuple[Tag, ...] = ()
     audio: Audio | None = None
+    brain: str | None = None  # who wrote it, when a brain passes on another's reply (failover)
 
 
 BrainOutput = Transcript | ReplyChunk

@@ -28,7 +28,7 @@ import trio
 
 from appliance.brains.base import Brain, BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest, Utterance
 from appliance.brains.config import FailoverConfig
-from appliance.brains.health import BrainChanged, BrainHealthChanged, CircuitBreaker
+from appliance.brains.health import BrainChanged, BrainHealthChanged, CircuitBreaker, Condition
 from appliance.bus import EventBus
 from appliance.conversation.local_voice import LocalVoice
 from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout, ProviderUnavailable
@@ -108,14 +108,15 @@ class FailoverBrain:
         return self.members[-1].name
 
     @property
-    def healthy(self) -> bool:
-        """The preferred brain is answering (what the control API's status shows)."""
-        return self.members[0].breaker.healthy
+    def healthy(self) -> bool | None:
+        """The preferred brain answers without trouble; None until a probe or a turn has told (the status)."""
+        condition = self.members[0].breaker.condition
+        return None if condition is Condition.UNKNOWN else condition is Condition.HEALTHY
 
     @property
     def health(self) -> dict[str, str]:
-        """Each brain's circuit, and which brain answered last."""
-        return {**{m.name: m.breaker.state.value for m in self.members}, "active": self.active or "-"}
+        """Each brain's condition (unknown, healthy, degraded, unhealthy), and which brain answered last."""
+        return {**{m.name: m.breaker.condition.value for m in self.members}, "active": self.active or "-"}
 
     # --- background: the members' own services and the health probes ------------------------------------
 
@@ -134,7 +135,12 @@ class FailoverBrain:
             task_status.started()
             self._running = True
             for member in self.members:
-                member.checked_at = trio.current_time()  # the first routine check comes one interval after start
+                member.checked_at = trio.current_time()  # the routine checks come one interval after this one
+                # A first look at once, so the status says "unknown" only briefly; not at a brain with a
+                # connection of its own, which is still being made and would look down.
+                if member.probe is not None and getattr(member.brain, "run", None) is None:
+                    member.probing = True
+                    nursery.start_soon(self._probe, member)
             interval = self.config.health_interval
             while True:
                 now = trio.current_time()
@@ -239,9 +245,9 @@ class FailoverBrain:
                                 state.transcript = item.text
                                 await out.send(item)
                         elif state.handed_speech:
-                            await out.send(item)
+                            await out.send(replace(item, brain=item.brain or member.name))
                         else:
-                            held.append(item)
+                            held.append(replace(item, brain=item.brain or member.name))
                             if item.audio is not None:
                                 guard.deadline = math.inf  # speech started: from here the brain's own timeouts rule
                                 state.handed_speech = True

@@ -43,10 +43,20 @@ class BrainHealthChanged(Event):
     error: str | None = None
 
 
+class Condition(enum.StrEnum):
+    """What a status display says of a brain: the circuit alone would call a brain nobody tried healthy."""
+
+    UNKNOWN = "unknown"  # neither a probe nor a turn has answered yet
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"  # it failed lately, but fewer times than opening its circuit takes
+    UNHEALTHY = "unhealthy"  # circuit open (or half-open, on trial)
+
+
 class CircuitBreaker:
     def __init__(self, config: FailoverConfig) -> None:
         self.config = config
         self.state = Circuit.CLOSED
+        self.known = False  # a probe or a turn has told us anything yet
         self.failures = 0
         self.open_for = config.open_initial
         self.opened_at = 0.0
@@ -55,6 +65,14 @@ class CircuitBreaker:
     @property
     def healthy(self) -> bool:
         return self.state is Circuit.CLOSED
+
+    @property
+    def condition(self) -> Condition:
+        if self.state is not Circuit.CLOSED:
+            return Condition.UNHEALTHY
+        if self.failures:
+            return Condition.DEGRADED
+        return Condition.HEALTHY if self.known else Condition.UNKNOWN
 
     def due(self, now: float) -> bool:
         """An open circuit whose open time has passed: time to probe it."""
@@ -68,6 +86,7 @@ class CircuitBreaker:
     def success(self) -> bool:
         """Record a success; True when this closed the circuit (the brain recovered)."""
         recovered = self.state is not Circuit.CLOSED
+        self.known = True
         self.state = Circuit.CLOSED
         self.failures = 0
         self.open_for = self.config.open_initial
@@ -77,6 +96,7 @@ class CircuitBreaker:
     def failure(self, error: ProviderError) -> bool:
         """Record a failure; True when this opened the circuit."""
         self.failures += 1
+        self.known = True
         self.last_error = error
         now = trio.current_time()
         if self.state is Circuit.HALF_OPEN or self.state is Circuit.OPEN:

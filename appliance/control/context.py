@@ -136,6 +136,7 @@ class ControlContext:
                 result.applied.append("conversation")
                 rebuild_brain |= bool(fields & _BRAIN_FIELDS)
             elif section in ("stt", "llm", "tts", "remote", "failover"):
+                app.conversation.mid_reply_message = new.failover.mid_reply_message
                 rebuild_brain = True
             elif section in self.restartables and hasattr(self.restartables[section].inner, "config"):
                 self.restartables[section].inner.config = getattr(new, section)  # type: ignore[attr-defined]

@@ -1,8 +1,9 @@
-"""What the robot heard and said, kept per conversation on disk so it can be read back through the API.
+"""What the robot heard and said, per conversation, read back from the write-ahead journal for the API.
 
-Built from the bus alone: ``TurnStarted`` (brain), ``Heard`` (what was understood) and ``TurnFinished``
-(what was spoken, outcome, timings). The conversation a turn belongs to is the one the conversation's
-short-term history holds when the turn ends. One JSON file per conversation, each write atomic.
+The conversation service writes every turn ahead into one JSON-lines journal per conversation
+(:mod:`appliance.conversation.journal`) and reports a turn finished only once its record is on disk; this
+store reads those files (and the whole-file JSON records of earlier versions), refreshes a conversation when
+one of its turns finishes, and keeps at most ``limit`` conversations, the oldest going first.
 """
 
 from __future__ import annotations
@@ -10,26 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from appliance.bus import EventBus
-from appliance.control.files import atomic_write
-from appliance.events import Heard, TurnFinished, TurnStarted
+from appliance.conversation.journal import SUFFIX, journal_path, read_turns
+from appliance.events import TurnFinished
 
 log = logging.getLogger(__name__)
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _ID = re.compile(ID_PATTERN)
+_LEGACY = ".json"
 
 
 class HistoryStore:
-    """Conversations as JSON files in ``directory``; at most ``limit`` are kept, the oldest go first."""
+    """Conversations as journal files in ``directory``; at most ``limit`` are kept, the oldest go first."""
 
     def __init__(self, directory: Path, limit: int = 200) -> None:
         self.directory = directory
@@ -38,10 +38,27 @@ class HistoryStore:
         self._loaded = False
         self._lock = trio.Lock()
 
-    def _path(self, conversation_id: str) -> Path:
+    def _paths(self, conversation_id: str) -> tuple[Path, Path]:
         if not _ID.match(conversation_id):
             raise KeyError(conversation_id)
-        return self.directory / f"{conversation_id}.json"
+        return journal_path(self.directory, conversation_id), self.directory / f"{conversation_id}{_LEGACY}"
+
+    def _read(self, conversation_id: str) -> dict[str, Any] | None:
+        journal, legacy = self._paths(conversation_id)
+        if journal.exists():
+            with journal.open(encoding="utf-8", errors="replace") as lines:
+                turns, first, last = read_turns(lines)
+            if not turns:
+                return None
+            return {"id": conversation_id, "started_at": first, "updated_at": last, "turns": turns}
+        if legacy.exists():
+            data = json.loads(legacy.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("id") != conversation_id:
+                raise ValueError("not a conversation record")
+            if not isinstance(data.get("turns"), list):
+                raise ValueError("not a conversation record")
+            return data
+        return None
 
     def _load_all(self) -> None:
         if self._loaded:
@@ -49,15 +66,15 @@ class HistoryStore:
         self._loaded = True
         if not self.directory.is_dir():
             return
-        for file in self.directory.glob("*.json"):
+        ids = {f.stem for f in self.directory.iterdir() if f.suffix in (SUFFIX, _LEGACY) and _ID.match(f.stem)}
+        for conversation_id in ids:
             try:
-                data = json.loads(file.read_text(encoding="utf-8"))
-                if not isinstance(data, dict) or data.get("id") != file.stem or not isinstance(data.get("turns"), list):
-                    raise ValueError("not a conversation record")
+                data = self._read(conversation_id)
             except (OSError, ValueError) as exc:
-                log.warning("ignoring unreadable history %s: %s", file, exc)
+                log.warning("ignoring unreadable history %s: %s", conversation_id, exc)
                 continue
-            self._cache[file.stem] = data
+            if data is not None:
+                self._cache[conversation_id] = data
 
     async def load(self) -> None:
         async with self._lock:
@@ -83,36 +100,36 @@ class HistoryStore:
     def get(self, conversation_id: str) -> dict[str, Any] | None:
         return self._cache.get(conversation_id)
 
-    async def add_turn(self, conversation_id: str, turn: dict[str, Any]) -> None:
+    async def refresh(self, conversation_id: str) -> None:
+        """Read one conversation again from disk (a turn of it has just been recorded)."""
         async with self._lock:
-            now = time.time()
-            old = self._cache.get(conversation_id)
-            data = {"id": conversation_id, "started_at": now, "turns": []} if old is None else dict(old)
-            data["turns"] = [*data["turns"], turn]
-            data["updated_at"] = now
-            payload = json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")
-            path = self._path(conversation_id)
-            # Disk first, then memory: what the API shows is always what a restart would read back.
-            await trio.to_thread.run_sync(lambda: atomic_write(path, payload, mode=0o600))
-            self._cache[conversation_id] = data
-            await self._prune()
+            try:
+                data = await trio.to_thread.run_sync(self._read, conversation_id)
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("cannot read history %s: %s", conversation_id, exc)
+                return
+            if data is not None:
+                self._cache[conversation_id] = data
+            await self._prune(keep=conversation_id)
 
     async def delete(self, conversation_id: str) -> bool:
         async with self._lock:
             if conversation_id not in self._cache:
                 return False
-            path = self._path(conversation_id)
-            await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+            await trio.to_thread.run_sync(self._unlink, conversation_id)
             self._cache.pop(conversation_id, None)
             return True
 
-    async def _prune(self) -> None:
+    def _unlink(self, conversation_id: str) -> None:
+        for path in self._paths(conversation_id):
+            path.unlink(missing_ok=True)
+
+    async def _prune(self, keep: str = "") -> None:
         if len(self._cache) <= self.limit:
             return
-        oldest = sorted(self._cache.values(), key=lambda d: d.get("updated_at") or 0)
+        oldest = sorted((d for d in self._cache.values() if d["id"] != keep), key=lambda d: d.get("updated_at") or 0)
         for data in oldest[: len(self._cache) - self.limit]:
-            path = self._path(data["id"])
-            await trio.to_thread.run_sync(lambda p=path: p.unlink(missing_ok=True))
+            await trio.to_thread.run_sync(self._unlink, data["id"])
             self._cache.pop(data["id"], None)
 
     async def record(
@@ -122,33 +139,9 @@ class HistoryStore:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Follow the bus and store each finished turn that heard or said something."""
+        """Follow the bus: when a turn is finished (and so on disk), show its conversation as it is now."""
         await self.load()
-        brains: dict[str, str] = {}
-        heard: dict[str, str] = {}
-        with bus.subscribe(TurnStarted, Heard, TurnFinished, name="control-histories", size=512) as sub:
+        with bus.subscribe(TurnFinished, name="control-histories", size=512) as sub:
             task_status.started()
             async for event in sub:
-                if isinstance(event, TurnStarted):
-                    brains[event.turn_id] = event.brain
-                elif isinstance(event, Heard):
-                    heard[event.turn_id] = event.text
-                elif isinstance(event, TurnFinished):
-                    text = heard.pop(event.turn_id, None)
-                    brain = brains.pop(event.turn_id, None)
-                    if not text and not event.spoken:
-                        continue
-                    turn = {
-                        "turn_id": event.turn_id,
-                        "at": time.time(),
-                        "brain": brain,
-                        "heard": text,
-                        "spoken": event.spoken,
-                        "outcome": event.outcome,
-                        "error": event.error,
-                        "timings": asdict(event.timings),
-                    }
-                    try:
-                        await self.add_turn(conversation_id(), turn)
-                    except OSError as exc:
-                        log.error("cannot store history in %s: %s", self.directory, exc)
+                await self.refresh(event.conversation_id or conversation_id())

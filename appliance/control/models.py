@@ -171,12 +171,14 @@ class HistorySummary(BaseModel):
 class HistoryTurn(BaseModel):
     turn_id: str
     at: float
-    brain: str | None
+    brain: str | None = Field(description="the brain whose reply was spoken")
     heard: str | None
     spoken: str
-    outcome: str
+    outcome: str = Field(description="done | interrupted | failed | empty | cut off (the process died mid-turn)")
     error: str | None
-    timings: Timings
+    timings: Timings | None = None
+    audio_seconds: float | None = Field(default=None, description="how long the user spoke")
+    source: str | None = None
 
 
 class History(BaseModel):

@@ -23,6 +23,7 @@ from appliance.control.auth import ControlSetupError, check_bind, resolve_token
 from appliance.control.context import ControlContext
 from appliance.control.files import default_state_dir
 from appliance.control.histories import HistoryStore
+from appliance.conversation.journal import TurnJournal
 from appliance.control.metrics import Metrics
 from appliance.control.restart import make_restartable
 from appliance.control.speaker import Speaker
@@ -131,6 +132,10 @@ def add_control(
     restartables = make_restartable(appliance.supervisor)
     state_dir = config.state_dir or default_state_dir(environ)
     store = HistoryStore(state_dir / "histories", config.max_histories)
+    # The conversation writes each turn ahead into the journal the store reads back.
+    journal = TurnJournal(store.directory)
+    appliance.conversation.journal = journal
+    appliance.supervisor.add(journal, required=False)
     speaker = Speaker(appliance.conversation, appliance.bus, config.max_queued_says)
     ctx = ControlContext(appliance, store, Metrics(), speaker, restartables, token, config_path, environ)
     service = ControlService(ctx)

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import trio
 
-from appliance.audio.base import AudioSink
+from appliance.audio.base import AudioClip, AudioSink, AudioStream
 from appliance.brains._groups import single_error
 from appliance.brains.base import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 from appliance.bus import EventBus
 from appliance.conversation.history import ConversationHistory
+from appliance.conversation.journal import TurnJournal
 from appliance.conversation.local_voice import LocalVoice
+from appliance.errors import ProviderError
 from appliance.events import (
     AnimationRequested,
     CancelTurnRequested,
@@ -30,7 +34,6 @@ from appliance.events import (
     TurnStarted,
     TurnTimings,
 )
-from appliance.errors import ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +45,62 @@ class ActiveTurn:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+# A stuck disk may delay a turn by this much at its start and at its end, never silence the robot.
+JOURNAL_WAIT = 2.0
+# Characters spoken per second before a turn has measured its voice's own pace (a typical TTS voice).
+DEFAULT_PACE = 14.0
+
+
+class _Counted:
+    """A speech stream passed on to the sink, counting what the sink took of it."""
+
+    def __init__(self, stream: AudioStream) -> None:
+        self.stream = stream
+        self.sample_rate = stream.sample_rate
+        self.samples = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.sample_rate
+
+    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        async for piece in self.stream:
+            self.samples += len(piece)
+            yield piece
+
+
+@dataclass
+class _Pace:
+    """How fast this turn's voice speaks, from the sentences played whole."""
+
+    chars: int = 0
+    seconds: float = 0.0
+
+    def add(self, text: str, seconds: float) -> None:
+        if text and seconds > 0.2:
+            self.chars += len(text)
+            self.seconds += seconds
+
+    def heard_part(self, text: str, seconds: float) -> str:
+        """The words of ``text`` spoken in its first ``seconds``, at a word boundary, marked as cut off."""
+        pace = self.chars / self.seconds if self.seconds else DEFAULT_PACE
+        count = int(seconds * pace)
+        if count <= 0:
+            return ""
+        if count >= len(text):
+            return text
+        cut = text[:count].rsplit(" ", 1)[0] if " " in text[:count] else text[:count]
+        return cut.rstrip(" ,;:") + "…"
+
+
 @dataclass
 class _Record:
     heard: str | None
     started: float
+    conversation_id: str = ""
+    brain: str = ""  # the brain whose reply was spoken
     spoken: list[str] = field(default_factory=list)
+    pace: _Pace = field(default_factory=_Pace)
     outcome: str | None = None
     error: str | None = None
     error_kind: str | None = None
@@ -74,6 +128,8 @@ class ConversationService:
         error_voice: LocalVoice | None = None,
         error_message: str = "",
         prompt_params: dict[str, str] | None = None,
+        journal: TurnJournal | None = None,
+        mid_reply_message: str = "",
     ) -> None:
         self.bus = bus
         self.brain = brain
@@ -81,8 +137,10 @@ class ConversationService:
         self.utterances = utterances
         self.history = history
         self.error_voice = error_voice
-        self.error_message = error_message
+        self.error_message = error_message  # said when a turn fails before a word of the reply was heard
+        self.mid_reply_message = mid_reply_message  # said when it fails after part of the reply was heard
         self.prompt_params = dict(prompt_params or {})
+        self.journal = journal  # the write-ahead history, when histories are kept
         self.current: ActiveTurn | None = None
         self.turns = 0
         self._nursery: trio.Nursery | None = None
@@ -144,34 +202,68 @@ class ConversationService:
         self.bus.publish(TurnStarted(turn_id, brain.name))
         try:
             with active.scope:
+                request = TurnRequest(
+                    turn_id, utterance, self.history.messages(), self.history.conversation_id, self.prompt_params
+                )
+                record.conversation_id = request.conversation_id
+                await self._write_ahead(request, brain)
                 try:
-                    await self._converse(turn_id, utterance, brain, record)
+                    await self._converse(request, brain, record)
                     record.outcome = "done" if record.spoken or record.heard else "empty"
                 except ProviderError as exc:
                     record.outcome, record.error, record.error_kind = "failed", str(exc), type(exc).__name__
                     log.warning("turn %s failed: %s", turn_id, exc, extra={"turn_id": turn_id, "brain": brain.name})
-                    self._finish(turn_id, record)
-                    await self._say_error()
+                    await self._say_error(turn_id, record)
         finally:
             if record.outcome is None:
                 record.outcome = "interrupted"
-            if record.outcome != "failed":
-                self._finish(turn_id, record)
+            with trio.CancelScope(shield=True):  # an interrupted turn is still recorded before it is over
+                await self._finish(turn_id, record, brain)
             active.done.set()
 
-    async def _say_error(self) -> None:
-        if self.error_voice is None or not self.error_message:
+    async def _write_ahead(self, request: TurnRequest, brain: Brain) -> None:
+        """The user's words (or, before STT, how long they spoke) on disk before any brain hears them."""
+        if self.journal is None:
             return
-        clip = await self.error_voice.say(self.error_message)
-        if clip is not None:
-            await self.sink.play(clip, self._level)
+        utterance = request.utterance
+        with trio.move_on_after(JOURNAL_WAIT):
+            await self.journal.begin(
+                request.conversation_id, request.turn_id, brain=brain.name, source=utterance.source,
+                heard=utterance.text, announce=utterance.announce,
+                audio_seconds=round(utterance.audio.duration, 2) if utterance.audio is not None else None,
+            )
 
-    def _finish(self, turn_id: str, record: _Record) -> None:
+    async def _say_error(self, turn_id: str, record: _Record) -> None:
+        """Say why the reply stopped, in the local voice (the cloud's may be what failed), and count it as said."""
+        line = self.mid_reply_message if record.spoken and self.mid_reply_message else self.error_message
+        if self.error_voice is None or not line:
+            return
+        clip = await self.error_voice.say(line)
+        if clip is None:
+            return
+        self.bus.publish(SentenceStarted(turn_id, len(record.spoken), line))
+        record.spoken.append(line)
+        if self.journal is not None:
+            self.journal.said(record.conversation_id, turn_id, line)
+        await self.sink.play(clip, self._level)
+
+    async def _finish(self, turn_id: str, record: _Record, brain: Brain) -> None:
+        """Record the turn (durably, when histories are kept), then report it finished."""
         assert record.outcome is not None
+        spoken = " ".join(record.spoken)
         if record.heard or record.spoken:
-            self.history.add_turn(record.heard, " ".join(record.spoken))
+            self.history.add_turn(record.heard, spoken)
         timings = record.timings(trio.current_time())
-        self.bus.publish(TurnFinished(turn_id, record.outcome, " ".join(record.spoken), record.error, record.error_kind, timings))
+        answered = record.brain or brain.name
+        if self.journal is not None and record.conversation_id:
+            with trio.move_on_after(JOURNAL_WAIT):
+                await self.journal.end(
+                    record.conversation_id, turn_id, outcome=record.outcome, brain=answered, heard=record.heard,
+                    spoken=spoken, error=record.error, timings=asdict(timings),
+                )
+        self.bus.publish(TurnFinished(
+            turn_id, record.outcome, spoken, record.error, record.error_kind, timings, answered, record.conversation_id
+        ))
         log.info(
             "turn %s %s (transcript after %s s, first audio after %s s)",
             turn_id,
@@ -181,10 +273,8 @@ class ConversationService:
             extra={"turn_id": turn_id},
         )
 
-    async def _converse(self, turn_id: str, utterance: Utterance, brain: Brain, record: _Record) -> None:
-        request = TurnRequest(
-            turn_id, utterance, self.history.messages(), self.history.conversation_id, self.prompt_params
-        )
+    async def _converse(self, request: TurnRequest, brain: Brain, record: _Record) -> None:
+        turn_id = request.turn_id
         # One slot: the brain hands over the transcript and goes straight on to the LLM request, instead of
         # waiting while we publish and log it.
         send, receive = trio.open_memory_channel[BrainOutput](1)
@@ -196,6 +286,8 @@ class ConversationService:
                     async for item in receive:
                         if isinstance(item, Transcript):
                             record.heard, record.heard_at = item.text, trio.current_time()
+                            if self.journal is not None:
+                                self.journal.heard(record.conversation_id, turn_id, item.text)
                             self.bus.publish(Heard(turn_id, item.text))
                             log.info("heard: %s", item.text, extra={"turn_id": turn_id})
                         else:
@@ -215,10 +307,32 @@ class ConversationService:
         # Counted as spoken the moment it starts: the user heard it begin, and a history without it would
         # make the model repeat itself after a barge-in.
         record.spoken.append(chunk.text)
-        if chunk.audio is not None:
-            if record.first_audio_at is None:
-                record.first_audio_at = trio.current_time()
+        if not record.brain and chunk.voice_text:
+            record.brain = chunk.brain or ""
+        if self.journal is not None:
+            self.journal.said(record.conversation_id, turn_id, chunk.text)
+        if chunk.audio is None:
+            return
+        if record.first_audio_at is None:
+            record.first_audio_at = trio.current_time()
+        if isinstance(chunk.audio, AudioClip):
             await self.sink.play(chunk.audio, self._level)
+            record.pace.add(chunk.voice_text, chunk.audio.duration)
+            return
+        heard = _Counted(chunk.audio)
+        try:
+            await self.sink.play(heard, self._level)
+        except ProviderError:
+            # The speech broke off mid-sentence: the history keeps the part that was played, not all of it.
+            part = record.pace.heard_part(chunk.voice_text, heard.seconds)
+            if part:
+                record.spoken[-1] = part
+            else:
+                record.spoken.pop()
+            if self.journal is not None:
+                self.journal.cut(record.conversation_id, turn_id, part)
+            raise
+        record.pace.add(chunk.voice_text, heard.seconds)
 
     def _level(self, db: float) -> None:
         self.bus.publish(OutputLevel(db))

@@ -42,6 +42,9 @@ class Behaviour:
     status: int | None = None  # answer with this HTTP error instead
     retry_after: float | None = None  # Retry-After header with the error
     cut: str | None = None  # "abort": drop the connection mid-stream; "truncate": end early, cleanly
+    cut_at_byte: int | None = None  # drop the connection after exactly this many body bytes...
+    cut_skip: int = 0  # ... of every stream but the first ``cut_skip`` ones
+    streams: int = 0  # streams started so far
     hang: bool = False  # never answer (headers never come)
     hang_mid_stream: bool = False  # send part of the stream, then go silent
     token_delay: float = 0.0  # seconds between streamed deltas
@@ -156,11 +159,20 @@ class FakeCloud:
     ) -> StreamingResponse:
         """Stream ``pieces``; ``record.first_byte_at`` is stamped when piece ``first_content`` goes out."""
 
+        behaviour.streams += 1
+        cut_at = behaviour.cut_at_byte if behaviour.streams > behaviour.cut_skip else None
+
         async def body() -> AsyncIterator[bytes]:
             finished = False
+            sent = 0
             try:
                 half = max(1, len(pieces) // 2)
                 for i, piece in enumerate(pieces):
+                    if cut_at is not None and sent + len(piece) > cut_at:
+                        if cut_at > sent:
+                            yield piece[: cut_at - sent]
+                        raise ConnectionAbortedError("fake cloud cut the stream")
+                    sent += len(piece)
                     if i == half and behaviour.cut == "abort":
                         raise ConnectionAbortedError("fake cloud cut the stream")
                     if i == half and behaviour.cut == "truncate":

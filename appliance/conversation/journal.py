@@ -1,0 +1,202 @@
+"""The write-ahead record of what was heard and said: nothing the robot reported as done is lost to a crash.
+
+One append-only JSON-lines file per conversation (``<conversation_id>.jsonl``). A turn writes a ``begin``
+record (what the user said, or how long they spoke before it is transcribed) that is on disk, fsynced,
+before the brain is asked; ``heard`` when the transcript comes; ``said`` for each sentence as it starts
+playing; and ``end`` (outcome, the brain that answered, timings), fsynced before the turn is reported
+finished. A power cut can tear only the last line, which readers skip; a turn with no ``end`` was cut off
+by the crash and reads back as such.
+
+Appends are small and go through one writer task in order, each in a worker thread, so the event loop never
+waits on the SD card; callers that need durability (``begin``, ``end``) wait for their own record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".jsonl"
+_OPEN_FILES = 4  # conversations whose file stays open for appends
+
+
+@dataclass(eq=False)
+class _Append:
+    conversation_id: str
+    record: dict[str, Any]
+    durable: bool
+    done: trio.Event = field(default_factory=trio.Event)
+    error: OSError | None = None
+
+
+class TurnJournal:
+    name = "journal"
+
+    def __init__(self, directory: Path, queue: int = 256) -> None:
+        self.directory = directory
+        self._send, self._receive = trio.open_memory_channel[_Append](queue)
+        self._files: dict[str, int] = {}  # conversation id -> fd opened for appending, most recent last
+        self.failed = 0
+
+    # --- what a turn writes ------------------------------------------------------------------------------
+
+    async def begin(
+        self, conversation_id: str, turn_id: str, *, brain: str, source: str, heard: str | None,
+        audio_seconds: float | None, announce: bool = False,
+    ) -> None:
+        """Durable before it returns: the brain is asked only once the user's words are safe."""
+        record = {"t": "begin", "turn_id": turn_id, "at": time.time(), "brain": brain, "source": source,
+                  "heard": heard, "audio_seconds": audio_seconds, "announce": announce}
+        await self._write(conversation_id, record, durable=True)
+
+    def heard(self, conversation_id: str, turn_id: str, text: str) -> None:
+        self._queue(conversation_id, {"t": "heard", "turn_id": turn_id, "text": text})
+
+    def said(self, conversation_id: str, turn_id: str, text: str) -> None:
+        """A sentence started playing (queued in order behind the earlier records; not waited for)."""
+        self._queue(conversation_id, {"t": "said", "turn_id": turn_id, "text": text})
+
+    def cut(self, conversation_id: str, turn_id: str, heard: str) -> None:
+        """The last sentence broke off: only ``heard`` of it was played (empty: none of it)."""
+        self._queue(conversation_id, {"t": "cut", "turn_id": turn_id, "text": heard})
+
+    async def end(self, conversation_id: str, turn_id: str, **fields: Any) -> None:
+        """Durable before it returns: the turn is reported finished only after this."""
+        await self._write(conversation_id, {"t": "end", "turn_id": turn_id, "at": time.time(), **fields}, durable=True)
+
+    # --- the writer ----------------------------------------------------------------------------------------
+
+    def _queue(self, conversation_id: str, record: dict[str, Any]) -> None:
+        try:
+            self._send.send_nowait(_Append(conversation_id, record, durable=False))
+        except trio.WouldBlock:  # the disk is far behind: losing a line beats stalling the voice
+            self.failed += 1
+            log.error("history journal is not keeping up; a %s record was not written", record["t"])
+
+    async def _write(self, conversation_id: str, record: dict[str, Any], *, durable: bool) -> None:
+        append = _Append(conversation_id, record, durable)
+        await self._send.send(append)
+        await append.done.wait()
+        if append.error is not None:
+            # The turn goes on (the user must still be answered); the history has a gap, and says so in the log.
+            log.error("history journal: cannot write %s: %s", self.directory, append.error)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            async for append in self._receive:
+                try:
+                    await trio.to_thread.run_sync(self._append, append)
+                except OSError as exc:
+                    self.failed += 1
+                    append.error = exc
+                finally:
+                    append.done.set()
+        finally:
+            for fd in self._files.values():
+                os.close(fd)
+            self._files.clear()
+
+    def _append(self, append: _Append) -> None:
+        fd = self._file(append.conversation_id)
+        line = json.dumps(append.record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        os.write(fd, line.encode("utf-8"))
+        if append.durable:
+            os.fsync(fd)
+
+    def _file(self, conversation_id: str) -> int:
+        fd = self._files.pop(conversation_id, None)
+        if fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = journal_path(self.directory, conversation_id)
+            new = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if new:  # the file's name must survive a power cut too, not only its bytes
+                _fsync_dir(self.directory)
+            while len(self._files) >= _OPEN_FILES:
+                os.close(self._files.pop(next(iter(self._files))))
+        self._files[conversation_id] = fd
+        return fd
+
+
+def journal_path(directory: Path, conversation_id: str) -> Path:
+    return directory / f"{conversation_id}{SUFFIX}"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_turns(lines: Iterable[str]) -> tuple[list[dict[str, Any]], float | None, float | None]:
+    """The turns a journal holds, as the history API shows them, with the first and last record's time.
+
+    A line that does not parse (the one a power cut tore) is skipped; a turn with no ``end`` record was cut
+    off by a crash: it reads back with outcome ``cut off`` and whatever was said before it.
+    """
+    turns: dict[str, dict[str, Any]] = {}
+    first: float | None = None
+    last: float | None = None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("turn_id"), str):
+            continue
+        at = record.get("at")
+        if isinstance(at, int | float):
+            first = at if first is None else first
+            last = at
+        turn_id = record["turn_id"]
+        kind = record.get("t")
+        if kind == "begin":
+            turns[turn_id] = {
+                "turn_id": turn_id, "at": at, "brain": record.get("brain"), "heard": record.get("heard"),
+                "audio_seconds": record.get("audio_seconds"), "source": record.get("source"),
+                "said": [], "spoken": "", "outcome": "cut off", "error": None, "timings": None,
+            }
+            continue
+        turn = turns.get(turn_id)
+        if turn is None:
+            continue
+        if kind == "heard" and isinstance(record.get("text"), str):
+            turn["heard"] = record["text"]
+        elif kind == "said" and isinstance(record.get("text"), str):
+            turn["said"].append(record["text"])
+        elif kind == "cut" and turn["said"] and isinstance(record.get("text"), str):
+            turn["said"].pop()
+            if record["text"]:
+                turn["said"].append(record["text"])
+        elif kind == "end":
+            for key in ("outcome", "brain", "error", "timings", "spoken"):
+                if key in record:
+                    turn[key] = record[key]
+            if record.get("heard") is not None:
+                turn["heard"] = record["heard"]
+    shown = []
+    for turn in turns.values():
+        said = turn.pop("said")
+        if not turn["spoken"]:
+            turn["spoken"] = " ".join(said)
+        if turn["heard"] or turn["spoken"] or turn["outcome"] == "cut off":
+            shown.append(turn)
+    return shown, first, last
