@@ -267,6 +267,7 @@ class Appliance:
     faces: FaceService
     control: Any = None  # the control API service, when enabled
     tools: Any = None  # the cloud brain's ToolRegistry: add tools at runtime with ``app.tools.add(...)``
+    commands: Any = None  # the command layer every transport (control API, MQTT) calls
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -343,6 +344,13 @@ def build_appliance(
         supervisor.add(jobs, required=False)
     appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
     appliance.tools = tools
+    from appliance.commands import Commands
+
+    appliance.commands = Commands(appliance)
+    if config.mqtt.enabled:
+        from appliance.integrations.mqtt.service import add_mqtt
+
+        add_mqtt(appliance)
     if control:  # last: it wraps the services registered above so a config change can restart one of them
         from appliance.control.service import add_control
 

@@ -22,6 +22,7 @@ from appliance.brains.config import FailoverConfig, RemoteConfig, ServerConfig
 from appliance.control.config import ControlConfig
 from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
 from appliance.hardware.config import HardwareConfig
+from appliance.integrations.mqtt.config import MqttConfig
 from appliance.listening.config import ListeningConfig
 from appliance.settings_base import Section
 
@@ -67,6 +68,7 @@ class AppConfig(Section):
     supervisor: SupervisorConfig = SupervisorConfig()
     log: LogConfig = LogConfig()
     control: ControlConfig = ControlConfig()
+    mqtt: MqttConfig = MqttConfig()
 
     @model_validator(mode="before")
     @classmethod
