@@ -241,26 +241,32 @@ class MqttLink:
             )
         if wire.sock is None:
             raise ConnectionLost("paho opened no socket")
+        outcome: Exception
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, client, wire)
                 nursery.start_soon(self._writer, client, wire)
                 nursery.start_soon(self._timer, client, wire)
-                with trio.fail_after(cfg.connect_timeout):
+                with trio.move_on_after(cfg.connect_timeout):
                     await wire.connack.wait()
-                if wire.refused is not None:
-                    raise MqttRefused(wire.refused)
-                self.connected = self.connected_once_in_session = True
-                self.connects += 1
-                self._set_status("connected", f"{cfg.host}:{cfg.port}")
-                nursery.start_soon(self._flusher, client, wire)
-                await wire.lost.wait()
-                raise ConnectionLost(wire.lost_reason or "connection lost")
+                if not wire.connack.is_set():
+                    outcome = trio.TooSlowError()
+                elif wire.refused is not None:
+                    outcome = MqttRefused(wire.refused)
+                else:
+                    self.connected = self.connected_once_in_session = True
+                    self.connects += 1
+                    self._set_status("connected", f"{cfg.host}:{cfg.port}")
+                    nursery.start_soon(self._flusher, client, wire)
+                    await wire.lost.wait()
+                    outcome = ConnectionLost(wire.lost_reason or "connection lost")
+                nursery.cancel_scope.cancel()  # outside the nursery, so callers catch it plainly (no group)
         finally:
             was_connected = self.connected
             self.connected = False
             with trio.CancelScope(shield=True):
                 await self._close(client, wire, graceful=was_connected)
+        raise outcome
 
     async def _close(self, client: Any, wire: _Wire, *, graceful: bool) -> None:
         """On shutdown say ``offline`` ourselves (a clean DISCONNECT suppresses the last will), then close."""
@@ -290,7 +296,8 @@ class MqttLink:
 
     def _disconnected_cb(self, wire: _Wire) -> Callable[..., None]:
         def on_disconnect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-            wire.lost_reason = str(reason)
+            text = str(reason)  # paho names a dropped TCP connection "Unspecified error"
+            wire.lost_reason = "the broker closed the connection" if text == "Unspecified error" else text
             wire.lost.set()
 
         return on_disconnect
