@@ -84,7 +84,7 @@ class Mosquitto:
     messages)."""
 
     def __init__(self, directory: Path, *, tls: bool = False, users: dict[str, str] | None = None,
-                 max_connections: int = -1) -> None:
+                 max_connections: int = -1, sys_interval: int = 10) -> None:
         self.dir = directory
         self.tls = tls
         self.users = users or {}
@@ -95,6 +95,7 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "persistence false",
+            f"sys_interval {sys_interval}",
             f"max_connections {max_connections}",
             "log_dest stderr",
             "log_type error",

@@ -244,9 +244,13 @@ class MqttService:
 
     async def _refresh(self, interval: float) -> None:
         # Uptime, and what changes without an event (a volume set through the API, a new configuration).
+        # A random phase: a fleet that booted together (after a power cut) does not publish in lock-step.
+        import random
+
+        await trio.sleep(random.uniform(0, interval))
         while True:
-            await trio.sleep(interval)
             self._publish_state()
+            await trio.sleep(interval)
 
     # --- receiving ----------------------------------------------------------------------------------------------
 
