@@ -259,7 +259,7 @@ def run_fleet(n: int, idle: float, per_process: int) -> list[Figure]:
         Figure(f"fleet N={n}: idle CPU per robot for MQTT", per_robot_mcore, "mcore", target="<= 2",
                note="process CPU time / wall time / robots; 2 mcore = 0.002 core"),
         Figure(f"fleet N={n}: broker memory per robot", (rss_after - rss_before) / n, "KiB",
-               note="connection + 17 retained messages (discovery, state, info, update, availability)"),
+               note="connection + 18 retained messages (14 discovery, state, info, update, availability)"),
     ]
 
 
