@@ -228,7 +228,7 @@ def run_fleet(n: int, idle: float, per_process: int) -> list[Figure]:
             observer.unsubscribe("appliance/#")
             packets_per_s = math.nan
             if window:
-                (t0, v0), (_t1, v1) = window[0], window[-1]
+                (t0, v0), v1 = window[0], window[-1][1]
                 packets_per_s = (v1 - v0) / max(idle_end - t0, 1e-9)
 
             # Fleet-wide say.

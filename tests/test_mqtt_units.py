@@ -177,3 +177,26 @@ def test_topics() -> None:
     t = Topics.of(MqttConfig(node_id="r1", discovery_prefix="ha", fleet_topic="school/all"))
     assert (t.commands, t.fleet_say, t.ha_status, t.command("say")) == (
         "appliance/r1/+/set", "school/all/say", "ha/status", "appliance/r1/say/set")
+
+
+def test_one_say_queue_for_the_control_api_and_mqtt(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from appliance.app import build_appliance
+    from appliance.audio.playback import MemorySink
+    from appliance.audio.sources import SimulatedMicrophone
+    from appliance.integrations.mqtt.service import MqttService
+    from appliance.systemd import Notifier
+
+    config = AppConfig.model_validate({
+        "gpio": {"pin_factory": "mock"},
+        "control": {"port": 0, "state_dir": str(tmp_path)},
+        "mqtt": {"enabled": True, "node_id": "r1"},
+    })
+    app = build_appliance(config, source=SimulatedMicrophone(None, None), sink=MemorySink(realtime=False),
+                          notifier=Notifier({}), handle_signals=False, control=True)
+    service = app.supervisor.records["mqtt"].service
+    inner = getattr(service, "inner", service)  # the control API wraps services so a config change restarts them
+    assert isinstance(inner, MqttService)
+    assert app.control is not None
+    assert inner.commands is app.commands is app.control.ctx.commands
+    assert app.commands.speaker is app.control.ctx.speaker
+    assert app.supervisor.records["mqtt"].required is False

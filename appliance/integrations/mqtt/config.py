@@ -42,7 +42,7 @@ class MqttConfig(Section):
     url: str = Field(default="mqtt://localhost:1883", description="mqtt://host[:1883] or mqtts://host[:8883] (TLS)")
     username: str | None = Field(default=None, description="user name at the broker")
     password: SecretStr | None = Field(default=None, description="prefer $APPLIANCE_MQTT__PASSWORD or the credential")
-    ca_file: Path | None = Field(default=None, description="CA certificate(s) to trust for mqtts://; default: system CAs")
+    ca_file: Path | None = Field(default=None, description="CA certificate(s) for mqtts://; default: system CAs")
     client_cert: Path | None = Field(default=None, description="client certificate (PEM) for brokers that ask for one")
     client_key: Path | None = Field(default=None, description="the client certificate's key (PEM)")
     node_id: str = Field(default_factory=default_node_id, description="this robot's id in topics; default host name")
@@ -55,7 +55,7 @@ class MqttConfig(Section):
     connect_timeout: float = Field(default=10.0, gt=0, le=120, description="TCP + TLS + CONNACK time limit (s)")
     reconnect_initial: float = Field(default=1.0, gt=0, le=60, description="first reconnect delay (s)")
     reconnect_max: float = Field(default=60.0, gt=0, le=3600, description="reconnect delays double up to this (s)")
-    uptime_interval: float = Field(default=60.0, ge=0, description="re-publish state (uptime) this often (s); 0 = never")
+    uptime_interval: float = Field(default=60.0, ge=0, description="re-publish state (uptime) every (s); 0 = never")
     announce_jitter: float = Field(
         default=5.0, ge=0, le=600,
         description="wait up to this long (random) before answering Home Assistant's birth, so a fleet spreads out (s)",
