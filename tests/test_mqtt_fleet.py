@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from appliance.config import AppConfig
-from appliance.events import FaceChanged, ListenRequested, MuteRequested, TurnFinished, TurnStarted
+from appliance.events import ErrorRaised, FaceChanged, ListenRequested, MuteRequested, TurnFinished, TurnStarted
 from appliance.integrations.mqtt.service import MqttService, MqttStatus
 from tests.harness import running_appliance
 from tests.mqtt_broker import HomeAssistant, Mosquitto, mosquitto_missing
@@ -269,19 +269,23 @@ async def test_wrong_password_gives_clear_status_and_retries_with_backoff(tmp_pa
         config = robot_config(broker.url, username="robot", password="wrong-password-123",
                               ca_file=str(broker.certs.ca))
         async with running_appliance(config) as (app, log):
-            await log.wait_for(MqttStatus, lambda e: e.status == "refused" and len(log.of(MqttStatus)) >= 6)
+            await log.wait_for(MqttStatus, lambda e: e.status == "refused")
             service = mqtt_service(app)
-            assert service.link is not None and service.link.status in ("refused", "connecting")
-            refused = [e for e in log.of(MqttStatus) if e.status == "refused"]
-            assert "not authori" in refused[0].detail.lower() and "password" in refused[0].detail
-            assert "wrong-password" not in refused[0].detail
+            assert service.link is not None
             delays: list[float] = []
             with trio.fail_after(20):
-                while service.link.failures < 6:
-                    delays.append(service.link.last_delay)
-                    await trio.sleep(0.01)
-            assert max(delays) <= config.mqtt.reconnect_max
-            assert service.link.connects == 0
+                while service.link.failures < 5:
+                    if not delays or delays[-1] != service.link.last_delay:
+                        delays.append(service.link.last_delay)
+                    await trio.sleep(0.005)
+            assert service.link.status == "refused" and service.link.connects == 0
+            refused = [e for e in log.of(MqttStatus) if e.status == "refused"]
+            assert len(refused) == 1  # said once, clearly, not once per retry
+            assert "not authori" in refused[0].detail.lower() and "password" in refused[0].detail
+            assert "wrong-password" not in refused[0].detail
+            assert [e.where for e in log.of(ErrorRaised)].count("mqtt") == 1
+            assert len(delays) >= 3 and max(delays) <= config.mqtt.reconnect_max
+            assert max(delays) > min(delays)  # backing off, not hammering the broker at a fixed rate
             assert app.supervisor.records["mqtt"].status == "running"  # retrying, not crashing
 
 

@@ -182,7 +182,9 @@ class MqttLink:
         task_status.started()
         cfg = self.config
         while True:
-            self._set_status("connecting", f"{cfg.host}:{cfg.port}")
+            if self.status in ("starting", "disconnected"):
+                # After a failure the status keeps saying what is wrong (and is logged once) while we retry.
+                self._set_status("connecting", f"{cfg.host}:{cfg.port}")
             try:
                 await self._session()
             except MqttRefused as exc:
