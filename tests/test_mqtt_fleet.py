@@ -328,3 +328,25 @@ def test_killed_robot_goes_offline_through_its_last_will(broker: Mosquitto, tmp_
             robot.kill()
             robot.wait()
         ha.close()
+
+
+async def test_dead_broker_keeps_only_the_latest_state(broker: Mosquitto) -> None:
+    ha = HomeAssistant(broker)
+    try:
+        async with running_appliance(robot_config(broker.url, reconnect_max=0.2)) as (app, log):
+            await ha.wait_for(is_(AVAILABILITY, b"online"))
+            ha.close()
+            broker.stop()
+            await log.wait_for(MqttStatus, lambda e: e.status == "disconnected")
+            service = mqtt_service(app)
+            assert service.link is not None
+            for i in range(2000):  # a day of state changes while the broker is away
+                app.commands.set_muted(i % 2 == 0, "test")
+                await trio.sleep(0)
+            assert len(service.link.outbox) <= 3  # state (and info/update): the latest of each, nothing more
+            broker.start()
+            ha = HomeAssistant(broker)
+            await ha.wait_for(state_has(muted="OFF"))  # the last change, i = 1999
+            await ha.wait_for(is_(AVAILABILITY, b"online"))
+    finally:
+        ha.close()
