@@ -350,3 +350,29 @@ async def test_dead_broker_keeps_only_the_latest_state(broker: Mosquitto) -> Non
             await ha.wait_for(is_(AVAILABILITY, b"online"))
     finally:
         ha.close()
+
+
+async def test_a_crash_in_the_link_is_restarted_by_the_supervisor(broker: Mosquitto) -> None:
+    from appliance.events import ServiceStatus
+
+    ha = HomeAssistant(broker)
+    try:
+        async with running_appliance(robot_config(broker.url)) as (app, log):
+            await ha.wait_for(is_(AVAILABILITY, b"online"))
+            service = mqtt_service(app)
+            real = service.command
+
+            async def buggy(name: str, payload: bytes) -> None:
+                service.command = real  # type: ignore[method-assign]  # fails once, like a bug on one input
+                raise RuntimeError("a bug")
+
+            service.command = buggy  # type: ignore[method-assign]
+            ha.clear()
+            ha.publish(f"{BASE}/face/set", "joy")
+            await log.wait_for(ServiceStatus, lambda e: e.service == "mqtt" and e.status == "restarting")
+            await log.wait_for(ServiceStatus, lambda e: e.service == "mqtt" and e.status == "running"
+                               and e.restarts == 1)
+            await ha.wait_for(is_(AVAILABILITY, b"online"))  # reconnected and announced again
+            await settled(ha, log, "sorrow")
+    finally:
+        ha.close()
