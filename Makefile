@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
-                libportaudio2 espeak-ng sox alsa-utils jackd2 shellcheck systemd
+                libportaudio2 espeak-ng sox alsa-utils jackd2 shellcheck systemd mosquitto
 PYTEST_ARGS ?=
 
 .PHONY: run test bench deps apt check-config clean security lock wheelhouse rootfs provisioning-test \

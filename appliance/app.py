@@ -336,7 +336,7 @@ class Appliance:
     tools: Any = None  # the cloud brain's ToolRegistry: add tools at runtime with ``app.tools.add(...)``
     response_hooks: Any = None  # ``app.response_hooks.add("start", show_thinking)``
     tracing: Any = None  # the OpenTelemetry exporter, when [tracing] is on
-
+    commands: Any = None  # the command layer every transport (control API, MQTT) calls
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -426,10 +426,17 @@ def build_appliance(
     appliance.tools = tools
     appliance.response_hooks = response_hooks
     appliance.tracing = tracing
+    from appliance.commands import Commands
+
+    appliance.commands = Commands(appliance)
     if config.home_assistant.esphome:
         from appliance.integrations.esphome.service import add_esphome
 
         add_esphome(appliance, queue)
+    if config.mqtt.enabled:
+        from appliance.integrations.mqtt.service import add_mqtt
+
+        add_mqtt(appliance)
     if control:  # last: it wraps the services registered above so a config change can restart one of them
         from appliance.control.service import add_control
 

@@ -26,6 +26,7 @@ from appliance.conversation.response_hooks import ResponseHooksConfig
 from appliance.conversation.tracing import TracingConfig
 from appliance.hardware.config import HardwareConfig
 from appliance.integrations.esphome.config import HomeAssistantConfig
+from appliance.integrations.mqtt.config import MqttConfig
 from appliance.listening.config import ListeningConfig
 from appliance.settings_base import Section
 
@@ -82,6 +83,7 @@ class AppConfig(Section):
     log: LogConfig = LogConfig()
     control: ControlConfig = ControlConfig()
     home_assistant: HomeAssistantConfig = HomeAssistantConfig()
+    mqtt: MqttConfig = MqttConfig()
 
     @model_validator(mode="before")
     @classmethod

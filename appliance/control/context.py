@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from appliance.bus import EventBus
+from appliance.commands import Commands
 from appliance.config import AppConfig
 from appliance.control.config import ControlConfig
 from appliance.control.histories import HistoryStore
@@ -23,7 +24,7 @@ from appliance.control.metrics import Metrics
 from appliance.control.restart import Restartable
 from appliance.control.speaker import Speaker
 from appliance.control.sse import Slots
-from appliance.events import FaceChanged, MuteRequested, State, StateChanged, TurnFinished
+from appliance.events import State, StateChanged, TurnFinished
 
 if TYPE_CHECKING:
     from appliance.app import Appliance
@@ -68,6 +69,9 @@ class ControlContext:
         self.limits: ControlConfig = appliance.config.control
         self.slots = Slots(self.limits.max_sse_clients)
         self.config_lock = trio.Lock()
+        # The command layer the other transports (MQTT) use too, with this API's say queue.
+        self.commands: Commands = getattr(appliance, "commands", None) or Commands(appliance)
+        self.commands.speaker = speaker
 
     # --- reading ---------------------------------------------------------------------------------------
 
@@ -76,21 +80,16 @@ class ControlContext:
         return self.appliance.config
 
     def uptime(self) -> float:
-        started = self.appliance.supervisor.started_at
-        return 0.0 if started is None else max(0.0, trio.current_time() - started)
+        return self.commands.uptime()
 
     def state(self) -> State:
-        return self.appliance.state.state
+        return self.commands.state()
 
     def muted(self) -> bool:
-        latest = self.bus.latest(MuteRequested)
-        if latest is not None:
-            return latest.muted
-        return self.state() is State.MUTED
+        return self.commands.muted()
 
     def face(self) -> str:
-        latest = self.bus.latest(FaceChanged)
-        return latest.name if latest is not None else getattr(self.appliance.faces, "current", "neutral")
+        return self.commands.face()
 
     def last_turn(self) -> TurnFinished | None:
         return self.bus.latest(TurnFinished)
