@@ -92,8 +92,8 @@ async def test_history_store_reads_the_journal_and_keeps_the_newest(tmp_path):
         await nursery.start(store.record, bus, lambda: "unused")
         for n, conversation in enumerate(["conv1", "conv1", "conv2", "conv3"]):
             await journal.begin(conversation, f"t{n}", brain="cloud", source="voice", heard=None, audio_seconds=1.5)
-            journal.heard(conversation, f"t{n}", f"question {n}")
-            journal.said(conversation, f"t{n}", f"answer {n}.")
+            await journal.heard(conversation, f"t{n}", f"question {n}")
+            await journal.said(conversation, f"t{n}", f"answer {n}.")
             await journal.end(conversation, f"t{n}", outcome="done", brain="offline", spoken=f"answer {n}.",
                               error=None, timings=asdict(TurnTimings(0.1, 0.2, 0.3, 0.4)))
             bus.publish(TurnFinished(f"t{n}", "done", f"answer {n}.", conversation_id=conversation))

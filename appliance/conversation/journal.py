@@ -8,7 +8,8 @@ finished. A power cut can tear only the last line, which readers skip; a turn wi
 by the crash and reads back as such.
 
 Appends are small and go through one writer task in order, each in a worker thread, so the event loop never
-waits on the SD card; callers that need durability (``begin``, ``end``) wait for their own record.
+waits on the SD card. Every caller waits until its record is written (the page cache is enough against a
+crash of the process); ``begin`` and ``end`` also wait for the fsync that a power cut needs.
 """
 
 from __future__ import annotations
@@ -59,29 +60,22 @@ class TurnJournal:
                   "heard": heard, "audio_seconds": audio_seconds, "announce": announce}
         await self._write(conversation_id, record, durable=True)
 
-    def heard(self, conversation_id: str, turn_id: str, text: str) -> None:
-        self._queue(conversation_id, {"t": "heard", "turn_id": turn_id, "text": text})
+    async def heard(self, conversation_id: str, turn_id: str, text: str) -> None:
+        await self._write(conversation_id, {"t": "heard", "turn_id": turn_id, "text": text}, durable=False)
 
-    def said(self, conversation_id: str, turn_id: str, text: str) -> None:
-        """A sentence started playing (queued in order behind the earlier records; not waited for)."""
-        self._queue(conversation_id, {"t": "said", "turn_id": turn_id, "text": text})
+    async def said(self, conversation_id: str, turn_id: str, text: str) -> None:
+        """A sentence starts playing: written (a crash of the process cannot lose it), not fsynced."""
+        await self._write(conversation_id, {"t": "said", "turn_id": turn_id, "text": text}, durable=False)
 
-    def cut(self, conversation_id: str, turn_id: str, heard: str) -> None:
+    async def cut(self, conversation_id: str, turn_id: str, heard: str) -> None:
         """The last sentence broke off: only ``heard`` of it was played (empty: none of it)."""
-        self._queue(conversation_id, {"t": "cut", "turn_id": turn_id, "text": heard})
+        await self._write(conversation_id, {"t": "cut", "turn_id": turn_id, "text": heard}, durable=False)
 
     async def end(self, conversation_id: str, turn_id: str, **fields: Any) -> None:
         """Durable before it returns: the turn is reported finished only after this."""
         await self._write(conversation_id, {"t": "end", "turn_id": turn_id, "at": time.time(), **fields}, durable=True)
 
     # --- the writer ----------------------------------------------------------------------------------------
-
-    def _queue(self, conversation_id: str, record: dict[str, Any]) -> None:
-        try:
-            self._send.send_nowait(_Append(conversation_id, record, durable=False))
-        except trio.WouldBlock:  # the disk is far behind: losing a line beats stalling the voice
-            self.failed += 1
-            log.error("history journal is not keeping up; a %s record was not written", record["t"])
 
     async def _write(self, conversation_id: str, record: dict[str, Any], *, durable: bool) -> None:
         append = _Append(conversation_id, record, durable)

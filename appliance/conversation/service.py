@@ -241,10 +241,11 @@ class ConversationService:
         clip = await self.error_voice.say(line)
         if clip is None:
             return
+        if self.journal is not None:
+            with trio.move_on_after(JOURNAL_WAIT):
+                await self.journal.said(record.conversation_id, turn_id, line)
         self.bus.publish(SentenceStarted(turn_id, len(record.spoken), line))
         record.spoken.append(line)
-        if self.journal is not None:
-            self.journal.said(record.conversation_id, turn_id, line)
         await self.sink.play(clip, self._level)
 
     async def _finish(self, turn_id: str, record: _Record, brain: Brain) -> None:
@@ -287,7 +288,8 @@ class ConversationService:
                         if isinstance(item, Transcript):
                             record.heard, record.heard_at = item.text, trio.current_time()
                             if self.journal is not None:
-                                self.journal.heard(record.conversation_id, turn_id, item.text)
+                                with trio.move_on_after(JOURNAL_WAIT):
+                                    await self.journal.heard(record.conversation_id, turn_id, item.text)
                             self.bus.publish(Heard(turn_id, item.text))
                             log.info("heard: %s", item.text, extra={"turn_id": turn_id})
                         else:
@@ -297,6 +299,9 @@ class ConversationService:
     async def _speak(self, turn_id: str, index: int, chunk: ReplyChunk, record: _Record) -> None:
         if record.first_text_at is None:
             record.first_text_at = trio.current_time()
+        if self.journal is not None:  # on disk before anyone is told the sentence started
+            with trio.move_on_after(JOURNAL_WAIT):
+                await self.journal.said(record.conversation_id, turn_id, chunk.text)
         self.bus.publish(SentenceStarted(turn_id, index, chunk.voice_text))
         for tag in chunk.tags:
             duration = _float(tag.attribute("duration"))
@@ -309,8 +314,6 @@ class ConversationService:
         record.spoken.append(chunk.text)
         if not record.brain and chunk.voice_text:
             record.brain = chunk.brain or ""
-        if self.journal is not None:
-            self.journal.said(record.conversation_id, turn_id, chunk.text)
         if chunk.audio is None:
             return
         if record.first_audio_at is None:
@@ -330,7 +333,8 @@ class ConversationService:
             else:
                 record.spoken.pop()
             if self.journal is not None:
-                self.journal.cut(record.conversation_id, turn_id, part)
+                with trio.move_on_after(JOURNAL_WAIT):
+                    await self.journal.cut(record.conversation_id, turn_id, part)
             raise
         record.pace.add(chunk.voice_text, heard.seconds)
 
