@@ -128,7 +128,10 @@ def test_unit_runs_as_its_own_user_with_its_directories() -> None:
 def test_unit_credentials_are_the_ones_the_app_reads() -> None:
     s = unit_settings()
     loaded = {entry.split(":", 1)[0]: entry.split(":", 1)[1] for entry in s["LoadCredential"]}
-    app_reads = {credential for _, credential in _PROVIDER_KEYS.values()} | {"remote_api_key", "control_token"}
+    from appliance.integrations.mqtt.config import CREDENTIAL_NAME as MQTT_PASSWORD
+
+    app_reads = {credential for _, credential in _PROVIDER_KEYS.values()} | {"remote_api_key", "control_token",
+                                                                            MQTT_PASSWORD}
     assert set(loaded) == app_reads
     for name, source in loaded.items():
         assert source == f"/etc/appliance/credentials/{name}"
