@@ -66,8 +66,13 @@ class Endpointer:
         preroll: float = 0.3,
         early_endpoint: float | None = None,
         longest_preroll: float | None = None,
+        confirm_blocks: int = 1,
     ) -> None:
         self.block_seconds = block_seconds
+        # Speech must last this many blocks in a row to start an utterance or to break a silence: a single loud
+        # block of noise (a fan's flutter just over an adaptive threshold) neither starts nor prolongs one.
+        self.confirm_blocks = max(1, confirm_blocks)
+        self._run = 0
         self.silence_blocks = max(1, round(silence_duration / block_seconds))
         self.early_blocks = (
             max(1, round(early_endpoint / block_seconds)) if early_endpoint and early_endpoint < silence_duration
@@ -85,6 +90,7 @@ class Endpointer:
         self._forced = False
         self._sent_early = False
         self._armed_blocks: int | None = None  # blocks left to wait for speech after a wake word
+        self._command = False  # opened by a wake word or a tap: the user asked to be heard, never "too short"
         self.last_level = -100.0
 
     @property
@@ -117,6 +123,12 @@ class Endpointer:
         self._forced = False
         self._sent_early = False
         self._armed_blocks = None
+        self._command = False
+
+    @property
+    def history_levels(self) -> list[float]:
+        """Levels (dBFS) of the blocks kept before an onset, oldest first (for finding a wake phrase)."""
+        return [lv for _, lv in self._history]
 
     def _open(self, preroll_blocks: int) -> None:
         kept = list(self._history)[-preroll_blocks:] if preroll_blocks else []
@@ -133,7 +145,8 @@ class Endpointer:
 
     def arm(self, preroll: float, timeout: float) -> None:
         """The wake word was heard (or the talk button tapped): the utterance starts ``preroll`` s back (or
-        where the open one started); speech must follow within ``timeout``."""
+        where the open one started); speech must follow within ``timeout``. What follows belongs to the user:
+        it is never dropped as too short."""
         if self._speech:
             speech, levels = self._speech, self._levels
             self._clear()
@@ -145,6 +158,7 @@ class Endpointer:
             self._speech = [np.zeros(0, dtype=np.int16)]
             self._levels = [-100.0]
         self._armed_blocks = max(1, round(timeout / self.block_seconds))
+        self._command = True
 
     def finish(self) -> Segment | None:
         """Close the open utterance now (push-to-talk released)."""
@@ -155,17 +169,21 @@ class Endpointer:
 
     def process(self, block: np.ndarray, speech: bool, level: float | None = None) -> EndpointResult | None:
         level = self.last_level = level_db(block) if level is None else level
+        self._run = self._run + 1 if speech else 0
+        confirmed = self._run >= self.confirm_blocks
         if not self._speech:
-            if not speech:
+            if not confirmed:
                 self._history.append((block, level))
                 return None
-            self._open(self.preroll_blocks)
+            self._open(self.preroll_blocks + self.confirm_blocks - 1)
             self._speech.append(block)
             self._levels.append(level)
             self._voiced, self._quiet = 1, 0
             return Onset(level)
         self._speech.append(block)
         self._levels.append(level)
+        if speech and not confirmed and (self._quiet > 0 or self._armed_blocks is not None):
+            speech = False  # not (yet) a resumption: a blip
         if self._armed_blocks is not None:
             if not speech:
                 self._armed_blocks -= 1
@@ -190,14 +208,17 @@ class Endpointer:
         if self._forced:
             return None
         if self._quiet >= self.silence_blocks:
-            if self._voiced < self.min_blocks:
+            if self._voiced < self.min_blocks and not self._command:
                 self._clear()
                 return Discarded("too short")
             if self._sent_early:
                 self._clear()  # already handed out, and nothing was added since
                 return None
             return self._close("silence")
-        if self.early_blocks is not None and self._quiet == self.early_blocks and self._voiced >= self.min_blocks:
+        if (
+            self.early_blocks is not None and self._quiet == self.early_blocks
+            and (self._voiced >= self.min_blocks or self._command)
+        ):
             self._sent_early = True
             return self._segment("early")
         return None

@@ -24,6 +24,7 @@ from appliance.events import (
     ListenRequested,
     MuteRequested,
     OutputLevel,
+    ServiceStatus,
     SpeechDiscarded,
     SpeechStarted,
     State,
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 _LEVEL_EVERY = 5  # publish the input level every Nth block: enough for a meter, cheap for the bus
 _TAP = 0.4  # s: the talk button released sooner than this was tapped (listen once), not held (push-to-talk)
 _WAKE_EVIDENCE = 1.2  # s: during playback a wake word needs the user's own voice (above the echo) this recently
+_WAKE_LOOKBACK = 3.0  # s of audio kept to find where the wake phrase started (detections come 0.2-0.8 s after it)
+_WAKE_GAP = 0.3  # s: a quieter stretch shorter than this inside the wake phrase does not end it
+_WAKE_RANGE_DB = 20.0  # dB: the phrase is the blocks within this of its loudest (95th percentile) block
 
 
 class ListeningService:
@@ -79,7 +83,8 @@ class ListeningService:
         self.endpointer = Endpointer(
             self.block_seconds, c.silence_duration, c.min_duration, c.max_duration, c.preroll + late,
             c.early_endpoint,
-            longest_preroll=c.wake_word.preroll if self.wake_engine == "micro" else None,
+            longest_preroll=max(c.wake_word.preroll, _WAKE_LOOKBACK) if self.wake_engine == "micro" else None,
+            confirm_blocks=2,
         )
         self.guard = EchoGuard(c.self_trigger_guard, self.block_seconds, c.barge_in_margin_db, c.echo_tail)
         self.conversation_open_until = float("-inf")  # audio clock
@@ -90,6 +95,8 @@ class ListeningService:
         self.wake_rejected = 0
         self.barge_ins = 0
         self.utterances_sent = 0
+        self.command_level: float | None = None  # dBFS the wake phrase was spoken at, while its command is open
+        self.learning = True  # the room's noise floor is not learned from non-speech yet (status "learning")
 
     # --- setup ------------------------------------------------------------------------------------------
 
@@ -133,11 +140,24 @@ class ListeningService:
                 continue
             count += 1
             result = self.process_block(block)
+            if self.vad is not None and self.learning == self.vad.noise_learned:
+                self._publish_learning()
             if count % _LEVEL_EVERY == 0:
                 self.bus.publish(InputLevel(self.endpointer.last_level))
             if result is not None:
                 await self._handle(result)
             self._relax()
+
+    def _publish_learning(self) -> None:
+        """Say in the service status whether the noise floor is still being learned (cold start, unmute):
+        until then the floor is a guess from the quietest tenth of what was heard."""
+        assert self.vad is not None
+        self.learning = not self.vad.noise_learned
+        if self.learning:
+            self.bus.publish(ServiceStatus(self.name, "learning", error="learning the room's noise from non-speech"))
+        else:
+            self.bus.publish(ServiceStatus(self.name, "running"))
+        log.info("listening: %s", "learning the room's noise" if self.learning else "noise floor learned")
 
     def _relax(self) -> None:
         """Let the capture hand audio over in batches while nothing is going on. An onset may then be seen up
@@ -165,6 +185,10 @@ class ListeningService:
             extra = guard.margin_db if playing else 0.0
             speech = vad.is_speech(block, extra, echo, endpointer.in_speech and not endpointer.armed, room=not playing)
             level = vad.last_level
+            if self.command_level is not None and endpointer.in_speech and not playing and not speech:
+                # The command after a wake word belongs to the user: judged against how loud they said the
+                # wake phrase, not against the absolute gate (a quiet command in noise is still a command).
+                speech = level >= vad.command_threshold_db(self.command_level)
         if playing:
             guard.learn(level)
         elif not speech and not endpointer.in_speech:
@@ -186,14 +210,47 @@ class ListeningService:
             speech = False  # keep the pre-roll filling, start nothing
         if (
             endpointer.in_speech and not endpointer.forced and not playing and vad.noise_floor
+            and self.command_level is None
             and vad.detector.name == "energy" and vad.steady_noise()  # a neural VAD tells noise apart itself
         ):
             vad.relearn()
             return endpointer.abandon("steady noise")
         result = endpointer.process(block, speech, level)
-        if isinstance(result, Segment) and result.reason == "max_duration" and vad.noise_floor:
+        if (
+            isinstance(result, Segment) and result.reason == "max_duration" and vad.noise_floor
+            and self.command_level is None
+        ):
             vad.relearn(list(result.levels))  # endless "speech" is most likely a new steady noise
+        if not endpointer.in_speech:
+            self.command_level = None
         return result
+
+    def _wake_phrase(self) -> tuple[float, float | None]:
+        """Where the wake phrase that was just detected started (seconds back from now, pre-roll included) and
+        the level it was spoken at, found in the kept audio: the last run of loud blocks (gaps under
+        ``_WAKE_GAP`` bridged) before the detection. Without one, the configured pre-roll and no level."""
+        assert self.vad is not None
+        preroll = self.config.wake_word.preroll
+        levels = self.endpointer.history_levels
+        if self.endpointer.in_speech or len(levels) < 5:
+            return preroll, None
+        ordered = sorted(levels)
+        peak = ordered[int(0.95 * (len(ordered) - 1))]
+        floor = self.vad.floor_db
+        gate = peak - _WAKE_RANGE_DB if floor is None else max(peak - _WAKE_RANGE_DB, floor + self.vad.min_noise_margin_db)
+        voiced = [i for i, lv in enumerate(levels) if lv >= gate]
+        if not voiced:
+            return preroll, None
+        end = start = voiced[-1]
+        gap = max(1, round(_WAKE_GAP / self.block_seconds))
+        for i in reversed(voiced[:-1]):
+            if start - i > gap:
+                break
+            start = i
+        phrase = sorted(levels[start : end + 1])
+        level = phrase[int(0.9 * (len(phrase) - 1))]
+        back = (len(levels) - start) * self.block_seconds + self.config.preroll
+        return max(preroll, back), level
 
     def _on_wake(self, detection: WakeDetection, playing: bool) -> None:
         accepted, reason = True, ""
@@ -216,7 +273,9 @@ class ListeningService:
         if busy and not self.config.barge_in:
             return
         ww = self.config.wake_word
-        self.endpointer.arm(ww.preroll, ww.command_timeout)
+        back, level = self._wake_phrase()
+        self.endpointer.arm(back, ww.command_timeout)
+        self.command_level = level
         self._source = "wake_word"
         if busy:
             self.barge_ins += 1
@@ -263,10 +322,13 @@ class ListeningService:
         elif isinstance(event, MuteRequested):
             if event.muted != self.muted:
                 log.info("microphone %s (%s)", "muted" if event.muted else "open", event.source)
-            self.muted = event.muted
+            was_muted, self.muted = self.muted, event.muted
             self.endpointer.reset()
+            self.command_level = None
             if self.vad is not None:
                 self.vad.reset()
+                if was_muted and not event.muted:
+                    self.vad.forget_room()  # the room may have changed while the mic was closed
             if self.wake is not None and event.muted:
                 self.wake.reset()
         elif isinstance(event, ListenRequested) and not self.muted:
