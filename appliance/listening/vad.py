@@ -237,7 +237,9 @@ class VoiceActivity:
             ordered = sorted(self._all)
             low, lower = ordered[len(ordered) // 10], ordered[(3 * len(ordered)) // 10]
             spread = 1.7 * (lower - low)  # ~ median - 10th percentile for noise alone
-            self._floor = min(ordered[len(ordered) // 2], low + 3.0)
+            guess = min(ordered[len(ordered) // 2], low + 3.0)
+            # Only downwards: a long sentence fills the window and would lift the guess to its own level.
+            self._floor = guess if self._floor is None else min(self._floor, guess)
         else:
             self._floor, spread = None, float("inf")
         if self.detector.name == "energy":
@@ -337,6 +339,7 @@ class VoiceActivity:
         """The microphone was closed: the room may have changed, learn it again (from non-speech only)."""
         self._levels.clear()
         self._all.clear()
+        self._floor = None
         self._dirty = True
 
     def reset(self) -> None:
