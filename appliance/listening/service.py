@@ -122,6 +122,7 @@ class ListeningService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_events, sub)
                 task_status.started()
+                self._publish_learning()
                 if self.config.mode == "muted":
                     self.bus.publish(MuteRequested(True, source="config"))
                 log.info(
@@ -237,7 +238,9 @@ class ListeningService:
         ordered = sorted(levels)
         peak = ordered[int(0.95 * (len(ordered) - 1))]
         floor = self.vad.floor_db
-        gate = peak - _WAKE_RANGE_DB if floor is None else max(peak - _WAKE_RANGE_DB, floor + self.vad.min_noise_margin_db)
+        gate = peak - _WAKE_RANGE_DB
+        if floor is not None:
+            gate = max(gate, floor + self.vad.min_noise_margin_db)
         voiced = [i for i, lv in enumerate(levels) if lv >= gate]
         if not voiced:
             return preroll, None

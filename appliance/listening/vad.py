@@ -207,6 +207,7 @@ class VoiceActivity:
         self._floor: float | None = None
         self._margin = self.noise_margin_db
         self._dirty = False
+        self._in_speech = False  # an utterance is open (the caller says so): the cold guess may not rise
         self.last_level = -100.0
         self.last_probability = 0.0
 
@@ -238,8 +239,10 @@ class VoiceActivity:
             low, lower = ordered[len(ordered) // 10], ordered[(3 * len(ordered)) // 10]
             spread = 1.7 * (lower - low)  # ~ median - 10th percentile for noise alone
             guess = min(ordered[len(ordered) // 2], low + 3.0)
-            # Only downwards: a long sentence fills the window and would lift the guess to its own level.
-            self._floor = guess if self._floor is None else min(self._floor, guess)
+            # During an utterance only downwards: a long first sentence fills the window and would lift the
+            # guess to its own level. Between utterances it may rise (a TV or a fan heard from the start).
+            hold = self._in_speech and self._floor is not None
+            self._floor = min(self._floor, guess) if hold and self._floor is not None else guess
         else:
             self._floor, spread = None, float("inf")
         if self.detector.name == "energy":
@@ -310,6 +313,8 @@ class VoiceActivity:
         detector's probability may dip 0.15 below its threshold before the block counts as silence.
         ``room=False``: the block holds the robot's own voice and says nothing about the room's noise."""
         level = self.last_level = level_db(block)
+        if in_speech != self._in_speech:
+            self._in_speech, self._dirty = in_speech, True
         if room:
             self._all.append(level)
         if len(self._levels) < self._enough_quiet:
