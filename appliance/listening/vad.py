@@ -50,6 +50,10 @@ REACTION_SECONDS = {"energy": 0.0, "silero": 0.0, "micro_vad": 0.3}
 STEADY_MODULATION_DB = 5.0
 # After a wake word, blocks down to this far below the wake phrase's level still belong to the command.
 COMMAND_RANGE_DB = 30.0
+# An open utterance goes on this much below the onset threshold (the fading end of a word in noise).
+HYSTERESIS_DB = 3.0
+# ... fully when the adaptive margin is HYSTERESIS_DB under this (a steady hiss), not at all above it (music).
+STEADY_MARGIN_DB = 7.0
 
 
 class NoNeuralVAD:
@@ -320,6 +324,13 @@ class VoiceActivity:
         if len(self._levels) < self._enough_quiet:
             self._dirty = True
         needed = self.threshold_db + extra_db
+        if in_speech and self.detector.name == "energy" and self._floor is not None and self.noise_floor:
+            # Hysteresis: an open utterance goes on HYSTERESIS_DB lower (not under the smallest margin), so the fading end of a word
+            # in noise is still in it (single loud noise blocks are the endpointer's confirm_blocks' job).
+            # Full hysteresis in a steady noise, none in a fluttering one (music, voices keep an utterance open).
+            steadiness = min(1.0, max(0.0, (STEADY_MARGIN_DB - self.margin_db) / HYSTERESIS_DB))
+            held = max(self.min_noise_margin_db, self.margin_db - HYSTERESIS_DB * steadiness)
+            needed = max(self.volume_db_threshold, self._floor + held) + extra_db
         if floor_db is not None:
             needed = max(needed, floor_db + extra_db)
         if self.detector.name == "energy":
