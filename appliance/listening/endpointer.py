@@ -73,6 +73,8 @@ class Endpointer:
         # block of noise (a fan's flutter just over an adaptive threshold) neither starts nor prolongs one.
         self.confirm_blocks = max(1, confirm_blocks)
         self._run = 0
+        self.max_hold_blocks = max(1, round(1.0 / block_seconds))  # a bridge keeps an utterance open this long
+        self._held = 0
         self.silence_blocks = max(1, round(silence_duration / block_seconds))
         self.early_blocks = (
             max(1, round(early_endpoint / block_seconds)) if early_endpoint and early_endpoint < silence_duration
@@ -124,6 +126,12 @@ class Endpointer:
         self._sent_early = False
         self._armed_blocks = None
         self._command = False
+        self._held = 0
+
+    @property
+    def kept_blocks(self) -> list[np.ndarray]:
+        """The open utterance's blocks so far (pre-roll included)."""
+        return self._speech
 
     @property
     def history_levels(self) -> list[float]:
@@ -167,7 +175,11 @@ class Endpointer:
             return None
         return self._close("button")
 
-    def process(self, block: np.ndarray, speech: bool, level: float | None = None) -> EndpointResult | None:
+    def process(
+        self, block: np.ndarray, speech: bool, level: float | None = None, hold: bool = False
+    ) -> EndpointResult | None:
+        """One block. ``hold``: a second opinion (a neural VAD) hears speech in this quiet block: the utterance
+        is not closed on it (up to ``max_hold_blocks`` in a row), though an early hand-out still happens."""
         level = self.last_level = level_db(block) if level is None else level
         self._run = self._run + 1 if speech else 0
         confirmed = self._run >= self.confirm_blocks
@@ -196,6 +208,7 @@ class Endpointer:
             return Onset(level)
         if speech:
             self._voiced += 1
+            self._held = 0
             resumed = self._sent_early and self._quiet > 0
             self._quiet = 0
             if resumed:
@@ -207,6 +220,12 @@ class Endpointer:
             return self._close("max_duration")
         if self._forced:
             return None
+        if (
+            self._quiet >= self.silence_blocks and hold and self._voiced >= self.min_blocks
+            and self._held < self.max_hold_blocks
+        ):
+            self._held += 1
+            self._quiet = self.silence_blocks - 1  # a word under the noise: not the end yet
         if self._quiet >= self.silence_blocks:
             if self._voiced < self.min_blocks and not self._command:
                 self._clear()

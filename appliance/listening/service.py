@@ -36,7 +36,13 @@ from appliance.listening.config import ListeningConfig
 from appliance.listening.endpointer import Discarded, Endpointer, Onset, Segment
 from appliance.listening.events import WakeWordDetected
 from appliance.listening.guard import EchoGuard
-from appliance.listening.vad import REACTION_SECONDS, SpeechDetector, VoiceActivity, make_detector
+from appliance.listening.vad import (
+    REACTION_SECONDS,
+    SpeechDetector,
+    VADUnavailable,
+    VoiceActivity,
+    make_detector,
+)
 from appliance.listening.wakeword import MicroWakeWordDetector, WakeDetection, WakeWordDetector
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,7 @@ class ListeningService:
         self._speech_detector = speech_detector
         self.wake: WakeWordDetector | None = None
         self.vad: VoiceActivity | None = None
+        self.bridge: SpeechDetector | None = None  # a neural second opinion inside utterances (energy VAD)
         c = config
         # A detector that decides late would start the utterance after the first syllable: keep that much more.
         late = getattr(speech_detector, "reaction", None) if speech_detector is not None else None
@@ -108,6 +115,11 @@ class ListeningService:
             self.block_seconds, c.volume_db_threshold, c.noise_floor, c.noise_margin_db, c.noise_window,
             detector, c.vad_threshold, c.neural_margin_db,
         )
+        if c.vad == "energy" and c.bridge_vad == "micro_vad" and self._speech_detector is None:
+            try:
+                self.bridge = make_detector("micro_vad")
+            except VADUnavailable as exc:
+                log.warning("listening: no bridge VAD (%s); the energy gate alone ends utterances", exc)
         if self.wake_engine == "micro":
             self.wake = self._wake_detector or MicroWakeWordDetector.from_config(
                 c.wake_word.models, c.wake_word.runtime, c.wake_word.refractory
@@ -216,7 +228,15 @@ class ListeningService:
         ):
             vad.relearn()
             return endpointer.abandon("steady noise")
-        result = endpointer.process(block, speech, level)
+        hold = False
+        bridge = self.bridge
+        if bridge is not None and endpointer.in_speech and not endpointer.forced and not playing:
+            hold = bridge.probability(block) >= self.config.vad_threshold
+        result = endpointer.process(block, speech, level, hold)
+        if bridge is not None and isinstance(result, Onset) and not result.resumed:
+            bridge.reset()  # it only hears utterances: give it the pre-roll so it knows what came before
+            for kept in endpointer.kept_blocks:
+                bridge.probability(kept)
         if (
             isinstance(result, Segment) and result.reason == "max_duration" and vad.noise_floor
             and self.command_level is None
