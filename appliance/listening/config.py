@@ -106,13 +106,16 @@ class ListeningConfig(Section):
     noise_window: float = Field(default=3.0, ge=0.5, le=30, description="seconds of non-speech the floor is taken from")
     silence_duration: float = Field(default=0.5, gt=0, le=5, description="silence that ends an utterance (s)")
     early_endpoint: float | None = Field(
-        default=0.25, gt=0, le=5,
+        default=0.35, gt=0, le=5,
         description="send the utterance after this much silence already; if speech resumes before "
         "silence_duration it is sent again, whole, and supersedes the first (null = wait silence_duration)",
     )
     min_duration: float = Field(default=0.2, ge=0, description="shorter sounds are ignored (s)")
     max_duration: float = Field(default=10.0, gt=0, le=120, description="an utterance is cut after this (s)")
-    preroll: float = Field(default=0.3, ge=0, le=2, description="audio kept from before the onset (s)")
+    preroll: float = Field(
+        default=0.5, ge=0, le=2,
+        description="audio kept from before the onset (s); 0.5 keeps a soft first syllable in noise",
+    )
     barge_in: bool = Field(default=True, description="speaking over the robot interrupts it")
     barge_in_margin_db: float = Field(
         default=12.0, ge=0, description="while the robot speaks, speech must be this much louder than its echo"
