@@ -155,6 +155,44 @@ def wake_figures(fraction: float, overrides: dict[str, object], cpu: list[float]
     return figures
 
 
+def runtime_figures(fraction: float) -> list[Figure]:
+    """Raw per-invocation okay_nabu probabilities of LiteRT vs the reference (pymicro-wakeword's own TFLite
+    build) on the same wake clips, and detections that differ."""
+    import numpy as np
+
+    from appliance.listening.config import WakeWordModel
+    from appliance.listening.wakeword import MicroWakeWordDetector, WakeWordError
+
+    def probabilities(runtime: str, samples: np.ndarray) -> tuple[np.ndarray, int]:
+        det = MicroWakeWordDetector.from_config([WakeWordModel(model="okay_nabu")], runtime)
+        runner = det.models[0].runner
+        seen: list[float] = []
+        invoke = runner.invoke
+
+        def record(features: np.ndarray) -> float:
+            seen.append(invoke(features))
+            return seen[-1]
+
+        runner.invoke = record  # type: ignore[method-assign]
+        hits = sum(det.process(b) is not None for b in F.blocks(samples))
+        return np.array(seen), hits
+
+    worst, flips, clips = 0.0, 0, 0
+    try:
+        for item in C.subset(C.wake_items(), fraction):
+            samples = C.build(item).samples
+            ours, ours_hits = probabilities("litert", samples)
+            ref, ref_hits = probabilities("pymicro", samples)
+            n = min(len(ours), len(ref))
+            worst = max(worst, float(np.max(np.abs(ours[:n] - ref[:n]))))
+            flips += ours_hits != ref_hits
+            clips += 1
+    except WakeWordError as exc:
+        return [Figure("wake word runtimes: LiteRT vs reference (not measured)", float("nan"), "", note=str(exc))]
+    return [Figure("wake word runtimes: max |LiteRT - reference| probability", worst, "",
+                   note=f"{flips} of {clips} clips detected differently; default runtime auto = the reference")]
+
+
 def noise_figures(minutes: float, overrides: dict[str, object], cpu: list[float]) -> list[Figure]:
     figures = []
     for kind in C.NOISES:
@@ -170,6 +208,7 @@ def main(fraction: float | None = None, overrides: dict[str, object] | None = No
     cpu = [0.0, 0.0]
     figures = sentence_figures(fraction, overrides, cpu)
     figures += wake_figures(fraction, overrides, cpu)
+    figures += runtime_figures(fraction)
     figures += noise_figures(max(1.0, round(10 * fraction)), overrides, cpu)
     vad = overrides.get("vad", ListeningConfig().vad)
     figures.append(Figure(f"listener CPU over the corpus (vad={vad}; wake word on wake clips)", cpu[0] / cpu[1],

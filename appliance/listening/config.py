@@ -54,7 +54,9 @@ class WakeWordConfig(Section):
         description="after a finished turn the conversation stays open this long without the wake word (s)",
     )
     runtime: Literal["auto", "litert", "tflite_runtime", "pymicro"] = Field(
-        default="auto", description="TFLite interpreter: ai-edge-litert, tflite_runtime, or pymicro-wakeword's own"
+        default="auto",
+        description="TFLite interpreter; auto = pymicro-wakeword's own (the reference numerics), else "
+        "ai-edge-litert, else tflite_runtime",
     )
 
     @field_validator("models")
