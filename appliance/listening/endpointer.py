@@ -197,6 +197,7 @@ class Endpointer:
         if speech and not confirmed and (self._quiet > 0 or self._armed_blocks is not None):
             speech = False  # not (yet) a resumption: a blip
         if self._armed_blocks is not None:
+            speech = speech or hold  # after a wake word, a second opinion hearing speech is enough to start
             if not speech:
                 self._armed_blocks -= 1
                 if self._armed_blocks <= 0:
@@ -214,6 +215,8 @@ class Endpointer:
             if resumed:
                 self._sent_early = False  # what was handed out is now incomplete: hand out the whole again
                 return Onset(level, resumed=True)
+        elif hold and self._command and self._held < self.max_hold_blocks:
+            self._held += 1  # a command the second opinion still hears goes on under the noise: not quiet yet
         else:
             self._quiet += 1
         if len(self._speech) >= self.max_blocks:

@@ -51,7 +51,7 @@ _LEVEL_EVERY = 5  # publish the input level every Nth block: enough for a meter,
 _TAP = 0.4  # s: the talk button released sooner than this was tapped (listen once), not held (push-to-talk)
 _WAKE_EVIDENCE = 1.2  # s: during playback a wake word needs the user's own voice (above the echo) this recently
 _WAKE_LOOKBACK = 3.0  # s of audio kept to find where the wake phrase started (detections come 0.2-0.8 s after it)
-_WAKE_GAP = 0.3  # s: a quieter stretch shorter than this inside the wake phrase does not end it
+_WAKE_GAP = 0.5  # s: a quieter stretch shorter than this inside the wake phrase does not end it
 _WAKE_RANGE_DB = 20.0  # dB: the phrase is the blocks within this of its loudest (95th percentile) block
 
 
@@ -299,6 +299,10 @@ class ListeningService:
         back, level = self._wake_phrase()
         self.endpointer.arm(back, ww.command_timeout)
         self.command_level = level
+        if self.bridge is not None:
+            self.bridge.reset()
+            for kept in self.endpointer.kept_blocks:
+                self.bridge.probability(kept)
         self._source = "wake_word"
         if busy:
             self.barge_ins += 1

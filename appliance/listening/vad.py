@@ -269,6 +269,16 @@ class VoiceActivity:
         return self._margin
 
     @property
+    def held_margin_db(self) -> float:
+        """The margin inside an open utterance: HYSTERESIS_DB lower in a steady hiss, the full margin in a
+        fluttering noise (music, voices would keep the utterance open), never under ``min_noise_margin_db``."""
+        margin = self.margin_db
+        if self.detector.name != "energy":
+            return margin
+        steadiness = min(1.0, max(0.0, (STEADY_MARGIN_DB - margin) / HYSTERESIS_DB))
+        return max(self.min_noise_margin_db, margin - HYSTERESIS_DB * steadiness)
+
+    @property
     def threshold_db(self) -> float:
         floor = self.floor_db if self.noise_floor else None
         if floor is None:
@@ -296,13 +306,13 @@ class VoiceActivity:
 
     def command_threshold_db(self, speech_level_db: float) -> float:
         """After a wake word: a block is the user's command when it is within ``COMMAND_RANGE_DB`` of the level
-        the wake phrase was spoken at and clears the room's floor by the (adaptive) margin; the absolute
+        the wake phrase was spoken at and clears the room's floor by the adaptive margin; the absolute
         ``volume_db_threshold`` does not apply, a quiet or far speaker who woke the device is heard."""
         floor = self.floor_db if self.noise_floor else None
         relative = speech_level_db - COMMAND_RANGE_DB
         if floor is None:
             return relative
-        return max(relative, floor + min(self.margin_db, self.min_noise_margin_db))
+        return max(relative, floor + self.held_margin_db)
 
     def is_speech(
         self,
@@ -327,10 +337,7 @@ class VoiceActivity:
         if in_speech and self.detector.name == "energy" and self._floor is not None and self.noise_floor:
             # Hysteresis: an open utterance goes on HYSTERESIS_DB lower (not under the smallest margin), so the fading end of a word
             # in noise is still in it (single loud noise blocks are the endpointer's confirm_blocks' job).
-            # Full hysteresis in a steady noise, none in a fluttering one (music, voices keep an utterance open).
-            steadiness = min(1.0, max(0.0, (STEADY_MARGIN_DB - self.margin_db) / HYSTERESIS_DB))
-            held = max(self.min_noise_margin_db, self.margin_db - HYSTERESIS_DB * steadiness)
-            needed = max(self.volume_db_threshold, self._floor + held) + extra_db
+            needed = max(self.volume_db_threshold, self._floor + self.held_margin_db) + extra_db
         if floor_db is not None:
             needed = max(needed, floor_db + extra_db)
         if self.detector.name == "energy":
