@@ -108,7 +108,7 @@ class ListeningConfig(Section):
     noise_window: float = Field(default=3.0, ge=0.5, le=30, description="seconds of non-speech the floor is taken from")
     silence_duration: float = Field(default=0.5, gt=0, le=5, description="silence that ends an utterance (s)")
     early_endpoint: float | None = Field(
-        default=0.35, gt=0, le=5,
+        default=0.25, gt=0, le=5,
         description="send the utterance after this much silence already; if speech resumes before "
         "silence_duration it is sent again, whole, and supersedes the first (null = wait silence_duration)",
     )

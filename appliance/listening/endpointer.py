@@ -73,6 +73,8 @@ class Endpointer:
         # block of noise (a fan's flutter just over an adaptive threshold) neither starts nor prolongs one.
         self.confirm_blocks = max(1, confirm_blocks)
         self._run = 0
+        # Set by the caller per block: in noise the last syllable fades under it, wait this much longer.
+        self.early_extra_blocks = 0
         self.max_hold_blocks = max(1, round(1.0 / block_seconds))  # a bridge keeps an utterance open this long
         self._held = 0
         self.silence_blocks = max(1, round(silence_duration / block_seconds))
@@ -238,7 +240,8 @@ class Endpointer:
                 return None
             return self._close("silence")
         if (
-            self.early_blocks is not None and self._quiet == self.early_blocks
+            self.early_blocks is not None and not self._sent_early
+            and self._quiet >= self.early_blocks + self.early_extra_blocks
             and (self._voiced >= self.min_blocks or self._command)
         ):
             self._sent_early = True
