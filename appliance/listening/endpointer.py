@@ -77,6 +77,7 @@ class Endpointer:
         self.early_extra_blocks = 0
         self.max_hold_blocks = max(1, round(1.0 / block_seconds))  # a bridge keeps an utterance open this long
         self._held = 0
+        self._heard = 0  # quiet blocks of this utterance the second opinion took for speech
         self.silence_blocks = max(1, round(silence_duration / block_seconds))
         self.early_blocks = (
             max(1, round(early_endpoint / block_seconds)) if early_endpoint and early_endpoint < silence_duration
@@ -129,6 +130,7 @@ class Endpointer:
         self._armed_blocks = None
         self._command = False
         self._held = 0
+        self._heard = 0
 
     @property
     def kept_blocks(self) -> list[np.ndarray]:
@@ -218,21 +220,24 @@ class Endpointer:
                 self._sent_early = False  # what was handed out is now incomplete: hand out the whole again
                 return Onset(level, resumed=True)
         elif hold and self._command and self._held < self.max_hold_blocks:
+            self._heard += 1
             self._held += 1  # a command the second opinion still hears goes on under the noise: not quiet yet
         else:
             self._quiet += 1
+            self._heard += hold
         if len(self._speech) >= self.max_blocks:
             return self._close("max_duration")
         if self._forced:
             return None
         if (
-            self._quiet >= self.silence_blocks and hold and self._voiced >= self.min_blocks
+            self._quiet >= self.silence_blocks and hold and self._voiced + self._heard >= self.min_blocks
             and self._held < self.max_hold_blocks
         ):
             self._held += 1
             self._quiet = self.silence_blocks - 1  # a word under the noise: not the end yet
         if self._quiet >= self.silence_blocks:
-            if self._voiced < self.min_blocks and not self._command:
+            # Too short unless the second opinion heard the words the energy gate lost (in noise).
+            if self._voiced + self._heard < self.min_blocks and not self._command:
                 self._clear()
                 return Discarded("too short")
             if self._sent_early:
@@ -242,7 +247,7 @@ class Endpointer:
         if (
             self.early_blocks is not None and not self._sent_early
             and self._quiet >= self.early_blocks + self.early_extra_blocks
-            and (self._voiced >= self.min_blocks or self._command)
+            and (self._voiced + self._heard >= self.min_blocks or self._command)
         ):
             self._sent_early = True
             return self._segment("early")
