@@ -230,14 +230,13 @@ class Endpointer:
         if self._forced:
             return None
         if (
-            self._quiet >= self.silence_blocks and hold and self._voiced + self._heard >= self.min_blocks
+            self._quiet >= self.silence_blocks and hold and self._long_enough()
             and self._held < self.max_hold_blocks
         ):
             self._held += 1
             self._quiet = self.silence_blocks - 1  # a word under the noise: not the end yet
         if self._quiet >= self.silence_blocks:
-            # Too short unless the second opinion heard the words the energy gate lost (in noise).
-            if self._voiced + self._heard < self.min_blocks and not self._command:
+            if not self._command and not self._long_enough():
                 self._clear()
                 return Discarded("too short")
             if self._sent_early:
@@ -247,11 +246,16 @@ class Endpointer:
         if (
             self.early_blocks is not None and not self._sent_early
             and self._quiet >= self.early_blocks + self.early_extra_blocks
-            and (self._voiced + self._heard >= self.min_blocks or self._command)
+            and (self._long_enough() or self._command)
         ):
             self._sent_early = True
             return self._segment("early")
         return None
+
+    def _long_enough(self) -> bool:
+        """At least ``min_duration`` of speech, counting the words a second opinion heard that the energy gate
+        lost in noise, as long as the gate itself heard half of it (babble is "speech" to any neural VAD)."""
+        return self._voiced + self._heard >= self.min_blocks and 2 * self._voiced >= self.min_blocks
 
     def _segment(self, reason: str) -> Segment:
         return Segment(np.concatenate(self._speech), forced=self._forced, reason=reason, levels=tuple(self._levels))

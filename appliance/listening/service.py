@@ -236,8 +236,8 @@ class ListeningService:
         noisy = vad.threshold_db > vad.volume_db_threshold
         hold = False
         bridge = self.bridge
-        if bridge is not None and endpointer.in_speech and not endpointer.forced and not playing:
-            hold = bridge.probability(block) >= self.config.vad_threshold and noisy
+        if bridge is not None and noisy and endpointer.in_speech and not endpointer.forced and not playing:
+            hold = bridge.probability(block) >= self.config.vad_threshold
         endpointer.early_extra_blocks = self._noisy_extra if noisy else 0
         result = endpointer.process(block, speech, level, hold)
         if bridge is not None and isinstance(result, Onset) and not result.resumed:
