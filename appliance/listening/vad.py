@@ -334,10 +334,11 @@ class VoiceActivity:
         if len(self._levels) < self._enough_quiet:
             self._dirty = True
         needed = self.threshold_db + extra_db
-        if in_speech and self.detector.name == "energy" and self._floor is not None and self.noise_floor:
-            # Hysteresis: an open utterance goes on HYSTERESIS_DB lower (not under the smallest margin), so the fading end of a word
-            # in noise is still in it (single loud noise blocks are the endpointer's confirm_blocks' job).
-            needed = max(self.volume_db_threshold, self._floor + self.held_margin_db) + extra_db
+        floor = self.floor_db if self.noise_floor else None
+        if in_speech and self.detector.name == "energy" and floor is not None:
+            # Hysteresis: an open utterance goes on up to HYSTERESIS_DB lower in a steady noise, so the fading
+            # end of a word is still in it (single loud noise blocks are the endpointer's confirm_blocks' job).
+            needed = max(self.volume_db_threshold, floor + self.held_margin_db) + extra_db
         if floor_db is not None:
             needed = max(needed, floor_db + extra_db)
         if self.detector.name == "energy":
