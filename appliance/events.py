@@ -215,7 +215,7 @@ class PictureRequested(Event):
 @dataclass(frozen=True)
 class ServiceStatus(Event):
     service: str
-    status: str  # "starting" | "running" | "restarting" | "failed" | "stopped"
+    status: str  # "starting" | "running" | "restarting" | "failed" | "stopped" | "learning" (listening: noise floor)
     restarts: int = 0
     error: str | None = None
 

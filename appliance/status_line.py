@@ -81,7 +81,7 @@ class StatusLine:
                 elif isinstance(event, TurnFinished):
                     self.said = event.spoken
                 elif isinstance(event, ServiceStatus):
-                    if event.status in ("running", "starting"):
+                    if event.status in ("running", "starting", "learning"):  # learning: the noise floor (listening)
                         self.failing.discard(event.service)
                     else:
                         self.failing.add(event.service)

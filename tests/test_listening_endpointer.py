@@ -110,7 +110,9 @@ def test_energy_endpointer_keeps_the_old_interface() -> None:
 
 
 def test_noise_floor_raises_threshold_in_a_noisy_room_but_not_below_the_fixed_one() -> None:
-    vad = VoiceActivity(SEC, volume_db_threshold=-40, noise_floor=True, noise_margin_db=10, noise_window=3)
+    # A fixed margin (min = max): the adaptive margin is tested on its own below.
+    vad = VoiceActivity(SEC, volume_db_threshold=-40, noise_floor=True, noise_margin_db=10, noise_window=3,
+                        min_noise_margin_db=10)
     assert vad.threshold_db == -40
     for i in range(200):
         vad.is_speech(tone(-70, start=i * BLOCK))
@@ -135,3 +137,58 @@ def test_steady_noise_without_pauses_is_recognised() -> None:
     assert vad.steady_noise()
     vad.relearn()
     assert not vad.is_speech(tone(-25))
+
+
+def test_syllable_swing_without_pauses_is_not_taken_for_steady_noise() -> None:
+    vad = VoiceActivity(SEC, volume_db_threshold=-40, noise_window=1.0)
+    for i in range(60):
+        vad.is_speech(tone(-70, start=i * BLOCK))
+        vad.learn()
+    for i in range(60):  # loud all the time, but swinging 12 dB at 4 Hz like syllables
+        db = -20 - 12 * (((i * SEC * 4) % 1) > 0.5)
+        vad.is_speech(tone(db, start=i * BLOCK))
+    assert vad.modulation_db() > 6
+    assert not vad.steady_noise()
+
+
+def test_margin_adapts_to_how_steady_the_noise_is() -> None:
+    rng = np.random.default_rng(0)
+    steady = VoiceActivity(SEC)
+    flutter = VoiceActivity(SEC)
+    for i in range(150):
+        steady.is_speech(tone(-30, start=i * BLOCK))
+        steady.learn()
+        flutter.is_speech(tone(-30 + float(rng.uniform(-6, 6)), start=i * BLOCK))
+        flutter.learn()
+    assert steady.margin_db == pytest.approx(4.0)
+    assert flutter.margin_db > 7
+    assert steady.held_margin_db <= steady.margin_db and flutter.held_margin_db == flutter.margin_db
+
+
+def test_cold_floor_is_the_quiet_part_not_the_talker() -> None:
+    vad = VoiceActivity(SEC)
+    for i in range(25):  # 0.5 s of the room, then unbroken loud "speech" with short dips
+        vad.is_speech(tone(-60, start=i * BLOCK))
+    for i in range(200):
+        vad.is_speech(tone(-15 if i % 10 else -35, start=i * BLOCK), in_speech=True)
+    assert not vad.noise_learned
+    assert vad.floor_db is not None and vad.floor_db < -30
+
+
+def test_a_second_opinion_holds_a_quiet_stretch_open_but_not_forever() -> None:
+    ep = Endpointer(SEC, silence_duration=0.5, min_duration=0.2, preroll=0.0)
+    feed(ep, [(True, 30)])
+    results = [ep.process(tone(-70), False, hold=True) for _ in range(90)]  # 1.8 s the bridge still hears
+    closed = [i for i, r in enumerate(results) if isinstance(r, Segment)]
+    assert closed and closed[0] >= 24 + ep.max_hold_blocks  # held up to 1 s beyond the 0.5 s of silence
+    ep2 = Endpointer(SEC, silence_duration=0.5, min_duration=0.2, preroll=0.0)
+    feed(ep2, [(True, 30)])
+    results = [ep2.process(tone(-70), False) for _ in range(30)]
+    assert isinstance(results[24], Segment)  # without it: closed after 0.5 s
+
+
+def test_a_command_is_never_too_short() -> None:
+    ep = Endpointer(SEC, silence_duration=0.5, min_duration=0.5)
+    ep.arm(preroll=0.0, timeout=2.0)
+    results = [r for _, r in feed(ep, [(True, 5), (False, 30)])]  # "stop": 0.1 s
+    assert isinstance(results[0], Onset) and isinstance(results[-1], Segment)

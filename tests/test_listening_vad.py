@@ -63,7 +63,7 @@ def _assert_onsets(found: list[Found], labels: F.Labelled) -> None:
 
 @pytest.mark.parametrize("vad", ["energy", "silero"])
 def test_clean_speech_boundaries_within_150_ms(commands: F.Labelled, vad: str) -> None:
-    found = listen(commands.samples, vad=vad)
+    found = listen(commands.samples, vad=vad, bridge_vad="off")  # the gate's own boundaries (see below)
     _assert_onsets(found, commands)
     for f, (_, end) in zip(found, commands.spans, strict=True):
         assert f.end is not None and abs(f.end - end) <= TOLERANCE, (f.end, end)
@@ -79,8 +79,12 @@ def test_micro_vad_is_late_but_the_preroll_keeps_the_onset(commands: F.Labelled)
 
 @pytest.mark.parametrize("noise", ["fan", "music", "babble"])
 def test_energy_vad_at_10_db_snr_boundaries_within_150_ms_and_nothing_cut(commands: F.Labelled, noise: str) -> None:
-    background = F.noise(noise, len(commands.samples) / F.RATE + 1, seed=3)
-    found = listen(F.mix(commands.samples, background, 10), vad="energy")
+    # The noise is already on when the listener starts (the babble fixture's first ~0.5 s is digital silence:
+    # skip it, or a cold listener rightly takes the voices fading in for a talker).
+    background = F.noise(noise, len(commands.samples) / F.RATE + 2, seed=3)[F.RATE :]
+    # The energy gate's own boundaries: the bridge VAD (on by default) only ever closes an utterance later, and
+    # the hand-out latency with it is the bench's figure (listening_accuracy: endpoint delay).
+    found = listen(F.mix(commands.samples, background, 10), vad="energy", bridge_vad="off")
     _assert_onsets(found, commands)
     audible = F.audible_spans(commands, background, 10)
     for f, (start, end), (_, clean_end) in zip(found, audible, commands.spans, strict=True):

