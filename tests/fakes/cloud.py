@@ -195,7 +195,9 @@ class FakeCloud:
         """The request log, for a benchmark in another process to subtract the server's own time."""
         return JSONResponse([
             {"path": r.path, "at": r.at, "first_byte_at": r.first_byte_at, "sent_at": r.sent_at,
-             "input": r.body.get("input") if isinstance(r.body, dict) else None}
+             "input": r.body.get("input") if isinstance(r.body, dict) else None,
+             "audio": {k: r.body[k] for k in ("seconds", "rms_db", "peak_db")}
+             if isinstance(r.body, dict) and "seconds" in r.body else None}
             for r in self.requests
         ])
 
@@ -210,16 +212,14 @@ class FakeCloud:
         form = await request.form()
         upload = form.get("file")
         audio = await upload.read() if upload is not None and hasattr(upload, "read") else b""
+        heard = _measure_wav(audio)
         record = await self._record(
-            request, {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio)}
+            request, {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio), **(heard or {})}
         )
         if failure := await self._misbehave(self.stt):
             return failure
         record.first_byte_at = time.monotonic()
-        try:
-            with wave.open(io.BytesIO(audio), "rb") as wav:
-                wav.getnframes()
-        except (wave.Error, EOFError):
+        if heard is None:
             return JSONResponse({"error": {"message": "Invalid file format.", "type": "invalid_request_error"}}, 400)
         return JSONResponse({"text": self.transcript})
 
@@ -333,6 +333,33 @@ class FakeCloud:
             _event("message_stop", {"type": "message_stop"}),
         ]
         return self._stream(pieces, self.anthropic, "text/event-stream")
+
+
+def _measure_wav(data: bytes) -> dict[str, float] | None:
+    """What the recogniser was given: length, RMS and peak level (dBFS) of a mono s16 WAV; None if not one.
+
+    Recorded with the request so a test can check the robot sent the speech it heard, not silence or a stub.
+    """
+    try:
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            rate, width, channels = wav.getframerate(), wav.getsampwidth(), wav.getnchannels()
+            frames = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError):
+        return None
+    if width != 2 or channels < 1 or rate <= 0:
+        return {"seconds": 0.0, "rms_db": -100.0, "peak_db": -100.0, "rate": float(rate)}
+    samples = np.frombuffer(frames[: len(frames) - len(frames) % (2 * channels)], dtype="<i2").astype(np.float64)
+    samples = samples[::channels]
+    if samples.size == 0:
+        return {"seconds": 0.0, "rms_db": -100.0, "peak_db": -100.0, "rate": float(rate)}
+    rms = math.sqrt(float(np.mean(samples**2))) / 32768
+    peak = float(np.max(np.abs(samples))) / 32768
+    return {
+        "seconds": samples.size / rate,
+        "rms_db": 20 * math.log10(rms) if rms > 1e-5 else -100.0,
+        "peak_db": 20 * math.log10(peak) if peak > 1e-5 else -100.0,
+        "rate": float(rate),
+    }
 
 
 def _sse(data: dict[str, Any]) -> bytes:
