@@ -132,9 +132,15 @@ class FakeCloud:
 
     # --- shared behaviour -----------------------------------------------------------------------------
 
-    async def _misbehave(self, behaviour: Behaviour, anthropic_style: bool = False) -> Response | None:
+    async def _misbehave(
+        self, behaviour: Behaviour, anthropic_style: bool = False, arrived: float | None = None
+    ) -> Response | None:
         if behaviour.latency:
-            await trio.sleep(behaviour.latency)
+            # ``latency`` is time to first byte counted from the request's arrival, like a real cloud's: the
+            # fake's own parsing happens inside it, so a benchmark that subtracts the configured latency does
+            # not charge the firmware for this server's Python.
+            start = time.monotonic() if arrived is None else arrived
+            await trio.sleep(max(0.0, start + behaviour.latency - time.monotonic()))
         if behaviour.hang:
             await trio.sleep_forever()
         if behaviour.status is not None and (behaviour.fail_times is None or behaviour.fail_times > 0):
@@ -158,6 +164,9 @@ class FakeCloud:
 
         async def body() -> AsyncIterator[bytes]:
             finished = False
+            # The pace is set from when the first byte was due (arrival + latency), not from when this server's
+            # Python got round to it: a fake that is slower than told must not be counted as the client's time.
+            began = time.monotonic() if record is None else min(time.monotonic(), record.at + behaviour.latency)
             try:
                 half = max(1, len(pieces) // 2)
                 for i, piece in enumerate(pieces):
@@ -169,7 +178,8 @@ class FakeCloud:
                     if i == half and behaviour.hang_mid_stream:
                         await trio.sleep_forever()
                     if i and behaviour.token_delay:
-                        await trio.sleep(behaviour.token_delay)
+                        # Paced against the stream's start, so the sleeps' own overshoot does not add up.
+                        await trio.sleep(max(0.0, began + i * behaviour.token_delay - time.monotonic()))
                     if record is not None:
                         record.sent_at.append(time.monotonic())
                         if i == first_content:
@@ -216,7 +226,7 @@ class FakeCloud:
         record = await self._record(
             request, {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio), **(heard or {})}
         )
-        if failure := await self._misbehave(self.stt):
+        if failure := await self._misbehave(self.stt, arrived=record.at):
             return failure
         record.first_byte_at = time.monotonic()
         if heard is None:
@@ -233,7 +243,7 @@ class FakeCloud:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         record = await self._record(request, body)
-        if failure := await self._misbehave(self.llm):
+        if failure := await self._misbehave(self.llm, arrived=record.at):
             return failure
         created = int(time.time())
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": body.get("model")}
@@ -270,7 +280,7 @@ class FakeCloud:
     async def _speech(self, request: Request) -> Response:
         body = await request.json()
         record = await self._record(request, body)
-        if failure := await self._misbehave(self.tts):
+        if failure := await self._misbehave(self.tts, arrived=record.at):
             return failure
         text = body.get("input", "")
         if not text:
