@@ -47,6 +47,7 @@ class Behaviour:
     token_delay: float = 0.0  # seconds between streamed deltas
     fail_times: int | None = None  # fail only for the next N requests, then behave
     malformed: bool = False  # answer 200 with a body the provider's client cannot parse
+    message: str = "fake failure"  # the error's text (real APIs echo parts of the request, keys included)
 
 
 @dataclass
@@ -150,9 +151,9 @@ class FakeCloud:
             if behaviour.retry_after is not None:
                 headers["retry-after"] = f"{behaviour.retry_after:g}"
             if anthropic_style:
-                body = {"type": "error", "error": {"type": _anthropic_error(behaviour.status), "message": "fake failure"}}
+                body = {"type": "error", "error": {"type": _anthropic_error(behaviour.status), "message": behaviour.message}}
             else:
-                body = {"error": {"message": "fake failure", "type": "fake_error", "code": str(behaviour.status)}}
+                body = {"error": {"message": behaviour.message, "type": "fake_error", "code": str(behaviour.status)}}
             return JSONResponse(body, status_code=behaviour.status, headers=headers)
         return None
 
