@@ -13,7 +13,8 @@ import re
 # values are caught even when nobody registered them.
 _SECRETS: set[str] = set()
 _KEY_SHAPES = re.compile(
-    r"\b(?:sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|xox[abp]-[A-Za-z0-9\-]{10,})|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"
+    r"\b(?:sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|xox[abp]-[A-Za-z0-9\-]{10,})"
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"
 )
 _SECRET_ENV = re.compile(r"(?:KEY|TOKEN|SECRET|PASSWORD)$")
 REDACTED = "[redacted]"
