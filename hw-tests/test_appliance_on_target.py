@@ -6,7 +6,6 @@ Run in file order: each test leaves the service running for the next one.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import time
@@ -14,10 +13,8 @@ import wave
 
 import numpy as np
 import pytest
-from conftest import FAKE_CLOUD_PORT, FAKE_KEY, TIME_SCALE, figure
+from conftest import FAKE_KEY, TIME_SCALE, figure
 from target import REPO, Target
-
-from tests import listening_fixtures as F
 
 SERVICE = "appliance.service"
 SIM = "$(ls -d /sys/devices/platform/gpio-sim.*/gpiochip* | head -n1)"
@@ -184,64 +181,6 @@ def test_spoken_question_gets_a_spoken_reply(provisioned: Target) -> None:
            note=f"(recording began {time.monotonic() - began:.0f} s ago)")
     journal = target.journal(lines=200)
     assert "thinking" in journal.lower() or "speaking" in journal.lower()
-
-
-def stt_requests(target: Target) -> list[dict]:
-    """What the fake cloud's speech-to-text endpoint received, as it measured it (length, level)."""
-    out = target.run(f"curl -s http://127.0.0.1:{FAKE_CLOUD_PORT}/_fake/requests").stdout
-    return [r for r in json.loads(out) if r["path"] == "/v1/audio/transcriptions"]
-
-
-def as_wav(samples: np.ndarray, rate: int = F.RATE) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(samples.astype("<i2").tobytes())
-    return buffer.getvalue()
-
-
-def test_wake_word_mode_sends_only_the_words_after_the_wake_word(provisioned: Target) -> None:
-    """The on-device wake word (microWakeWord okay_nabu) in the real loop: a command alone starts nothing;
-    "okay nabu, what time is it" makes one STT request that carries the spoken audio (its length, its level)."""
-    target = provisioned
-    command = F.command_alone("en-us")
-    woken = F.wake_and_command("en-us")
-    spoken = F.speak("what time is it", "en-us", 160)
-    target.put_file(as_wav(command.samples), "/root/command.wav")
-    target.put_file(as_wav(woken.samples), "/root/wake-command.wav")
-    conf = "/etc/appliance/appliance.toml"
-    target.run(f"cp {conf} /root/appliance.toml.always && "
-               f"sed -i 's/^mode = \"always\"/mode = \"wake_word\"/' {conf} && grep -q '^mode = \"wake_word\"' {conf}")
-    try:
-        target.run(f"systemctl restart {SERVICE}")
-        wait_for("idle in wake_word mode", lambda: state(target) == "idle", 60)
-        assert "mode=wake_word" in target.journal(lines=200), target.journal()
-        before = len(stt_requests(target))
-        target.run("aplay -q -D plughw:Loopback,0,0 /root/command.wav; sleep 3", timeout=60 * TIME_SCALE)
-        assert len(stt_requests(target)) == before, "speech without the wake word reached speech-to-text"
-        assert state(target) == "idle"
-        began = time.monotonic()
-        target.run("aplay -q -D plughw:Loopback,0,0 /root/wake-command.wav", timeout=60 * TIME_SCALE)
-        heard = wait_for("the utterance at the fake speech-to-text",
-                         lambda: (r := stt_requests(target)) and len(r) > before and r[-1], 60, interval=1)
-        figure("wake word command: played -> STT request (wall, incl. polling)", time.monotonic() - began)
-        journal = target.journal(lines=300)
-        assert re.search(r"wake word okay.nabu \(p=", journal, re.I), journal
-        audio = heard["audio"]
-        assert audio is not None, heard
-        figure("wake word command: audio the fake STT received", audio["seconds"],
-               note=f"rms {audio['rms_db']:.1f} dBFS, peak {audio['peak_db']:.1f} dBFS; command {len(spoken) / F.RATE:.2f} s")
-        # The command itself went up (not a stub, not only the wake word), and not much more than the clip.
-        assert len(spoken) / F.RATE * 0.9 <= audio["seconds"] <= len(woken.samples) / F.RATE + 1.0, audio
-        # The speech's own level (espeak-ng peaks at -3 dBFS; the loopback is bit-exact), not silence.
-        assert audio["peak_db"] > -9.0, audio
-        assert audio["rms_db"] > -35.0, audio
-        wait_for("back to idle after the reply", lambda: state(target) == "idle", 90)
-    finally:
-        target.run(f"cp /root/appliance.toml.always {conf} && systemctl restart {SERVICE}")
-    assert is_ready(target)
 
 
 def test_watchdog_restarts_a_hung_process(provisioned: Target) -> None:
