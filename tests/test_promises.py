@@ -222,3 +222,30 @@ def test_a_configured_key_of_any_shape_is_blotted_out() -> None:
 
     AppConfig.model_validate({"tts": {"api_key": "plainkey-7788"}})
     assert "plainkey-7788" not in str(ProviderRejected("tts", "your key plainkey-7788 has expired"))
+
+
+async def test_a_listener_behind_real_time_still_lets_the_loop_run() -> None:
+    """Blocks always waiting (a consumer slower than the microphone) must not starve the other tasks: the
+    watchdog ping and SIGTERM handling live on the same loop."""
+    from appliance.audio.base import BlockQueue
+
+    queue = BlockQueue(max_blocks=100)
+    for _ in range(100):
+        queue.put_nowait(np.zeros(320, dtype=np.int16))
+    others_ran = 0
+
+    async def other() -> None:
+        nonlocal others_ran
+        while True:
+            others_ran += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.sleep(0)
+        before = others_ran
+        for _ in range(50):  # always a block waiting: get() never has to park
+            await queue.get()
+            queue.put_nowait(np.zeros(320, dtype=np.int16))
+        assert others_ran - before >= 40  # the other task kept getting turns
+        nursery.cancel_scope.cancel()
