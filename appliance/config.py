@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
 
 from appliance.audio.config import AudioConfig
 from appliance.brains.config import FailoverConfig, RemoteConfig, ServerConfig
@@ -93,6 +93,27 @@ class AppConfig(Section):
             data = dict(data)
             data["hardware"] = {**data.pop("gpio"), **data["hardware"]}
         return data
+
+    @model_validator(mode="after")
+    def _remember_secrets(self) -> AppConfig:
+        # A provider that quotes our key back in an error must not get it into logs, events or the API.
+        from appliance.errors import remember_secret
+
+        def walk(node: Any) -> None:
+            if isinstance(node, SecretStr):
+                remember_secret(node.get_secret_value())
+            elif isinstance(node, BaseModel):
+                for name in type(node).model_fields:
+                    walk(getattr(node, name))
+            elif isinstance(node, (list, tuple)):
+                for item in node:
+                    walk(item)
+            elif isinstance(node, dict):
+                for item in node.values():
+                    walk(item)
+
+        walk(self)
+        return self
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as JSON-able data with every secret replaced by a marker."""

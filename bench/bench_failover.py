@@ -5,11 +5,9 @@ Everything runs on 127.0.0.1 in one Trio loop: the fake cloud (real HTTP, real O
 AIAvatarKit server (real WebSocket), the real CloudBrain, RemoteBrain and FailoverBrain. "Latency" is the time
 from handing the brain an utterance to the first reply chunk with speech, i.e. what the user waits for.
 
-Measured on the 2-core development machine (2026-11-26): wrapper overhead 0.15 ms/turn (median); extra delay
-with the cloud refusing connections 0.006 s median (0.15 s on the first turn), with the cloud hung 0.000 s
-median (the first turn pays its request timeout); remote refused 0.001 s, remote frozen 0.000 s median
-(1.0 s on the first turn: the ping sent with the request); a frozen remote is noticed after 3.3 s median,
-3.6 s at most (heartbeat 2 s + pong timeout 2 s).
+Each dead-primary case reports two figures with the default timeouts: the FIRST turn after the outage (what
+one user waits before the circuit opens) and the steady state after it, each turn paired with the backup
+alone measured just before it (median of the differences, not a best of runs). Figures: README.
 """
 
 from __future__ import annotations
@@ -25,10 +23,10 @@ from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnReque
 from appliance.brains.config import FailoverConfig, RemoteConfig
 from appliance.brains.failover import FailoverBrain
 from appliance.brains.remote import RemoteBrain
+from appliance.conversation.config import STTConfig
 from bench.common import Figure, median, percentile
 
 TURNS = 12
-HUNG_TIMEOUT = 2.0  # the cloud's request timeout in the hung case (the default is 15 s; the figure scales)
 
 
 def _speech() -> AudioClip:
@@ -54,12 +52,12 @@ async def first_speech(brain: Any, n: int) -> float:
     return first
 
 
-def _cloud_brain(base_url: str, timeout: float) -> Any:
+def _cloud_brain(base_url: str) -> Any:
     from appliance.app import cloud_brain_factory
     from appliance.config import AppConfig
     from appliance.conversation.local_voice import LocalVoice
 
-    section = {"base_url": base_url, "api_key": "bench-key", "timeout": timeout}
+    section = {"base_url": base_url, "api_key": "bench-key"}
     config = AppConfig.model_validate({"stt": section, "llm": {**section, "model": "fake"}, "tts": section,
                                        "conversation": {"brain": "cloud"}})
     brain = cloud_brain_factory(config, LocalVoice())()
@@ -82,22 +80,43 @@ async def _failover_delay(figures: list[Figure]) -> None:
             await trio.sleep(0.01)
         await first_speech(backup, 0)  # warm up
         alone = [await first_speech(backup, n) for n in range(TURNS)]
-        base = median(alone)
-        figures.append(Figure("remote backup alone: first speech (median)", base * 1000, "ms"))
-        for label, url, timeout in (
-            ("connect refused", f"http://127.0.0.1:{refused_port()}/v1", 15.0),
-            ("hung", f"{hung_cloud.url}/v1", HUNG_TIMEOUT),
+        figures.append(Figure("remote backup alone: first speech (median)", median(alone) * 1000, "ms"))
+        threshold = FailoverConfig().failure_threshold
+        for label, url in (
+            ("connect refused", f"http://127.0.0.1:{refused_port()}/v1"),
+            ("hung", f"{hung_cloud.url}/v1"),
         ):
-            cloud = _cloud_brain(url, timeout)
+            cloud = _cloud_brain(url)  # the default timeouts: what a user with a dead cloud waits
             chain = FailoverBrain([cloud, backup], FailoverConfig())
-            times = [await first_speech(chain, n) for n in range(TURNS)]
-            extra = [t - base for t in times]
-            figures.append(Figure(f"failover extra delay, cloud {label} (median of {TURNS} turns)",
-                                  median(extra), "s", "<= 1", "the circuit opens, later turns skip the cloud"))
-            figures.append(Figure(f"failover extra delay, cloud {label} (first turn)", extra[0], "s", "",
-                                  f"request timeout {timeout:g} s" if label == "hung" else "fails at connect"))
+            extra = await _paired(chain, backup)
+            _first_and_steady(figures, f"cloud {label}", extra, threshold)
             await cloud.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def _paired(chain: Any, backup: Any) -> list[float]:
+    """Per turn: the chain's first speech minus the backup's own, measured right before (pairs, not bests)."""
+    extra = []
+    for n in range(TURNS):
+        alone = await first_speech(backup, 1000 + n)
+        extra.append(await first_speech(chain, n) - alone)
+    return extra
+
+
+def _first_and_steady(figures: list[Figure], label: str, extra: list[float], threshold: int) -> None:
+    defaults = FailoverConfig()
+    figures.append(Figure(
+        f"failover extra delay, {label}: FIRST turn (default timeouts)", extra[0], "s", "<= 1",
+        f"what the first user after the outage waits; first_audio_timeout {defaults.first_audio_timeout:g} s, "
+        + (f"stt timeout {STTConfig().timeout:g} s" if label.startswith("cloud")
+           else f"ping with the request, reply_timeout {RemoteConfig().reply_timeout:g} s"),
+    ))
+    steady = extra[threshold:]  # once the circuit is open (a timeout opens it at once)
+    figures.append(Figure(
+        f"failover extra delay, {label}: steady state, median of paired differences", median(steady), "s", "<= 1",
+        f"turns {threshold + 1}..{len(extra)}, each minus the backup alone just before; p95 "
+        f"{percentile(steady, 95):.3f} s",
+    ))
 
 
 async def _remote_dead_first(figures: list[Figure]) -> None:
@@ -112,9 +131,10 @@ async def _remote_dead_first(figures: list[Figure]) -> None:
         await nursery.start(backup.run)
         while not backup.connected:
             await trio.sleep(0.01)
-        alone = median([await first_speech(backup, n) for n in range(TURNS)])
+        await first_speech(backup, 0)  # warm up
         proxy = FreezableProxy(avatar.port)
         port = await nursery.start(proxy.run)
+        threshold = FailoverConfig().failure_threshold
         for label, url in (("refused", f"ws://127.0.0.1:{refused_port()}/ws"), ("frozen", f"ws://127.0.0.1:{port}/ws")):
             primary = RemoteBrain(RemoteConfig(url=url))
             chain = FailoverBrain([primary, backup], FailoverConfig())
@@ -123,10 +143,7 @@ async def _remote_dead_first(figures: list[Figure]) -> None:
                 while not primary.connected:
                     await trio.sleep(0.01)
                 proxy.freeze()
-            times = [await first_speech(chain, n) for n in range(TURNS)]
-            figures.append(Figure(f"failover extra delay, remote {label} (median of {TURNS} turns)",
-                                  median(times) - alone, "s", "<= 1"))
-            figures.append(Figure(f"failover extra delay, remote {label} (first turn)", times[0] - alone, "s"))
+            _first_and_steady(figures, f"remote {label}", await _paired(chain, backup), threshold)
         proxy.thaw()
         nursery.cancel_scope.cancel()
 
@@ -196,13 +213,12 @@ async def _overhead(figures: list[Figure]) -> None:
     for _ in range(200):  # warm up
         await turn(inner)
         await turn(wrapped)
-    plain, failover = [], []
+    differences = []
     for _ in range(2000):
-        plain.append(await turn(inner))
-        failover.append(await turn(wrapped))
-    extra_ms = (median(failover) - median(plain)) * 1000
-    figures.append(Figure("FailoverBrain steady-state overhead per turn (median)", extra_ms, "ms", "<= 1",
-                          f"p95 {(percentile(failover, 95) - percentile(plain, 95)) * 1000:.3f} ms"))
+        plain = await turn(inner)
+        differences.append((await turn(wrapped) - plain) * 1000)
+    figures.append(Figure("FailoverBrain steady-state overhead per turn, median of paired differences",
+                          median(differences), "ms", "<= 1", f"p95 {percentile(differences, 95):.3f} ms"))
 
 
 def main() -> list[Figure]:

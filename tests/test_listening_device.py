@@ -281,3 +281,46 @@ async def test_real_playback_and_cancel_within_a_block(jack: Jack) -> None:
         with trio.move_on_after(0.2):
             await sink.play(AudioClip(np.zeros(16000 * 5, dtype=np.int16), 16000))
         assert 0 < sink.played_samples - before < 48_000 * 2
+
+
+async def test_barge_in_on_the_real_sink_stops_within_two_device_blocks(jack: Jack) -> None:
+    """Cancelling a clip mid-play (what a barge-in does to the turn's scope) leaves at most two device blocks
+    of it to come out: counted in frames PortAudio's callback wrote after the cancel, not in wall time."""
+    from appliance.audio.device import DeviceSink
+
+    class CountingSink(DeviceSink):
+        def __init__(self) -> None:
+            super().__init__(device="system", block_ms=20)
+            self.cancelled = False  # set by the test the moment the cancel has gone through; read by the audio thread
+            self.frames_before = 0
+            self.frames_after = 0
+            self.callbacks_after = 0
+
+        def _callback(self, outdata: np.ndarray, frames: int, time_info: object, status: object) -> None:
+            super()._callback(outdata, frames, time_info, status)
+            audio = int(np.count_nonzero(outdata[:, 0]))  # the clip is a constant, silence is zero
+            if self.cancelled:
+                self.frames_after += audio
+                self.callbacks_after += 1
+            else:
+                self.frames_before += audio
+
+    sink = CountingSink()
+    clip = AudioClip(np.full(16000 * 5, 6000, dtype=np.int16), 16000)  # 5 s, never silent
+    async with sink.open():
+        block = sink.sample_rate * sink.block_ms // 1000
+        for _ in range(3):  # three barge-ins, each mid-clip
+            sink.cancelled = False
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(sink.play, clip)
+                    while sink.frames_before < 10 * block:  # it is really playing
+                        await sink._wait_drained(0.1)
+                    scope.cancel()
+            sink.cancelled = True
+            with trio.fail_after(5):  # a hang guard: wait for callbacks, counted, not timed
+                while sink.callbacks_after < 10:
+                    await trio.sleep(0.02)
+            assert 0 < sink.frames_before
+            assert sink.frames_after <= 2 * block, (sink.frames_after, block)
+            sink.frames_before = sink.frames_after = sink.callbacks_after = 0

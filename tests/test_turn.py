@@ -124,9 +124,14 @@ async def test_barge_in_stops_playback_closes_streams_and_keeps_spoken_history(h
             await log.wait_for(SentenceStarted)
             await sink.block_written.wait()
             event = CancelTurnRequested("test") if how == "button" else SpeechStarted(barge_in=True)
+            at_barge_in = sink.played_samples
             app.bus.publish(event)
             finished = await log.wait_for(TurnFinished)
             played = sink.played_samples
+            # End to end, counted in blocks: the bus, the conversation and the turn's cancel scope let at most
+            # two more blocks out after the barge-in was announced.
+            block = sink.sample_rate * sink.block_ms // 1000
+            assert played - at_barge_in <= 2 * block, (played - at_barge_in, block)
             await trio.sleep(0.3)
             with trio.fail_after(5):
                 await cloud.disconnected.wait()

@@ -115,6 +115,10 @@ class BlockQueue:
         self._lot.unpark_all()
 
     async def get(self) -> np.ndarray:
+        if self._blocks:
+            # Yield even when a block is waiting: a consumer that has fallen behind real time would otherwise
+            # never give the loop back (no watchdog pings, no SIGTERM), as seen on a slow virtual Pi.
+            await trio.lowlevel.checkpoint()
         while not self._blocks:
             await self._lot.park()
         return self._blocks.popleft()

@@ -50,6 +50,7 @@ class Behaviour:
     token_delay: float = 0.0  # seconds between streamed deltas
     fail_times: int | None = None  # fail only for the next N requests, then behave
     malformed: bool = False  # answer 200 with a body the provider's client cannot parse
+    message: str = "fake failure"  # the error's text (real APIs echo parts of the request, keys included)
 
 
 @dataclass
@@ -135,9 +136,15 @@ class FakeCloud:
 
     # --- shared behaviour -----------------------------------------------------------------------------
 
-    async def _misbehave(self, behaviour: Behaviour, anthropic_style: bool = False) -> Response | None:
+    async def _misbehave(
+        self, behaviour: Behaviour, anthropic_style: bool = False, arrived: float | None = None
+    ) -> Response | None:
         if behaviour.latency:
-            await trio.sleep(behaviour.latency)
+            # ``latency`` is time to first byte counted from the request's arrival, like a real cloud's: the
+            # fake's own parsing happens inside it, so a benchmark that subtracts the configured latency does
+            # not charge the firmware for this server's Python.
+            start = time.monotonic() if arrived is None else arrived
+            await trio.sleep(max(0.0, start + behaviour.latency - time.monotonic()))
         if behaviour.hang:
             await trio.sleep_forever()
         if behaviour.status is not None and (behaviour.fail_times is None or behaviour.fail_times > 0):
@@ -147,9 +154,9 @@ class FakeCloud:
             if behaviour.retry_after is not None:
                 headers["retry-after"] = f"{behaviour.retry_after:g}"
             if anthropic_style:
-                body = {"type": "error", "error": {"type": _anthropic_error(behaviour.status), "message": "fake failure"}}
+                body = {"type": "error", "error": {"type": _anthropic_error(behaviour.status), "message": behaviour.message}}
             else:
-                body = {"error": {"message": "fake failure", "type": "fake_error", "code": str(behaviour.status)}}
+                body = {"error": {"message": behaviour.message, "type": "fake_error", "code": str(behaviour.status)}}
             return JSONResponse(body, status_code=behaviour.status, headers=headers)
         return None
 
@@ -165,6 +172,9 @@ class FakeCloud:
         async def body() -> AsyncIterator[bytes]:
             finished = False
             sent = 0
+            # The pace is set from when the first byte was due (arrival + latency), not from when this server's
+            # Python got round to it: a fake that is slower than told must not be counted as the client's time.
+            began = time.monotonic() if record is None else min(time.monotonic(), record.at + behaviour.latency)
             try:
                 half = max(1, len(pieces) // 2)
                 for i, piece in enumerate(pieces):
@@ -181,7 +191,8 @@ class FakeCloud:
                     if i == half and behaviour.hang_mid_stream:
                         await trio.sleep_forever()
                     if i and behaviour.token_delay:
-                        await trio.sleep(behaviour.token_delay)
+                        # Paced against the stream's start, so the sleeps' own overshoot does not add up.
+                        await trio.sleep(max(0.0, began + i * behaviour.token_delay - time.monotonic()))
                     if record is not None:
                         record.sent_at.append(time.monotonic())
                         if i == first_content:
@@ -207,7 +218,9 @@ class FakeCloud:
         """The request log, for a benchmark in another process to subtract the server's own time."""
         return JSONResponse([
             {"path": r.path, "at": r.at, "first_byte_at": r.first_byte_at, "sent_at": r.sent_at,
-             "input": r.body.get("input") if isinstance(r.body, dict) else None}
+             "input": r.body.get("input") if isinstance(r.body, dict) else None,
+             "audio": {k: r.body[k] for k in ("seconds", "rms_db", "peak_db")}
+             if isinstance(r.body, dict) and "seconds" in r.body else None}
             for r in self.requests
         ])
 
@@ -222,16 +235,14 @@ class FakeCloud:
         form = await request.form()
         upload = form.get("file")
         audio = await upload.read() if upload is not None and hasattr(upload, "read") else b""
+        heard = _measure_wav(audio)
         record = await self._record(
-            request, {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio)}
+            request, {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio), **(heard or {})}
         )
-        if failure := await self._misbehave(self.stt):
+        if failure := await self._misbehave(self.stt, arrived=record.at):
             return failure
         record.first_byte_at = time.monotonic()
-        try:
-            with wave.open(io.BytesIO(audio), "rb") as wav:
-                wav.getnframes()
-        except (wave.Error, EOFError):
+        if heard is None:
             return JSONResponse({"error": {"message": "Invalid file format.", "type": "invalid_request_error"}}, 400)
         return JSONResponse({"text": self.transcript})
 
@@ -245,7 +256,7 @@ class FakeCloud:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         record = await self._record(request, body)
-        if failure := await self._misbehave(self.llm):
+        if failure := await self._misbehave(self.llm, arrived=record.at):
             return failure
         created = int(time.time())
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": body.get("model")}
@@ -282,7 +293,7 @@ class FakeCloud:
     async def _speech(self, request: Request) -> Response:
         body = await request.json()
         record = await self._record(request, body)
-        if failure := await self._misbehave(self.tts):
+        if failure := await self._misbehave(self.tts, arrived=record.at):
             return failure
         text = body.get("input", "")
         if not text:
@@ -345,6 +356,33 @@ class FakeCloud:
             _event("message_stop", {"type": "message_stop"}),
         ]
         return self._stream(pieces, self.anthropic, "text/event-stream")
+
+
+def _measure_wav(data: bytes) -> dict[str, float] | None:
+    """What the recogniser was given: length, RMS and peak level (dBFS) of a mono s16 WAV; None if not one.
+
+    Recorded with the request so a test can check the robot sent the speech it heard, not silence or a stub.
+    """
+    try:
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            rate, width, channels = wav.getframerate(), wav.getsampwidth(), wav.getnchannels()
+            frames = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError):
+        return None
+    if width != 2 or channels < 1 or rate <= 0:
+        return {"seconds": 0.0, "rms_db": -100.0, "peak_db": -100.0, "rate": float(rate)}
+    samples = np.frombuffer(frames[: len(frames) - len(frames) % (2 * channels)], dtype="<i2").astype(np.float64)
+    samples = samples[::channels]
+    if samples.size == 0:
+        return {"seconds": 0.0, "rms_db": -100.0, "peak_db": -100.0, "rate": float(rate)}
+    rms = math.sqrt(float(np.mean(samples**2))) / 32768
+    peak = float(np.max(np.abs(samples))) / 32768
+    return {
+        "seconds": samples.size / rate,
+        "rms_db": 20 * math.log10(rms) if rms > 1e-5 else -100.0,
+        "peak_db": 20 * math.log10(peak) if peak > 1e-5 else -100.0,
+        "rate": float(rate),
+    }
 
 
 def _sse(data: dict[str, Any]) -> bytes:
