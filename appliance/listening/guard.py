@@ -12,6 +12,10 @@ in front of the microphone (PipeWire's ``module-echo-cancel``, see the README) s
 "off"``. ``"gate"`` ignores the microphone entirely while the robot speaks (no voice barge-in at all; the
 button still works) for rooms where even that is not enough.
 
+With the built-in echo canceller on (``listening.echo_cancel``) the microphone already carries only the
+residual echo, and the coupling learned from it is that residual: the margin then drops to
+``echo_cancel_margin_db`` (see :func:`guard_margin`) so the user barges in at a normal voice.
+
 Time is counted in audio blocks, not wall time, so the guard behaves the same under test clocks.
 """
 
@@ -24,6 +28,11 @@ SILENT_DB = -60.0  # output quieter than this is not heard at the mic
 _ALIGN = 0.15  # s: the echo arrives a device buffer after the block was written
 _COUPLING_START = -6.0  # dB: before anything is learned, assume a loud speaker next to the mic
 _COUPLING_RANGE = (-60.0, 10.0)
+
+
+def guard_margin(margin_db: float, echo_cancelled: bool, residual_margin_db: float) -> float:
+    """The margin a voice needs over the expected echo: what the residual needs when the echo is cancelled."""
+    return min(margin_db, residual_margin_db) if echo_cancelled else margin_db
 
 
 class EchoGuard:
