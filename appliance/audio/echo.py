@@ -40,7 +40,7 @@ _MAX_BACKLOG = 0.6  # s of reference kept ahead of the mic; more means the pairi
 # s of reference kept in hand at the first pairing: the resampler hands its output over in bursts, and running
 # dry would shift the pairing. Costs nothing: the echo still lags its reference by the round trip minus this,
 # and any real round trip (output buffer + input buffer) is longer.
-_SLACK = 0.02
+_SLACK = 0.005
 _DELAY_WINDOW = 2.0  # s of audio the delay estimate correlates
 _DELAY_EVERY = 2.0  # s between delay estimates (only while the robot speaks)
 
@@ -306,7 +306,7 @@ def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 500.0) -
     window = corr[: max_lag + 1]
     lag = int(np.argmax(window))
     peak = float(window[lag])
-    if peak < 4.0 * float(np.median(np.abs(corr))) or peak <= 0.0:
+    if peak < 8.0 * float(np.median(np.abs(corr))) or peak <= 0.0:  # unrelated signals peak near 6x
         return None
     return lag * 1000.0 / CAPTURE_RATE
 
