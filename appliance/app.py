@@ -431,6 +431,8 @@ def build_appliance(
     supervisor.add(state)
     capture = CaptureService(source, queue, bus)
     capture.echo = echo
+    if echo is not None:
+        listening.guard.canceller_converged = lambda: echo.converged
     supervisor.add(capture)
     supervisor.add(listening)
     supervisor.add(conversation)

@@ -42,7 +42,11 @@ _MAX_BACKLOG = 0.6  # s of reference kept ahead of the mic; more means the pairi
 # and any real round trip (output buffer + input buffer) is longer.
 _SLACK = 0.005
 _DELAY_WINDOW = 2.0  # s of audio the delay estimate correlates
-_DELAY_EVERY = 2.0  # s between delay estimates (only while the robot speaks)
+_DELAY_EVERY = 1.0  # s of robot speech between delay estimates
+_MIN_LAG_MS = 5.0  # an echo that lags its reference by less than this is realigned...
+_TARGET_LAG_MS = 30.0  # ...to lag it by this much
+_CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower margin)
+_MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 
 
 def webrtc_available() -> bool:
@@ -127,6 +131,8 @@ class FarEndTap:
         self.drift = DriftMeter()
         self.mic_samples = 0
         self.resyncs = 0
+        self.advances = 0
+        self._skip = 0  # reference samples still to drop (see advance)
         self.played_samples = 0
         # Tests: keep the raw blocks as played (exactly what went to the device), up to ``history`` blocks.
         self.history: deque[np.ndarray] | None = deque(maxlen=history) if history else None
@@ -139,6 +145,16 @@ class FarEndTap:
             self.played_samples += len(block)
             if self.history is not None:
                 self.history.append(block)
+
+    @property
+    def backlog(self) -> int:
+        """Reference samples in hand beyond the next block (what :meth:`advance` can drop)."""
+        return max(0, len(self._ready) - self.slack - FRAME * 2)
+
+    def advance(self, samples: int) -> None:
+        """Hand the reference over ``samples`` sooner (the echo was seen arriving before its reference)."""
+        self._skip += samples
+        self.advances += 1
 
     @property
     def correction_ppm(self) -> float:
@@ -176,6 +192,9 @@ class FarEndTap:
             keep = n + self.slack  # the newest: the echo lags it by the round trip
             ready = ready[-keep:] if len(ready) > keep else ready
             self._synced = bool(len(ready))  # nothing played yet: pair with silence and sync on the first audio
+        if self._skip and self._synced:
+            dropped = min(self._skip, max(0, len(ready) - n))
+            ready, self._skip = ready[dropped:], self._skip - dropped
         if len(ready) >= n:
             out, self._ready = ready[:n], ready[n:]
         else:  # nothing (or too little) played: the speaker was silent
@@ -241,6 +260,7 @@ class WebRtcEchoCanceller:
         self._hist_mic: deque[np.ndarray] = deque(maxlen=keep // FRAME)
         self._since_delay = 0
         self.delay_ms: float | None = None
+        self.mic_delay = 0  # samples the microphone is held back by (see _measure)
         self.frames = 0
 
     def process(self, block: np.ndarray) -> np.ndarray:
@@ -248,7 +268,8 @@ class WebRtcEchoCanceller:
         far = self.tap.take(len(block))
         self._near = np.concatenate([self._near, block]) if self._near.size else block
         self._far = np.concatenate([self._far, far]) if self._far.size else far
-        usable = len(self._near) - len(self._near) % FRAME
+        pending = min(len(self._near), len(self._far))  # the mic may be held back (mic_delay): more near than far
+        usable = pending - pending % FRAME
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
             cleaned = np.asarray(self._aec.process(near, far_frames), dtype=np.int16)
@@ -274,15 +295,38 @@ class WebRtcEchoCanceller:
             self._out_power += a * (_power(c) - self._out_power)
             self._active_frames += 1
             self._since_delay += 1
-        if self._since_delay * FRAME >= _DELAY_EVERY * CAPTURE_RATE and len(self._hist_far) == self._hist_far.maxlen:
+        if self._since_delay * FRAME >= _DELAY_EVERY * CAPTURE_RATE and len(self._hist_far) * FRAME >= CAPTURE_RATE:
             self._since_delay = 0
             self.delay_ms = estimate_delay_ms(np.concatenate(self._hist_far), np.concatenate(self._hist_mic))
+            if self.delay_ms is not None and self.delay_ms < _MIN_LAG_MS:
+                # The echo comes (nearly) before its reference: AEC3 cannot cancel what it has not seen yet.
+                # Hand the reference over sooner; AEC3's own delay estimator takes it from there.
+                # Where the reference is not far enough ahead (a loop with no device latency), hold the mic back.
+                shift = int((_TARGET_LAG_MS - self.delay_ms) * CAPTURE_RATE / 1000)
+                early = min(shift, self.tap.backlog)
+                late = min(shift - early, _MAX_MIC_DELAY - self.mic_delay)
+                if early:
+                    self.tap.advance(early)
+                if late > 0:
+                    self._near = np.concatenate([np.zeros(late, dtype=np.int16), self._near])  # mic only
+                    self.mic_delay += late
+                log.info("echo arrives %.0f ms after its reference: reference %d ms sooner, microphone %d ms later",
+                         self.delay_ms, early * 1000 // CAPTURE_RATE, max(0, late) * 1000 // CAPTURE_RATE)
+                self._hist_far.clear()
+                self._hist_mic.clear()
 
     @property
     def erle_db(self) -> float | None:
         if self._active_frames < 50:  # half a second of robot speech before the figure means anything
             return None
         return 10 * math.log10((self._mic_power + 1.0) / (self._out_power + 1.0))
+
+    @property
+    def converged(self) -> bool:
+        """The echo is being removed: enough reduction, and the echo does not come before its reference."""
+        erle = self.erle_db
+        aligned = self.delay_ms is not None and self.delay_ms >= _MIN_LAG_MS  # measured, not assumed
+        return erle is not None and erle >= _CONVERGED_DB and aligned
 
     def stats(self) -> EchoStats:
         erle = self.erle_db
@@ -293,8 +337,11 @@ class WebRtcEchoCanceller:
         )
 
 
-def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 500.0) -> float | None:
-    """Lag of ``far`` inside ``mic`` by GCC-PHAT (robust to the room's colouring), or None when unclear."""
+def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 500.0, min_ms: float = -200.0) -> float | None:
+    """Lag of ``far`` inside ``mic`` by GCC-PHAT (robust to the room's colouring), or None when unclear.
+
+    Negative: the echo arrives before its reference was handed to the canceller (the pairing is too late).
+    """
     n = len(far) + len(mic)
     size = 1 << (n - 1).bit_length()
     f = np.fft.rfft(far.astype(np.float32), size)
@@ -302,13 +349,14 @@ def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 500.0) -
     cross = m * np.conj(f)
     cross /= np.abs(cross) + 1e-9
     corr = np.fft.irfft(cross, size)
-    max_lag = min(len(mic) - 1, int(max_ms * CAPTURE_RATE / 1000))
-    window = corr[: max_lag + 1]
-    lag = int(np.argmax(window))
-    peak = float(window[lag])
+    ahead = min(len(mic) - 1, int(max_ms * CAPTURE_RATE / 1000))
+    behind = min(len(far) - 1, int(-min_ms * CAPTURE_RATE / 1000))
+    window = np.concatenate([corr[size - behind :], corr[: ahead + 1]]) if behind else corr[: ahead + 1]
+    index = int(np.argmax(window))
+    peak = float(window[index])
     if peak < 8.0 * float(np.median(np.abs(corr))) or peak <= 0.0:  # unrelated signals peak near 6x
         return None
-    return lag * 1000.0 / CAPTURE_RATE
+    return (index - behind) * 1000.0 / CAPTURE_RATE
 
 
 class CancellingQueue:

@@ -82,8 +82,10 @@ class ListeningService:
             c.early_endpoint,
             longest_preroll=c.wake_word.preroll if self.wake_engine == "micro" else None,
         )
-        margin = guard_margin(c.barge_in_margin_db, echo_cancelled, c.echo_cancel_margin_db)
-        self.guard = EchoGuard(c.self_trigger_guard, self.block_seconds, margin, c.echo_tail)
+        self.guard = EchoGuard(
+            c.self_trigger_guard, self.block_seconds, c.barge_in_margin_db, c.echo_tail,
+            cancelled_margin_db=guard_margin(c.barge_in_margin_db, echo_cancelled, c.echo_cancel_margin_db),
+        )
         self.conversation_open_until = float("-inf")  # audio clock
         self._evidence: deque[bool] = deque(maxlen=max(1, round(_WAKE_EVIDENCE / self.block_seconds)))
         self._source = "voice"
