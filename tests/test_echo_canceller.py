@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream, BlockQueue
@@ -137,7 +138,7 @@ async def test_tap_sees_exactly_what_the_sink_played_including_a_cut() -> None:
     send, stream = AudioStream.open(16_000)
     await send.send((np.arange(48_000) % 500).astype(np.int16))
     with trio.move_on_after(0) as scope:  # a barge-in cuts the second clip
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         await sink.play(stream)
     assert scope.cancelled_caught
     played = np.concatenate(sink.blocks)

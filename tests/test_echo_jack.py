@@ -47,7 +47,7 @@ async def test_the_robot_does_not_interrupt_itself_but_a_user_does(jack: Jack) -
     queue = BlockQueue(max_blocks=1000)
     capture = CaptureService(DeviceSource(device="system", block_ms=20, device_block_ms=40), queue, bus)
     capture.echo = canceller
-    utterances_send, utterances = trio.open_memory_channel[object](10)
+    utterances_send, _utterances = trio.open_memory_channel[object](10)
     listening = ListeningService(
         bus, queue, utterances_send, ListeningConfig(mode="always"), 20, echo_cancelled=True  # type: ignore[arg-type]
     )

@@ -187,7 +187,8 @@ class FarEndTap:
         if not self._synced or len(ready) > self.max_backlog + n + self.slack:
             if self._synced:
                 self.resyncs += 1
-                log.info("echo reference resynchronised (%d ms ahead of the microphone)", len(ready) * 1000 // CAPTURE_RATE)
+                ahead_ms = len(ready) * 1000 // CAPTURE_RATE
+                log.info("echo reference resynchronised (%d ms ahead of the microphone)", ahead_ms)
                 self.drift.reset()
             keep = n + self.slack  # the newest: the echo lags it by the round trip
             ready = ready[-keep:] if len(ready) > keep else ready

@@ -14,7 +14,8 @@ button still works) for rooms where even that is not enough.
 
 With the built-in echo canceller on (``listening.echo_cancel``) the microphone already carries only the
 residual echo, and the coupling learned from it is that residual: the margin then drops to
-``echo_cancel_margin_db`` (see :func:`guard_margin`) once the canceller has converged so the user barges in at a normal voice.
+``echo_cancel_margin_db`` (see :func:`guard_margin`) once the canceller has converged, so the user barges in
+at a normal voice.
 
 Time is counted in audio blocks, not wall time, so the guard behaves the same under test clocks.
 """
