@@ -319,6 +319,26 @@ def make_sink(config: AppConfig) -> AudioSink:
     return SimulatedSink(block_ms=audio.block_ms, volume=audio.volume)
 
 
+def build_echo_canceller(config: AppConfig, source: AudioSource, sink: AudioSink) -> Any:
+    """The echo canceller ``listening.echo_cancel`` runs here, its reference tapped from the sink (or None).
+
+    Only a sink that plays (a ``BlockSink``) can feed it; a replacement sink without ``far_end`` keeps the guard.
+    ``auto`` runs it only for a sound-card microphone: a simulated or file microphone hears no speaker.
+    """
+    from appliance.audio.echo import build_canceller
+
+    listening = config.listening
+    if not hasattr(sink, "far_end") or listening.self_trigger_guard == "gate":
+        return None
+    if listening.echo_cancel == "auto" and getattr(source, "name", "") != "device":
+        return None
+    echo = build_canceller(listening.echo_cancel, listening.noise_suppression)
+    if echo is not None:
+        sink.far_end = echo.tap
+        log.info("echo cancellation: %s%s", echo.backend, " + noise suppression" if echo.noise_suppression else "")
+    return echo
+
+
 @dataclass
 class Appliance:
     config: AppConfig
@@ -337,6 +357,8 @@ class Appliance:
     response_hooks: Any = None  # ``app.response_hooks.add("start", show_thinking)``
     tracing: Any = None  # the OpenTelemetry exporter, when [tracing] is on
     commands: Any = None  # the command layer every transport (control API, MQTT) calls
+    echo: Any = None  # the echo canceller (appliance.audio.echo), when listening.echo_cancel runs one
+
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -397,7 +419,10 @@ def build_appliance(
     history = ConversationHistory(conv_cfg.history_limit, conv_cfg.idle_timeout)
 
     state = StateService(bus, conv_cfg.error_display)
-    listening = ListeningService(bus, queue, utterance_send, config.listening, config.audio.block_ms)
+    echo = build_echo_canceller(config, source, sink)
+    listening = ListeningService(
+        bus, queue, utterance_send, config.listening, config.audio.block_ms, echo_cancelled=echo is not None
+    )
     conversation = ConversationService(
         bus, brain, sink, utterance_receive, history, voice, conv_cfg.error_message,
         mid_reply_message=config.failover.mid_reply_message,
@@ -406,7 +431,11 @@ def build_appliance(
     response_hooks = build_response_hooks(bus, config)
 
     supervisor.add(state)
-    supervisor.add(CaptureService(source, queue, bus))
+    capture = CaptureService(source, queue, bus)
+    capture.echo = echo
+    if echo is not None:
+        listening.guard.canceller_converged = lambda: echo.converged
+    supervisor.add(capture)
     supervisor.add(listening)
     supervisor.add(conversation)
     if status_handler is not None:
@@ -424,6 +453,7 @@ def build_appliance(
     supervisor.add(response_hooks, required=False)
     appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
     appliance.tools = tools
+    appliance.echo = echo
     appliance.response_hooks = response_hooks
     appliance.tracing = tracing
     from appliance.commands import Commands

@@ -219,7 +219,27 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
     from appliance.hardware.config import describe
 
     print(f"body: {describe(config.hardware)}")
+    print(f"echo: {describe_echo(config.listening)}")
     return EXIT_OK
+
+
+def describe_echo(listening) -> str:  # type: ignore[no-untyped-def]
+    """Which echo handling runs, as check-config prints it."""
+    from appliance.audio.echo import resolve_backend
+
+    backend = resolve_backend(listening.echo_cancel)
+    guard = listening.self_trigger_guard
+    if backend == "off":
+        why = "off" if listening.echo_cancel == "off" else "auto: no pywebrtc-audio wheel on this platform"
+        return f"no echo canceller ({why}); self-trigger guard {guard}, margin {listening.barge_in_margin_db:g} dB"
+    if guard == "gate":
+        return "no echo canceller (self_trigger_guard = gate ignores the mic while the robot speaks)"
+    ns = " + noise suppression" if listening.noise_suppression else ""
+    return (
+        f"webrtc AEC3{ns} (echo_cancel = {listening.echo_cancel}"
+        f"{': with a sound-card microphone' if listening.echo_cancel == 'auto' else ''}); self-trigger guard {guard}, "
+        f"margin {min(listening.barge_in_margin_db, listening.echo_cancel_margin_db):g} dB"
+    )
 
 
 def _faces(config, folder: Path) -> int:  # type: ignore[no-untyped-def]

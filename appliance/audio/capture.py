@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import ExitStack
+from typing import Any
 
 import trio
 
@@ -63,6 +64,7 @@ class CaptureService:
         self.last_error: str | None = None
         self._scope: trio.CancelScope | None = None
         self._unmuted = trio.Event()
+        self.echo: Any = None  # appliance.audio.echo.WebRtcEchoCanceller, set by the app when echo_cancel is on
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with ExitStack() as stack:
@@ -89,7 +91,7 @@ class CaptureService:
                 self._scope = scope
                 try:
                     async with trio.open_nursery() as inner:
-                        await inner.start(self.source.run, self.queue)
+                        await inner.start(self.source.run, self._input_queue())
                         self.opens += 1
                         if self.failures:
                             log.info("microphone back after %d failed attempt(s)", self.failures)
@@ -123,6 +125,14 @@ class CaptureService:
                 ready = True
             await trio.sleep(delay)
             delay = min(self.retry_max, delay * 2)
+
+    def _input_queue(self) -> Any:
+        """Where the source writes: the listener's queue, through the echo canceller when there is one."""
+        if self.echo is None:
+            return self.queue
+        from appliance.audio.echo import CancellingQueue
+
+        return CancellingQueue(self.queue, self.echo)
 
     def _status(self, status: str, error: str | None) -> None:
         if self.bus is not None:

@@ -342,6 +342,9 @@ class DeviceSink(BlockSink):
             if take < len(chunk):
                 self._partial = chunk[take:]
         out[filled:] = 0
+        tap = self.far_end
+        if tap is not None:  # exactly what goes to the card, silence after a barge-in cut included
+            tap.played(out, self.sample_rate)
         self._wake()
 
     def _wake(self) -> None:
@@ -403,6 +406,9 @@ class DeviceSink(BlockSink):
         except trio.Cancelled:
             self._pending.clear()  # quiet at the next device block
             raise
+
+    def _tap(self, block: np.ndarray) -> None:
+        pass  # tapped in the callback, where the samples really leave
 
     def _usable(self) -> bool:
         return self._stream is not None and self._generation == _generation and not self._dead

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import trio
@@ -14,6 +15,10 @@ from appliance.audio.base import Audio, AudioClip, LevelCallback, level_db
 from appliance.audio.convert import resample, write_wav
 
 log = logging.getLogger(__name__)
+
+
+class FarEndTapLike(Protocol):
+    def played(self, samples: np.ndarray, rate: int) -> None: ...
 
 
 class BlockSink:
@@ -30,6 +35,8 @@ class BlockSink:
         self.block_ms = block_ms
         self.volume = volume
         self.played_samples = 0
+        # The echo canceller's reference (appliance.audio.echo.FarEndTap): every block as it is played.
+        self.far_end: FarEndTapLike | None = None
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[None]:
@@ -43,6 +50,7 @@ class BlockSink:
                         on_level(level_db(block))
                     await self._write_block(block)
                     self.played_samples += len(block)
+                    self._tap(block)
         finally:
             if on_level is not None:
                 on_level(-100.0)
@@ -73,6 +81,12 @@ class BlockSink:
             pending = np.concatenate([pending, self._gain(resampler.resample_chunk(np.zeros(0, np.int16), last=True))])
         for start in range(0, len(pending), size):
             yield pending[start : start + size]
+
+    def _tap(self, block: np.ndarray) -> None:
+        """Hand a written block to the echo reference. A sink that knows better when a sample leaves (the
+        device sink, from its callback) overrides this and taps there."""
+        if self.far_end is not None:
+            self.far_end.played(block, self.sample_rate)
 
     def _gain(self, samples: np.ndarray) -> np.ndarray:
         if self.volume == 1.0:

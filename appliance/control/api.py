@@ -208,6 +208,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
             last_turn=_last_turn(last),
             turns=app_.conversation.turns,
             queued_says=len(ctx.speaker.queue),
+            echo=_echo_status(app_),
         )
 
     # --- listening and mute -----------------------------------------------------------------------------
@@ -663,6 +664,15 @@ def _metrics_text(ctx: ControlContext, slots: Slots) -> str:
         if isinstance(count, int):
             xruns.append(({"direction": direction}, count))
     out.family("appliance_audio_xruns_total", "counter", "audio blocks lost (overruns/underruns)", xruns)
+    echo = _echo_status(app_)
+    out.family("appliance_echo_cancel_active", "gauge", "1 while the echo canceller runs",
+               [({"backend": echo.backend}, int(echo.backend != "off"))])
+    if echo.erle_db is not None:
+        out.family("appliance_echo_erle_db", "gauge", "echo reduction (ERLE) over the last seconds of robot speech",
+                   [({}, echo.erle_db)])
+    if echo.delay_ms is not None:
+        out.family("appliance_echo_delay_ms", "gauge", "delay from the speaker's block to its echo at the mic",
+                   [({}, echo.delay_ms)])
     out.family("appliance_bus_events_total", "counter", "events published", [({}, app_.bus.published)])
     out.family("appliance_bus_dropped_total", "counter", "events dropped for slow subscribers",
                [({}, app_.bus.dropped)])
@@ -670,6 +680,17 @@ def _metrics_text(ctx: ControlContext, slots: Slots) -> str:
     out.family("appliance_control_responses_total", "counter", "API answers by HTTP status, refusals included",
                [({"code": str(code)}, n) for code, n in sorted(metrics.responses.items())] or [({"code": "200"}, 0)])
     return out.text()
+
+
+def _echo_status(app_: Any) -> m.EchoStatus:
+    canceller = getattr(app_, "echo", None)
+    if canceller is None:
+        return m.EchoStatus(backend="off")
+    stats = canceller.stats()
+    return m.EchoStatus(
+        backend=stats.backend, erle_db=_finite(stats.erle_db), delay_ms=_finite(stats.delay_ms),
+        drift_ppm=stats.drift_ppm, resyncs=stats.resyncs, noise_suppression=stats.noise_suppression,
+    )
 
 
 STREAMING_PATHS = ("/v1/events", "/v1/conversation")

@@ -54,6 +54,17 @@ class AudioStatus(BaseModel):
     capture_overruns: int
 
 
+class EchoStatus(BaseModel):
+    """The echo canceller in the capture path (listening.echo_cancel)."""
+
+    backend: str = Field(description="webrtc, or off (the self-trigger guard alone)")
+    erle_db: float | None = Field(default=None, description="echo reduction over the last seconds of robot speech")
+    delay_ms: float | None = Field(default=None, description="how long after the speaker's block its echo arrives")
+    drift_ppm: float = Field(default=0.0, description="speaker/mic clock drift the reference is resampled by")
+    resyncs: int = 0
+    noise_suppression: bool = False
+
+
 class Timings(BaseModel):
     heard: float | None
     first_text: float | None
@@ -82,6 +93,7 @@ class Status(BaseModel):
     last_turn: LastTurn | None
     turns: int
     queued_says: int
+    echo: EchoStatus = Field(default_factory=lambda: EchoStatus(backend="off"))
 
 
 class ListenerStatus(BaseModel):

@@ -127,6 +127,20 @@ class ListeningConfig(Section):
         description="while the robot speaks: raise = thresholds follow the robot's own output (echo-adjusted); "
         "gate = ignore the mic entirely (no voice barge-in); off = trust an echo canceller in front of the mic",
     )
+    echo_cancel: Literal["auto", "webrtc", "off"] = Field(
+        default="auto",
+        description="echo cancellation in the capture path (WebRTC AEC3, fed with exactly what the speaker plays): "
+        "auto = where pywebrtc-audio has a wheel (x86_64, aarch64; not 32-bit Pi OS, which keeps the guard); "
+        "with it on the self-trigger guard's margin drops to echo_cancel_margin_db",
+    )
+    echo_cancel_margin_db: float = Field(
+        default=3.0, ge=0,
+        description="while the robot speaks with echo cancellation on, speech must be this much louder than the "
+        "residual echo (instead of barge_in_margin_db)",
+    )
+    noise_suppression: bool = Field(
+        default=False, description="WebRTC noise suppression after the echo canceller (needs echo_cancel on)"
+    )
     echo_tail: float = Field(default=0.3, ge=0, le=2, description="the room still rings this long after playback (s)")
     wake_word: WakeWordConfig = WakeWordConfig()
 
@@ -144,6 +158,10 @@ class ListeningConfig(Section):
                     resolve_model(entry)
                 except WakeWordError as exc:
                     raise ValueError(str(exc)) from None
+        if self.echo_cancel == "webrtc":
+            from appliance.audio.echo import resolve_backend
+
+            resolve_backend(self.echo_cancel)  # raises ValueError: no wheel on this platform
         if self.vad == "silero" and self.silero_model is not None and not self.silero_model.exists():
             raise ValueError(f"silero_model {self.silero_model} does not exist")
         needs = {"silero": ("onnxruntime", "appliance[silero]"), "micro_vad": ("pymicro_vad", "pymicro-vad")}

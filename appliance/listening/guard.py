@@ -12,6 +12,11 @@ in front of the microphone (PipeWire's ``module-echo-cancel``, see the README) s
 "off"``. ``"gate"`` ignores the microphone entirely while the robot speaks (no voice barge-in at all; the
 button still works) for rooms where even that is not enough.
 
+With the built-in echo canceller on (``listening.echo_cancel``) the microphone already carries only the
+residual echo, and the coupling learned from it is that residual: the margin then drops to
+``echo_cancel_margin_db`` (see :func:`guard_margin`) once the canceller has converged, so the user barges in
+at a normal voice.
+
 Time is counted in audio blocks, not wall time, so the guard behaves the same under test clocks.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from collections.abc import Callable
 
 SILENT_DB = -60.0  # output quieter than this is not heard at the mic
 _ALIGN = 0.15  # s: the echo arrives a device buffer after the block was written
@@ -26,18 +32,32 @@ _COUPLING_START = -6.0  # dB: before anything is learned, assume a loud speaker 
 _COUPLING_RANGE = (-60.0, 10.0)
 
 
+def guard_margin(margin_db: float, echo_cancelled: bool, residual_margin_db: float) -> float | None:
+    """The margin a voice needs over the residual echo once the canceller has converged (None: no canceller)."""
+    return min(margin_db, residual_margin_db) if echo_cancelled else None
+
+
 class EchoGuard:
     def __init__(self, mode: str, block_seconds: float, margin_db: float = 12.0, tail: float = 0.3,
-                 learn_window: float = 3.0) -> None:
+                 learn_window: float = 3.0, cancelled_margin_db: float | None = None) -> None:
         self.mode = mode
         self.block_seconds = block_seconds
-        self.margin_db = margin_db
+        self.full_margin_db = margin_db
+        # With an echo canceller: the margin once it has converged (until then its residual is not known).
+        self.cancelled_margin_db = cancelled_margin_db
+        self.canceller_converged: Callable[[], bool] = lambda: True
         self.tail = tail
         self.now = 0.0  # audio clock: seconds of microphone audio seen
         self._outputs: deque[tuple[float, float]] = deque()  # (time, dB) of recent output blocks
         self._last_loud_output = float("-inf")
         self._coupling: deque[float] = deque(maxlen=max(5, round(learn_window / block_seconds)))
         self._coupling_db: float | None = None
+
+    @property
+    def margin_db(self) -> float:
+        if self.cancelled_margin_db is not None and self.canceller_converged():
+            return self.cancelled_margin_db
+        return self.full_margin_db
 
     def tick(self) -> None:
         """One microphone block went by."""

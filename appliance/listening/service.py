@@ -35,7 +35,7 @@ from appliance.events import (
 from appliance.listening.config import ListeningConfig
 from appliance.listening.endpointer import Discarded, Endpointer, Onset, Segment
 from appliance.listening.events import WakeWordDetected
-from appliance.listening.guard import EchoGuard
+from appliance.listening.guard import EchoGuard, guard_margin
 from appliance.listening.vad import (
     REACTION_SECONDS,
     SpeechDetector,
@@ -69,6 +69,7 @@ class ListeningService:
         *,
         wake_detector: WakeWordDetector | None = None,
         speech_detector: SpeechDetector | None = None,
+        echo_cancelled: bool = False,
     ) -> None:
         self.bus = bus
         self.blocks = blocks
@@ -94,7 +95,10 @@ class ListeningService:
             longest_preroll=max(c.wake_word.preroll, _WAKE_LOOKBACK) if self.wake_engine == "micro" else None,
             confirm_blocks=2,
         )
-        self.guard = EchoGuard(c.self_trigger_guard, self.block_seconds, c.barge_in_margin_db, c.echo_tail)
+        self.guard = EchoGuard(
+            c.self_trigger_guard, self.block_seconds, c.barge_in_margin_db, c.echo_tail,
+            cancelled_margin_db=guard_margin(c.barge_in_margin_db, echo_cancelled, c.echo_cancel_margin_db),
+        )
         self.conversation_open_until = float("-inf")  # audio clock
         self._evidence: deque[bool] = deque(maxlen=max(1, round(_WAKE_EVIDENCE / self.block_seconds)))
         self._source = "voice"
