@@ -148,9 +148,13 @@ async def one_turn(ws: Any, session: str) -> tuple[float, float] | None:
     sent = time.perf_counter()
     await ws.send_message(frame)
     first = None
+    accepted = False
     with trio.move_on_after(20):
         while True:
             reply = json.loads(await ws.get_message())
+            if not accepted:  # AIAvatarKit sends a second `final` after each turn: left over from the last one
+                accepted = reply.get("type") == "accepted"
+                continue
             if first is None and reply.get("type") == "chunk" and reply.get("audio_data"):
                 first = time.perf_counter() - sent
             if reply.get("type") in ("final", "error", "canceled"):
