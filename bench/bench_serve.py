@@ -48,6 +48,8 @@ STT, LLM, TTS = 0.150, 0.250, 0.200
 TOKEN = float(os.environ.get("BENCH_SERVE_TOKEN_DELAY", "0.020"))  # a model streaming 50 tokens a second
 FULL = "--full" in sys.argv
 ROUNDS, TURNS = (12, 30) if FULL else (3, 6)
+ROUNDS = int(os.environ.get("BENCH_SERVE_ROUNDS", ROUNDS))
+TURNS = int(os.environ.get("BENCH_SERVE_TURNS", TURNS))
 LOAD = "--load" in sys.argv or FULL
 ROBOTS = 10
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -216,10 +218,24 @@ async def run_round(server: Server, floor: float, turns: int) -> None:
         server.cpu.append((cpu_seconds(server.process.pid) - before) / max(1, done))
 
 
-async def load(server: Server, single_median_ms: float, floor: float, rounds: int) -> list[Figure]:
-    """10 robots at once on one server: first audio p95 against the single-robot median; turns lost."""
+async def load(server: Server, single_median_ms: float, floor: float, rounds: int, cloud: str) -> list[Figure]:
+    """10 robots at once on one server: first audio p95 against the single-robot median; turns lost.
+
+    The same 10-way burst made bare (10 floor scripts at once) shows how much of the delay is the fake cloud
+    (one Python process on the same shared cores) rather than the server.
+    """
     from contextlib import AsyncExitStack
 
+    bare: list[float] = []
+    async with httpx.AsyncClient(headers={"Authorization": "Bearer fake-key"}, timeout=30,
+                                 limits=httpx.Limits(max_connections=100)) as client:
+        for _ in range(rounds):
+            async def one() -> None:
+                bare.append((await floor_turn(client, cloud) - floor) * 1000)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(ROBOTS):
+                    nursery.start_soon(one)
     firsts: list[float] = []
     lost = 0
     async with AsyncExitStack() as stack:
@@ -239,6 +255,8 @@ async def load(server: Server, single_median_ms: float, floor: float, rounds: in
     return [
         Figure(f"{server.name}: {ROBOTS} robots, first audio p95 − single median", p95 - single_median_ms, "ms",
                "<= 20", f"p95 {p95:.1f} ms over the floor, {len(firsts)} turns"),
+        Figure(f"bare floor, {ROBOTS} at once: p95 − single floor", percentile(bare, 95), "ms",
+               note="the fake cloud's own share of the load"),
         Figure(f"{server.name}: {ROBOTS} robots, turns lost", lost, "turns", "<= 0"),
     ]
 
@@ -297,7 +315,7 @@ async def bench() -> list[Figure]:
                         figures += _ratios(ours, peer)
                 if LOAD:
                     ours = next(s for s in servers if s.name == "appliance-pcm")
-                    figures += await load(ours, median(ours.first), median(floors) / 1000, 3 if not FULL else 10)
+                    figures += await load(ours, median(ours.first), median(floors) / 1000, 3 if not FULL else 10, cloud)
             finally:
                 for process in [cloud_proc, *(s.process for s in servers)]:
                     if process is not None and process.returncode is None:
