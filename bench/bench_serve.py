@@ -286,7 +286,9 @@ async def bench() -> list[Figure]:
                         await floor_turn(client, cloud)  # warm the connections
                     for server in servers:  # and each server's
                         await run_round(server, 0.0, 1)
-                        server.first.clear(), server.turn.clear(), server.cpu.clear()
+                        server.first.clear()
+                        server.turn.clear()
+                        server.cpu.clear()
                     for index in range(ROUNDS):
                         floor = median([await floor_turn(client, cloud) for _ in range(5)])
                         floors.append(floor * 1000)
@@ -336,8 +338,7 @@ def _ratios(ours: Server, peer: Server) -> list[Figure]:
                "<= 0.65", f"paired difference median {turn_diff:+.1f} ms"),
         Figure(f"{ours.name}/aiavatarkit: CPU per turn ratio", median(ours.cpu) / median(peer.cpu), "x", "<= 0.5"),
         Figure(f"{ours.name}/aiavatarkit: RSS ratio",
-               rss_mb(ours.process.pid) / rss_mb(peer.process.pid), "x", "<= 1")  # type: ignore[union-attr]
-        ,
+               rss_mb(ours.process.pid) / rss_mb(peer.process.pid), "x", "<= 1"),  # type: ignore[union-attr]
         Figure(f"{ours.name}/aiavatarkit: start ratio", ours.started_in / peer.started_in, "x", "<= 1"),
     ]
 

@@ -91,7 +91,9 @@ def test_serve_lets_the_brain_synthesize_every_finished_sentence() -> None:
     assert cloud.prefetch == TTS_CONCURRENCY > 2
 
 
-async def test_each_sentence_is_synthesized_once_written_and_sent_in_order(autojump_clock: trio.testing.MockClock) -> None:
+async def test_each_sentence_is_synthesized_once_written_and_sent_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     llm, tts = ScriptedLLM(0.1), SlowTTS()
     got = await reply(brain(llm, tts, prefetch=TTS_CONCURRENCY))
     assert [text for text, _ in got] == SENTENCES  # in speaking order although 2 and 3 were ready first
