@@ -50,6 +50,7 @@ class _Pending:
     tags: tuple[Tag, ...]
     tts: SpeechSynthesizer
     done: trio.Event = field(default_factory=trio.Event)
+    requested: trio.Event = field(default_factory=trio.Event)  # its speech request is under way
     chunk: ReplyChunk | None = None
     error: BaseException | None = None
 
@@ -407,10 +408,12 @@ class CloudBrain:
 
     async def _synthesize(self, pending: _Pending, first: _Pending | None) -> None:
         if first is not None:
-            # The first sentence is what the user waits for: give its request the CPU and the network
-            # alone. The rest only has to be ready before the sentence ahead of it finishes playing.
-            await first.done.wait()
+            # The first sentence is what the user waits for: its request goes out before any other. The rest
+            # start as soon as their text is known (not when the first's audio is back), so a turn ends about
+            # one synthesis after its last sentence was written, and each is ready before its turn to play.
+            await first.requested.wait()
         streaming = getattr(pending.tts, "synthesize_stream", None)
+        pending.requested.set()
         try:
             if not pending.voice_text:
                 pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, None)
@@ -424,6 +427,7 @@ class CloudBrain:
                 raise  # a bug after the chunk was handed out: let the turn fail loudly
             pending.error = exc
         finally:
+            pending.requested.set()
             pending.done.set()
 
     async def _stream_speech(self, pending: _Pending, pieces: AsyncIterator[AudioClip]) -> None:

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 _BLOCK = 320  # 20 ms at 16 kHz, the block size the endpointer is tuned for
 _MAX_CONTEXTS = 256
 _FRAME_OVERHEAD = 64 * 1024  # the JSON around an invoke's base64 audio
+# A server has no speaker to wait for: every sentence whose text is known is synthesized at once, up to this
+# many per reply, and sent in order; so a turn ends about one synthesis after its last sentence was written.
+TTS_CONCURRENCY = 4
 
 
 def check_bind(config: ServerConfig) -> None:
@@ -76,6 +79,8 @@ class AvatarServer:
                  idle_timeout: float = 600.0) -> None:
         self.brain = brain
         self.config = config
+        if isinstance(getattr(brain, "prefetch", None), int):  # the cloud brain's sentences synthesized ahead
+            brain.prefetch = max(brain.prefetch, TTS_CONCURRENCY)  # type: ignore[attr-defined]
         self.history_limit = history_limit
         self.idle_timeout = idle_timeout
         check_bind(config)

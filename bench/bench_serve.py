@@ -1,0 +1,347 @@
+"""``appliance serve`` side by side with the real AIAvatarKit 0.9.2 server, over a floor of bare httpx calls.
+
+Everything runs on this machine against one fake cloud in its own process (STT 150 ms, first token 250 ms,
+20 ms a token after that, TTS 200 ms, a three-sentence reply):
+
+- **floor**: a bare httpx script making the same three cloud calls in sequence (STT upload, chat until the
+  first sentence is complete, TTS until its first bytes) on warm connections: what no server can beat;
+- **aiavatarkit**: its ``AIAvatarWebSocketServer`` (``make interop-venv``) as a subprocess;
+- **appliance**: ``appliance serve`` as a subprocess, WAV mode and PCM mode.
+
+The client (ours, the AIAvatarKit protocol) sends a 1 s utterance as ``invoke`` and times the first frame
+carrying audio and the ``final``. Servers take turns round by round (interleaved, order alternating) so a
+noisy neighbour on the shared machine hits every server alike; comparisons are medians of per-round paired
+differences. CPU per turn is the server process's CPU time (/proc), not wall time.
+
+``python -m bench serve`` runs a short pass (3 rounds × 6 turns); ``python -m bench serve --full`` the
+12 × 30 of issue 23. ``--load`` adds 10 robots talking at once to one ``appliance serve``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import trio
+from trio_websocket import open_websocket_url
+
+from bench.common import Figure, median, percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_PYTHON = Path(os.environ.get("AIAVATAR_PYTHON", ROOT / ".cache" / "aiavatar-venv" / "bin" / "python"))
+API_KEY = "bench-key"
+STT, LLM, TTS = 0.150, 0.250, 0.200
+TOKEN = float(os.environ.get("BENCH_SERVE_TOKEN_DELAY", "0.020"))  # a model streaming 50 tokens a second
+FULL = "--full" in sys.argv
+ROUNDS, TURNS = (12, 30) if FULL else (3, 6)
+ROUNDS = int(os.environ.get("BENCH_SERVE_ROUNDS", ROUNDS))
+TURNS = int(os.environ.get("BENCH_SERVE_TURNS", TURNS))
+LOAD = "--load" in sys.argv or FULL
+ROBOTS = 10
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _utterance() -> bytes:
+    t = np.arange(16_000) / 16_000
+    return (0.3 * 32767 * np.sin(2 * math.pi * 220 * t)).astype("<i2").tobytes()
+
+
+PCM = _utterance()
+PCM_B64 = base64.b64encode(PCM).decode()
+
+
+def _wav(pcm: bytes, rate: int) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Server:
+    name: str
+    url: str = ""
+    process: trio.Process | None = None
+    started_in: float = 0.0
+    first: list[float] = field(default_factory=list)  # first audio minus the round's floor, ms
+    turn: list[float] = field(default_factory=list)  # invoke sent → final, ms
+    cpu: list[float] = field(default_factory=list)  # CPU seconds per turn, per round
+    lost: int = 0
+
+
+async def _start(name: str, args: list[str], pattern: bytes, nursery: trio.Nursery, env: dict[str, str]) -> Server:
+    server = Server(name)
+    began = time.perf_counter()
+    process = await trio.lowlevel.open_process(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT)
+    server.process = process
+    assert process.stdout is not None
+    seen = b""
+    with trio.fail_after(120):
+        while not (match := re.search(pattern, seen)):
+            data = await process.stdout.receive_some(4096)
+            if not data:
+                raise RuntimeError(f"{name} exited: {seen.decode(errors='replace')[-2000:]}")
+            seen += data
+    server.url = f"ws://127.0.0.1:{int(match.group(1))}/ws"
+
+    async def drain() -> None:
+        assert process.stdout is not None
+        while await process.stdout.receive_some(65536):
+            pass
+
+    nursery.start_soon(drain)
+    # Started = the first WebSocket accepted.
+    async with open_websocket_url(server.url, extra_headers=[("Authorization", f"Bearer {API_KEY}")]):
+        server.started_in = time.perf_counter() - began
+    return server
+
+
+async def start_appliance(cloud: str, pcm: bool, nursery: trio.Nursery, tmp: Path) -> Server:
+    config = tmp / f"serve-{pcm}.toml"
+    config.write_text(
+        f'[stt]\nbase_url = "{cloud}/v1"\n[llm]\nbase_url = "{cloud}/v1"\nmodel = "fake"\n'
+        f'[tts]\nbase_url = "{cloud}/v1"\n[server]\nhost = "127.0.0.1"\nport = 0\npcm = {str(pcm).lower()}\n'
+        '[log]\nlevel = "WARNING"\n'
+    )
+    env = {**os.environ, "OPENAI_API_KEY": "fake-key", "APPLIANCE_SERVER__API_KEY": API_KEY}
+    return await _start("appliance-pcm" if pcm else "appliance-wav",
+                        [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
+                        rb"ws://127\.0\.0\.1:(\d+)/ws", nursery, env)
+
+
+async def start_aiavatarkit(cloud: str, nursery: trio.Nursery) -> Server:
+    args = [str(PEER_PYTHON), str(ROOT / "interop-tests" / "peer_server.py"), "--cloud", cloud, "--api-key", API_KEY]
+    return await _start("aiavatarkit", args, rb"PORT (\d+)", nursery, dict(os.environ))
+
+
+async def one_turn(ws: Any, session: str) -> tuple[float, float] | None:
+    """Send a 1 s utterance; (first audio, final) in seconds after sending, or None when the turn was lost."""
+    frame = json.dumps({"type": "invoke", "session_id": session, "audio_data": PCM_B64})
+    sent = time.perf_counter()
+    await ws.send_message(frame)
+    first = None
+    accepted = False
+    with trio.move_on_after(20):
+        while True:
+            reply = json.loads(await ws.get_message())
+            if not accepted:  # AIAvatarKit sends a second `final` after each turn: left over from the last one
+                accepted = reply.get("type") == "accepted"
+                continue
+            if first is None and reply.get("type") == "chunk" and reply.get("audio_data"):
+                first = time.perf_counter() - sent
+            if reply.get("type") in ("final", "error", "canceled"):
+                ok = reply["type"] == "final" and first is not None
+                return (first, time.perf_counter() - sent) if ok else None
+    return None
+
+
+async def open_session(url: str, stack: Any) -> tuple[Any, str]:
+    ws = await stack.enter_async_context(
+        open_websocket_url(url, extra_headers=[("Authorization", f"Bearer {API_KEY}")], max_message_size=64 << 20))
+    session = f"bench-{time.perf_counter_ns()}"
+    await ws.send_message(json.dumps({"type": "start", "session_id": session, "user_id": "bench",
+                                      "context_id": f"ctx-{session}"}))
+    while json.loads(await ws.get_message()).get("type") != "connected":
+        pass
+    return ws, session
+
+
+async def floor_turn(client: httpx.AsyncClient, cloud: str) -> float:
+    """The three cloud calls in sequence, bare: STT, chat to the end of the first sentence, TTS to its first bytes."""
+    began = time.perf_counter()
+    stt = await client.post(f"{cloud}/v1/audio/transcriptions", data={"model": "whisper-1"},
+                            files={"file": ("a.wav", _wav(PCM, 16_000), "audio/wav")})
+    text = stt.json()["text"]
+    body = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": text}]}
+    written = ""
+    async with client.stream("POST", f"{cloud}/v1/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                written += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                if re.search(r"[.!?](\s|$)", written):
+                    break
+    sentence = re.sub(r"\[[^\]]*\]\s*", "", written).strip()
+    async with client.stream("POST", f"{cloud}/v1/audio/speech",
+                             json={"model": "tts-1", "input": sentence, "voice": "alloy",
+                                   "response_format": "pcm"}) as response:
+        async for _ in response.aiter_raw():
+            break
+    return time.perf_counter() - began
+
+
+async def run_round(server: Server, floor: float, turns: int) -> None:
+    from contextlib import AsyncExitStack
+
+    assert server.process is not None
+    async with AsyncExitStack() as stack:
+        ws, session = await open_session(server.url, stack)
+        before = cpu_seconds(server.process.pid)
+        done = 0
+        for _ in range(turns):
+            result = await one_turn(ws, session)
+            if result is None:
+                server.lost += 1
+                continue
+            done += 1
+            server.first.append((result[0] - floor) * 1000)
+            server.turn.append(result[1] * 1000)
+        server.cpu.append((cpu_seconds(server.process.pid) - before) / max(1, done))
+
+
+async def load(server: Server, single_median_ms: float, floor: float, rounds: int, cloud: str) -> list[Figure]:
+    """10 robots at once on one server: first audio p95 against the single-robot median; turns lost.
+
+    The same 10-way burst made bare (10 floor scripts at once) shows how much of the delay is the fake cloud
+    (one Python process on the same shared cores) rather than the server.
+    """
+    from contextlib import AsyncExitStack
+
+    bare: list[float] = []
+    async with httpx.AsyncClient(headers={"Authorization": "Bearer fake-key"}, timeout=30,
+                                 limits=httpx.Limits(max_connections=100)) as client:
+        for _ in range(rounds):
+            async def one() -> None:
+                bare.append((await floor_turn(client, cloud) - floor) * 1000)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(ROBOTS):
+                    nursery.start_soon(one)
+    firsts: list[float] = []
+    lost = 0
+    async with AsyncExitStack() as stack:
+        sessions = [await open_session(server.url, stack) for _ in range(ROBOTS)]
+        for _ in range(rounds):
+            results: list[tuple[float, float] | None] = []
+
+            async def robot(ws: Any, session: str) -> None:
+                results.append(await one_turn(ws, session))
+
+            async with trio.open_nursery() as nursery:
+                for ws, session in sessions:
+                    nursery.start_soon(robot, ws, session)
+            lost += sum(r is None for r in results)
+            firsts += [(r[0] - floor) * 1000 for r in results if r is not None]
+    p95 = percentile(firsts, 95)
+    return [
+        Figure(f"{server.name}: {ROBOTS} robots, first audio p95 − single median", p95 - single_median_ms, "ms",
+               "<= 20", f"p95 {p95:.1f} ms over the floor, {len(firsts)} turns"),
+        Figure(f"bare floor, {ROBOTS} at once: p95 − single floor", percentile(bare, 95), "ms",
+               note="the fake cloud's own share of the load"),
+        Figure(f"{server.name}: {ROBOTS} robots, turns lost", lost, "turns", "<= 0"),
+    ]
+
+
+async def bench() -> list[Figure]:
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        async with trio.open_nursery() as nursery:
+            cloud_proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "tests.fakes.cloud", "--stt-latency", str(STT), "--llm-latency", str(LLM),
+                 "--tts-latency", str(TTS), "--token-delay", str(TOKEN)],
+                cwd=ROOT, stdout=subprocess.PIPE)
+            assert cloud_proc.stdout is not None
+            cloud = (await cloud_proc.stdout.receive_some(200)).decode().strip()
+            servers: list[Server] = []
+            try:
+                if PEER_PYTHON.exists():
+                    servers.append(await start_aiavatarkit(cloud, nursery))
+                else:
+                    print(f"  (no AIAvatarKit at {PEER_PYTHON}: run make interop-venv; comparing with the floor only)")
+                servers.append(await start_appliance(cloud, False, nursery, tmp))
+                servers.append(await start_appliance(cloud, True, nursery, tmp))
+                floors: list[float] = []
+                async with httpx.AsyncClient(headers={"Authorization": "Bearer fake-key"}, timeout=30) as client:
+                    for _ in range(2):
+                        await floor_turn(client, cloud)  # warm the connections
+                    for server in servers:  # and each server's
+                        await run_round(server, 0.0, 1)
+                        server.first.clear()
+                        server.turn.clear()
+                        server.cpu.clear()
+                    for index in range(ROUNDS):
+                        floor = median([await floor_turn(client, cloud) for _ in range(5)])
+                        floors.append(floor * 1000)
+                        order = servers if index % 2 == 0 else servers[::-1]
+                        for server in order:
+                            await run_round(server, floor, TURNS)
+                        print(f"  round {index + 1}/{ROUNDS}: floor {floor * 1000:.1f} ms; "
+                              + ", ".join(f"{s.name} {median(s.first[-TURNS:]):.1f}" for s in servers), flush=True)
+                figures.append(Figure("floor: bare httpx STT → first sentence → first TTS bytes, median",
+                                      median(floors), "ms", note=f"cloud waits {(STT + LLM + TTS) * 1000:.0f} ms"))
+                for server in servers:
+                    assert server.process is not None
+                    figures += [
+                        Figure(f"{server.name}: first audio − floor, median", median(server.first), "ms",
+                               "<= 5" if server.name.startswith("appliance") else "",
+                               f"p95 {percentile(server.first, 95):.1f}"),
+                        Figure(f"{server.name}: whole three-sentence turn, median", median(server.turn), "ms"),
+                        Figure(f"{server.name}: CPU per turn (process time)", median(server.cpu) * 1000, "ms"),
+                        Figure(f"{server.name}: RSS after the runs", rss_mb(server.process.pid), "MB"),
+                        Figure(f"{server.name}: start → first WebSocket accepted", server.started_in, "s"),
+                        Figure(f"{server.name}: turns lost", server.lost, "turns", "<= 0"),
+                    ]
+                peer = next((s for s in servers if s.name == "aiavatarkit"), None)
+                if peer is not None:
+                    for ours in servers[1:]:
+                        figures += _ratios(ours, peer)
+                if LOAD:
+                    ours = next(s for s in servers if s.name == "appliance-pcm")
+                    figures += await load(ours, median(ours.first), median(floors) / 1000, 3 if not FULL else 10, cloud)
+            finally:
+                for process in [cloud_proc, *(s.process for s in servers)]:
+                    if process is not None and process.returncode is None:
+                        process.kill()
+                nursery.cancel_scope.cancel()
+    return figures
+
+
+def _ratios(ours: Server, peer: Server) -> list[Figure]:
+    """Ratios of medians, and the median of per-turn paired differences (turn i of round r against turn i)."""
+    n = min(len(ours.first), len(peer.first))
+    first_diff = median([a - b for a, b in zip(ours.first[:n], peer.first[:n], strict=True)])
+    turn_diff = median([a - b for a, b in zip(ours.turn[:n], peer.turn[:n], strict=True)])
+    return [
+        Figure(f"{ours.name}/aiavatarkit: first-audio overhead ratio", median(ours.first) / median(peer.first), "x",
+               "<= 0.35", f"paired difference median {first_diff:+.1f} ms"),
+        Figure(f"{ours.name}/aiavatarkit: three-sentence turn ratio", median(ours.turn) / median(peer.turn), "x",
+               "<= 0.65", f"paired difference median {turn_diff:+.1f} ms"),
+        Figure(f"{ours.name}/aiavatarkit: CPU per turn ratio", median(ours.cpu) / median(peer.cpu), "x", "<= 0.5"),
+        Figure(f"{ours.name}/aiavatarkit: RSS ratio",
+               rss_mb(ours.process.pid) / rss_mb(peer.process.pid), "x", "<= 1"),  # type: ignore[union-attr]
+        Figure(f"{ours.name}/aiavatarkit: start ratio", ours.started_in / peer.started_in, "x", "<= 1"),
+    ]
+
+
+def main() -> list[Figure]:
+    return trio.run(bench)
