@@ -93,8 +93,8 @@ async def test_the_model_draws_and_the_display_shows_it(monkeypatch: pytest.Monk
             await app.conversation.start_turn(ASK)
             done = await log.wait_for(TurnFinished)
             await log.wait_for(PictureRequested)
-            with trio.fail_after(10):
-                while app.body.display.picture is None:
+            with trio.fail_after(10):  # fitted in a worker thread, then drawn by the render loop
+                while app.body.display.snapshot().convert("RGB").getpixel((64, 32)) != (255, 0, 0):
                     await trio.sleep(0.01)
             shown = app.body.display.snapshot()
     assert done.outcome == "done"
