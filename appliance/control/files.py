@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from appliance.fsync import fsync_dir
+
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, keep_previous: Path | None = None) -> None:
     """Replace ``path`` with ``data`` in one step; readers see the old file or the new one, never a mix.
@@ -39,20 +41,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, keep_previous: P
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:

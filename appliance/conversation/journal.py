@@ -25,6 +25,8 @@ from typing import Any
 
 import trio
 
+from appliance.fsync import fsync_dir
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
@@ -116,7 +118,7 @@ class TurnJournal:
             new = not path.exists()
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if new:  # the file's name must survive a power cut too, not only its bytes
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
             while len(self._files) >= _OPEN_FILES:
                 os.close(self._files.pop(next(iter(self._files))))
         self._files[conversation_id] = fd
@@ -125,19 +127,6 @@ class TurnJournal:
 
 def journal_path(directory: Path, conversation_id: str) -> Path:
     return directory / f"{conversation_id}{SUFFIX}"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_turns(lines: Iterable[str]) -> tuple[list[dict[str, Any]], float | None, float | None]:

@@ -239,15 +239,8 @@ class TracedLLM(_Forwarding):
             _ended(span, error)
 
 
-class TracedBrain:
+class TracedBrain(_Forwarding):
     """The cloud brain with each reply in a ``turn`` span, so the provider spans of a turn form one trace."""
-
-    def __init__(self, inner: Any, tracing: Tracing) -> None:
-        self.inner = inner
-        self.tracing = tracing
-        self.name = inner.name
-        if hasattr(inner, "warm"):
-            self.warm = inner.warm
 
     async def reply(self, request: Any, out: Any) -> None:
         utterance = request.utterance
@@ -262,6 +255,3 @@ class TracedBrain:
                 raise
             finally:
                 _status(span, error)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
