@@ -13,7 +13,7 @@ from appliance.control.histories import HistoryStore
 from appliance.control.restart import Restartable
 from appliance.control.sse import EventStream, Slots, format_event
 from appliance.conversation.journal import TurnJournal
-from appliance.events import Heard, ServiceStatus, TurnFinished, TurnStarted, TurnTimings
+from appliance.events import ServiceStatus, TurnFinished, TurnTimings
 
 
 async def test_a_stuck_client_is_dropped_and_its_slot_freed(autojump_clock):

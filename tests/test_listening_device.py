@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from contextlib import redirect_stdout
 from pathlib import Path

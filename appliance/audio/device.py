@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from appliance.audio.base import CAPTURE_RATE, Audio, AudioClip, BlockQueue, LevelCallback
+from appliance.audio.base import CAPTURE_RATE, Audio, BlockQueue, LevelCallback
 from appliance.audio.playback import BlockSink
 
 log = logging.getLogger(__name__)
