@@ -24,11 +24,9 @@ COMMANDS = {
 }
 
 
-def add_commands(sub: Any, add_api_options: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Any) -> None:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        add_api_options(parser)
-        parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
         return parser
 
     command("status", "what the running appliance is doing")
@@ -40,7 +38,7 @@ def add_commands(sub: Any, add_api_options: Callable[[argparse.ArgumentParser], 
     listen = command("listen", "open the microphone for one utterance, or end it")
     listen.add_argument("action", choices=["start", "stop", "status"], nargs="?", default="start")
     for name in ("face", "animation"):
-        p = command(name, f"show a {name}")
+        p = command(name, f"show {'an' if name[0] in 'aeiou' else 'a'} {name} (unknown names are refused)")
         p.add_argument("name")
         p.add_argument("--duration", type=float, help="seconds")
     perform = command("perform", "face + animation + line in one")

@@ -135,7 +135,7 @@ class ControlContext:
                 app.state.error_display = conv.error_display
                 result.applied.append("conversation")
                 rebuild_brain |= bool(fields & _BRAIN_FIELDS)
-            elif section in ("stt", "llm", "tts", "remote", "failover"):
+            elif section in ("stt", "llm", "tts", "openai", "remote", "failover"):
                 rebuild_brain = True
             elif section in self.restartables and hasattr(self.restartables[section].inner, "config"):
                 self.restartables[section].inner.config = getattr(new, section)  # type: ignore[attr-defined]
