@@ -322,12 +322,20 @@ def _say(config, text: str, output: Path | None) -> int:  # type: ignore[no-unty
             write_wav(output, clip)
             return
         sink = make_sink(config)
+        heard.append(getattr(sink, "name", "") != "simulated")
         async with sink.open():
             await sink.play(clip)
 
+    heard: list[bool] = []
     try:
         trio.run(speak)
     except ProviderError as exc:
         print(f"cannot speak: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if heard and not heard[0]:
+        # A simulated speaker plays into nothing: say so, and fail unless simulation was asked for.
+        asked = config.audio.output == "simulated"
+        why = "audio.output is simulated" if asked else "no sound card found"
+        print(f"{why}: nothing was heard (--output x.wav writes the speech to a file)", file=sys.stderr)
+        return EXIT_OK if asked else EXIT_FAILED
     return EXIT_OK
