@@ -21,14 +21,14 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="Firmware for talking robots.")
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
-    parser.add_argument(
-        "-c", "--config", type=Path, help="TOML file (default: $APPLIANCE_CONFIG or /etc/appliance/appliance.toml)"
-    )
+    _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the appliance (the default)")
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     check = sub.add_parser("check-config", help="validate the configuration and print what it selects")
     check.add_argument("--show", action="store_true", help="print the whole configuration (secrets redacted)")
+    init = sub.add_parser("init", help="write a starter configuration file for this user (or --config FILE)")
+    init.add_argument("--force", action="store_true", help="replace an existing file (the old one is kept as .prev)")
     sub.add_parser("devices", help="list audio devices")
     serve = sub.add_parser("serve", help="serve the cloud brain over the AIAvatarKit WebSocket protocol ([server])")
     serve.add_argument("--host", help="address to listen on (default: server.host)")
@@ -52,23 +52,53 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("--interrupt", action="store_true", help="stop the current turn instead of queueing")
     say.add_argument("--face", help="face to show while saying it")
     say.add_argument("--animation")
-    _add_api_options(say)
     from appliance.control.cli import add_commands
 
-    add_commands(sub, _add_api_options)
+    add_commands(sub)
+    for command in sub.choices.values():  # the global options work after the verb too
+        _global_options(command, top=False)
     return parser
 
 
-def _add_api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="control API address (default: from [control] in the configuration)")
-    parser.add_argument("--token", help="bearer token (default: control.token / token_file / environment)")
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--config --url --token --json``, before or after the verb.
+
+    After the verb they default to "not given" (SUPPRESS) so that they do not overwrite a value given
+    before it.
+    """
+    unset = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "-c", "--config", type=Path, default=unset,
+        help="TOML file (default: $APPLIANCE_CONFIG, else the user's, else /etc/appliance/appliance.toml)",
+    )
+    parser.add_argument("--url", default=unset, help="control API address (default: from [control])")
+    parser.add_argument("--token", default=unset, help="bearer token (default: control.token / token_file / env)")
+    parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="print JSON instead of text")
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``appliance status | head -1``): nothing left to say, and no traceback.
+        # Python would try to flush stdout once more at exit and complain; point it at /dev/null.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
     from appliance.config import ConfigError, load_config
 
+    if command == "init":
+        return _init(args.config, args.force)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -103,13 +133,34 @@ def main(argv: list[str] | None = None) -> int:
     return _run(config, getattr(args, "log_level", None), args.config)
 
 
+def _init(explicit: Path | None, force: bool) -> int:
+    import os
+
+    from appliance.config import config_path, user_config_path, write_starter_config
+
+    path = explicit or user_config_path(os.environ)
+    try:
+        written = write_starter_config(path, force=force)
+    except FileExistsError:
+        print(f"{path} exists already; edit it, or `appliance init --force` to start again", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {written}")
+    used = config_path(explicit, os.environ)
+    if used != written:
+        print(f"note: {used} is read before it (see `appliance check-config`)", file=sys.stderr)
+    return EXIT_OK
+
+
 def _run(config, level: str | None, path: Path | None = None) -> int:  # type: ignore[no-untyped-def]
     import os
 
     import trio
 
     from appliance.app import build_appliance
-    from appliance.config import ConfigError, config_path
+    from appliance.config import ConfigError, editable_config_path
     from appliance.logs import setup_logging
     from appliance.supervisor import SupervisorGaveUp
 
@@ -117,7 +168,7 @@ def _run(config, level: str | None, path: Path | None = None) -> int:  # type: i
     handler = setup_logging(level or config.log.level, status_line=want_status)
     try:
         appliance = build_appliance(
-            config, status_handler=handler, control=True, config_path=config_path(path, os.environ)
+            config, status_handler=handler, control=True, config_path=editable_config_path(path, os.environ)
         )
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
@@ -311,12 +362,20 @@ def _say(config, text: str, output: Path | None) -> int:  # type: ignore[no-unty
             write_wav(output, clip)
             return
         sink = make_sink(config)
+        heard.append(getattr(sink, "name", "") != "simulated")
         async with sink.open():
             await sink.play(clip)
 
+    heard: list[bool] = []
     try:
         trio.run(speak)
     except ProviderError as exc:
         print(f"cannot speak: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if heard and not heard[0]:
+        # A simulated speaker plays into nothing: say so, and fail unless simulation was asked for.
+        asked = config.audio.output == "simulated"
+        why = "audio.output is simulated" if asked else "no sound card found"
+        print(f"{why}: nothing was heard (--output x.wav writes the speech to a file)", file=sys.stderr)
+        return EXIT_OK if asked else EXIT_FAILED
     return EXIT_OK

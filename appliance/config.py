@@ -7,6 +7,7 @@ not silently ignored typos.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -21,7 +22,14 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError,
 from appliance.audio.config import AudioConfig
 from appliance.brains.config import FailoverConfig, RemoteConfig, ServerConfig
 from appliance.control.config import ControlConfig
-from appliance.conversation.config import ConversationConfig, LLMConfig, STTConfig, TTSConfig
+from appliance.conversation.config import (
+    ConversationConfig,
+    LLMConfig,
+    OpenAIServerConfig,
+    STTConfig,
+    TTSConfig,
+    share_openai_server,
+)
 from appliance.conversation.response_hooks import ResponseHooksConfig
 from appliance.conversation.tracing import TracingConfig
 from appliance.hardware.config import HardwareConfig
@@ -68,6 +76,9 @@ class AppConfig(Section):
     audio: AudioConfig = AudioConfig()
     listening: ListeningConfig = ListeningConfig()
     conversation: ConversationConfig = ConversationConfig()
+    openai: OpenAIServerConfig = Field(
+        default=OpenAIServerConfig(), description="one OpenAI-compatible server for stt, llm and tts"
+    )
     stt: STTConfig = STTConfig()
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
@@ -92,6 +103,8 @@ class AppConfig(Section):
         if isinstance(data, dict) and isinstance(data.get("gpio"), dict) and isinstance(data.get("hardware"), dict):
             data = dict(data)
             data["hardware"] = {**data.pop("gpio"), **data["hardware"]}
+        if isinstance(data, dict):
+            data = share_openai_server(data)
         return data
 
     @model_validator(mode="after")
@@ -134,13 +147,67 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
+def user_config_path(environ: Mapping[str, str]) -> Path:
+    """This user's file: ``$XDG_CONFIG_HOME/appliance/appliance.toml`` (default ``~/.config/...``)."""
+    base = environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec: a relative value is invalid and ignored
+        home = environ.get("HOME")
+        if not home:
+            try:
+                home = str(Path.home())
+            except RuntimeError:  # no HOME and no passwd entry
+                home = "/"
+        base = os.path.join(home, ".config")
+    return Path(base) / "appliance" / "appliance.toml"
+
+
 def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path | None:
-    """The file to read: the one asked for, else ``$APPLIANCE_CONFIG``, else the system file if present."""
+    """The file to read: the one asked for (``--config``, else ``$APPLIANCE_CONFIG``), else this user's file,
+    else the system's (``/etc/appliance/appliance.toml``), each if it exists; None = built-in defaults."""
     if explicit is not None:
         return explicit
     if environ.get(CONFIG_PATH_ENV):
         return Path(environ[CONFIG_PATH_ENV])
+    user = user_config_path(environ)
+    if user.is_file():
+        return user
     return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def editable_config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path:
+    """The file ``config set`` changes: the one read, else this user's file (created by the first change)."""
+    return config_path(explicit, environ) or user_config_path(environ)
+
+
+STARTER_CONFIG = """\
+# appliance configuration (written by `appliance init`). Every setting and its default:
+# `appliance check-config --show`; change one from the shell: `appliance config set listening.mode="wake_word"`.
+# API keys never go here: OPENAI_API_KEY=... in the environment (or systemd credentials).
+
+[audio]
+input = "auto"          # auto | device | simulated | file   (auto = the sound card if there is one)
+output = "auto"
+
+[listening]
+mode = "always"         # always | wake_word | push_to_talk | muted
+
+[conversation]
+brain = "auto"          # auto | cloud | remote | offline   (auto = cloud when keys are configured)
+
+# Your own OpenAI-compatible server for speech-to-text, the LLM and text-to-speech (README: "Your own server"):
+# [openai]
+# base_url = "http://127.0.0.1:4000/v1"
+"""
+
+
+def write_starter_config(path: Path, *, force: bool = False) -> Path:
+    """Write :data:`STARTER_CONFIG` to ``path`` (FileExistsError if it exists and not ``force``)."""
+    from appliance.control.files import atomic_write
+
+    if path.exists() and not force:
+        raise FileExistsError(path)
+    atomic_write(path, STARTER_CONFIG.encode("utf-8"), mode=0o600, keep_previous=path.with_name(path.name + ".prev"))
+    return path
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AppConfig:
@@ -259,16 +326,45 @@ def describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]
         loc = tuple(str(part) for part in error["loc"])
         where = ".".join(loc) or "(top level)"
         env = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+        if env is None and error["type"] == "extra_forbidden":  # a misspelt section: the variable goes deeper
+            env = next((name for path, name in origins.items() if path[: len(loc)] == loc), None)
         if env:
             where += f" (from ${env})"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
+            better = _closest_key(loc)
+            if better and env:
+                parts = env[len(ENV_PREFIX) :].split("__")
+                parts[len(loc) - 1] = better.upper()
+                message += f"; did you mean ${ENV_PREFIX}{'__'.join(parts)}?"
+            elif better:
+                message += f"; did you mean {'.'.join((*loc[:-1], better))}?"
         elif "input" in error and not _is_secret(loc) and not isinstance(error["input"], dict):
             shown = repr(error["input"])
             message += f", got {shown[:60]}"
         problems.append(f"{where}: {message}")
     return problems
+
+
+def _closest_key(loc: tuple[str, ...]) -> str | None:
+    """The known setting nearest to a misspelt one (``listenning`` -> ``listening``), if one is near."""
+    import typing
+
+    from pydantic import BaseModel
+
+    model: Any = AppConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = field.annotation
+        if typing.get_origin(model) is not None:  # Optional[...], dict[...], list[...]: settle for a model inside
+            model = next((a for a in typing.get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    close = difflib.get_close_matches(loc[-1].lower(), list(model.model_fields), n=1, cutoff=0.7)
+    return close[0] if close else None
 
 
 def _is_secret(loc: tuple[str, ...]) -> bool:

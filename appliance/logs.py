@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TextIO
 
@@ -32,19 +33,32 @@ class StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = self.format(record)
-            self.stream.write(f"\r\x1b[K{message}\n{self.status}")
+            if self.status:  # clear the live line, write the log line, draw the live line again
+                self.stream.write(f"\r\x1b[K{message}\n{self.status}")
+            else:
+                self.stream.write(f"{message}\n")
             self.flush()
         except Exception:
             self.handleError(record)
 
+    def width(self) -> int | None:
+        """The terminal's width in columns now (it may have been resized), or None when not a terminal."""
+        try:
+            if not self.stream.isatty():
+                return None
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return None
+
     def set_status(self, text: str) -> None:
+        if not text and not self.status:
+            return  # nothing drawn, nothing to clear: a pipe or a too narrow terminal stays plain
         self.status = text
         self.stream.write(f"\r\x1b[K{text}")
         self.flush()
 
 
 def setup_logging(level: str = "INFO", status_line: bool = False, stream: TextIO | None = None) -> StatusAwareHandler | None:
-    import os
 
     stream = stream or sys.stdout
     journal = bool(os.environ.get("JOURNAL_STREAM")) or bool(os.environ.get("INVOCATION_ID"))

@@ -211,7 +211,7 @@ async def test_face_animation_and_perform_publish_requests(robot: Robot, api: ht
         assert await sub.receive.receive() == FaceChanged("surprised")
         await api.post("/v1/animation", json={"name": "wave"})
         assert await sub.receive.receive() == AnimationRequested("wave", None)
-        performed = await api.post("/v1/perform", json={"face": "fun", "animation": "nod", "text": "Ta-da."})
+        performed = await api.post("/v1/perform", json={"face": "fun", "animation": "clap", "text": "Ta-da."})
         assert performed.status_code == 202 and performed.json()["say"]["id"]
         assert await sub.receive.receive() == FaceRequested("fun", None)
     empty = await api.post("/v1/perform", json={})
@@ -463,3 +463,28 @@ async def test_a_conversation_client_that_leaves_does_not_stop_the_robot(tmp_pat
         with trio.fail_after(5):
             while robot.appliance.control.ctx.slots.open:
                 await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc", "listed"),
+    [
+        ("/v1/face", {"name": "grumpy"}, ["body", "name"], "sorrow"),
+        ("/v1/animation", {"name": "moonwalk"}, ["body", "name"], "wave"),
+        ("/v1/say", {"text": "hi", "face": "grumpy"}, ["body", "face"], "joy"),
+        ("/v1/perform", {"animation": "moonwalk"}, ["body", "animation"], "clap"),
+    ],
+)
+async def test_unknown_faces_and_animations_are_refused_with_the_known_names(
+    robot: Robot, api: httpx.AsyncClient, path: str, body: dict[str, Any], loc: list[str], listed: str
+):
+    from appliance.events import AnimationRequested
+
+    with robot.appliance.bus.subscribe(FaceRequested, AnimationRequested, name="test") as sub:
+        refused = await api.post(path, json=body)
+        assert refused.status_code == 422
+        (problem,) = refused.json()["detail"]
+        assert problem["loc"] == loc and listed in problem["msg"] and listed in problem["ctx"]["known"]
+        assert sub.receive.statistics().current_buffer_used == 0  # nothing was published
+    assert robot.appliance.conversation.turns == 0
+    alias = await api.post("/v1/face", json={"name": "Happy"})  # an alias, any case, is a known face
+    assert alias.status_code == 200

@@ -91,3 +91,49 @@ def test_parse_assignments():
     }
     with pytest.raises(ValueError):
         parse_assignments(["nothing"])
+
+
+async def test_an_unknown_face_is_refused_with_the_known_ones(robot: Robot, capsys):
+    assert await cli(robot, "face", "grumpy") == 1
+    err = capsys.readouterr().err
+    assert "unknown face 'grumpy'" in err and "sorrow" in err
+    assert await cli(robot, "animation", "moonwalk") == 1
+    assert "known animations:" in capsys.readouterr().err
+    assert await cli(robot, "face", "joy") == 0
+
+
+async def test_listen_and_listen_status_agree(robot: Robot, capsys):
+    assert await cli(robot, "listen") == 0
+    started = capsys.readouterr().out.strip()
+    assert await cli(robot, "listen", "status") == 0
+    assert capsys.readouterr().out.strip() == started
+    assert started.startswith("listening")
+
+
+def test_ask_says_why_a_turn_failed_and_events_read_as_lines():
+    from appliance.control.cli import _event_text, _finished_text
+
+    failed = {"outcome": "failed", "error": "openai-stt: cannot connect: [Errno -2] Name or service not known",
+              "timings": {"first_audio": None}}
+    assert _finished_text(failed) == "(failed: openai-stt: cannot connect: [Errno -2] Name or service not known)"
+    assert _finished_text({"outcome": "done", "error": None, "timings": {"first_audio": 0.8}}) == (
+        "(done, first audio 0.8 s)"
+    )
+    line = _event_text("state_changed", {"old": "idle", "new": "listening", "reason": None})
+    assert line.endswith("state_changed    old=idle new=listening")
+    assert _event_text("heard", {"text": "hello there"}).endswith('heard            text="hello there"')
+
+
+def test_histories_count_turns_in_english():
+    from appliance.control.cli import _histories_text
+
+    rows = [{"id": "a", "turns": 1, "current": False, "preview": "hi"},
+            {"id": "b", "turns": 2, "current": True, "preview": "yo"}]
+    assert _histories_text({"histories": rows}).splitlines() == ["a    1 turn  hi", "b    2 turns (current)  yo"]
+
+
+async def test_say_tells_when_nothing_was_heard(robot: Robot, capsys):
+    assert await cli(robot, "say", "Hi.", "--local") == 0  # the robot's audio.output is "simulated"
+    assert "audio.output is simulated: nothing was heard" in capsys.readouterr().err
+    assert await cli(robot, "say", "Hi.") == 0  # through the running appliance, which has no sound card either
+    assert "nothing will be heard" in capsys.readouterr().err

@@ -33,6 +33,7 @@ from appliance.control.context import ControlContext
 from appliance.control.face_image import face_png
 from appliance.control.histories import ID_PATTERN
 from appliance.control.metrics import Exposition
+from appliance.control.names import check_names
 from appliance.control.speaker import QueueFull, TappedBrain
 from appliance.control.sse import EventStream, Slots
 from appliance.events import (
@@ -286,6 +287,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
     async def say(body: m.SayRequest) -> m.SayAccepted:
         """Speak a line; queued behind the running turn unless ``interrupt``. Face/animation start with it."""
         text = check_text(body.text)
+        check_names(ctx, face=body.face, animation=body.animation)
         wanted = (("face", body.face), ("animation", body.animation))
         tags = "".join(f"[{kind}:{value}]" for kind, value in wanted if value)
         return submit(f"{tags} {text}" if tags else text, body.interrupt)
@@ -296,6 +298,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
         if body.text is None and body.face is None and body.animation is None:
             raise _invalid(["body"], "give at least one of text, face, animation")
         text = check_text(body.text) if body.text is not None else None
+        check_names(ctx, face=body.face, animation=body.animation)
         accepted = submit(text, body.interrupt) if text is not None else None
         if body.face:
             ctx.bus.publish(FaceRequested(body.face, body.face_duration))
@@ -305,11 +308,13 @@ def create_app(ctx: ControlContext) -> FastAPI:
 
     @v1.post("/face", response_model=m.Shown, tags=["body"])
     async def face(body: m.FaceRequest) -> m.Shown:
+        check_names(ctx, face=body.name, face_loc=("body", "name"))
         ctx.bus.publish(FaceRequested(body.name, body.duration))
         return m.Shown(name=body.name)
 
     @v1.post("/animation", response_model=m.Shown, tags=["body"])
     async def animation(body: m.AnimationRequest) -> m.Shown:
+        check_names(ctx, animation=body.name, animation_loc=("body", "name"))
         ctx.bus.publish(AnimationRequested(body.name, body.duration))
         return m.Shown(name=body.name)
 

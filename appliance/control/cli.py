@@ -24,11 +24,9 @@ COMMANDS = {
 }
 
 
-def add_commands(sub: Any, add_api_options: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Any) -> None:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        add_api_options(parser)
-        parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
         return parser
 
     command("status", "what the running appliance is doing")
@@ -40,7 +38,7 @@ def add_commands(sub: Any, add_api_options: Callable[[argparse.ArgumentParser], 
     listen = command("listen", "open the microphone for one utterance, or end it")
     listen.add_argument("action", choices=["start", "stop", "status"], nargs="?", default="start")
     for name in ("face", "animation"):
-        p = command(name, f"show a {name}")
+        p = command(name, f"show {'an' if name[0] in 'aeiou' else 'a'} {name} (unknown names are refused)")
         p.add_argument("name")
         p.add_argument("--duration", type=float, help="seconds")
     perform = command("perform", "face + animation + line in one")
@@ -86,8 +84,14 @@ def say_through_api(config: Any, args: argparse.Namespace) -> int | None:
         except ApiError as exc:
             print(str(exc), file=sys.stderr)
             return EXIT_FAILED
-    where = "now" if result["position"] == 0 else f"queued #{result['position']}"
-    print(f"saying ({where}), id {result['id']}")
+        where = "now" if result["position"] == 0 else f"queued #{result['position']}"
+        print(f"saying ({where}), id {result['id']}")
+        try:
+            output = client.request("GET", "/status")["audio"]["output"]
+        except (ApiError, KeyError, TypeError):
+            output = None
+        if output == "simulated":
+            print("note: the appliance has no sound card (simulated output); nothing will be heard", file=sys.stderr)
     return EXIT_OK
 
 
@@ -131,9 +135,10 @@ def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> 
     if command == "volume":
         return show(client.request("POST", "/volume", {"volume": args.volume}), lambda r: f"volume {r['volume']}")
     if command == "listen":
-        method = "GET" if args.action == "status" else "POST"
-        return show(client.request(method, f"/listener/{args.action}"),
-                    lambda r: f"{r['state']} (mode {r['mode']}{', muted' if r['muted'] else ''})")
+        result = client.request("GET" if args.action == "status" else "POST", f"/listener/{args.action}")
+        if args.action != "status":
+            result = _settled(client, result, want_listening=args.action == "start")
+        return show(result, lambda r: f"{r['state']} (mode {r['mode']}{', muted' if r['muted'] else ''})")
     if command in ("face", "animation"):
         body = {"name": args.name, **({"duration": args.duration} if args.duration else {})}
         return show(client.request("POST", f"/{command}", body), lambda r: f"{command}: {r['name']}")
@@ -166,7 +171,9 @@ def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> 
         return EXIT_OK
     if command == "events":
         for kind, data in client.stream("GET", "/events"):
-            print(json.dumps({"event": kind, **data}) if as_json else f"{kind}: {data}", flush=True)
+            fields = data if isinstance(data, dict) else {"data": data}
+            print(json.dumps({"event": kind, **fields}, ensure_ascii=False) if as_json else _event_text(kind, fields),
+                  flush=True)
         return EXIT_OK
     if command == "ask":
         for kind, data in client.stream("POST", "/conversation", {"text": args.text}):
@@ -175,14 +182,48 @@ def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> 
             elif kind == "chunk":
                 print(data["voice_text"], flush=True)
             elif kind == "finished":
-                timings = data.get("timings") or {}
-                print(f"({data['outcome']}, first audio {timings.get('first_audio')} s)", file=sys.stderr)
+                print(_finished_text(data), file=sys.stderr)
                 return EXIT_OK if data["outcome"] == "done" else EXIT_FAILED
             elif kind in ("overflow", "error"):
                 print(f"{kind}: {data}", file=sys.stderr)
                 return EXIT_FAILED
         return EXIT_OK
     raise ValueError(f"unknown command {command}")
+
+
+def _settled(client: ControlClient, result: Any, *, want_listening: bool, tries: int = 10) -> Any:
+    """The listener's status once the request took effect (it is an event the appliance handles a moment
+    later), so ``listen`` and ``listen status`` say the same thing."""
+    import time
+
+    for _ in range(tries):
+        if not isinstance(result, dict) or result.get("listening") == want_listening or result.get("muted"):
+            break
+        time.sleep(0.05)
+        result = client.request("GET", "/listener/status")
+    return result
+
+
+def _finished_text(data: dict[str, Any]) -> str:
+    """``(done, first audio 0.8 s)``, or why a turn failed: ``(failed: openai-stt: cannot connect: ...)``."""
+    outcome = str(data.get("outcome"))
+    if outcome != "done" and data.get("error"):
+        outcome += f": {data['error']}"
+    first_audio = (data.get("timings") or {}).get("first_audio")
+    return f"({outcome}{'' if first_audio is None else f', first audio {first_audio} s'})"
+
+
+def _event_text(kind: str, data: dict[str, Any]) -> str:
+    """One event as a line people read: ``19:02:11 state_changed  old=idle new=listening``."""
+    import time
+
+    def value(v: Any) -> str:
+        if isinstance(v, str) and v and not any(c.isspace() or c in "=\"" for c in v):
+            return v
+        return json.dumps(v, ensure_ascii=False)
+
+    fields = " ".join(f"{k}={value(v)}" for k, v in data.items() if v is not None)
+    return f"{time.strftime('%H:%M:%S')} {kind:16} {fields}".rstrip()
 
 
 def _patched_text(r: dict[str, Any]) -> str:
@@ -213,7 +254,9 @@ def _histories_text(r: dict[str, Any]) -> str:
     if not r["histories"]:
         return "no conversations stored"
     return "\n".join(
-        f"{h['id']}  {h['turns']:3} turns{' (current)' if h['current'] else ''}  {h['preview']}" for h in r["histories"]
+        f"{h['id']}  {h['turns']:3} turn{'' if h['turns'] == 1 else 's'}{' (current)' if h['current'] else ''}  "
+        f"{h['preview']}"
+        for h in r["histories"]
     )
 
 

@@ -134,7 +134,7 @@ class ControlContext:
                 app.state.error_display = conv.error_display
                 result.applied.append("conversation")
                 rebuild_brain |= bool(fields & _BRAIN_FIELDS)
-            elif section in ("stt", "llm", "tts", "remote", "failover"):
+            elif section in ("stt", "llm", "tts", "openai", "remote", "failover"):
                 app.conversation.mid_reply_message = new.failover.mid_reply_message
                 rebuild_brain = True
             elif section in self.restartables and hasattr(self.restartables[section].inner, "config"):

@@ -15,6 +15,39 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+class OpenAIServerConfig(Section):
+    """One OpenAI-compatible server (Ollama, LiteLLM, vLLM, LocalAI, Speaches, ...) for every role.
+
+    Its ``base_url`` is given to each of ``[stt]``, ``[llm]``, ``[tts]`` (and ``[tts.voices.*]``) whose
+    provider is ``openai`` and that names no ``base_url`` of its own.
+    """
+
+    base_url: str | None = Field(
+        default=None, description="e.g. http://192.168.1.10:4000/v1; a section's own base_url wins"
+    )
+
+
+def share_openai_server(data: dict[str, Any]) -> dict[str, Any]:
+    """The raw config with ``openai.base_url`` copied into each OpenAI section that has none (before validation)."""
+    shared = data.get("openai")
+    url = shared.get("base_url") if isinstance(shared, dict) else None
+    if not isinstance(url, str) or not url:
+        return data
+
+    def inherit(section: Any) -> Any:
+        if isinstance(section, dict) and section.get("provider", "openai") == "openai" and not section.get("base_url"):
+            return {**section, "base_url": url}
+        return section
+
+    data = dict(data)
+    for name in ("stt", "llm", "tts"):
+        section = inherit(data.get(name, {}))
+        if name == "tts" and isinstance(section, dict) and isinstance(section.get("voices"), dict):
+            section = {**section, "voices": {lang: inherit(voice) for lang, voice in section["voices"].items()}}
+        data[name] = section
+    return data
+
+
 class STTConfig(Section):
     provider: Literal["openai", "google", "azure", "amivoice"] = Field(
         default="openai", description="openai also covers any OpenAI-compatible server via base_url"

@@ -273,6 +273,8 @@ class ConversationService:
             "-" if timings.first_audio is None else timings.first_audio,
             extra={"turn_id": turn_id},
         )
+        if record.spoken:  # what the robot said, next to what it heard
+            log.info("said: %s", " ".join(record.spoken), extra={"turn_id": turn_id})
 
     async def _converse(self, request: TurnRequest, brain: Brain, record: _Record) -> None:
         turn_id = request.turn_id
