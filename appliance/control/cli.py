@@ -90,8 +90,8 @@ def say_through_api(config: Any, args: argparse.Namespace) -> int | None:
             output = client.request("GET", "/status")["audio"]["output"]
         except (ApiError, KeyError, TypeError):
             output = None
-        if output == "simulated":
-            print("note: the appliance has no sound card (simulated output); nothing will be heard", file=sys.stderr)
+        if output in ("simulated", "memory"):  # a speaker nobody hears
+            print(f"note: the appliance has no sound card ({output} output); nothing will be heard", file=sys.stderr)
     return EXIT_OK
 
 

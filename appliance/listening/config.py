@@ -128,8 +128,9 @@ class ListeningConfig(Section):
         "gate = ignore the mic entirely (no voice barge-in); off = trust an echo canceller in front of the mic",
     )
     echo_cancel: Literal["auto", "webrtc", "off"] = Field(
-        default="auto",
-        description="echo cancellation in the capture path (WebRTC AEC3, fed with exactly what the speaker plays): "
+        default="off",
+        description="echo cancellation in the capture path (WebRTC AEC3, fed with exactly what the speaker plays), "
+        "opt-in until it meets its targets in reverberant rooms: "
         "auto = where pywebrtc-audio has a wheel (x86_64, aarch64; not 32-bit Pi OS, which keeps the guard); "
         "with it on the self-trigger guard's margin drops to echo_cancel_margin_db",
     )
