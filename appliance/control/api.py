@@ -11,8 +11,8 @@ import base64
 import dataclasses
 import logging
 import math
-from urllib.parse import urlsplit
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import trio
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Request
@@ -26,6 +26,7 @@ from appliance import __version__
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import encode_wav
 from appliance.brains.base import ReplyChunk, Transcript, Utterance
+from appliance.commands import CommandRejected
 from appliance.control import models as m
 from appliance.control.auth import host_header_is_loopback, token_matches
 from appliance.control.config_patch import PatchRejected, changed_sections, plan_patch, write_config
@@ -43,8 +44,6 @@ from appliance.events import (
     FaceChanged,
     FaceRequested,
     Heard,
-    ListenReleased,
-    ListenRequested,
     MuteRequested,
     SentenceStarted,
     ServiceStatus,
@@ -224,15 +223,16 @@ def create_app(ctx: ControlContext) -> FastAPI:
              responses={409: {"model": m.Problem}})
     async def listener_start(_body: m.Empty) -> m.ListenerStatus:
         """Open the microphone for one utterance, like pressing the talk button."""
-        if ctx.muted():
-            raise _problem(409, "the microphone is muted; unmute first")
-        ctx.bus.publish(ListenRequested(source="api"))
+        try:
+            ctx.commands.listen("api")
+        except CommandRejected as exc:
+            raise _problem(409, str(exc)) from None
         return listener_status()
 
     @v1.post("/listener/stop", response_model=m.ListenerStatus, tags=["listening"])
     async def listener_stop(_body: m.Empty) -> m.ListenerStatus:
         """End the utterance now, like releasing the talk button."""
-        ctx.bus.publish(ListenReleased(source="api"))
+        ctx.commands.release("api")
         return listener_status()
 
     @v1.get("/listener/status", response_model=m.ListenerStatus, tags=["listening"])
@@ -242,13 +242,11 @@ def create_app(ctx: ControlContext) -> FastAPI:
     @v1.post("/mute", response_model=m.Muted, tags=["listening"])
     async def mute(_body: m.Empty) -> m.Muted:
         """Stop listening (e.g. during a meeting); the robot still speaks when asked to."""
-        ctx.bus.publish(MuteRequested(True, source="api"))
-        return m.Muted(muted=True)
+        return m.Muted(muted=ctx.commands.set_muted(True, "api"))
 
     @v1.post("/unmute", response_model=m.Muted, tags=["listening"])
     async def unmute(_body: m.Empty) -> m.Muted:
-        ctx.bus.publish(MuteRequested(False, source="api"))
-        return m.Muted(muted=False)
+        return m.Muted(muted=ctx.commands.set_muted(False, "api"))
 
     @v1.post("/volume", response_model=m.Volume, tags=["audio"], responses={409: {"model": m.Problem}})
     async def volume(body: m.VolumeRequest) -> m.Volume:
@@ -355,8 +353,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
     @v1.post("/turn/cancel", response_model=m.Cancelled, tags=["conversation"])
     async def cancel(_body: m.Empty) -> m.Cancelled:
         """Barge in: stop the running turn (speech stops within a block)."""
-        cancelled = await ctx.appliance.conversation.cancel_turn("cancel from api")
-        return m.Cancelled(cancelled=cancelled)
+        return m.Cancelled(cancelled=await ctx.commands.cancel("api"))
 
     # --- histories ----------------------------------------------------------------------------------------
 
