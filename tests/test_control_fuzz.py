@@ -17,6 +17,10 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
+# Imported now, at collection: schemathesis loads this lazily, and a later first import inside a test can
+# hit CPython 3.11's 'AST constructor recursion depth mismatch' once another test has run into (and
+# handled) a RecursionError, as the hostile deep-JSON tests do on purpose.
+import schemathesis.specs.openapi.schemas  # noqa: F401
 import trio
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
