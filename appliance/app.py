@@ -89,8 +89,13 @@ def choose_brain_kind(config: AppConfig) -> str:
 
 
 def cloud_brain_factory(
-    config: AppConfig, voice: LocalVoice, tools: Any = None, jobs: Any = None, speech: tuple[Any, Any] | None = None,
-    tracing: Any = None, bus: EventBus | None = None,
+    config: AppConfig,
+    voice: LocalVoice,
+    tools: Any = None,
+    jobs: Any = None,
+    speech: tuple[Any, Any] | None = None,
+    tracing: Any = None,
+    bus: EventBus | None = None,
 ) -> Callable[[], Brain]:
     """Check the cloud parts now (config errors name their TOML path), build them later in a worker thread.
 
@@ -126,8 +131,14 @@ def cloud_brain_factory(
 
             registry.add(camera_tool(camera))
         brain = CloudBrain(
-            stt, llm, tts, conv.system_prompt, conv.system_prompt_params,
-            config.stt.language, tts_cfg.prefetch, llm_cfg.timeout,
+            stt,
+            llm,
+            tts,
+            conv.system_prompt,
+            conv.system_prompt_params,
+            config.stt.language,
+            tts_cfg.prefetch,
+            llm_cfg.timeout,
             tools=registry,
             max_tool_rounds=llm_cfg.max_tool_rounds,
             progress_after=llm_cfg.progress_after,
@@ -288,7 +299,9 @@ def make_source(config: AppConfig) -> AudioSource:
         from appliance.audio.device import DeviceSource
 
         return DeviceSource(
-            audio.input_device, audio.block_ms, device_block_ms=audio.device_block_ms,
+            audio.input_device,
+            audio.block_ms,
+            device_block_ms=audio.device_block_ms,
             relaxed_ms=audio.idle_handover_ms,
         )
     if kind == "file":
@@ -359,7 +372,6 @@ class Appliance:
     commands: Any = None  # the command layer every transport (control API, MQTT) calls
     echo: Any = None  # the echo canceller (appliance.audio.echo), when listening.echo_cancel runs one
 
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await self.supervisor.run(task_status=task_status)
@@ -424,7 +436,13 @@ def build_appliance(
         bus, queue, utterance_send, config.listening, config.audio.block_ms, echo_cancelled=echo is not None
     )
     conversation = ConversationService(
-        bus, brain, sink, utterance_receive, history, voice, conv_cfg.error_message,
+        bus,
+        brain,
+        sink,
+        utterance_receive,
+        history,
+        voice,
+        conv_cfg.error_message,
         mid_reply_message=config.failover.mid_reply_message,
     )
     body = build_body(bus, config.hardware, pin_factory, brain_name=brain.name)
@@ -451,7 +469,9 @@ def build_appliance(
     if jobs is not None:
         supervisor.add(jobs, required=False)
     supervisor.add(response_hooks, required=False)
-    appliance = Appliance(config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces)
+    appliance = Appliance(
+        config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces
+    )
     appliance.tools = tools
     appliance.echo = echo
     appliance.response_hooks = response_hooks

@@ -68,13 +68,17 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """
     unset = None if top else argparse.SUPPRESS
     parser.add_argument(
-        "-c", "--config", type=Path, default=unset,
+        "-c",
+        "--config",
+        type=Path,
+        default=unset,
         help="TOML file (default: $APPLIANCE_CONFIG, else the user's, else /etc/appliance/appliance.toml)",
     )
     parser.add_argument("--url", default=unset, help="control API address (default: from [control])")
     parser.add_argument("--token", default=unset, help="bearer token (default: control.token / token_file / env)")
-    parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS,
-                        help="print JSON instead of text")
+    parser.add_argument(
+        "--json", action="store_true", default=False if top else argparse.SUPPRESS, help="print JSON instead of text"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,8 +226,9 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
         else:
             log.info("no server.api_key: only loopback clients may be served")
     try:
-        server = AvatarServer(brain, config.server.model_copy(update=changes),
-                              history_limit=config.conversation.history_limit)
+        server = AvatarServer(
+            brain, config.server.model_copy(update=changes), history_limit=config.conversation.history_limit
+        )
     except ConfigError as exc:  # a non-loopback address without a key
         print(exc.report(), file=sys.stderr)
         return EXIT_CONFIG
@@ -332,9 +337,9 @@ def _devices() -> int:
 
 
 def _say(config, text: str, output: Path | None) -> int:  # type: ignore[no-untyped-def]
-    import trio
-
     from typing import Any
+
+    import trio
 
     from appliance.app import make_sink
     from appliance.audio.convert import write_wav

@@ -46,9 +46,7 @@ CONFIG_PATH_ENV = "APPLIANCE_CONFIG"
 # Variables with our prefix that are not config keys.
 _NOT_OVERRIDES = {CONFIG_PATH_ENV}
 
-SECRET_MARKERS = (
-    "api_key", "token", "password", "secret", "authorization", "cookie", "credential", "encryption_key"
-)
+SECRET_MARKERS = ("api_key", "token", "password", "secret", "authorization", "cookie", "credential", "encryption_key")
 # Tables whose every value may be a credential (HTTP headers of tools, MCP servers and the http voice; the
 # environment of an MCP server's process).
 SECRET_TABLES = ("headers", "env")
@@ -85,7 +83,9 @@ class AppConfig(Section):
     response_hooks: ResponseHooksConfig = ResponseHooksConfig()
     tracing: TracingConfig = TracingConfig()
     hardware: HardwareConfig = Field(
-        default=HardwareConfig(), validation_alias=AliasChoices("hardware", "gpio"), description="[gpio] is the old name"
+        default=HardwareConfig(),
+        validation_alias=AliasChoices("hardware", "gpio"),
+        description="[gpio] is the old name",
     )
     remote: RemoteConfig = RemoteConfig()
     failover: FailoverConfig = FailoverConfig()

@@ -14,7 +14,7 @@ from typing import ClassVar
 import trio
 
 
-class State(str, Enum):
+class State(str, Enum):  # noqa: UP042
     IDLE = "idle"
     LISTENING = "listening"
     THINKING = "thinking"

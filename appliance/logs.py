@@ -38,7 +38,7 @@ class StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
             else:
                 self.stream.write(f"{message}\n")
             self.flush()
-        except Exception:
+        except Exception:  # noqa: BLE001  # logging's own contract: a handler reports its failure, never raises
             self.handleError(record)
 
     def width(self) -> int | None:
@@ -58,7 +58,9 @@ class StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.flush()
 
 
-def setup_logging(level: str = "INFO", status_line: bool = False, stream: TextIO | None = None) -> StatusAwareHandler | None:
+def setup_logging(
+    level: str = "INFO", status_line: bool = False, stream: TextIO | None = None
+) -> StatusAwareHandler | None:
 
     stream = stream or sys.stdout
     journal = bool(os.environ.get("JOURNAL_STREAM")) or bool(os.environ.get("INVOCATION_ID"))

@@ -49,9 +49,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def cells(text: str) -> int:
     """Terminal columns ``text`` takes: colour codes take none, wide (CJK) characters two."""
     plain = _ANSI.sub("", text)
-    return sum(
-        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in plain
-    )
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in plain)
 
 
 def shorten(text: str, room: int, least: int = 0) -> str | None:
@@ -97,8 +95,12 @@ class StatusLine:
         """The always-shown fields; ``compact`` 0 = in full, 1 = shorter, 2 = state and face only."""
         state = self.state.value.upper()
         if compact == 0:
-            parts = [f"{_ICON[self.state]} {state:9}", f"LED {_swatch(self.led)} {self.led}", f"face {self.face:9}",
-                     f"brain {self.brain}"]
+            parts = [
+                f"{_ICON[self.state]} {state:9}",
+                f"LED {_swatch(self.led)} {self.led}",
+                f"face {self.face:9}",
+                f"brain {self.brain}",
+            ]
         elif compact == 1:
             parts = [f"{_ICON[self.state]} {state}", _swatch(self.led), f"face {self.face}", self.brain]
         else:

@@ -108,8 +108,16 @@ async def _measure() -> dict[str, list[float]]:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_lag_probe, load_lag, stop)
                         result = await trio.run_process(
-                            [sys.executable, "-m", "bench.bench_control", "--load", robot.url, TOKEN,
-                             str(CLIENTS), str(LOAD_SECONDS)],
+                            [
+                                sys.executable,
+                                "-m",
+                                "bench.bench_control",
+                                "--load",
+                                robot.url,
+                                TOKEN,
+                                str(CLIENTS),
+                                str(LOAD_SECONDS),
+                            ],
                             capture_stdout=True,
                         )
                         stop.set()
@@ -119,9 +127,18 @@ async def _measure() -> dict[str, list[float]]:
                     still_talking = robot.appliance.state.state.value == "speaking"
                     await api.post("/v1/turn/cancel", json={})
             load = json.loads(result.stdout)
-            return {"start_lag": start_lag, "idle_lag": idle_lag, "load_lag": load_lag, "latency": load["latency"],
-                    "errors": [load["errors"]], "talking": [float(still_talking)], "elapsed": [load["elapsed"]],
-                    "stretches": work.stretches, "stretch_cpu": work.cpu, "cpu_share": [cpu_share]}
+            return {
+                "start_lag": start_lag,
+                "idle_lag": idle_lag,
+                "load_lag": load_lag,
+                "latency": load["latency"],
+                "errors": [load["errors"]],
+                "talking": [float(still_talking)],
+                "elapsed": [load["elapsed"]],
+                "stretches": work.stretches,
+                "stretch_cpu": work.cpu,
+                "cpu_share": [cpu_share],
+            }
 
 
 def _load(url: str, token: str, clients: int, seconds: float) -> None:
@@ -151,8 +168,9 @@ def _load(url: str, token: str, clients: int, seconds: float) -> None:
 
     async def run() -> float:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits,
-                                     timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30
+        ) as http:
             await http.get("/v1/status")  # warm up one connection
             started = time.perf_counter()
             until = started + seconds
@@ -179,14 +197,32 @@ def main() -> list[Figure]:
         Figure("control: audio loop lag p99 under API load", ms(lag, 99), "ms", "<= 5"),
         Figure("control: audio loop lag max under API load", 1000 * max(lag), "ms"),
         Figure("control: audio loop lag p99 idle (baseline)", ms(idle, 99), "ms"),
-        Figure("control: audio loop lag max from READY to the API answering", 1000 * max(data["start_lag"], default=0),
-               "ms", note="the web framework loading in a thread"),
-        Figure("control: loop busy stretch p99 under API load", ms(data["stretches"], 99), "ms", "<= 5",
-               note="work between two I/O polls, wall time"),
-        Figure("control: loop busy stretch p99, CPU time", ms(data["stretch_cpu"], 99), "ms", "<= 5",
-               note="the same, CPU time of the loop thread"),
-        Figure("control: appliance CPU share under load", 100 * data["cpu_share"][0], "%",
-               note="of one core; the clients run in another process"),
+        Figure(
+            "control: audio loop lag max from READY to the API answering",
+            1000 * max(data["start_lag"], default=0),
+            "ms",
+            note="the web framework loading in a thread",
+        ),
+        Figure(
+            "control: loop busy stretch p99 under API load",
+            ms(data["stretches"], 99),
+            "ms",
+            "<= 5",
+            note="work between two I/O polls, wall time",
+        ),
+        Figure(
+            "control: loop busy stretch p99, CPU time",
+            ms(data["stretch_cpu"], 99),
+            "ms",
+            "<= 5",
+            note="the same, CPU time of the loop thread",
+        ),
+        Figure(
+            "control: appliance CPU share under load",
+            100 * data["cpu_share"][0],
+            "%",
+            note="of one core; the clients run in another process",
+        ),
         Figure("control: turn still speaking after the load", data["talking"][0], "bool", ">= 1"),
     ]
 

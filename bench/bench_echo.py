@@ -120,7 +120,12 @@ class Run:
         self.canceller = WebRtcEchoCanceller(self.tap) if cancel else None
         config = ListeningConfig(mode="always")
         self.service = ListeningService(
-            EventBus(), BlockQueue(), None, config, 20, echo_cancelled=cancel  # type: ignore[arg-type]
+            EventBus(),
+            BlockQueue(),
+            None,
+            config,
+            20,
+            echo_cancelled=cancel,  # type: ignore[arg-type]
         )
         self.service._load()
         self.wake = MicroWakeWordDetector.from_config([WakeWordModel(model="okay_nabu")]) if wake else None
@@ -210,19 +215,45 @@ def robot_alone(room: Room, mins: float) -> list[Figure]:
     audio = len(mic) / RATE
     stats = run.canceller.stats() if run.canceller else None
     return [
-        Figure(f"ERLE after 1 s, {room.name}", erle1, "dB", ">= 25",
-               f"status says {stats.erle_db if stats else '-'} dB"),
-        Figure(f"ERLE worst 10 s window over {mins:g} min, {room.name}", min(windows) if windows else erle1, "dB", "",
-               f"median {median(windows) if windows else erle1:.1f} dB"),
-        Figure(f"delay estimate, {room.name}", stats.delay_ms if stats and stats.delay_ms else -1, "ms", "",
-               f"room {room.delay_ms:g} ms + devices {DEVICE_LATENCY * 1000:g} ms - resampler; "
-               f"drift correction {stats.drift_ppm if stats else 0:+g} ppm"),
-        Figure(f"false barge-ins in {mins:g} min of robot speech, {room.name}", len(onsets), "", "<= 0",
-               f"without the canceller (guard 12 dB): {len(base_onsets)}"),
-        Figure(f"false wake words in {mins:g} min of robot speech, {room.name}", len(wakes), "", "<= 0",
-               "okay_nabu on the cleaned signal"),
-        Figure(f"echo canceller CPU, {room.name}", run.cpu / audio, "core", "<= 0.02",
-               "process CPU time / audio time; shared machine"),
+        Figure(
+            f"ERLE after 1 s, {room.name}", erle1, "dB", ">= 25", f"status says {stats.erle_db if stats else '-'} dB"
+        ),
+        Figure(
+            f"ERLE worst 10 s window over {mins:g} min, {room.name}",
+            min(windows) if windows else erle1,
+            "dB",
+            "",
+            f"median {median(windows) if windows else erle1:.1f} dB",
+        ),
+        Figure(
+            f"delay estimate, {room.name}",
+            stats.delay_ms if stats and stats.delay_ms else -1,
+            "ms",
+            "",
+            f"room {room.delay_ms:g} ms + devices {DEVICE_LATENCY * 1000:g} ms - resampler; "
+            f"drift correction {stats.drift_ppm if stats else 0:+g} ppm",
+        ),
+        Figure(
+            f"false barge-ins in {mins:g} min of robot speech, {room.name}",
+            len(onsets),
+            "",
+            "<= 0",
+            f"without the canceller (guard 12 dB): {len(base_onsets)}",
+        ),
+        Figure(
+            f"false wake words in {mins:g} min of robot speech, {room.name}",
+            len(wakes),
+            "",
+            "<= 0",
+            "okay_nabu on the cleaned signal",
+        ),
+        Figure(
+            f"echo canceller CPU, {room.name}",
+            run.cpu / audio,
+            "core",
+            "<= 0.02",
+            "process CPU time / audio time; shared machine",
+        ),
     ]
 
 
@@ -270,15 +301,25 @@ def barge_in_figures() -> list[Figure]:
             label = "canceller" if cancel else "guard only (no canceller, 12 dB margin)"
             within = sum(1 for x in delays if x <= 0.3)
             target = ">= 95" if cancel and below == 6.0 else ""
-            figures.append(Figure(
-                f"barge-in detected within 300 ms, user {-below:+g} dB vs echo, {label}", 100 * within / total, "%",
-                target, f"{found}/{total} detected at all; {false} false onsets",
-            ))
+            figures.append(
+                Figure(
+                    f"barge-in detected within 300 ms, user {-below:+g} dB vs echo, {label}",
+                    100 * within / total,
+                    "%",
+                    target,
+                    f"{found}/{total} detected at all; {false} false onsets",
+                )
+            )
             if delays:
-                figures.append(Figure(
-                    f"barge-in time from first syllable p50/p90, user {-below:+g} dB, {label}",
-                    median(delays) * 1000, "ms", "", f"p90 {percentile(delays, 90) * 1000:.0f} ms",
-                ))
+                figures.append(
+                    Figure(
+                        f"barge-in time from first syllable p50/p90, user {-below:+g} dB, {label}",
+                        median(delays) * 1000,
+                        "ms",
+                        "",
+                        f"p90 {percentile(delays, 90) * 1000:.0f} ms",
+                    )
+                )
     return figures
 
 
@@ -307,10 +348,15 @@ def wake_figures() -> list[Figure]:
                         quiet += hit
                 total += 1
         ratio = 100 * talking / quiet if quiet else 0.0
-        figures.append(Figure(
-            f"wake word recall while the robot talks / in a quiet room, user {above:+g} dB vs echo", ratio, "%",
-            ">= 90", f"{talking}/{total} while talking, {quiet}/{total} quiet (cleaned signal)",
-        ))
+        figures.append(
+            Figure(
+                f"wake word recall while the robot talks / in a quiet room, user {above:+g} dB vs echo",
+                ratio,
+                "%",
+                ">= 90",
+                f"{talking}/{total} while talking, {quiet}/{total} quiet (cleaned signal)",
+            )
+        )
     return figures
 
 

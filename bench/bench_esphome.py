@@ -50,14 +50,16 @@ asyncio.run(main())
 def _config():  # type: ignore[no-untyped-def]
     from appliance.config import AppConfig
 
-    return AppConfig.model_validate({
-        "home_assistant": {"esphome": True, "host": "127.0.0.1", "port": 0, "mdns": False, "name": "bench"},
-        "conversation": {"brains": ["home_assistant", "offline"]},
-        "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": None},
-        "gpio": {"pin_factory": "mock"},
-        "log": {"status_line": "off", "level": "WARNING"},
-        "failover": {"health_interval": 0},
-    })
+    return AppConfig.model_validate(
+        {
+            "home_assistant": {"esphome": True, "host": "127.0.0.1", "port": 0, "mdns": False, "name": "bench"},
+            "conversation": {"brains": ["home_assistant", "offline"]},
+            "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": None},
+            "gpio": {"pin_factory": "mock"},
+            "log": {"status_line": "off", "level": "WARNING"},
+            "failover": {"health_interval": 0},
+        }
+    )
 
 
 async def _run() -> list[Figure]:
@@ -67,8 +69,13 @@ async def _run() -> list[Figure]:
     from appliance.listening.events import WakeWordDetected
     from appliance.systemd import Notifier
 
-    app = build_appliance(_config(), source=SimulatedMicrophone(None, None), sink=MemorySink(realtime=False),
-                          notifier=Notifier({}), handle_signals=False)
+    app = build_appliance(
+        _config(),
+        source=SimulatedMicrophone(None, None),
+        sink=MemorySink(realtime=False),
+        notifier=Notifier({}),
+        handle_signals=False,
+    )
     figures: list[Figure] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(app.run)
@@ -95,8 +102,15 @@ async def _run() -> list[Figure]:
         await proc.wait()
         figures.append(Figure("idle CPU of the appliance, no Home Assistant", alone, "core"))
         figures.append(Figure("idle CPU of the appliance, Home Assistant connected", connected, "core"))
-        figures.append(Figure("extra CPU while idle-connected", max(0.0, connected - alone), "core", "<= 0.005",
-                              "process CPU time, 2 x 15 s; machine shared"))
+        figures.append(
+            Figure(
+                "extra CPU while idle-connected",
+                max(0.0, connected - alone),
+                "core",
+                "<= 0.005",
+                "process CPU time, 2 x 15 s; machine shared",
+            )
+        )
 
         # --- wake word decision -> first audio byte at Home Assistant ------------------------------------
         loop = asyncio.new_event_loop()
@@ -142,10 +156,24 @@ async def _run() -> list[Figure]:
                 pipeline.abort("bench")
         await trio.to_thread.run_sync(asyncio.run_coroutine_threadsafe(client.disconnect(), loop).result, 5)
         loop.call_soon_threadsafe(loop.stop)
-        figures.append(Figure("wake word decision -> first audio at Home Assistant, median", median(delays), "ms",
-                              "<= 50", f"{WAKES} wakes, 20 ms blocks"))
-        figures.append(Figure("wake word decision -> first audio at Home Assistant, max", max(delays), "ms",
-                              "<= 50", f"p90 {percentile(delays, 90):.1f} ms"))
+        figures.append(
+            Figure(
+                "wake word decision -> first audio at Home Assistant, median",
+                median(delays),
+                "ms",
+                "<= 50",
+                f"{WAKES} wakes, 20 ms blocks",
+            )
+        )
+        figures.append(
+            Figure(
+                "wake word decision -> first audio at Home Assistant, max",
+                max(delays),
+                "ms",
+                "<= 50",
+                f"p90 {percentile(delays, 90):.1f} ms",
+            )
+        )
         app.supervisor.stop("bench done")
         nursery.cancel_scope.cancel()
     return figures

@@ -58,8 +58,9 @@ def _cloud_brain(base_url: str) -> Any:
     from appliance.conversation.local_voice import LocalVoice
 
     section = {"base_url": base_url, "api_key": "bench-key"}
-    config = AppConfig.model_validate({"stt": section, "llm": {**section, "model": "fake"}, "tts": section,
-                                       "conversation": {"brain": "cloud"}})
+    config = AppConfig.model_validate(
+        {"stt": section, "llm": {**section, "model": "fake"}, "tts": section, "conversation": {"brain": "cloud"}}
+    )
     brain = cloud_brain_factory(config, LocalVoice())()
     brain.name = "cloud"
     return brain
@@ -105,18 +106,31 @@ async def _paired(chain: Any, backup: Any) -> list[float]:
 
 def _first_and_steady(figures: list[Figure], label: str, extra: list[float], threshold: int) -> None:
     defaults = FailoverConfig()
-    figures.append(Figure(
-        f"failover extra delay, {label}: FIRST turn (default timeouts)", extra[0], "s", "<= 1",
-        f"what the first user after the outage waits; first_audio_timeout {defaults.first_audio_timeout:g} s, "
-        + (f"stt timeout {STTConfig().timeout:g} s" if label.startswith("cloud")
-           else f"ping with the request, reply_timeout {RemoteConfig().reply_timeout:g} s"),
-    ))
+    figures.append(
+        Figure(
+            f"failover extra delay, {label}: FIRST turn (default timeouts)",
+            extra[0],
+            "s",
+            "<= 1",
+            f"what the first user after the outage waits; first_audio_timeout {defaults.first_audio_timeout:g} s, "
+            + (
+                f"stt timeout {STTConfig().timeout:g} s"
+                if label.startswith("cloud")
+                else f"ping with the request, reply_timeout {RemoteConfig().reply_timeout:g} s"
+            ),
+        )
+    )
     steady = extra[threshold:]  # once the circuit is open (a timeout opens it at once)
-    figures.append(Figure(
-        f"failover extra delay, {label}: steady state, median of paired differences", median(steady), "s", "<= 1",
-        f"turns {threshold + 1}..{len(extra)}, each minus the backup alone just before; p95 "
-        f"{percentile(steady, 95):.3f} s",
-    ))
+    figures.append(
+        Figure(
+            f"failover extra delay, {label}: steady state, median of paired differences",
+            median(steady),
+            "s",
+            "<= 1",
+            f"turns {threshold + 1}..{len(extra)}, each minus the backup alone just before; p95 "
+            f"{percentile(steady, 95):.3f} s",
+        )
+    )
 
 
 async def _remote_dead_first(figures: list[Figure]) -> None:
@@ -173,8 +187,15 @@ async def _freeze_detection(figures: list[Figure]) -> None:
             proxy.thaw()
         nursery.cancel_scope.cancel()
     bound = config.heartbeat_interval + config.heartbeat_timeout
-    figures.append(Figure("frozen remote detected after (median)", median(detect), "s", f"<= {bound:g}",
-                          f"heartbeat {config.heartbeat_interval:g} s + pong timeout {config.heartbeat_timeout:g} s"))
+    figures.append(
+        Figure(
+            "frozen remote detected after (median)",
+            median(detect),
+            "s",
+            f"<= {bound:g}",
+            f"heartbeat {config.heartbeat_interval:g} s + pong timeout {config.heartbeat_timeout:g} s",
+        )
+    )
     figures.append(Figure("frozen remote detected after (max of 3)", max(detect), "s", f"<= {bound:g}"))
 
 
@@ -217,8 +238,15 @@ async def _overhead(figures: list[Figure]) -> None:
     for _ in range(2000):
         plain = await turn(inner)
         differences.append((await turn(wrapped) - plain) * 1000)
-    figures.append(Figure("FailoverBrain steady-state overhead per turn, median of paired differences",
-                          median(differences), "ms", "<= 1", f"p95 {percentile(differences, 95):.3f} ms"))
+    figures.append(
+        Figure(
+            "FailoverBrain steady-state overhead per turn, median of paired differences",
+            median(differences),
+            "ms",
+            "<= 1",
+            f"p95 {percentile(differences, 95):.3f} ms",
+        )
+    )
 
 
 def main() -> list[Figure]:

@@ -119,7 +119,10 @@ class Worker:
         self.lines: queue.Queue[str] = queue.Queue()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_fleet", "worker", url, str(first), str(count)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
             cwd=Path(__file__).resolve().parent.parent,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -252,14 +255,31 @@ def run_fleet(n: int, idle: float, per_process: int) -> list[Figure]:
         Figure(f"fleet N={n}: all robots connected and announced", connect_s, "s"),
         Figure(f"fleet N={n}: fleet say to each robot p50", percentile(latencies, 50) * 1000, "ms"),
         Figure(f"fleet N={n}: fleet say to each robot p99", percentile(latencies, 99) * 1000, "ms"),
-        Figure(f"fleet N={n}: broker PUBLISH messages/s at rest", publishes / idle_s, "msg/s",
-               note=f"{publishes} in {idle_s:.0f} s; uptime every 60 s per robot"),
-        Figure(f"fleet N={n}: broker packets received/s at rest ($SYS)", packets_per_s, "pkt/s",
-               note="includes keep-alive PINGREQs"),
-        Figure(f"fleet N={n}: idle CPU per robot for MQTT", per_robot_mcore, "mcore", target="<= 2",
-               note="process CPU time / wall time / robots; 2 mcore = 0.002 core"),
-        Figure(f"fleet N={n}: broker memory per robot", (rss_after - rss_before) / n, "KiB",
-               note="connection + 18 retained messages (14 discovery, state, info, update, availability)"),
+        Figure(
+            f"fleet N={n}: broker PUBLISH messages/s at rest",
+            publishes / idle_s,
+            "msg/s",
+            note=f"{publishes} in {idle_s:.0f} s; uptime every 60 s per robot",
+        ),
+        Figure(
+            f"fleet N={n}: broker packets received/s at rest ($SYS)",
+            packets_per_s,
+            "pkt/s",
+            note="includes keep-alive PINGREQs",
+        ),
+        Figure(
+            f"fleet N={n}: idle CPU per robot for MQTT",
+            per_robot_mcore,
+            "mcore",
+            target="<= 2",
+            note="process CPU time / wall time / robots; 2 mcore = 0.002 core",
+        ),
+        Figure(
+            f"fleet N={n}: broker memory per robot",
+            (rss_after - rss_before) / n,
+            "KiB",
+            note="connection + 18 retained messages (14 discovery, state, info, update, availability)",
+        ),
     ]
 
 

@@ -134,14 +134,14 @@ async def _load_server(port: int) -> tuple[int, int]:
     async def robot(index: int) -> None:
         nonlocal accepted, refused
         url = f"ws://127.0.0.1:{port}/ws"
-        async with open_websocket_url(url, extra_headers=[("Authorization", "Bearer bench-key")],
-                                      max_message_size=1 << 20) as ws:
+        async with open_websocket_url(
+            url, extra_headers=[("Authorization", "Bearer bench-key")], max_message_size=1 << 20
+        ) as ws:
             for s in range(SESSIONS):
                 await ws.send_message(json.dumps({"type": "start", "session_id": f"{index}-{s}"}))
                 await ws.get_message()
             for s in range(SESSIONS):
-                await ws.send_message(json.dumps({"type": "invoke", "session_id": f"{index}-{s}",
-                                                  "audio_data": audio}))
+                await ws.send_message(json.dumps({"type": "invoke", "session_id": f"{index}-{s}", "audio_data": audio}))
             waiting = SESSIONS
             while waiting:
                 frame = json.loads(await ws.get_message())
@@ -174,8 +174,12 @@ def serve_figures() -> list[Figure]:
         child.wait(10)
     return [
         Figure("serve: RSS at rest", idle / 1024, "MB"),
-        Figure(f"serve: peak RSS, {CONNECTIONS} conn x {SESSIONS} sessions x {AUDIO_SECONDS:g} s invokes",
-               peak / 1024, "MB", "<= 300"),
+        Figure(
+            f"serve: peak RSS, {CONNECTIONS} conn x {SESSIONS} sessions x {AUDIO_SECONDS:g} s invokes",
+            peak / 1024,
+            "MB",
+            "<= 300",
+        ),
         Figure("serve: invokes accepted at once (32 MB budget)", accepted, ""),
         Figure("serve: invokes refused as over budget", refused, ""),
     ]

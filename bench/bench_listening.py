@@ -68,14 +68,21 @@ def cpu_figures(audio: np.ndarray) -> list[Figure]:
         vad = VoiceActivity(0.02, detector=make_detector(kind))
         figures.append(Figure(f"listening CPU: VAD {kind}", _cpu(vad.is_speech, blocks) / seconds, "core"))
     wake = MicroWakeWordDetector.from_config([WakeWordModel(model="okay_nabu")])
-    figures.append(Figure(f"listening CPU: wake word okay_nabu ({wake.runtime})", _cpu(wake.process, blocks) / seconds,
-                          "core"))
+    figures.append(
+        Figure(f"listening CPU: wake word okay_nabu ({wake.runtime})", _cpu(wake.process, blocks) / seconds, "core")
+    )
     service = ListeningService(EventBus(), BlockQueue(), None, ListeningConfig(mode="wake_word"))  # type: ignore[arg-type]
     service._load()
     total = _cpu(service.process_block, blocks) / seconds + capture
     # Informational: no wake-ups, warm caches. The verdict is the live figure (real_capture_figure).
-    figures.append(Figure("listening CPU offline: capture + energy VAD + endpointer + 1 wake word", total, "core",
-                          note=f"over {seconds / 60:.0f} min of audio, back to back; not what the robot spends"))
+    figures.append(
+        Figure(
+            "listening CPU offline: capture + energy VAD + endpointer + 1 wake word",
+            total,
+            "core",
+            note=f"over {seconds / 60:.0f} min of audio, back to back; not what the robot spends",
+        )
+    )
     return figures
 
 
@@ -116,7 +123,8 @@ def real_capture_figure(seconds: float = 20.0, rounds: int = 3) -> list[Figure]:
     os.environ["JACK_DEFAULT_SERVER"] = name
     proc = subprocess.Popen(
         ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "960", "-C", "2", "-P", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     import sounddevice
 
@@ -181,11 +189,16 @@ def real_capture_figure(seconds: float = 20.0, rounds: int = 3) -> list[Figure]:
         values = shares[phase]
         spread = ", ".join(f"{v:.4f}" for v in values)
         label = "idle" if phase == "idle" else "while the robot speaks"
-        figures.append(Figure(
-            f"listening CPU live (PortAudio on JACK, wake_word), {label}", median(values), "core", target,
-            f"median of {len(values)} x {seconds if phase == 'idle' else seconds / 2:.0f} s [{spread}], {how}; "
-            f"JACK/PortAudio threads {median(shares[phase + '_other']):.4f} of it; {shared}",
-        ))
+        figures.append(
+            Figure(
+                f"listening CPU live (PortAudio on JACK, wake_word), {label}",
+                median(values),
+                "core",
+                target,
+                f"median of {len(values)} x {seconds if phase == 'idle' else seconds / 2:.0f} s [{spread}], {how}; "
+                f"JACK/PortAudio threads {median(shares[phase + '_other']):.4f} of it; {shared}",
+            )
+        )
     return figures
 
 
@@ -205,8 +218,15 @@ def endpointing_figures() -> list[Figure]:
                     if isinstance(service.process_block(block), Segment):
                         delays.append((i + 1) * 0.02 - scene.spans[0][1] + handover)
                         break
-        figures.append(Figure(f"endpointing delay median, {label}", median(delays) * 1000, "ms",
-                              "<= 300" if not settings else "", f"n={len(delays)}"))
+        figures.append(
+            Figure(
+                f"endpointing delay median, {label}",
+                median(delays) * 1000,
+                "ms",
+                "<= 300" if not settings else "",
+                f"n={len(delays)}",
+            )
+        )
         figures.append(Figure(f"endpointing delay p90, {label}", percentile(delays, 90) * 1000, "ms"))
     return figures
 
@@ -219,14 +239,26 @@ def wake_figures(negative: np.ndarray) -> list[Figure]:
             det = MicroWakeWordDetector.from_config([WakeWordModel(model="okay_nabu")])
             total += 1
             found += any(det.process(b) is not None for b in F.blocks(scene.samples))
-    figures.append(Figure("wake word okay_nabu detection rate (6 espeak voices x 3 scenes)", 100 * found / total, "%",
-                          note=f"{found}/{total}"))
+    figures.append(
+        Figure(
+            "wake word okay_nabu detection rate (6 espeak voices x 3 scenes)",
+            100 * found / total,
+            "%",
+            note=f"{found}/{total}",
+        )
+    )
     hours = len(negative) / F.RATE / 3600
     for model in ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft"):
         det = MicroWakeWordDetector.from_config([WakeWordModel(model=model)])
         hits = sum(det.process(b) is not None for b in F.blocks(negative))
-        figures.append(Figure(f"wake word {model} false accepts per hour", hits / hours, "/h",
-                              note=f"{hits} in {hours * 60:.0f} min speech+noise"))
+        figures.append(
+            Figure(
+                f"wake word {model} false accepts per hour",
+                hits / hours,
+                "/h",
+                note=f"{hits} in {hours * 60:.0f} min speech+noise",
+            )
+        )
     return figures
 
 
@@ -266,8 +298,14 @@ def vad_boundary_figures() -> list[Figure]:
             cut = sum(not any(a <= start and end <= b for a, b in sent) for start, end in scene.spans)
             within = sum(e <= 0.15 for e in errors)
             where = "clean" if noise is None else f"{noise} {snr} dB"
-            figures.append(Figure(f"VAD boundaries within 150 ms: {vad}, {where}", within, f"/{len(errors)}",
-                                  note=f"worst {max(errors) * 1000:.0f} ms; {cut} of {len(errors)} not sent whole"))
+            figures.append(
+                Figure(
+                    f"VAD boundaries within 150 ms: {vad}, {where}",
+                    within,
+                    f"/{len(errors)}",
+                    note=f"worst {max(errors) * 1000:.0f} ms; {cut} of {len(errors)} not sent whole",
+                )
+            )
     return figures
 
 
@@ -277,8 +315,15 @@ def main() -> list[Figure]:
     try:
         figures += real_capture_figure()
     except Exception as exc:  # printed as a MISSED verdict: the headline figure could not be measured
-        figures.append(Figure("listening CPU live (PortAudio on JACK): NOT MEASURED", float("nan"), "core", "<= 0.02",
-                              f"{type(exc).__name__}: {exc}"))
+        figures.append(
+            Figure(
+                "listening CPU live (PortAudio on JACK): NOT MEASURED",
+                float("nan"),
+                "core",
+                "<= 0.02",
+                f"{type(exc).__name__}: {exc}",
+            )
+        )
     figures += endpointing_figures()
     figures += wake_figures(negative)
     figures += vad_boundary_figures()

@@ -70,7 +70,7 @@ def run(samples, config: ListeningConfig, cpu: list[float]) -> Heard:  # type: i
 
 
 def verdict(heard: Heard, span: tuple[float, float]) -> tuple[str, float | None]:
-    """"whole" (with the hand-out delay after the span's end), "cut" or "lost"."""
+    """ "whole" (with the hand-out delay after the span's end), "cut" or "lost"."""
     start, end = span
     overlapping = [s for s in heard.sent if s[0] < end and s[1] > start]
     for a, b, at in overlapping:
@@ -110,15 +110,22 @@ def sentence_figures(fraction: float, overrides: dict[str, object], cpu: list[fl
             total = counts["whole"] + counts["cut"] + counts["lost"]
             target = {"clean": ">= 100", "10 dB": ">= 97", "5 dB": ">= 90"}.get(key, "")
             where = ", ".join(f"{k} {v}" for k, v in sorted(worst[key].items()))
-            figures.append(Figure(
-                f"sentences whole, {key}{' (cold start)' if cold else ''}", 100 * counts["whole"] / total, "%",
-                target, f"{counts['whole']}/{total}; {counts['cut']} cut, {counts['lost']} lost, "
-                f"{counts['early']} sent early mid-sentence{'; misses: ' + where if where else ''}",
-            ))
-    figures.append(Figure("endpoint delay after speech end, median, 10 dB", median(delays) * 1000, "ms", "<= 300",
-                          f"n={len(delays)}"))
-    figures.append(Figure("endpoint delay after speech end, p95, 10 dB", percentile(delays, 95) * 1000, "ms",
-                          "<= 500"))
+            figures.append(
+                Figure(
+                    f"sentences whole, {key}{' (cold start)' if cold else ''}",
+                    100 * counts["whole"] / total,
+                    "%",
+                    target,
+                    f"{counts['whole']}/{total}; {counts['cut']} cut, {counts['lost']} lost, "
+                    f"{counts['early']} sent early mid-sentence{'; misses: ' + where if where else ''}",
+                )
+            )
+    figures.append(
+        Figure(
+            "endpoint delay after speech end, median, 10 dB", median(delays) * 1000, "ms", "<= 300", f"n={len(delays)}"
+        )
+    )
+    figures.append(Figure("endpoint delay after speech end, p95, 10 dB", percentile(delays, 95) * 1000, "ms", "<= 500"))
     return figures
 
 
@@ -145,10 +152,15 @@ def wake_figures(fraction: float, overrides: dict[str, object], cpu: list[float]
         r = rows[key]
         detected = r["detected"]
         target = {"clean": "<= 0", "5 dB": "<= 3"}.get(key, "")
-        figures.append(Figure(
-            f"commands lost after a detected wake word, {key}", 100 * r["lost"] / detected if detected else 0.0, "%",
-            target, f"{r['lost']}/{detected} lost, {r['cut']} cut; wake word detected in {detected}/{r['clips']}",
-        ))
+        figures.append(
+            Figure(
+                f"commands lost after a detected wake word, {key}",
+                100 * r["lost"] / detected if detected else 0.0,
+                "%",
+                target,
+                f"{r['lost']}/{detected} lost, {r['cut']} cut; wake word detected in {detected}/{r['clips']}",
+            )
+        )
     cut = sum(r["wake_cut"] for r in rows.values())
     detected = sum(r["detected"] for r in rows.values())
     figures.append(Figure("wake phrase start cut", cut, "clips", "<= 0", f"of {detected} detected"))
@@ -189,16 +201,21 @@ def runtime_figures(fraction: float) -> list[Figure]:
             clips += 1
     except WakeWordError as exc:
         return [Figure("wake word runtimes: LiteRT vs reference (not measured)", float("nan"), "", note=str(exc))]
-    return [Figure("wake word runtimes: max |LiteRT - reference| probability", worst, "",
-                   note=f"{flips} of {clips} clips detected differently; default runtime auto = the reference")]
+    return [
+        Figure(
+            "wake word runtimes: max |LiteRT - reference| probability",
+            worst,
+            "",
+            note=f"{flips} of {clips} clips detected differently; default runtime auto = the reference",
+        )
+    ]
 
 
 def noise_figures(minutes: float, overrides: dict[str, object], cpu: list[float]) -> list[Figure]:
     figures = []
     for kind in C.NOISES:
         heard = run(C.noise_alone(kind, minutes), config_for("always", overrides), cpu)
-        figures.append(Figure(f"utterances from {minutes:g} min of {kind} noise alone", len(heard.sent), "",
-                              "<= 1"))
+        figures.append(Figure(f"utterances from {minutes:g} min of {kind} noise alone", len(heard.sent), "", "<= 1"))
     return figures
 
 
@@ -211,8 +228,14 @@ def main(fraction: float | None = None, overrides: dict[str, object] | None = No
     figures += runtime_figures(fraction)
     figures += noise_figures(max(1.0, round(10 * fraction)), overrides, cpu)
     vad = overrides.get("vad", ListeningConfig().vad)
-    figures.append(Figure(f"listener CPU over the corpus (vad={vad}; wake word on wake clips)", cpu[0] / cpu[1],
-                          "core", note=f"{cpu[1] / 60:.0f} min of audio, process CPU time, shared machine"))
+    figures.append(
+        Figure(
+            f"listener CPU over the corpus (vad={vad}; wake word on wake clips)",
+            cpu[0] / cpu[1],
+            "core",
+            note=f"{cpu[1] / 60:.0f} min of audio, process CPU time, shared machine",
+        )
+    )
     return figures
 
 
@@ -221,8 +244,13 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=1.0, help="an even subset of the corpus (0..1]")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a listening setting, e.g. vad=energy (JSON values: early_endpoint=null)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a listening setting, e.g. vad=energy (JSON values: early_endpoint=null)",
+    )
     args = parser.parse_args()
     import json
 

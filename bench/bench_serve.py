@@ -101,8 +101,9 @@ class Server:
 async def _start(name: str, args: list[str], pattern: bytes, nursery: trio.Nursery, env: dict[str, str]) -> Server:
     server = Server(name)
     began = time.perf_counter()
-    process = await trio.lowlevel.open_process(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT)
+    process = await trio.lowlevel.open_process(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     server.process = process
     assert process.stdout is not None
     seen = b""
@@ -134,9 +135,13 @@ async def start_appliance(cloud: str, pcm: bool, nursery: trio.Nursery, tmp: Pat
         '[log]\nlevel = "WARNING"\n'
     )
     env = {**os.environ, "OPENAI_API_KEY": "fake-key", "APPLIANCE_SERVER__API_KEY": API_KEY}
-    return await _start("appliance-pcm" if pcm else "appliance-wav",
-                        [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
-                        rb"ws://127\.0\.0\.1:(\d+)/ws", nursery, env)
+    return await _start(
+        "appliance-pcm" if pcm else "appliance-wav",
+        [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
+        rb"ws://127\.0\.0\.1:(\d+)/ws",
+        nursery,
+        env,
+    )
 
 
 async def start_aiavatarkit(cloud: str, nursery: trio.Nursery) -> Server:
@@ -167,10 +172,12 @@ async def one_turn(ws: Any, session: str) -> tuple[float, float] | None:
 
 async def open_session(url: str, stack: Any) -> tuple[Any, str]:
     ws = await stack.enter_async_context(
-        open_websocket_url(url, extra_headers=[("Authorization", f"Bearer {API_KEY}")], max_message_size=64 << 20))
+        open_websocket_url(url, extra_headers=[("Authorization", f"Bearer {API_KEY}")], max_message_size=64 << 20)
+    )
     session = f"bench-{time.perf_counter_ns()}"
-    await ws.send_message(json.dumps({"type": "start", "session_id": session, "user_id": "bench",
-                                      "context_id": f"ctx-{session}"}))
+    await ws.send_message(
+        json.dumps({"type": "start", "session_id": session, "user_id": "bench", "context_id": f"ctx-{session}"})
+    )
     while json.loads(await ws.get_message()).get("type") != "connected":
         pass
     return ws, session
@@ -179,8 +186,11 @@ async def open_session(url: str, stack: Any) -> tuple[Any, str]:
 async def floor_turn(client: httpx.AsyncClient, cloud: str) -> float:
     """The three cloud calls in sequence, bare: STT, chat to the end of the first sentence, TTS to its first bytes."""
     began = time.perf_counter()
-    stt = await client.post(f"{cloud}/v1/audio/transcriptions", data={"model": "whisper-1"},
-                            files={"file": ("a.wav", _wav(PCM, 16_000), "audio/wav")})
+    stt = await client.post(
+        f"{cloud}/v1/audio/transcriptions",
+        data={"model": "whisper-1"},
+        files={"file": ("a.wav", _wav(PCM, 16_000), "audio/wav")},
+    )
     text = stt.json()["text"]
     body = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": text}]}
     written = ""
@@ -191,9 +201,11 @@ async def floor_turn(client: httpx.AsyncClient, cloud: str) -> float:
                 if re.search(r"[.!?](\s|$)", written):
                     break
     sentence = re.sub(r"\[[^\]]*\]\s*", "", written).strip()
-    async with client.stream("POST", f"{cloud}/v1/audio/speech",
-                             json={"model": "tts-1", "input": sentence, "voice": "alloy",
-                                   "response_format": "pcm"}) as response:
+    async with client.stream(
+        "POST",
+        f"{cloud}/v1/audio/speech",
+        json={"model": "tts-1", "input": sentence, "voice": "alloy", "response_format": "pcm"},
+    ) as response:
         async for _ in response.aiter_raw():
             break
     return time.perf_counter() - began
@@ -227,9 +239,11 @@ async def load(server: Server, single_median_ms: float, floor: float, rounds: in
     from contextlib import AsyncExitStack
 
     bare: list[float] = []
-    async with httpx.AsyncClient(headers={"Authorization": "Bearer fake-key"}, timeout=30,
-                                 limits=httpx.Limits(max_connections=100)) as client:
+    async with httpx.AsyncClient(
+        headers={"Authorization": "Bearer fake-key"}, timeout=30, limits=httpx.Limits(max_connections=100)
+    ) as client:
         for _ in range(rounds):
+
             async def one() -> None:
                 bare.append((await floor_turn(client, cloud) - floor) * 1000)
 
@@ -243,7 +257,7 @@ async def load(server: Server, single_median_ms: float, floor: float, rounds: in
         for _ in range(rounds):
             results: list[tuple[float, float] | None] = []
 
-            async def robot(ws: Any, session: str) -> None:
+            async def robot(ws: Any, session: str, results: list = results) -> None:
                 results.append(await one_turn(ws, session))
 
             async with trio.open_nursery() as nursery:
@@ -253,10 +267,19 @@ async def load(server: Server, single_median_ms: float, floor: float, rounds: in
             firsts += [(r[0] - floor) * 1000 for r in results if r is not None]
     p95 = percentile(firsts, 95)
     return [
-        Figure(f"{server.name}: {ROBOTS} robots, first audio p95 − single median", p95 - single_median_ms, "ms",
-               "<= 20", f"p95 {p95:.1f} ms over the floor, {len(firsts)} turns"),
-        Figure(f"bare floor, {ROBOTS} at once: p95 − single floor", percentile(bare, 95), "ms",
-               note="the fake cloud's own share of the load"),
+        Figure(
+            f"{server.name}: {ROBOTS} robots, first audio p95 − single median",
+            p95 - single_median_ms,
+            "ms",
+            "<= 20",
+            f"p95 {p95:.1f} ms over the floor, {len(firsts)} turns",
+        ),
+        Figure(
+            f"bare floor, {ROBOTS} at once: p95 − single floor",
+            percentile(bare, 95),
+            "ms",
+            note="the fake cloud's own share of the load",
+        ),
         Figure(f"{server.name}: {ROBOTS} robots, turns lost", lost, "turns", "<= 0"),
     ]
 
@@ -267,9 +290,22 @@ async def bench() -> list[Figure]:
         tmp = Path(tmp_name)
         async with trio.open_nursery() as nursery:
             cloud_proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "tests.fakes.cloud", "--stt-latency", str(STT), "--llm-latency", str(LLM),
-                 "--tts-latency", str(TTS), "--token-delay", str(TOKEN)],
-                cwd=ROOT, stdout=subprocess.PIPE)
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.fakes.cloud",
+                    "--stt-latency",
+                    str(STT),
+                    "--llm-latency",
+                    str(LLM),
+                    "--tts-latency",
+                    str(TTS),
+                    "--token-delay",
+                    str(TOKEN),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+            )
             assert cloud_proc.stdout is not None
             cloud = (await cloud_proc.stdout.receive_some(200)).decode().strip()
             servers: list[Server] = []
@@ -295,16 +331,29 @@ async def bench() -> list[Figure]:
                         order = servers if index % 2 == 0 else servers[::-1]
                         for server in order:
                             await run_round(server, floor, TURNS)
-                        print(f"  round {index + 1}/{ROUNDS}: floor {floor * 1000:.1f} ms; "
-                              + ", ".join(f"{s.name} {median(s.first[-TURNS:]):.1f}" for s in servers), flush=True)
-                figures.append(Figure("floor: bare httpx STT → first sentence → first TTS bytes, median",
-                                      median(floors), "ms", note=f"cloud waits {(STT + LLM + TTS) * 1000:.0f} ms"))
+                        print(
+                            f"  round {index + 1}/{ROUNDS}: floor {floor * 1000:.1f} ms; "
+                            + ", ".join(f"{s.name} {median(s.first[-TURNS:]):.1f}" for s in servers),
+                            flush=True,
+                        )
+                figures.append(
+                    Figure(
+                        "floor: bare httpx STT → first sentence → first TTS bytes, median",
+                        median(floors),
+                        "ms",
+                        note=f"cloud waits {(STT + LLM + TTS) * 1000:.0f} ms",
+                    )
+                )
                 for server in servers:
                     assert server.process is not None
                     figures += [
-                        Figure(f"{server.name}: first audio − floor, median", median(server.first), "ms",
-                               "<= 5" if server.name.startswith("appliance") else "",
-                               f"p95 {percentile(server.first, 95):.1f}"),
+                        Figure(
+                            f"{server.name}: first audio − floor, median",
+                            median(server.first),
+                            "ms",
+                            "<= 5" if server.name.startswith("appliance") else "",
+                            f"p95 {percentile(server.first, 95):.1f}",
+                        ),
                         Figure(f"{server.name}: whole three-sentence turn, median", median(server.turn), "ms"),
                         Figure(f"{server.name}: CPU per turn (process time)", median(server.cpu) * 1000, "ms"),
                         Figure(f"{server.name}: RSS after the runs", rss_mb(server.process.pid), "MB"),
@@ -332,13 +381,22 @@ def _ratios(ours: Server, peer: Server) -> list[Figure]:
     first_diff = median([a - b for a, b in zip(ours.first[:n], peer.first[:n], strict=True)])
     turn_diff = median([a - b for a, b in zip(ours.turn[:n], peer.turn[:n], strict=True)])
     return [
-        Figure(f"{ours.name}/aiavatarkit: first-audio overhead ratio", median(ours.first) / median(peer.first), "x",
-               "<= 0.35", f"paired difference median {first_diff:+.1f} ms"),
-        Figure(f"{ours.name}/aiavatarkit: three-sentence turn ratio", median(ours.turn) / median(peer.turn), "x",
-               "<= 0.65", f"paired difference median {turn_diff:+.1f} ms"),
+        Figure(
+            f"{ours.name}/aiavatarkit: first-audio overhead ratio",
+            median(ours.first) / median(peer.first),
+            "x",
+            "<= 0.35",
+            f"paired difference median {first_diff:+.1f} ms",
+        ),
+        Figure(
+            f"{ours.name}/aiavatarkit: three-sentence turn ratio",
+            median(ours.turn) / median(peer.turn),
+            "x",
+            "<= 0.65",
+            f"paired difference median {turn_diff:+.1f} ms",
+        ),
         Figure(f"{ours.name}/aiavatarkit: CPU per turn ratio", median(ours.cpu) / median(peer.cpu), "x", "<= 0.5"),
-        Figure(f"{ours.name}/aiavatarkit: RSS ratio",
-               rss_mb(ours.process.pid) / rss_mb(peer.process.pid), "x", "<= 1"),  # type: ignore[union-attr]
+        Figure(f"{ours.name}/aiavatarkit: RSS ratio", rss_mb(ours.process.pid) / rss_mb(peer.process.pid), "x", "<= 1"),  # type: ignore[union-attr]
         Figure(f"{ours.name}/aiavatarkit: start ratio", ours.started_in / peer.started_in, "x", "<= 1"),
     ]
 

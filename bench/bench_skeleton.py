@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import trio
+import trio.lowlevel
 
 from appliance.audio.base import AudioClip
 from appliance.audio.playback import MemorySink
@@ -43,13 +44,16 @@ class FirstBlockSink(MemorySink):
     async def _write_block(self, block: np.ndarray) -> None:
         if self.first is None:
             self.first = time.monotonic()
-        await trio.sleep(0)  # no real-time pacing: we only need the moment the first block arrives
+        await trio.lowlevel.checkpoint()  # no real-time pacing: we only need the moment the first block arrives
 
 
 def start_fake_cloud(*args: str) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.cloud", "--port", "0", *args],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert process.stdout is not None
     url = process.stdout.readline().strip()
@@ -62,9 +66,8 @@ def start_fake_cloud(*args: str) -> tuple[subprocess.Popen[str], str]:
 def turn_overhead() -> list[Figure]:
     import httpx
 
-    from tests.harness import cloud_config, running_appliance
-
     from tests.fakes.cloud import FakeCloud
+    from tests.harness import cloud_config, running_appliance
 
     process, url = start_fake_cloud(
         "--stt-latency", str(STT), "--llm-latency", str(LLM), "--tts-latency", str(TTS), "--token-delay", str(TOKEN)
@@ -94,10 +97,12 @@ def turn_overhead() -> list[Figure]:
     finally:
         process.kill()
     beyond: list[float] = []
-    ours: dict[str, list[float]] = {"utterance -> STT request arrived (WAV, upload)": [],
-                                     "STT answer -> LLM request arrived": [],
-                                     "first sentence sent -> TTS request arrived": [],
-                                     "first TTS bytes sent -> first block at the sink": []}
+    ours: dict[str, list[float]] = {
+        "utterance -> STT request arrived (WAV, upload)": [],
+        "STT answer -> LLM request arrived": [],
+        "first sentence sent -> TTS request arrived": [],
+        "first TTS bytes sent -> first block at the sink": [],
+    }
     theirs: list[float] = []
     for started, first in turns:
         inside = [r for r in log if started <= r["at"] <= first]
@@ -108,23 +113,47 @@ def turn_overhead() -> list[Figure]:
         # before each LLM delta with content. Everything else counts against us, the fake's own Python too.
         told = STT + LLM + TTS + TOKEN * sentence_end
         beyond.append((first - started - told) * 1000)
-        for name, value in zip(ours, (stt["at"] - started, llm["at"] - stt["first_byte_at"],
-                                      tts["at"] - llm["sent_at"][sentence_end], first - tts["first_byte_at"]),
-                               strict=True):
+        for name, value in zip(
+            ours,
+            (
+                stt["at"] - started,
+                llm["at"] - stt["first_byte_at"],
+                tts["at"] - llm["sent_at"][sentence_end],
+                first - tts["first_byte_at"],
+            ),
+            strict=True,
+        ):
             ours[name].append(value * 1000)
-        theirs.append(((stt["first_byte_at"] - stt["at"] - STT) + (llm["sent_at"][sentence_end] - llm["at"] - LLM
-                       - TOKEN * sentence_end) + (tts["first_byte_at"] - tts["at"] - TTS)) * 1000)
+        theirs.append(
+            (
+                (stt["first_byte_at"] - stt["at"] - STT)
+                + (llm["sent_at"][sentence_end] - llm["at"] - LLM - TOKEN * sentence_end)
+                + (tts["first_byte_at"] - tts["at"] - TTS)
+            )
+            * 1000
+        )
     load = os.getloadavg()[0]
     figures = [
-        Figure("turn overhead: utterance handed over -> first audio at the sink, beyond the configured cloud "
-               "waits, median", median(beyond), "ms", "<= 15",
-               f"{len(beyond)} turns, {TOKEN * 1000:g} ms per token; clock starts before the first byte is sent; "
-               f"machine shared (load {load:.1f})"),
+        Figure(
+            "turn overhead: utterance handed over -> first audio at the sink, beyond the configured cloud "
+            "waits, median",
+            median(beyond),
+            "ms",
+            "<= 15",
+            f"{len(beyond)} turns, {TOKEN * 1000:g} ms per token; clock starts before the first byte is sent; "
+            f"machine shared (load {load:.1f})",
+        ),
         Figure("turn overhead, p95", percentile(beyond, 95), "ms", "<= 30"),
     ]
     figures += [Figure(f"  of which ours: {name}, median", median(v), "ms") for name, v in ours.items()]
-    figures.append(Figure("  of which the fake server's own work beyond its waits, median", median(theirs), "ms",
-                          note="counted against us above: a real cloud's would be in its latency"))
+    figures.append(
+        Figure(
+            "  of which the fake server's own work beyond its waits, median",
+            median(theirs),
+            "ms",
+            note="counted against us above: a real cloud's would be in its latency",
+        )
+    )
     return figures
 
 
@@ -175,8 +204,13 @@ def process_figures() -> list[Figure]:
                     "APPLIANCE_CONTROL__PORT": "0",
                 }
                 started = time.perf_counter()
-                proc = subprocess.Popen([sys.executable, "-m", "appliance", "run"], env=env, cwd=REPO,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "appliance", "run"],
+                    env=env,
+                    cwd=REPO,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 try:
                     ready_times.append(_wait_message(sock, "READY=1") - started)
                     _wait_message(sock, "STATUS=speaking")

@@ -57,8 +57,21 @@ def main() -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         cloud = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.cloud", "--port", str(cloud_port), "--llm-latency", "0.02",
-             "--tts-latency", "0.02"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [
+                sys.executable,
+                "-m",
+                "tests.fakes.cloud",
+                "--port",
+                str(cloud_port),
+                "--llm-latency",
+                "0.02",
+                "--tts-latency",
+                "0.02",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         url = (cloud.stdout.readline() if cloud.stdout else "").strip() or f"http://127.0.0.1:{cloud_port}"
         robot_env = {
@@ -78,11 +91,16 @@ def main() -> list[Figure]:
             "APPLIANCE_CONTROL__TOKEN": TOKEN,
             "APPLIANCE_CONTROL__STATE_DIR": str(Path(tmp) / "state"),
         }
-        robot = subprocess.Popen([sys.executable, "-m", "appliance", "run"], env=robot_env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        robot = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "run"],
+            env=robot_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
-                              headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as api:
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
                     try:

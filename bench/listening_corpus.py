@@ -143,8 +143,13 @@ def build(item: Item) -> Clip:
     if item.kind == "sentence":
         parts: list[np.ndarray | float] = [item.lead, F.speak(item.text, item.voice, item.rate), tail]
     else:
-        parts = [item.lead, F.speak("okay nabu", item.voice, 150), item.gap, F.speak(item.text, item.voice, item.rate),
-                 tail]
+        parts = [
+            item.lead,
+            F.speak("okay nabu", item.voice, 150),
+            item.gap,
+            F.speak(item.text, item.voice, item.rate),
+            tail,
+        ]
     scene = F.scene(parts)
     samples = scene.samples
     if item.noise is not None and item.snr is not None:

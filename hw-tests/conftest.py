@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from target import REPO, SHIPPED, Target, TargetError, VirtualPi  # noqa: E402
+from target import REPO, SHIPPED, Target, TargetError, VirtualPi
 
 ARCH = os.environ.get("HW_ARCH", "amd64")
 # How much longer everything takes than on the amd64 guest: an arm64 guest under TCG is ~4x slower. Waits
@@ -28,8 +28,17 @@ WHEELHOUSE = Path(os.environ.get("HW_WHEELHOUSE", REPO / ".cache" / "wheelhouse"
 FAKE_CLOUD_PORT = 8765
 FAKE_KEY = "sk-hwtest-not-a-real-key"
 # tests/fakes/cloud.py's web stack, beyond what the appliance itself installs.
-FAKE_CLOUD_PACKAGES = ("hypercorn", "starlette", "python-multipart", "h11", "h2", "hpack", "hyperframe", "priority",
-                       "wsproto")
+FAKE_CLOUD_PACKAGES = (
+    "hypercorn",
+    "starlette",
+    "python-multipart",
+    "h11",
+    "h2",
+    "hpack",
+    "hyperframe",
+    "priority",
+    "wsproto",
+)
 
 # The appliance's configuration on the target: loopback audio, the gpio-sim header, the fake cloud on the
 # target's own loopback.
@@ -54,7 +63,7 @@ base_url = "http://127.0.0.1:{FAKE_CLOUD_PORT}/v1"
 base_url = "http://127.0.0.1:{FAKE_CLOUD_PORT}/v1"
 
 [hardware]
-pin_factory = "{os.environ.get('HW_PIN_FACTORY', 'lgpio')}"
+pin_factory = "{os.environ.get("HW_PIN_FACTORY", "lgpio")}"
 preset = "breadboard-rgb"  # RGB LED on 5/6/13
 
 # The tests hold the button down while they sample the LEDs: push-to-talk, so a hold is talking
@@ -93,8 +102,15 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Target, 
     if given:
         user = given.split("@", 1)[0] if "@" in given else os.environ.get("USER", "root")
         key = os.environ.get("HW_SSH_KEY")
-        yield Target(given, port=int(os.environ.get("HW_SSH_PORT", "22")), key=Path(key) if key else None,
-                     sudo=user != "root"), None
+        yield (
+            Target(
+                given,
+                port=int(os.environ.get("HW_SSH_PORT", "22")),
+                key=Path(key) if key else None,
+                sudo=user != "root",
+            ),
+            None,
+        )
         return
     if not (IMAGE_DIR / "image.stamp").exists():
         pytest.fail(f"no virtual Pi image in {IMAGE_DIR}: run `make hw-test` (it builds one)")
@@ -108,8 +124,10 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Target, 
             if target.reachable():
                 break
             if time.monotonic() - began > 600:
-                raise TargetError(f"the virtual Pi did not answer SSH in 600 s; console:\n"
-                                  f"{vm.console_log.read_text(errors='replace')[-3000:]}")
+                raise TargetError(
+                    f"the virtual Pi did not answer SSH in 600 s; console:\n"
+                    f"{vm.console_log.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(2)
         figure(f"virtual Pi boot to SSH ({ARCH}, {vm.accel})", time.monotonic() - began)
         yield target, vm
@@ -159,13 +177,22 @@ def provisioned(target: Target, vm: VirtualPi | None) -> Target:
     # The fake cloud: the same server the unit tests use, run by the installed interpreter with its few
     # extra packages beside it, on the target's own loopback.
     index = "--no-index --find-links /root/wheelhouse" if offline else ""
-    target.run(f"test -d /root/fake-deps || /opt/appliance/current/bin/pip install --quiet {index} --no-deps "
-               f"--target /root/fake-deps {' '.join(FAKE_CLOUD_PACKAGES)}", timeout=900)
-    target.run("systemctl stop fake-cloud 2>/dev/null; systemctl reset-failed fake-cloud 2>/dev/null; "
-               "systemd-run --unit=fake-cloud --working-directory=/root/appliance-src -E PYTHONPATH=/root/fake-deps "
-               f"/opt/appliance/current/bin/python -m tests.fakes.cloud --port {FAKE_CLOUD_PORT} "
-               # A reply that streams for several seconds, so a test can stop the robot in the middle of it.
-               "--token-delay 0.4", check=False)
-    target.run(f"for i in $(seq 120); do curl -s -o /dev/null http://127.0.0.1:{FAKE_CLOUD_PORT}/ && exit 0; "
-               "sleep 1; done; journalctl -u fake-cloud --no-pager | tail; exit 1", timeout=180)
+    target.run(
+        f"test -d /root/fake-deps || /opt/appliance/current/bin/pip install --quiet {index} --no-deps "
+        f"--target /root/fake-deps {' '.join(FAKE_CLOUD_PACKAGES)}",
+        timeout=900,
+    )
+    target.run(
+        "systemctl stop fake-cloud 2>/dev/null; systemctl reset-failed fake-cloud 2>/dev/null; "
+        "systemd-run --unit=fake-cloud --working-directory=/root/appliance-src -E PYTHONPATH=/root/fake-deps "
+        f"/opt/appliance/current/bin/python -m tests.fakes.cloud --port {FAKE_CLOUD_PORT} "
+        # A reply that streams for several seconds, so a test can stop the robot in the middle of it.
+        "--token-delay 0.4",
+        check=False,
+    )
+    target.run(
+        f"for i in $(seq 120); do curl -s -o /dev/null http://127.0.0.1:{FAKE_CLOUD_PORT}/ && exit 0; "
+        "sleep 1; done; journalctl -u fake-cloud --no-pager | tail; exit 1",
+        timeout=180,
+    )
     return target

@@ -49,11 +49,30 @@ class Target:
     log: list[str] = field(default_factory=list)
 
     def _ssh(self) -> list[str]:
-        args = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
-                "-o", "ServerAliveInterval=5", "-o", "LogLevel=ERROR"]
+        args = [
+            "ssh",
+            "-p",
+            str(self.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "LogLevel=ERROR",
+        ]
         if self.key is not None:
-            args += ["-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                     "-o", "IdentitiesOnly=yes"]
+            args += [
+                "-i",
+                str(self.key),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+            ]
         return [*args, self.destination]
 
     def run(self, command: str, *, check: bool = True, timeout: float = 300, stdin: bytes | None = None) -> Result:
@@ -94,8 +113,11 @@ class Target:
         self.run(f"cat > {dest}.tmp && chmod {mode} {dest}.tmp && mv {dest}.tmp {dest}", stdin=data)
 
     def get_file(self, path: str) -> bytes:
-        proc = subprocess.run([*self._ssh(), f"{'sudo -n ' if self.sudo else ''}cat {shlex.quote(path)}"],
-                              capture_output=True, timeout=120)
+        proc = subprocess.run(
+            [*self._ssh(), f"{'sudo -n ' if self.sudo else ''}cat {shlex.quote(path)}"],
+            capture_output=True,
+            timeout=120,
+        )
         if proc.returncode != 0:
             raise TargetError(f"cannot read {path}: {proc.stderr.decode(errors='replace')}")
         return proc.stdout
@@ -144,27 +166,61 @@ class VirtualPi:
         overlay = self.workdir / "disk.qcow2"
         forwards = f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22,hostfwd=tcp:127.0.0.1:{self.api_port}-:8080"
         common = [
-            "-m", str(self.memory_mb), "-smp", "2", "-nographic", "-nodefaults",
-            "-kernel", str(self.image_dir / "vmlinuz"), "-initrd", str(self.image_dir / "initrd.img"),
-            "-drive", f"file={overlay},if=virtio,format=qcow2",
+            "-m",
+            str(self.memory_mb),
+            "-smp",
+            "2",
+            "-nographic",
+            "-nodefaults",
+            "-kernel",
+            str(self.image_dir / "vmlinuz"),
+            "-initrd",
+            str(self.image_dir / "initrd.img"),
+            "-drive",
+            f"file={overlay},if=virtio,format=qcow2",
             # restrict=on: the guest reaches nothing outside itself; only the forwards above reach in.
-            "-netdev", f"user,id=net0,restrict=on,{forwards}",
-            "-device", "virtio-net-pci,netdev=net0",
-            "-serial", f"file:{self.console_log}",
+            "-netdev",
+            f"user,id=net0,restrict=on,{forwards}",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+            "-serial",
+            f"file:{self.console_log}",
         ]
         if self.arch == "arm64":
-            return ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-accel", "tcg",
-                    "-append", "root=/dev/vda rw console=ttyAMA0 quiet", *common]
+            return [
+                "qemu-system-aarch64",
+                "-M",
+                "virt",
+                "-cpu",
+                "cortex-a72",
+                "-accel",
+                "tcg",
+                "-append",
+                "root=/dev/vda rw console=ttyAMA0 quiet",
+                *common,
+            ]
         accel = ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
-        return ["qemu-system-x86_64", "-M", "q35", *accel,
-                "-append", "root=/dev/vda rw console=ttyS0 quiet", *common]
+        return ["qemu-system-x86_64", "-M", "q35", *accel, "-append", "root=/dev/vda rw console=ttyS0 quiet", *common]
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         overlay = self.workdir / "disk.qcow2"
         overlay.unlink(missing_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                        str((self.image_dir / "disk.img").resolve()), str(overlay)], check=True)
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                str((self.image_dir / "disk.img").resolve()),
+                str(overlay),
+            ],
+            check=True,
+        )
         self.ssh_port = self.ssh_port or free_port()
         self.api_port = self.api_port or free_port()
         if not self.accel:
@@ -172,8 +228,12 @@ class VirtualPi:
             # QEMU aborts on MSRs). HW_ACCEL=kvm for a host with working KVM.
             wanted = os.environ.get("HW_ACCEL", "tcg")
             self.accel = "kvm" if wanted == "kvm" and self.arch == "amd64" and _kvm_works() else "tcg"
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=open(self.workdir / "qemu.log", "wb"))
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "qemu.log", "wb"),
+        )
 
     def target(self) -> Target:
         return Target("root@127.0.0.1", port=self.ssh_port, key=self.image_dir / "id_ed25519")
@@ -192,9 +252,11 @@ class VirtualPi:
 
     def check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
-            raise TargetError(f"QEMU exited ({self.process.returncode}): "
-                              f"{(self.workdir / 'qemu.log').read_text(errors='replace')[-2000:]}\n"
-                              f"console: {self.console_log.read_text(errors='replace')[-2000:]}")
+            raise TargetError(
+                f"QEMU exited ({self.process.returncode}): "
+                f"{(self.workdir / 'qemu.log').read_text(errors='replace')[-2000:]}\n"
+                f"console: {self.console_log.read_text(errors='replace')[-2000:]}"
+            )
 
 
 def _kvm_works() -> bool:
@@ -203,9 +265,23 @@ def _kvm_works() -> bool:
         return False
     try:
         proc = subprocess.Popen(
-            ["qemu-system-x86_64", "-accel", "kvm", "-M", "q35", "-m", "64", "-nodefaults", "-display", "none",
-             "-no-reboot", "-S"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                "qemu-system-x86_64",
+                "-accel",
+                "kvm",
+                "-M",
+                "q35",
+                "-m",
+                "64",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-S",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         try:
             proc.wait(timeout=3)

@@ -13,8 +13,9 @@ import wave
 
 import numpy as np
 import pytest
-from conftest import FAKE_KEY, TIME_SCALE, figure
 from target import REPO, Target
+
+from conftest import FAKE_KEY, TIME_SCALE, figure
 
 SERVICE = "appliance.service"
 SIM = "$(ls -d /sys/devices/platform/gpio-sim.*/gpiochip* | head -n1)"
@@ -92,12 +93,12 @@ def test_sandbox_is_in_force(provisioned: Target) -> None:
 # For each state's colour, the channels that are fully off (0) or fully on (1); PWM levels in between
 # are not checked. Pins: red 5, green 6, blue 13.
 LED_EXPECTED = {
-    "idle": {5: 0, 6: 0, 13: 0},        # #000000
-    "listening": {5: 0, 13: 1},         # #0040ff
-    "thinking": {5: 1, 13: 0},          # #ffa000
-    "speaking": {5: 0, 6: 1},           # #00ff40
-    "error": {5: 1, 6: 0},              # #ff0060
-    "muted": {5: 1, 6: 0, 13: 0},       # #ff0000
+    "idle": {5: 0, 6: 0, 13: 0},  # #000000
+    "listening": {5: 0, 13: 1},  # #0040ff
+    "thinking": {5: 1, 13: 0},  # #ffa000
+    "speaking": {5: 0, 6: 1},  # #00ff40
+    "error": {5: 1, 6: 0},  # #ff0060
+    "muted": {5: 1, 6: 0, 13: 0},  # #ff0000
 }
 
 
@@ -107,7 +108,7 @@ def led_samples(target: Target, count: int) -> list[tuple[str, dict[int, int]]]:
         f"S={SIM}; for i in $(seq {count}); do "
         "a=$(systemctl show -p StatusText --value appliance); "
         "v=$(cat $S/sim_gpio5/value $S/sim_gpio6/value $S/sim_gpio13/value | tr '\\n' ' '); "
-        "b=$(systemctl show -p StatusText --value appliance); echo \"$a|$v|$b\"; done",
+        'b=$(systemctl show -p StatusText --value appliance); echo "$a|$v|$b"; done',
         timeout=300 * TIME_SCALE,
     ).stdout
     samples = []
@@ -174,11 +175,14 @@ def test_spoken_question_gets_a_spoken_reply(provisioned: Target) -> None:
         pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
     loud = np.flatnonzero(np.abs(pcm) > 3000)
     assert len(loud) > rate // 10, f"no reply was heard on the speaker side\n{target.journal()}"
-    reply = pcm[loud[0]: loud[-1]]
+    reply = pcm[loud[0] : loud[-1]]
     # The fake cloud's voice is a 440 Hz tone: the sound on the speaker is the reply, not an echo.
     assert tone_energy(reply, rate, 440.0) > 0.5
-    figure("question played -> reply audible on the speaker", loud[0] / rate - 1.0,
-           note=f"(recording began {time.monotonic() - began:.0f} s ago)")
+    figure(
+        "question played -> reply audible on the speaker",
+        loud[0] / rate - 1.0,
+        note=f"(recording began {time.monotonic() - began:.0f} s ago)",
+    )
     journal = target.journal(lines=200)
     assert "thinking" in journal.lower() or "speaking" in journal.lower()
 
@@ -191,8 +195,12 @@ def test_watchdog_restarts_a_hung_process(provisioned: Target) -> None:
     pid = main_pid(target)
     began = time.monotonic()
     target.run(f"kill -STOP {pid}")
-    new_pid = wait_for("a new main process", lambda: (p := main_pid(target)) not in (0, pid) and is_ready(target) and p,
-                       240, interval=1)
+    new_pid = wait_for(
+        "a new main process",
+        lambda: (p := main_pid(target)) not in (0, pid) and is_ready(target) and p,
+        240,
+        interval=1,
+    )
     elapsed = time.monotonic() - began
     figure("kill -STOP -> restarted and READY again", elapsed, note=f"WatchdogSec={props['WatchdogUSec']}")
     assert new_pid != pid
@@ -212,9 +220,9 @@ def test_sigterm_mid_reply_stops_cleanly_and_keeps_config_and_state(provisioned:
     out = target.run(
         "aplay -q -D plughw:Loopback,0,0 /root/question.wav; "
         f"for i in $(seq {int(600 * TIME_SCALE)}); do "
-        "[ \"$(systemctl show -p StatusText --value appliance)\" = speaking ] && break; "
+        '[ "$(systemctl show -p StatusText --value appliance)" = speaking ] && break; '
         "sleep 0.05; done; systemctl show -p StatusText --value appliance; "
-        "a=$(date +%s.%N); systemctl stop appliance; b=$(date +%s.%N); echo \"$a $b\"",
+        'a=$(date +%s.%N); systemctl stop appliance; b=$(date +%s.%N); echo "$a $b"',
         timeout=180 * TIME_SCALE,
     ).stdout.split("\n")
     assert out[0] == "speaking", f"the robot never spoke: {out}\n{target.journal()}"
@@ -223,7 +231,7 @@ def test_sigterm_mid_reply_stops_cleanly_and_keeps_config_and_state(provisioned:
     props = target.show(SERVICE, "Result", "ExecMainStatus", "ExecMainCode", "ActiveState")
     figure("SIGTERM mid-reply -> stopped (systemctl stop, target's clock)", stop_time, note="app target <= 2 s")
     journal = target.journal(lines=120)
-    last_turn = journal[journal.rindex("-> speaking"):]
+    last_turn = journal[journal.rindex("-> speaking") :]
     assert "stopping: SIGTERM" in last_turn and "speaking -> idle" not in last_turn, "not stopped mid-reply"
     assert "stopped (SIGTERM)" in last_turn
     assert props["ActiveState"] == "inactive"
@@ -240,7 +248,9 @@ def test_upgrade_that_never_gets_ready_is_rolled_back(provisioned: Target) -> No
     target = provisioned
     wait_for("running", lambda: is_ready(target), 60)
     current = target.run("readlink /opt/appliance/current").stdout.strip()
-    offline = "--wheelhouse /root/wheelhouse" if target.run("test -d /root/wheelhouse", check=False).returncode == 0 else ""
+    offline = (
+        "--wheelhouse /root/wheelhouse" if target.run("test -d /root/wheelhouse", check=False).returncode == 0 else ""
+    )
     result = target.run(
         "rm -rf /root/broken-src && cp -a /root/appliance-src /root/broken-src && "
         "sed -i 's/^__version__ = .*/__version__ = \"999.0.0\"/' /root/broken-src/appliance/__init__.py && "
@@ -265,9 +275,12 @@ def test_reboot_brings_the_service_back(provisioned: Target) -> None:
     target = provisioned
     boot_id = target.run("cat /proc/sys/kernel/random/boot_id").stdout
     target.run("systemctl reboot", check=False, timeout=30)
-    wait_for("the target to come back from the reboot",
-             lambda: target.reachable() and target.run("cat /proc/sys/kernel/random/boot_id").stdout != boot_id,
-             600, interval=3)
+    wait_for(
+        "the target to come back from the reboot",
+        lambda: target.reachable() and target.run("cat /proc/sys/kernel/random/boot_id").stdout != boot_id,
+        600,
+        interval=3,
+    )
     wait_for("READY after boot", lambda: is_ready(target), 300, interval=2)
     props = target.show(SERVICE, "ActiveEnterTimestampMonotonic", "NRestarts")
     boot_to_ready = int(props["ActiveEnterTimestampMonotonic"]) / 1e6

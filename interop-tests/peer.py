@@ -35,8 +35,18 @@ class PeerServer:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     async def start(self, nursery: trio.Nursery) -> None:
-        args = [str(PEER_PYTHON), str(HERE / "peer_server.py"), "--cloud", self.cloud_url, "--api-key", API_KEY,
-                "--pcm", str(self.pcm), "--port", str(self.port)]
+        args = [
+            str(PEER_PYTHON),
+            str(HERE / "peer_server.py"),
+            "--cloud",
+            self.cloud_url,
+            "--api-key",
+            API_KEY,
+            "--pcm",
+            str(self.pcm),
+            "--port",
+            str(self.port),
+        ]
         ready = trio.Event()
 
         async def run() -> None:
@@ -73,8 +83,7 @@ class PeerServer:
 
 
 async def partial_run(args: list[str], *, task_status: trio.TaskStatus[trio.Process]) -> None:
-    await trio.run_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
-                           task_status=task_status)
+    await trio.run_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, task_status=task_status)
 
 
 @asynccontextmanager
@@ -91,8 +100,16 @@ async def peer_server(cloud_url: str, *, pcm: int = 0) -> AsyncIterator[PeerServ
 
 async def run_peer_client(url: str, script: list[dict[str, Any]], *, timeout: float = 60) -> dict[str, Any]:
     """AIAvatarKit's own client (peer_client.py) against ``url``; returns what it saw, as JSON."""
-    args = [str(PEER_PYTHON), str(HERE / "peer_client.py"), "--url", url, "--api-key", API_KEY,
-            "--script", json.dumps(script)]
+    args = [
+        str(PEER_PYTHON),
+        str(HERE / "peer_client.py"),
+        "--url",
+        url,
+        "--api-key",
+        API_KEY,
+        "--script",
+        json.dumps(script),
+    ]
     with trio.fail_after(timeout):
         done = await trio.run_process(args, capture_stdout=True, capture_stderr=True, check=False)
     if done.returncode != 0:

@@ -90,18 +90,27 @@ async def run(url: str, api_key: str, script: list[dict[str, Any]]) -> dict[str,
         async def animate(self, name: str, duration: float) -> None:
             animations.append(name)
 
-    client = AIAvatarWebSocketClient(url=url, api_key=api_key, audio_devices=_Devices(), face_controller=Face(),
-                                     animation_controller=Animation())
+    client = AIAvatarWebSocketClient(
+        url=url, api_key=api_key, audio_devices=_Devices(), face_controller=Face(), animation_controller=Animation()
+    )
     seen: list[dict[str, Any]] = []
     parse_errors: list[str] = []
     ended: asyncio.Queue[AIAvatarResponse] = asyncio.Queue()
 
     for kind in ("connected", "accepted", "start", "chunk", "final", "canceled", "stop", "voiced", "vision"):
+
         async def note(response: AIAvatarResponse, kind: str = kind) -> None:
-            seen.append({"type": kind, "transaction_id": response.transaction_id,
-                         "voice_text": response.voice_text, "metadata": response.metadata})
+            seen.append(
+                {
+                    "type": kind,
+                    "transaction_id": response.transaction_id,
+                    "voice_text": response.voice_text,
+                    "metadata": response.metadata,
+                }
+            )
             if kind in ("final", "canceled") and not (response.metadata or {}).get("interrupted"):
                 await ended.put(response)
+
         client.on_response(kind)(note)
 
     session = "interop-session"
@@ -112,7 +121,7 @@ async def run(url: str, api_key: str, script: list[dict[str, Any]]) -> dict[str,
             message = await raw_recv()
             try:
                 AIAvatarResponse.model_validate_json(message)
-            except Exception as exc:  # noqa: BLE001 - reported, not hidden
+            except Exception as exc:
                 parse_errors.append(f"{exc}: {str(message)[:200]}")
             return message
 
@@ -153,8 +162,15 @@ async def run(url: str, api_key: str, script: list[dict[str, Any]]) -> dict[str,
         await asyncio.sleep(0.3)  # let the player thread take the last sentence
         await client.stop_listening(session)  # its own goodbye: cancels the reader, sends `stop`
         receive_responses.cancel()
-    return {"results": results, "seen": seen, "parse_errors": parse_errors, "faces": faces,
-            "animations": animations, "played_bytes": PLAYED["bytes"], "streams": PLAYED["streams"]}
+    return {
+        "results": results,
+        "seen": seen,
+        "parse_errors": parse_errors,
+        "faces": faces,
+        "animations": animations,
+        "played_bytes": PLAYED["bytes"],
+        "streams": PLAYED["streams"],
+    }
 
 
 def main() -> None:

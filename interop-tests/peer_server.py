@@ -42,8 +42,9 @@ def main() -> None:
     server = AIAvatarWebSocketServer(
         vad=StandardSpeechDetector(volume_db_threshold=-40.0, silence_duration_threshold=0.5),
         stt=OpenAISpeechRecognizer(openai_api_key="fake-key", base_url=base, language="en", model="fake-stt"),
-        llm=ChatGPTService(openai_api_key="fake-key", base_url=base, model="fake-model",
-                           system_prompt="You are a test robot."),
+        llm=ChatGPTService(
+            openai_api_key="fake-key", base_url=base, model="fake-model", system_prompt="You are a test robot."
+        ),
         tts=OpenAISpeechSynthesizer(openai_api_key="fake-key", base_url=base, model="fake-tts", audio_format="wav"),
         api_key=args.api_key,
         response_audio_chunk_size=args.pcm,

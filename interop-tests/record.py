@@ -25,9 +25,9 @@ from trio_websocket import open_websocket_url
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from peer import API_KEY, peer_server  # noqa: E402
+from peer import API_KEY, peer_server
 
-from tests.fakes.cloud import FakeCloud  # noqa: E402
+from tests.fakes.cloud import FakeCloud
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "aiavatar"
 VERSION = "0.9.2"
@@ -70,8 +70,9 @@ async def scenario(url: str, name: str, steps: Any) -> dict[str, Any]:
     session = f"rec-{uuid.uuid4().hex[:8]}"
     headers = [(b"Authorization", f"Bearer {API_KEY}".encode())]
     async with open_websocket_url(url, extra_headers=headers, max_message_size=16 * 1024 * 1024) as ws:
-        await rec.send(ws, {"type": "start", "session_id": session, "user_id": "recorder", "context_id": None,
-                            "metadata": {}})
+        await rec.send(
+            ws, {"type": "start", "session_id": session, "user_id": "recorder", "context_id": None, "metadata": {}}
+        )
         await rec.until(ws, lambda f: f["type"] == "connected", grace=0.1)
         await steps(rec, ws, session)
         await rec.send(ws, {"type": "stop", "session_id": session})
@@ -79,8 +80,16 @@ async def scenario(url: str, name: str, steps: Any) -> dict[str, Any]:
 
 
 def invoke(session: str, **fields: Any) -> dict[str, Any]:
-    return {"type": "invoke", "session_id": session, "user_id": "recorder", "context_id": None,
-            "system_prompt_params": {}, "files": [], "metadata": {}, **fields}
+    return {
+        "type": "invoke",
+        "session_id": session,
+        "user_id": "recorder",
+        "context_id": None,
+        "system_prompt_params": {},
+        "files": [],
+        "metadata": {},
+        **fields,
+    }
 
 
 def final_or_canceled(frame: dict[str, Any]) -> bool:
@@ -89,10 +98,16 @@ def final_or_canceled(frame: dict[str, Any]) -> bool:
 
 def reply_done(rec: Recorder) -> Any:
     """The end of the reply to the last request: a final (not one marked interrupted) of the last accepted."""
+
     def done(frame: dict[str, Any]) -> bool:
         accepted = [f["transaction_id"] for f in rec.received if f["type"] == "accepted"]
-        return (final_or_canceled(frame) and not (frame.get("metadata") or {}).get("interrupted")
-                and bool(accepted) and frame["transaction_id"] == accepted[-1])
+        return (
+            final_or_canceled(frame)
+            and not (frame.get("metadata") or {}).get("interrupted")
+            and bool(accepted)
+            and frame["transaction_id"] == accepted[-1]
+        )
+
     return done
 
 

@@ -13,15 +13,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from conftest import SENTENCES
 from peer import API_KEY, REPO, run_peer_client
 
+from conftest import SENTENCES
 from tests.fakes.cloud import FakeCloud
 
 
 @asynccontextmanager
-async def appliance_serve(cloud: FakeCloud, tmp_path: Path, *,
-                          pcm: bool = False) -> AsyncIterator[tuple[str, list[str]]]:
+async def appliance_serve(
+    cloud: FakeCloud, tmp_path: Path, *, pcm: bool = False
+) -> AsyncIterator[tuple[str, list[str]]]:
     """``appliance serve`` in its own process; yields its URL and (after it stopped) the lines it logged."""
     config = tmp_path / "serve.toml"
     config.write_text(
@@ -32,7 +33,10 @@ async def appliance_serve(cloud: FakeCloud, tmp_path: Path, *,
     log: list[str] = []
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert process.stdout is not None
@@ -43,6 +47,7 @@ async def appliance_serve(cloud: FakeCloud, tmp_path: Path, *,
                 assert data, f"appliance serve exited: {seen.decode(errors='replace')}"
                 seen += data
         async with trio.open_nursery() as nursery:
+
             async def drain() -> None:
                 nonlocal seen
                 assert process.stdout is not None

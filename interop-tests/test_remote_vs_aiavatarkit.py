@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import trio
-from conftest import REPLY, SENTENCES
 from peer import PeerServer, peer_server
 
 from appliance.audio.base import AudioStream
@@ -20,12 +19,21 @@ from appliance.bus import EventBus
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.service import ConversationService
 from appliance.events import FaceRequested, TurnFinished
+from conftest import REPLY, SENTENCES
 from tests.fakes.cloud import FakeCloud
 from tests.remote_helpers import StubBrain, collect, heard, remote, request, speech, spoken
 
 CONFIG = FailoverConfig(failure_threshold=2, open_initial=1, open_max=4, first_audio_timeout=20, probe_timeout=2)
-TIMING = {"reply_timeout": 20.0, "frame_timeout": 20.0, "ack_timeout": 5.0, "heartbeat_interval": 0.5,
-          "heartbeat_timeout": 5.0, "reconnect_initial_delay": 0.2, "reconnect_max_delay": 1.0, "connect_timeout": 5.0}
+TIMING = {
+    "reply_timeout": 20.0,
+    "frame_timeout": 20.0,
+    "ack_timeout": 5.0,
+    "heartbeat_interval": 0.5,
+    "heartbeat_timeout": 5.0,
+    "reconnect_initial_delay": 0.2,
+    "reconnect_max_delay": 1.0,
+    "connect_timeout": 5.0,
+}
 
 
 def brain_for(peer: PeerServer) -> RemoteBrain:
@@ -92,8 +100,9 @@ async def test_user_barge_in_then_next_turn(cloud: FakeCloud, nursery: trio.Nurs
         assert heard(items) == ["A new question"] and spoken(items) == SENTENCES
 
 
-async def _turn_through_service(brain: FailoverBrain, text: str, history: ConversationHistory,
-                                bus: EventBus) -> tuple[TurnFinished, list[str], MemorySink]:
+async def _turn_through_service(
+    brain: FailoverBrain, text: str, history: ConversationHistory, bus: EventBus
+) -> tuple[TurnFinished, list[str], MemorySink]:
     sink = MemorySink(realtime=False)
     send, receive = trio.open_memory_channel[Utterance](1)
     service = ConversationService(bus, brain, sink, receive, history)
@@ -112,8 +121,9 @@ async def _turn_through_service(brain: FailoverBrain, text: str, history: Conver
     return finished, shown, sink
 
 
-async def test_preferred_brain_answers_every_turn_with_speech_and_faces(cloud: FakeCloud,
-                                                                        nursery: trio.Nursery) -> None:
+async def test_preferred_brain_answers_every_turn_with_speech_and_faces(
+    cloud: FakeCloud, nursery: trio.Nursery
+) -> None:
     async with peer_server(cloud.url) as peer:
         backup = StubBrain("cloud", ("backup answer.",))
         bus = EventBus()
@@ -151,8 +161,9 @@ async def test_killed_between_turns_then_failback_after_restart(cloud: FakeCloud
         servers.cancel_scope.cancel()
 
 
-async def test_killed_mid_turn_hands_the_same_utterance_to_the_next_brain(cloud: FakeCloud,
-                                                                          nursery: trio.Nursery) -> None:
+async def test_killed_mid_turn_hands_the_same_utterance_to_the_next_brain(
+    cloud: FakeCloud, nursery: trio.Nursery
+) -> None:
     cloud.llm.latency = 30  # the server is thinking when it dies
     async with peer_server(cloud.url) as peer:
         backup = StubBrain("cloud", ("backup answer.",), transcript=False)

@@ -27,14 +27,16 @@ OTHER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 def esphome_config(**home_assistant: Any) -> AppConfig:
     section = {"esphome": True, "host": "127.0.0.1", "port": 0, "mdns": False, "name": "robot"}
     section.update(home_assistant)
-    return AppConfig.model_validate({
-        "home_assistant": section,
-        "conversation": {"brains": ["home_assistant", "offline"]},
-        "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": None},
-        "gpio": {"pin_factory": "mock"},
-        "log": {"status_line": "off"},
-        "failover": {"health_interval": 0},
-    })
+    return AppConfig.model_validate(
+        {
+            "home_assistant": section,
+            "conversation": {"brains": ["home_assistant", "offline"]},
+            "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": None},
+            "gpio": {"pin_factory": "mock"},
+            "log": {"status_line": "off"},
+            "failover": {"health_interval": 0},
+        }
+    )
 
 
 @asynccontextmanager
@@ -87,7 +89,7 @@ class HomeAssistant:
         if self.client is not None:
             try:
                 await self.run(lambda: self.client.disconnect(), timeout=5)
-            except Exception:  # noqa: BLE001 - the server may have dropped us already
+            except Exception:
                 pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         await trio.to_thread.run_sync(self.thread.join, 5)
@@ -117,7 +119,7 @@ class WavServer:
         self.requests: list[str] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 outer.requests.append(self.path)
                 if self.path.endswith(".wav"):
                     self.send_response(200)

@@ -104,7 +104,7 @@ def speak(text: str, voice: str = "en-us", speed: int = 150) -> np.ndarray:
 
 
 def silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(round(seconds * RATE)), dtype=np.int16)
+    return np.zeros(round(seconds * RATE), dtype=np.int16)
 
 
 def rms(x: np.ndarray) -> float:

@@ -47,34 +47,55 @@ def make_certificates(directory: Path) -> Certificates:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance test CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     paths = Certificates(directory / "ca.pem", directory / "server.pem", directory / "server.key")
     paths.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    paths.key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     paths.key.chmod(0o600)
     return paths
 
@@ -83,8 +104,15 @@ class Mosquitto:
     """One broker process; ``restart()`` keeps the port (and, like a broker without persistence, loses retained
     messages)."""
 
-    def __init__(self, directory: Path, *, tls: bool = False, users: dict[str, str] | None = None,
-                 max_connections: int = -1, sys_interval: int = 10) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        tls: bool = False,
+        users: dict[str, str] | None = None,
+        max_connections: int = -1,
+        sys_interval: int = 10,
+    ) -> None:
         self.dir = directory
         self.tls = tls
         self.users = users or {}
@@ -107,8 +135,7 @@ class Mosquitto:
             passwd = directory / "passwd"
             passwd.touch(mode=0o600)
             for user, password in self.users.items():
-                subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwd), user, password], check=True,
-                               capture_output=True)
+                subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwd), user, password], check=True, capture_output=True)
             lines += [f"password_file {passwd}", "allow_anonymous false"]
         else:
             lines.append("allow_anonymous true")
@@ -163,8 +190,15 @@ class HomeAssistant:
     paho's own network thread runs it (``loop_start``); tests wait with :meth:`wait_for`, polling on Trio.
     """
 
-    def __init__(self, broker: Mosquitto, *, username: str | None = None, password: str | None = None,
-                 topics: tuple[str, ...] = ("#",), client_id: str = "home-assistant") -> None:
+    def __init__(
+        self,
+        broker: Mosquitto,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        topics: tuple[str, ...] = ("#",),
+        client_id: str = "home-assistant",
+    ) -> None:
         import threading
 
         import paho.mqtt.client as mqtt

@@ -27,15 +27,26 @@ def speech(seconds: float = 0.5, rate: int = 16_000) -> AudioClip:
     return AudioClip((np.sin(2 * math.pi * 220 * t) * 12000).astype(np.int16), rate)
 
 
-def request(text: str | None = "hello robot", audio: AudioClip | None = None, turn: str = "t1",
-            conversation: str = "conv1", history: tuple = ()) -> TurnRequest:
+def request(
+    text: str | None = "hello robot",
+    audio: AudioClip | None = None,
+    turn: str = "t1",
+    conversation: str = "conv1",
+    history: tuple = (),
+) -> TurnRequest:
     return TurnRequest(turn, Utterance(audio=audio, text=text), history, conversation)
 
 
 def remote_config(url: str, **overrides: object) -> RemoteConfig:
-    values: dict[str, object] = {"url": url, "api_key": "secret-key", "connect_timeout": 2.0,
-                                 "heartbeat_interval": 1.0, "heartbeat_timeout": 1.0, "reply_timeout": 5.0,
-                                 "frame_timeout": 5.0}
+    values: dict[str, object] = {
+        "url": url,
+        "api_key": "secret-key",
+        "connect_timeout": 2.0,
+        "heartbeat_interval": 1.0,
+        "heartbeat_timeout": 1.0,
+        "reply_timeout": 5.0,
+        "frame_timeout": 5.0,
+    }
     values.update(overrides)
     return RemoteConfig.model_validate(values)
 
@@ -62,9 +73,17 @@ def heard(items: list[BrainOutput]) -> list[str]:
 class StubBrain:
     """A brain that answers with fixed sentences, or fails on cue before or after its first sentence."""
 
-    def __init__(self, name: str, sentences: tuple[str, ...] = ("fine.",), *,
-                 fail: Callable[[], ProviderError] | None = None, fail_after: int = 0, hang: bool = False,
-                 transcript: bool = True, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        sentences: tuple[str, ...] = ("fine.",),
+        *,
+        fail: Callable[[], ProviderError] | None = None,
+        fail_after: int = 0,
+        hang: bool = False,
+        transcript: bool = True,
+        delay: float = 0.0,
+    ) -> None:
         self.name = name
         self.sentences = sentences
         self.fail = fail

@@ -85,7 +85,9 @@ def test_a_file_typo_suggests_the_setting(tmp_path: Path) -> None:
     path.write_text("[listening]\nsilence_duraton = 1\n[nonsense]\nx = 1\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path, {})
-    assert "listening.silence_duraton: unknown setting; did you mean listening.silence_duration?" in caught.value.problems
+    assert (
+        "listening.silence_duraton: unknown setting; did you mean listening.silence_duration?" in caught.value.problems
+    )
     assert "nonsense: unknown setting" in caught.value.problems  # nothing near: no guess
 
 
@@ -124,7 +126,11 @@ def test_a_keyless_own_server_selects_the_cloud_brain(tmp_path: Path, capsys) ->
 def test_global_options_work_before_and_after_the_verb(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     assert (args.command, args.config, args.json, args.url, args.token) == (
-        "events", Path("f.toml"), True, "http://h:1", "t",
+        "events",
+        Path("f.toml"),
+        True,
+        "http://h:1",
+        "t",
     )
 
 
@@ -143,7 +149,10 @@ def _run_into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess[bytes]:
     os.close(read)
     try:
         return subprocess.run(
-            [sys.executable, "-m", "appliance", *argv], stdout=write, stderr=subprocess.PIPE, timeout=60,
+            [sys.executable, "-m", "appliance", *argv],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=60,
             env={**os.environ, "APPLIANCE_CONFIG": ""},
         )
     finally:

@@ -60,9 +60,7 @@ def test_keys_come_from_provider_variables_and_credentials(tmp_path: Path) -> No
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "anthropic_api_key").write_text("sk-ant-file\n")
-    config = load_config(
-        None, environ={"CREDENTIALS_DIRECTORY": str(creds), "APPLIANCE_LLM__PROVIDER": "anthropic"}
-    )
+    config = load_config(None, environ={"CREDENTIALS_DIRECTORY": str(creds), "APPLIANCE_LLM__PROVIDER": "anthropic"})
     assert config.llm.api_key is not None and config.llm.api_key.get_secret_value() == "sk-ant-file"
     assert config.stt.api_key is None
 
@@ -72,7 +70,7 @@ def test_secrets_never_show(tmp_path: Path) -> None:
     assert "sk-very-secret" not in repr(config)
     assert "sk-very-secret" not in str(config.redacted())
     file = tmp_path / "bad.toml"
-    file.write_text('[llm]\napi_key = 5\n')
+    file.write_text("[llm]\napi_key = 5\n")
     with pytest.raises(ConfigError) as caught:
         load_config(file, environ={})
     assert "5" not in caught.value.problems[0].split(":", 1)[1].replace("api_key", "")
@@ -89,7 +87,10 @@ def test_wrong_values_in_sections() -> None:
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "appliance", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", **(env or {})},
     )
 

@@ -62,7 +62,7 @@ async def collect_sse(response: httpx.Response, until: str, limit: int = 200) ->
         if line == "":
             events.extend(parse_sse(iter(buffer)))
             buffer = []
-            if events and events[-1][0] == until or len(events) >= limit:
+            if (events and events[-1][0] == until) or len(events) >= limit:
                 return events
     return events
 
@@ -292,7 +292,7 @@ async def test_histories_are_stored_listed_and_deleted(robot: Robot, api: httpx.
     assert "offline" in full["turns"][0]["spoken"] or full["turns"][0]["brain"] == "offline"
     stored = robot.config_path.parent / "state" / "histories" / f"{entry['id']}.jsonl"
     records = [json.loads(line) for line in stored.read_text().splitlines()]
-    assert [r["t"] for r in records][0] == "begin" and records[0]["heard"] == "Remember me"
+    assert records[0]["t"] == "begin" and records[0]["heard"] == "Remember me"
     assert records[-1]["t"] == "end" and records[-1]["outcome"] == "done"
     assert (await api.delete(f"/v1/histories/{entry['id']}")).status_code == 204
     assert not stored.exists()
@@ -341,8 +341,9 @@ async def test_metrics_are_valid_prometheus_text(robot: Robot, api: httpx.AsyncC
 
 
 async def test_body_size_cap_and_json_only(robot: Robot, api: httpx.AsyncClient):
-    huge = await api.post("/v1/say", content=b'{"text": "' + b"a" * 70_000 + b'"}',
-                          headers={"content-type": "application/json"})
+    huge = await api.post(
+        "/v1/say", content=b'{"text": "' + b"a" * 70_000 + b'"}', headers={"content-type": "application/json"}
+    )
     assert huge.status_code == 413
     form = await api.post("/v1/say", content=b"text=hello", headers={"content-type": "text/plain"})
     assert form.status_code == 415
@@ -438,8 +439,9 @@ async def test_ready_comes_after_the_port_is_bound(tmp_path):
 
     path = write_config(tmp_path)
     notifier = Notifier({})
-    appliance = build_appliance(load_config(path, environ={}), notifier=notifier, handle_signals=False,
-                                control=True, config_path=path)
+    appliance = build_appliance(
+        load_config(path, environ={}), notifier=notifier, handle_signals=False, control=True, config_path=path
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(appliance.run)
         assert "READY=1" in notifier.sent

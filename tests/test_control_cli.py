@@ -87,7 +87,9 @@ async def test_ask_config_histories_and_wrong_token(robot: Robot, capsys):
 
 def test_parse_assignments():
     assert parse_assignments(["a.b=1", "a.c=text", "d=null", "e=[1, 2]"]) == {
-        "a": {"b": 1, "c": "text"}, "d": None, "e": [1, 2]
+        "a": {"b": 1, "c": "text"},
+        "d": None,
+        "e": [1, 2],
     }
     with pytest.raises(ValueError):
         parse_assignments(["nothing"])
@@ -113,8 +115,11 @@ async def test_listen_and_listen_status_agree(robot: Robot, capsys):
 def test_ask_says_why_a_turn_failed_and_events_read_as_lines():
     from appliance.control.cli import _event_text, _finished_text
 
-    failed = {"outcome": "failed", "error": "openai-stt: cannot connect: [Errno -2] Name or service not known",
-              "timings": {"first_audio": None}}
+    failed = {
+        "outcome": "failed",
+        "error": "openai-stt: cannot connect: [Errno -2] Name or service not known",
+        "timings": {"first_audio": None},
+    }
     assert _finished_text(failed) == "(failed: openai-stt: cannot connect: [Errno -2] Name or service not known)"
     assert _finished_text({"outcome": "done", "error": None, "timings": {"first_audio": 0.8}}) == (
         "(done, first audio 0.8 s)"
@@ -127,8 +132,10 @@ def test_ask_says_why_a_turn_failed_and_events_read_as_lines():
 def test_histories_count_turns_in_english():
     from appliance.control.cli import _histories_text
 
-    rows = [{"id": "a", "turns": 1, "current": False, "preview": "hi"},
-            {"id": "b", "turns": 2, "current": True, "preview": "yo"}]
+    rows = [
+        {"id": "a", "turns": 1, "current": False, "preview": "hi"},
+        {"id": "b", "turns": 2, "current": True, "preview": "yo"},
+    ]
     assert _histories_text({"histories": rows}).splitlines() == ["a    1 turn  hi", "b    2 turns (current)  yo"]
 
 

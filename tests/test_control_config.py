@@ -228,8 +228,15 @@ def test_refuses_a_network_bind_without_a_token():
 
 @pytest.mark.parametrize(
     ("host", "ok"),
-    [("127.0.0.1:8080", True), ("localhost", True), ("[::1]:8080", True), ("evil.example", False),
-     ("127.0.0.1.evil.example", False), ("", False), ("192.168.1.2:8080", False)],
+    [
+        ("127.0.0.1:8080", True),
+        ("localhost", True),
+        ("[::1]:8080", True),
+        ("evil.example", False),
+        ("127.0.0.1.evil.example", False),
+        ("", False),
+        ("192.168.1.2:8080", False),
+    ],
 )
 def test_host_header_check(host: str, ok: bool):
     assert host_header_is_loopback(host) is ok

@@ -17,10 +17,11 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
+
 # Imported now, at collection: schemathesis loads this lazily, and a later first import inside a test can
 # hit CPython 3.11's 'AST constructor recursion depth mismatch' once another test has run into (and
 # handled) a RecursionError, as the hostile deep-JSON tests do on purpose.
-import schemathesis.specs.openapi.schemas  # noqa: F401
+import schemathesis.specs.openapi.schemas
 import trio
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -89,8 +90,14 @@ def test_fuzz_the_api_from_its_schema(tmp_path):
                 continue
             for mode, count in EXAMPLES.items():
 
-                @settings(max_examples=count, deadline=None, database=None, derandomize=True,
-                          suppress_health_check=list(HealthCheck), phases=[hypothesis.Phase.generate])
+                @settings(
+                    max_examples=count,
+                    deadline=None,
+                    database=None,
+                    derandomize=True,
+                    suppress_health_check=list(HealthCheck),
+                    phases=[hypothesis.Phase.generate],
+                )
                 @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
                 def check(case: schemathesis.Case) -> None:
                     response = case.call(base_url=url, headers=headers, timeout=20)

@@ -94,8 +94,15 @@ async def test_history_store_reads_the_journal_and_keeps_the_newest(tmp_path):
             await journal.begin(conversation, f"t{n}", brain="cloud", source="voice", heard=None, audio_seconds=1.5)
             await journal.heard(conversation, f"t{n}", f"question {n}")
             await journal.said(conversation, f"t{n}", f"answer {n}.")
-            await journal.end(conversation, f"t{n}", outcome="done", brain="offline", spoken=f"answer {n}.",
-                              error=None, timings=asdict(TurnTimings(0.1, 0.2, 0.3, 0.4)))
+            await journal.end(
+                conversation,
+                f"t{n}",
+                outcome="done",
+                brain="offline",
+                spoken=f"answer {n}.",
+                error=None,
+                timings=asdict(TurnTimings(0.1, 0.2, 0.3, 0.4)),
+            )
             bus.publish(TurnFinished(f"t{n}", "done", f"answer {n}.", conversation_id=conversation))
             with trio.fail_after(5):  # events are handled in order: wait until this turn is read back
                 while store.get(conversation) is None or store.get(conversation)["turns"][-1]["turn_id"] != f"t{n}":
@@ -104,9 +111,16 @@ async def test_history_store_reads_the_journal_and_keeps_the_newest(tmp_path):
     assert sorted(row["id"] for row in store.summaries()) == ["conv2", "conv3"]  # limit 2: the oldest went
     assert not (directory / "conv1.jsonl").exists()
     (directory / "broken.json").write_text("{not json")
-    (directory / "old.json").write_text(json.dumps(  # a record written by an earlier version
-        {"id": "old", "started_at": 1.0, "updated_at": 2.0, "turns": [{"turn_id": "x", "heard": "hi", "spoken": "yo"}]}
-    ))
+    (directory / "old.json").write_text(
+        json.dumps(  # a record written by an earlier version
+            {
+                "id": "old",
+                "started_at": 1.0,
+                "updated_at": 2.0,
+                "turns": [{"turn_id": "x", "heard": "hi", "spoken": "yo"}],
+            }
+        )
+    )
     with (directory / "conv3.jsonl").open("a") as torn:  # a power cut mid-line, after a turn that never ended
         torn.write(json.dumps({"t": "begin", "turn_id": "t9", "at": 9.0, "heard": None, "audio_seconds": 2.5}) + "\n")
         torn.write('{"t": "said", "turn_id": "t9", "te')

@@ -54,8 +54,10 @@ def robot_env(cloud: FakeCloud, tmp_path: Path, port: int) -> dict[str, str]:
 @asynccontextmanager
 async def robot(cloud: FakeCloud, tmp_path: Path, port: int) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "appliance", "run"], env=robot_env(cloud, tmp_path, port),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "appliance", "run"],
+        env=robot_env(cloud, tmp_path, port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         async with httpx.AsyncClient(

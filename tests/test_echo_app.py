@@ -22,7 +22,7 @@ needs_webrtc = pytest.mark.skipif(not webrtc_available(), reason="pywebrtc-audio
 
 def _config(tmp_path: Path, listening: str, audio: str = 'input = "simulated"\noutput = "simulated"\n') -> Path:
     path = tmp_path / "a.toml"
-    path.write_text(f"[audio]\n{audio}[gpio]\npin_factory = \"mock\"\n[listening]\n{listening}")
+    path.write_text(f'[audio]\n{audio}[gpio]\npin_factory = "mock"\n[listening]\n{listening}')
     return path
 
 
@@ -101,7 +101,11 @@ async def test_status_and_metrics_without_a_canceller(tmp_path: Path) -> None:
         status = (await api.get("/v1/status")).json()
         metrics = (await api.get("/v1/metrics")).text
     assert status["echo"] == {
-        "backend": "off", "erle_db": None, "delay_ms": None, "drift_ppm": 0.0, "resyncs": 0,
+        "backend": "off",
+        "erle_db": None,
+        "delay_ms": None,
+        "drift_ppm": 0.0,
+        "resyncs": 0,
         "noise_suppression": False,
     }
     families = {f.name: f for f in text_string_to_metric_families(metrics)}

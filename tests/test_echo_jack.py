@@ -49,7 +49,12 @@ async def test_the_robot_does_not_interrupt_itself_but_a_user_does(jack: Jack) -
     capture.echo = canceller
     utterances_send, _utterances = trio.open_memory_channel[object](10)
     listening = ListeningService(
-        bus, queue, utterances_send, ListeningConfig(mode="always"), 20, echo_cancelled=True  # type: ignore[arg-type]
+        bus,
+        queue,
+        utterances_send,
+        ListeningConfig(mode="always"),
+        20,
+        echo_cancelled=True,  # type: ignore[arg-type]
     )
     listening.guard.canceller_converged = lambda: canceller.converged
     robot_says = _voice(" ".join(F.NEGATIVE_TEXT[:2]), "en-us+m3", 0.5)

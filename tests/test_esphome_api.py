@@ -89,9 +89,10 @@ async def test_entities_are_listed_and_driven() -> None:
 
 
 async def test_encrypted_connection_works() -> None:
-    async with esphome_appliance(encryption_key=KEY) as (_app, _log, server, _sink), home_assistant(
-        server.port, KEY
-    ) as ha:
+    async with (
+        esphome_appliance(encryption_key=KEY) as (_app, _log, server, _sink),
+        home_assistant(server.port, KEY) as ha,
+    ):
         info = await ha.run(lambda: ha.client.device_info())
         assert info.name == "robot" and info.api_encryption_supported is True
         await ha.run(lambda: ha.client.list_entities_services())

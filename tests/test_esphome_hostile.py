@@ -189,7 +189,9 @@ async def _noise_client(port: int) -> tuple[trio.SocketStream, object, Reader]:
     ],
 )
 async def test_forged_noise_frames_end_the_connection(
-    make, reason: str, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    make,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
     async with esphome_appliance(encryption_key=KEY) as (_app, _log, server, _sink):
         stream, noise, _reader = await _noise_client(server.port)

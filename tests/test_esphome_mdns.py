@@ -22,7 +22,10 @@ def lookup(name: str) -> Any:
 
 async def test_the_robot_is_announced_with_its_port_and_encryption() -> None:
     async with esphome_appliance(mdns=True, mdns_interfaces=["127.0.0.1"], encryption_key=KEY) as (
-        _app, _log, server, _sink
+        _app,
+        _log,
+        server,
+        _sink,
     ):
         info = None
         with trio.fail_after(30):

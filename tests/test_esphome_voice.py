@@ -30,9 +30,17 @@ class FakePipeline:
     """What Home Assistant's assist_satellite does with our audio, scripted: when the audio ends it sends the
     events of a run (or an error) and the URL of its speech."""
 
-    def __init__(self, ha: HomeAssistant, tts_url: str, *, text: str = "turn on the kitchen light",
-                 reply: str = "Turned on the light", error: str | None = None, streaming: bool = False,
-                 ask: bool = False) -> None:
+    def __init__(
+        self,
+        ha: HomeAssistant,
+        tts_url: str,
+        *,
+        text: str = "turn on the kitchen light",
+        reply: str = "Turned on the light",
+        error: str | None = None,
+        streaming: bool = False,
+        ask: bool = False,
+    ) -> None:
         self.ha = ha
         self.tts_url = tts_url
         self.text = text
@@ -46,9 +54,13 @@ class FakePipeline:
         self.finished = asyncio.Event()
 
     async def subscribe(self) -> None:
-        await self.ha.call_soon(lambda: self.ha.client.subscribe_voice_assistant(
-            handle_start=self.start, handle_stop=self.stop, handle_audio=self.on_audio,
-        ))
+        await self.ha.call_soon(
+            lambda: self.ha.client.subscribe_voice_assistant(
+                handle_start=self.start,
+                handle_stop=self.stop,
+                handle_audio=self.on_audio,
+            )
+        )
 
     async def start(self, conversation_id: str, flags: int, settings: Any, wake_word: str | None) -> int:
         self.starts.append((conversation_id, flags, wake_word))
@@ -179,10 +191,15 @@ async def test_announcement_is_played_and_acknowledged_then_a_conversation_start
     with WavServer(body) as web:
         async with esphome_appliance() as (app, log, server, sink), home_assistant(server.port) as ha:
             await FakePipeline(ha, "").subscribe()
-            result = await ha.run(lambda: ha.client.send_voice_assistant_announcement_await_response(
-                f"{web.url}/announce.wav", 10, text="Dinner is ready",
-                preannounce_media_id=f"{web.url}/missing-chime", start_conversation=True,
-            ))
+            result = await ha.run(
+                lambda: ha.client.send_voice_assistant_announcement_await_response(
+                    f"{web.url}/announce.wav",
+                    10,
+                    text="Dinner is ready",
+                    preannounce_media_id=f"{web.url}/missing-chime",
+                    start_conversation=True,
+                )
+            )
             assert result.success is True
             sentence = await log.wait_for(SentenceStarted, lambda e: e.text == "Dinner is ready")
             assert sentence.index == 0  # the missing chime was tried, skipped; the message spoken
@@ -306,8 +323,11 @@ async def test_events_out_of_order_and_a_silent_pipeline(caplog: pytest.LogCaptu
         client = ha.client
         await ha.call_soon(lambda: client.send_voice_assistant_event(T.VOICE_ASSISTANT_TTS_END, {"url": "http://x/"}))
         await ha.call_soon(lambda: client.send_voice_assistant_event(T.VOICE_ASSISTANT_RUN_END, None))
-        await ha.call_soon(lambda: client.send_voice_assistant_timer_event(
-            TT.VOICE_ASSISTANT_TIMER_CANCELLED, "nope", None, 0, 0, False))
+        await ha.call_soon(
+            lambda: client.send_voice_assistant_timer_event(
+                TT.VOICE_ASSISTANT_TIMER_CANCELLED, "nope", None, 0, 0, False
+            )
+        )
         result = await ha.run(lambda: client.send_voice_assistant_announcement_await_response("", 5))
         assert result.success is False
         await app.conversation.start_turn(Utterance(audio=speech(0.3)))

@@ -99,7 +99,9 @@ def test_a_scenario_runs_through_the_brain_and_the_judge_sees_each_reply(tmp_pat
     # The second turn carries the first exchange, the reply with its tags as the robot wrote it.
     assert second[0] == {"role": "system", "content": "You are Robo."}
     assert [m["content"] for m in second[1:]] == [
-        "Hi, I am Ken", "[face:joy] Hello Ken! Nice to meet you.", "What is my name?"
+        "Hi, I am Ken",
+        "[face:joy] Hello Ken! Nice to meet you.",
+        "What is my name?",
     ]
     judged = [body["messages"][-1]["content"] for body in clouds.chat_bodies(clouds.judge)]
     assert len(judged) == 3  # two turns and the goal
@@ -223,16 +225,34 @@ def test_json_and_yaml_scenarios(tmp_path: Path, clouds: Clouds, suffix: str) ->
         ("scenario: [a, {", "s.yaml", "not valid YAML"),
         ("[[scenario]]\nname = 'x'\n", "s.toml", "scenario.0.turns: Field required"),
         ("[[scenario]]\nname = 'x'\nturns = []\n", "s.toml", "scenario.0.turns: List should have at least 1 item"),
-        ("[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 5\n", "s.toml", "scenario.0.turns.0.input: Input should be a valid string"),
+        (
+            "[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 5\n",
+            "s.toml",
+            "scenario.0.turns.0.input: Input should be a valid string",
+        ),
         ("[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = '  '\n", "s.toml", "input is blank"),
-        ("[[scenario]]\nname = 'x'\nmood = 1\n[[scenario.turns]]\ninput = 'hi'\n", "s.toml", "scenario.0.mood: Extra inputs"),
-        ("[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 'a'\n[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 'b'\n",
-         "s.toml", "two scenarios are named 'x'"),
-        ("[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 'hi'\ncheck = 'no_such_module:f'\n", "s.toml",
-         "x: turn 1 check: check 'no_such_module:f': cannot import"),
+        (
+            "[[scenario]]\nname = 'x'\nmood = 1\n[[scenario.turns]]\ninput = 'hi'\n",
+            "s.toml",
+            "scenario.0.mood: Extra inputs",
+        ),
+        (
+            "[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 'a'\n[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 'b'\n",
+            "s.toml",
+            "two scenarios are named 'x'",
+        ),
+        (
+            "[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 'hi'\ncheck = 'no_such_module:f'\n",
+            "s.toml",
+            "x: turn 1 check: check 'no_such_module:f': cannot import",
+        ),
         ("[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 'hi'\ncheck = 'nocolon'\n", "s.toml", "must look like"),
         ("scenario = 1", "s.ini", "unknown kind of file '.ini'"),
-        ("[judge]\ntimeout = -1\n[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 'hi'\n", "s.toml", "judge.timeout"),
+        (
+            "[judge]\ntimeout = -1\n[[scenario]]\nname = 'x'\n[[scenario.turns]]\ninput = 'hi'\n",
+            "s.toml",
+            "judge.timeout",
+        ),
         ("[" * 100_000, "s.json", "not valid JSON"),
     ],
 )
@@ -280,7 +300,9 @@ def test_only_runs_the_named_scenarios_and_refuses_unknown_names(tmp_path: Path,
     assert code == EXIT_INPUT and "no scenario named 'nope'" in printed
 
 
-def test_a_judge_without_a_key_is_refused_up_front(tmp_path: Path, clouds: Clouds, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_judge_without_a_key_is_refused_up_front(
+    tmp_path: Path, clouds: Clouds, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     path = tmp_path / "s.toml"

@@ -18,16 +18,19 @@ from tests.fakes.tcp import refused_port
 
 
 def make_config(url: str, brains: list[str]) -> AppConfig:
-    return AppConfig.model_validate({
-        "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": 1.0},
-        "gpio": {"status_led": None, "button": None},
-        "conversation": {"brains": brains},
-        "remote": {"url": url, "api_key": "secret-key", "heartbeat_interval": 1.0, "heartbeat_timeout": 1.0},
-    })
+    return AppConfig.model_validate(
+        {
+            "audio": {"input": "simulated", "output": "simulated", "simulated_speech_after": 1.0},
+            "gpio": {"status_led": None, "button": None},
+            "conversation": {"brains": brains},
+            "remote": {"url": url, "api_key": "secret-key", "heartbeat_interval": 1.0, "heartbeat_timeout": 1.0},
+        }
+    )
 
 
 # These run on the real clock: they talk over real sockets, and a virtual clock that jumps ahead whenever
 # every task waits on the network would fire timeouts the real world never would.
+
 
 async def test_simulated_mic_is_answered_by_the_remote(nursery: trio.Nursery) -> None:
     server = FakeAvatarServer()
@@ -54,8 +57,9 @@ async def test_simulated_mic_is_answered_by_the_remote(nursery: trio.Nursery) ->
 
 
 async def test_dead_remote_falls_to_offline_in_the_appliance(nursery: trio.Nursery) -> None:
-    appliance = build_appliance(make_config(f"ws://127.0.0.1:{refused_port()}/ws", ["remote", "offline"]),
-                                handle_signals=False)
+    appliance = build_appliance(
+        make_config(f"ws://127.0.0.1:{refused_port()}/ws", ["remote", "offline"]), handle_signals=False
+    )
     with appliance.bus.subscribe(TurnFinished, name="test") as sub:
         async with trio.open_nursery() as inner:
             await inner.start(appliance.run)

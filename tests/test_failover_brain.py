@@ -21,8 +21,14 @@ from appliance.errors import (
 )
 from tests.remote_helpers import StubBrain, collect, heard, request, speech, spoken
 
-CONFIG = FailoverConfig(failure_threshold=2, open_initial=10, open_max=80, first_audio_timeout=5,
-                        probe_timeout=2, mid_reply_message="Sorry, I lost my connection.")
+CONFIG = FailoverConfig(
+    failure_threshold=2,
+    open_initial=10,
+    open_max=80,
+    first_audio_timeout=5,
+    probe_timeout=2,
+    mid_reply_message="Sorry, I lost my connection.",
+)
 
 # The faults a cloud brain reports, as our error tree carries them (the cloud brain maps HTTP/SDK errors).
 CLOUD_FAULTS = {
@@ -87,8 +93,9 @@ async def test_hung_brain_is_skipped_after_first_audio_timeout(autojump_clock: t
 
 
 async def test_failure_mid_reply_apologises_and_does_not_repeat() -> None:
-    cloud = StubBrain("cloud", ("first part.", "second part."), fail=lambda: ProviderBadReply("cloud", "cut"),
-                      fail_after=1)
+    cloud = StubBrain(
+        "cloud", ("first part.", "second part."), fail=lambda: ProviderBadReply("cloud", "cut"), fail_after=1
+    )
     remote = StubBrain("remote")
     items = await collect(FailoverBrain([cloud, remote], CONFIG), request())
     assert spoken(items) == ["first part.", "Sorry, I lost my connection."]
@@ -212,7 +219,8 @@ def test_rejects_bad_lists() -> None:
 
 
 async def test_routine_probe_finds_an_outage_before_the_user_speaks(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     config = CONFIG.model_copy(update={"health_interval": 30.0})
     cloud = StubBrain("cloud")
     remote = StubBrain("remote")
@@ -232,7 +240,8 @@ async def test_routine_probe_finds_an_outage_before_the_user_speaks(
 
 
 async def test_without_background_probes_an_open_brain_gets_a_trial_turn(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     cloud = StubBrain("cloud", fail=lambda: ProviderTimeout("cloud", "slow"))  # has probe(), but nobody runs it
     brain = FailoverBrain([cloud, StubBrain("remote")], CONFIG)
     await collect(brain, request(turn="a"))

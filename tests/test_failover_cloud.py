@@ -119,7 +119,8 @@ async def test_failback_to_the_cloud_after_recovery(avatar: FakeAvatarServer) ->
     async with fake_cloud() as cloud:
         cloud.llm.status = 500
         async with running_appliance(failover_config(cloud.url, avatar.url, failover__failure_threshold=1)) as (
-            app, log
+            app,
+            log,
         ):
             await app.conversation.start_turn(UTTERANCE)
             first = await log.wait_for(TurnFinished)

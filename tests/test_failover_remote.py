@@ -80,8 +80,7 @@ async def test_unknown_frame_types_do_not_cause_failover(server: FakeAvatarServe
     assert backup.requests == []
 
 
-async def test_remote_silent_times_out_to_next_brain(server: FakeAvatarServer,
-                                                     clock: trio.testing.MockClock) -> None:
+async def test_remote_silent_times_out_to_next_brain(server: FakeAvatarServer, clock: trio.testing.MockClock) -> None:
     server.fault = "silent"
     backup = StubBrain("offline", ("backup answer.",))
     brain = FailoverBrain([remote(server.url, reply_timeout=60), backup], CONFIG)
@@ -99,8 +98,9 @@ async def test_both_down_offline_brain_answers() -> None:
     assert heard(items) == ["are you there"] and spoken(items) == ["I'm offline."]
 
 
-async def test_frozen_remote_is_detected_skipped_and_failed_back(server: FakeAvatarServer, nursery: trio.Nursery,
-                                                                 clock: trio.testing.MockClock) -> None:
+async def test_frozen_remote_is_detected_skipped_and_failed_back(
+    server: FakeAvatarServer, nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
     proxy = FreezableProxy(server.port)
     port = await nursery.start(proxy.run)
     bus = EventBus()
@@ -124,8 +124,9 @@ async def test_frozen_remote_is_detected_skipped_and_failed_back(server: FakeAva
     assert (change.brain, change.previous) == ("remote", "offline")
 
 
-async def _turn_through_service(brain: FailoverBrain, text: str, history: ConversationHistory,
-                                bus: EventBus) -> TurnFinished:
+async def _turn_through_service(
+    brain: FailoverBrain, text: str, history: ConversationHistory, bus: EventBus
+) -> TurnFinished:
     sink = MemorySink(realtime=False)
     send, receive = trio.open_memory_channel[Utterance](1)
     service = ConversationService(bus, brain, sink, receive, history)
@@ -154,6 +155,4 @@ async def test_remote_closing_mid_reply_keeps_history_true(server: FakeAvatarSer
     ]
     server.fault = None
     await _turn_through_service(brain, "and now?", history, bus)
-    assert [m.content for m in history.messages()][2:] == [
-        "and now?", "[face:joy] You said: and now?. That is turn 1."
-    ]
+    assert [m.content for m in history.messages()][2:] == ["and now?", "[face:joy] You said: and now?. That is turn 1."]

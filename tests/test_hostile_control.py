@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import trio
+import trio.lowlevel
 
 from appliance.audio.base import AudioStream
 from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnRequest
@@ -38,7 +39,7 @@ class StreamingBrain:
                 async with feed:
                     for _ in range(3):
                         await feed.send(np.full(2400, 1000 * (index + 1), dtype=np.int16))
-                        await trio.sleep(0)
+                        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         return None
@@ -113,8 +114,10 @@ async def stalled_request(robot: Robot, token: str | None) -> trio.SocketStream:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     await stream.send_all(
-        (f"POST /v1/say HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\n"
-         "Content-Length: 1000\r\n\r\n").encode()
+        (
+            f"POST /v1/say HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n"
+        ).encode()
     )
     return stream
 
@@ -177,14 +180,22 @@ async def test_cross_site_and_non_json_requests_are_refused(open_robot: Robot):
     before = robot.config_path.read_bytes()
     async with robot.client(token=None) as api:
         for method, path, body in STATE_CHANGING:
-            for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
-                            {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+            for headers in (
+                {"Origin": "http://evil.example"},
+                {"Origin": "null"},
+                {"Sec-Fetch-Site": "cross-site"},
+                {"Sec-Fetch-Site": "same-site"},
+            ):
                 response = await api.request(method, path, json=body, headers=headers)
                 assert response.status_code == 403, (method, path, headers)
             if method == "DELETE":
                 continue
-            for content, kind in ((b"", None), (b"", "text/plain"), (b"{}", "text/plain"),
-                                  (b"text=hi", "application/x-www-form-urlencoded")):
+            for content, kind in (
+                (b"", None),
+                (b"", "text/plain"),
+                (b"{}", "text/plain"),
+                (b"text=hi", "application/x-www-form-urlencoded"),
+            ):
                 headers = {"Content-Type": kind} if kind else {}
                 response = await api.request(method, path, content=content, headers=headers)
                 assert response.status_code == 415, (method, path, kind)
@@ -215,14 +226,13 @@ provider = "http"
 url = "http://127.0.0.1:9/tts?token=voice-token-secret"
 headers = { Cookie = "session=cookie-secret" }
 """
-SECRET_VALUES = ["pw-secret", "query-secret", "mcp-secret", "tool-secret", "voice-token-secret", "cookie-secret",
-                 TOKEN]
+SECRET_VALUES = ["pw-secret", "query-secret", "mcp-secret", "tool-secret", "voice-token-secret", "cookie-secret", TOKEN]
 
 
 async def test_every_secret_in_the_tree_is_redacted(tmp_path):
     async with running_robot(tmp_path, extra=SECRETS_IN_FILE) as robot, robot.client() as api:
         shown = (await api.get("/v1/config")).text
-        patched = (await api.patch("/v1/config", json={"log": {"level": "DEBUG"}}))
+        patched = await api.patch("/v1/config", json={"log": {"level": "DEBUG"}})
         assert patched.status_code == 200
         for text in (shown, patched.text):
             for secret in SECRET_VALUES:
@@ -233,8 +243,13 @@ async def test_every_secret_in_the_tree_is_redacted(tmp_path):
 
 LOCKED_PATCHES: list[dict[str, Any]] = [
     # secrets, at any depth
-    {"llm": {"mcp_servers": [{"name": "x", "url": "http://127.0.0.1:9/mcp",
-                              "headers": {"Authorization": "Bearer stolen"}}]}},
+    {
+        "llm": {
+            "mcp_servers": [
+                {"name": "x", "url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer stolen"}}
+            ]
+        }
+    },
     {"llm": {"tools": [{"name": "t", "url": "http://127.0.0.1:9/t", "headers": {"X-Key": "k"}}]}},
     {"llm": {"api_key": "sk-new"}},
     {"tts": {"voices": {"en": {"provider": "openai", "api_key": "sk-new"}}}},
@@ -315,10 +330,14 @@ async def test_a_patch_that_breaks_the_next_start_is_refused(tmp_path):
 
 async def test_bodies_are_strict_and_the_schema_says_what_is_refused(tmp_path):
     async with running_robot(tmp_path) as robot, robot.client() as api:
-        for path, body in (("/v1/say", {"text": "hi", "interrupt": 0}), ("/v1/say", {"text": 5}),
-                           ("/v1/volume", {"volume": False}), ("/v1/volume", {"volume": "0.5"}),
-                           ("/v1/conversation", {"text": "hi", "audio": "yes"}),
-                           ("/v1/face", {"name": "joy", "duration": "5"})):
+        for path, body in (
+            ("/v1/say", {"text": "hi", "interrupt": 0}),
+            ("/v1/say", {"text": 5}),
+            ("/v1/volume", {"volume": False}),
+            ("/v1/volume", {"volume": "0.5"}),
+            ("/v1/conversation", {"text": "hi", "audio": "yes"}),
+            ("/v1/face", {"name": "joy", "duration": "5"}),
+        ):
             assert (await api.post(path, json=body)).status_code == 422, body
         assert (await api.post("/v1/volume", json={"volume": 1})).status_code == 200  # an integer is a number
         schema = (await api.get("/openapi.json")).json()
@@ -332,8 +351,11 @@ async def test_bodies_are_strict_and_the_schema_says_what_is_refused(tmp_path):
         mute_body = schema["paths"]["/v1/mute"]["post"]["requestBody"]
         assert mute_body["required"] is True
         # 405 names every method the path takes.
-        for method, path, allowed in (("PUT", "/v1/mute", "POST"), ("POST", "/v1/histories/abc", "DELETE, GET"),
-                                      ("DELETE", "/v1/config", "GET, PATCH")):
+        for method, path, allowed in (
+            ("PUT", "/v1/mute", "POST"),
+            ("POST", "/v1/histories/abc", "DELETE, GET"),
+            ("DELETE", "/v1/config", "GET, PATCH"),
+        ):
             response = await api.request(method, path, json={})
             assert response.status_code == 405 and response.headers["allow"] == allowed, (method, path)
 
@@ -341,16 +363,27 @@ async def test_bodies_are_strict_and_the_schema_says_what_is_refused(tmp_path):
 def test_secrets_paths_are_found_in_lists_and_tables():
     from appliance.control.config_patch import locked_paths
 
-    found = locked_paths({"llm": {"mcp_servers": [{"name": "a"}, {"headers": {"X": "y"}}], "model": "m"},
-                          "tts": {"voices": {"ja": {"url": "http://x"}}}})
+    found = locked_paths(
+        {
+            "llm": {"mcp_servers": [{"name": "a"}, {"headers": {"X": "y"}}], "model": "m"},
+            "tts": {"voices": {"ja": {"url": "http://x"}}},
+        }
+    )
     assert found == [("llm.mcp_servers.1.headers", "secret"), ("tts.voices.ja.url", "endpoint")]
 
 
 def test_redaction_of_urls_keeps_what_is_not_secret():
     from appliance.config import redact
 
-    data = {"a": "http://u:p@h:1/x?key=k&model=m", "b": "plain text with key=k", "token_file": "/x",
-            "nested": [{"api_key": "s", "api_key_file": "/k"}]}
-    assert redact(data) == {"a": "http://u:**********@h:1/x?key=**********&model=m", "b": "plain text with key=k",
-                            "token_file": "/x", "nested": [{"api_key": "**********", "api_key_file": "/k"}]}
-
+    data = {
+        "a": "http://u:p@h:1/x?key=k&model=m",
+        "b": "plain text with key=k",
+        "token_file": "/x",
+        "nested": [{"api_key": "s", "api_key_file": "/k"}],
+    }
+    assert redact(data) == {
+        "a": "http://u:**********@h:1/x?key=**********&model=m",
+        "b": "plain text with key=k",
+        "token_file": "/x",
+        "nested": [{"api_key": "**********", "api_key_file": "/k"}],
+    }

@@ -24,11 +24,26 @@ MAX_EXAMPLES = 10
 
 def run_schemathesis(url: str, max_examples: int = MAX_EXAMPLES) -> subprocess.CompletedProcess[str]:
     command = [
-        str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(CONFIG), "--no-color",
-        "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
-        "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
-        "--max-examples", str(max_examples), "--seed", "15", "--request-timeout", "20",
-        "--exclude-path", "/v1/events",  # an endless stream by design; test_control_api covers it
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(CONFIG),
+        "--no-color",
+        "run",
+        f"{url}/openapi.json",
+        "-H",
+        f"Authorization: Bearer {TOKEN}",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        str(max_examples),
+        "--seed",
+        "15",
+        "--request-timeout",
+        "20",
+        "--exclude-path",
+        "/v1/events",  # an endless stream by design; test_control_api covers it
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 

@@ -96,8 +96,10 @@ def test_appliance_serve_refuses_a_network_bind_without_a_key(tmp_path, capsys, 
 
 async def test_idle_connections_cannot_hold_every_slot(nursery: trio.Nursery) -> None:
     server = await serve(nursery, max_connections=2, start_timeout=0.2, idle_timeout=0.4)
-    async with open_websocket_url(url(server), extra_headers=HEADERS) as silent, \
-            open_websocket_url(url(server), extra_headers=HEADERS) as started:
+    async with (
+        open_websocket_url(url(server), extra_headers=HEADERS) as silent,
+        open_websocket_url(url(server), extra_headers=HEADERS) as started,
+    ):
         await send(started, "start")
         assert (await receive(started))["type"] == "connected"
         with pytest.raises(ConnectionRejected) as full:
@@ -206,7 +208,7 @@ async def test_audio_in_flight_is_budgeted(nursery: trio.Nursery) -> None:
 async def test_deeply_nested_json_is_a_bad_frame_like_any_other(nursery: trio.Nursery) -> None:
     server = await serve(nursery)
     async with open_websocket_url(url(server), extra_headers=HEADERS) as ws:
-        for depth_bomb in ("[" * 100_000, "{\"a\":" * 100_000):
+        for depth_bomb in ("[" * 100_000, '{"a":' * 100_000):
             await ws.send_message(depth_bomb)
             answer = await receive(ws)
             assert answer["type"] == "error" and "nested too deeply" in answer["metadata"]["error"]

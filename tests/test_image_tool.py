@@ -50,9 +50,19 @@ def huge_png_header(width: int, height: int) -> bytes:
 
 
 def inline(data: bytes, mime: str = "image/png") -> dict[str, Any]:
-    return {"candidates": [{"content": {"parts": [{"text": "Here you go."},
-                                                  {"inlineData": {"mimeType": mime, "data": base64.b64encode(data).decode()}}]},
-                            "finishReason": "STOP"}]}
+    return {
+        "candidates": [
+            {
+                "content": {
+                    "parts": [
+                        {"text": "Here you go."},
+                        {"inlineData": {"mimeType": mime, "data": base64.b64encode(data).decode()}},
+                    ]
+                },
+                "finishReason": "STOP",
+            }
+        ]
+    }
 
 
 class ImageService:
@@ -84,11 +94,14 @@ async def image_service() -> AsyncIterator[tuple[str, ImageService]]:
 
 async def test_the_model_draws_and_the_display_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEMINI_API_KEY", "gemini-test-key")
-    async with image_service() as (base, service), fake_providers(
-        tool_call=("generate_image", {"prompt": "a red square"}), tool_reply="Look! {result}"
-    ) as fake:
+    async with (
+        image_service() as (base, service),
+        fake_providers(tool_call=("generate_image", {"prompt": "a red square"}), tool_reply="Look! {result}") as fake,
+    ):
         tools = [{"builtin": "generate_image", "base_url": base, "model": "img-model", "show_seconds": 30}]
-        config = cloud_config(fake.url, llm__tools=tools, hardware__display={"driver": "dummy", "width": 128, "height": 64})
+        config = cloud_config(
+            fake.url, llm__tools=tools, hardware__display={"driver": "dummy", "width": 128, "height": 64}
+        )
         async with running_appliance(config) as (app, log):
             await app.conversation.start_turn(ASK)
             done = await log.wait_for(TurnFinished)
@@ -109,11 +122,13 @@ async def test_the_model_draws_and_the_display_shows_it(monkeypatch: pytest.Monk
 
 
 async def test_a_robot_without_a_display_tells_the_model_so() -> None:
-    async with image_service() as (base, _service), fake_providers(
-        tool_call=("generate_image", {"prompt": "a cat"}), tool_reply="{result}"
-    ) as fake:
-        config = cloud_config(fake.url, llm__tools=[{"builtin": "generate_image", "base_url": base}],
-                              hardware__display={"driver": "none"})
+    async with (
+        image_service() as (base, _service),
+        fake_providers(tool_call=("generate_image", {"prompt": "a cat"}), tool_reply="{result}") as fake,
+    ):
+        config = cloud_config(
+            fake.url, llm__tools=[{"builtin": "generate_image", "base_url": base}], hardware__display={"driver": "none"}
+        )
         async with running_appliance(config) as (app, log):
             await app.conversation.start_turn(ASK)
             await log.wait_for(TurnFinished)
@@ -156,15 +171,24 @@ async def test_a_picture_shows_for_its_time_a_newer_one_replaces_it_then_the_fac
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
-        ({"candidates": [{"content": {"parts": [{"text": "I cannot draw that."}]}, "finishReason": "STOP"}]},
-         "sent no picture: I cannot draw that."),
+        (
+            {"candidates": [{"content": {"parts": [{"text": "I cannot draw that."}]}, "finishReason": "STOP"}]},
+            "sent no picture: I cannot draw that.",
+        ),
         ({"promptFeedback": {"blockReason": "SAFETY"}}, "refused the request (SAFETY)"),
-        ({"candidates": [{"content": {"parts": []}, "finishReason": "IMAGE_SAFETY"}]}, "without a picture (IMAGE_SAFETY)"),
+        (
+            {"candidates": [{"content": {"parts": []}, "finishReason": "IMAGE_SAFETY"}]},
+            "without a picture (IMAGE_SAFETY)",
+        ),
         (inline(b"hello, not an image"), "cannot be read"),
-        ({"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "%%%%"}}]}}]},
-         "cannot be read"),
-        ({"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": ""}}]}}]},
-         "empty picture"),
+        (
+            {"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "%%%%"}}]}}]},
+            "cannot be read",
+        ),
+        (
+            {"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": ""}}]}}]},
+            "empty picture",
+        ),
         (inline(huge_png_header(8000, 8000)), "8000x8000, too large"),
         (inline(huge_png_header(30_000, 30_000)), "too large to show"),
         ([1, 2, 3], "not JSON"),
@@ -178,7 +202,11 @@ def test_bad_replies_become_reasons(reply: Any, message: str) -> None:
 
 def test_a_data_url_in_text_is_a_picture_too() -> None:
     data = png("#00ff00")
-    reply = {"candidates": [{"content": {"parts": [{"text": f"![img](data:image/png;base64,{base64.b64encode(data).decode()})"}]}}]}
+    reply = {
+        "candidates": [
+            {"content": {"parts": [{"text": f"![img](data:image/png;base64,{base64.b64encode(data).decode()})"}]}}
+        ]
+    }
     assert picture_from_reply(reply) == (data, "image/png")
 
 

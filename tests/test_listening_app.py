@@ -38,10 +38,12 @@ class GatedSource:
 
 async def test_wake_word_then_command_starts_a_turn(autojump_clock: trio.testing.MockClock) -> None:
     config = AppConfig(listening=ListeningConfig(mode="wake_word"))
-    source = GatedSource(F.scene([1.0, F.speak("okay nabu", "en-us"), 0.3, F.speak("what time is it", "en-us"),
-                                  1.0]).samples)
-    appliance = build_appliance(config, source=source, sink=MemorySink(realtime=False),
-                                notifier=Notifier({}), handle_signals=False)
+    source = GatedSource(
+        F.scene([1.0, F.speak("okay nabu", "en-us"), 0.3, F.speak("what time is it", "en-us"), 1.0]).samples
+    )
+    appliance = build_appliance(
+        config, source=source, sink=MemorySink(realtime=False), notifier=Notifier({}), handle_signals=False
+    )
     with appliance.bus.subscribe(UtteranceCaptured, TurnStarted, name="test") as sub:
         async with trio.open_nursery() as nursery:
             await nursery.start(appliance.run)

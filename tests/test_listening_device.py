@@ -126,8 +126,25 @@ class Jack:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                ["jackd", "-n", self.name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "960", "-C", "2", "-P", "2"],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                [
+                    "jackd",
+                    "-n",
+                    self.name,
+                    "--no-realtime",
+                    "-d",
+                    "dummy",
+                    "-r",
+                    "48000",
+                    "-p",
+                    "960",
+                    "-C",
+                    "2",
+                    "-P",
+                    "2",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
 
     def wait_ready(self, timeout: float = 10.0) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.listening.endpointer import Discarded, EnergyEndpointer, Endpointer, Onset, Segment
+from appliance.listening.endpointer import Discarded, Endpointer, EnergyEndpointer, Onset, Segment
 from appliance.listening.vad import VoiceActivity
 
 BLOCK = 320
@@ -111,8 +111,9 @@ def test_energy_endpointer_keeps_the_old_interface() -> None:
 
 def test_noise_floor_raises_threshold_in_a_noisy_room_but_not_below_the_fixed_one() -> None:
     # A fixed margin (min = max): the adaptive margin is tested on its own below.
-    vad = VoiceActivity(SEC, volume_db_threshold=-40, noise_floor=True, noise_margin_db=10, noise_window=3,
-                        min_noise_margin_db=10)
+    vad = VoiceActivity(
+        SEC, volume_db_threshold=-40, noise_floor=True, noise_margin_db=10, noise_window=3, min_noise_margin_db=10
+    )
     assert vad.threshold_db == -40
     for i in range(200):
         vad.is_speech(tone(-70, start=i * BLOCK))

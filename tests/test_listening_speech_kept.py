@@ -6,7 +6,6 @@ Default settings, the service fed block by block; labels from the fixtures' gene
 from __future__ import annotations
 
 import numpy as np
-
 import trio
 import trio.testing
 

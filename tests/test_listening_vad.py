@@ -89,7 +89,8 @@ def test_energy_vad_at_10_db_snr_boundaries_within_150_ms_and_nothing_cut(comman
     audible = F.audible_spans(commands, background, 10)
     for f, (start, end), (_, clean_end) in zip(found, audible, commands.spans, strict=True):
         assert abs(f.onset - start) <= TOLERANCE and f.end is not None and abs(f.end - end) <= TOLERANCE, (
-            (f.onset, f.end), (start, end)
+            (f.onset, f.end),
+            (start, end),
         )
         # The recognizer gets the whole utterance, its inaudible fading end included.
         assert f.samples is not None and f.start + len(f.samples) / F.RATE >= clean_end

@@ -26,8 +26,18 @@ REQUIRED = {
     "event": {"state_topic", "event_types"},
 }
 # Every key we send must be one the platform documents (no typos that Home Assistant would reject).
-COMMON = {"name", "unique_id", "device", "origin", "availability", "icon", "entity_category", "qos",
-          "value_template", "state_topic"}
+COMMON = {
+    "name",
+    "unique_id",
+    "device",
+    "origin",
+    "availability",
+    "icon",
+    "entity_category",
+    "qos",
+    "value_template",
+    "state_topic",
+}
 DOCUMENTED = {
     "sensor": COMMON | {"device_class", "unit_of_measurement", "state_class", "options", "suggested_display_precision"},
     "switch": COMMON | {"command_topic", "payload_on", "payload_off", "state_on", "state_off"},
@@ -176,7 +186,11 @@ def test_outbox_keeps_latest_per_topic_and_bounded_events() -> None:
 def test_topics() -> None:
     t = Topics.of(MqttConfig(node_id="r1", discovery_prefix="ha", fleet_topic="school/all"))
     assert (t.commands, t.fleet_say, t.ha_status, t.command("say")) == (
-        "appliance/r1/+/set", "school/all/say", "ha/status", "appliance/r1/say/set")
+        "appliance/r1/+/set",
+        "school/all/say",
+        "ha/status",
+        "appliance/r1/say/set",
+    )
 
 
 def test_one_say_queue_for_the_control_api_and_mqtt(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -186,13 +200,21 @@ def test_one_say_queue_for_the_control_api_and_mqtt(tmp_path) -> None:  # type: 
     from appliance.integrations.mqtt.service import MqttService
     from appliance.systemd import Notifier
 
-    config = AppConfig.model_validate({
-        "gpio": {"pin_factory": "mock"},
-        "control": {"port": 0, "state_dir": str(tmp_path)},
-        "mqtt": {"enabled": True, "node_id": "r1"},
-    })
-    app = build_appliance(config, source=SimulatedMicrophone(None, None), sink=MemorySink(realtime=False),
-                          notifier=Notifier({}), handle_signals=False, control=True)
+    config = AppConfig.model_validate(
+        {
+            "gpio": {"pin_factory": "mock"},
+            "control": {"port": 0, "state_dir": str(tmp_path)},
+            "mqtt": {"enabled": True, "node_id": "r1"},
+        }
+    )
+    app = build_appliance(
+        config,
+        source=SimulatedMicrophone(None, None),
+        sink=MemorySink(realtime=False),
+        notifier=Notifier({}),
+        handle_signals=False,
+        control=True,
+    )
     service = app.supervisor.records["mqtt"].service
     inner = getattr(service, "inner", service)  # the control API wraps services so a config change restarts them
     assert isinstance(inner, MqttService)

@@ -13,12 +13,13 @@ import httpx
 import numpy as np
 import pytest
 import trio
+import trio.lowlevel
 
 from appliance.app import build_appliance
 from appliance.audio.base import Audio, AudioClip, LevelCallback
 from appliance.audio.playback import MemorySink
-from appliance.bus import EventBus
 from appliance.brains.base import Utterance
+from appliance.bus import EventBus
 from appliance.config import SupervisorConfig, load_config
 from appliance.conversation.config import ConversationConfig
 from appliance.conversation.local_voice import LocalVoice
@@ -91,8 +92,9 @@ async def test_a_provider_error_carrying_the_key_never_shows_it(
         )
         config = load_config(path, environ={})
         sink = MemorySink(realtime=False)
-        app = build_appliance(config, sink=sink, notifier=Notifier({}), handle_signals=False, control=True,
-                              config_path=path)
+        app = build_appliance(
+            config, sink=sink, notifier=Notifier({}), handle_signals=False, control=True, config_path=path
+        )
         events: list[object] = []
         answers: list[str] = []
         async with trio.open_nursery() as nursery:
@@ -114,8 +116,14 @@ async def test_a_provider_error_carrying_the_key_never_shows_it(
                 with trio.fail_after(20):
                     while sum(isinstance(e, TurnFinished) for e in events) < 2:
                         await trio.sleep(0.05)
-                for route in ("/v1/status", "/v1/health", "/v1/listener/status", "/v1/config", "/v1/metrics",
-                              "/v1/histories"):
+                for route in (
+                    "/v1/status",
+                    "/v1/health",
+                    "/v1/listener/status",
+                    "/v1/config",
+                    "/v1/metrics",
+                    "/v1/histories",
+                ):
                     answers.append((await api.get(route)).text)
             nursery.cancel_scope.cancel()
     failures = [e for e in events if isinstance(e, TurnFinished)]
@@ -238,11 +246,11 @@ async def test_a_listener_behind_real_time_still_lets_the_loop_run() -> None:
         nonlocal others_ran
         while True:
             others_ran += 1
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(other)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         before = others_ran
         for _ in range(50):  # always a block waiting: get() never has to park
             await queue.get()

@@ -66,8 +66,15 @@ class Chroot:
         return result
 
     def install(self, *args: str, env: str = "", check: bool = True) -> Result:
-        return self.run("/src/provisioning/install.sh", "--wheelhouse", "/wheelhouse", "--non-interactive", *args,
-                        env=env, check=check)
+        return self.run(
+            "/src/provisioning/install.sh",
+            "--wheelhouse",
+            "/wheelhouse",
+            "--non-interactive",
+            *args,
+            env=env,
+            check=check,
+        )
 
     def path(self, inside: str) -> Path:
         """A path as the chroot sees it (upper layer first, then the base)."""
@@ -97,8 +104,14 @@ def manifest(root: Path) -> dict[str, tuple[object, ...]]:
             extra = hashlib.sha256(path.read_bytes()).hexdigest()
         else:
             extra = None
-        entries[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
-                                                st.st_gid, st.st_mtime_ns, extra)
+        entries[str(path.relative_to(root))] = (
+            stat.S_IFMT(st.st_mode),
+            stat.S_IMODE(st.st_mode),
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime_ns,
+            extra,
+        )
     return entries
 
 
@@ -124,8 +137,18 @@ def build_wheel(tmp: Path, version: str, *, broken: bool = False) -> Path:
             fh.write("\n\ndef main(argv=None):\n    raise SystemExit('this build is broken on purpose')\n")
     out = tmp / f"dist-{version}"
     subprocess.run(
-        [str(REPO / ".venv" / "bin" / "pip"), "wheel", "--quiet", "--no-deps", "--no-index", "--find-links",
-         str(WHEELHOUSE), "--wheel-dir", str(out), str(src)],
+        [
+            str(REPO / ".venv" / "bin" / "pip"),
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--find-links",
+            str(WHEELHOUSE),
+            "--wheel-dir",
+            str(out),
+            str(src),
+        ],
         check=True,
         capture_output=True,
     )
@@ -156,8 +179,10 @@ def test_first_install_creates_everything(chroot: Chroot, first_install: Result)
 
     assert mode_owner(chroot.path("/etc/appliance")) == ("0o750", 0, gid)
     assert mode_owner(chroot.path("/etc/appliance/appliance.toml")) == ("0o640", 0, gid)
-    assert chroot.path("/etc/appliance/appliance.toml").read_text() == \
-        (REPO / "provisioning" / "appliance.toml.example").read_text()
+    assert (
+        chroot.path("/etc/appliance/appliance.toml").read_text()
+        == (REPO / "provisioning" / "appliance.toml.example").read_text()
+    )
     assert mode_owner(chroot.path("/etc/appliance/credentials")) == ("0o700", 0, 0)
     assert mode_owner(chroot.path("/var/lib/appliance")) == ("0o750", uid, gid)
     for unit in ("appliance.service", "appliance-retry.timer"):
@@ -179,7 +204,9 @@ def test_api_key_is_root_only_and_never_shown(chroot: Chroot, first_install: Res
     other = chroot.path("/etc/appliance/credentials/anthropic_api_key")
     assert other.read_text() == "" and mode_owner(other) == ("0o600", 0, 0)
     assert SECRET not in first_install.output
-    holders = [p for p in chroot.upper.rglob("*") if p.is_file() and not p.is_symlink() and SECRET.encode() in p.read_bytes()]
+    holders = [
+        p for p in chroot.upper.rglob("*") if p.is_file() and not p.is_symlink() and SECRET.encode() in p.read_bytes()
+    ]
     assert holders == [key_file], f"the key was also written to {holders}"
 
 
@@ -187,18 +214,26 @@ def test_installed_app_runs_and_finds_the_key(chroot: Chroot, first_install: Res
     version = chroot.run("/opt/appliance/current/bin/appliance", "--version").output
     assert version.startswith("appliance ")
     # As the service would: systemd hands the credentials over in $CREDENTIALS_DIRECTORY.
-    check = chroot.run("/opt/appliance/current/bin/appliance", "check-config",
-                       env="CREDENTIALS_DIRECTORY=/etc/appliance/credentials")
+    check = chroot.run(
+        "/opt/appliance/current/bin/appliance", "check-config", env="CREDENTIALS_DIRECTORY=/etc/appliance/credentials"
+    )
     assert "configuration OK: brain=cloud" in check.output
     assert SECRET not in check.output
     # The sd_notify binding is Debian's, through the venv's system site packages.
-    where = chroot.run("/opt/appliance/current/bin/python", "-c", "import systemd.daemon; print(systemd.daemon.__file__)")
+    where = chroot.run(
+        "/opt/appliance/current/bin/python", "-c", "import systemd.daemon; print(systemd.daemon.__file__)"
+    )
     assert where.output.strip().startswith("/usr/lib/python3/dist-packages/")
 
 
 def test_installed_unit_passes_verify(chroot: Chroot, first_install: Result) -> None:
-    result = chroot.run("systemd-analyze", "verify", "--man=no", "/etc/systemd/system/appliance.service",
-                        "/etc/systemd/system/appliance-retry.timer")
+    result = chroot.run(
+        "systemd-analyze",
+        "verify",
+        "--man=no",
+        "/etc/systemd/system/appliance.service",
+        "/etc/systemd/system/appliance-retry.timer",
+    )
     assert result.output.strip() == ""
 
 
@@ -212,8 +247,7 @@ def test_second_run_changes_nothing(chroot: Chroot, first_install: Result) -> No
     assert chroot.path("/etc/appliance/credentials/openai_api_key").read_text() == SECRET + "\n"
 
 
-def test_plain_install_of_other_code_does_not_replace_it(chroot: Chroot, first_install: Result,
-                                                         tmp_path: Path) -> None:
+def test_plain_install_of_other_code_does_not_replace_it(chroot: Chroot, first_install: Result, tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path, "0.0.1rc1")
     (chroot.upper / "root").mkdir(exist_ok=True)
     shutil.copy(wheel, chroot.upper / "root" / wheel.name)
@@ -223,8 +257,9 @@ def test_plain_install_of_other_code_does_not_replace_it(chroot: Chroot, first_i
     assert os.readlink(chroot.path("/opt/appliance/current")) == before
 
 
-def test_upgrade_replaces_code_and_keeps_config_and_state(chroot: Chroot, first_install: Result,
-                                                         tmp_path: Path) -> None:
+def test_upgrade_replaces_code_and_keeps_config_and_state(
+    chroot: Chroot, first_install: Result, tmp_path: Path
+) -> None:
     config = chroot.upper / "etc/appliance/appliance.toml"
     config.write_text(config.read_text().replace('name = "Robo"', 'name = "Pip"'))
     state = chroot.upper / "var/lib/appliance/history.json"
@@ -295,9 +330,14 @@ def test_unknown_preset_is_an_error(chroot: Chroot, first_install: Result) -> No
 def test_uninstall_keeps_config_then_purge_removes_it(chroot: Chroot, first_install: Result) -> None:
     result = chroot.install("--uninstall")
     assert "kept /etc/appliance" in result.output
-    for gone in ("/etc/systemd/system/appliance.service", "/etc/systemd/system/appliance-retry.timer",
-                 "/etc/systemd/system/multi-user.target.wants/appliance.service", "/opt/appliance",
-                 "/etc/modules-load.d/appliance.conf", "/etc/udev/rules.d/60-appliance-devices.rules"):
+    for gone in (
+        "/etc/systemd/system/appliance.service",
+        "/etc/systemd/system/appliance-retry.timer",
+        "/etc/systemd/system/multi-user.target.wants/appliance.service",
+        "/opt/appliance",
+        "/etc/modules-load.d/appliance.conf",
+        "/etc/udev/rules.d/60-appliance-devices.rules",
+    ):
         assert not chroot.path(gone).exists() and not chroot.path(gone).is_symlink(), gone
     with pytest.raises(LookupError):
         chroot.ids("appliance", "passwd")

@@ -70,8 +70,11 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_verify_would_catch_a_broken_unit(tmp_path: Path) -> None:
     """The check above is only worth something if verify reports mistakes; make sure it does."""
     unit = tmp_path / "appliance.service"
-    unit.write_text(UNIT.read_text().replace("Type=notify", "Type=notifyy").replace(
-        "/opt/appliance/current/bin/appliance", "/bin/true"))
+    unit.write_text(
+        UNIT.read_text()
+        .replace("Type=notify", "Type=notifyy")
+        .replace("/opt/appliance/current/bin/appliance", "/bin/true")
+    )
     result = subprocess.run([need("systemd-analyze"), "verify", "--man=no", str(unit)], capture_output=True, text=True)
     assert "notifyy" in result.stderr
 
@@ -92,8 +95,11 @@ def test_security_exposure_is_at_most_2(tmp_path: Path) -> None:
     assert score <= 2.0, f"systemd-analyze security exposure {score} > 2.0 (make security lists why)"
     # And the score reacts to the hardening: without it the same service is far more exposed.
     bare = tmp_path / "appliance.service"
-    lines = [line for line in UNIT.read_text().splitlines() if not line.startswith(("Protect", "Restrict", "Private",
-                                                                                     "SystemCall", "Capability"))]
+    lines = [
+        line
+        for line in UNIT.read_text().splitlines()
+        if not line.startswith(("Protect", "Restrict", "Private", "SystemCall", "Capability"))
+    ]
     bare.write_text("\n".join(lines) + "\n")
     assert exposure(bare) > score + 2
 
@@ -130,8 +136,11 @@ def test_unit_credentials_are_the_ones_the_app_reads() -> None:
     loaded = {entry.split(":", 1)[0]: entry.split(":", 1)[1] for entry in s["LoadCredential"]}
     from appliance.integrations.mqtt.config import CREDENTIAL_NAME as MQTT_PASSWORD
 
-    app_reads = {credential for _, credential in _PROVIDER_KEYS.values()} | {"remote_api_key", "control_token",
-                                                                            MQTT_PASSWORD}
+    app_reads = {credential for _, credential in _PROVIDER_KEYS.values()} | {
+        "remote_api_key",
+        "control_token",
+        MQTT_PASSWORD,
+    }
     assert set(loaded) == app_reads
     for name, source in loaded.items():
         assert source == f"/etc/appliance/credentials/{name}"
@@ -140,10 +149,18 @@ def test_unit_credentials_are_the_ones_the_app_reads() -> None:
 def test_unit_hardening_list() -> None:
     s = unit_settings()
     expected = {
-        "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
-        "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
-        "ProtectControlGroups": "yes", "RestrictNamespaces": "yes", "LockPersonality": "yes",
-        "CapabilityBoundingSet": "", "DevicePolicy": "closed",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictNamespaces": "yes",
+        "LockPersonality": "yes",
+        "CapabilityBoundingSet": "",
+        "DevicePolicy": "closed",
     }
     for key, value in expected.items():
         assert s.get(key) == [value], key

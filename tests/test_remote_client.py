@@ -153,8 +153,9 @@ async def test_silent_server_times_out(server: FakeAvatarServer, clock: trio.tes
     assert trio.current_time() - start >= 3.0  # pongs kept coming: only the reply timeout could end it
 
 
-async def test_frozen_server_during_a_turn(server: FakeAvatarServer, nursery: trio.Nursery,
-                                           clock: trio.testing.MockClock) -> None:
+async def test_frozen_server_during_a_turn(
+    server: FakeAvatarServer, nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
     proxy = FreezableProxy(server.port)
     port = await nursery.start(proxy.run)
     server.chunk_delay = 30.0  # the server would take long anyway; only the heartbeat can tell it froze
@@ -171,8 +172,9 @@ async def test_frozen_server_during_a_turn(server: FakeAvatarServer, nursery: tr
     assert trio.current_time() - start < 10  # heartbeat (1 s + 1 s), not the 60 s reply timeout
 
 
-async def test_managed_link_detects_freeze_and_reconnects(server: FakeAvatarServer, nursery: trio.Nursery,
-                                                          clock: trio.testing.MockClock) -> None:
+async def test_managed_link_detects_freeze_and_reconnects(
+    server: FakeAvatarServer, nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
     proxy = FreezableProxy(server.port)
     port = await nursery.start(proxy.run)
     brain = remote(f"ws://127.0.0.1:{port}/ws")
@@ -196,8 +198,7 @@ async def test_managed_link_detects_freeze_and_reconnects(server: FakeAvatarServ
     assert brain.connects >= 2
 
 
-async def test_reconnect_backs_off_while_server_is_down(nursery: trio.Nursery,
-                                                        clock: trio.testing.MockClock) -> None:
+async def test_reconnect_backs_off_while_server_is_down(nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
     proxy = FreezableProxy(refused_port())  # the server behind it is down: every connection is dropped
     port = await nursery.start(proxy.run)
     brain = remote(f"ws://127.0.0.1:{port}/ws", reconnect_initial_delay=0.5, reconnect_max_delay=4.0)
@@ -215,8 +216,9 @@ async def test_reconnect_backs_off_while_server_is_down(nursery: trio.Nursery,
     assert spoken(items)[0] == "You said: back."
 
 
-async def test_stale_frames_of_an_interrupted_turn_are_dropped(server: FakeAvatarServer, nursery: trio.Nursery,
-                                                               clock: trio.testing.MockClock) -> None:
+async def test_stale_frames_of_an_interrupted_turn_are_dropped(
+    server: FakeAvatarServer, nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
     server.chunk_delay = 1.0
     brain = remote(server.url)
     await nursery.start(brain.run)
@@ -259,7 +261,8 @@ def test_rejects_non_websocket_url() -> None:
 
 
 async def test_freeze_just_before_a_turn_is_caught_by_the_request_ping(
-        server: FakeAvatarServer, nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
+    server: FakeAvatarServer, nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
     proxy = FreezableProxy(server.port)
     port = await nursery.start(proxy.run)
     brain = remote(f"ws://127.0.0.1:{port}/ws", heartbeat_interval=30, ack_timeout=0.5, reply_timeout=60)
@@ -274,8 +277,9 @@ async def test_freeze_just_before_a_turn_is_caught_by_the_request_ping(
     assert trio.current_time() - start == pytest.approx(0.5)  # not the 30 s heartbeat, not the 60 s reply wait
 
 
-async def test_flapping_server_is_not_hammered(server: FakeAvatarServer, nursery: trio.Nursery,
-                                               clock: trio.testing.MockClock) -> None:
+async def test_flapping_server_is_not_hammered(
+    server: FakeAvatarServer, nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
     server.fault = "drop_on_start"
     brain = remote(server.url, reconnect_initial_delay=0.5, reconnect_max_delay=4.0)
     await nursery.start(brain.run)
@@ -300,7 +304,8 @@ async def test_server_stop_ends_the_reply_and_asks_to_cancel_playback(server: Fa
 
 
 async def test_pcm_sentence_is_handed_out_with_its_first_audio_and_cut_streams_end(
-        server: FakeAvatarServer, nursery: trio.Nursery) -> None:
+    server: FakeAvatarServer, nursery: trio.Nursery
+) -> None:
     """In PCM mode a sentence plays while its frames arrive; a connection lost mid-sentence ends the stream
     (what arrived still plays) and the brain reports the failure."""
     server.pcm = True
@@ -324,14 +329,22 @@ def test_pcm_frames_split_across_chunks_and_stereo() -> None:
 
     reader = _ReplyReader("remote")
     stereo = np.array([[100, 300], [-100, -300], [50, 50]], dtype="<i2").tobytes()  # 3 frames, 12 bytes
-    meta = {"pcm_format": {"sample_rate": 16000, "channels": 2, "sample_width": 2}, "audio_id": "a",
-            "audio_frame_count": 3}
+    meta = {
+        "pcm_format": {"sample_rate": 16000, "channels": 2, "sample_width": 2},
+        "audio_id": "a",
+        "audio_frame_count": 3,
+    }
     assert reader.chunk({"type": "chunk", "text": "Hi.", "voice_text": "Hi.", "metadata": meta}) == []
-    first = reader.chunk({"type": "chunk", "audio_data": base64.b64encode(stereo[:5]).decode(),
-                          "metadata": {"audio_id": "a"}})
+    first = reader.chunk(
+        {"type": "chunk", "audio_data": base64.b64encode(stereo[:5]).decode(), "metadata": {"audio_id": "a"}}
+    )
     assert [c.voice_text for c in first] == ["Hi."]  # handed out with its first audio
-    assert reader.chunk({"type": "chunk", "audio_data": base64.b64encode(stereo[5:]).decode(),
-                         "metadata": {"audio_id": "a"}}) == []
+    assert (
+        reader.chunk(
+            {"type": "chunk", "audio_data": base64.b64encode(stereo[5:]).decode(), "metadata": {"audio_id": "a"}}
+        )
+        == []
+    )
     assert reader.pcm is None  # complete: the stream is closed
     pieces = []
     stream = first[0].audio

@@ -83,7 +83,8 @@ async def test_recorded_pcm_reply_plays_every_sentence(nursery: trio.Nursery) ->
 
 
 async def test_later_turns_on_one_connection_ignore_the_previous_transactions_final(
-        server: FakeAvatarServer, nursery: trio.Nursery) -> None:
+    server: FakeAvatarServer, nursery: trio.Nursery
+) -> None:
     brain = RemoteBrain(remote(server.url).config)
     await nursery.start(brain.run)
     first = await collect(brain, request("Hello robot", turn="t1"))
@@ -94,8 +95,9 @@ async def test_later_turns_on_one_connection_ignore_the_previous_transactions_fi
     assert server.connections == 1 and server.violations == []
 
 
-async def test_user_barge_in_then_next_turn_is_answered(server: FakeAvatarServer, nursery: trio.Nursery,
-                                                         clock: trio.testing.MockClock) -> None:
+async def test_user_barge_in_then_next_turn_is_answered(
+    server: FakeAvatarServer, nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
     """Our side interrupts (the turn's scope is cancelled) after the first sentence; the real server keeps
     sending that reply (it reads nothing meanwhile) and only then takes the next request."""
     server.chunk_delay = 0.2
@@ -170,8 +172,9 @@ async def test_recorded_real_server_as_preferred_brain_answers_every_turn(server
 # --- the made-up frames against the recorded ones ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["text_invoke", "audio_invoke", "text_then_audio", "stt_failure", "barge_in",
-                                  "pcm_text_invoke"])
+@pytest.mark.parametrize(
+    "name", ["text_invoke", "audio_invoke", "text_then_audio", "stt_failure", "barge_in", "pcm_text_invoke"]
+)
 def test_recorded_frames_have_the_envelope_the_fake_writes(name: str) -> None:
     for frame in recording(name)["received"]:
         assert tuple(frame) == RESPONSE_FIELDS, frame["type"]
@@ -188,8 +191,7 @@ def _shape(frames: list[dict[str, object]]) -> list[str]:
 
 
 @pytest.mark.parametrize(("name", "text"), [("text_invoke", "Hello robot"), ("audio_invoke", None)])
-async def test_made_up_replies_follow_the_recorded_sequence(nursery: trio.Nursery, name: str,
-                                                            text: str | None) -> None:
+async def test_made_up_replies_follow_the_recorded_sequence(nursery: trio.Nursery, name: str, text: str | None) -> None:
     fake = FakeAvatarServer()
     await nursery.start(fake.run)
     await collect(remote(fake.url), request(text, audio=None if text else speech(1.0)))
@@ -197,8 +199,9 @@ async def test_made_up_replies_follow_the_recorded_sequence(nursery: trio.Nurser
     assert _shape(made_up) == _shape(replayed_frames(name))
     for frame in made_up:
         assert tuple(frame) == RESPONSE_FIELDS
-    recorded_nulls = {f["type"]: {k for k, v in f.items() if v is None} for f in replayed_frames(name)
-                      if f["type"] != "chunk"}
+    recorded_nulls = {
+        f["type"]: {k for k, v in f.items() if v is None} for f in replayed_frames(name) if f["type"] != "chunk"
+    }
     for frame in made_up:
         if frame["type"] in recorded_nulls:
             assert {k for k, v in frame.items() if v is None} == recorded_nulls[frame["type"]], frame["type"]
@@ -214,8 +217,9 @@ async def test_recorded_reply_cut_by_a_dying_server(server: FakeAvatarServer) ->
     assert spoken([item async for item in receive]) == SENTENCES[:1]  # what was heard before it died
 
 
-async def test_recorded_server_that_goes_silent_times_out(server: FakeAvatarServer,
-                                                          clock: trio.testing.MockClock) -> None:
+async def test_recorded_server_that_goes_silent_times_out(
+    server: FakeAvatarServer, clock: trio.testing.MockClock
+) -> None:
     from appliance.errors import ProviderTimeout
 
     server.fault = "silent"

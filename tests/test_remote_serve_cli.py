@@ -28,7 +28,9 @@ async def test_appliance_serve_answers_a_robot(tmp_path: Path) -> None:
         env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": "secret-key"}
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
         )
         try:
             assert process.stdout is not None
@@ -45,5 +47,5 @@ async def test_appliance_serve_answers_a_robot(tmp_path: Path) -> None:
             with trio.fail_after(10):
                 code = await process.wait()
     assert heard(items) == ["What time is it?"]
-    assert [i.voice_text for i in items if isinstance(i, ReplyChunk)][0] == "It is nine o'clock."
+    assert next(i.voice_text for i in items if isinstance(i, ReplyChunk)) == "It is nine o'clock."
     assert code == 0

@@ -41,7 +41,9 @@ def one_turn_of_events(turn_id: str = "t1", outcome: str = "done") -> list[Any]:
         Heard(turn_id, "What time is it?"),
         SentenceStarted(turn_id, 0, "It is nine."),
         SentenceStarted(turn_id, 1, "Have a nice day."),
-        TurnFinished(turn_id, outcome, spoken="It is nine. Have a nice day.", error="boom" if outcome == "failed" else None),
+        TurnFinished(
+            turn_id, outcome, spoken="It is nine. Have a nice day.", error="boom" if outcome == "failed" else None
+        ),
     ]
 
 

@@ -33,7 +33,7 @@ class Terminal:
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         os.set_blocking(self.master, False)
-        self.stream = open(slave, "w", encoding="utf-8", closefd=True)  # noqa: SIM115 - closed in close()
+        self.stream = open(slave, "w", encoding="utf-8", closefd=True)
         self.screen = pyte.Screen(columns, rows)
         self.feed = pyte.ByteStream(self.screen)
 
@@ -125,7 +125,7 @@ def test_the_said_text_gives_way_before_the_heard_one() -> None:
     line = status.render(120)
     assert line is not None and cells(line) < 120
     assert 'heard "what time is it"' in line
-    assert 'said "I\'m not connected' in line and line.endswith('…"')
+    assert "said \"I'm not connected" in line and line.endswith('…"')
 
 
 def test_a_narrow_terminal_gets_plain_log_lines(logger: logging.Logger) -> None:

@@ -48,7 +48,9 @@ def attrs(span: Any) -> dict[str, Any]:
     for kv in span.attributes:
         value = kv.value
         kind = value.WhichOneof("value")
-        out[kv.key] = [v.string_value for v in value.array_value.values] if kind == "array_value" else getattr(value, kind)
+        out[kv.key] = (
+            [v.string_value for v in value.array_value.values] if kind == "array_value" else getattr(value, kind)
+        )
     return out
 
 
@@ -73,8 +75,12 @@ async def otlp_receiver() -> AsyncIterator[tuple[str, Receiver]]:
 async def traced_turn(endpoint: str, utterance: Utterance, **tracing: Any) -> TurnFinished:
     async with fake_cloud() as cloud:
         config = cloud_config(
-            cloud.url, llm__api_key=KEY, tracing__enabled=True, tracing__endpoint=endpoint,
-            tracing__headers={"Authorization": "Basic cGs6c2s="}, **{f"tracing__{k}": v for k, v in tracing.items()},
+            cloud.url,
+            llm__api_key=KEY,
+            tracing__enabled=True,
+            tracing__endpoint=endpoint,
+            tracing__headers={"Authorization": "Basic cGs6c2s="},
+            **{f"tracing__{k}": v for k, v in tracing.items()},
         )
         async with running_appliance(config) as (app, log):
             await app.conversation.start_turn(utterance)
@@ -98,7 +104,9 @@ async def test_a_turn_is_one_trace_with_stt_llm_and_a_span_per_sentence() -> Non
     assert attrs(turn)["appliance.turn_id"] == done.turn_id and attrs(turn)["appliance.brain"] == "cloud"
     assert attrs(by_name["stt"][0])["appliance.transcript"] == "What time is it?"
     llm = attrs(by_name["llm"][0])
-    assert '"content": "What time is it?"' in llm["gen_ai.input.messages"] and llm["gen_ai.request.model"] == "fake-model"
+    assert (
+        '"content": "What time is it?"' in llm["gen_ai.input.messages"] and llm["gen_ai.request.model"] == "fake-model"
+    )
     assert "It is nine o'clock." in llm["gen_ai.output.messages"]
     assert [e.name for e in by_name["llm"][0].events] == ["first token"]
     assert sorted(attrs(s)["appliance.text"] for s in by_name["tts"]) == sorted(
@@ -120,8 +128,9 @@ async def test_the_users_words_can_be_left_out() -> None:
 
 async def test_a_dead_collector_costs_the_turn_nothing() -> None:
     async with fake_cloud() as cloud:
-        config = cloud_config(cloud.url, tracing__enabled=True, tracing__endpoint="http://127.0.0.1:9/v1/traces",
-                              tracing__timeout=1)
+        config = cloud_config(
+            cloud.url, tracing__enabled=True, tracing__endpoint="http://127.0.0.1:9/v1/traces", tracing__timeout=1
+        )
         async with running_appliance(config) as (app, log):
             await app.conversation.start_turn(ASK)
             done = await log.wait_for(TurnFinished)
@@ -149,9 +158,14 @@ async def test_a_secret_said_or_returned_is_scrubbed_from_every_span() -> None:
 
 
 async def test_tool_rounds_show_the_call_and_the_result_sent_back() -> None:
-    async with otlp_receiver() as (endpoint, receiver), fake_cloud(tool_call=("get_weather", {"city": "Tokyo"})) as cloud:
+    async with (
+        otlp_receiver() as (endpoint, receiver),
+        fake_cloud(tool_call=("get_weather", {"city": "Tokyo"})) as cloud,
+    ):
         config = cloud_config(
-            cloud.url, tracing__enabled=True, tracing__endpoint=endpoint,
+            cloud.url,
+            tracing__enabled=True,
+            tracing__endpoint=endpoint,
             llm__tools=[{"function": "tests.test_providers_agent:get_weather"}],
         )
         async with running_appliance(config) as (app, log):

@@ -56,7 +56,7 @@ async def test_a_sentence_cut_mid_speech_ends_with_the_line_and_the_record_says_
     said, _, line = done.spoken.rpartition(" " + LINE)
     assert _ and line == "", done.spoken  # the turn ends with the line: something had been heard
     assert said.startswith(FIRST)
-    rest = said[len(FIRST):].strip()
+    rest = said[len(FIRST) :].strip()
     # Of the broken sentence, only the words that played: nothing, or a cut-off start of it.
     assert rest == "" or (rest.endswith("…") and SECOND.startswith(rest[:-1])), rest
     if offset == 6000 and kind != "voicevox":

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from appliance import errors
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import read_wav
 from appliance.audio.playback import MemorySink, WavFileSink
@@ -25,7 +26,6 @@ from appliance.events import (
     TurnFinished,
     TurnStarted,
 )
-from appliance import errors
 from tests.fakes.cloud import fake_cloud
 from tests.harness import cloud_config, running_appliance
 
@@ -226,7 +226,9 @@ async def test_connections_are_opened_while_the_user_speaks_and_not_again_while_
 
 
 async def test_speech_plays_while_it_is_still_being_downloaded() -> None:
-    async with fake_cloud(reply="[face:joy] This sentence takes a while to synthesize.", seconds_per_char=0.05) as cloud:
+    async with fake_cloud(
+        reply="[face:joy] This sentence takes a while to synthesize.", seconds_per_char=0.05
+    ) as cloud:
         cloud.tts.token_delay = 0.05  # each 100 ms piece of audio comes 50 ms after the last
         sink = MemorySink(realtime=True)
         async with running_appliance(cloud_config(cloud.url), sink=sink) as (app, log):
@@ -278,7 +280,9 @@ async def test_speech_cut_mid_download_plays_what_arrived_then_fails_the_turn() 
     assert 0 < sentence_samples < int(len("One long sentence that will be cut.") * 0.05 * 24000)
     # ... and exactly that is what the turn says was said: a cut-off start of the sentence, then the line.
     heard, _, said_line = finished.spoken.rpartition(" Sorry")
-    assert said_line == ", I lost my connection." and "One long sentence that will be cut.".startswith(heard.rstrip("…"))
+    assert said_line == ", I lost my connection." and "One long sentence that will be cut.".startswith(
+        heard.rstrip("…")
+    )
     assert heard.endswith("…") or heard == ""
 
 

@@ -55,8 +55,11 @@ async def web_server() -> AsyncIterator[str]:
         return StreamingResponse(endless(), media_type="text/plain")
 
     routes = [
-        Route("/page", page), Route("/private-hop", private_hop), Route("/relative-hop", relative_hop),
-        Route("/loop", loop), Route("/big", big),
+        Route("/page", page),
+        Route("/private-hop", private_hop),
+        Route("/relative-hop", relative_hop),
+        Route("/loop", loop),
+        Route("/big", big),
         Route("/image", lambda r: Response(b"\x89PNG....", media_type="image/png")),
         Route("/missing", lambda r: PlainTextResponse("gone", status_code=404)),
         Route("/latin1", lambda r: Response("caf\xe9".encode("latin-1"), media_type="text/plain; charset=latin-1")),
@@ -97,9 +100,18 @@ async def test_a_redirect_to_a_private_address_is_refused() -> None:
 @pytest.mark.parametrize(
     "target",
     [
-        "http://127.0.0.1/", "http://localhost/", "http://[::1]/", "http://10.1.2.3/", "http://192.168.1.1/",
-        "http://172.16.0.1/", "http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]/",
-        "http://100.64.0.1/", "http://0.0.0.0/", "http://[fe80::1]/", "http://224.0.0.1/",
+        "http://127.0.0.1/",
+        "http://localhost/",
+        "http://[::1]/",
+        "http://10.1.2.3/",
+        "http://192.168.1.1/",
+        "http://172.16.0.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://100.64.0.1/",
+        "http://0.0.0.0/",
+        "http://[fe80::1]/",
+        "http://224.0.0.1/",
     ],
 )
 async def test_local_and_private_addresses_are_refused_by_default(target: str) -> None:
@@ -163,7 +175,7 @@ async def test_unknown_hosts_are_a_reason_not_a_crash() -> None:
 
 def test_text_extraction_survives_broken_markup_and_shortens_at_a_word() -> None:
     assert html_text("<p>one<nav>skip<p>two</nav>three</p><div>four") == "one\nthree\nfour"
-    assert html_text("<title>T</title><<<>>>&bogus;<p>x") .startswith("T")
+    assert html_text("<title>T</title><<<>>>&bogus;<p>x").startswith("T")
     assert shorten("alpha beta gamma", 12) == "alpha beta … (the page goes on)"
 
 

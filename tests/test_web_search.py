@@ -53,7 +53,9 @@ async def test_web_search_is_asked_for_in_each_providers_own_words(kind: str) ->
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
 def test_the_setting_reaches_the_built_provider(provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv({"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}[provider], "k")
+    monkeypatch.setenv(
+        {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}[provider], "k"
+    )
     config = AppConfig.model_validate({"llm": {"provider": provider, "web_search": True}})
     assert build_llm(config.llm).web_search is True
 
@@ -69,27 +71,70 @@ def _sse(events: list[dict[str, Any]]) -> bytes:
 
 # What Anthropic streams when its web search tool ran: a server tool use, its results, then text with citations.
 SEARCHED = [
-    {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-fake",
-                                          "content": [], "stop_reason": None, "stop_sequence": None,
-                                          "usage": {"input_tokens": 12, "output_tokens": 1}}},
-    {"type": "content_block_start", "index": 0,
-     "content_block": {"type": "server_tool_use", "id": "srvtoolu_01", "name": "web_search", "input": {}}},
-    {"type": "content_block_delta", "index": 0,
-     "delta": {"type": "input_json_delta", "partial_json": "{\"query\": \"weather in Tokyo\"}"}},
+    {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-fake",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 12, "output_tokens": 1},
+        },
+    },
+    {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "server_tool_use", "id": "srvtoolu_01", "name": "web_search", "input": {}},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "input_json_delta", "partial_json": '{"query": "weather in Tokyo"}'},
+    },
     {"type": "content_block_stop", "index": 0},
-    {"type": "content_block_start", "index": 1,
-     "content_block": {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_01",
-                       "content": [{"type": "web_search_result", "title": "Tokyo weather", "url": "https://example.com/w",
-                                    "encrypted_content": "abc", "page_age": None}]}},
+    {
+        "type": "content_block_start",
+        "index": 1,
+        "content_block": {
+            "type": "web_search_tool_result",
+            "tool_use_id": "srvtoolu_01",
+            "content": [
+                {
+                    "type": "web_search_result",
+                    "title": "Tokyo weather",
+                    "url": "https://example.com/w",
+                    "encrypted_content": "abc",
+                    "page_age": None,
+                }
+            ],
+        },
+    },
     {"type": "content_block_stop", "index": 1},
     {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": "", "citations": []}},
-    {"type": "content_block_delta", "index": 2,
-     "delta": {"type": "citations_delta", "citation": {"type": "web_search_result_location", "cited_text": "Sunny",
-                                                       "url": "https://example.com/w", "title": "Tokyo weather",
-                                                       "encrypted_index": "xyz"}}},
+    {
+        "type": "content_block_delta",
+        "index": 2,
+        "delta": {
+            "type": "citations_delta",
+            "citation": {
+                "type": "web_search_result_location",
+                "cited_text": "Sunny",
+                "url": "https://example.com/w",
+                "title": "Tokyo weather",
+                "encrypted_index": "xyz",
+            },
+        },
+    },
     {"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "It is sunny in Tokyo."}},
     {"type": "content_block_stop", "index": 2},
-    {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 9}},
+    {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": 9},
+    },
     {"type": "message_stop"},
 ]
 
@@ -103,7 +148,9 @@ async def anthropic_that_searched() -> AsyncIterator[str]:
     config.bind = ["127.0.0.1:0"]
     config.accesslog = config.errorlog = None
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve, Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])]), config)  # type: ignore[arg-type]
+        binds = await nursery.start(
+            serve, Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])]), config
+        )  # type: ignore[arg-type]
         yield binds[0]
         nursery.cancel_scope.cancel()
 

@@ -137,7 +137,9 @@ class AudioSource(Protocol):
     name: str
     block_size: int
 
-    async def run(self, queue: BlockQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+    async def run(
+        self, queue: BlockQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
 
 
 LevelCallback = Callable[[float], None]

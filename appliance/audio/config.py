@@ -37,11 +37,15 @@ class AudioConfig(Section):
     output_file: Path | None = Field(default=None, description="WAV the speaker writes to ('file' output)")
     block_ms: int = Field(default=20, ge=10, le=100, description="audio block length in milliseconds")
     device_block_ms: int = Field(
-        default=40, ge=10, le=200,
+        default=40,
+        ge=10,
+        le=200,
         description="how often the sound card hands captured audio over (ms); larger = less CPU, more latency",
     )
     idle_handover_ms: int = Field(
-        default=100, ge=10, le=500,
+        default=100,
+        ge=10,
+        le=500,
         description="while idle (nobody speaking, robot quiet), captured audio is handed over this often (ms) "
         "instead of every device block: fewer wake-ups, less CPU; speech switches back at once",
     )

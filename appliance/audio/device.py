@@ -261,7 +261,12 @@ class DeviceSource:
             # Raw bytes, not numpy arrays: the callback runs 25 times a second on the audio thread, and building
             # an array there costs more than the copy it makes.
             stream = sd.RawInputStream(
-                device=index, samplerate=rate, channels=1, dtype="int16", blocksize=blocksize, callback=callback,
+                device=index,
+                samplerate=rate,
+                channels=1,
+                dtype="int16",
+                blocksize=blocksize,
+                callback=callback,
                 finished_callback=on_finished,
             )
             await trio.to_thread.run_sync(stream.start)
@@ -366,8 +371,13 @@ class DeviceSink(BlockSink):
         self.sample_rate = pick_rate(sd, index, "output", int(sd.query_devices(index)["default_samplerate"]))
         blocksize = self.sample_rate * self.block_ms // 1000
         stream = sd.OutputStream(
-            device=index, samplerate=self.sample_rate, channels=1, dtype="int16", blocksize=blocksize,
-            callback=self._callback, finished_callback=self._on_finished,
+            device=index,
+            samplerate=self.sample_rate,
+            channels=1,
+            dtype="int16",
+            blocksize=blocksize,
+            callback=self._callback,
+            finished_callback=self._on_finished,
         )
         self._dead = False
         stream.start()
@@ -380,7 +390,7 @@ class DeviceSink(BlockSink):
         if stream is not None and self._generation == _generation:
             try:
                 stream.close()
-            except Exception as exc:  # a dead stream can fail to close in many ways; it is gone either way
+            except Exception as exc:  # noqa: BLE001  a dead stream can fail to close in many ways; it is gone either way
                 log.debug("closing output: %s", exc)
 
     @asynccontextmanager

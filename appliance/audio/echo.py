@@ -311,8 +311,12 @@ class WebRtcEchoCanceller:
                 if late > 0:
                     self._near = np.concatenate([np.zeros(late, dtype=np.int16), self._near])  # mic only
                     self.mic_delay += late
-                log.info("echo arrives %.0f ms after its reference: reference %d ms sooner, microphone %d ms later",
-                         self.delay_ms, early * 1000 // CAPTURE_RATE, max(0, late) * 1000 // CAPTURE_RATE)
+                log.info(
+                    "echo arrives %.0f ms after its reference: reference %d ms sooner, microphone %d ms later",
+                    self.delay_ms,
+                    early * 1000 // CAPTURE_RATE,
+                    max(0, late) * 1000 // CAPTURE_RATE,
+                )
                 self._hist_far.clear()
                 self._hist_mic.clear()
 
@@ -332,9 +336,12 @@ class WebRtcEchoCanceller:
     def stats(self) -> EchoStats:
         erle = self.erle_db
         return EchoStats(
-            self.backend, None if erle is None else round(erle, 1),
+            self.backend,
+            None if erle is None else round(erle, 1),
             None if self.delay_ms is None else round(self.delay_ms, 1),
-            round(self.tap.correction_ppm, 1), self.tap.resyncs, self.noise_suppression,
+            round(self.tap.correction_ppm, 1),
+            self.tap.resyncs,
+            self.noise_suppression,
         )
 
 

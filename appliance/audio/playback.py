@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 import trio
+import trio.lowlevel
 
 from appliance.audio.base import Audio, AudioClip, LevelCallback, level_db
 from appliance.audio.convert import resample, write_wav
@@ -132,7 +133,7 @@ class MemorySink(BlockSink):
         if self.realtime:
             await trio.sleep(len(block) / self.sample_rate)
         else:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     @property
     def audio(self) -> AudioClip:

@@ -32,6 +32,7 @@ from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout
 
 log = logging.getLogger(__name__)
 
+
 class _Prompt(dict[str, str]):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"  # an unknown {placeholder} stays as written rather than failing the turn
@@ -211,13 +212,17 @@ class CloudBrain:
         with trio.CancelScope(shield=True), trio.move_on_after(self.on_finish_timeout) as waited:
             try:
                 await call_hook(hook, summary)
-            except Exception:  # noqa: BLE001 - memory is a side job: log it, the user already has the answer
+            except Exception:
                 log.warning("on-finish hook failed", exc_info=True, extra={"turn_id": request.turn_id})
         if waited.cancelled_caught:
             log.warning("on-finish hook gave up after %g s", self.on_finish_timeout, extra={"turn_id": request.turn_id})
 
     async def _speak_reply(
-        self, system: str, messages: tuple[Message, ...], conversation_id: str, state: _Reply,
+        self,
+        system: str,
+        messages: tuple[Message, ...],
+        conversation_id: str,
+        state: _Reply,
         out: trio.MemorySendChannel[BrainOutput],
     ) -> None:
         slots = trio.Semaphore(self.prefetch)
@@ -368,7 +373,11 @@ class CloudBrain:
         return done
 
     async def _queue(
-        self, sentence: str, state: _Reply, nursery: trio.Nursery, slots: trio.Semaphore,
+        self,
+        sentence: str,
+        state: _Reply,
+        nursery: trio.Nursery,
+        slots: trio.Semaphore,
         order: trio.MemorySendChannel[_Pending],
     ) -> bool:
         """Hand one sentence to synthesis. Returns True when it asks for a camera look."""
@@ -461,6 +470,7 @@ class CloudBrain:
                 await part.aclose()
             except Exception:  # closing a client that never connected must not mask shutdown
                 log.debug("closing %s failed", part.name, exc_info=True)
+
 
 class OfflineBrain:
     """Says that it is offline. Always works: it needs no network."""

@@ -51,7 +51,9 @@ class FailoverConfig(Section):
     """How the ordered ``conversation.brains`` list moves from one brain to the next, and back."""
 
     failure_threshold: int = Field(
-        default=2, ge=1, le=100,
+        default=2,
+        ge=1,
+        le=100,
         description="consecutive failures that open a brain's circuit (a timeout opens it at once)",
     )
     open_initial: float = Field(default=5.0, gt=0, description="first time an open circuit stays open (s)")
@@ -60,7 +62,8 @@ class FailoverConfig(Section):
     )
     probe_timeout: float = Field(default=5.0, gt=0, description="a background health probe must answer within (s)")
     health_interval: float = Field(
-        default=30.0, ge=0,
+        default=30.0,
+        ge=0,
         description="probe healthy brains this often too, so an outage is found before the user speaks (s); 0 = off",
     )
     first_audio_timeout: float = Field(

@@ -199,15 +199,23 @@ class FailoverBrain:
                     state.errors.append(failed.error)
                     self._failed(member, failed.error)
                     self.failovers += 1
-                    log.warning("%s failed before speaking (%s); trying the next brain", member.name, failed.error,
-                                extra={"turn_id": request.turn_id, "brain": member.name})
+                    log.warning(
+                        "%s failed before speaking (%s); trying the next brain",
+                        member.name,
+                        failed.error,
+                        extra={"turn_id": request.turn_id, "brain": member.name},
+                    )
                     if state.transcript and not attempt.utterance.text:
                         attempt = replace(attempt, utterance=_with_text(attempt.utterance, state.transcript))
                     continue
                 except _FailedMidReply as failed:
                     self._failed(member, failed.error)
-                    log.warning("%s failed mid-reply (%s)", member.name, failed.error,
-                                extra={"turn_id": request.turn_id, "brain": member.name})
+                    log.warning(
+                        "%s failed mid-reply (%s)",
+                        member.name,
+                        failed.error,
+                        extra={"turn_id": request.turn_id, "brain": member.name},
+                    )
                     await self._apologise(out)
                     return
                 member.checked_at = trio.current_time()
@@ -257,9 +265,7 @@ class FailoverBrain:
                                 held.clear()
                 if guard.cancelled_caught:
                     nursery.cancel_scope.cancel()
-                    error = ProviderTimeout(
-                        member.name, f"no speech within {self.config.first_audio_timeout:g} s"
-                    )
+                    error = ProviderTimeout(member.name, f"no speech within {self.config.first_audio_timeout:g} s")
         if error is not None:
             if state.handed_speech:
                 raise _FailedMidReply(error)
@@ -315,12 +321,22 @@ class FailoverBrain:
         was_healthy = member.breaker.healthy
         member.breaker.failure(error)
         if was_healthy and not member.breaker.healthy:
-            log.warning("%s circuit open for %.1f s: %s", member.name, member.breaker.open_for, error,
-                        extra={"brain": member.name})
+            log.warning(
+                "%s circuit open for %.1f s: %s",
+                member.name,
+                member.breaker.open_for,
+                error,
+                extra={"brain": member.name},
+            )
             self._publish(BrainHealthChanged(member.name, False, member.breaker.state.value, str(error)))
         elif not was_healthy:
-            log.info("%s still failing (%s); next try in %.1f s", member.name, error, member.breaker.open_for,
-                     extra={"brain": member.name})
+            log.info(
+                "%s still failing (%s); next try in %.1f s",
+                member.name,
+                error,
+                member.breaker.open_for,
+                extra={"brain": member.name},
+            )
 
     def _succeeded(self, member: _Member, how: str) -> None:
         if member.breaker.success():

@@ -67,7 +67,7 @@ class HomeAssistantBrain:
             async with trio.open_nursery() as nursery:
                 await self._events(pipeline, out, nursery, turn_id)
 
-    async def _events(  # noqa: C901 - one branch per pipeline event
+    async def _events(
         self, pipeline: Pipeline, out: trio.MemorySendChannel[BrainOutput], nursery: trio.Nursery, turn_id: str
     ) -> None:
         config = self.satellite.config

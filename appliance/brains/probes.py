@@ -13,11 +13,14 @@ from appliance.errors import ProviderRejected, ProviderTimeout, ProviderUnavaila
 _DEFAULT_BASE = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com/v1"}
 
 
-def models_probe(provider: str, base_url: str | None, api_key: str | None,
-                 timeout: float = 5.0) -> Callable[[], Awaitable[None]]:
+def models_probe(
+    provider: str, base_url: str | None, api_key: str | None, timeout: float = 5.0
+) -> Callable[[], Awaitable[None]]:
     base = (base_url or _DEFAULT_BASE.get(provider, _DEFAULT_BASE["openai"])).rstrip("/")
-    headers = {"x-api-key": api_key or "", "anthropic-version": "2023-06-01"} if provider == "anthropic" else (
-        {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = (
+        {"x-api-key": api_key or "", "anthropic-version": "2023-06-01"}
+        if provider == "anthropic"
+        else ({"Authorization": f"Bearer {api_key}"} if api_key else {})
     )
     name = f"{provider}-probe"
 

@@ -44,6 +44,7 @@ from trio_websocket import (
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream
 from appliance.audio.convert import AudioFormatError, decode_wav, to_mono_int16
+from appliance.brains._groups import single_error
 from appliance.brains.avatar_protocol import (
     SERVER_TYPES,
     ProtocolError,
@@ -52,12 +53,10 @@ from appliance.brains.avatar_protocol import (
     pcm16k,
     tags_from_frame,
 )
-from appliance.brains._groups import single_error
 from appliance.brains.base import BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest
 from appliance.brains.config import RemoteConfig
 from appliance.bus import EventBus
 from appliance.conversation.tags import extract_tags
-from appliance.events import CancelTurnRequested
 from appliance.errors import (
     ProviderBadReply,
     ProviderError,
@@ -65,6 +64,7 @@ from appliance.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from appliance.events import CancelTurnRequested
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,12 @@ class _ReplyReader:
         audio_id = meta.get("audio_id", frame.get("audio_id"))
         # A sentence's audio frames share its descriptor's audio_id; AIAvatarKit repeats pcm_format in each of
         # them, so only the descriptor's frame count tells a new sentence from more of the current one.
-        if (self.pcm is not None and audio_id is not None and audio_id == self.pcm.audio_id
-                and "audio_frame_count" not in meta):
+        if (
+            self.pcm is not None
+            and audio_id is not None
+            and audio_id == self.pcm.audio_id
+            and "audio_frame_count" not in meta
+        ):
             return self._feed(b64decode(frame.get("audio_data") or "", f"PCM chunk {audio_id}"))
         self.close()
         text, voice, tags = self._text(frame)
@@ -350,7 +354,11 @@ class RemoteBrain:
     """A :class:`~appliance.brains.base.Brain` backed by an AIAvatarKit-protocol server."""
 
     def __init__(
-        self, config: RemoteConfig, *, name: str = "remote", ssl_context: ssl.SSLContext | None = None,
+        self,
+        config: RemoteConfig,
+        *,
+        name: str = "remote",
+        ssl_context: ssl.SSLContext | None = None,
         bus: EventBus | None = None,
     ) -> None:
         self.config = config
@@ -451,7 +459,11 @@ class RemoteBrain:
         try:
             with trio.fail_after(cfg.connect_timeout):
                 ws = await connect_websocket_url(
-                    nursery, cfg.url, self._ssl, extra_headers=headers, message_queue_size=64,
+                    nursery,
+                    cfg.url,
+                    self._ssl,
+                    extra_headers=headers,
+                    message_queue_size=64,
                     max_message_size=16 * 1024 * 1024,
                 )
                 link = _Link(ws, uuid.uuid4().hex, self.name)
@@ -471,8 +483,15 @@ class RemoteBrain:
         return link
 
     async def _start(self, link: _Link) -> None:
-        await link.send({"type": "start", "session_id": link.session_id, "user_id": self.config.user_id,
-                         "context_id": None, "metadata": {"client": "appliance"}})
+        await link.send(
+            {
+                "type": "start",
+                "session_id": link.session_id,
+                "user_id": self.config.user_id,
+                "context_id": None,
+                "metadata": {"client": "appliance"},
+            }
+        )
         while True:
             frame = await self._next_frame(link)
             kind = frame.get("type")
@@ -630,8 +649,9 @@ class RemoteBrain:
         pcm = pcm16k(audio) + bytes(int(self.config.stream_tail * CAPTURE_RATE) * 2)
         step = self.config.stream_block_ms * CAPTURE_RATE // 1000 * 2
         for start in range(0, len(pcm), step):
-            await link.send({"type": "data", "session_id": link.session_id,
-                             "audio_data": b64encode(pcm[start : start + step])})
+            await link.send(
+                {"type": "data", "session_id": link.session_id, "audio_data": b64encode(pcm[start : start + step])}
+            )
 
     async def _receive(
         self, link: _Link, turn: _Turn, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]
@@ -644,8 +664,14 @@ class RemoteBrain:
         finally:
             reader.close()  # a sentence still arriving ends where the reply ended
 
-    async def _read_reply(self, turn: _Turn, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput],
-                          reader: _ReplyReader, text: str | None) -> bool:
+    async def _read_reply(
+        self,
+        turn: _Turn,
+        request: TurnRequest,
+        out: trio.MemorySendChannel[BrainOutput],
+        reader: _ReplyReader,
+        text: str | None,
+    ) -> bool:
         cfg = self.config
         heard = False
         spoke = False  # speech of this turn went out: from here on a server `stop` is a barge-in of it
@@ -722,8 +748,11 @@ class RemoteBrain:
                 raise ProviderUnavailable(self.name, f"server error: {_error_text(frame) or 'no detail'}")
             elif kind == "tool_call":
                 tool = meta.get("tool_call")
-                log.info("server calls tool %s", tool.get("name") if isinstance(tool, dict) else tool,
-                         extra={"brain": self.name})
+                log.info(
+                    "server calls tool %s",
+                    tool.get("name") if isinstance(tool, dict) else tool,
+                    extra={"brain": self.name},
+                )
             elif kind == "vision":
                 log.info("server asks for an image (%s); not supported", meta.get("source"), extra={"brain": self.name})
 

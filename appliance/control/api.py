@@ -103,7 +103,7 @@ def _patch_schema() -> dict[str, Any]:
     sections = sorted({*AppConfig.model_fields, "gpio"})
     return {
         "description": "JSON Merge Patch of the configuration: sections of settings; null resets to the default. "
-                       "Checked like a fresh start, so a patch the schema allows may still be refused (422).",
+        "Checked like a fresh start, so a patch the schema allows may still be refused (422).",
         "propertyNames": {"enum": sections},
         "additionalProperties": {"anyOf": [{"type": "object"}, {"type": "null"}]},
     }
@@ -219,8 +219,9 @@ def create_app(ctx: ControlContext) -> FastAPI:
             mode=ctx.config.listening.mode, muted=ctx.muted(), listening=state is State.LISTENING, state=state.value
         )
 
-    @v1.post("/listener/start", response_model=m.ListenerStatus, tags=["listening"],
-             responses={409: {"model": m.Problem}})
+    @v1.post(
+        "/listener/start", response_model=m.ListenerStatus, tags=["listening"], responses={409: {"model": m.Problem}}
+    )
     async def listener_start(_body: m.Empty) -> m.ListenerStatus:
         """Open the microphone for one utterance, like pressing the talk button."""
         try:
@@ -316,8 +317,12 @@ def create_app(ctx: ControlContext) -> FastAPI:
         ctx.bus.publish(AnimationRequested(body.name, body.duration))
         return m.Shown(name=body.name)
 
-    @v1.get("/face.png", response_class=Response, tags=["body"],
-            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}})
+    @v1.get(
+        "/face.png",
+        response_class=Response,
+        tags=["body"],
+        responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}},
+    )
     async def face_image() -> Response:
         faces = ctx.appliance.faces
         render = getattr(faces, "render_png", None)
@@ -328,8 +333,11 @@ def create_app(ctx: ControlContext) -> FastAPI:
 
     # --- conversation -------------------------------------------------------------------------------------
 
-    @v1.post("/conversation", tags=["conversation"],
-             responses={200: SSE, 409: {"model": m.Problem}, 503: {"model": m.Problem}})
+    @v1.post(
+        "/conversation",
+        tags=["conversation"],
+        responses={200: SSE, 409: {"model": m.Problem}, 503: {"model": m.Problem}},
+    )
     async def conversation(body: m.ConversationRequest) -> EventStream:
         """Say something to the robot as if spoken; the reply streams back as it is spoken.
 
@@ -363,27 +371,39 @@ def create_app(ctx: ControlContext) -> FastAPI:
     first_history = {"history_id": "$response.body#/histories/0/id"}
     history_links = {
         "GetFirstHistory": {"operationRef": "#/paths/~1v1~1histories~1{history_id}/get", "parameters": first_history},
-        "DeleteFirstHistory": {"operationRef": "#/paths/~1v1~1histories~1{history_id}/delete",
-                               "parameters": first_history},
+        "DeleteFirstHistory": {
+            "operationRef": "#/paths/~1v1~1histories~1{history_id}/delete",
+            "parameters": first_history,
+        },
     }
 
-    @v1.get("/histories", response_model=m.Histories, tags=["histories"],
-            responses={200: {"description": "stored conversations, newest first", "links": history_links}})
+    @v1.get(
+        "/histories",
+        response_model=m.Histories,
+        tags=["histories"],
+        responses={200: {"description": "stored conversations, newest first", "links": history_links}},
+    )
     async def histories() -> m.Histories:
         now = current_id()
         rows = [m.HistorySummary(**row, current=row["id"] == now) for row in ctx.store.summaries()]
         return m.Histories(histories=rows)
 
-    @v1.get("/histories/{history_id}", response_model=m.History, tags=["histories"],
-            responses={404: {"model": m.Problem}})
+    @v1.get(
+        "/histories/{history_id}", response_model=m.History, tags=["histories"], responses={404: {"model": m.Problem}}
+    )
     async def history(history_id: HistoryId) -> m.History:
         data = ctx.store.get(history_id)
         if data is None:
             raise _problem(404, f"no conversation {history_id}")
         return m.History(**data, current=history_id == current_id())
 
-    @v1.delete("/histories/{history_id}", status_code=204, response_class=Response, tags=["histories"],
-               responses={404: {"model": m.Problem}})
+    @v1.delete(
+        "/histories/{history_id}",
+        status_code=204,
+        response_class=Response,
+        tags=["histories"],
+        responses={404: {"model": m.Problem}},
+    )
     async def delete_history(history_id: HistoryId) -> Response:
         """Forget a conversation; forgetting the current one also clears what the robot remembers of it."""
         if not await ctx.store.delete(history_id):
@@ -399,8 +419,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
         """The running configuration; secrets appear as ``**********``."""
         return ctx.config.redacted()
 
-    @v1.patch("/config", response_model=m.ConfigPatched, tags=["config"],
-              responses={409: {"model": m.Problem}})
+    @v1.patch("/config", response_model=m.ConfigPatched, tags=["config"], responses={409: {"model": m.Problem}})
     async def patch_config(patch: Annotated[dict[str, Any], Body(min_length=1, json_schema_extra=PATCH_SCHEMA)]) -> Any:
         """Change settings (JSON Merge Patch: ``null`` resets a setting to its default).
 
@@ -473,8 +492,12 @@ def create_app(ctx: ControlContext) -> FastAPI:
 
         return EventStream(produce, slots, buffer=ctx.limits.sse_buffer, heartbeat=ctx.limits.sse_heartbeat)
 
-    @v1.get("/metrics", response_class=Response, tags=["status"],
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    @v1.get(
+        "/metrics",
+        response_class=Response,
+        tags=["status"],
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
         """Prometheus text format: turns, stage latencies, errors, restarts, audio overruns."""
         return Response(_metrics_text(ctx, slots), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -524,8 +547,10 @@ def _allowed_methods(app: Any, scope: Scope) -> set[str]:
         import re
 
         patterns = app.state.method_patterns = [
-            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
-             {method.upper() for method in operations})
+            (
+                re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+                {method.upper() for method in operations},
+            )
             for template, operations in app.openapi().get("paths", {}).items()
         ] + [(re.compile(r"^/(openapi\.json|docs)$"), {"GET"})]
     methods: set[str] = set()
@@ -548,8 +573,9 @@ def _brain_status(brain: Any) -> m.BrainStatus:
         detail = None
     if detail is not None and not isinstance(detail, str | int | float | bool | dict | list):
         detail = str(detail)
-    return m.BrainStatus(name=str(getattr(brain, "name", "?")), healthy=healthy if isinstance(healthy, bool) else None,
-                         detail=detail)
+    return m.BrainStatus(
+        name=str(getattr(brain, "name", "?")), healthy=healthy if isinstance(healthy, bool) else None, detail=detail
+    )
 
 
 def _last_turn(event: TurnFinished | None) -> m.LastTurn | None:
@@ -631,8 +657,15 @@ async def _converse(
                 if isinstance(event, SentenceStarted) and event.turn_id == active.turn_id:
                     emit("speaking", {"index": event.index, "text": event.text})
                 elif isinstance(event, TurnFinished) and event.turn_id == active.turn_id:
-                    emit("finished", {"outcome": event.outcome, "spoken": event.spoken, "error": event.error,
-                                      "timings": dataclasses.asdict(event.timings)})
+                    emit(
+                        "finished",
+                        {
+                            "outcome": event.outcome,
+                            "spoken": event.spoken,
+                            "error": event.error,
+                            "timings": dataclasses.asdict(event.timings),
+                        },
+                    )
                     return
 
 
@@ -642,22 +675,47 @@ def _metrics_text(ctx: ControlContext, slots: Slots) -> str:
     out = Exposition()
     out.family("appliance_up", "gauge", "1 while the appliance runs", [({"version": __version__}, 1)])
     out.family("appliance_uptime_seconds", "gauge", "seconds since start", [({}, round(ctx.uptime(), 3))])
-    out.family("appliance_state", "gauge", "1 for the current state",
-               [({"state": s.value}, int(ctx.state() is s)) for s in State])
+    out.family(
+        "appliance_state",
+        "gauge",
+        "1 for the current state",
+        [({"state": s.value}, int(ctx.state() is s)) for s in State],
+    )
     out.family("appliance_muted", "gauge", "1 while the microphone is muted", [({}, int(ctx.muted()))])
-    out.family("appliance_turns_total", "counter", "finished turns by outcome",
-               [({"outcome": k}, v) for k, v in sorted(metrics.turns.items())] or [({"outcome": "done"}, 0)])
-    out.histogram("appliance_turn_stage_seconds", "time from the end of the utterance to each stage", "stage",
-                  metrics.stages)
-    out.family("appliance_errors_total", "counter", "errors by where they happened",
-               [({"where": k}, v) for k, v in sorted(metrics.errors.items())] or [({"where": "turn"}, 0)])
+    out.family(
+        "appliance_turns_total",
+        "counter",
+        "finished turns by outcome",
+        [({"outcome": k}, v) for k, v in sorted(metrics.turns.items())] or [({"outcome": "done"}, 0)],
+    )
+    out.histogram(
+        "appliance_turn_stage_seconds", "time from the end of the utterance to each stage", "stage", metrics.stages
+    )
+    out.family(
+        "appliance_errors_total",
+        "counter",
+        "errors by where they happened",
+        [({"where": k}, v) for k, v in sorted(metrics.errors.items())] or [({"where": "turn"}, 0)],
+    )
     records = app_.supervisor.records
-    out.family("appliance_subsystem_restarts_total", "counter", "restarts after a failure",
-               [({"subsystem": n}, r.restarts) for n, r in records.items()])
-    out.family("appliance_subsystem_reconfigured_total", "counter", "restarts for a configuration change",
-               [({"subsystem": n}, getattr(r.service, "reconfigured", 0)) for n, r in records.items()])
-    out.family("appliance_subsystem_up", "gauge", "1 while the subsystem runs",
-               [({"subsystem": n}, int(r.status == "running")) for n, r in records.items()])
+    out.family(
+        "appliance_subsystem_restarts_total",
+        "counter",
+        "restarts after a failure",
+        [({"subsystem": n}, r.restarts) for n, r in records.items()],
+    )
+    out.family(
+        "appliance_subsystem_reconfigured_total",
+        "counter",
+        "restarts for a configuration change",
+        [({"subsystem": n}, getattr(r.service, "reconfigured", 0)) for n, r in records.items()],
+    )
+    out.family(
+        "appliance_subsystem_up",
+        "gauge",
+        "1 while the subsystem runs",
+        [({"subsystem": n}, int(r.status == "running")) for n, r in records.items()],
+    )
     capture = ctx.restartables.get("capture")
     queue = getattr(getattr(capture, "inner", None), "queue", None)
     xruns = [({"direction": "capture"}, getattr(queue, "dropped", 0))]
@@ -667,20 +725,37 @@ def _metrics_text(ctx: ControlContext, slots: Slots) -> str:
             xruns.append(({"direction": direction}, count))
     out.family("appliance_audio_xruns_total", "counter", "audio blocks lost (overruns/underruns)", xruns)
     echo = _echo_status(app_)
-    out.family("appliance_echo_cancel_active", "gauge", "1 while the echo canceller runs",
-               [({"backend": echo.backend}, int(echo.backend != "off"))])
+    out.family(
+        "appliance_echo_cancel_active",
+        "gauge",
+        "1 while the echo canceller runs",
+        [({"backend": echo.backend}, int(echo.backend != "off"))],
+    )
     if echo.erle_db is not None:
-        out.family("appliance_echo_erle_db", "gauge", "echo reduction (ERLE) over the last seconds of robot speech",
-                   [({}, echo.erle_db)])
+        out.family(
+            "appliance_echo_erle_db",
+            "gauge",
+            "echo reduction (ERLE) over the last seconds of robot speech",
+            [({}, echo.erle_db)],
+        )
     if echo.delay_ms is not None:
-        out.family("appliance_echo_delay_ms", "gauge", "delay from the speaker's block to its echo at the mic",
-                   [({}, echo.delay_ms)])
+        out.family(
+            "appliance_echo_delay_ms",
+            "gauge",
+            "delay from the speaker's block to its echo at the mic",
+            [({}, echo.delay_ms)],
+        )
     out.family("appliance_bus_events_total", "counter", "events published", [({}, app_.bus.published)])
-    out.family("appliance_bus_dropped_total", "counter", "events dropped for slow subscribers",
-               [({}, app_.bus.dropped)])
+    out.family(
+        "appliance_bus_dropped_total", "counter", "events dropped for slow subscribers", [({}, app_.bus.dropped)]
+    )
     out.family("appliance_control_streams", "gauge", "open event streams", [({}, slots.open)])
-    out.family("appliance_control_responses_total", "counter", "API answers by HTTP status, refusals included",
-               [({"code": str(code)}, n) for code, n in sorted(metrics.responses.items())] or [({"code": "200"}, 0)])
+    out.family(
+        "appliance_control_responses_total",
+        "counter",
+        "API answers by HTTP status, refusals included",
+        [({"code": str(code)}, n) for code, n in sorted(metrics.responses.items())] or [({"code": "200"}, 0)],
+    )
     return out.text()
 
 
@@ -690,8 +765,12 @@ def _echo_status(app_: Any) -> m.EchoStatus:
         return m.EchoStatus(backend="off")
     stats = canceller.stats()
     return m.EchoStatus(
-        backend=stats.backend, erle_db=_finite(stats.erle_db), delay_ms=_finite(stats.delay_ms),
-        drift_ppm=stats.drift_ppm, resyncs=stats.resyncs, noise_suppression=stats.noise_suppression,
+        backend=stats.backend,
+        erle_db=_finite(stats.erle_db),
+        delay_ms=_finite(stats.delay_ms),
+        drift_ppm=stats.drift_ppm,
+        resyncs=stats.resyncs,
+        noise_suppression=stats.noise_suppression,
     )
 
 
@@ -807,8 +886,9 @@ class Guard:
                     return None
                 if not message.get("more_body", False):
                     return bytes(body)
-        await _reply(send, 408, f"the request body did not arrive within {limits.body_timeout:g} s",
-                     {"connection": "close"})
+        await _reply(
+            send, 408, f"the request body did not arrive within {limits.body_timeout:g} s", {"connection": "close"}
+        )
         return None
 
 
@@ -848,7 +928,15 @@ async def _reply(send: Send, status: int, detail: str, headers: dict[str, str] |
 
     payload = json.dumps({"detail": detail}).encode()
     extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            *extra]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *extra,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

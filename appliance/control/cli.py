@@ -19,8 +19,21 @@ if TYPE_CHECKING:  # the client pulls in httpx: only the commands that talk to t
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 COMMANDS = {
-    "status", "health", "mute", "unmute", "volume", "listen", "face", "animation", "perform", "ask", "cancel",
-    "histories", "config", "events", "metrics",
+    "status",
+    "health",
+    "mute",
+    "unmute",
+    "volume",
+    "listen",
+    "face",
+    "animation",
+    "perform",
+    "ask",
+    "cancel",
+    "histories",
+    "config",
+    "events",
+    "metrics",
 }
 
 
@@ -71,7 +84,7 @@ def say_through_api(config: Any, args: argparse.Namespace) -> int | None:
 
     try:
         client = _client(config, args)
-    except Exception as exc:  # a broken token file
+    except Exception as exc:  # noqa: BLE001  a broken token file
         print(f"control API: {exc}", file=sys.stderr)
         return EXIT_USAGE
     with client:
@@ -100,7 +113,7 @@ def run_command(command: str, config: Any, args: argparse.Namespace) -> int:
 
     try:
         client = _client(config, args)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         print(f"control API: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -144,11 +157,14 @@ def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> 
         return show(client.request("POST", f"/{command}", body), lambda r: f"{command}: {r['name']}")
     if command == "perform":
         body = {"text": args.text, "face": args.face, "animation": args.animation, "interrupt": args.interrupt}
-        return show(client.request("POST", "/perform", {k: v for k, v in body.items() if v not in (None, False)}),
-                    lambda r: "performing")
+        return show(
+            client.request("POST", "/perform", {k: v for k, v in body.items() if v not in (None, False)}),
+            lambda r: "performing",
+        )
     if command == "cancel":
-        return show(client.request("POST", "/turn/cancel"),
-                    lambda r: "cancelled" if r["cancelled"] else "nothing was running")
+        return show(
+            client.request("POST", "/turn/cancel"), lambda r: "cancelled" if r["cancelled"] else "nothing was running"
+        )
     if command == "histories":
         if args.id and args.delete:
             client.request("DELETE", f"/histories/{args.id}")
@@ -172,8 +188,10 @@ def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> 
     if command == "events":
         for kind, data in client.stream("GET", "/events"):
             fields = data if isinstance(data, dict) else {"data": data}
-            print(json.dumps({"event": kind, **fields}, ensure_ascii=False) if as_json else _event_text(kind, fields),
-                  flush=True)
+            print(
+                json.dumps({"event": kind, **fields}, ensure_ascii=False) if as_json else _event_text(kind, fields),
+                flush=True,
+            )
         return EXIT_OK
     if command == "ask":
         for kind, data in client.stream("POST", "/conversation", {"text": args.text}):
@@ -218,7 +236,7 @@ def _event_text(kind: str, data: dict[str, Any]) -> str:
     import time
 
     def value(v: Any) -> str:
-        if isinstance(v, str) and v and not any(c.isspace() or c in "=\"" for c in v):
+        if isinstance(v, str) and v and not any(c.isspace() or c in '="' for c in v):
             return v
         return json.dumps(v, ensure_ascii=False)
 

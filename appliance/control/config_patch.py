@@ -60,8 +60,18 @@ def merge_patch(target: Any, patch: Any) -> Any:
 ENDPOINT_FIELDS = frozenset({"base_url", "url", "region", "endpoint"})
 # Code the appliance runs or imports: a command or hook could read the keys from the environment.
 CODE_FIELDS = frozenset(
-    {"command", "function", "hook", "preprocess", "postprocess", "on_finish", "on_start", "on_chunk", "on_final",
-     "on_error"}
+    {
+        "command",
+        "function",
+        "hook",
+        "preprocess",
+        "postprocess",
+        "on_finish",
+        "on_start",
+        "on_chunk",
+        "on_final",
+        "on_error",
+    }
 )
 # What the model's tools may reach: widening it would let a caller walk the robot's own network.
 REACH_FIELDS = frozenset({"allow_private", "allow_networks"})

@@ -124,9 +124,13 @@ class SayRequest(Body):
 
 class PerformRequest(Body):
     # At least one of text, face, animation: said in the schema too, so a client can know before asking.
-    model_config = ConfigDict(json_schema_extra={"anyOf": [
-        {"required": [name], "properties": {name: {"type": "string"}}} for name in ("text", "face", "animation")
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}} for name in ("text", "face", "animation")
+            ]
+        }
+    )
 
     text: str | None = Field(default=None, min_length=1)
     face: str | None = Field(default=None, pattern=NAME_PATTERN)

@@ -42,12 +42,18 @@ def check_names(
         known = known_animations(ctx.config)
         if animation.strip().lower() not in known:
             problems.append(
-                (animation_loc, f"unknown animation {animation!r}; known animations: {', '.join(known)} "
-                 "(add yours under hardware.osc.animations)", known)
+                (
+                    animation_loc,
+                    f"unknown animation {animation!r}; known animations: {', '.join(known)} "
+                    "(add yours under hardware.osc.animations)",
+                    known,
+                )
             )
     if problems:
         raise HTTPException(
             status_code=422,
-            detail=[{"loc": list(loc), "msg": msg, "type": "unknown_name", "ctx": {"known": known}}
-                    for loc, msg, known in problems],
+            detail=[
+                {"loc": list(loc), "msg": msg, "type": "unknown_name", "ctx": {"known": known}}
+                for loc, msg, known in problems
+            ],
         )

@@ -23,10 +23,10 @@ from appliance.control.auth import ControlSetupError, check_bind, resolve_token
 from appliance.control.context import ControlContext
 from appliance.control.files import default_state_dir
 from appliance.control.histories import HistoryStore
-from appliance.conversation.journal import TurnJournal
 from appliance.control.metrics import Metrics
 from appliance.control.restart import make_restartable
 from appliance.control.speaker import Speaker
+from appliance.conversation.journal import TurnJournal
 
 if TYPE_CHECKING:
     from appliance.app import Appliance
@@ -98,8 +98,9 @@ def listen_socket(host: str, port: int) -> tuple[int, list[str]]:
 
 
 def _import_web_stack() -> None:
-    import appliance.control.api  # noqa: F401  (fastapi, starlette, pydantic models of every route)
     import hypercorn.trio  # noqa: F401
+
+    import appliance.control.api  # noqa: F401  (fastapi, starlette, pydantic models of every route)
 
 
 def _hypercorn_config(fd: int):  # type: ignore[no-untyped-def]
@@ -142,5 +143,3 @@ def add_control(
     appliance.supervisor.add(service, required=False)
     appliance.control = service
     return service
-
-

@@ -134,7 +134,7 @@ async def voice_of(conversation: ConversationService) -> SpeechSynthesizer:
     if ensure is not None:
         try:
             brain = await ensure()
-        except Exception as exc:  # a brain that cannot be built still leaves the local voice
+        except Exception as exc:  # noqa: BLE001  a brain that cannot be built still leaves the local voice
             log.warning("brain unavailable for /say (%s); using the local voice", exc)
             brain = None
     for attr in ("tts", "voice"):
@@ -157,8 +157,14 @@ class TappedBrain:
     as it arrives (playback reads the copy without waiting) and its chunk is tapped once the stream ends.
     """
 
-    def __init__(self, inner: Brain, tap: Callable[[Any], None], *, copy_audio: bool = False,
-                 on_error: Callable[[Exception], None] | None = None) -> None:
+    def __init__(
+        self,
+        inner: Brain,
+        tap: Callable[[Any], None],
+        *,
+        copy_audio: bool = False,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.tap: Callable[[Any], None] | None = tap
         self.copy_audio = copy_audio
@@ -206,8 +212,9 @@ class TappedBrain:
         self._show(item)
         done.set()
 
-    async def _tee(self, chunk: ReplyChunk, feed: trio.MemorySendChannel[Any], previous: trio.Event,
-                   done: trio.Event) -> None:
+    async def _tee(
+        self, chunk: ReplyChunk, feed: trio.MemorySendChannel[Any], previous: trio.Event, done: trio.Event
+    ) -> None:
         assert isinstance(chunk.audio, AudioStream)
         pieces: list[np.ndarray] = []
         failed = False
@@ -217,7 +224,7 @@ class TappedBrain:
                     pieces.append(piece)
                     with contextlib.suppress(trio.BrokenResourceError):  # playback stopped (barge-in)
                         feed.send_nowait(piece)
-            except Exception as exc:  # the synthesizer failed mid-way: playback hears it as before
+            except Exception as exc:  # noqa: BLE001  the synthesizer failed mid-way: playback hears it as before
                 failed = True
                 with contextlib.suppress(trio.BrokenResourceError):
                     feed.send_nowait(exc)

@@ -40,7 +40,7 @@ class BackgroundJobs:
             with trio.move_on_after(self.timeout) as waited:
                 try:
                     await job()
-                except Exception:  # noqa: BLE001 - a side job's failure is logged; the conversation goes on
+                except Exception:
                     log.warning("background job %s failed", label, exc_info=True)
             if waited.cancelled_caught:
                 log.warning("background job %s gave up after %g s", label, self.timeout)

@@ -97,10 +97,14 @@ class ToolConfig(Section):
     allow_private: bool = Field(
         default=False, description="read_web_page: also reach loopback, private and link-local addresses"
     )
-    allow_networks: list[str] = Field(default_factory=list, description="read_web_page: CIDRs reachable besides public ones")
+    allow_networks: list[str] = Field(
+        default_factory=list, description="read_web_page: CIDRs reachable besides public ones"
+    )
     max_bytes: int = Field(default=2_000_000, ge=1024, le=50_000_000, description="read_web_page: body bytes read")
     max_chars: int = Field(default=8000, ge=100, le=200_000, description="read_web_page: text given to the model")
-    model: str | None = Field(default=None, description="generate_image: the Gemini image model (gemini-2.5-flash-image)")
+    model: str | None = Field(
+        default=None, description="generate_image: the Gemini image model (gemini-2.5-flash-image)"
+    )
     base_url: str | None = Field(default=None, description="generate_image: the Gemini API base (default: Google's)")
     show_seconds: float = Field(default=20.0, gt=0, le=600, description="generate_image: how long the picture shows")
     parameters: dict[str, Any] | None = Field(default=None, description="url tools: JSON schema of the arguments")

@@ -182,8 +182,14 @@ def build_tools(cfg: LLMConfig, registry: Any = None, show_picture: Any = None) 
                 raise ToolError("this robot has no display to show a picture on")
 
             declared = image_tool(
-                show_picture or nowhere, key_for("gemini", None), model=t.model, base_url=t.base_url,
-                seconds=t.show_seconds, name=t.name or t.builtin, description=t.description, progress=t.progress,
+                show_picture or nowhere,
+                key_for("gemini", None),
+                model=t.model,
+                base_url=t.base_url,
+                seconds=t.show_seconds,
+                name=t.name or t.builtin,
+                description=t.description,
+                progress=t.progress,
                 timeout=t.timeout,
             )
             registry.add(declared)

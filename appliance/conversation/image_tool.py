@@ -37,7 +37,9 @@ def picture_from_reply(reply: Any) -> tuple[bytes, str]:
             if not isinstance(part, dict):
                 continue
             inline = part.get("inlineData") or part.get("inline_data")
-            if isinstance(inline, dict) and str(inline.get("mimeType", inline.get("mime_type", ""))).startswith("image/"):
+            if isinstance(inline, dict) and str(inline.get("mimeType", inline.get("mime_type", ""))).startswith(
+                "image/"
+            ):
                 return _decoded(inline.get("data")), str(inline.get("mimeType") or inline.get("mime_type"))
             if isinstance(part.get("text"), str):
                 found = _DATA_URL.search(part["text"])
@@ -82,9 +84,16 @@ def check_picture(raw: bytes) -> None:
 
 
 def image_tool(
-    show: Callable[[bytes, float, str], None], api_key: str | None, *, model: str | None = None,
-    base_url: str | None = None, seconds: float = 20.0, name: str = "generate_image", description: str = "",
-    progress: str | None = None, timeout: float = 60.0,
+    show: Callable[[bytes, float, str], None],
+    api_key: str | None,
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    seconds: float = 20.0,
+    name: str = "generate_image",
+    description: str = "",
+    progress: str | None = None,
+    timeout: float = 60.0,
 ) -> Tool:
     url = f"{(base_url or DEFAULT_BASE_URL).rstrip('/')}/v1beta/models/{model or DEFAULT_MODEL}:generateContent"
 
@@ -94,8 +103,10 @@ def image_tool(
         prompt = arguments.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ToolError("say what to draw as 'prompt'")
-        body = {"contents": [{"parts": [{"text": prompt.strip()[:2000]}]}],
-                "generationConfig": {"responseModalities": ["IMAGE"]}}
+        body = {
+            "contents": [{"parts": [{"text": prompt.strip()[:2000]}]}],
+            "generationConfig": {"responseModalities": ["IMAGE"]},
+        }
         try:
             async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
                 response = await client.post(url, json=body, headers={"x-goog-api-key": api_key or ""})

@@ -54,12 +54,27 @@ class TurnJournal:
     # --- what a turn writes ------------------------------------------------------------------------------
 
     async def begin(
-        self, conversation_id: str, turn_id: str, *, brain: str, source: str, heard: str | None,
-        audio_seconds: float | None, announce: bool = False,
+        self,
+        conversation_id: str,
+        turn_id: str,
+        *,
+        brain: str,
+        source: str,
+        heard: str | None,
+        audio_seconds: float | None,
+        announce: bool = False,
     ) -> None:
         """Durable before it returns: the brain is asked only once the user's words are safe."""
-        record = {"t": "begin", "turn_id": turn_id, "at": time.time(), "brain": brain, "source": source,
-                  "heard": heard, "audio_seconds": audio_seconds, "announce": announce}
+        record = {
+            "t": "begin",
+            "turn_id": turn_id,
+            "at": time.time(),
+            "brain": brain,
+            "source": source,
+            "heard": heard,
+            "audio_seconds": audio_seconds,
+            "announce": announce,
+        }
         await self._write(conversation_id, record, durable=True)
 
     async def heard(self, conversation_id: str, turn_id: str, text: str) -> None:
@@ -153,9 +168,17 @@ def read_turns(lines: Iterable[str]) -> tuple[list[dict[str, Any]], float | None
         kind = record.get("t")
         if kind == "begin":
             turns[turn_id] = {
-                "turn_id": turn_id, "at": at, "brain": record.get("brain"), "heard": record.get("heard"),
-                "audio_seconds": record.get("audio_seconds"), "source": record.get("source"),
-                "said": [], "spoken": "", "outcome": "cut off", "error": None, "timings": None,
+                "turn_id": turn_id,
+                "at": at,
+                "brain": record.get("brain"),
+                "heard": record.get("heard"),
+                "audio_seconds": record.get("audio_seconds"),
+                "source": record.get("source"),
+                "said": [],
+                "spoken": "",
+                "outcome": "cut off",
+                "error": None,
+                "timings": None,
             }
             continue
         turn = turns.get(turn_id)

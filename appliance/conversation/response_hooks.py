@@ -141,9 +141,13 @@ class ResponseHooks:
         elif isinstance(event, TurnFinished):
             self._turns.pop(event.turn_id, None)
             if event.outcome == "failed":
-                yield ResponseStage("error", event.turn_id, turn.brain, event.error or "", False, turn.user_text, "failed")
+                yield ResponseStage(
+                    "error", event.turn_id, turn.brain, event.error or "", False, turn.user_text, "failed"
+                )
             else:
-                yield ResponseStage("final", event.turn_id, turn.brain, event.spoken, False, turn.user_text, event.outcome)
+                yield ResponseStage(
+                    "final", event.turn_id, turn.brain, event.spoken, False, turn.user_text, event.outcome
+                )
 
     def _offer(self, stage: ResponseStage) -> None:
         for hook in self._hooks:
@@ -153,8 +157,13 @@ class ResponseHooks:
                 hook.send.send_nowait(stage)
             except trio.WouldBlock:
                 hook.lost += 1
-                log.warning("response hook %s is falling behind: %s stage of turn %s skipped (%d so far)",
-                            hook.name, stage.type, stage.turn_id, hook.lost)
+                log.warning(
+                    "response hook %s is falling behind: %s stage of turn %s skipped (%d so far)",
+                    hook.name,
+                    stage.type,
+                    stage.turn_id,
+                    hook.lost,
+                )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # removed meanwhile
 
@@ -166,9 +175,19 @@ class ResponseHooks:
                         await hook.func(stage)
                     else:  # a plain function may block (GPIO, a servo, a request): off the event loop
                         await trio.to_thread.run_sync(hook.func, stage, abandon_on_cancel=True)
-                except Exception:  # noqa: BLE001 - user code: logged, and the next stage calls it again
-                    log.warning("response hook %s failed on %s", hook.name, stage.type, exc_info=True,
-                                extra={"turn_id": stage.turn_id})
+                except Exception:
+                    log.warning(
+                        "response hook %s failed on %s",
+                        hook.name,
+                        stage.type,
+                        exc_info=True,
+                        extra={"turn_id": stage.turn_id},
+                    )
             if limit.cancelled_caught:
-                log.warning("response hook %s took over %g s on %s; moved on", hook.name, self.timeout, stage.type,
-                            extra={"turn_id": stage.turn_id})
+                log.warning(
+                    "response hook %s took over %g s on %s; moved on",
+                    hook.name,
+                    self.timeout,
+                    stage.type,
+                    extra={"turn_id": stage.turn_id},
+                )

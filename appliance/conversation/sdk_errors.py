@@ -124,5 +124,5 @@ async def warm_openai(client, warmth: Warmth) -> None:  # type: ignore[no-untype
     warmth.touch()
     try:
         await client.models.list()
-    except Exception:  # a compatible server without /models is still warmed by the connection
+    except Exception:  # noqa: BLE001  a compatible server without /models is still warmed by the connection
         pass

@@ -228,8 +228,12 @@ class ConversationService:
         utterance = request.utterance
         with trio.move_on_after(JOURNAL_WAIT):
             await self.journal.begin(
-                request.conversation_id, request.turn_id, brain=brain.name, source=utterance.source,
-                heard=utterance.text, announce=utterance.announce,
+                request.conversation_id,
+                request.turn_id,
+                brain=brain.name,
+                source=utterance.source,
+                heard=utterance.text,
+                announce=utterance.announce,
                 audio_seconds=round(utterance.audio.duration, 2) if utterance.audio is not None else None,
             )
 
@@ -259,12 +263,27 @@ class ConversationService:
         if self.journal is not None and record.conversation_id:
             with trio.move_on_after(JOURNAL_WAIT):
                 await self.journal.end(
-                    record.conversation_id, turn_id, outcome=record.outcome, brain=answered, heard=record.heard,
-                    spoken=spoken, error=record.error, timings=asdict(timings),
+                    record.conversation_id,
+                    turn_id,
+                    outcome=record.outcome,
+                    brain=answered,
+                    heard=record.heard,
+                    spoken=spoken,
+                    error=record.error,
+                    timings=asdict(timings),
                 )
-        self.bus.publish(TurnFinished(
-            turn_id, record.outcome, spoken, record.error, record.error_kind, timings, answered, record.conversation_id
-        ))
+        self.bus.publish(
+            TurnFinished(
+                turn_id,
+                record.outcome,
+                spoken,
+                record.error,
+                record.error_kind,
+                timings,
+                answered,
+                record.conversation_id,
+            )
+        )
         log.info(
             "turn %s %s (transcript after %s s, first audio after %s s)",
             turn_id,

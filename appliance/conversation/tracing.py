@@ -37,7 +37,9 @@ class TracingConfig(Section):
         default_factory=dict, description="sent with every export, e.g. Authorization (a secret: never shown)"
     )
     service_name: str = Field(default="appliance", description="service.name of the traces")
-    user_text: Literal["keep", "redact"] = Field(default="keep", description="redact: the user's words become their length")
+    user_text: Literal["keep", "redact"] = Field(
+        default="keep", description="redact: the user's words become their length"
+    )
     timeout: float = Field(default=10.0, gt=0, le=120, description="seconds an export may take")
 
 
@@ -78,9 +80,16 @@ class Tracing:
             shown.append({"role": message.role, "content": content})
         for number, tool_round in enumerate(rounds):
             for result in tool_round.results:
-                shown.append({"role": "tool", "round": number, "name": result.call.name,
-                              "arguments": result.call.arguments, "result": self.clean(result.content),
-                              "is_error": result.is_error})
+                shown.append(
+                    {
+                        "role": "tool",
+                        "round": number,
+                        "name": result.call.name,
+                        "arguments": result.call.arguments,
+                        "result": self.clean(result.content),
+                        "is_error": result.is_error,
+                    }
+                )
         return self.clean(json.dumps(shown, ensure_ascii=False, default=str))
 
     # --- spans ------------------------------------------------------------------------------------------
@@ -89,8 +98,10 @@ class Tracing:
     def turn(self, turn_id: str, brain: str, source: str) -> Iterator[Any]:
         """The trace of one turn; spans of provider calls made inside (child tasks included) join it."""
         with self.tracer.start_as_current_span(
-            "turn", attributes={"appliance.turn_id": turn_id, "appliance.brain": brain, "appliance.source": source},
-            record_exception=False, set_status_on_exception=False,
+            "turn",
+            attributes={"appliance.turn_id": turn_id, "appliance.brain": brain, "appliance.source": source},
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             yield span
 
@@ -222,8 +233,15 @@ class TracedLLM(_Forwarding):
                 async for event in events:
                     if isinstance(event, ToolCall):
                         calls.append({"id": event.id, "name": event.name, "arguments": event.arguments})
-                        span.add_event("tool call", {"name": event.name, "arguments": tracing.clean(
-                            json.dumps(event.arguments, ensure_ascii=False, default=str))})
+                        span.add_event(
+                            "tool call",
+                            {
+                                "name": event.name,
+                                "arguments": tracing.clean(
+                                    json.dumps(event.arguments, ensure_ascii=False, default=str)
+                                ),
+                            },
+                        )
                     else:
                         if not written:
                             span.add_event("first token")
@@ -233,9 +251,16 @@ class TracedLLM(_Forwarding):
             error = exc
             raise
         finally:
-            span.set_attribute("gen_ai.output.messages", tracing.clean(json.dumps(
-                [{"role": "assistant", "content": "".join(written), "tool_calls": calls}], ensure_ascii=False,
-                default=str)))
+            span.set_attribute(
+                "gen_ai.output.messages",
+                tracing.clean(
+                    json.dumps(
+                        [{"role": "assistant", "content": "".join(written), "tool_calls": calls}],
+                        ensure_ascii=False,
+                        default=str,
+                    )
+                ),
+            )
             _ended(span, error)
 
 

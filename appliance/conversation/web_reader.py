@@ -33,8 +33,31 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _TEXT_TYPES = ("text/plain", "application/json", "text/markdown", "text/csv", "application/xml", "text/xml")
 # Elements whose text is not the page's content.
 _SKIPPED = {"script", "style", "noscript", "template", "svg", "head", "nav", "footer", "aside", "form", "iframe"}
-_BLOCKS = {"p", "div", "section", "article", "main", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
-           "blockquote", "pre", "table", "ul", "ol", "dd", "dt", "figcaption", "hr"}
+_BLOCKS = {
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "br",
+    "li",
+    "tr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "pre",
+    "table",
+    "ul",
+    "ol",
+    "dd",
+    "dt",
+    "figcaption",
+    "hr",
+}
 
 
 @dataclass(frozen=True)
@@ -111,7 +134,11 @@ class WebReader:
         netloc = f"{literal}:{port}" if parts.port else literal
         pinned = parts._replace(netloc=netloc).geturl()
         extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
-        headers = {"Host": parts.netloc, "User-Agent": self.user_agent, "Accept": "text/html, text/plain;q=0.9, */*;q=0.1"}
+        headers = {
+            "Host": parts.netloc,
+            "User-Agent": self.user_agent,
+            "Accept": "text/html, text/plain;q=0.9, */*;q=0.1",
+        }
         return client.build_request("GET", pinned, headers=headers, extensions=extensions)
 
     async def _text(self, response: Any) -> str:
@@ -124,7 +151,7 @@ class WebReader:
             body += piece
             if len(body) > self.max_bytes:
                 truncated = True
-                del body[self.max_bytes:]
+                del body[self.max_bytes :]
                 break
         text = bytes(body).decode(response.charset_encoding or "utf-8", errors="replace")
         if kind in ("text/html", "application/xhtml+xml"):
@@ -152,7 +179,7 @@ class _Readable(HTMLParser):
         if tag == "title":
             self.in_title = False
         elif tag in self.skipping:  # also closes skipped elements left open inside it
-            del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag):]
+            del self.skipping[len(self.skipping) - 1 - self.skipping[::-1].index(tag) :]
         if tag in _BLOCKS:
             self.parts.append("\n")
 
@@ -185,8 +212,14 @@ def shorten(text: str, limit: int, truncated: bool = False) -> str:
     return cut + " … (the page goes on)"
 
 
-def web_reader_tool(reader: WebReader, *, name: str = "read_web_page", description: str = "",
-                    progress: str | None = None, timeout: float = 30.0) -> Tool:
+def web_reader_tool(
+    reader: WebReader,
+    *,
+    name: str = "read_web_page",
+    description: str = "",
+    progress: str | None = None,
+    timeout: float = 30.0,
+) -> Tool:
     async def runner(arguments: dict[str, Any]) -> Any:
         url = arguments.get("url")
         if not isinstance(url, str) or not url.strip():

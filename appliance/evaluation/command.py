@@ -35,7 +35,12 @@ def needs_judge(scenarios: ScenarioFile) -> bool:
 
 
 def run_eval(
-    config: Any, path: Path, out: TextIO, *, results: Path | None = None, rerun: bool = False,
+    config: Any,
+    path: Path,
+    out: TextIO,
+    *,
+    results: Path | None = None,
+    rerun: bool = False,
     only: list[str] | None = None,
 ) -> int:
     from appliance.app import cloud_brain_factory
@@ -60,15 +65,20 @@ def run_eval(
     judge_cfg = judge_config(config, scenarios.judge)
     keyless = not factory.needs_key("llm", judge_cfg.provider, judge_cfg.base_url)
     if needs_judge(scenarios) and not keyless and factory.key_for(judge_cfg.provider, judge_cfg.api_key) is None:
-        print(f"eval: the judge ({judge_cfg.provider}) needs an API key: set "
-              f"{factory.key_variable(judge_cfg.provider)}, or give [judge] a base_url", file=out)
+        print(
+            f"eval: the judge ({judge_cfg.provider}) needs an API key: set "
+            f"{factory.key_variable(judge_cfg.provider)}, or give [judge] a base_url",
+            file=out,
+        )
         return EXIT_INPUT
     try:
         build = cloud_brain_factory(config, LocalVoice(), speech=(WordsOnly(), WordsOnly()))
     except ConfigError as exc:
         print(f"eval: the robot's brain cannot be built:\n{exc.report()}", file=out)
         return EXIT_INPUT
-    context = f"{config.conversation.system_prompt}|{config.llm.provider}|{config.llm.model_name}|{judge_cfg.model_name}"
+    context = (
+        f"{config.conversation.system_prompt}|{config.llm.provider}|{config.llm.model_name}|{judge_cfg.model_name}"
+    )
 
     Done = list[tuple[ScenarioOutcome | None, dict[str, Any] | None, str]]
 
@@ -96,12 +106,17 @@ def run_eval(
         return done
 
     done = trio.run(main)
-    passed = sum(1 for outcome, earlier, _ in done if (outcome.passed if outcome else bool(earlier and earlier["passed"])))
+    passed = sum(
+        1 for outcome, earlier, _ in done if (outcome.passed if outcome else bool(earlier and earlier["passed"]))
+    )
     skipped = sum(1 for outcome, _, _ in done if outcome is None)
     failed = len(done) - passed
-    print(f"\n{len(done)} scenario{'s' if len(done) != 1 else ''}: {passed} passed, {failed} failed"
-          f"{f', {skipped} not run again (earlier results; --rerun to run them)' if skipped else ''}"
-          f"; results in {store.path}", file=out)
+    print(
+        f"\n{len(done)} scenario{'s' if len(done) != 1 else ''}: {passed} passed, {failed} failed"
+        f"{f', {skipped} not run again (earlier results; --rerun to run them)' if skipped else ''}"
+        f"; results in {store.path}",
+        file=out,
+    )
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 

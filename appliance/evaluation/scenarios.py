@@ -101,7 +101,9 @@ def _parse(path: Path, text: str) -> Any:
             try:
                 import yaml
             except ImportError:
-                raise ScenarioError(f"{path}: YAML needs PyYAML (pip install pyyaml); TOML and JSON need nothing") from None
+                raise ScenarioError(
+                    f"{path}: YAML needs PyYAML (pip install pyyaml); TOML and JSON need nothing"
+                ) from None
             return yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
         if isinstance(exc, ScenarioError):

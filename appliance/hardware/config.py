@@ -307,7 +307,8 @@ class HardwareConfig(Section):
         default="auto", description="auto = lgpio on a Pi, gpiozero's mock pins elsewhere"
     )
     gpio_chip: int | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="the /dev/gpiochipN the header is on, for lgpio (default: gpiozero's choice; set it when "
         "another controller comes first, as on an arm64 virt machine)",
     )

@@ -131,7 +131,9 @@ class GpiozeroAsRPiGPIO:
             if number not in self.devices:
                 self.devices[number] = build_device(
                     self.pin_factory,
-                    lambda: DigitalOutputDevice(number, initial_value=bool(initial), pin_factory=self.pin_factory),
+                    lambda number=number: DigitalOutputDevice(
+                        number, initial_value=bool(initial), pin_factory=self.pin_factory
+                    ),
                 )
 
     def output(self, pin: int, value: int | bool) -> None:

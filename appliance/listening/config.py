@@ -42,7 +42,9 @@ class WakeWordConfig(Section):
     phrases: list[str] = Field(default_factory=lambda: ["hey robot"], description="for the text engine")
     refractory: float = Field(default=2.0, ge=0, le=30, description="a wake word is ignored this long after one (s)")
     preroll: float = Field(
-        default=1.0, ge=0, le=3,
+        default=1.0,
+        ge=0,
+        le=3,
         description="audio before the detection that starts the utterance, so words right after the wake word "
         "are not lost (s)",
     )
@@ -50,7 +52,8 @@ class WakeWordConfig(Section):
         default=5.0, gt=0, le=30, description="after the wake word, give up when no speech starts within this (s)"
     )
     wakeword_timeout: float = Field(
-        default=60.0, ge=0,
+        default=60.0,
+        ge=0,
         description="after a finished turn the conversation stays open this long without the wake word (s)",
     )
     runtime: Literal["auto", "litert", "tflite_runtime", "pymicro"] = Field(
@@ -108,14 +111,18 @@ class ListeningConfig(Section):
     noise_window: float = Field(default=3.0, ge=0.5, le=30, description="seconds of non-speech the floor is taken from")
     silence_duration: float = Field(default=0.5, gt=0, le=5, description="silence that ends an utterance (s)")
     early_endpoint: float | None = Field(
-        default=0.25, gt=0, le=5,
+        default=0.25,
+        gt=0,
+        le=5,
         description="send the utterance after this much silence already; if speech resumes before "
         "silence_duration it is sent again, whole, and supersedes the first (null = wait silence_duration)",
     )
     min_duration: float = Field(default=0.2, ge=0, description="shorter sounds are ignored (s)")
     max_duration: float = Field(default=10.0, gt=0, le=120, description="an utterance is cut after this (s)")
     preroll: float = Field(
-        default=0.5, ge=0, le=2,
+        default=0.5,
+        ge=0,
+        le=2,
         description="audio kept from before the onset (s); 0.5 keeps a soft first syllable in noise",
     )
     barge_in: bool = Field(default=True, description="speaking over the robot interrupts it")
@@ -135,7 +142,8 @@ class ListeningConfig(Section):
         "with it on the self-trigger guard's margin drops to echo_cancel_margin_db",
     )
     echo_cancel_margin_db: float = Field(
-        default=3.0, ge=0,
+        default=3.0,
+        ge=0,
         description="while the robot speaks with echo cancellation on, speech must be this much louder than the "
         "residual echo (instead of barge_in_margin_db)",
     )

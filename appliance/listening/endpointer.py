@@ -80,7 +80,8 @@ class Endpointer:
         self._heard = 0  # quiet blocks of this utterance the second opinion took for speech
         self.silence_blocks = max(1, round(silence_duration / block_seconds))
         self.early_blocks = (
-            max(1, round(early_endpoint / block_seconds)) if early_endpoint and early_endpoint < silence_duration
+            max(1, round(early_endpoint / block_seconds))
+            if early_endpoint and early_endpoint < silence_duration
             else None
         )
         self.min_blocks = max(1, round(min_duration / block_seconds))
@@ -229,10 +230,7 @@ class Endpointer:
             return self._close("max_duration")
         if self._forced:
             return None
-        if (
-            self._quiet >= self.silence_blocks and hold and self._long_enough()
-            and self._held < self.max_hold_blocks
-        ):
+        if self._quiet >= self.silence_blocks and hold and self._long_enough() and self._held < self.max_hold_blocks:
             self._held += 1
             self._quiet = self.silence_blocks - 1  # a word under the noise: not the end yet
         if self._quiet >= self.silence_blocks:
@@ -244,7 +242,8 @@ class Endpointer:
                 return None
             return self._close("silence")
         if (
-            self.early_blocks is not None and not self._sent_early
+            self.early_blocks is not None
+            and not self._sent_early
             and self._quiet >= self.early_blocks + self.early_extra_blocks
             and (self._long_enough() or self._command)
         ):

@@ -38,8 +38,15 @@ def guard_margin(margin_db: float, echo_cancelled: bool, residual_margin_db: flo
 
 
 class EchoGuard:
-    def __init__(self, mode: str, block_seconds: float, margin_db: float = 12.0, tail: float = 0.3,
-                 learn_window: float = 3.0, cancelled_margin_db: float | None = None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        block_seconds: float,
+        margin_db: float = 12.0,
+        tail: float = 0.3,
+        learn_window: float = 3.0,
+        cancelled_margin_db: float | None = None,
+    ) -> None:
         self.mode = mode
         self.block_seconds = block_seconds
         self.full_margin_db = margin_db

@@ -90,13 +90,20 @@ class ListeningService:
         late = getattr(speech_detector, "reaction", None) if speech_detector is not None else None
         late = REACTION_SECONDS.get(c.vad, 0.0) if late is None else late
         self.endpointer = Endpointer(
-            self.block_seconds, c.silence_duration, c.min_duration, c.max_duration, c.preroll + late,
+            self.block_seconds,
+            c.silence_duration,
+            c.min_duration,
+            c.max_duration,
+            c.preroll + late,
             c.early_endpoint,
             longest_preroll=max(c.wake_word.preroll, _WAKE_LOOKBACK) if self.wake_engine == "micro" else None,
             confirm_blocks=2,
         )
         self.guard = EchoGuard(
-            c.self_trigger_guard, self.block_seconds, c.barge_in_margin_db, c.echo_tail,
+            c.self_trigger_guard,
+            self.block_seconds,
+            c.barge_in_margin_db,
+            c.echo_tail,
             cancelled_margin_db=guard_margin(c.barge_in_margin_db, echo_cancelled, c.echo_cancel_margin_db),
         )
         self.conversation_open_until = float("-inf")  # audio clock
@@ -118,8 +125,14 @@ class ListeningService:
         c = self.config
         detector = self._speech_detector or make_detector(c.vad, c.silero_model)
         self.vad = VoiceActivity(
-            self.block_seconds, c.volume_db_threshold, c.noise_floor, c.noise_margin_db, c.noise_window,
-            detector, c.vad_threshold, c.neural_margin_db,
+            self.block_seconds,
+            c.volume_db_threshold,
+            c.noise_floor,
+            c.noise_margin_db,
+            c.noise_window,
+            detector,
+            c.vad_threshold,
+            c.neural_margin_db,
         )
         if c.vad == "energy" and c.bridge_vad == "micro_vad" and self._speech_detector is None:
             try:
@@ -144,8 +157,11 @@ class ListeningService:
                 if self.config.mode == "muted":
                     self.bus.publish(MuteRequested(True, source="config"))
                 log.info(
-                    "listening: mode=%s vad=%s wake=%s guard=%s", self.config.mode, self.config.vad,
-                    self.wake_engine or "-", self.config.self_trigger_guard,
+                    "listening: mode=%s vad=%s wake=%s guard=%s",
+                    self.config.mode,
+                    self.config.vad,
+                    self.wake_engine or "-",
+                    self.config.self_trigger_guard,
                 )
                 await self._follow_blocks()
 
@@ -223,14 +239,16 @@ class ListeningService:
         may_start = self.mode == "always" or (
             self.mode == "wake_word" and (self.wake_engine == "text" or self.conversation_open)
         )
-        if not endpointer.in_speech and (
-            not may_start or not vad.ready or (busy and not self.config.barge_in)
-        ):
+        if not endpointer.in_speech and (not may_start or not vad.ready or (busy and not self.config.barge_in)):
             speech = False  # keep the pre-roll filling, start nothing
         if (
-            endpointer.in_speech and not endpointer.forced and not playing and vad.noise_floor
+            endpointer.in_speech
+            and not endpointer.forced
+            and not playing
+            and vad.noise_floor
             and self.command_level is None
-            and vad.detector.name == "energy" and vad.steady_noise()  # a neural VAD tells noise apart itself
+            and vad.detector.name == "energy"
+            and vad.steady_noise()  # a neural VAD tells noise apart itself
         ):
             vad.relearn()
             return endpointer.abandon("steady noise")
@@ -249,7 +267,9 @@ class ListeningService:
             for kept in endpointer.kept_blocks:
                 bridge.probability(kept)
         if (
-            isinstance(result, Segment) and result.reason == "max_duration" and vad.noise_floor
+            isinstance(result, Segment)
+            and result.reason == "max_duration"
+            and vad.noise_floor
             and self.command_level is None
         ):
             vad.relearn(list(result.levels))  # endless "speech" is most likely a new steady noise
@@ -382,4 +402,3 @@ class ListeningService:
             segment = self.endpointer.finish()
             if segment is not None:
                 await self._emit(segment, event.source)
-

@@ -136,7 +136,7 @@ class SileroVAD:
             self._session = onnxruntime.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
-        except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
+        except Exception as exc:  # noqa: BLE001  onnxruntime raises its own untyped errors for a bad file
             raise VADUnavailable(f"cannot load silero model {path}: {exc}") from None
         self._rate = np.array(CAPTURE_RATE, dtype=np.int64)
         self.reset()
@@ -197,8 +197,9 @@ class VoiceActivity:
         self.noise_floor = noise_floor
         self.detector = detector or NoNeuralVAD()
         # With a neural detector telling speech from noise, the energy gate only has to reject the near-silent.
-        self.noise_margin_db = noise_margin_db if self.detector.name == "energy" else min(noise_margin_db,
-                                                                                            neural_margin_db)
+        self.noise_margin_db = (
+            noise_margin_db if self.detector.name == "energy" else min(noise_margin_db, neural_margin_db)
+        )
         self.min_noise_margin_db = min(min_noise_margin_db, self.noise_margin_db)
         self.vad_threshold = vad_threshold
         self.block_seconds = block_seconds

@@ -115,8 +115,12 @@ def resolve_model(entry: WakeWordModel) -> WakeWordSpec:
     if not model_path.exists():
         raise WakeWordError(f"wake word model {model_path} (named in {manifest}) does not exist")
     return WakeWordSpec(
-        id=model_path.stem, phrase=phrase, model_path=model_path, probability_cutoff=cutoff,
-        sliding_window=window, languages=tuple(data.get("trained_languages", ())),
+        id=model_path.stem,
+        phrase=phrase,
+        model_path=model_path,
+        probability_cutoff=cutoff,
+        sliding_window=window,
+        languages=tuple(data.get("trained_languages", ())),
     )
 
 
@@ -174,8 +178,13 @@ class _PymicroRunner:
         if lib is None:
             raise WakeWordError("pymicro-wakeword has no TensorFlow Lite library for this platform")
         self._model = MicroWakeWord(
-            spec.id, wake_word=spec.phrase, tflite_model=spec.model_path, probability_cutoff=spec.probability_cutoff,
-            sliding_window_size=1, trained_languages=list(spec.languages), libtensorflowlite_c_path=lib,
+            spec.id,
+            wake_word=spec.phrase,
+            tflite_model=spec.model_path,
+            probability_cutoff=spec.probability_cutoff,
+            sliding_window_size=1,
+            trained_languages=list(spec.languages),
+            libtensorflowlite_c_path=lib,
         )
         self.stride = int(self._model.stride)
 
@@ -288,11 +297,14 @@ class MicroWakeWordDetector:
         self._quiet_until = 0.0
         log.info(
             "wake words: %s (%s)",
-            ", ".join(f"{m.spec.phrase} >{m.spec.probability_cutoff:g}" for m in self.models), self.runtime,
+            ", ".join(f"{m.spec.phrase} >{m.spec.probability_cutoff:g}" for m in self.models),
+            self.runtime,
         )
 
     @classmethod
-    def from_config(cls, entries: list[WakeWordModel], runtime: str = "auto", refractory: float = 2.0) -> MicroWakeWordDetector:
+    def from_config(
+        cls, entries: list[WakeWordModel], runtime: str = "auto", refractory: float = 2.0
+    ) -> MicroWakeWordDetector:
         return cls([resolve_model(e) for e in entries], runtime, refractory)
 
     @property

@@ -53,10 +53,13 @@ def check_bind(config: ServerConfig) -> None:
     from appliance.control.auth import is_loopback
 
     if config.api_key is None and not is_loopback(config.host):
-        raise ConfigError("server", [
-            f"server.host = {config.host!r} is reachable from the network but no server.api_key is set: set one "
-            "($APPLIANCE_SERVER__API_KEY or the credential server_api_key), or bind 127.0.0.1"
-        ])
+        raise ConfigError(
+            "server",
+            [
+                f"server.host = {config.host!r} is reachable from the network but no server.api_key is set: set one "
+                "($APPLIANCE_SERVER__API_KEY or the credential server_api_key), or bind 127.0.0.1"
+            ],
+        )
 
 
 @dataclass(eq=False)
@@ -75,8 +78,9 @@ class _Session:
 class AvatarServer:
     name = "avatar-server"
 
-    def __init__(self, brain: Brain, config: ServerConfig, *, history_limit: int = 20,
-                 idle_timeout: float = 600.0) -> None:
+    def __init__(
+        self, brain: Brain, config: ServerConfig, *, history_limit: int = 20, idle_timeout: float = 600.0
+    ) -> None:
         self.brain = brain
         self.config = config
         if isinstance(getattr(brain, "prefetch", None), int):  # the cloud brain's sentences synthesized ahead
@@ -98,8 +102,9 @@ class AvatarServer:
             async with trio.open_nursery() as nursery:
                 # The largest frame is an invoke with the longest audio allowed, base64: refused beyond that.
                 largest = self.max_pcm * 4 // 3 + _FRAME_OVERHEAD
-                server = await nursery.start(partial(serve_websocket, self._handle, cfg.host, cfg.port, None,
-                                                     max_message_size=largest))
+                server = await nursery.start(
+                    partial(serve_websocket, self._handle, cfg.host, cfg.port, None, max_message_size=largest)
+                )
                 self.port = server.port
                 log.info("serving the AIAvatarKit protocol on ws://%s:%d/ws", cfg.host, self.port)
                 task_status.started(self.port)
@@ -184,8 +189,14 @@ class AvatarServer:
             "user_id": session.user_id if session else None,
             "context_id": session.context_id if session else None,
             "transaction_id": session.transaction_id if session else None,
-            "text": None, "voice_text": None, "language": None, "control_tags": None,
-            "avatar_control_request": None, "audio_data": None, "metadata": {}, "structured_content": None,
+            "text": None,
+            "voice_text": None,
+            "language": None,
+            "control_tags": None,
+            "avatar_control_request": None,
+            "audio_data": None,
+            "metadata": {},
+            "structured_content": None,
         }
         frame.update(fields)
         try:
@@ -193,8 +204,9 @@ class AvatarServer:
         except ConnectionClosed:
             pass  # the reader notices and ends the connection
 
-    async def _on_message(self, ws: WebSocketConnection, message: str | bytes, sessions: dict[str, _Session],
-                          nursery: trio.Nursery) -> bool:
+    async def _on_message(
+        self, ws: WebSocketConnection, message: str | bytes, sessions: dict[str, _Session], nursery: trio.Nursery
+    ) -> bool:
         """Handle one client frame; False closes the connection."""
         try:
             frame = json.loads(message) if isinstance(message, str) else None
@@ -218,11 +230,16 @@ class AvatarServer:
             context_id = frame.get("context_id") if isinstance(frame.get("context_id"), str) else None
             user = frame.get("user_id") if isinstance(frame.get("user_id"), str) else "user"
             if session_id not in sessions and len(sessions) >= self.config.max_sessions:
-                await self._send(ws, None, "error", metadata={
-                    "error": f"this connection already holds {len(sessions)} sessions; stop one first"})
+                await self._send(
+                    ws,
+                    None,
+                    "error",
+                    metadata={"error": f"this connection already holds {len(sessions)} sessions; stop one first"},
+                )
                 return True
-            session = _Session(session_id, user, context_id,
-                               frame["metadata"] if isinstance(frame.get("metadata"), dict) else {})
+            session = _Session(
+                session_id, user, context_id, frame["metadata"] if isinstance(frame.get("metadata"), dict) else {}
+            )
             sessions[session_id] = session
             await self._send(ws, session, "connected")
             return True
@@ -247,8 +264,9 @@ class AvatarServer:
 
     # --- requests -----------------------------------------------------------------------------------------
 
-    async def _invoke(self, ws: WebSocketConnection, session: _Session, frame: dict[str, Any],
-                      nursery: trio.Nursery) -> None:
+    async def _invoke(
+        self, ws: WebSocketConnection, session: _Session, frame: dict[str, Any], nursery: trio.Nursery
+    ) -> None:
         text = frame.get("text")
         if text is not None and not isinstance(text, str):
             raise ProtocolError("invoke: text must be a string")
@@ -289,8 +307,9 @@ class AvatarServer:
         finally:
             self.audio_in_flight -= reserved
 
-    async def _listen(self, ws: WebSocketConnection, session: _Session, frame: dict[str, Any],
-                      nursery: trio.Nursery) -> None:
+    async def _listen(
+        self, ws: WebSocketConnection, session: _Session, frame: dict[str, Any], nursery: trio.Nursery
+    ) -> None:
         pcm = b64decode(frame.get("audio_data"), "data.audio_data")
         samples = np.concatenate([session.pending, AudioClip.from_pcm(pcm, CAPTURE_RATE).samples])
         whole = len(samples) - len(samples) % _BLOCK
@@ -329,8 +348,15 @@ class AvatarServer:
         self._histories.move_to_end(context_id)
         return history
 
-    async def _begin(self, ws: WebSocketConnection, session: _Session, utterance: Utterance,
-                     params: dict[str, str], seed: Any, nursery: trio.Nursery) -> None:
+    async def _begin(
+        self,
+        ws: WebSocketConnection,
+        session: _Session,
+        utterance: Utterance,
+        params: dict[str, str],
+        seed: Any,
+        nursery: trio.Nursery,
+    ) -> None:
         await self._interrupt(ws, session)
         session.transaction_id = uuid.uuid4().hex
         session.context_id = session.context_id or uuid.uuid4().hex
@@ -338,8 +364,16 @@ class AvatarServer:
         history = self._history(session.context_id, seed)
         nursery.start_soon(self._turn, ws, session, utterance, params, history, session.scope, session.done)
 
-    async def _turn(self, ws: WebSocketConnection, session: _Session, utterance: Utterance, params: dict[str, str],
-                    history: ConversationHistory, scope: trio.CancelScope, done: trio.Event) -> None:
+    async def _turn(
+        self,
+        ws: WebSocketConnection,
+        session: _Session,
+        utterance: Utterance,
+        params: dict[str, str],
+        history: ConversationHistory,
+        scope: trio.CancelScope,
+        done: trio.Event,
+    ) -> None:
         heard: str | None = utterance.text
         said: list[str] = []
         voiced: list[str] = []  # the final carries what was spoken too (AIAvatarKit's client prints it)
@@ -347,8 +381,9 @@ class AvatarServer:
         try:
             with scope:
                 await self._send(ws, session, "accepted")
-                request = TurnRequest(session.transaction_id or "", utterance, history.messages(),
-                                      session.context_id or "", params)
+                request = TurnRequest(
+                    session.transaction_id or "", utterance, history.messages(), session.context_id or "", params
+                )
                 send, receive = trio.open_memory_channel[BrainOutput](0)
                 started = False
                 try:
@@ -381,8 +416,14 @@ class AvatarServer:
                 if not heard and not said:  # nothing understood: what AIAvatarKit does
                     await self._send(ws, session, "canceled", metadata={"reason": "No speech recognized."})
                     return
-                await self._send(ws, session, "final", text=" ".join(said), voice_text=" ".join(voiced),
-                                 metadata={"request_text": heard})
+                await self._send(
+                    ws,
+                    session,
+                    "final",
+                    text=" ".join(said),
+                    voice_text=" ".join(voiced),
+                    metadata={"request_text": heard},
+                )
         finally:
             if heard or said:
                 history.add_turn(heard, " ".join(said))
@@ -393,8 +434,12 @@ class AvatarServer:
         # face or animation); control_tags is null rather than empty.
         control = {"animation_name": None, "animation_duration": None, "face_name": None, "face_duration": None}
         control.update(avatar_control_from_tags(chunk.tags) or {})
-        common: dict[str, Any] = {"text": chunk.text, "voice_text": chunk.voice_text,
-                                  "avatar_control_request": control, "control_tags": control_tags(chunk.tags) or None}
+        common: dict[str, Any] = {
+            "text": chunk.text,
+            "voice_text": chunk.voice_text,
+            "avatar_control_request": control,
+            "control_tags": control_tags(chunk.tags) or None,
+        }
         audio = chunk.audio
         if isinstance(audio, AudioStream):
             # The protocol announces a sentence's length before its audio, so a stream is read to its end.
@@ -407,15 +452,25 @@ class AvatarServer:
         else:
             audio_id = uuid.uuid4().hex
             fmt = {"sample_rate": audio.sample_rate, "channels": 1, "sample_width": 2}
-            await self._send(ws, session, "chunk", **common, metadata={
-                "pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(audio.samples)})
+            await self._send(
+                ws,
+                session,
+                "chunk",
+                **common,
+                metadata={"pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(audio.samples)},
+            )
             raw = audio.pcm()
             step = audio.sample_rate // 5 * 2  # 200 ms a frame
             for start in range(0, len(raw), step):
                 # Each frame names its format again: AIAvatarKit's client queues a frame for its PCM stream only
                 # when it carries pcm_format, and would try to play it as a WAV otherwise.
-                await self._send(ws, session, "chunk", audio_data=b64encode(raw[start : start + step]),
-                                 metadata={"pcm_format": fmt, "audio_id": audio_id})
+                await self._send(
+                    ws,
+                    session,
+                    "chunk",
+                    audio_data=b64encode(raw[start : start + step]),
+                    metadata={"pcm_format": fmt, "audio_id": audio_id},
+                )
 
 
 async def serve_until_signalled(server: AvatarServer) -> None:

@@ -58,10 +58,24 @@ RECORDINGS = Path(__file__).resolve().parent.parent / "fixtures" / "aiavatar"
 # The protocol as AIAvatarKit 0.9.2 defines it (its request/response models), written down here on purpose:
 # a fake that borrowed our client's lists would agree with the client by construction.
 CLIENT_TYPES = frozenset({"start", "data", "invoke", "config", "stop"})
-SERVER_TYPES = frozenset({"connected", "voiced", "accepted", "start", "chunk", "tool_call", "final", "vision", "stop",
-                          "canceled", "error"})
-RESPONSE_FIELDS = ("type", "session_id", "user_id", "context_id", "transaction_id", "text", "voice_text", "language",
-                   "control_tags", "avatar_control_request", "audio_data", "metadata", "structured_content")
+SERVER_TYPES = frozenset(
+    {"connected", "voiced", "accepted", "start", "chunk", "tool_call", "final", "vision", "stop", "canceled", "error"}
+)
+RESPONSE_FIELDS = (
+    "type",
+    "session_id",
+    "user_id",
+    "context_id",
+    "transaction_id",
+    "text",
+    "voice_text",
+    "language",
+    "control_tags",
+    "avatar_control_request",
+    "audio_data",
+    "metadata",
+    "structured_content",
+)
 _TAG = re.compile(r"\[(face|animation):([^\]]+)\]")
 
 
@@ -75,11 +89,21 @@ def parse_tags(sentence: str) -> tuple[str, list[tuple[str, str]]]:
     tags = [(m.group(1), m.group(2).strip()) for m in _TAG.finditer(sentence)]
     return " ".join(_TAG.sub(" ", sentence).split()), tags
 
+
 _ALLOWED_KEYS = {
     "start": {"type", "session_id", "user_id", "context_id", "metadata"},
     "data": {"type", "session_id", "audio_data"},
-    "invoke": {"type", "session_id", "user_id", "context_id", "text", "audio_data", "system_prompt_params",
-               "files", "metadata"},
+    "invoke": {
+        "type",
+        "session_id",
+        "user_id",
+        "context_id",
+        "text",
+        "audio_data",
+        "system_prompt_params",
+        "files",
+        "metadata",
+    },
     "config": {"type", "session_id", "metadata"},
     "stop": {"type", "session_id"},
 }
@@ -103,9 +127,12 @@ def _reply_frames(received: list[dict[str, Any]], skip_replies: int) -> list[dic
 
 
 _REPLAYS = {  # what to replay: (recording, complete replies before the one wanted)
-    "text_invoke": ("text_invoke", 0), "pcm_text_invoke": ("pcm_text_invoke", 0),
-    "audio_invoke": ("audio_invoke", 0), "stt_failure": ("stt_failure", 0),
-    "next_text_invoke": ("barge_in", 1), "next_audio_invoke": ("text_then_audio", 1),
+    "text_invoke": ("text_invoke", 0),
+    "pcm_text_invoke": ("pcm_text_invoke", 0),
+    "audio_invoke": ("audio_invoke", 0),
+    "stt_failure": ("stt_failure", 0),
+    "next_text_invoke": ("barge_in", 1),
+    "next_audio_invoke": ("text_then_audio", 1),
 }
 
 
@@ -122,10 +149,13 @@ def replayed_ids(name: str) -> dict[str, str | None]:
     accepted = list(dict.fromkeys(accepted))
     connected = received[0]
     contexts = [f["context_id"] for f in received if f.get("context_id")]
-    return {"session_id": connected["session_id"], "user_id": connected["user_id"],
-            "context_id": contexts[0] if contexts else None,
-            "transaction_id": accepted[skip] if len(accepted) > skip else None,
-            "previous_transaction_id": accepted[skip - 1] if skip else None}
+    return {
+        "session_id": connected["session_id"],
+        "user_id": connected["user_id"],
+        "context_id": contexts[0] if contexts else None,
+        "transaction_id": accepted[skip] if len(accepted) > skip else None,
+        "previous_transaction_id": accepted[skip - 1] if skip else None,
+    }
 
 
 _CONTROL_FIELDS = ("animation_name", "animation_duration", "face_name", "face_duration")
@@ -236,14 +266,16 @@ class FakeAvatarServer:
     async def _send(self, ws: WebSocketConnection, session: _Session | None, kind: str, **fields: Any) -> None:
         assert kind in SERVER_TYPES or self.fault == "unknown_types", kind
         frame: dict[str, Any] = dict.fromkeys(RESPONSE_FIELDS)
-        frame.update({
-            "type": kind,
-            "session_id": session.session_id if session else None,
-            "user_id": session.user_id if session else None,
-            "context_id": session.context_id if session else None,
-            "transaction_id": session.transaction_id if session else None,
-            "metadata": {},
-        })
+        frame.update(
+            {
+                "type": kind,
+                "session_id": session.session_id if session else None,
+                "user_id": session.user_id if session else None,
+                "context_id": session.context_id if session else None,
+                "transaction_id": session.transaction_id if session else None,
+                "metadata": {},
+            }
+        )
         frame.update(fields)
         await self._send_frame(ws, frame)
 
@@ -251,8 +283,9 @@ class FakeAvatarServer:
         self.sent.append(frame)
         await ws.send_message(json.dumps(frame))
 
-    async def _on_message(self, ws: WebSocketConnection, message: str | bytes, sessions: dict[str, _Session],
-                          nursery: trio.Nursery) -> bool:
+    async def _on_message(
+        self, ws: WebSocketConnection, message: str | bytes, sessions: dict[str, _Session], nursery: trio.Nursery
+    ) -> bool:
         if isinstance(message, bytes):
             self._violation("binary frame from client")
             return True
@@ -328,8 +361,9 @@ class FakeAvatarServer:
         await self._begin(ws, session, nursery, text=text or None, pcm=pcm, context_id=context_id)
         return True
 
-    async def _replay(self, ws: WebSocketConnection, session: _Session, *, text: str | None, pcm: bytes | None,
-                      context_id: str | None) -> None:
+    async def _replay(
+        self, ws: WebSocketConnection, session: _Session, *, text: str | None, pcm: bytes | None, context_id: str | None
+    ) -> None:
         """Answer with the frames the real server sent for this kind of request, only the ids made live.
 
         Awaited by the reader, as the real server awaits its pipeline: nothing more is read meanwhile."""
@@ -348,18 +382,24 @@ class FakeAvatarServer:
         ids = replayed_ids(name)
         for frame in frames:
             live = dict(frame)
-            for key, recorded_value, value in (("session_id", ids["session_id"], session.session_id),
-                                               ("user_id", ids["user_id"], session.user_id),
-                                               ("context_id", ids["context_id"], session.context_id),
-                                               ("transaction_id", ids["transaction_id"], fresh),
-                                               ("transaction_id", ids["previous_transaction_id"], previous)):
+            for key, recorded_value, value in (
+                ("session_id", ids["session_id"], session.session_id),
+                ("user_id", ids["user_id"], session.user_id),
+                ("context_id", ids["context_id"], session.context_id),
+                ("transaction_id", ids["transaction_id"], fresh),
+                ("transaction_id", ids["previous_transaction_id"], previous),
+            ):
                 if recorded_value is not None and live.get(key) == recorded_value:
                     live[key] = value
             if self.fault == "silent" and live["type"] not in ("stop", "accepted", "final"):
                 await trio.sleep_forever()
-            if self.fault == "close_mid_reply" and live["type"] == "chunk" and any(
-                    f["type"] == "chunk" and f.get("audio_data") and f.get("transaction_id") == fresh
-                    for f in self.sent):
+            if (
+                self.fault == "close_mid_reply"
+                and live["type"] == "chunk"
+                and any(
+                    f["type"] == "chunk" and f.get("audio_data") and f.get("transaction_id") == fresh for f in self.sent
+                )
+            ):
                 await ws.aclose(1011, "server going away")
                 return
             if live["type"] == "accepted":
@@ -400,8 +440,16 @@ class FakeAvatarServer:
                     self.requests.append({"audio": utterance, "metadata": {}, "streamed": True})
                     await self._begin(ws, session, nursery, text=None, pcm=utterance, context_id=session.context_id)
 
-    async def _begin(self, ws: WebSocketConnection, session: _Session, nursery: trio.Nursery, *, text: str | None,
-                     pcm: bytes | None, context_id: str | None) -> None:
+    async def _begin(
+        self,
+        ws: WebSocketConnection,
+        session: _Session,
+        nursery: trio.Nursery,
+        *,
+        text: str | None,
+        pcm: bytes | None,
+        context_id: str | None,
+    ) -> None:
         if session.scope is not None and not session.done.is_set():
             session.scope.cancel()
             await session.done.wait()
@@ -414,8 +462,15 @@ class FakeAvatarServer:
         self.histories.setdefault(session.context_id, [])
         nursery.start_soon(self._respond, ws, session, session.scope, session.done, text, pcm)
 
-    async def _respond(self, ws: WebSocketConnection, session: _Session, scope: trio.CancelScope, done: trio.Event,
-                       text: str | None, pcm: bytes | None) -> None:
+    async def _respond(
+        self,
+        ws: WebSocketConnection,
+        session: _Session,
+        scope: trio.CancelScope,
+        done: trio.Event,
+        text: str | None,
+        pcm: bytes | None,
+    ) -> None:
         try:
             with scope:
                 await self._reply(ws, session, text, pcm)
@@ -430,8 +485,7 @@ class FakeAvatarServer:
         if text is not None and "stop_first" in self.quirks:  # recorded order for text: stop, then accepted
             await self._send(ws, session, "stop", **stop)
         if "no_accepted" not in self.quirks:
-            await self._send(ws, session, "accepted", user_id=None, context_id=None,
-                             metadata={"block_barge_in": False})
+            await self._send(ws, session, "accepted", user_id=None, context_id=None, metadata={"block_barge_in": False})
         if self.fault == "silent":
             await trio.sleep_forever()
         if self.fault == "error":
@@ -459,8 +513,15 @@ class FakeAvatarServer:
         history = self.histories[session.context_id or ""]
         sentences = self.reply(text, history)
         if "empty_chunks" in self.quirks:
-            await self._send(ws, session, "chunk", text="", voice_text="", audio_data="",
-                             avatar_control_request=dict.fromkeys(_CONTROL_FIELDS))
+            await self._send(
+                ws,
+                session,
+                "chunk",
+                text="",
+                voice_text="",
+                audio_data="",
+                avatar_control_request=dict.fromkeys(_CONTROL_FIELDS),
+            )
             await self._send(ws, session, "chunk")
         spoken = []
         for index, sentence in enumerate(sentences):
@@ -488,21 +549,38 @@ class FakeAvatarServer:
         voice, tags = parse_tags(sentence)
         faces = [value for name, value in tags if name == "face"]
         animations = [value for name, value in tags if name == "animation"]
-        control = {"animation_name": animations[0] if animations else None,
-                   "animation_duration": 3.0 if animations else None,
-                   "face_name": faces[0] if faces else None, "face_duration": 4.0 if faces else None}
+        control = {
+            "animation_name": animations[0] if animations else None,
+            "animation_duration": 3.0 if animations else None,
+            "face_name": faces[0] if faces else None,
+            "face_duration": 4.0 if faces else None,
+        }
         clip = tone(self.speech_seconds)
-        common = {"text": sentence, "voice_text": voice, "avatar_control_request": control,
-                  "control_tags": [{"name": name, "attributes": {"name": value}} for name, value in tags] or None}
+        common = {
+            "text": sentence,
+            "voice_text": voice,
+            "avatar_control_request": control,
+            "control_tags": [{"name": name, "attributes": {"name": value}} for name, value in tags] or None,
+        }
         if not self.pcm:
             await self._send(ws, session, "chunk", audio_data=base64.b64encode(encode_wav(clip)).decode(), **common)
             return
         audio_id = uuid.uuid4().hex
         raw = clip.pcm()
         fmt = {"sample_rate": clip.sample_rate, "channels": 1, "sample_width": 2}
-        await self._send(ws, session, "chunk", **common, metadata={
-            "pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(clip.samples)})
+        await self._send(
+            ws,
+            session,
+            "chunk",
+            **common,
+            metadata={"pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(clip.samples)},
+        )
         step = 4800
         for start in range(0, len(raw), step):  # the real server repeats the format in every audio frame
-            await self._send(ws, session, "chunk", audio_data=base64.b64encode(raw[start : start + step]).decode(),
-                             metadata={"pcm_format": fmt, "audio_id": audio_id})
+            await self._send(
+                ws,
+                session,
+                "chunk",
+                audio_data=base64.b64encode(raw[start : start + step]).decode(),
+                metadata={"pcm_format": fmt, "audio_id": audio_id},
+            )

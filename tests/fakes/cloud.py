@@ -108,7 +108,9 @@ class FakeCloud:
 
     # --- serving ---------------------------------------------------------------------------------------
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 0, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, host: str = "127.0.0.1", port: int = 0, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
         config = HypercornConfig()
         config.bind = [f"{host}:{port}"]
         config.accesslog = None
@@ -154,14 +156,21 @@ class FakeCloud:
             if behaviour.retry_after is not None:
                 headers["retry-after"] = f"{behaviour.retry_after:g}"
             if anthropic_style:
-                body = {"type": "error", "error": {"type": _anthropic_error(behaviour.status), "message": behaviour.message}}
+                body = {
+                    "type": "error",
+                    "error": {"type": _anthropic_error(behaviour.status), "message": behaviour.message},
+                }
             else:
                 body = {"error": {"message": behaviour.message, "type": "fake_error", "code": str(behaviour.status)}}
             return JSONResponse(body, status_code=behaviour.status, headers=headers)
         return None
 
     def _stream(
-        self, pieces: list[bytes], behaviour: Behaviour, media_type: str, record: Recorded | None = None,
+        self,
+        pieces: list[bytes],
+        behaviour: Behaviour,
+        media_type: str,
+        record: Recorded | None = None,
         first_content: int = 0,
     ) -> StreamingResponse:
         """Stream ``pieces``; ``record.first_byte_at`` is stamped when piece ``first_content`` goes out."""
@@ -216,20 +225,29 @@ class FakeCloud:
 
     async def _log(self, request: Request) -> Response:
         """The request log, for a benchmark in another process to subtract the server's own time."""
-        return JSONResponse([
-            {"path": r.path, "at": r.at, "first_byte_at": r.first_byte_at, "sent_at": r.sent_at,
-             "input": r.body.get("input") if isinstance(r.body, dict) else None,
-             "audio": {k: r.body[k] for k in ("seconds", "rms_db", "peak_db")}
-             if isinstance(r.body, dict) and "seconds" in r.body else None}
-            for r in self.requests
-        ])
+        return JSONResponse(
+            [
+                {
+                    "path": r.path,
+                    "at": r.at,
+                    "first_byte_at": r.first_byte_at,
+                    "sent_at": r.sent_at,
+                    "input": r.body.get("input") if isinstance(r.body, dict) else None,
+                    "audio": {k: r.body[k] for k in ("seconds", "rms_db", "peak_db")}
+                    if isinstance(r.body, dict) and "seconds" in r.body
+                    else None,
+                }
+                for r in self.requests
+            ]
+        )
 
     # --- OpenAI --------------------------------------------------------------------------------------
 
     async def _models(self, request: Request) -> Response:
         await self._record(request, None)
-        return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
-                                                         "owned_by": "fake"}]})
+        return JSONResponse(
+            {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]}
+        )
 
     async def _transcriptions(self, request: Request) -> Response:
         form = await request.form()
@@ -237,7 +255,8 @@ class FakeCloud:
         audio = await upload.read() if upload is not None and hasattr(upload, "read") else b""
         heard = _measure_wav(audio)
         record = await self._record(
-            request, {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio), **(heard or {})}
+            request,
+            {"model": form.get("model"), "language": form.get("language"), "bytes": len(audio), **(heard or {})},
         )
         if failure := await self._misbehave(self.stt, arrived=record.at):
             return failure
@@ -259,13 +278,30 @@ class FakeCloud:
         if failure := await self._misbehave(self.llm, arrived=record.at):
             return failure
         created = int(time.time())
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": body.get("model")}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.get("model"),
+        }
         if not body.get("stream"):
             message = {"role": "assistant", "content": self.reply}
-            return JSONResponse({**base, "object": "chat.completion",
-                                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-        pieces = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
+            return JSONResponse(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
+        pieces = [
+            _sse(
+                {
+                    **base,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                }
+            )
+        ]
         if self.llm.malformed:
             pieces.append(b"data: {not json\n\n")
             return self._stream(pieces, self.llm, "text/event-stream")
@@ -278,12 +314,16 @@ class FakeCloud:
                 call = {"index": 0, "function": {"arguments": part}}
                 if i == 0:
                     call.update({"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": part}})
-                pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}))
+                pieces.append(
+                    _sse({**base, "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]})
+                )
             pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
             pieces.append(b"data: [DONE]\n\n")
             return self._stream(pieces, self.llm, "text/event-stream")
-        has_image = any(isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
-                        for m in body.get("messages", []))
+        has_image = any(
+            isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
+            for m in body.get("messages", [])
+        )
         for delta in self._deltas(results[-1] if results else None, has_image):
             pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {"content": delta}, "finish_reason": None}]}))
         pieces.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
@@ -320,39 +360,88 @@ class FakeCloud:
         if failure := await self._misbehave(self.anthropic, anthropic_style=True):
             return failure
         model = body.get("model")
-        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
-                   "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 0}}
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 0},
+        }
         pieces = [_event("message_start", {"type": "message_start", "message": message})]
         if self.anthropic.malformed:
             pieces.append(b"event: content_block_delta\ndata: {broken\n\n")
             return self._stream(pieces, self.anthropic, "text/event-stream")
-        results = [part.get("content", "") for m in body.get("messages", []) if isinstance(m.get("content"), list)
-                   for part in m["content"] if part.get("type") == "tool_result"]
+        results = [
+            part.get("content", "")
+            for m in body.get("messages", [])
+            if isinstance(m.get("content"), list)
+            for part in m["content"]
+            if part.get("type") == "tool_result"
+        ]
         if self.tool_call and body.get("tools") and not results:
             name, args = self.tool_call
             encoded = json.dumps(args)
             half = len(encoded) // 2
-            pieces.append(_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
-                "type": "tool_use", "id": "toolu_fake1", "name": name, "input": {}}}))
+            pieces.append(
+                _event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "tool_use", "id": "toolu_fake1", "name": name, "input": {}},
+                    },
+                )
+            )
             for part in (encoded[:half], encoded[half:]):
-                pieces.append(_event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                             "delta": {"type": "input_json_delta", "partial_json": part}}))
+                pieces.append(
+                    _event(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {"type": "input_json_delta", "partial_json": part},
+                        },
+                    )
+                )
             pieces += [
                 _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                                         "usage": {"output_tokens": 10}}),
+                _event(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                        "usage": {"output_tokens": 10},
+                    },
+                ),
                 _event("message_stop", {"type": "message_stop"}),
             ]
             return self._stream(pieces, self.anthropic, "text/event-stream")
-        pieces.append(_event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                     "content_block": {"type": "text", "text": ""}}))
+        pieces.append(
+            _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
+        )
         for delta in self._deltas(results[-1] if results else None):
-            pieces.append(_event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                         "delta": {"type": "text_delta", "text": delta}}))
+            pieces.append(
+                _event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta}},
+                )
+            )
         pieces += [
             _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                     "usage": {"output_tokens": 10}}),
+            _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 10},
+                },
+            ),
             _event("message_stop", {"type": "message_stop"}),
         ]
         return self._stream(pieces, self.anthropic, "text/event-stream")
@@ -394,8 +483,13 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 
 def _anthropic_error(status: int) -> str:
-    return {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error")
 
 
 def tone(seconds: float, freq: float = 440.0, rate: int = PCM_RATE) -> bytes:

@@ -240,8 +240,9 @@ class FakeProviders(FakeCloud):
         text = "".join(m["text"] for p in query.get("accent_phrases", []) for m in p.get("moras", []))
         seconds = max(0.05, len(text) * self.seconds_per_char / max(query.get("speedScale", 1.0), 0.1))
         data = wav_bytes(seconds, 24000)
-        return self._stream([data[i : i + 4800] for i in range(0, len(data), 4800)], self.behaviours["voicevox"],
-                            "audio/wav")
+        return self._stream(
+            [data[i : i + 4800] for i in range(0, len(data), 4800)], self.behaviours["voicevox"], "audio/wav"
+        )
 
     # --- Azure ------------------------------------------------------------------------------------
 
@@ -392,8 +393,9 @@ class FakeProviders(FakeCloud):
         if not text:
             return JSONResponse({"error": "text is empty"}, 400)
         data = wav_bytes(max(0.05, len(text) * self.seconds_per_char), 22050)
-        return self._stream([data[i : i + 4410] for i in range(0, len(data), 4410)], self.behaviours["http_tts"],
-                            "audio/wav")
+        return self._stream(
+            [data[i : i + 4410] for i in range(0, len(data), 4410)], self.behaviours["http_tts"], "audio/wav"
+        )
 
 
 @asynccontextmanager

@@ -157,7 +157,10 @@ class OpenAIChat:
         from openai.types.chat import ChatCompletionChunk
 
         return await self._client.post(
-            "/chat/completions", body=body, cast_to=ChatCompletionChunk, stream=True,
+            "/chat/completions",
+            body=body,
+            cast_to=ChatCompletionChunk,
+            stream=True,
             stream_cls=AsyncStream[ChatCompletionChunk],
         )
 

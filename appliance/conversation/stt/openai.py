@@ -13,8 +13,14 @@ from appliance.errors import ProviderBadReply
 class OpenAIRecognizer:
     name = "openai-stt"
 
-    def __init__(self, model: str, api_key: str | None, base_url: str | None = None, timeout: float = 15.0,
-                 language: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        api_key: str | None,
+        base_url: str | None = None,
+        timeout: float = 15.0,
+        language: str | None = None,
+    ) -> None:
         self.model = model
         self.language = language
         self.warmth = Warmth()

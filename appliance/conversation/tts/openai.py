@@ -16,8 +16,16 @@ OPENAI_PCM_RATE = 24_000
 class OpenAISynthesizer:
     name = "openai-tts"
 
-    def __init__(self, model: str, voice: str, api_key: str | None, base_url: str | None = None,
-                 timeout: float = 15.0, speed: float = 1.0, instructions: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        voice: str,
+        api_key: str | None,
+        base_url: str | None = None,
+        timeout: float = 15.0,
+        speed: float = 1.0,
+        instructions: str | None = None,
+    ) -> None:
         self.model = model
         self.voice = voice
         self.speed = speed

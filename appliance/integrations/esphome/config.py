@@ -14,7 +14,10 @@ class HomeAssistantConfig(Section):
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=6053, ge=0, le=65535, description="Home Assistant expects 6053; 0 = any free port")
     name: str = Field(
-        default="appliance", min_length=1, max_length=31, pattern=r"^[a-z0-9-]+$",
+        default="appliance",
+        min_length=1,
+        max_length=31,
+        pattern=r"^[a-z0-9-]+$",
         description="device name (lowercase letters, digits, '-'), also the mDNS host name",
     )
     friendly_name: str = Field(default="Talking robot", max_length=120)

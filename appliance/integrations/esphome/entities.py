@@ -41,22 +41,45 @@ class Entities:
     def list_responses(self) -> list[Any]:
         r = self.robot
         return [
-            pb.ListEntitiesSwitchResponse(object_id="mute", key=KEY_MUTE, name="Mute", icon="mdi:microphone-off",
-                                          entity_category=pb.ENTITY_CATEGORY_CONFIG),
-            pb.ListEntitiesNumberResponse(object_id="volume", key=KEY_VOLUME, name="Volume", icon="mdi:volume-high",
-                                          min_value=0, max_value=100, step=1, unit_of_measurement="%",
-                                          mode=pb.NUMBER_MODE_SLIDER, entity_category=pb.ENTITY_CATEGORY_CONFIG),
-            pb.ListEntitiesSelectResponse(object_id="face", key=KEY_FACE, name="Face", icon="mdi:emoticon",
-                                          options=r.faces()),
-            pb.ListEntitiesLightResponse(object_id="status_led", key=KEY_LED, name="Status LED",
-                                         supported_color_modes=[pb.COLOR_MODE_BRIGHTNESS],
-                                         entity_category=pb.ENTITY_CATEGORY_CONFIG),
+            pb.ListEntitiesSwitchResponse(
+                object_id="mute",
+                key=KEY_MUTE,
+                name="Mute",
+                icon="mdi:microphone-off",
+                entity_category=pb.ENTITY_CATEGORY_CONFIG,
+            ),
+            pb.ListEntitiesNumberResponse(
+                object_id="volume",
+                key=KEY_VOLUME,
+                name="Volume",
+                icon="mdi:volume-high",
+                min_value=0,
+                max_value=100,
+                step=1,
+                unit_of_measurement="%",
+                mode=pb.NUMBER_MODE_SLIDER,
+                entity_category=pb.ENTITY_CATEGORY_CONFIG,
+            ),
+            pb.ListEntitiesSelectResponse(
+                object_id="face", key=KEY_FACE, name="Face", icon="mdi:emoticon", options=r.faces()
+            ),
+            pb.ListEntitiesLightResponse(
+                object_id="status_led",
+                key=KEY_LED,
+                name="Status LED",
+                supported_color_modes=[pb.COLOR_MODE_BRIGHTNESS],
+                entity_category=pb.ENTITY_CATEGORY_CONFIG,
+            ),
             pb.ListEntitiesMediaPlayerResponse(
-                object_id="media_player", key=KEY_PLAYER, name="Media player", supports_pause=False,
+                object_id="media_player",
+                key=KEY_PLAYER,
+                name="Media player",
+                supports_pause=False,
                 feature_flags=MEDIA_FEATURES,
                 supported_formats=[
-                    pb.MediaPlayerSupportedFormat(format="wav", sample_rate=16000, num_channels=1, sample_bytes=2,
-                                                  purpose=purpose)
+                    pb.MediaPlayerSupportedFormat(
+                        format="wav", sample_rate=16000, num_channels=1, sample_bytes=2, purpose=purpose
+                    )
                     for purpose in (pb.MEDIA_PLAYER_FORMAT_PURPOSE_DEFAULT, pb.MEDIA_PLAYER_FORMAT_PURPOSE_ANNOUNCEMENT)
                 ],
             ),
@@ -66,15 +89,23 @@ class Entities:
         r = self.robot
         colour = r.led_colour()
         media_state = {
-            "playing": pb.MEDIA_PLAYER_STATE_PLAYING, "announcing": pb.MEDIA_PLAYER_STATE_ANNOUNCING,
+            "playing": pb.MEDIA_PLAYER_STATE_PLAYING,
+            "announcing": pb.MEDIA_PLAYER_STATE_ANNOUNCING,
         }.get(self.media.playing, pb.MEDIA_PLAYER_STATE_IDLE)
         volume = r.volume()
         return [
             pb.SwitchStateResponse(key=KEY_MUTE, state=r.muted()),
             pb.NumberStateResponse(key=KEY_VOLUME, state=round(volume * 100)),
             pb.SelectStateResponse(key=KEY_FACE, state=r.face()),
-            pb.LightStateResponse(key=KEY_LED, state=r.led_on, brightness=r.led_brightness,
-                                  color_mode=pb.COLOR_MODE_BRIGHTNESS, red=colour[0], green=colour[1], blue=colour[2]),
+            pb.LightStateResponse(
+                key=KEY_LED,
+                state=r.led_on,
+                brightness=r.led_brightness,
+                color_mode=pb.COLOR_MODE_BRIGHTNESS,
+                red=colour[0],
+                green=colour[1],
+                blue=colour[2],
+            ),
             pb.MediaPlayerStateResponse(key=KEY_PLAYER, state=media_state, volume=volume, muted=self.media.muted),
         ]
 
@@ -90,8 +121,9 @@ class Entities:
             if not r.show_face(message.state):
                 log.info("Home Assistant asked for an unknown face %r", message.state[:40])
         elif isinstance(message, pb.LightCommandRequest) and message.key == KEY_LED:
-            r.set_led(message.state if message.has_state else None,
-                      message.brightness if message.has_brightness else None)
+            r.set_led(
+                message.state if message.has_state else None, message.brightness if message.has_brightness else None
+            )
         elif isinstance(message, pb.MediaPlayerCommandRequest) and message.key == KEY_PLAYER:
             return self._media(message)
         else:

@@ -35,8 +35,12 @@ def service_info(config: HomeAssistantConfig, port: int, mac: str, encrypted: bo
     if encrypted:
         properties["api_encryption"] = "Noise_NNpsk0_25519_ChaChaPoly_SHA256"
     return ServiceInfo(
-        SERVICE_TYPE, f"{config.name}.{SERVICE_TYPE}", port=port, properties=properties,
-        server=f"{config.name}.local.", parsed_addresses=addresses,
+        SERVICE_TYPE,
+        f"{config.name}.{SERVICE_TYPE}",
+        port=port,
+        properties=properties,
+        server=f"{config.name}.local.",
+        parsed_addresses=addresses,
     )
 
 
@@ -80,6 +84,7 @@ async def announce(config: HomeAssistantConfig, port: int, mac: str, encrypted: 
         await trio.sleep_forever()
     finally:
         with trio.CancelScope(shield=True):
+
             def close() -> None:
                 try:
                     zc.unregister_service(info)
@@ -88,5 +93,3 @@ async def announce(config: HomeAssistantConfig, port: int, mac: str, encrypted: 
 
             with trio.move_on_after(3):
                 await trio.to_thread.run_sync(close, abandon_on_cancel=True)
-
-

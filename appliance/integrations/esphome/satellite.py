@@ -203,10 +203,15 @@ class Satellite:
         pipeline = Pipeline(self.peer, wake_word, self._conversation_id)
         self.pipeline = pipeline
         self.pipelines += 1
-        self.peer.send(pb.VoiceAssistantRequest(
-            start=True, conversation_id=self._conversation_id, wake_word_phrase=wake_word, flags=0,
-            audio_settings=pb.VoiceAssistantAudioSettings(volume_multiplier=1.0),
-        ))
+        self.peer.send(
+            pb.VoiceAssistantRequest(
+                start=True,
+                conversation_id=self._conversation_id,
+                wake_word_phrase=wake_word,
+                flags=0,
+                audio_settings=pb.VoiceAssistantAudioSettings(volume_multiplier=1.0),
+            )
+        )
         log.info("pipeline %s started (%s)", pipeline.id, wake_word or "button")
         if since is not None:
             for at, block in self._ring:
@@ -242,8 +247,14 @@ class Satellite:
 
     def on_timer(self, message: Any) -> None:
         kind = pb.VoiceAssistantTimerEvent.Name(message.event_type).removeprefix("VOICE_ASSISTANT_TIMER_")
-        timer = {"id": message.timer_id, "name": message.name, "total_seconds": message.total_seconds,
-                 "seconds_left": message.seconds_left, "active": message.is_active, "state": kind.lower()}
+        timer = {
+            "id": message.timer_id,
+            "name": message.name,
+            "total_seconds": message.total_seconds,
+            "seconds_left": message.seconds_left,
+            "active": message.is_active,
+            "state": kind.lower(),
+        }
         log.info("timer %s %s (%s s left)", message.name or message.timer_id[:12], kind.lower(), message.seconds_left)
         if kind in ("STARTED", "UPDATED"):
             self.timers[message.timer_id] = timer
@@ -303,10 +314,13 @@ class Satellite:
     # --- wake word settings -------------------------------------------------------------------------------
 
     def configuration(self) -> Any:
-        available = [pb.VoiceAssistantWakeWord(id=i, wake_word=phrase, trained_languages=["en"])
-                     for i, phrase in self.wake_word_catalogue]
+        available = [
+            pb.VoiceAssistantWakeWord(id=i, wake_word=phrase, trained_languages=["en"])
+            for i, phrase in self.wake_word_catalogue
+        ]
         return pb.VoiceAssistantConfigurationResponse(
-            available_wake_words=available, active_wake_words=self.active_wake_words(),
+            available_wake_words=available,
+            active_wake_words=self.active_wake_words(),
             max_active_wake_words=max(1, len(available)),
         )
 

@@ -33,7 +33,10 @@ _OUTBOX = 512  # messages (~10 s of microphone audio) a client may fall behind b
 _HANDSHAKE_TIMEOUT = 10.0
 _VOLUME_POLL = 5.0
 _ENTITY_COMMANDS = (
-    pb.SwitchCommandRequest, pb.NumberCommandRequest, pb.SelectCommandRequest, pb.LightCommandRequest,
+    pb.SwitchCommandRequest,
+    pb.NumberCommandRequest,
+    pb.SelectCommandRequest,
+    pb.LightCommandRequest,
     pb.MediaPlayerCommandRequest,
 )
 
@@ -126,7 +129,9 @@ class EsphomeServer:
 
                 nursery.start_soon(announce, self.config, self.port, self.mac, self._psk is not None)
             log.info(
-                "ESPHome API on %s:%s (%s)", self.config.host, self.port,
+                "ESPHome API on %s:%s (%s)",
+                self.config.host,
+                self.port,
                 "encrypted" if self._psk else "plaintext",
             )
             task_status.started(self.port)
@@ -144,9 +149,7 @@ class EsphomeServer:
             self.refused += 1
             await stream.aclose()
             return
-        transport: Transport = (
-            NoiseTransport(self._psk, self.config.name, self.mac) if self._psk else PlainTransport()
-        )
+        transport: Transport = NoiseTransport(self._psk, self.config.name, self.mac) if self._psk else PlainTransport()
         conn = Connection(self, transport, peer)
         self.connections.add(conn)
         reason = "closed by the client"
@@ -197,15 +200,19 @@ class EsphomeServer:
             if conn.reason is not None:
                 return
 
-    def _dispatch(self, conn: Connection, message: Any) -> None:  # noqa: C901 - one branch per message kind
+    def _dispatch(self, conn: Connection, message: Any) -> None:
         sat = self.satellite
         if isinstance(message, pb.HelloRequest):
             conn.greeted = True
             conn.client = message.client_info[:64]
-            conn.send(pb.HelloResponse(
-                api_version_major=API_VERSION[0], api_version_minor=API_VERSION[1],
-                server_info=f"appliance {__version__}"[:32], name=self.config.name,
-            ))
+            conn.send(
+                pb.HelloResponse(
+                    api_version_major=API_VERSION[0],
+                    api_version_minor=API_VERSION[1],
+                    server_info=f"appliance {__version__}"[:32],
+                    name=self.config.name,
+                )
+            )
         elif isinstance(message, pb.AuthenticationRequest):
             conn.send(pb.AuthenticationResponse(invalid_password=False))
         elif isinstance(message, pb.PingRequest):
@@ -251,10 +258,17 @@ class EsphomeServer:
 
     def device_info(self) -> Any:
         return pb.DeviceInfoResponse(
-            uses_password=False, name=self.config.name, friendly_name=self.config.friendly_name,
-            mac_address=self.mac, esphome_version="2025.5.0", model="Talking robot", manufacturer="appliance",
-            project_name="appliance.talking-robot", project_version=__version__,
-            voice_assistant_feature_flags=FEATURE_FLAGS, api_encryption_supported=self._psk is not None,
+            uses_password=False,
+            name=self.config.name,
+            friendly_name=self.config.friendly_name,
+            mac_address=self.mac,
+            esphome_version="2025.5.0",
+            model="Talking robot",
+            manufacturer="appliance",
+            project_name="appliance.talking-robot",
+            project_version=__version__,
+            voice_assistant_feature_flags=FEATURE_FLAGS,
+            api_encryption_supported=self._psk is not None,
         )
 
     # --- playing what Home Assistant sends ----------------------------------------------------------------

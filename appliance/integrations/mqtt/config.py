@@ -57,7 +57,9 @@ class MqttConfig(Section):
     reconnect_max: float = Field(default=60.0, gt=0, le=3600, description="reconnect delays double up to this (s)")
     uptime_interval: float = Field(default=60.0, ge=0, description="re-publish state (uptime) every (s); 0 = never")
     announce_jitter: float = Field(
-        default=5.0, ge=0, le=600,
+        default=5.0,
+        ge=0,
+        le=600,
         description="wait up to this long (random) before answering Home Assistant's birth, so a fleet spreads out (s)",
     )
     max_payload: int = Field(default=4096, ge=64, le=1_000_000, description="longer commands are refused (bytes)")

@@ -90,37 +90,82 @@ class Entity:
 
 def entities(faces: list[str]) -> list[Entity]:
     return [
-        Entity("state", "sensor", "State", {"device_class": "enum", "options": list(STATES), "icon": "mdi:robot"},
-               value="state"),
+        Entity(
+            "state",
+            "sensor",
+            "State",
+            {"device_class": "enum", "options": list(STATES), "icon": "mdi:robot"},
+            value="state",
+        ),
         Entity("brain", "sensor", "Brain", {"icon": "mdi:brain"}, value="brain"),
-        Entity("brain_health", "sensor", "Brain health",
-               {"device_class": "enum", "options": list(BRAIN_HEALTH), "icon": "mdi:cloud-check"},
-               value="brain_health"),
-        Entity("latency", "sensor", "Last turn latency",
-               {"device_class": "duration", "unit_of_measurement": "s", "state_class": "measurement",
-                "suggested_display_precision": 2},
-               value="latency"),
-        Entity("uptime", "sensor", "Uptime",
-               {"device_class": "duration", "unit_of_measurement": "s", "state_class": "total_increasing",
-                "entity_category": "diagnostic"},
-               value="uptime"),
-        Entity("muted", "switch", "Muted",
-               {"payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF",
-                "icon": "mdi:microphone-off"},
-               value="muted", command=True),
-        Entity("volume", "number", "Volume",
-               {"min": 0.0, "max": 2.0, "step": 0.05, "mode": "slider", "icon": "mdi:volume-high"},
-               value="volume", command=True),
+        Entity(
+            "brain_health",
+            "sensor",
+            "Brain health",
+            {"device_class": "enum", "options": list(BRAIN_HEALTH), "icon": "mdi:cloud-check"},
+            value="brain_health",
+        ),
+        Entity(
+            "latency",
+            "sensor",
+            "Last turn latency",
+            {
+                "device_class": "duration",
+                "unit_of_measurement": "s",
+                "state_class": "measurement",
+                "suggested_display_precision": 2,
+            },
+            value="latency",
+        ),
+        Entity(
+            "uptime",
+            "sensor",
+            "Uptime",
+            {
+                "device_class": "duration",
+                "unit_of_measurement": "s",
+                "state_class": "total_increasing",
+                "entity_category": "diagnostic",
+            },
+            value="uptime",
+        ),
+        Entity(
+            "muted",
+            "switch",
+            "Muted",
+            {
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "state_on": "ON",
+                "state_off": "OFF",
+                "icon": "mdi:microphone-off",
+            },
+            value="muted",
+            command=True,
+        ),
+        Entity(
+            "volume",
+            "number",
+            "Volume",
+            {"min": 0.0, "max": 2.0, "step": 0.05, "mode": "slider", "icon": "mdi:volume-high"},
+            value="volume",
+            command=True,
+        ),
         Entity("face", "select", "Face", {"options": faces, "icon": "mdi:emoticon"}, value="face", command=True),
-        Entity("say", "text", "Say", {"min": 1, "max": 255, "mode": "text", "icon": "mdi:message-text"},
-               command=True),
-        Entity("cancel", "button", "Cancel turn", {"payload_press": "PRESS", "icon": "mdi:hand-back-left"},
-               command=True),
+        Entity("say", "text", "Say", {"min": 1, "max": 255, "mode": "text", "icon": "mdi:message-text"}, command=True),
+        Entity(
+            "cancel", "button", "Cancel turn", {"payload_press": "PRESS", "icon": "mdi:hand-back-left"}, command=True
+        ),
         Entity("listen", "button", "Listen", {"payload_press": "PRESS", "icon": "mdi:microphone"}, command=True),
-        Entity("firmware", "update", "Firmware",
-               {"device_class": "firmware", "title": "appliance", "entity_category": "diagnostic"}),
-        Entity("config_revision", "sensor", "Config revision",
-               {"icon": "mdi:file-cog", "entity_category": "diagnostic"}),
+        Entity(
+            "firmware",
+            "update",
+            "Firmware",
+            {"device_class": "firmware", "title": "appliance", "entity_category": "diagnostic"},
+        ),
+        Entity(
+            "config_revision", "sensor", "Config revision", {"icon": "mdi:file-cog", "entity_category": "diagnostic"}
+        ),
         Entity("error", "event", "Error", {"event_types": ["error"], "icon": "mdi:alert"}),
     ]
 
@@ -153,7 +198,7 @@ def discovery_messages(config: MqttConfig, faces: list[str]) -> dict[str, dict[s
         }
         if entity.value is not None:
             payload["state_topic"] = topics.state
-            payload["value_template"] = "{{ value_json.%s }}" % entity.value
+            payload["value_template"] = "{{ value_json." + entity.value + " }}"
         if entity.command:
             payload["command_topic"] = topics.command(entity.object_id)
             payload["qos"] = 1

@@ -70,8 +70,15 @@ class MqttStatus(Event):
 def _followed_events() -> tuple[type[Event], ...]:
     from appliance.brains.health import BrainChanged, BrainHealthChanged
 
-    return (StateChanged, MuteRequested, FaceChanged, TurnFinished, ConnectivityChanged, BrainChanged,
-            BrainHealthChanged)
+    return (
+        StateChanged,
+        MuteRequested,
+        FaceChanged,
+        TurnFinished,
+        ConnectivityChanged,
+        BrainChanged,
+        BrainHealthChanged,
+    )
 
 
 def config_revision(config: Any) -> str:
@@ -129,8 +136,13 @@ class MqttService:
             client_id=f"appliance-{cfg.node_id}",
             password=resolve_password(cfg, self.environ),
             will=(topics.availability, OFFLINE),
-            subscriptions=[(topics.commands, 1), (topics.fleet_say, 1), (topics.fleet_mute, 1),
-                           (topics.fleet_latest_version, 1), (topics.ha_status, 1)],
+            subscriptions=[
+                (topics.commands, 1),
+                (topics.fleet_say, 1),
+                (topics.fleet_mute, 1),
+                (topics.fleet_latest_version, 1),
+                (topics.ha_status, 1),
+            ],
             tls=tls_context(cfg),
             on_connected=self._announce,
             on_status=self._status_changed,
@@ -219,8 +231,12 @@ class MqttService:
         key = id(config)
         if self._revision_of is None or self._revision_of[0] != key:  # the control API swaps the whole config
             self._revision_of = (key, config_revision(config))
-        return {"version": __version__, "config_revision": self._revision_of[1], "node_id": self.config.node_id,
-                "latest_version": self.latest_version}
+        return {
+            "version": __version__,
+            "config_revision": self._revision_of[1],
+            "node_id": self.config.node_id,
+            "latest_version": self.latest_version,
+        }
 
     def _brain_health(self) -> str:
         latest = self.app.bus.latest(ConnectivityChanged)
