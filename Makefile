@@ -62,7 +62,7 @@ wheelhouse: $(WHEELHOUSE)/.stamp
 $(WHEELHOUSE)/.stamp: $(STAMP) provisioning/constraints.txt pyproject.toml
 	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
 	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELHOUSE) --constraint provisioning/constraints.txt \
-	    '.[pi,test]' 'setuptools>=68' wheel
+	    '.[pi,test]' 'setuptools>=77' wheel
 	rm -f $(WHEELHOUSE)/appliance-*.whl
 	touch $@
 
