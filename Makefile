@@ -7,7 +7,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
                 libportaudio2 espeak-ng sox alsa-utils jackd2 shellcheck systemd mosquitto
 PYTEST_ARGS ?=
 
-.PHONY: run test bench deps apt check-config clean security lock wheelhouse rootfs provisioning-test \
+.PHONY: run test lint bench deps apt check-config clean security lock wheelhouse rootfs provisioning-test \
         hw-image hw-test
 
 run: $(STAMP)
@@ -15,6 +15,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+LINTED := appliance tests bench interop-tests hw-tests
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -16,9 +16,8 @@ from pydantic import SecretStr
 
 from appliance.audio.base import AudioSink, AudioSource, BlockQueue
 from appliance.audio.capture import CaptureService
-from appliance.brains.base import Brain, BrainOutput, TurnRequest, Utterance
 from appliance.bus import EventBus
-from appliance.config import AppConfig, ConfigError
+from appliance.config import AppConfig
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.local_voice import LocalVoice
 from appliance.conversation.service import ConversationService
@@ -26,10 +25,12 @@ from appliance.hardware.body import Body, build_body
 from appliance.hardware.faces import FaceService
 from appliance.listening.service import ListeningService
 from appliance.logs import StatusAwareHandler
+from appliance.settings_base import ConfigError
 from appliance.state import StateService
 from appliance.status_line import StatusLine
 from appliance.supervisor import Supervisor
 from appliance.systemd import Notifier
+from appliance.turns import Brain, BrainOutput, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def choose_brain_kind(config: AppConfig) -> str:
     kind = config.conversation.brain
     if kind != "auto":
         return kind
-    from appliance.conversation.factory import missing_keys
+    from appliance.providers.factory import missing_keys
 
     return "offline" if missing_keys(config.stt, config.llm, config.tts) else "cloud"
 
@@ -102,7 +103,7 @@ def cloud_brain_factory(
     ``speech``: a (recognizer, synthesizer) pair used instead of the configured STT and TTS, whose settings are
     then not checked (dialog evaluation works on words only).
     """
-    from appliance.conversation import factory
+    from appliance.providers import factory
 
     problems = factory.check_parts(config.stt, config.llm, config.tts)
     if speech is not None:
@@ -111,8 +112,8 @@ def cloud_brain_factory(
         raise ConfigError("configuration", problems)
 
     def build() -> Brain:
+        from appliance.agent.hooks import load_hook
         from appliance.brains.cloud import CloudBrain
-        from appliance.conversation.hooks import load_hook
 
         llm_cfg, tts_cfg, conv = config.llm, config.tts, config.conversation
         llm = factory.build_llm(llm_cfg)
@@ -127,7 +128,7 @@ def cloud_brain_factory(
         registry = factory.build_tools(llm_cfg, tools, picture_shower(bus) if bus is not None else None)
         camera = factory.build_camera(llm_cfg)
         if camera is not None and llm_cfg.camera_tool:
-            from appliance.conversation.vision import camera_tool
+            from appliance.agent.vision import camera_tool
 
             registry.add(camera_tool(camera))
         brain = CloudBrain(
@@ -151,7 +152,7 @@ def cloud_brain_factory(
             jobs=jobs,
         )
         if tracing is not None:
-            from appliance.conversation.tracing import TracedBrain
+            from appliance.agent.tracing import TracedBrain
 
             return TracedBrain(brain, tracing)
         return brain
@@ -161,7 +162,7 @@ def cloud_brain_factory(
 
 def picture_shower(bus: EventBus) -> Callable[[bytes, float, str], None]:
     """Puts a picture on the display, or says there is none to put it on (no display, or it is down)."""
-    from appliance.conversation.tools import ToolError
+    from appliance.agent.tools import ToolError
     from appliance.events import PictureRequested
 
     def show(picture: bytes, seconds: float, caption: str) -> None:
@@ -177,8 +178,8 @@ def build_tracing(config: AppConfig) -> Any:
     if not config.tracing.enabled:
         return None
     try:
-        from appliance.conversation import factory
-        from appliance.conversation.tracing import Tracing
+        from appliance.agent.tracing import Tracing
+        from appliance.providers import factory
 
         keys = [factory.key_for(c.provider, c.api_key) for c in (config.stt, config.llm, config.tts)]
         remote = config.remote.api_key.get_secret_value() if config.remote.api_key else None
@@ -190,8 +191,8 @@ def build_tracing(config: AppConfig) -> Any:
 
 
 def build_response_hooks(bus: EventBus, config: AppConfig) -> Any:
-    from appliance.conversation.hooks import HookError
-    from appliance.conversation.response_hooks import ResponseHooks
+    from appliance.agent.hooks import HookError
+    from appliance.agent.response_hooks import ResponseHooks
 
     try:
         return ResponseHooks.from_config(bus, config.response_hooks)
@@ -250,7 +251,7 @@ def build_brain(
             if remote_cfg.api_key is None:
                 import os
 
-                from appliance.config import lookup_secret
+                from appliance.settings.secrets import lookup_secret
 
                 key = lookup_secret("", "remote_api_key", os.environ)  # LoadCredential=remote_api_key:...
                 if key:
@@ -406,13 +407,13 @@ def build_appliance(
     tracing: Any = None
     if brain is None:
         if "cloud" in brain_plan(config):
-            from appliance.conversation.factory import build_mcp
-            from appliance.conversation.tools import ToolRegistry
+            from appliance.agent.tools import ToolRegistry
+            from appliance.providers.factory import build_mcp
 
             tools = ToolRegistry()
             mcp = build_mcp(config.llm, tools)
             if config.llm.on_finish:
-                from appliance.conversation.background import BackgroundJobs
+                from appliance.agent.background import BackgroundJobs
 
                 jobs = BackgroundJobs()
         tracing = build_tracing(config)

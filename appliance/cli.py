@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
-    from appliance.config import ConfigError, load_config
+    from appliance.config import load_config
+    from appliance.settings_base import ConfigError
 
     if command == "init":
         return _init(args.config, args.force)
@@ -164,8 +165,9 @@ def _run(config, level: str | None, path: Path | None = None) -> int:  # type: i
     import trio
 
     from appliance.app import build_appliance
-    from appliance.config import ConfigError, editable_config_path
+    from appliance.config import editable_config_path
     from appliance.logs import setup_logging
+    from appliance.settings_base import ConfigError
     from appliance.supervisor import SupervisorGaveUp
 
     want_status = config.log.status_line == "on" or (config.log.status_line == "auto" and sys.stdout.isatty())
@@ -201,10 +203,10 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
     import trio
 
     from appliance.app import cloud_brain_factory
-    from appliance.config import ConfigError
     from appliance.conversation.local_voice import LocalVoice
     from appliance.logs import setup_logging
     from appliance.server.avatar import AvatarServer, serve_until_signalled
+    from appliance.settings_base import ConfigError
 
     setup_logging(level or config.log.level)
     try:
@@ -218,7 +220,7 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
 
         from pydantic import SecretStr
 
-        from appliance.config import lookup_secret
+        from appliance.settings.secrets import lookup_secret
 
         key = lookup_secret("", "server_api_key", os.environ)  # LoadCredential=server_api_key:...
         if key:
@@ -243,8 +245,8 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
 def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
     from appliance.app import brain_plan, build_response_hooks, build_tracing, cloud_brain_factory
     from appliance.bus import EventBus
-    from appliance.config import ConfigError
     from appliance.conversation.local_voice import LocalVoice
+    from appliance.settings_base import ConfigError
 
     plan = brain_plan(config)
     brain = ",".join(plan)
@@ -258,7 +260,7 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_CONFIG
-    from appliance.control.auth import ControlSetupError, check_bind, resolve_token
+    from appliance.auth import ControlSetupError, check_bind, resolve_token
 
     try:
         check_bind(config.control, resolve_token(config.control))
@@ -272,7 +274,7 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
         f"tts={config.tts.provider} "
         f"input={config.audio.input} output={config.audio.output} listening={config.listening.mode}"
     )
-    from appliance.hardware.config import describe
+    from appliance.settings.hardware import describe
 
     print(f"body: {describe(config.hardware)}")
     print(f"echo: {describe_echo(config.listening)}")
@@ -355,7 +357,7 @@ def _say(config, text: str, output: Path | None) -> int:  # type: ignore[no-unty
         return EXIT_FAILED
 
     async def speak() -> None:
-        from appliance.conversation import factory
+        from appliance.providers import factory
 
         tts: Any = LocalVoice()
         if factory.tts_ready(config.tts):

@@ -21,11 +21,11 @@ from appliance.events import (
     State,
     TurnFinished,
 )
-from appliance.hardware.config import FACES
+from appliance.settings.hardware import FACES
 
 if TYPE_CHECKING:
     from appliance.app import Appliance
-    from appliance.control.speaker import Speaker
+    from appliance.speaker import Speaker
 
 MIN_VOLUME, MAX_VOLUME = 0.0, 2.0
 
@@ -104,7 +104,7 @@ class Commands:
 
     def say(self, text: Any, *, interrupt: bool = False, source: str) -> str:
         """Queue a line to speak (behind the running turn unless ``interrupt``); returns the job id."""
-        from appliance.control.speaker import QueueFull
+        from appliance.speaker import QueueFull
 
         if not isinstance(text, str):
             raise CommandRejected("text must be a string")

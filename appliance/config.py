@@ -11,18 +11,18 @@ import difflib
 import json
 import logging
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from appliance.audio.config import AudioConfig
-from appliance.brains.config import FailoverConfig, RemoteConfig, ServerConfig
-from appliance.control.config import ControlConfig
-from appliance.conversation.config import (
+from appliance.settings.agent import ResponseHooksConfig, TracingConfig
+from appliance.settings.audio import AudioConfig
+from appliance.settings.brains import FailoverConfig, RemoteConfig, ServerConfig
+from appliance.settings.control import ControlConfig
+from appliance.settings.conversation import (
     ConversationConfig,
     LLMConfig,
     OpenAIServerConfig,
@@ -30,13 +30,13 @@ from appliance.conversation.config import (
     TTSConfig,
     share_openai_server,
 )
-from appliance.conversation.response_hooks import ResponseHooksConfig
-from appliance.conversation.tracing import TracingConfig
-from appliance.hardware.config import HardwareConfig
-from appliance.integrations.esphome.config import HomeAssistantConfig
-from appliance.integrations.mqtt.config import MqttConfig
-from appliance.listening.config import ListeningConfig
-from appliance.settings_base import Section
+from appliance.settings.hardware import HardwareConfig
+from appliance.settings.home_assistant import HomeAssistantConfig
+from appliance.settings.listening import ListeningConfig
+from appliance.settings.mqtt import MqttConfig
+from appliance.settings.secrets import fill_secrets, is_secret_path, redact
+from appliance.settings.system import LogConfig, SupervisorConfig
+from appliance.settings_base import ConfigError, Section
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +45,6 @@ ENV_PREFIX = "APPLIANCE_"
 CONFIG_PATH_ENV = "APPLIANCE_CONFIG"
 # Variables with our prefix that are not config keys.
 _NOT_OVERRIDES = {CONFIG_PATH_ENV}
-
-SECRET_MARKERS = ("api_key", "token", "password", "secret", "authorization", "cookie", "credential", "encryption_key")
-# Tables whose every value may be a credential (HTTP headers of tools, MCP servers and the http voice; the
-# environment of an MCP server's process).
-SECRET_TABLES = ("headers", "env")
-# Query parameters that carry a credential in a URL.
-_SECRET_QUERY = ("key", "sig", "signature", "code")
-REDACTED = "**********"
-
-
-class SupervisorConfig(Section):
-    restart_initial_delay: float = Field(default=0.5, gt=0, description="first restart delay (s)")
-    restart_max_delay: float = Field(default=30.0, gt=0, description="restart delays double up to this (s)")
-    max_failures: int = Field(default=5, ge=1, description="a required subsystem failing this often ends the process")
-    failure_window: float = Field(default=120.0, gt=0, description="failures older than this are forgotten (s)")
-    stop_timeout: float = Field(default=1.5, gt=0, description="time given to subsystems on shutdown (s)")
-
-
-class LogConfig(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    status_line: Literal["auto", "on", "off"] = Field(
-        default="auto", description="the live one-line status; auto = when stderr is a terminal"
-    )
 
 
 class AppConfig(Section):
@@ -95,6 +72,25 @@ class AppConfig(Section):
     control: ControlConfig = ControlConfig()
     home_assistant: HomeAssistantConfig = HomeAssistantConfig()
     mqtt: MqttConfig = MqttConfig()
+
+    @field_validator("listening")
+    @classmethod
+    def _listening_installed(cls, listening: ListeningConfig) -> ListeningConfig:
+        # The named wake word models and the echo canceller's wheel must exist on this machine; asked here, one
+        # layer above both subsystems, so the error still names [listening].
+        if listening.mode == "wake_word" and listening.wake_word.engine == "micro":
+            from appliance.listening.wakeword import WakeWordError, resolve_model
+
+            for entry in listening.wake_word.models:
+                try:
+                    resolve_model(entry)
+                except WakeWordError as exc:
+                    raise ValueError(str(exc)) from None
+        if listening.echo_cancel == "webrtc":
+            from appliance.audio.echo import resolve_backend
+
+            resolve_backend(listening.echo_cancel)  # raises ValueError: no wheel on this platform
+        return listening
 
     @model_validator(mode="before")
     @classmethod
@@ -131,20 +127,6 @@ class AppConfig(Section):
     def redacted(self) -> dict[str, Any]:
         """The configuration as JSON-able data with every secret replaced by a marker."""
         return redact(self.model_dump(mode="json"))
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; ``problems`` holds one line per error, each naming its path."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
-
-    def report(self) -> str:
-        lines = [f"configuration error in {self.source}:"]
-        lines += [f"  - {problem}" for problem in self.problems]
-        return "\n".join(lines)
 
 
 def user_config_path(environ: Mapping[str, str]) -> Path:
@@ -202,7 +184,7 @@ brain = "auto"          # auto | cloud | remote | offline   (auto = cloud when k
 
 def write_starter_config(path: Path, *, force: bool = False) -> Path:
     """Write :data:`STARTER_CONFIG` to ``path`` (FileExistsError if it exists and not ``force``)."""
-    from appliance.control.files import atomic_write
+    from appliance.files import atomic_write
 
     if path.exists() and not force:
         raise FileExistsError(path)
@@ -274,52 +256,6 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
 
 
 # provider -> (standard environment variable, systemd credential name)
-_PROVIDER_KEYS = {
-    "openai": ("OPENAI_API_KEY", "openai_api_key"),
-    "anthropic": ("ANTHROPIC_API_KEY", "anthropic_api_key"),
-    "gemini": ("GEMINI_API_KEY", "gemini_api_key"),
-    "google": ("GOOGLE_API_KEY", "google_api_key"),
-    "azure": ("AZURE_SPEECH_KEY", "azure_speech_key"),
-    "amivoice": ("AMIVOICE_API_KEY", "amivoice_api_key"),
-    "dify": ("DIFY_API_KEY", "dify_api_key"),
-}
-
-
-def fill_secrets(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Give each cloud section without an explicit key the provider's usual one.
-
-    Looked up in the provider's usual environment variable, then in systemd's credentials directory
-    (``LoadCredential=openai_api_key:...``) so keys never have to be written into the TOML file.
-    """
-    for section in ("stt", "llm", "tts"):
-        values = data.get(section)
-        if values is None:
-            values = {}
-        if not isinstance(values, dict) or values.get("api_key"):
-            continue
-        provider = values.get("provider", "openai")
-        names = _PROVIDER_KEYS.get(provider) if isinstance(provider, str) else None
-        if names is None:
-            continue
-        key = lookup_secret(names[0], names[1], environ)
-        if key:
-            values["api_key"] = key
-            data[section] = values
-
-
-def lookup_secret(env_name: str, credential: str, environ: Mapping[str, str]) -> str | None:
-    if environ.get(env_name):
-        return environ[env_name].strip()
-    directory = environ.get("CREDENTIALS_DIRECTORY")
-    if directory:
-        file = Path(directory) / credential
-        try:
-            return file.read_text().strip() or None
-        except OSError:
-            return None
-    return None
-
-
 def describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
@@ -340,7 +276,7 @@ def describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]
                 message += f"; did you mean ${ENV_PREFIX}{'__'.join(parts)}?"
             elif better:
                 message += f"; did you mean {'.'.join((*loc[:-1], better))}?"
-        elif "input" in error and not _is_secret(loc) and not isinstance(error["input"], dict):
+        elif "input" in error and not is_secret_path(loc) and not isinstance(error["input"], dict):
             shown = repr(error["input"])
             message += f", got {shown[:60]}"
         problems.append(f"{where}: {message}")
@@ -365,60 +301,3 @@ def _closest_key(loc: tuple[str, ...]) -> str | None:
         return None
     close = difflib.get_close_matches(loc[-1].lower(), list(model.model_fields), n=1, cutoff=0.7)
     return close[0] if close else None
-
-
-def _is_secret(loc: tuple[str, ...]) -> bool:
-    return any(is_secret_key(part) or part in SECRET_TABLES for part in loc)
-
-
-def is_secret_key(key: str) -> bool:
-    """A setting that holds a credential itself (``api_key``, ``access_token``...), not a path to one.
-
-    Markers match whole words (``max_tokens`` is no token); ``token_file`` names a file, not a secret.
-    """
-    words = [word for word in re.split(r"[^a-z0-9]+", key.lower()) if word]
-    if not words or words[-1] in ("file", "path", "dir"):
-        return False
-    joined = "_".join(words)
-    return any(joined == m or joined.endswith("_" + m) or joined.startswith(m + "_") for m in SECRET_MARKERS)
-
-
-def redact(value: Any, key: str | None = None) -> Any:
-    """``value`` (JSON-able data) with every credential in it replaced by a marker, at any depth.
-
-    A credential is a value under a secret-looking key, every value of a ``headers``/``env`` table, and the
-    password or a key-like query parameter of any URL.
-    """
-    if isinstance(value, dict):
-        if key in SECRET_TABLES:
-            return {k: REDACTED for k in value}
-        return {k: REDACTED if v is not None and is_secret_key(str(k)) else redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(item, key) for item in value]
-    if isinstance(value, str) and "://" in value:
-        return _redact_url(value)
-    return value
-
-
-def _redact_url(url: str) -> str:
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    netloc = parts.netloc
-    if password is not None:
-        netloc = netloc.rsplit("@", 1)[0].split(":", 1)[0] + f":{REDACTED}@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        hidden = [(k, REDACTED if is_secret_key(k) or k.lower() in _SECRET_QUERY else v) for k, v in pairs]
-        if hidden != pairs:
-            query = urlencode(hidden, safe="{}*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def has_secret(value: SecretStr | None) -> bool:
-    return value is not None and bool(value.get_secret_value())

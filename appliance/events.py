@@ -224,3 +224,50 @@ class ServiceStatus(Event):
 class ErrorRaised(Event):
     where: str
     message: str
+
+
+# --- listening -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WakeWordDetected(Event):
+    """A wake word model fired. ``accepted`` is False when the self-trigger guard refused it (the robot was
+    speaking and the microphone was not louder than its own echo), with the reason."""
+
+    wake_word: str
+    probability: float
+    accepted: bool = True
+    reason: str = ""
+
+
+# --- brains and failover -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrainChanged(Event):
+    """Replies now come from ``brain`` (after a failover, or back on the preferred one after recovery)."""
+
+    brain: str
+    previous: str | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BrainHealthChanged(Event):
+    """A brain's circuit changed: ``healthy`` False means it is skipped until a probe succeeds."""
+
+    brain: str
+    healthy: bool
+    circuit: str
+    error: str | None = None
+
+
+# --- integrations --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MqttStatus(Event):
+    """The broker link changed: ``connecting``, ``connected``, ``refused``, ``unreachable``, ``disconnected``."""
+
+    status: str
+    detail: str = ""

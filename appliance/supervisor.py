@@ -17,8 +17,9 @@ from typing import Any, Protocol
 import trio
 
 from appliance.bus import EventBus
-from appliance.config import SupervisorConfig
 from appliance.events import ServiceStatus, StateChanged
+from appliance.groups import root_cause
+from appliance.settings.system import SupervisorConfig
 from appliance.systemd import Notifier, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -159,12 +160,5 @@ class Supervisor:
 
 
 def _describe(exc: BaseException) -> str:
-    cause = _root_cause(exc)
+    cause = root_cause(exc)
     return f"{type(cause).__name__}: {cause}"
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The one error inside nested nursery groups, for a log line that says what actually broke."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc

@@ -18,13 +18,13 @@ import trio
 
 from appliance.bus import EventBus
 from appliance.events import AnimationRequested, FaceRequested, OutputLevel, State, StateChanged
-from appliance.hardware.config import DisplayConfig, HardwareConfig, OscConfig
 from appliance.hardware.display import DisplayService
 from appliance.hardware.face_art import FaceArtist, Look
 from appliance.hardware.faces import FaceService
 from appliance.hardware.leds import LedService
 from appliance.hardware.osc import OscService
 from appliance.hardware.pins import make_pin_factory
+from appliance.settings.hardware import DisplayConfig, HardwareConfig, OscConfig
 from bench.common import Figure, percentile
 
 PERIOD = 0.010

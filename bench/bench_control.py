@@ -32,7 +32,7 @@ class ChattyBrain:
 
     async def reply(self, request, out) -> None:  # type: ignore[no-untyped-def]
         from appliance.audio.base import AudioClip
-        from appliance.brains.base import ReplyChunk, Transcript
+        from appliance.turns import ReplyChunk, Transcript
 
         t = np.arange(12_000) / 24_000
         tone = AudioClip((np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16), 24_000)

@@ -27,10 +27,10 @@ import numpy as np
 from appliance.audio.base import BlockQueue, level_db
 from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller, webrtc_available
 from appliance.bus import EventBus
-from appliance.listening.config import ListeningConfig, WakeWordModel
 from appliance.listening.endpointer import Onset
 from appliance.listening.service import ListeningService
 from appliance.listening.wakeword import MicroWakeWordDetector
+from appliance.settings.listening import ListeningConfig, WakeWordModel
 from bench.common import Figure, median, percentile
 from tests import listening_fixtures as F
 

@@ -66,7 +66,7 @@ async def _run() -> list[Figure]:
     from appliance.app import build_appliance
     from appliance.audio.playback import MemorySink
     from appliance.audio.sources import SimulatedMicrophone
-    from appliance.listening.events import WakeWordDetected
+    from appliance.events import WakeWordDetected
     from appliance.systemd import Notifier
 
     app = build_appliance(

@@ -19,11 +19,11 @@ from typing import Any
 import trio
 
 from appliance.audio.base import AudioClip
-from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
-from appliance.brains.config import FailoverConfig, RemoteConfig
 from appliance.brains.failover import FailoverBrain
 from appliance.brains.remote import RemoteBrain
-from appliance.conversation.config import STTConfig
+from appliance.settings.brains import FailoverConfig, RemoteConfig
+from appliance.settings.conversation import STTConfig
+from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 from bench.common import Figure, median, percentile
 
 TURNS = 12

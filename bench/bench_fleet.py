@@ -46,7 +46,7 @@ def _stub_appliance(config: Any) -> Any:
 
     from appliance.bus import EventBus
     from appliance.events import State
-    from appliance.hardware.config import FACES
+    from appliance.settings.hardware import FACES
 
     async def cancel_turn(reason: str) -> bool:
         return False

@@ -94,8 +94,8 @@ async def _stalled_health() -> list[Figure]:
 CHILD = """
 import sys, trio
 sys.path.insert(0, {root!r})
-from appliance.brains.base import ReplyChunk
-from appliance.brains.config import ServerConfig
+from appliance.turns import ReplyChunk
+from appliance.settings.brains import ServerConfig
 from appliance.server.avatar import AvatarServer
 
 class SlowBrain:

@@ -16,13 +16,13 @@ import time
 import numpy as np
 
 from appliance.audio.base import BlockQueue
-from appliance.audio.config import AudioConfig
 from appliance.bus import EventBus
-from appliance.listening.config import ListeningConfig, WakeWordModel
 from appliance.listening.endpointer import Discarded, Onset, Segment
 from appliance.listening.service import ListeningService
 from appliance.listening.vad import VoiceActivity, make_detector
 from appliance.listening.wakeword import MicroWakeWordDetector
+from appliance.settings.audio import AudioConfig
+from appliance.settings.listening import ListeningConfig, WakeWordModel
 from bench.common import Figure, median, percentile
 from tests import listening_fixtures as F
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 from appliance.audio.base import BlockQueue
 from appliance.bus import EventBus
-from appliance.listening.config import ListeningConfig
 from appliance.listening.endpointer import Onset, Segment
 from appliance.listening.service import ListeningService
+from appliance.settings.listening import ListeningConfig
 from bench import listening_corpus as C
 from bench.common import Figure, median, percentile
 from tests import listening_fixtures as F
@@ -172,8 +172,8 @@ def runtime_figures(fraction: float) -> list[Figure]:
     build) on the same wake clips, and detections that differ."""
     import numpy as np
 
-    from appliance.listening.config import WakeWordModel
     from appliance.listening.wakeword import MicroWakeWordDetector, WakeWordError
+    from appliance.settings.listening import WakeWordModel
 
     def probabilities(runtime: str, samples: np.ndarray) -> tuple[np.ndarray, int]:
         det = MicroWakeWordDetector.from_config([WakeWordModel(model="okay_nabu")], runtime)

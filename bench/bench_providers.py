@@ -61,8 +61,8 @@ def _config(url: str, llm: str, tts: str) -> Any:
 
 async def _pair(url: str, client: httpx.AsyncClient, llm: str, tts: str) -> tuple[list[float], list[float]]:
     """Turns through the appliance interleaved with bare requests, so load on the machine hits both alike."""
-    from appliance.brains.base import Utterance
     from appliance.events import TurnFinished
+    from appliance.turns import Utterance
     from tests.harness import running_appliance
 
     turns, bare = [], []

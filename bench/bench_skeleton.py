@@ -22,8 +22,8 @@ import trio.lowlevel
 
 from appliance.audio.base import AudioClip
 from appliance.audio.playback import MemorySink
-from appliance.brains.base import Utterance
 from appliance.events import TurnFinished
+from appliance.turns import Utterance
 from bench.common import Figure, median, percentile
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,14 +11,14 @@ from peer import PeerServer, peer_server
 
 from appliance.audio.base import AudioStream
 from appliance.audio.playback import MemorySink
-from appliance.brains.base import BrainOutput, ReplyChunk, Utterance
-from appliance.brains.config import FailoverConfig
 from appliance.brains.failover import FailoverBrain
 from appliance.brains.remote import RemoteBrain, RemoteCanceled
 from appliance.bus import EventBus
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.service import ConversationService
 from appliance.events import FaceRequested, TurnFinished
+from appliance.settings.brains import FailoverConfig
+from appliance.turns import BrainOutput, ReplyChunk, Utterance
 from conftest import REPLY, SENTENCES
 from tests.fakes.cloud import FakeCloud
 from tests.remote_helpers import StubBrain, collect, heard, remote, request, speech, spoken

@@ -12,10 +12,10 @@ from appliance.app import Appliance, build_appliance
 from appliance.audio.base import AudioSink, AudioSource
 from appliance.audio.playback import MemorySink
 from appliance.audio.sources import SimulatedMicrophone
-from appliance.brains.base import Brain
 from appliance.config import AppConfig
 from appliance.events import Event
 from appliance.systemd import Notifier
+from appliance.turns import Brain
 
 E = TypeVar("E", bound=Event)
 

@@ -10,10 +10,10 @@ import trio
 import trio.testing
 
 from appliance.audio.base import AudioClip
-from appliance.brains.base import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
-from appliance.brains.config import RemoteConfig
 from appliance.brains.remote import RemoteBrain
 from appliance.errors import ProviderError
+from appliance.settings.brains import RemoteConfig
+from appliance.turns import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 
 
 def loopback_clock() -> trio.testing.MockClock:

@@ -10,7 +10,8 @@ import trio
 
 from appliance.audio.base import AudioClip
 from appliance.audio.sources import SimulatedMicrophone
-from appliance.config import ConfigError, load_config
+from appliance.config import load_config
+from appliance.settings_base import ConfigError
 
 
 def test_never_from_toml_and_environment(tmp_path: Path) -> None:

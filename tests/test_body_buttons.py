@@ -22,7 +22,7 @@ from appliance.events import (
     TurnStarted,
 )
 from appliance.hardware.buttons import ButtonService
-from appliance.hardware.config import ButtonConfig
+from appliance.settings.hardware import ButtonConfig
 from appliance.state import StateService
 
 COMMANDS = (ListenRequested, ListenReleased, CancelTurnRequested, MuteRequested)
@@ -246,7 +246,7 @@ async def test_a_button_whose_line_failed_to_open_comes_back_after_a_restart(
     supervisor just caught, for one. The restarted service must still get its pin."""
     import gc
 
-    from appliance.config import SupervisorConfig
+    from appliance.settings.system import SupervisorConfig
     from appliance.supervisor import Supervisor
     from appliance.systemd import Notifier
 

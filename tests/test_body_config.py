@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import AppConfig, ConfigError, load_config
-from appliance.hardware.config import HardwareConfig, pin_claims
+from appliance.config import AppConfig, load_config
+from appliance.settings.hardware import HardwareConfig, pin_claims
+from appliance.settings_base import ConfigError
 
 
 def load(tmp_path: Path, toml: str) -> AppConfig:

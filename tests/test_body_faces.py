@@ -17,10 +17,10 @@ from PIL import Image, ImageChops
 from appliance.bus import EventBus
 from appliance.events import FaceChanged, FaceRequested, OutputLevel, State, StateChanged
 from appliance.hardware.body import build_body
-from appliance.hardware.config import FACES, DisplayConfig, HardwareConfig
 from appliance.hardware.display import DisplayService, open_device
 from appliance.hardware.face_art import FaceArtist, FaceImageError, FolderFaces, Look
 from appliance.hardware.faces import FaceService
+from appliance.settings.hardware import FACES, DisplayConfig, HardwareConfig
 
 
 @pytest.fixture
@@ -379,7 +379,7 @@ def test_each_supported_driver_takes_a_face(driver: str, size: tuple[int, int], 
 
 
 async def test_dozes_off_after_a_long_idle_and_wakes_on_activity(nursery: trio.Nursery, autojump_clock: Any) -> None:
-    from appliance.hardware.config import FacesConfig
+    from appliance.settings.hardware import FacesConfig
 
     bus, rec = EventBus(), Recorder()
     service = FaceService(bus, [rec], config=FacesConfig(sleep_after=60.0))

@@ -11,8 +11,8 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance.bus import EventBus
 from appliance.events import ConnectivityChanged, LedChanged, OutputLevel, State, StateChanged, TurnStarted
-from appliance.hardware.config import HardwareConfig
 from appliance.hardware.leds import GAMMA, Apa102Strip, LedService, RecordingSPI, apa102_frame, decode_apa102
+from appliance.settings.hardware import HardwareConfig
 
 
 @pytest.fixture

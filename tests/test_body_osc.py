@@ -10,9 +10,9 @@ from pythonosc.osc_message import OscMessage
 
 from appliance.bus import EventBus
 from appliance.events import AnimationRequested, FaceRequested, State, StateChanged
-from appliance.hardware.config import OscConfig
 from appliance.hardware.faces import FaceService
 from appliance.hardware.osc import OscService
+from appliance.settings.hardware import OscConfig
 
 
 class OscReceiver:

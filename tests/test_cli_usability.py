@@ -11,14 +11,8 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import _parser, main
-from appliance.config import (
-    DEFAULT_PATH,
-    ConfigError,
-    config_path,
-    editable_config_path,
-    load_config,
-    user_config_path,
-)
+from appliance.config import DEFAULT_PATH, config_path, editable_config_path, load_config, user_config_path
+from appliance.settings_base import ConfigError
 
 
 def test_user_config_path_follows_xdg(tmp_path: Path) -> None:

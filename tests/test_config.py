@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import AppConfig, ConfigError, load_config
+from appliance.config import AppConfig, load_config
+from appliance.settings_base import ConfigError
 
 
 def test_defaults_need_no_file_no_keys() -> None:

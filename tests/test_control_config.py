@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from appliance.app import build_appliance
-from appliance.config import AppConfig, ConfigError, load_config
-from appliance.control.auth import ControlSetupError, check_bind, host_header_is_loopback, resolve_token
-from appliance.control.config import ControlConfig
+from appliance.auth import ControlSetupError, check_bind, host_header_is_loopback, resolve_token
+from appliance.config import AppConfig, load_config
 from appliance.control.config_patch import PatchRejected, merge_patch, plan_patch, write_config
-from appliance.control.files import atomic_write
+from appliance.files import atomic_write
+from appliance.settings.control import ControlConfig
+from appliance.settings_base import ConfigError
 from tests.fakes.control_robot import Robot, running_robot
 
 

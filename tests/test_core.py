@@ -7,7 +7,6 @@ import trio
 import trio.testing
 
 from appliance.bus import EventBus
-from appliance.config import SupervisorConfig
 from appliance.conversation.history import ConversationHistory
 from appliance.events import (
     InputLevel,
@@ -22,6 +21,7 @@ from appliance.events import (
     TurnStarted,
     UtteranceCaptured,
 )
+from appliance.settings.system import SupervisorConfig
 from appliance.state import StateMachine, StateService
 from appliance.supervisor import Supervisor, SupervisorGaveUp
 from appliance.systemd import Notifier

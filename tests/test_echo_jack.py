@@ -16,8 +16,8 @@ from appliance.audio.capture import CaptureService
 from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller, webrtc_available
 from appliance.bus import EventBus
 from appliance.events import OutputLevel, SpeechStarted
-from appliance.listening.config import ListeningConfig
 from appliance.listening.service import ListeningService
+from appliance.settings.listening import ListeningConfig
 from tests import listening_fixtures as F
 from tests.test_listening_device import Jack, jack  # noqa: F401  (the fixture)
 

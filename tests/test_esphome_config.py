@@ -7,7 +7,8 @@ import json
 import pytest
 
 from appliance.app import build_appliance
-from appliance.config import AppConfig, ConfigError, load_config
+from appliance.config import AppConfig, load_config
+from appliance.settings_base import ConfigError
 from tests.esphome_helpers import KEY, esphome_config
 
 

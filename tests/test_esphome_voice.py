@@ -11,7 +11,6 @@ import pytest
 import trio
 
 from appliance.audio.base import AudioClip
-from appliance.brains.base import Utterance
 from appliance.events import (
     CancelTurnRequested,
     Heard,
@@ -19,8 +18,9 @@ from appliance.events import (
     SentenceStarted,
     TurnFinished,
     TurnStarted,
+    WakeWordDetected,
 )
-from appliance.listening.events import WakeWordDetected
+from appliance.turns import Utterance
 from tests.esphome_helpers import HomeAssistant, WavServer, esphome_appliance, home_assistant, tone_wav
 
 E = "VOICE_ASSISTANT_"

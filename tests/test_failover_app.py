@@ -8,11 +8,10 @@ import trio.testing
 
 from appliance.app import brain_plan, build_appliance
 from appliance.brains.failover import FailoverBrain
-from appliance.brains.health import BrainChanged
 from appliance.brains.remote import RemoteBrain
 from appliance.cli import main
 from appliance.config import AppConfig, load_config
-from appliance.events import TurnFinished
+from appliance.events import BrainChanged, TurnFinished
 from tests.fakes.aiavatar import FakeAvatarServer
 from tests.fakes.tcp import refused_port
 

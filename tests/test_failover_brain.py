@@ -8,10 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from appliance.brains.base import ReplyChunk
-from appliance.brains.config import FailoverConfig
 from appliance.brains.failover import FailoverBrain
-from appliance.brains.health import BrainChanged, BrainHealthChanged
 from appliance.bus import EventBus
 from appliance.errors import (
     ProviderBadReply,
@@ -19,6 +16,9 @@ from appliance.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from appliance.events import BrainChanged, BrainHealthChanged
+from appliance.settings.brains import FailoverConfig
+from appliance.turns import ReplyChunk
 from tests.remote_helpers import StubBrain, collect, heard, request, speech, spoken
 
 CONFIG = FailoverConfig(
@@ -67,7 +67,7 @@ async def test_tts_failure_after_llm_answered_keeps_transcript_and_skips_second_
 
 
 async def test_chunks_without_speech_are_held_until_speech() -> None:
-    from appliance.brains.base import BrainOutput, Tag
+    from appliance.turns import BrainOutput, Tag
 
     class TagsThenFail(StubBrain):
         async def reply(self, req, out: trio.MemorySendChannel[BrainOutput]) -> None:  # type: ignore[no-untyped-def]

@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 import trio
 
-from appliance.brains.base import Utterance
-from appliance.brains.health import BrainChanged, BrainHealthChanged
 from appliance.config import AppConfig
-from appliance.events import ConnectivityChanged, Heard, TurnFinished, TurnStarted
+from appliance.events import BrainChanged, BrainHealthChanged, ConnectivityChanged, Heard, TurnFinished, TurnStarted
+from appliance.turns import Utterance
 from tests.fakes.aiavatar import FakeAvatarServer
 from tests.fakes.cloud import fake_cloud
 from tests.fakes.tcp import FailingResolver, refused_port

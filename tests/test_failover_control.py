@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import trio
 
-from appliance.brains.base import Utterance
 from appliance.brains.failover import FailoverBrain
 from appliance.events import TurnFinished
+from appliance.turns import Utterance
 from tests.fakes.aiavatar import FakeAvatarServer
 from tests.fakes.control_robot import running_robot
 

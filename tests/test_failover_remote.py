@@ -10,17 +10,16 @@ import trio
 import trio.testing
 
 from appliance.audio.playback import MemorySink
-from appliance.brains.base import Utterance
 from appliance.brains.cloud import OfflineBrain
-from appliance.brains.config import FailoverConfig
 from appliance.brains.failover import FailoverBrain
-from appliance.brains.health import BrainChanged
 from appliance.bus import EventBus
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.local_voice import LocalVoice
 from appliance.conversation.service import ConversationService
 from appliance.errors import ProviderUnavailable
-from appliance.events import TurnFinished
+from appliance.events import BrainChanged, TurnFinished
+from appliance.settings.brains import FailoverConfig
+from appliance.turns import Utterance
 from tests.fakes.aiavatar import FakeAvatarServer
 from tests.fakes.tcp import FreezableProxy, refused_port
 from tests.remote_helpers import StubBrain, collect, heard, loopback_clock, remote, request, speech, spoken

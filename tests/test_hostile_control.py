@@ -17,9 +17,9 @@ import trio
 import trio.lowlevel
 
 from appliance.audio.base import AudioStream
-from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnRequest
 from appliance.control.client import parse_sse
-from appliance.control.speaker import TappedBrain
+from appliance.speaker import TappedBrain
+from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest
 from tests.fakes.control_robot import TOKEN, Robot, running_robot
 
 # --- 1. one request must not take a subsystem down ---------------------------------------------------------
@@ -101,7 +101,7 @@ async def test_a_failing_client_tap_ends_its_stream_not_the_reply():
 
 
 def _utterance(text: str) -> Any:
-    from appliance.brains.base import Utterance
+    from appliance.turns import Utterance
 
     return Utterance(text=text, source="api")
 
@@ -373,7 +373,7 @@ def test_secrets_paths_are_found_in_lists_and_tables():
 
 
 def test_redaction_of_urls_keeps_what_is_not_secret():
-    from appliance.config import redact
+    from appliance.settings.secrets import redact
 
     data = {
         "a": "http://u:p@h:1/x?key=k&model=m",

@@ -12,10 +12,10 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
 
 from appliance.audio.base import CAPTURE_RATE
-from appliance.brains.base import BrainOutput, ReplyChunk, TurnRequest
-from appliance.brains.config import ServerConfig
-from appliance.config import ConfigError
 from appliance.server.avatar import AvatarServer
+from appliance.settings.brains import ServerConfig
+from appliance.settings_base import ConfigError
+from appliance.turns import BrainOutput, ReplyChunk, TurnRequest
 
 KEY = "secret-key"
 HEADERS = [("Authorization", f"Bearer {KEY}")]

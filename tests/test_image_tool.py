@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from appliance.agent.image_tool import image_tool, picture_from_reply
+from appliance.agent.tools import ToolError
 from appliance.bus import EventBus
-from appliance.conversation.image_tool import image_tool, picture_from_reply
-from appliance.conversation.tools import ToolError
 from appliance.events import PictureRequested, TurnFinished
-from appliance.hardware.config import DisplayConfig
 from appliance.hardware.display import DisplayService
+from appliance.settings.hardware import DisplayConfig
 from tests.fakes.providers import fake_providers
 from tests.harness import cloud_config, running_appliance
 from tests.test_providers_agent import ASK

@@ -11,8 +11,8 @@ from appliance.audio.base import BlockQueue
 from appliance.audio.playback import MemorySink
 from appliance.config import AppConfig
 from appliance.events import TurnStarted, UtteranceCaptured
-from appliance.listening.config import ListeningConfig, WakeWordConfig
 from appliance.listening.textwake import TextWakeBrain
+from appliance.settings.listening import ListeningConfig, WakeWordConfig
 from appliance.systemd import Notifier
 from tests import listening_fixtures as F
 

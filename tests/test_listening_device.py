@@ -22,8 +22,8 @@ from appliance.audio.base import AudioClip, BlockQueue
 from appliance.audio.capture import CaptureService
 from appliance.bus import EventBus
 from appliance.events import ErrorRaised, MuteRequested, ServiceStatus, State, StateChanged
-from appliance.listening.config import ListeningConfig
 from appliance.listening.service import ListeningService
+from appliance.settings.listening import ListeningConfig
 
 
 class FlakySource:

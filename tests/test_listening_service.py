@@ -8,7 +8,6 @@ import trio
 import trio.testing
 
 from appliance.audio.base import BlockQueue, level_db
-from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 from appliance.bus import EventBus
 from appliance.events import (
     ListenReleased,
@@ -20,12 +19,13 @@ from appliance.events import (
     StateChanged,
     TurnFinished,
     UtteranceCaptured,
+    WakeWordDetected,
 )
-from appliance.listening.config import ListeningConfig
 from appliance.listening.endpointer import Onset
-from appliance.listening.events import WakeWordDetected
 from appliance.listening.service import ListeningService
 from appliance.listening.textwake import TextWakeBrain, TextWakeGate
+from appliance.settings.listening import ListeningConfig
+from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 from tests import listening_fixtures as F
 
 

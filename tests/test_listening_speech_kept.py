@@ -12,9 +12,9 @@ import trio.testing
 from appliance.audio.base import BlockQueue, level_db
 from appliance.bus import EventBus
 from appliance.events import MuteRequested, ServiceStatus
-from appliance.listening.config import ListeningConfig
 from appliance.listening.endpointer import Onset, Segment
 from appliance.listening.service import ListeningService
+from appliance.settings.listening import ListeningConfig
 from tests import listening_fixtures as F
 
 LONG = (  # ~7 s of unbroken speech at 150 wpm: no commas, only espeak's short word gaps

@@ -9,9 +9,9 @@ import pytest
 
 from appliance.audio.base import BlockQueue
 from appliance.bus import EventBus
-from appliance.listening.config import ListeningConfig
 from appliance.listening.endpointer import Discarded, Onset, Segment
 from appliance.listening.service import ListeningService
+from appliance.settings.listening import ListeningConfig
 from tests import listening_fixtures as F
 
 TOLERANCE = 0.15

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from appliance.audio.base import BlockQueue
 from appliance.bus import EventBus
-from appliance.listening.config import ListeningConfig, WakeWordConfig, WakeWordModel
 from appliance.listening.endpointer import Onset, Segment
 from appliance.listening.service import ListeningService
 from appliance.listening.wakeword import (
@@ -22,6 +21,7 @@ from appliance.listening.wakeword import (
     bundled_models_dir,
     resolve_model,
 )
+from appliance.settings.listening import ListeningConfig, WakeWordConfig, WakeWordModel
 from tests import listening_fixtures as F
 
 VOICES = ("en-us", "en", "en-us+m3")
@@ -143,6 +143,9 @@ def test_wake_word_mode_ignores_speech_without_the_wake_word_until_a_turn_opens_
 
 
 def test_config_names_an_unknown_wake_word_model() -> None:
-    with pytest.raises(ValidationError, match="hey_toaster.*not bundled"):
-        ListeningConfig(mode="wake_word", wake_word=WakeWordConfig(models=[WakeWordModel(model="hey_toaster")]))
-    ListeningConfig(mode="always", wake_word=WakeWordConfig(models=[WakeWordModel(model="hey_toaster")]))  # unused
+    from appliance.config import AppConfig
+
+    toaster = {"models": [{"model": "hey_toaster"}]}
+    with pytest.raises(ValidationError, match=r"listening\n.*hey_toaster.*not bundled"):
+        AppConfig.model_validate({"listening": {"mode": "wake_word", "wake_word": toaster}})
+    AppConfig.model_validate({"listening": {"mode": "always", "wake_word": toaster}})  # unused

@@ -18,8 +18,16 @@ import trio.lowlevel
 
 from appliance.audio.playback import MemorySink
 from appliance.config import AppConfig
-from appliance.events import ErrorRaised, FaceChanged, ListenRequested, MuteRequested, TurnFinished, TurnStarted
-from appliance.integrations.mqtt.service import MqttService, MqttStatus
+from appliance.events import (
+    ErrorRaised,
+    FaceChanged,
+    ListenRequested,
+    MqttStatus,
+    MuteRequested,
+    TurnFinished,
+    TurnStarted,
+)
+from appliance.integrations.mqtt.service import MqttService
 from tests.harness import running_appliance
 from tests.mqtt_broker import HomeAssistant, Mosquitto, mosquitto_missing
 

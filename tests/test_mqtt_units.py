@@ -8,11 +8,12 @@ import pytest
 from pydantic import ValidationError
 
 from appliance.commands import CommandRejected
-from appliance.config import AppConfig, ConfigError, load_config
+from appliance.config import AppConfig, load_config
 from appliance.integrations.mqtt import payloads
-from appliance.integrations.mqtt.config import MqttConfig
 from appliance.integrations.mqtt.discovery import Topics, discovery_messages
 from appliance.integrations.mqtt.link import MAX_EVENTS_KEPT, Outbox
+from appliance.settings.mqtt import MqttConfig
+from appliance.settings_base import ConfigError
 
 # Fields Home Assistant's MQTT platform pages list as required, per entity type, for discovery.
 REQUIRED = {

@@ -18,14 +18,15 @@ import trio.lowlevel
 from appliance.app import build_appliance
 from appliance.audio.base import Audio, AudioClip, LevelCallback
 from appliance.audio.playback import MemorySink
-from appliance.brains.base import Utterance
 from appliance.bus import EventBus
-from appliance.config import SupervisorConfig, load_config
-from appliance.conversation.config import ConversationConfig
+from appliance.config import load_config
 from appliance.conversation.local_voice import LocalVoice
 from appliance.events import State, StateChanged, TurnFinished
+from appliance.settings.conversation import ConversationConfig
+from appliance.settings.system import SupervisorConfig
 from appliance.supervisor import Supervisor
 from appliance.systemd import Notifier
+from appliance.turns import Utterance
 from tests.fakes.cloud import fake_cloud
 from tests.harness import cloud_config, running_appliance
 

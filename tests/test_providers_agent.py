@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import trio
 
+from appliance.agent.tools import ToolError, tool
 from appliance.audio.base import AudioClip
-from appliance.brains.base import Utterance
 from appliance.brains.cloud import FinishedTurn
 from appliance.config import AppConfig
-from appliance.conversation.tools import ToolError, tool
 from appliance.events import Heard, SentenceStarted, TurnFinished
+from appliance.turns import Utterance
 from tests.fakes.providers import KEY, fake_providers
 from tests.harness import cloud_config, running_appliance
 
@@ -151,7 +151,7 @@ async def test_mcp_server_over_stdio_lists_and_calls_tools() -> None:
 
 
 def _call(name: str, args: dict[str, Any]) -> Any:
-    from appliance.conversation.llm.base import ToolCall
+    from appliance.providers.llm.base import ToolCall
 
     return ToolCall("c1", name, args)
 
@@ -330,8 +330,8 @@ async def test_whole_turn_for_each_provider_from_config(combo: str) -> None:
 
 
 async def test_mcp_server_over_streamable_http() -> None:
-    from appliance.conversation.mcp_tools import MCPServerConnection
-    from appliance.conversation.tools import ToolRegistry
+    from appliance.agent.mcp_tools import MCPServerConnection
+    from appliance.agent.tools import ToolRegistry
     from tests.fakes.mcp_server import serve_http
 
     registry = ToolRegistry()
@@ -377,7 +377,7 @@ async def test_barge_in_during_a_slow_tool_cancels_it() -> None:
 
 def test_config_errors_name_their_path(monkeypatch: pytest.MonkeyPatch) -> None:
     from appliance.app import build_appliance
-    from appliance.config import ConfigError
+    from appliance.settings_base import ConfigError
 
     for var in ("GEMINI_API_KEY", "CREDENTIALS_DIRECTORY"):
         monkeypatch.delenv(var, raising=False)
@@ -450,7 +450,7 @@ async def test_a_broken_camera_is_told_to_the_model_not_fatal(tmp_path: Path) ->
 
 
 def test_camera_choice_and_bad_images(tmp_path: Path) -> None:
-    from appliance.conversation.vision import CameraError, FileCamera, OpenCVCamera, make_camera
+    from appliance.agent.vision import CameraError, FileCamera, OpenCVCamera, make_camera
 
     assert isinstance(make_camera("file", tmp_path / "x.jpg"), FileCamera)
     assert isinstance(make_camera("opencv", None, "/dev/video9"), OpenCVCamera)
@@ -467,8 +467,8 @@ def test_camera_choice_and_bad_images(tmp_path: Path) -> None:
 
 
 async def test_a_failing_mcp_server_is_retried_without_harming_the_others(caplog: pytest.LogCaptureFixture) -> None:
-    from appliance.conversation.mcp_tools import MCPServerConnection, MCPService
-    from appliance.conversation.tools import ToolRegistry
+    from appliance.agent.mcp_tools import MCPServerConnection, MCPService
+    from appliance.agent.tools import ToolRegistry
 
     registry = ToolRegistry()
     good = MCPServerConnection("good", registry, command=[sys.executable, str(MCP_SERVER)], timeout=20)

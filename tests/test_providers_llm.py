@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from appliance.brains.base import Message
-from appliance.conversation.llm.anthropic import AnthropicChat
-from appliance.conversation.llm.base import Image, ToolCall, ToolResult, ToolRound, ToolSpec
-from appliance.conversation.llm.dify import DifyChat
-from appliance.conversation.llm.gemini import GeminiChat
-from appliance.conversation.llm.openai import OpenAIChat
 from appliance.errors import ProviderBadReply, ProviderRejected, ProviderUnavailable
+from appliance.providers.llm.anthropic import AnthropicChat
+from appliance.providers.llm.base import Image, ToolCall, ToolResult, ToolRound, ToolSpec
+from appliance.providers.llm.dify import DifyChat
+from appliance.providers.llm.gemini import GeminiChat
+from appliance.providers.llm.openai import OpenAIChat
+from appliance.turns import Message
 from tests.fakes.providers import KEY, FakeProviders, fake_providers
 
 PROVIDERS = ["openai", "anthropic", "gemini", "dify"]
@@ -162,7 +162,7 @@ async def test_dify_uploads_the_image_and_refers_to_it() -> None:
 
 
 async def test_katakana_fallback_asks_the_language_model() -> None:
-    from appliance.conversation.tts.preprocess import KatakanaConverter, llm_katakana
+    from appliance.providers.tts.preprocess import KatakanaConverter, llm_katakana
 
     async with fake_providers(reply='{"Kubernetes": "クバネティス"}') as fake:
         llm = make_llm("openai", fake.url)

@@ -10,25 +10,25 @@ from typing import Any
 import numpy as np
 import pytest
 
+from appliance.agent.hooks import HookedRecognizer, HookError, load_hook
 from appliance.audio.base import AudioClip
-from appliance.conversation.hooks import HookedRecognizer, HookError, load_hook
-from appliance.conversation.stt.amivoice import AmiVoiceRecognizer
-from appliance.conversation.stt.azure import AzureRecognizer
-from appliance.conversation.stt.google import GoogleRecognizer
-from appliance.conversation.stt.openai import OpenAIRecognizer
-from appliance.conversation.tts.azure import AzureSynthesizer
-from appliance.conversation.tts.google import GoogleSynthesizer
-from appliance.conversation.tts.http_template import HTTPTemplateSynthesizer
-from appliance.conversation.tts.openai import OpenAISynthesizer
-from appliance.conversation.tts.preprocess import (
+from appliance.errors import ProviderBadReply, ProviderRejected, ProviderUnavailable
+from appliance.providers.stt.amivoice import AmiVoiceRecognizer
+from appliance.providers.stt.azure import AzureRecognizer
+from appliance.providers.stt.google import GoogleRecognizer
+from appliance.providers.stt.openai import OpenAIRecognizer
+from appliance.providers.tts.azure import AzureSynthesizer
+from appliance.providers.tts.google import GoogleSynthesizer
+from appliance.providers.tts.http_template import HTTPTemplateSynthesizer
+from appliance.providers.tts.openai import OpenAISynthesizer
+from appliance.providers.tts.preprocess import (
     KatakanaConverter,
     PatternReplacer,
     PreprocessingSynthesizer,
     ReplacementRule,
     load_dictionary,
 )
-from appliance.conversation.tts.voicevox import VoicevoxSynthesizer
-from appliance.errors import ProviderBadReply, ProviderRejected, ProviderUnavailable
+from appliance.providers.tts.voicevox import VoicevoxSynthesizer
 from tests.fakes.providers import KEY, FakeProviders, fake_providers
 
 SPEECH = AudioClip((np.sin(np.arange(16000) / 5) * 8000).astype(np.int16), 16000)
@@ -313,7 +313,7 @@ async def test_azure_and_http_speech_stream_in_pieces() -> None:
 
 
 def test_wav_stream_decoder_copes_with_any_cut() -> None:
-    from appliance.conversation.tts._audio import WavStreamDecoder
+    from appliance.providers.tts._audio import WavStreamDecoder
     from tests.fakes.providers import wav_bytes
 
     data = wav_bytes(0.1, 16000)
@@ -331,7 +331,7 @@ def test_wav_stream_decoder_copes_with_any_cut() -> None:
 
 def test_pcm_stream_decoder_sniffs_a_wav_even_from_tiny_pieces() -> None:
     """Raw PCM was asked for; a compatible server may answer WAV, and the first piece may be a byte long."""
-    from appliance.conversation.tts._audio import WavStreamDecoder
+    from appliance.providers.tts._audio import WavStreamDecoder
     from tests.fakes.providers import wav_bytes
 
     wav = wav_bytes(0.1, 16000)
@@ -425,7 +425,7 @@ def _tone(freq: float, seconds: float = 1.0) -> AudioClip:
 
 async def test_speaker_gate_passes_the_enrolled_voice_only(tmp_path: Path) -> None:
     from appliance.audio.convert import write_wav
-    from appliance.conversation.stt.speaker_gate import SpeakerGate
+    from appliance.providers.stt.speaker_gate import SpeakerGate
 
     enrolled = tmp_path / "me.wav"
     write_wav(enrolled, _tone(300))
@@ -443,7 +443,7 @@ def test_speaker_gate_config_is_checked(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
     from appliance.config import AppConfig
-    from appliance.conversation.factory import check_parts
+    from appliance.providers.factory import check_parts
 
     with pytest.raises(ValidationError, match="speaker_gate_enroll"):
         AppConfig.model_validate({"stt": {"speaker_gate_model": str(tmp_path / "m.onnx")}})

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import _PROVIDER_KEYS, load_config
+from appliance.config import load_config
+from appliance.settings.secrets import PROVIDER_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "appliance.service"
@@ -134,9 +135,9 @@ def test_unit_runs_as_its_own_user_with_its_directories() -> None:
 def test_unit_credentials_are_the_ones_the_app_reads() -> None:
     s = unit_settings()
     loaded = {entry.split(":", 1)[0]: entry.split(":", 1)[1] for entry in s["LoadCredential"]}
-    from appliance.integrations.mqtt.config import CREDENTIAL_NAME as MQTT_PASSWORD
+    from appliance.settings.mqtt import CREDENTIAL_NAME as MQTT_PASSWORD
 
-    app_reads = {credential for _, credential in _PROVIDER_KEYS.values()} | {
+    app_reads = {credential for _, credential in PROVIDER_KEYS.values()} | {
         "remote_api_key",
         "control_token",
         MQTT_PASSWORD,

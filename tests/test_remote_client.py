@@ -8,9 +8,9 @@ import pytest
 import trio
 
 from appliance.audio.base import AudioStream
-from appliance.brains.base import ReplyChunk, Transcript
 from appliance.brains.remote import RemoteBrain, RemoteCanceled
 from appliance.errors import ProviderBadReply, ProviderRejected, ProviderTimeout, ProviderUnavailable
+from appliance.turns import ReplyChunk, Transcript
 from tests.fakes.aiavatar import FakeAvatarServer
 from tests.fakes.tcp import FailingResolver, FreezableProxy, refused_port
 from tests.remote_helpers import collect, heard, loopback_clock, remote, request, speech, spoken
@@ -72,7 +72,7 @@ async def test_context_carries_over_between_turns(server: FakeAvatarServer) -> N
 
 
 async def test_history_is_offered_to_a_server_new_to_the_conversation(server: FakeAvatarServer) -> None:
-    from appliance.brains.base import Message
+    from appliance.turns import Message
 
     history = (Message("user", "earlier"), Message("assistant", "yes"))
     await collect(remote(server.url), request("now", history=history))
@@ -253,7 +253,7 @@ async def test_probe_alone_and_managed(server: FakeAvatarServer, nursery: trio.N
 def test_rejects_non_websocket_url() -> None:
     from pydantic import ValidationError
 
-    from appliance.brains.config import RemoteConfig
+    from appliance.settings.brains import RemoteConfig
 
     with pytest.raises(ValidationError, match="ws://"):
         RemoteConfig(url="http://pc:8000/ws")

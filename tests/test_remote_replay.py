@@ -15,13 +15,13 @@ import trio
 import trio.testing
 
 from appliance.audio.base import AudioStream
-from appliance.brains.base import BrainOutput, ReplyChunk
-from appliance.brains.config import FailoverConfig
 from appliance.brains.failover import FailoverBrain
 from appliance.brains.remote import RemoteBrain, RemoteCanceled
 from appliance.bus import EventBus
 from appliance.errors import ProviderBadReply
 from appliance.events import CancelTurnRequested
+from appliance.settings.brains import FailoverConfig
+from appliance.turns import BrainOutput, ReplyChunk
 from tests.fakes.aiavatar import RESPONSE_FIELDS, FakeAvatarServer, recording, replayed_frames
 from tests.remote_helpers import StubBrain, collect, heard, loopback_clock, remote, request, speech, spoken
 

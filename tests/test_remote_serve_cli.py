@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from appliance.brains.base import ReplyChunk
+from appliance.turns import ReplyChunk
 from tests.fakes.cloud import fake_cloud
 from tests.remote_helpers import collect, heard, remote, request, speech
 

@@ -9,11 +9,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnRequest
-from appliance.brains.config import ServerConfig
 from appliance.conversation.tags import extract_tags
 from appliance.errors import ProviderRejected, ProviderUnavailable
 from appliance.server.avatar import AvatarServer
+from appliance.settings.brains import ServerConfig
+from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest
 from tests.fakes.aiavatar import tone
 from tests.remote_helpers import collect, heard, remote, request, speech, spoken
 
@@ -90,7 +90,7 @@ async def test_streamed_mic_is_endpointed_by_the_server(nursery: trio.Nursery) -
 
 
 async def test_history_seed_from_a_robot_that_failed_over(nursery: trio.Nursery) -> None:
-    from appliance.brains.base import Message
+    from appliance.turns import Message
 
     echo = EchoBrain()
     server = await serve(nursery, echo)

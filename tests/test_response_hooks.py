@@ -11,10 +11,11 @@ import pytest
 import trio
 import trio.testing
 
+from appliance.agent.response_hooks import ResponseHooks, ResponseStage
 from appliance.bus import EventBus
-from appliance.config import AppConfig, ConfigError
-from appliance.conversation.response_hooks import ResponseHooks, ResponseStage
+from appliance.config import AppConfig
 from appliance.events import Heard, SentenceStarted, TurnFinished, TurnStarted
+from appliance.settings_base import ConfigError
 from tests.fakes.cloud import fake_cloud
 from tests.harness import cloud_config, running_appliance
 from tests.test_providers_agent import ASK

@@ -9,10 +9,10 @@ import trio
 import trio.testing
 
 from appliance.audio.base import AudioClip
-from appliance.brains.base import BrainOutput, ReplyChunk, TurnRequest, Utterance
 from appliance.brains.cloud import CloudBrain
-from appliance.brains.config import ServerConfig
 from appliance.server.avatar import TTS_CONCURRENCY, AvatarServer
+from appliance.settings.brains import ServerConfig
+from appliance.turns import BrainOutput, ReplyChunk, TurnRequest, Utterance
 
 SENTENCES = ["One is first.", "Two is second.", "Three is third."]
 

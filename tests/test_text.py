@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from appliance.brains.base import Tag
 from appliance.conversation.sentences import SentenceSplitter
 from appliance.conversation.tags import extract_tags
+from appliance.turns import Tag
 
 
 def split_stream(text: str, step: int = 3) -> list[str]:

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from appliance.brains.base import Utterance
 from appliance.events import TurnFinished
+from appliance.turns import Utterance
 from tests.fakes.cloud import fake_cloud
 from tests.harness import cloud_config, running_appliance
 from tests.test_providers_agent import ASK, SPEECH

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from appliance.audio.playback import MemorySink
-from appliance.brains.base import Utterance
 from appliance.events import SentenceStarted, TurnFinished
+from appliance.turns import Utterance
 from tests.fakes.providers import KEY, fake_providers
 from tests.harness import cloud_config, running_appliance
 

@@ -13,7 +13,6 @@ from appliance.audio.base import AudioClip
 from appliance.audio.convert import read_wav
 from appliance.audio.playback import MemorySink, WavFileSink
 from appliance.audio.sources import WavFileSource
-from appliance.brains.base import Utterance
 from appliance.events import (
     AnimationRequested,
     CancelTurnRequested,
@@ -26,6 +25,7 @@ from appliance.events import (
     TurnFinished,
     TurnStarted,
 )
+from appliance.turns import Utterance
 from tests.fakes.cloud import fake_cloud
 from tests.harness import cloud_config, running_appliance
 
@@ -248,7 +248,7 @@ async def test_speech_piece_is_played_as_it_arrives_however_small() -> None:
     """A TTS engine sends what it has made so far; waiting for a round size first would delay the first word."""
     from contextlib import aclosing
 
-    from appliance.conversation.tts.openai import OpenAISynthesizer
+    from appliance.providers.tts.openai import OpenAISynthesizer
 
     async with fake_cloud(seconds_per_char=0.05) as cloud:
         cloud.tts_piece_bytes = 960  # 20 ms of audio, then a long pause before the next

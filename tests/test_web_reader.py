@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from appliance.conversation.tools import ToolError
-from appliance.conversation.web_reader import AddressPolicy, WebReader, html_text, shorten
+from appliance.agent.tools import ToolError
+from appliance.agent.web_reader import AddressPolicy, WebReader, html_text, shorten
 from appliance.events import SentenceStarted, TurnFinished
 from tests.fakes.providers import fake_providers
 from tests.harness import cloud_config, running_appliance
@@ -120,7 +120,7 @@ async def test_local_and_private_addresses_are_refused_by_default(target: str) -
 
     reader = WebReader()
     if "localhost" in target:
-        from appliance.conversation.web_reader import resolve
+        from appliance.agent.web_reader import resolve
 
         reader.resolver = resolve
     else:

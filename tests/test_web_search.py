@@ -19,8 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from appliance.config import AppConfig
-from appliance.conversation.factory import build_llm
-from appliance.conversation.llm.anthropic import AnthropicChat
+from appliance.providers.factory import build_llm
+from appliance.providers.llm.anthropic import AnthropicChat
 from tests.fakes.providers import KEY, fake_providers
 from tests.test_providers_llm import WEATHER, collect, make_llm
 

@@ -19,6 +19,7 @@ from appliance.audio.base import AudioSource, BlockQueue
 from appliance.audio.device import AudioDeviceError
 from appliance.bus import EventBus, Subscription
 from appliance.events import ErrorRaised, MuteRequested, ServiceStatus
+from appliance.groups import leaves
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,6 @@ def device_errors() -> tuple[type[BaseException], ...]:
     if sd is not None:
         errors.append(sd.PortAudioError)
     return tuple(errors)
-
-
-def _first_leaf(group: BaseException | None) -> BaseException:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    assert group is not None
-    return group
 
 
 class CaptureService:
@@ -106,7 +100,7 @@ class CaptureService:
                     matched, rest = group.split(device_errors())
                     if rest is not None:
                         raise
-                    error = _first_leaf(matched)
+                    error = leaves(matched)[0] if matched is not None else group
             self._scope = None
             if error is None:
                 if scope.cancelled_caught:

@@ -1,5 +1,5 @@
 """Where replies come from: the ``Brain`` protocol and its implementations."""
 
-from appliance.brains.base import Brain, Message, ReplyChunk, Tag, Transcript, TurnRequest, Utterance
+from appliance.turns import Brain, Message, ReplyChunk, Tag, Transcript, TurnRequest, Utterance
 
 __all__ = ["Brain", "Message", "ReplyChunk", "Tag", "Transcript", "TurnRequest", "Utterance"]

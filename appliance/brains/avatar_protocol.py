@@ -15,7 +15,7 @@ from typing import Any
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.audio.convert import resample
-from appliance.brains.base import Tag
+from appliance.turns import Tag
 
 CLIENT_TYPES = frozenset({"start", "data", "invoke", "config", "stop"})
 SERVER_TYPES = frozenset(

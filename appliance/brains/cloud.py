@@ -20,15 +20,15 @@ from typing import Any
 import trio
 
 from appliance.audio.base import AudioClip, AudioStream
-from appliance.brains._groups import single_error
-from appliance.brains.base import BrainOutput, Message, ReplyChunk, Tag, Transcript, TurnRequest
-from appliance.conversation.llm.base import Image, LLMService, ToolCall, ToolResult, ToolRound
 from appliance.conversation.local_voice import LocalVoice
 from appliance.conversation.sentences import SentenceSplitter
-from appliance.conversation.stt.base import SpeechRecognizer
 from appliance.conversation.tags import extract_tags
-from appliance.conversation.tts.base import SpeechSynthesizer
 from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout
+from appliance.groups import single_error
+from appliance.providers.llm.base import Image, LLMService, ToolCall, ToolResult, ToolRound
+from appliance.providers.stt.base import SpeechRecognizer
+from appliance.providers.tts.base import SpeechSynthesizer
+from appliance.turns import BrainOutput, Message, ReplyChunk, Tag, Transcript, TurnRequest
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class CloudBrain:
     # --- the turn ---------------------------------------------------------------------------------
 
     async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
-        from appliance.conversation import guardrails
+        from appliance.agent import guardrails
 
         async with out:
             utterance = request.utterance
@@ -198,7 +198,7 @@ class CloudBrain:
     async def _finished(self, request: TurnRequest, user_text: str, state: _Reply) -> None:
         if self.on_finish is None:
             return
-        from appliance.conversation.hooks import call_hook
+        from appliance.agent.hooks import call_hook
 
         summary = FinishedTurn(
             request.turn_id, request.conversation_id, user_text, " ".join(state.texts), tuple(state.tool_results)
@@ -264,7 +264,7 @@ class CloudBrain:
                     return
                 if look and not looked and self.camera is not None:
                     looked = True
-                    from appliance.conversation.vision import CameraError
+                    from appliance.agent.vision import CameraError
 
                     try:
                         images = (await self.camera.capture(),)
@@ -381,7 +381,7 @@ class CloudBrain:
         order: trio.MemorySendChannel[_Pending],
     ) -> bool:
         """Hand one sentence to synthesis. Returns True when it asks for a camera look."""
-        from appliance.conversation import guardrails
+        from appliance.agent import guardrails
 
         voice_text, tags = extract_tags(sentence)
         look = False

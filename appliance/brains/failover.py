@@ -26,13 +26,13 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from appliance.brains.base import Brain, BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest, Utterance
-from appliance.brains.config import FailoverConfig
-from appliance.brains.health import BrainChanged, BrainHealthChanged, CircuitBreaker, Condition
+from appliance.brains.health import CircuitBreaker, Condition
 from appliance.bus import EventBus
 from appliance.conversation.local_voice import LocalVoice
 from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout, ProviderUnavailable
-from appliance.events import ConnectivityChanged
+from appliance.events import BrainChanged, BrainHealthChanged, ConnectivityChanged
+from appliance.settings.brains import FailoverConfig
+from appliance.turns import Brain, BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
 

@@ -9,38 +9,17 @@ closed ──(N failures in a row, or one timeout / rejection)──► open ─
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 import trio
 
-from appliance.brains.config import FailoverConfig
 from appliance.errors import ProviderError, ProviderRejected, ProviderTimeout
-from appliance.events import Event
+from appliance.settings.brains import FailoverConfig
 
 
 class Circuit(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half-open"
-
-
-@dataclass(frozen=True)
-class BrainChanged(Event):
-    """Replies now come from ``brain`` (after a failover, or back on the preferred one after recovery)."""
-
-    brain: str
-    previous: str | None
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class BrainHealthChanged(Event):
-    """A brain's circuit changed: ``healthy`` False means it is skipped until a probe succeeds."""
-
-    brain: str
-    healthy: bool
-    circuit: str
-    error: str | None = None
 
 
 class Condition(enum.StrEnum):

@@ -12,11 +12,11 @@ import logging
 
 import trio
 
-from appliance.brains._groups import single_error
-from appliance.brains.base import BrainOutput, ReplyChunk, Transcript, TurnRequest
 from appliance.errors import ProviderBadReply, ProviderRejected, ProviderTimeout, ProviderUnavailable
+from appliance.groups import single_error
 from appliance.integrations.esphome.media import stream_url
 from appliance.integrations.esphome.satellite import EV, Pipeline, Satellite
+from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest
 
 log = logging.getLogger(__name__)
 

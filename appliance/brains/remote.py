@@ -44,7 +44,6 @@ from trio_websocket import (
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream
 from appliance.audio.convert import AudioFormatError, decode_wav, to_mono_int16
-from appliance.brains._groups import single_error
 from appliance.brains.avatar_protocol import (
     SERVER_TYPES,
     ProtocolError,
@@ -53,8 +52,6 @@ from appliance.brains.avatar_protocol import (
     pcm16k,
     tags_from_frame,
 )
-from appliance.brains.base import BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest
-from appliance.brains.config import RemoteConfig
 from appliance.bus import EventBus
 from appliance.conversation.tags import extract_tags
 from appliance.errors import (
@@ -65,6 +62,9 @@ from appliance.errors import (
     ProviderUnavailable,
 )
 from appliance.events import CancelTurnRequested
+from appliance.groups import real_errors, single_error
+from appliance.settings.brains import RemoteConfig
+from appliance.turns import BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,9 @@ class RemoteCanceled(ProviderBadReply):
     """The server gave up on the request (its speech recognition failed): another brain may understand it."""
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def map_connect_error(provider: str, url: str, exc: BaseException) -> ProviderError | None:
     """Our error for a failure to open the WebSocket, or None when it is not a network failure."""
-    real = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    real = real_errors(exc)
     if len(real) != 1:
         return None
     leaf = real[0]
@@ -351,7 +345,7 @@ class _ReplyReader:
 
 
 class RemoteBrain:
-    """A :class:`~appliance.brains.base.Brain` backed by an AIAvatarKit-protocol server."""
+    """A :class:`~appliance.turns.Brain` backed by an AIAvatarKit-protocol server."""
 
     def __init__(
         self,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import trio
 
-from appliance.brains.base import BrainOutput, ReplyChunk, TurnRequest
 from appliance.conversation.sentences import SentenceSplitter
 from appliance.conversation.tags import extract_tags
-from appliance.conversation.tts.base import SpeechSynthesizer
+from appliance.providers.tts.base import SpeechSynthesizer
+from appliance.turns import BrainOutput, ReplyChunk, TurnRequest
 
 
 class ScriptedBrain:

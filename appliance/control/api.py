@@ -25,17 +25,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from appliance import __version__
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import encode_wav
-from appliance.brains.base import ReplyChunk, Transcript, Utterance
+from appliance.auth import host_header_is_loopback, token_matches
 from appliance.commands import CommandRejected
 from appliance.control import models as m
-from appliance.control.auth import host_header_is_loopback, token_matches
 from appliance.control.config_patch import PatchRejected, changed_sections, plan_patch, write_config
 from appliance.control.context import ControlContext
 from appliance.control.face_image import face_png
 from appliance.control.histories import ID_PATTERN
 from appliance.control.metrics import Exposition
 from appliance.control.names import check_names
-from appliance.control.speaker import QueueFull, TappedBrain
 from appliance.control.sse import EventStream, Slots
 from appliance.events import (
     AnimationRequested,
@@ -52,6 +50,8 @@ from appliance.events import (
     TurnFinished,
     TurnStarted,
 )
+from appliance.speaker import QueueFull, TappedBrain
+from appliance.turns import ReplyChunk, Transcript, Utterance
 
 log = logging.getLogger(__name__)
 

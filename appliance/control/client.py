@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from appliance.control.auth import resolve_token
-from appliance.control.config import ControlConfig
+from appliance.auth import resolve_token
+from appliance.settings.control import ControlConfig
 
 
 class ApiError(Exception):

@@ -22,17 +22,10 @@ from typing import Any
 import tomlkit
 from pydantic import ValidationError
 
-from appliance.config import (
-    SECRET_TABLES,
-    AppConfig,
-    ConfigError,
-    apply_env_overrides,
-    describe_errors,
-    fill_secrets,
-    is_secret_key,
-    read_toml,
-)
-from appliance.control.files import atomic_write
+from appliance.config import AppConfig, apply_env_overrides, describe_errors, read_toml
+from appliance.files import atomic_write
+from appliance.settings.secrets import SECRET_TABLES, fill_secrets, is_secret_key
+from appliance.settings_base import ConfigError
 
 
 class PatchRejected(Exception):
@@ -167,7 +160,7 @@ def check_startable(config: AppConfig, patch: Mapping[str, Any], environ: Mappin
 
     The control API's token and bind, the cloud brain's keys, and every file a patched setting names.
     """
-    from appliance.control.auth import ControlSetupError, check_bind, resolve_token
+    from appliance.auth import ControlSetupError, check_bind, resolve_token
 
     problems: list[tuple[str, str]] = []
     if config.control.enabled:

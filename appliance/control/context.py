@@ -18,13 +18,13 @@ import trio
 from appliance.bus import EventBus
 from appliance.commands import Commands
 from appliance.config import AppConfig
-from appliance.control.config import ControlConfig
 from appliance.control.histories import HistoryStore
 from appliance.control.metrics import Metrics
 from appliance.control.restart import Restartable
-from appliance.control.speaker import Speaker
 from appliance.control.sse import Slots
 from appliance.events import State, StateChanged, TurnFinished
+from appliance.settings.control import ControlConfig
+from appliance.speaker import Speaker
 
 if TYPE_CHECKING:
     from appliance.app import Appliance

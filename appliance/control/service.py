@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from appliance.config import ConfigError
-from appliance.control.auth import ControlSetupError, check_bind, resolve_token
+from appliance.auth import ControlSetupError, check_bind, resolve_token
 from appliance.control.context import ControlContext
-from appliance.control.files import default_state_dir
 from appliance.control.histories import HistoryStore
 from appliance.control.metrics import Metrics
 from appliance.control.restart import make_restartable
-from appliance.control.speaker import Speaker
 from appliance.conversation.journal import TurnJournal
+from appliance.files import default_state_dir
+from appliance.settings_base import ConfigError
+from appliance.speaker import Speaker
 
 if TYPE_CHECKING:
     from appliance.app import Appliance

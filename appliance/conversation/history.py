@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import trio
 
-from appliance.brains.base import Message
+from appliance.turns import Message
 
 
 class ConversationHistory:

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from appliance.fsync import fsync_dir
+from appliance.files import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from appliance.audio.base import AudioClip
-from appliance.conversation.config import ConversationConfig
-from appliance.conversation.tts.espeak import EspeakSynthesizer, espeak_available
 from appliance.errors import ProviderError
+from appliance.providers.tts.espeak import EspeakSynthesizer, espeak_available
+from appliance.settings.conversation import ConversationConfig
 
 log = logging.getLogger(__name__)
 

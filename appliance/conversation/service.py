@@ -15,8 +15,6 @@ import numpy as np
 import trio
 
 from appliance.audio.base import AudioClip, AudioSink, AudioStream
-from appliance.brains._groups import single_error
-from appliance.brains.base import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 from appliance.bus import EventBus
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.journal import TurnJournal
@@ -34,6 +32,8 @@ from appliance.events import (
     TurnStarted,
     TurnTimings,
 )
+from appliance.groups import single_error
+from appliance.turns import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from appliance.brains.base import Tag
+from appliance.turns import Tag
 
 _BRACKET = re.compile(r"\[([a-z][a-z_]*):([^\[\]\s]+)\]")
 _ELEMENT = re.compile(r"<([a-z][a-z_]*)((?:\s+[a-z_]+\s*=\s*\"[^\"]*\")*)\s*/>")

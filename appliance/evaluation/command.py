@@ -44,9 +44,9 @@ def run_eval(
     only: list[str] | None = None,
 ) -> int:
     from appliance.app import cloud_brain_factory
-    from appliance.config import ConfigError
-    from appliance.conversation import factory
     from appliance.conversation.local_voice import LocalVoice
+    from appliance.providers import factory
+    from appliance.settings_base import ConfigError
 
     try:
         scenarios = load_scenarios(path)

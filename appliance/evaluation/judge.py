@@ -11,8 +11,8 @@ from typing import Any
 
 import trio
 
-from appliance.brains.base import Message
 from appliance.errors import ProviderTimeout
+from appliance.turns import Message
 
 JUDGE_SYSTEM = (
     "You evaluate the replies of a voice character (a talking robot) in a scripted dialog. Tags in square "
@@ -88,7 +88,7 @@ def goal_prompt(turns: Sequence[tuple[str, str]], goal: str) -> str:
 
 async def run_check(check: Callable[..., Any], name: str, *args: Any) -> Verdict:
     """A Python check returns a bool, or (bool, reason); raising is a failure that names the error."""
-    from appliance.conversation.hooks import call_hook
+    from appliance.agent.hooks import call_hook
 
     try:
         result = await call_hook(check, *args)

@@ -16,11 +16,11 @@ import numpy as np
 import trio
 
 from appliance.audio.base import AudioClip
-from appliance.brains._groups import single_error
-from appliance.brains.base import Message, ReplyChunk, TurnRequest, Utterance
 from appliance.errors import ProviderError
 from appliance.evaluation.judge import Verdict, ask_judge, goal_prompt, run_check, turn_prompt
 from appliance.evaluation.scenarios import JudgeSpec, ScenarioError, ScenarioFile, ScenarioSpec
+from appliance.groups import single_error
+from appliance.turns import Message, ReplyChunk, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Checks:
         return found
 
     def get(self, path: str) -> Callable[..., Any]:
-        from appliance.conversation.hooks import load_hook
+        from appliance.agent.hooks import load_hook
 
         if path not in self._loaded:
             if self.folder not in sys.path:

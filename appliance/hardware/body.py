@@ -16,13 +16,13 @@ from typing import Any
 
 from appliance.bus import EventBus
 from appliance.hardware.buttons import ButtonService
-from appliance.hardware.config import FACES, HardwareConfig
 from appliance.hardware.display import DisplayService, resolve_driver
 from appliance.hardware.face_art import FaceArtist, Look, to_png
 from appliance.hardware.faces import FaceController, FaceService, LogFaceController
 from appliance.hardware.leds import LedService
 from appliance.hardware.osc import OscService
 from appliance.hardware.pins import PinFactoryError, is_mock, make_pin_factory
+from appliance.settings.hardware import FACES, HardwareConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def build_body(bus: EventBus, config: HardwareConfig, pin_factory: Any = None, *
         try:
             factory = make_pin_factory(config.pin_factory, config.gpio_chip)
         except PinFactoryError as exc:
-            from appliance.config import ConfigError
+            from appliance.settings_base import ConfigError
 
             raise ConfigError("configuration", [f"hardware.pin_factory: {exc}"]) from None
     simulated = is_mock(factory)

@@ -22,8 +22,8 @@ from appliance.events import (
     State,
     StateChanged,
 )
-from appliance.hardware.config import ButtonConfig
 from appliance.hardware.pins import build_device
+from appliance.settings.hardware import ButtonConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from PIL import Image
 
 from appliance.bus import EventBus
 from appliance.events import OutputLevel, PictureRequested, State, StateChanged
-from appliance.hardware.config import DisplayConfig
 from appliance.hardware.face_art import FaceArtist, FolderFaces, Look, to_png
 from appliance.hardware.leds import LevelMeter
+from appliance.settings.hardware import DisplayConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from appliance.hardware.config import FACES
+from appliance.settings.hardware import FACES
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import trio
 
 from appliance.bus import EventBus
 from appliance.events import FaceChanged, FaceRequested, State, StateChanged
-from appliance.hardware.config import FACES, FacesConfig
+from appliance.settings.hardware import FACES, FacesConfig
 
 log = logging.getLogger(__name__)
 

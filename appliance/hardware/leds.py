@@ -17,8 +17,8 @@ import trio
 
 from appliance.bus import EventBus
 from appliance.events import ConnectivityChanged, LedChanged, OutputLevel, State, StateChanged, TurnStarted
-from appliance.hardware.config import HardwareConfig, LedConfig, PatternConfig
 from appliance.hardware.pins import build_device
+from appliance.settings.hardware import HardwareConfig, LedConfig, PatternConfig
 
 log = logging.getLogger(__name__)
 

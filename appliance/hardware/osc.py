@@ -16,7 +16,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from appliance.bus import EventBus
 from appliance.events import AnimationRequested
-from appliance.hardware.config import OscConfig
+from appliance.settings.hardware import OscConfig
 
 log = logging.getLogger(__name__)
 

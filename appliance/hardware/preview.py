@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from appliance.hardware.config import FACES, DisplayConfig
 from appliance.hardware.face_art import FaceArtist, FolderFaces, Look, to_png
+from appliance.settings.hardware import FACES, DisplayConfig
 
 
 def write_face_previews(config: DisplayConfig, folder: Path) -> list[Path]:

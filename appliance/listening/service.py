@@ -15,7 +15,6 @@ import numpy as np
 import trio
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip, BlockQueue, level_db
-from appliance.brains.base import Utterance
 from appliance.bus import EventBus
 from appliance.events import (
     Event,
@@ -31,10 +30,9 @@ from appliance.events import (
     StateChanged,
     TurnFinished,
     UtteranceCaptured,
+    WakeWordDetected,
 )
-from appliance.listening.config import ListeningConfig
 from appliance.listening.endpointer import Discarded, Endpointer, Onset, Segment
-from appliance.listening.events import WakeWordDetected
 from appliance.listening.guard import EchoGuard, guard_margin
 from appliance.listening.vad import (
     REACTION_SECONDS,
@@ -44,6 +42,8 @@ from appliance.listening.vad import (
     make_detector,
 )
 from appliance.listening.wakeword import MicroWakeWordDetector, WakeDetection, WakeWordDetector
+from appliance.settings.listening import ListeningConfig
+from appliance.turns import Utterance
 
 log = logging.getLogger(__name__)
 

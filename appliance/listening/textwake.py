@@ -15,7 +15,7 @@ import unicodedata
 
 import trio
 
-from appliance.brains.base import Brain, BrainOutput, Transcript, TurnRequest
+from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest
 
 log = logging.getLogger(__name__)
 

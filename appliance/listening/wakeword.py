@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from appliance.audio.base import CAPTURE_RATE
-from appliance.listening.config import WakeWordModel
+from appliance.settings.listening import WakeWordModel
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream
 from appliance.audio.convert import encode_wav
-from appliance.brains._groups import single_error
 from appliance.brains.avatar_protocol import (
     CLIENT_TYPES,
     ProtocolError,
@@ -31,11 +30,12 @@ from appliance.brains.avatar_protocol import (
     b64encode,
     control_tags,
 )
-from appliance.brains.base import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
-from appliance.brains.config import ServerConfig
 from appliance.conversation.history import ConversationHistory
 from appliance.errors import ProviderError
+from appliance.groups import single_error
 from appliance.listening.endpointer import EnergyEndpointer, Onset, Segment
+from appliance.settings.brains import ServerConfig
+from appliance.turns import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ TTS_CONCURRENCY = 4
 
 def check_bind(config: ServerConfig) -> None:
     """Refuse to serve beyond this machine without a key: the server spends its owner's cloud keys."""
-    from appliance.config import ConfigError
-    from appliance.control.auth import is_loopback
+    from appliance.auth import is_loopback
+    from appliance.settings_base import ConfigError
 
     if config.api_key is None and not is_loopback(config.host):
         raise ConfigError(

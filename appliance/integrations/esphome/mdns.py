@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from appliance import __version__
-from appliance.integrations.esphome.config import HomeAssistantConfig
+from appliance.settings.home_assistant import HomeAssistantConfig
 
 log = logging.getLogger(__name__)
 

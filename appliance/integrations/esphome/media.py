@@ -9,8 +9,8 @@ import numpy as np
 import trio
 
 from appliance.audio.base import AudioClip, AudioStream
-from appliance.conversation.tts._audio import WavStreamDecoder
 from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout, ProviderUnavailable
+from appliance.providers.tts._audio import WavStreamDecoder
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from appliance.audio.base import Audio
-from appliance.brains.base import BrainOutput, ReplyChunk, Tag, TurnRequest, Utterance
 from appliance.events import (
     CancelTurnRequested,
     FaceChanged,
@@ -25,7 +24,8 @@ from appliance.events import (
     MuteRequested,
     State,
 )
-from appliance.hardware.config import FACES
+from appliance.settings.hardware import FACES
+from appliance.turns import BrainOutput, ReplyChunk, Tag, TurnRequest, Utterance
 
 if TYPE_CHECKING:
     from appliance.app import Appliance

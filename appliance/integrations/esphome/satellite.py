@@ -22,7 +22,6 @@ import numpy as np
 import trio
 
 from appliance.audio.base import BlockQueue
-from appliance.brains.base import BrainOutput, ReplyChunk, Tag
 from appliance.bus import EventBus
 from appliance.errors import ProviderError
 from appliance.events import (
@@ -32,11 +31,12 @@ from appliance.events import (
     SpeechDiscarded,
     TurnFinished,
     TurnStarted,
+    WakeWordDetected,
 )
-from appliance.integrations.esphome.config import HomeAssistantConfig
 from appliance.integrations.esphome.media import chime, stream_url
 from appliance.integrations.esphome.messages import event_data, pb
-from appliance.listening.events import WakeWordDetected
+from appliance.settings.home_assistant import HomeAssistantConfig
+from appliance.turns import BrainOutput, ReplyChunk, Tag
 
 if TYPE_CHECKING:
     from appliance.integrations.esphome.robot import Robot

@@ -15,14 +15,14 @@ import trio
 from google.protobuf.message import DecodeError
 
 from appliance import __version__
-from appliance.brains._groups import single_error
 from appliance.events import FaceChanged, LedChanged, MuteRequested, StateChanged, TurnFinished
-from appliance.integrations.esphome.config import HomeAssistantConfig
+from appliance.groups import single_error
 from appliance.integrations.esphome.entities import Entities
 from appliance.integrations.esphome.frames import FrameError, NoiseTransport, PlainTransport, Reader, Transport
 from appliance.integrations.esphome.messages import API_VERSION, TYPE_TO_CLASS, pb, type_of
 from appliance.integrations.esphome.robot import Robot
 from appliance.integrations.esphome.satellite import FEATURE_FLAGS, Satellite
+from appliance.settings.home_assistant import HomeAssistantConfig
 
 if TYPE_CHECKING:
     from appliance.app import Appliance

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance import __version__
-from appliance.hardware.config import STATES
-from appliance.integrations.mqtt.config import MqttConfig
+from appliance.settings.hardware import STATES
+from appliance.settings.mqtt import MqttConfig
 
 ONLINE, OFFLINE = "online", "offline"
 BRAIN_HEALTH = ("online", "fallback", "offline")

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from appliance.integrations.mqtt.config import MqttConfig
+from appliance.settings.mqtt import MqttConfig
 
 log = logging.getLogger(__name__)
 

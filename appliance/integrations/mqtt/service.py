@@ -28,7 +28,6 @@ import os
 import ssl
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -36,18 +35,21 @@ import trio
 from appliance import __version__
 from appliance.commands import CommandRejected, Commands
 from appliance.events import (
+    BrainChanged,
+    BrainHealthChanged,
     ConnectivityChanged,
     ErrorRaised,
     Event,
     FaceChanged,
+    MqttStatus,
     MuteRequested,
     StateChanged,
     TurnFinished,
 )
 from appliance.integrations.mqtt import payloads
-from appliance.integrations.mqtt.config import CREDENTIAL_NAME, MqttConfig
 from appliance.integrations.mqtt.discovery import OFFLINE, ONLINE, Topics, discovery_messages
 from appliance.integrations.mqtt.link import Incoming, MqttLink
+from appliance.settings.mqtt import CREDENTIAL_NAME, MqttConfig
 
 if TYPE_CHECKING:
     from appliance.app import Appliance
@@ -59,16 +61,7 @@ FLEET_SOURCE = "mqtt-fleet"
 COMMANDS = ("muted", "volume", "face", "say", "cancel", "listen")
 
 
-@dataclass(frozen=True)
-class MqttStatus(Event):
-    """The broker link changed: ``connecting``, ``connected``, ``refused``, ``unreachable``, ``disconnected``."""
-
-    status: str
-    detail: str = ""
-
-
 def _followed_events() -> tuple[type[Event], ...]:
-    from appliance.brains.health import BrainChanged, BrainHealthChanged
 
     return (
         StateChanged,
@@ -92,7 +85,7 @@ def config_revision(config: Any) -> str:
 
 def resolve_password(config: MqttConfig, environ: Mapping[str, str] | None = None) -> str | None:
     """``mqtt.password`` (or ``$APPLIANCE_MQTT__PASSWORD``), else the systemd credential ``mqtt_password``."""
-    from appliance.config import lookup_secret
+    from appliance.settings.secrets import lookup_secret
 
     if config.password is not None and config.password.get_secret_value():
         return config.password.get_secret_value()
@@ -151,7 +144,7 @@ class MqttService:
             self._nursery = nursery
             if self.commands.speaker is None:
                 # No control API: this link runs the say queue itself (it also takes SayRequested events).
-                from appliance.control.speaker import Speaker
+                from appliance.speaker import Speaker
 
                 speaker = Speaker(self.app.conversation, self.app.bus, self.app.config.control.max_queued_says)
                 await nursery.start(speaker.run)
@@ -352,7 +345,7 @@ def _command_name(topic: str, topics: Topics) -> str:
 
 def add_mqtt(appliance: Appliance, environ: Mapping[str, str] | None = None) -> MqttService | None:
     """Register the MQTT link with the supervisor when ``[mqtt] enabled``; checks certificate files first."""
-    from appliance.config import ConfigError
+    from appliance.settings_base import ConfigError
 
     config: MqttConfig = appliance.config.mqtt  # type: ignore[attr-defined]
     if not config.enabled:
