@@ -23,7 +23,7 @@ class ContextFormatter(logging.Formatter):
         return f"{text} [{' '.join(fields)}]" if fields else text
 
 
-class StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StatusAwareHandler(logging.StreamHandler):
     """Clears the live status line before a log line and redraws it after, so the two never mix."""
 
     def __init__(self, stream: TextIO) -> None:

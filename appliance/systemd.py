@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -18,9 +19,8 @@ class Notifier:
         self._daemon = None
         if self.socket_path:
             try:
-                from systemd import daemon  # systemd-python
-
-                self._daemon = daemon
+                # systemd-python ships no type information; it is used through a narrow duck type below
+                self._daemon = importlib.import_module("systemd.daemon")
             except ImportError:
                 log.debug("systemd-python not installed; writing to NOTIFY_SOCKET directly")
 

@@ -164,40 +164,10 @@ def read_turns(lines: Iterable[str]) -> tuple[list[dict[str, Any]], float | None
         if isinstance(at, int | float):
             first = at if first is None else first
             last = at
-        turn_id = record["turn_id"]
-        kind = record.get("t")
-        if kind == "begin":
-            turns[turn_id] = {
-                "turn_id": turn_id,
-                "at": at,
-                "brain": record.get("brain"),
-                "heard": record.get("heard"),
-                "audio_seconds": record.get("audio_seconds"),
-                "source": record.get("source"),
-                "said": [],
-                "spoken": "",
-                "outcome": "cut off",
-                "error": None,
-                "timings": None,
-            }
-            continue
-        turn = turns.get(turn_id)
-        if turn is None:
-            continue
-        if kind == "heard" and isinstance(record.get("text"), str):
-            turn["heard"] = record["text"]
-        elif kind == "said" and isinstance(record.get("text"), str):
-            turn["said"].append(record["text"])
-        elif kind == "cut" and turn["said"] and isinstance(record.get("text"), str):
-            turn["said"].pop()
-            if record["text"]:
-                turn["said"].append(record["text"])
-        elif kind == "end":
-            for key in ("outcome", "brain", "error", "timings", "spoken"):
-                if key in record:
-                    turn[key] = record[key]
-            if record.get("heard") is not None:
-                turn["heard"] = record["heard"]
+        if record.get("t") == "begin":
+            turns[record["turn_id"]] = _begun(record)
+        elif record["turn_id"] in turns:
+            _apply(turns[record["turn_id"]], record)
     shown = []
     for turn in turns.values():
         said = turn.pop("said")
@@ -206,3 +176,39 @@ def read_turns(lines: Iterable[str]) -> tuple[list[dict[str, Any]], float | None
         if turn["heard"] or turn["spoken"] or turn["outcome"] == "cut off":
             shown.append(turn)
     return shown, first, last
+
+
+def _begun(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "turn_id": record["turn_id"],
+        "at": record.get("at"),
+        "brain": record.get("brain"),
+        "heard": record.get("heard"),
+        "audio_seconds": record.get("audio_seconds"),
+        "source": record.get("source"),
+        "said": [],
+        "spoken": "",
+        "outcome": "cut off",
+        "error": None,
+        "timings": None,
+    }
+
+
+def _apply(turn: dict[str, Any], record: dict[str, Any]) -> None:
+    """One later record of a begun turn: what was heard, said, cut short, and how it ended."""
+    kind = record.get("t")
+    text = record.get("text")
+    if kind == "heard" and isinstance(text, str):
+        turn["heard"] = text
+    elif kind == "said" and isinstance(text, str):
+        turn["said"].append(text)
+    elif kind == "cut" and turn["said"] and isinstance(text, str):
+        turn["said"].pop()
+        if text:
+            turn["said"].append(text)
+    elif kind == "end":
+        for key in ("outcome", "brain", "error", "timings", "spoken"):
+            if key in record:
+                turn[key] = record[key]
+        if record.get("heard") is not None:
+            turn["heard"] = record["heard"]

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from appliance.settings_base import Section
 
@@ -95,8 +95,8 @@ class MqttConfig(Section):
 
     @field_validator("discovery_prefix", "fleet_topic")
     @classmethod
-    def _topics(cls, value: str, info) -> str:  # type: ignore[no-untyped-def]
-        return _check_topic(value, info.field_name)
+    def _topics(cls, value: str, info: ValidationInfo) -> str:
+        return _check_topic(value, info.field_name or "topic")
 
     @field_validator("base_topic")
     @classmethod
