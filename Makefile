@@ -7,7 +7,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev \
                 libportaudio2 espeak-ng sox alsa-utils jackd2 shellcheck systemd mosquitto
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench deps apt check-config clean security lock wheelhouse rootfs provisioning-test \
+.PHONY: run test lint import-graph bench deps apt check-config clean security lock wheelhouse rootfs provisioning-test \
         hw-image hw-test
 
 run: $(STAMP)
@@ -16,11 +16,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-LINTED := appliance tests bench interop-tests hw-tests
+LINTED := appliance tests bench interop-tests hw-tests docs
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# docs/import-graph.svg: the packages, one row per layer of the import contract (README, "Architecture").
+import-graph: $(STAMP)
+	@provisioning/ensure-packages.sh graphviz
+	$(BIN)/python docs/import_graph.py | dot -Tsvg -o docs/import-graph.svg
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
