@@ -159,3 +159,18 @@ async def test_restartable_restarts_in_place(autojump_clock):
             nursery.cancel_scope.cancel()
         statuses = [sub.receive.receive_nowait().status for _ in range(2)]
     assert statuses == ["restarting", "running"]
+
+
+async def test_the_journal_still_writes_after_its_writer_stopped(tmp_path):
+    """At shutdown the writer task is cancelled with everything else; a turn ending in a shielded scope still
+    gets its record on disk (queued appends are flushed, later ones written by their callers)."""
+    journal = TurnJournal(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        await journal.begin("c", "t1", brain="cloud", source="voice", heard="hello", audio_seconds=None)
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(5):  # before the fix this waited for a writer that was gone, forever
+        await journal.end("c", "t1", outcome="interrupted", brain="cloud", spoken="Hi.", error=None, timings=None)
+    lines = (tmp_path / "c.jsonl").read_text().splitlines()
+    assert [json.loads(line)["t"] for line in lines] == ["begin", "end"]
+    assert json.loads(lines[1])["outcome"] == "interrupted"

@@ -138,3 +138,22 @@ async def test_a_kill_before_the_brain_answers_keeps_the_question(tmp_path: Path
         turns = await turns_after_restart(cloud, tmp_path, port)
     (turn,) = turns
     assert turn["heard"] == "Are you there?" and turn["outcome"] == "cut off" and turn["spoken"] == ""
+
+
+async def test_a_turn_interrupted_by_sigterm_is_recorded_as_interrupted(tmp_path: Path) -> None:
+    """A clean stop mid-reply writes the turn's end (outcome interrupted, what was said): the journal's writer
+    is stopped with everything else, so the turn's shielded ending writes it itself instead of waiting."""
+    port = free_port()
+    async with fake_cloud(reply=REPLY) as cloud:
+        cloud.llm.token_delay = 0.2
+        async with robot(cloud, tmp_path, port) as (process, api):
+            async with api.stream("POST", "/v1/conversation", json={"text": "Tell me three things"}) as response:
+                await collect_sse(response, until="speaking")
+                process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await process.wait() == 0
+        cloud.llm.token_delay = 0.0
+        turns = await turns_after_restart(cloud, tmp_path, port)
+    (turn,) = turns
+    assert turn["heard"] == "Tell me three things" and turn["outcome"] == "interrupted"
+    assert turn["spoken"].startswith("[face:joy] First sentence here.")

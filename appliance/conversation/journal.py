@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class TurnJournal:
         self._send, self._receive = trio.open_memory_channel[_Append](queue)
         self._files: dict[str, int] = {}  # conversation id -> fd opened for appending, most recent last
         self.failed = 0
+        self._stopped = False  # the writer task is gone (shutdown): appends are written by the caller
+        self._lock = threading.Lock()
 
     # --- what a turn writes ------------------------------------------------------------------------------
 
@@ -96,27 +99,50 @@ class TurnJournal:
 
     async def _write(self, conversation_id: str, record: dict[str, Any], *, durable: bool) -> None:
         append = _Append(conversation_id, record, durable)
-        await self._send.send(append)
-        await append.done.wait()
+        if self._stopped:
+            # Shutting down: the turn being interrupted by it still records its end (its caller is shielded).
+            await trio.to_thread.run_sync(self._append_reporting, append)
+            append.done.set()
+        else:
+            await self._send.send(append)
+            await append.done.wait()
         if append.error is not None:
             # The turn goes on (the user must still be answered); the history has a gap, and says so in the log.
             log.error("history journal: cannot write %s: %s", self.directory, append.error)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._stopped = False
         task_status.started()
         try:
             async for append in self._receive:
                 try:
-                    await trio.to_thread.run_sync(self._append, append)
-                except OSError as exc:
-                    self.failed += 1
-                    append.error = exc
+                    await trio.to_thread.run_sync(self._append_reporting, append)
                 finally:
                     append.done.set()
         finally:
-            for fd in self._files.values():
-                os.close(fd)
-            self._files.clear()
+            # Cancelled (shutdown, or a restart): what is queued is written now, in order, and later appends are
+            # written by their callers; no await in here, so nothing can slip in between.
+            self._stopped = True
+            while True:
+                try:
+                    queued = self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                self._append_reporting(queued)
+                queued.done.set()
+            with self._lock:
+                for fd in self._files.values():
+                    os.close(fd)
+                self._files.clear()
+
+    def _append_reporting(self, append: _Append) -> None:
+        """In a worker thread (or the loop, at shutdown); the caller sets ``done`` on the Trio side."""
+        try:
+            with self._lock:  # after shutdown, callers' threads may append at the same time
+                self._append(append)
+        except OSError as exc:
+            self.failed += 1
+            append.error = exc
 
     def _append(self, append: _Append) -> None:
         fd = self._file(append.conversation_id)
