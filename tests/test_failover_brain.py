@@ -18,7 +18,7 @@ from appliance.errors import (
 )
 from appliance.events import BrainChanged, BrainHealthChanged
 from appliance.settings.brains import FailoverConfig
-from appliance.turns import ReplyChunk
+from appliance.turns import ReplyChunk, Transcript
 from tests.remote_helpers import StubBrain, collect, heard, request, speech, spoken
 
 CONFIG = FailoverConfig(
@@ -200,13 +200,14 @@ async def test_a_crashing_brain_is_a_failure_not_a_crash() -> None:
     assert spoken(items) == ["fine."]
 
 
-async def test_interruption_is_not_a_failure(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("hedge_after", [0.0, 0.8])
+async def test_interruption_is_not_a_failure(autojump_clock: trio.testing.MockClock, hedge_after: float) -> None:
     cloud = StubBrain("cloud", delay=3)
-    brain = FailoverBrain([cloud, StubBrain("remote")], CONFIG)
+    brain = FailoverBrain([cloud, StubBrain("remote", delay=3)], CONFIG.model_copy(update={"hedge_after": hedge_after}))
     send, _receive = trio.open_memory_channel(math.inf)
-    with trio.move_on_after(1):
+    with trio.move_on_after(1):  # with hedging, both are running when the user interrupts
         await brain.reply(request(), send)
-    assert brain.members[0].breaker.failures == 0
+    assert [m.breaker.failures for m in brain.members] == [0, 0]
 
 
 def test_rejects_bad_lists() -> None:
@@ -263,3 +264,113 @@ async def test_warm_reaches_the_brains_a_turn_may_try() -> None:
     brain = FailoverBrain([Warmable("cloud"), Warmable("remote"), StubBrain("offline")], CONFIG)
     await brain.warm()
     assert sorted(warmed) == ["cloud", "remote"]
+
+
+# --- hedging: a brain that shows no sign of life is joined by the next one ---------------------------------
+
+HEDGED = FailoverConfig(failure_threshold=2, open_initial=10, first_audio_timeout=8, hedge_after=0.8)
+
+
+class Paced(StubBrain):
+    """Sends its transcript after ``heard_at`` s and its first sentence after ``speaks_at`` s (None: never)."""
+
+    def __init__(self, name: str, heard_at: float | None, speaks_at: float | None) -> None:
+        super().__init__(name, (f"{name} answer.",))
+        self.heard_at, self.speaks_at = heard_at, speaks_at
+        self.cancelled = False
+
+    async def reply(self, req, out) -> None:  # type: ignore[no-untyped-def]
+        async with out:
+            self.requests.append(req)
+            began = trio.current_time()
+            try:
+                if self.heard_at is not None:
+                    await trio.sleep_until(began + self.heard_at)
+                    await out.send(Transcript("what time is it"))
+                if self.speaks_at is None:
+                    await trio.sleep_forever()
+                await trio.sleep_until(began + self.speaks_at)
+                await out.send(ReplyChunk(f"{self.name} answer.", f"{self.name} answer.", (), speech(0.1)))
+            except trio.Cancelled:
+                self.cancelled = True
+                raise
+
+
+async def _first_speech_at(brain: FailoverBrain) -> tuple[list, float]:
+    send, receive = trio.open_memory_channel(math.inf)
+    began = trio.current_time()
+    await brain.reply(request(None, audio=speech(0.5)), send)
+    items = [item async for item in receive]
+    return items, trio.current_time() - began
+
+
+async def test_a_hung_brain_is_joined_by_the_next_after_hedge_after(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = Paced("cloud", heard_at=None, speaks_at=None)  # accepts the request, never answers
+    remote = Paced("remote", heard_at=0.3, speaks_at=0.5)
+    items, took = await _first_speech_at(FailoverBrain([cloud, remote], HEDGED))
+    assert spoken(items) == ["remote answer."]
+    assert took == pytest.approx(0.8 + 0.5)  # not the 8 s first-audio timeout
+    assert cloud.cancelled and len(remote.requests) == 1
+
+
+async def test_a_brain_that_heard_in_time_is_not_hedged(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = Paced("cloud", heard_at=0.5, speaks_at=3.0)  # slow model, but the transcript came
+    remote = Paced("remote", heard_at=0.1, speaks_at=0.2)
+    items, took = await _first_speech_at(FailoverBrain([cloud, remote], HEDGED))
+    assert spoken(items) == ["cloud answer."] and took == pytest.approx(3.0)
+    assert remote.requests == []
+
+
+async def test_when_both_run_the_first_to_speak_answers_alone(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = Paced("cloud", heard_at=None, speaks_at=1.0)  # late, but still sooner than the hedged backup
+    remote = Paced("remote", heard_at=0.1, speaks_at=0.6)  # asked at 0.8: hears at 0.9, would speak at 1.4
+    items, took = await _first_speech_at(FailoverBrain([cloud, remote], HEDGED))
+    assert spoken(items) == ["cloud answer."] and took == pytest.approx(1.0)
+    assert remote.cancelled and len(remote.requests) == 1
+    assert heard(items) == ["what time is it"]  # the backup's transcript, the only one that came
+
+
+async def test_the_offline_brain_is_never_raced(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = Paced("cloud", heard_at=None, speaks_at=2.0)
+    offline = StubBrain("offline", ("I'm offline.",))
+    offline.probe = None  # type: ignore[assignment,method-assign]  # no health probe: it does no real work
+    items, took = await _first_speech_at(FailoverBrain([cloud, offline], HEDGED))
+    assert spoken(items) == ["cloud answer."] and took == pytest.approx(2.0)
+    assert offline.requests == []
+
+
+async def test_hedging_off_waits_for_the_first_audio_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = Paced("cloud", heard_at=None, speaks_at=None)
+    remote = Paced("remote", heard_at=0.3, speaks_at=0.5)
+    config = HEDGED.model_copy(update={"hedge_after": 0.0})
+    items, took = await _first_speech_at(FailoverBrain([cloud, remote], config))
+    assert spoken(items) == ["remote answer."] and took == pytest.approx(8.0 + 0.5)
+
+
+async def test_a_brain_asked_after_a_failure_gets_its_own_hedge_time(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = StubBrain("cloud", fail=lambda: ProviderUnavailable("openai-llm", "HTTP 500"), transcript=False, delay=0.7)
+    remote = Paced("remote", heard_at=0.5, speaks_at=0.6)  # asked at 0.7: hears at 1.2, after a shared 0.8 s
+    third = Paced("third", heard_at=0.0, speaks_at=0.0)
+    items, took = await _first_speech_at(FailoverBrain([cloud, remote, third], HEDGED))
+    assert spoken(items) == ["remote answer."] and took == pytest.approx(0.7 + 0.6)
+    assert third.requests == []
+
+
+async def test_a_brain_beaten_without_a_word_has_its_circuit_opened(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = Paced("cloud", heard_at=None, speaks_at=None)
+    remote = Paced("remote", heard_at=0.3, speaks_at=0.5)
+    chain = FailoverBrain([cloud, remote], HEDGED)
+    await _first_speech_at(chain)
+    assert not chain.members[0].breaker.healthy  # the next turns go straight to the backup
+    items, took = await _first_speech_at(chain)
+    assert spoken(items) == ["remote answer."] and took == pytest.approx(0.5)
+    assert len(cloud.requests) == 1
+
+
+async def test_a_brain_that_heard_but_lost_the_race_stays_healthy(autojump_clock: trio.testing.MockClock) -> None:
+    cloud = Paced("cloud", heard_at=1.0, speaks_at=3.0)  # alive, only slower than the hedged backup
+    remote = Paced("remote", heard_at=0.1, speaks_at=0.2)
+    chain = FailoverBrain([cloud, remote], HEDGED)
+    items, _ = await _first_speech_at(chain)
+    assert spoken(items) == ["remote answer."]
+    assert chain.members[0].breaker.healthy

@@ -22,17 +22,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import trio
 
 from appliance.brains.health import CircuitBreaker, Condition
+from appliance.brains.turn_race import Outcome, TurnRace, TurnState
 from appliance.bus import EventBus
 from appliance.conversation.local_voice import LocalVoice
-from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout, ProviderUnavailable
+from appliance.errors import ProviderError, ProviderTimeout, ProviderUnavailable
 from appliance.events import BrainChanged, BrainHealthChanged, ConnectivityChanged
 from appliance.settings.brains import FailoverConfig
-from appliance.turns import Brain, BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest, Utterance
+from appliance.turns import Brain, BrainOutput, ReplyChunk, Tag, TurnRequest
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +51,6 @@ class _Member:
     @property
     def name(self) -> str:
         return self.brain.name
-
-
-@dataclass
-class _TurnState:
-    transcript: str | None = None
-    handed_speech: bool = False
-    errors: list[ProviderError] = field(default_factory=list)
-
-
-class _FailedBeforeSpeech(Exception):
-    def __init__(self, error: ProviderError) -> None:
-        self.error = error
-
-
-class _FailedMidReply(Exception):
-    def __init__(self, error: ProviderError) -> None:
-        self.error = error
 
 
 class FailoverBrain:
@@ -190,88 +174,25 @@ class FailoverBrain:
 
     async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
         async with out:
-            state = _TurnState()
-            attempt = request
-            for member in self._candidates():
-                try:
-                    await self._attempt(member, attempt, out, state)
-                except _FailedBeforeSpeech as failed:
-                    state.errors.append(failed.error)
-                    self._failed(member, failed.error)
-                    self.failovers += 1
-                    log.warning(
-                        "%s failed before speaking (%s); trying the next brain",
-                        member.name,
-                        failed.error,
-                        extra={"turn_id": request.turn_id, "brain": member.name},
-                    )
-                    if state.transcript and not attempt.utterance.text:
-                        attempt = replace(attempt, utterance=_with_text(attempt.utterance, state.transcript))
-                    continue
-                except _FailedMidReply as failed:
-                    self._failed(member, failed.error)
-                    log.warning(
-                        "%s failed mid-reply (%s)",
-                        member.name,
-                        failed.error,
-                        extra={"turn_id": request.turn_id, "brain": member.name},
-                    )
-                    await self._apologise(out)
-                    return
-                member.checked_at = trio.current_time()
-                self._succeeded(member, "turn")
-                self._answered_by(member, state)
+            race = TurnRace(
+                self._candidates(),
+                request,
+                out,
+                first_audio_timeout=self.config.first_audio_timeout,
+                hedge_after=self.config.hedge_after,
+                outcome=Outcome(self._failed, self._answered_turn, self._answered_by),
+            )
+            state = await race.run()
+            self.failovers += race.failovers
+            if state.failed_mid_reply is not None:
+                await self._apologise(out)
                 return
-            raise state.errors[-1] if state.errors else ProviderUnavailable("failover", "no brain could answer")
+            if state.winner is None:
+                raise state.errors[-1] if state.errors else ProviderUnavailable("failover", "no brain could answer")
 
-    async def _attempt(
-        self, member: _Member, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput], state: _TurnState
-    ) -> None:
-        send, receive = trio.open_memory_channel[BrainOutput](0)
-        error: ProviderError | None = None
-        held: list[ReplyChunk] = []
-
-        async def run_brain() -> None:
-            nonlocal error
-            try:
-                await member.brain.reply(request, send)
-            except ProviderError as exc:
-                error = exc
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # we stopped listening: it timed out
-            except Exception as exc:  # a bug in one brain must not silence the robot; it is logged in full
-                log.exception("%s crashed", member.name, extra={"brain": member.name})
-                error = ProviderBadReply(member.name, f"{type(exc).__name__}: {exc}")
-
-        with receive:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_brain)
-                with trio.move_on_after(self.config.first_audio_timeout) as guard:
-                    async for item in receive:
-                        if isinstance(item, Transcript):
-                            if state.transcript is None:
-                                state.transcript = item.text
-                                await out.send(item)
-                        elif state.handed_speech:
-                            await out.send(replace(item, brain=item.brain or member.name))
-                        else:
-                            held.append(replace(item, brain=item.brain or member.name))
-                            if item.audio is not None:
-                                guard.deadline = math.inf  # speech started: from here the brain's own timeouts rule
-                                state.handed_speech = True
-                                self._answered_by(member, state)
-                                for chunk in held:
-                                    await out.send(chunk)
-                                held.clear()
-                if guard.cancelled_caught:
-                    nursery.cancel_scope.cancel()
-                    error = ProviderTimeout(member.name, f"no speech within {self.config.first_audio_timeout:g} s")
-        if error is not None:
-            if state.handed_speech:
-                raise _FailedMidReply(error)
-            raise _FailedBeforeSpeech(error)
-        for chunk in held:  # a reply without any speech (tags only)
-            await out.send(chunk)
+    def _answered_turn(self, member: _Member) -> None:
+        member.checked_at = trio.current_time()
+        self._succeeded(member, "turn")
 
     async def warm(self) -> None:
         """Open connections while the user is still speaking, for every brain this turn may try."""
@@ -300,7 +221,7 @@ class FailoverBrain:
         if self.bus is not None:
             self.bus.publish(event)
 
-    def _answered_by(self, member: _Member, state: _TurnState) -> None:
+    def _answered_by(self, member: _Member, state: TurnState) -> None:
         if self.active == member.name:
             return
         previous, self.active = self.active, member.name
@@ -349,7 +270,3 @@ class FailoverBrain:
                 await member.brain.aclose()
             except Exception:  # closing one brain must not keep the others open
                 log.debug("closing %s failed", member.name, exc_info=True)
-
-
-def _with_text(utterance: Utterance, text: str) -> Utterance:
-    return Utterance(audio=utterance.audio, text=text, source=utterance.source, ended_at=utterance.ended_at)

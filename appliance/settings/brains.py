@@ -69,6 +69,12 @@ class FailoverConfig(Section):
     first_audio_timeout: float = Field(
         default=8.0, gt=0, description="a brain that has produced no speech after this long is skipped (s)"
     )
+    hedge_after: float = Field(
+        default=0.8,
+        ge=0,
+        description="a brain that shows no sign of life (no transcript, no speech) this long after the utterance "
+        "is joined by the next brain that does real work (not offline); the first to speak answers (s); 0 = off",
+    )
     mid_reply_message: str = Field(
         default="Sorry, I lost my connection.", description="said when a brain fails in the middle of its reply"
     )
