@@ -103,17 +103,18 @@ def cloud_brain_factory(
     ``speech``: a (recognizer, synthesizer) pair used instead of the configured STT and TTS, whose settings are
     then not checked (dialog evaluation works on words only).
     """
+    from appliance.agent import factory as agent_parts
     from appliance.providers import factory
 
-    problems = factory.check_parts(config.stt, config.llm, config.tts)
+    problems = factory.check_parts(config.stt, config.llm, config.tts) + agent_parts.check_parts(config.llm)
     if speech is not None:
         problems = [problem for problem in problems if not problem.startswith(("stt.", "tts."))]
     if problems:
         raise ConfigError("configuration", problems)
 
     def build() -> Brain:
-        from appliance.agent.hooks import load_hook
         from appliance.brains.cloud import CloudBrain
+        from appliance.hooks import load_hook
 
         llm_cfg, tts_cfg, conv = config.llm, config.tts, config.conversation
         llm = factory.build_llm(llm_cfg)
@@ -125,8 +126,8 @@ def cloud_brain_factory(
         if tracing is not None:  # every provider call a span of the turn's trace
             stt, llm, tts = tracing.wrap_stt(stt), tracing.wrap_llm(llm), tracing.wrap_tts(tts)
             voices = {language: tracing.wrap_tts(v) for language, v in voices.items()}
-        registry = factory.build_tools(llm_cfg, tools, picture_shower(bus) if bus is not None else None)
-        camera = factory.build_camera(llm_cfg)
+        registry = agent_parts.build_tools(llm_cfg, tools, picture_shower(bus) if bus is not None else None)
+        camera = agent_parts.build_camera(llm_cfg)
         if camera is not None and llm_cfg.camera_tool:
             from appliance.agent.vision import camera_tool
 
@@ -145,7 +146,7 @@ def cloud_brain_factory(
             progress_after=llm_cfg.progress_after,
             progress_message=llm_cfg.progress_message,
             voices=voices,
-            guardrails=factory.build_guardrails(llm_cfg),
+            guardrails=agent_parts.build_guardrails(llm_cfg),
             camera=camera,
             merge_window=llm_cfg.merge_window,
             on_finish=load_hook(llm_cfg.on_finish, "llm.on_finish") if llm_cfg.on_finish else None,
@@ -191,8 +192,8 @@ def build_tracing(config: AppConfig) -> Any:
 
 
 def build_response_hooks(bus: EventBus, config: AppConfig) -> Any:
-    from appliance.agent.hooks import HookError
     from appliance.agent.response_hooks import ResponseHooks
+    from appliance.hooks import HookError
 
     try:
         return ResponseHooks.from_config(bus, config.response_hooks)
@@ -407,8 +408,8 @@ def build_appliance(
     tracing: Any = None
     if brain is None:
         if "cloud" in brain_plan(config):
+            from appliance.agent.factory import build_mcp
             from appliance.agent.tools import ToolRegistry
-            from appliance.providers.factory import build_mcp
 
             tools = ToolRegistry()
             mcp = build_mcp(config.llm, tools)

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from appliance.agent.hooks import HookedRecognizer, HookError, load_hook
 from appliance.audio.base import AudioClip
 from appliance.errors import ProviderBadReply, ProviderRejected, ProviderUnavailable
+from appliance.hooks import HookedRecognizer, HookError, load_hook
 from appliance.providers.stt.amivoice import AmiVoiceRecognizer
 from appliance.providers.stt.azure import AzureRecognizer
 from appliance.providers.stt.google import GoogleRecognizer

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from appliance.agent.hooks import call_hook
+from appliance.hooks import call_hook
 
 Target = Literal["request", "reply"]
 

@@ -75,8 +75,8 @@ class ResponseHooks:
 
     @classmethod
     def from_config(cls, bus: EventBus, cfg: ResponseHooksConfig) -> ResponseHooks:
-        """Raises :class:`appliance.agent.hooks.HookError` naming the setting of a path that won't load."""
-        from appliance.agent.hooks import load_hook
+        """Raises :class:`appliance.hooks.HookError` naming the setting of a path that won't load."""
+        from appliance.hooks import load_hook
 
         hooks = cls(bus, cfg.timeout, cfg.max_pending)
         for stage in STAGES:

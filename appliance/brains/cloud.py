@@ -198,7 +198,7 @@ class CloudBrain:
     async def _finished(self, request: TurnRequest, user_text: str, state: _Reply) -> None:
         if self.on_finish is None:
             return
-        from appliance.agent.hooks import call_hook
+        from appliance.hooks import call_hook
 
         summary = FinishedTurn(
             request.turn_id, request.conversation_id, user_text, " ".join(state.texts), tuple(state.tool_results)

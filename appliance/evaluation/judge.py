@@ -88,7 +88,7 @@ def goal_prompt(turns: Sequence[tuple[str, str]], goal: str) -> str:
 
 async def run_check(check: Callable[..., Any], name: str, *args: Any) -> Verdict:
     """A Python check returns a bool, or (bool, reason); raising is a failure that names the error."""
-    from appliance.agent.hooks import call_hook
+    from appliance.hooks import call_hook
 
     try:
         result = await call_hook(check, *args)

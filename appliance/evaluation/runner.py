@@ -97,7 +97,7 @@ class Checks:
         return found
 
     def get(self, path: str) -> Callable[..., Any]:
-        from appliance.agent.hooks import load_hook
+        from appliance.hooks import load_hook
 
         if path not in self._loaded:
             if self.folder not in sys.path:

@@ -97,7 +97,7 @@ def build_stt(cfg: STTConfig) -> Any:
         recognizer = OpenAIRecognizer(cfg.model, key, cfg.base_url, cfg.timeout, cfg.language)
     preprocess = None
     if cfg.preprocess:
-        from appliance.agent.hooks import load_hook
+        from appliance.hooks import load_hook
 
         preprocess = load_hook(cfg.preprocess, "stt.preprocess")
     if cfg.speaker_gate_model is not None:
@@ -108,7 +108,7 @@ def build_stt(cfg: STTConfig) -> Any:
         )
         preprocess = chain_audio_hooks(preprocess, gate) if preprocess else gate
     if preprocess or cfg.postprocess:
-        from appliance.agent.hooks import HookedRecognizer, load_hook
+        from appliance.hooks import HookedRecognizer, load_hook
 
         recognizer = HookedRecognizer(
             recognizer, preprocess, load_hook(cfg.postprocess, "stt.postprocess") if cfg.postprocess else None
@@ -118,7 +118,7 @@ def build_stt(cfg: STTConfig) -> Any:
 
 def chain_audio_hooks(first: Any, second: Any) -> Any:
     """The user's pre-process hook, then the speaker gate (each may drop the utterance with None)."""
-    from appliance.agent.hooks import call_hook
+    from appliance.hooks import call_hook
 
     async def both(clip: Any) -> Any:
         clip = await call_hook(first, clip)
@@ -149,120 +149,6 @@ def build_llm(cfg: LLMConfig) -> Any:
     from appliance.providers.llm.openai import OpenAIChat
 
     return OpenAIChat(*args, web_search=cfg.web_search)
-
-
-def build_tools(cfg: LLMConfig, registry: Any = None, show_picture: Any = None) -> Any:
-    """A registry holding the config-declared tools (MCP tools join it when their servers connect).
-
-    ``show_picture(png_or_jpeg, seconds, caption)`` puts a picture on the display (generate_image).
-    """
-    import pydantic
-
-    from appliance.agent.hooks import load_hook
-    from appliance.agent.tools import ToolError, ToolRegistry, http_tool, tool
-
-    registry = registry if registry is not None else ToolRegistry()
-    registry.remove_source("config")  # a rebuilt brain takes the config's tools as they are now
-    for index, t in enumerate(cfg.tools):
-        where = f"llm.tools[{index}]"
-        if t.function:
-            func = load_hook(t.function, f"{where}.function")
-            try:
-                declared = tool(
-                    func, name=t.name, description=t.description or None, progress=t.progress, timeout=t.timeout
-                )
-            except (TypeError, ValueError, pydantic.PydanticUserError) as exc:  # a signature no schema can describe
-                raise ValueError(f"{where}.function {t.function!r}: {exc}") from None
-            declared.source = "config"
-            registry.add(declared)
-        elif t.builtin == "generate_image":
-            from appliance.agent.image_tool import image_tool
-
-            def nowhere(picture: bytes, seconds: float, caption: str) -> None:
-                raise ToolError("this robot has no display to show a picture on")
-
-            declared = image_tool(
-                show_picture or nowhere,
-                key_for("gemini", None),
-                model=t.model,
-                base_url=t.base_url,
-                seconds=t.show_seconds,
-                name=t.name or t.builtin,
-                description=t.description,
-                progress=t.progress,
-                timeout=t.timeout,
-            )
-            registry.add(declared)
-        elif t.builtin:
-            from appliance.agent.web_reader import AddressPolicy, WebReader, web_reader_tool
-
-            policy = AddressPolicy.from_config(t.allow_private, t.allow_networks)
-            reader = WebReader(policy, t.max_bytes, t.max_chars, timeout=t.timeout)
-            declared = web_reader_tool(
-                reader, name=t.name or t.builtin, description=t.description, progress=t.progress, timeout=t.timeout
-            )
-            registry.add(declared)
-        else:
-            assert t.url is not None and t.name is not None
-            declared = http_tool(  # its parameters schema was checked by ToolConfig
-                t.name,
-                t.description or t.name,
-                t.url,
-                t.parameters,
-                headers=t.headers,
-                progress=t.progress,
-                timeout=t.timeout,
-            )
-            declared.source = "config"
-            registry.add(declared)
-    return registry
-
-
-def build_guardrails(cfg: LLMConfig) -> list[Any]:
-    from appliance.agent.guardrails import HookGuardrail, RegexGuardrail
-    from appliance.agent.hooks import load_hook
-
-    rails: list[Any] = []
-    for index, g in enumerate(cfg.guardrails):
-        name = f"llm.guardrails[{index}]"
-        if g.pattern:
-            rails.append(RegexGuardrail(g.pattern, g.target, g.action, g.message, g.replacement, name=name))
-        else:
-            assert g.hook is not None
-            rails.append(HookGuardrail(load_hook(g.hook, f"{name}.hook"), g.target, name=name))
-    return rails
-
-
-def build_mcp(cfg: LLMConfig, registry: Any) -> Any:
-    """The MCP service for the configured servers, or None."""
-    if not cfg.mcp_servers:
-        return None
-    from appliance.agent.mcp_tools import MCPServerConnection, MCPService
-
-    connections = [
-        MCPServerConnection(
-            s.name,
-            registry,
-            command=s.command,
-            url=s.url,
-            env=s.env or None,
-            headers=s.headers or None,
-            prefix=s.prefix,
-            timeout=s.timeout,
-            progress=s.progress,
-            allowed=s.tools,
-        )
-        for s in cfg.mcp_servers
-    ]
-    return MCPService(connections)
-
-
-def build_camera(cfg: LLMConfig) -> Any:
-    if cfg.camera == "off":
-        return None
-    from appliance.agent.vision import make_camera
-
-    return make_camera(cfg.camera, cfg.camera_image, cfg.camera_device)
 
 
 # --- text to speech -----------------------------------------------------------------------------------
@@ -355,8 +241,9 @@ def build_tts(cfg: TTSConfig, local_voice: Any, llm: Any = None) -> tuple[Any, d
 
 
 def check_parts(stt: STTConfig, llm: LLMConfig, tts: TTSConfig) -> list[str]:
-    """Everything that can be checked without network: keys, hook paths, tool functions, dictionaries."""
-    from appliance.agent.hooks import HookError, load_hook
+    """What can be checked of the providers without network: keys, hook paths, dictionaries (the agent's
+    tools and guardrails: :func:`appliance.agent.factory.check_parts`)."""
+    from appliance.hooks import HookError, load_hook
     from appliance.providers.tts.preprocess import load_dictionary
 
     problems = missing_keys(stt, llm, tts)
@@ -367,11 +254,6 @@ def check_parts(stt: STTConfig, llm: LLMConfig, tts: TTSConfig) -> list[str]:
                 load_hook(value, path)
             except HookError as exc:
                 problems.append(str(exc))
-    try:
-        build_tools(llm)
-        build_guardrails(llm)
-    except (HookError, ValueError, TypeError) as exc:
-        problems.append(str(exc))
     if tts.katakana_dictionary:
         try:
             load_dictionary(tts.katakana_dictionary)
