@@ -202,7 +202,7 @@ def _run(config, level: str | None, path: Path | None = None) -> int:  # type: i
 def _serve(config, host: str | None, port: int | None, level: str | None) -> int:  # type: ignore[no-untyped-def]
     import trio
 
-    from appliance.app import cloud_brain_factory
+    from appliance.assembly.brains import cloud_brain_factory
     from appliance.conversation.local_voice import LocalVoice
     from appliance.logs import setup_logging
     from appliance.server.avatar import AvatarServer, serve_until_signalled
@@ -243,7 +243,7 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
 
 
 def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
-    from appliance.app import brain_plan, build_response_hooks, build_tracing, cloud_brain_factory
+    from appliance.assembly.brains import brain_plan, build_response_hooks, build_tracing, cloud_brain_factory
     from appliance.bus import EventBus
     from appliance.conversation.local_voice import LocalVoice
     from appliance.settings_base import ConfigError
@@ -343,7 +343,7 @@ def _say(config, text: str, output: Path | None) -> int:  # type: ignore[no-unty
 
     import trio
 
-    from appliance.app import make_sink
+    from appliance.assembly.devices import make_sink
     from appliance.audio.convert import write_wav
     from appliance.conversation.local_voice import LocalVoice
     from appliance.conversation.tags import extract_tags

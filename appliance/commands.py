@@ -24,7 +24,7 @@ from appliance.events import (
 from appliance.settings.hardware import FACES
 
 if TYPE_CHECKING:
-    from appliance.app import Appliance
+    from appliance.assembly.parts import Appliance
     from appliance.speaker import Speaker
 
 MIN_VOLUME, MAX_VOLUME = 0.0, 2.0

@@ -53,7 +53,7 @@ async def first_speech(brain: Any, n: int) -> float:
 
 
 def _cloud_brain(base_url: str) -> Any:
-    from appliance.app import cloud_brain_factory
+    from appliance.assembly.brains import cloud_brain_factory
     from appliance.config import AppConfig
     from appliance.conversation.local_voice import LocalVoice
 

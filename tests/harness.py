@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from appliance.app import Appliance, build_appliance
+from appliance.app import build_appliance
+from appliance.assembly.parts import Appliance
 from appliance.audio.base import AudioSink, AudioSource
 from appliance.audio.playback import MemorySink
 from appliance.audio.sources import SimulatedMicrophone

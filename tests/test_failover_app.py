@@ -6,7 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from appliance.app import brain_plan, build_appliance
+from appliance.app import build_appliance
+from appliance.assembly.brains import brain_plan
 from appliance.brains.failover import FailoverBrain
 from appliance.brains.remote import RemoteBrain
 from appliance.cli import main

@@ -422,7 +422,7 @@ def test_provider_specific_settings_are_checked() -> None:
 def test_auto_brain_is_offline_without_keys_and_cloud_for_keyless_local_services(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from appliance.app import choose_brain_kind
+    from appliance.assembly.brains import choose_brain_kind
 
     for var in ("OPENAI_API_KEY", "GEMINI_API_KEY", "CREDENTIALS_DIRECTORY"):
         monkeypatch.delenv(var, raising=False)

@@ -154,7 +154,7 @@ async def test_brain_failure_becomes_error_frame(nursery: trio.Nursery) -> None:
 
 async def test_serve_the_real_cloud_brain(nursery: trio.Nursery) -> None:
     """What ``appliance serve`` runs: the CloudBrain (on the fake cloud) behind our server, our client in front."""
-    from appliance.app import cloud_brain_factory
+    from appliance.assembly.brains import cloud_brain_factory
     from appliance.conversation.local_voice import LocalVoice
     from tests.fakes.cloud import fake_cloud
     from tests.harness import cloud_config

@@ -171,7 +171,7 @@ def test_bad_stages_and_paths_are_refused_by_name() -> None:
         hooks.add("begin", record)
     with pytest.raises(TypeError, match="must be callable"):
         hooks.add("start", "tests.test_response_hooks:record")  # type: ignore[arg-type]
-    from appliance.app import build_response_hooks
+    from appliance.assembly.brains import build_response_hooks
 
     config = AppConfig.model_validate({"response_hooks": {"on_chunk": ["tests.test_response_hooks:record", "nope:x"]}})
     with pytest.raises(ConfigError, match=r"response_hooks.on_chunk\[1\] 'nope:x': cannot import"):

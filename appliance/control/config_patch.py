@@ -177,7 +177,7 @@ def check_startable(config: AppConfig, patch: Mapping[str, Any], environ: Mappin
 
 def _optional_parts(config: AppConfig) -> list[tuple[str, str]]:
     """Response hooks that will not load, tracing without its SDK: what would stop the next start."""
-    from appliance.app import build_response_hooks, build_tracing
+    from appliance.assembly.brains import build_response_hooks, build_tracing
     from appliance.bus import EventBus
 
     try:
@@ -192,7 +192,7 @@ def _optional_parts(config: AppConfig) -> list[tuple[str, str]]:
 
 def _brain_problems(config: AppConfig) -> list[tuple[str, str]]:
     """A patch that selects the cloud brain without the keys it needs is refused like a bad value."""
-    from appliance.app import brain_plan, cloud_brain_factory
+    from appliance.assembly.brains import brain_plan, cloud_brain_factory
     from appliance.conversation.local_voice import LocalVoice
 
     if "cloud" not in brain_plan(config):

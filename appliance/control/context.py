@@ -27,7 +27,7 @@ from appliance.settings.control import ControlConfig
 from appliance.speaker import Speaker
 
 if TYPE_CHECKING:
-    from appliance.app import Appliance
+    from appliance.assembly.parts import Appliance
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class ControlContext:
         return result
 
     def _apply_audio(self, new: AppConfig, fields: set[str], result: ApplyResult, restart: list[str]) -> None:
-        from appliance.app import make_sink, make_source
+        from appliance.assembly.devices import make_sink, make_source
 
         app = self.appliance
         if "volume" in fields and hasattr(app.sink, "volume"):
@@ -175,14 +175,14 @@ class ControlContext:
             result.restart_required.append("audio.block_ms")
 
     async def _rebuild_brain(self, new: AppConfig) -> None:
-        from appliance.app import build_brain, wrap_for_text_wake
+        from appliance.assembly.brains import build_brain, wrap_for_text_wake
         from appliance.conversation.local_voice import LocalVoice
 
         app = self.appliance
         old = app.brain
         voice = app.conversation.error_voice or LocalVoice()
         # The same tool registry: tools added at runtime and MCP tools survive the rebuild.
-        brain, _prewarm, background = build_brain(new, voice, app.bus, app.tools)
+        brain, _prewarm, background = build_brain(new, voice, app.bus, app.tools, builders=app.brain_builders)
         brain = wrap_for_text_wake(new, brain)
         app.brain = brain
         app.conversation.brain = brain

@@ -29,7 +29,7 @@ from appliance.settings_base import ConfigError
 from appliance.speaker import Speaker
 
 if TYPE_CHECKING:
-    from appliance.app import Appliance
+    from appliance.assembly.parts import Appliance
 
 log = logging.getLogger(__name__)
 

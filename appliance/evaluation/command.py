@@ -43,7 +43,7 @@ def run_eval(
     rerun: bool = False,
     only: list[str] | None = None,
 ) -> int:
-    from appliance.app import cloud_brain_factory
+    from appliance.assembly.brains import cloud_brain_factory
     from appliance.conversation.local_voice import LocalVoice
     from appliance.providers import factory
     from appliance.settings_base import ConfigError

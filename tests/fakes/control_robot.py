@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import trio
 
-from appliance.app import Appliance, build_appliance
+from appliance.app import build_appliance
+from appliance.assembly.parts import Appliance
 from appliance.audio.playback import MemorySink
 from appliance.config import load_config
 from appliance.systemd import Notifier

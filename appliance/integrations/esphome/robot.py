@@ -28,7 +28,7 @@ from appliance.settings.hardware import FACES
 from appliance.turns import BrainOutput, ReplyChunk, Tag, TurnRequest, Utterance
 
 if TYPE_CHECKING:
-    from appliance.app import Appliance
+    from appliance.assembly.parts import Appliance
 
 log = logging.getLogger(__name__)
 

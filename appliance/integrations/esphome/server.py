@@ -25,7 +25,7 @@ from appliance.integrations.esphome.satellite import FEATURE_FLAGS, Satellite
 from appliance.settings.home_assistant import HomeAssistantConfig
 
 if TYPE_CHECKING:
-    from appliance.app import Appliance
+    from appliance.assembly.parts import Appliance
 
 log = logging.getLogger(__name__)
 

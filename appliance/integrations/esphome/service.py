@@ -9,7 +9,7 @@ from appliance.integrations.esphome.satellite import Satellite, TappedBlockQueue
 from appliance.integrations.esphome.server import EsphomeServer
 
 if TYPE_CHECKING:
-    from appliance.app import Appliance
+    from appliance.assembly.parts import Appliance
     from appliance.audio.base import BlockQueue
 
 log = logging.getLogger(__name__)

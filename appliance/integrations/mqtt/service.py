@@ -52,7 +52,7 @@ from appliance.integrations.mqtt.link import Incoming, MqttLink
 from appliance.settings.mqtt import CREDENTIAL_NAME, MqttConfig
 
 if TYPE_CHECKING:
-    from appliance.app import Appliance
+    from appliance.assembly.parts import Appliance
 
 log = logging.getLogger(__name__)
 
