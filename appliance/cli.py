@@ -159,7 +159,7 @@ def _init(explicit: Path | None, force: bool) -> int:
     return EXIT_OK
 
 
-def _run(config, level: str | None, path: Path | None = None) -> int:  # type: ignore[no-untyped-def]
+def _run(config, level: str | None, path: Path | None = None) -> int:
     import os
 
     import trio
@@ -199,7 +199,7 @@ def _run(config, level: str | None, path: Path | None = None) -> int:  # type: i
     return EXIT_OK
 
 
-def _serve(config, host: str | None, port: int | None, level: str | None) -> int:  # type: ignore[no-untyped-def]
+def _serve(config, host: str | None, port: int | None, level: str | None) -> int:
     import trio
 
     from appliance.assembly.brains import cloud_brain_factory
@@ -242,7 +242,7 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
     return EXIT_OK
 
 
-def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
+def _check_config(config, show: bool) -> int:
     from appliance.assembly.brains import brain_plan, build_response_hooks, build_tracing, cloud_brain_factory
     from appliance.bus import EventBus
     from appliance.conversation.local_voice import LocalVoice
@@ -281,7 +281,7 @@ def _check_config(config, show: bool) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
-def describe_echo(listening) -> str:  # type: ignore[no-untyped-def]
+def describe_echo(listening) -> str:
     """Which echo handling runs, as check-config prints it."""
     from appliance.audio.echo import resolve_backend
 
@@ -300,7 +300,7 @@ def describe_echo(listening) -> str:  # type: ignore[no-untyped-def]
     )
 
 
-def _faces(config, folder: Path) -> int:  # type: ignore[no-untyped-def]
+def _faces(config, folder: Path) -> int:
     from appliance.hardware.face_art import FaceImageError
     from appliance.hardware.preview import write_face_previews
 
@@ -338,7 +338,7 @@ def _devices() -> int:
     return EXIT_OK
 
 
-def _say(config, text: str, output: Path | None) -> int:  # type: ignore[no-untyped-def]
+def _say(config, text: str, output: Path | None) -> int:
     from typing import Any
 
     import trio

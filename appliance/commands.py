@@ -43,7 +43,7 @@ class Commands:
     # --- reading --------------------------------------------------------------------------------------------
 
     def state(self) -> State:
-        return self.app.state.state  # type: ignore[no-any-return]
+        return self.app.state.state
 
     def muted(self) -> bool:
         latest = self.app.bus.latest(MuteRequested)
@@ -100,7 +100,7 @@ class Commands:
         if face is None:
             raise CommandRejected(f"unknown face {name[:40]!r}; known: {', '.join(self.faces())}")
         self.app.bus.publish(FaceRequested(face, duration))
-        return face  # type: ignore[no-any-return]
+        return face
 
     def say(self, text: Any, *, interrupt: bool = False, source: str) -> str:
         """Queue a line to speak (behind the running turn unless ``interrupt``); returns the job id."""
@@ -133,4 +133,4 @@ class Commands:
 
     async def cancel(self, source: str) -> bool:
         """Barge in: stop the running turn. True when there was one."""
-        return await self.app.conversation.cancel_turn(f"cancel from {source}")  # type: ignore[no-any-return]
+        return await self.app.conversation.cancel_turn(f"cancel from {source}")

@@ -140,7 +140,7 @@ async def voice_of(conversation: ConversationService) -> SpeechSynthesizer:
     for attr in ("tts", "voice"):
         tts = getattr(brain, attr, None)
         if tts is not None and hasattr(tts, "synthesize"):
-            return tts  # type: ignore[no-any-return]
+            return tts
     if conversation.error_voice is not None:
         return conversation.error_voice
     from appliance.conversation.local_voice import LocalVoice

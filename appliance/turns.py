@@ -92,7 +92,8 @@ BrainOutput = Transcript | ReplyChunk
 
 @runtime_checkable
 class Brain(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
         """Send a ``Transcript`` (if any) then ``ReplyChunk``s, in speaking order; close ``out`` when done.

@@ -60,7 +60,7 @@ def _arguments_model(func: Callable[..., Any], name: str) -> type[pydantic.BaseM
         annotation = param.annotation if param.annotation is not inspect.Parameter.empty else Any
         default = param.default if param.default is not inspect.Parameter.empty else ...
         fields[param.name] = (annotation, default)
-    return pydantic.create_model(f"{name}_arguments", **fields)  # type: ignore[call-overload]
+    return pydantic.create_model(f"{name}_arguments", **fields)
 
 
 def _parameters_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:

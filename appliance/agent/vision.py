@@ -60,7 +60,7 @@ class Picamera2Camera:
     def _grab(self) -> bytes:
         import io
 
-        from picamera2 import Picamera2  # type: ignore[import-not-found]
+        from picamera2 import Picamera2
 
         camera = Picamera2()
         try:
@@ -86,7 +86,7 @@ class OpenCVCamera:
         self.device, self.width = device, width
 
     def _grab(self) -> bytes:
-        import cv2  # type: ignore[import-not-found]
+        import cv2
 
         capture = cv2.VideoCapture(self.device)
         try:
@@ -122,7 +122,7 @@ def make_camera(kind: str, image: Path | None = None, device: int | str = 0) -> 
         return FileCamera(image)
     if kind in ("picamera2", "auto"):
         try:
-            import picamera2  # type: ignore[import-not-found]  # noqa: F401
+            import picamera2  # noqa: F401
         except ImportError:
             if kind == "picamera2":
                 raise ValueError("vision.camera = 'picamera2' but picamera2 is not installed") from None

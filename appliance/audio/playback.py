@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -14,6 +14,7 @@ import trio.lowlevel
 
 from appliance.audio.base import Audio, AudioClip, LevelCallback, level_db
 from appliance.audio.convert import resample, write_wav
+from appliance.streams import closing
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class BlockSink:
 
     async def play(self, audio: Audio, on_level: LevelCallback | None = None) -> None:
         try:
-            async with aclosing(self._blocks(audio)) as blocks:
+            async with closing(self._blocks(audio)) as blocks:
                 async for block in blocks:
                     if on_level is not None:
                         on_level(level_db(block))

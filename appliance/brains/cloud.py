@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from appliance.groups import single_error
 from appliance.providers.llm.base import Image, LLMService, ToolCall, ToolResult, ToolRound
 from appliance.providers.stt.base import SpeechRecognizer
 from appliance.providers.tts.base import SpeechSynthesizer
+from appliance.streams import closing
 from appliance.turns import BrainOutput, Message, ReplyChunk, Tag, Transcript, TurnRequest
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ class CloudBrain:
         if conversation_id:
             kwargs["conversation_id"] = conversation_id
         look = False
-        async with aclosing(self.llm.stream(system, messages, **kwargs)) as events:
+        async with closing(self.llm.stream(system, messages, **kwargs)) as events:
             first = True
             while True:
                 if first:
@@ -441,7 +441,7 @@ class CloudBrain:
 
     async def _stream_speech(self, pending: _Pending, pieces: AsyncIterator[AudioClip]) -> None:
         """Hand the chunk out with the first piece of speech, then keep feeding it as the rest arrives."""
-        async with aclosing(pieces):
+        async with closing(pieces):
             head = await anext(pieces, None)
             if head is None:
                 raise ProviderBadReply(pending.tts.name, "empty audio")
@@ -465,7 +465,8 @@ class CloudBrain:
                     nursery.start_soon(warm)
 
     async def aclose(self) -> None:
-        for part in (self.stt, self.llm, self.tts, *self.voices.values()):
+        parts: list[Any] = [self.stt, self.llm, self.tts, *self.voices.values()]
+        for part in parts:
             try:
                 await part.aclose()
             except Exception:  # closing a client that never connected must not mask shutdown

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from trio_websocket import (
@@ -69,6 +69,15 @@ from appliance.turns import BrainOutput, ReplyChunk, Tag, Transcript, TurnReques
 log = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
+T = TypeVar("T")
+
+
+def _typed(frame: Frame, key: str, kind: type[T], default: T) -> T:
+    """A frame's field when it has the expected JSON type, else ``default``: peers send what they like."""
+    value = frame.get(key)
+    return value if isinstance(value, kind) else default
+
+
 STABLE_AFTER = 10.0  # seconds a connection must last before reconnect delays start over
 
 
@@ -155,7 +164,7 @@ class _Link:
 
     def deliver(self, frame: Frame) -> None:
         kind = frame.get("type")
-        tx = frame.get("transaction_id") if isinstance(frame.get("transaction_id"), str) else None
+        tx = _typed(frame, "transaction_id", str, None)
         if kind == "accepted":
             owner = self.awaiting_accept.pop(0) if self.awaiting_accept else None
             if owner is None or owner is not self.turn:
@@ -242,7 +251,7 @@ class _ReplyReader:
         self.pcm: _PcmSpeech | None = None
 
     def _text(self, frame: Frame) -> tuple[str, str, tuple[Tag, ...]]:
-        text = frame.get("text") if isinstance(frame.get("text"), str) else ""
+        text = _typed(frame, "text", str, "")
         voice = frame.get("voice_text")
         tags = tags_from_frame(frame)
         if not isinstance(voice, str):
@@ -255,7 +264,7 @@ class _ReplyReader:
 
     def chunk(self, frame: Frame) -> list[ReplyChunk]:
         """The chunks a ``chunk`` frame lets us hand out (often one; none for an empty or tags-only frame)."""
-        meta = frame.get("metadata") if isinstance(frame.get("metadata"), dict) else {}
+        meta = _typed(frame, "metadata", dict, {})
         pcm_format = meta.get("pcm_format")
         audio_id = meta.get("audio_id", frame.get("audio_id"))
         # A sentence's audio frames share its descriptor's audio_id; AIAvatarKit repeats pcm_format in each of
@@ -309,7 +318,8 @@ class _ReplyReader:
         try:
             rate = int(fmt["sample_rate"])
             channels, width = int(fmt.get("channels", 1)), int(fmt.get("sample_width", 2))
-            count = int(meta.get("audio_frame_count", frame.get("audio_frame_count", 0)))
+            frames: Any = meta.get("audio_frame_count", frame.get("audio_frame_count", 0))
+            count = int(frames)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad pcm_format {fmt!r}: {exc}") from None
         if rate <= 0 or channels <= 0 or width not in (1, 2, 4) or count < 0:
@@ -572,8 +582,8 @@ class RemoteBrain:
     async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
         async with out, self._turn_lock:
             if not self._managed:
-                async with self._session() as link:
-                    await self._turn(link, request, out)
+                async with self._session() as own:
+                    await self._turn(own, request, out)
                 return
             link = self._link
             if link is None and self._attempt is not None and not self._attempt.is_set():
@@ -692,7 +702,7 @@ class RemoteBrain:
             kind = frame["type"]
             if isinstance(frame.get("context_id"), str) and frame["context_id"]:
                 self._contexts[request.conversation_id] = frame["context_id"]
-            meta = frame.get("metadata") if isinstance(frame.get("metadata"), dict) else {}
+            meta = _typed(frame, "metadata", dict, {})
             if kind in ("accepted", "start", "chunk", "voiced"):
                 deadline = trio.current_time() + cfg.frame_timeout
             if kind == "start":

@@ -280,7 +280,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
             raise _problem(429, f"say queue is full: {exc}") from None
         return m.SayAccepted(id=job.id, position=ctx.speaker.position(job), interrupt=interrupt)
 
-    busy = {429: {"model": m.Problem}, 503: {"model": m.Problem}}
+    busy: dict[int | str, dict[str, Any]] = {429: {"model": m.Problem}, 503: {"model": m.Problem}}
 
     @v1.post("/say", response_model=m.SayAccepted, status_code=202, tags=["speech"], responses=busy)
     async def say(body: m.SayRequest) -> m.SayAccepted:

@@ -104,7 +104,7 @@ class ControlClient:
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
-    kind, data = "message", []
+    kind, data = "message", list[str]()
     for line in lines:
         if not line:
             if data:

@@ -159,7 +159,7 @@ class ControlContext:
 
         app = self.appliance
         if "volume" in fields and hasattr(app.sink, "volume"):
-            app.sink.volume = new.audio.volume  # type: ignore[attr-defined]
+            app.sink.volume = new.audio.volume
             result.applied.append("audio.volume")
         if fields & _INPUT_FIELDS and "capture" in self.restartables:
             source = make_source(new)

@@ -144,4 +144,5 @@ class HistoryStore:
         with bus.subscribe(TurnFinished, name="control-histories", size=512) as sub:
             task_status.started()
             async for event in sub:
+                assert isinstance(event, TurnFinished)
                 await self.refresh(event.conversation_id or conversation_id())

@@ -51,10 +51,10 @@ JOURNAL_WAIT = 2.0
 DEFAULT_PACE = 14.0
 
 
-class _Counted:
+class _Counted(AudioStream):
     """A speech stream passed on to the sink, counting what the sink took of it."""
 
-    def __init__(self, stream: AudioStream) -> None:
+    def __init__(self, stream: AudioStream) -> None:  # a view of ``stream``: no channel of its own
         self.stream = stream
         self.sample_rate = stream.sample_rate
         self.samples = 0

@@ -195,7 +195,7 @@ class Apa102Strip:
 
 def open_output(config: LedConfig, factory: Any) -> LedOutput:
     kinds: dict[str, Any] = {"led": OnOffLed, "pwm": DimmableLed, "rgb": RgbLed, "apa102": Apa102Strip}
-    return kinds[config.kind](config, factory)  # type: ignore[no-any-return]
+    return kinds[config.kind](config, factory)
 
 
 # --- patterns ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -131,9 +132,7 @@ class GpiozeroAsRPiGPIO:
             if number not in self.devices:
                 self.devices[number] = build_device(
                     self.pin_factory,
-                    lambda number=number: DigitalOutputDevice(
-                        number, initial_value=bool(initial), pin_factory=self.pin_factory
-                    ),
+                    partial(DigitalOutputDevice, number, initial_value=bool(initial), pin_factory=self.pin_factory),
                 )
 
     def output(self, pin: int, value: int | bool) -> None:

@@ -364,7 +364,7 @@ class ListeningService:
 
     # --- commands and the robot's own output --------------------------------------------------------------
 
-    async def _follow_events(self, sub) -> None:  # type: ignore[no-untyped-def]
+    async def _follow_events(self, sub) -> None:
         async for event in sub:
             await self._command(event)
 

@@ -171,7 +171,7 @@ class _PymicroRunner:
     """Fallback: pymicro-wakeword's ctypes binding to its bundled TensorFlow Lite C library."""
 
     def __init__(self, spec: WakeWordSpec) -> None:
-        from pymicro_wakeword import MicroWakeWord  # type: ignore[import-untyped]
+        from pymicro_wakeword import MicroWakeWord
 
         lib_dir = Path(importlib.util.find_spec("pymicro_wakeword").submodule_search_locations[0]) / "lib"  # type: ignore[union-attr,index]
         lib = next(iter(lib_dir.glob("*tensorflowlite_c.*")), None)
@@ -209,7 +209,7 @@ def _interpreter_class(runtime: str) -> tuple[str, Any] | None:
                 raise WakeWordError("runtime = 'litert' needs the ai-edge-litert package") from None
     if runtime in ("auto", "tflite_runtime"):
         try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
+            from tflite_runtime.interpreter import Interpreter
 
             return "tflite_runtime", Interpreter
         except ImportError:

@@ -268,9 +268,9 @@ def check_parts(stt: STTConfig, llm: LLMConfig, tts: TTSConfig) -> list[str]:
             )
         if not stt.speaker_gate_model.is_file():
             problems.append(f"stt.speaker_gate_model: {stt.speaker_gate_model} does not exist")
-        for index, path in enumerate(stt.speaker_gate_enroll):
-            if not path.is_file():
-                problems.append(f"stt.speaker_gate_enroll[{index}]: {path} does not exist")
+        for index, recording in enumerate(stt.speaker_gate_enroll):
+            if not recording.is_file():
+                problems.append(f"stt.speaker_gate_enroll[{index}]: {recording} does not exist")
     if llm.mcp_servers:
         try:
             import mcp  # noqa: F401

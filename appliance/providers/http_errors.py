@@ -132,7 +132,7 @@ def provider_errors(provider: str, progress: StreamProgress | None = None) -> It
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """Server-sent events as ``(event, data)``; ``event`` is "message" when the server names none."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     async for line in response.aiter_lines():
         if not line:
             if data:

@@ -77,7 +77,7 @@ def _map(provider: str, exc: BaseException) -> ProviderError | None:
 KEEPALIVE_SECONDS = 90.0
 
 
-def openai_client(api_key: str | None, base_url: str | None, timeout: float):  # type: ignore[no-untyped-def]
+def openai_client(api_key: str | None, base_url: str | None, timeout: float):
     """An AsyncOpenAI client; a compatible server without auth still needs a placeholder key."""
     import openai
 
@@ -90,7 +90,7 @@ def openai_client(api_key: str | None, base_url: str | None, timeout: float):  #
     )
 
 
-def http_client(factory):  # type: ignore[no-untyped-def]
+def http_client(factory):
     """The SDK's own default HTTP client, with long-lived keep-alive connections."""
     import importlib
 
@@ -117,7 +117,7 @@ class Warmth:
         return trio.current_time() - self.last_used > KEEPALIVE_SECONDS / 2
 
 
-async def warm_openai(client, warmth: Warmth) -> None:  # type: ignore[no-untyped-def]
+async def warm_openai(client, warmth: Warmth) -> None:
     """Open a connection before it is needed (cheap ``GET /models``, same in both SDKs); failures do not matter."""
     if not warmth.cold():
         return

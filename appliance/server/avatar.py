@@ -228,7 +228,8 @@ class AvatarServer:
         kind = frame["type"]
         if kind == "start":
             context_id = frame.get("context_id") if isinstance(frame.get("context_id"), str) else None
-            user = frame.get("user_id") if isinstance(frame.get("user_id"), str) else "user"
+            user_id = frame.get("user_id")
+            user = user_id if isinstance(user_id, str) else "user"
             if session_id not in sessions and len(sessions) >= self.config.max_sessions:
                 await self._send(
                     ws,
@@ -237,11 +238,11 @@ class AvatarServer:
                     metadata={"error": f"this connection already holds {len(sessions)} sessions; stop one first"},
                 )
                 return True
-            session = _Session(
+            started = _Session(
                 session_id, user, context_id, frame["metadata"] if isinstance(frame.get("metadata"), dict) else {}
             )
-            sessions[session_id] = session
-            await self._send(ws, session, "connected")
+            sessions[session_id] = started
+            await self._send(ws, started, "connected")
             return True
         session = sessions.get(session_id)
         if session is None:
@@ -289,7 +290,8 @@ class AvatarServer:
             session.context_id = frame["context_id"]
         params = frame.get("system_prompt_params")
         params = {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {}
-        meta = frame.get("metadata") if isinstance(frame.get("metadata"), dict) else {}
+        given = frame.get("metadata")
+        meta = given if isinstance(given, dict) else {}
         utterance = Utterance(audio=audio, text=text or None, source="remote")
         self.audio_in_flight += reserved
         try:

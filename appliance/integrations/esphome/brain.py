@@ -126,7 +126,7 @@ class HomeAssistantBrain:
         return None
 
 
-def _resampled(audio) -> bytes:  # type: ignore[no-untyped-def]
+def _resampled(audio) -> bytes:
     from appliance.audio.base import AudioClip
     from appliance.audio.convert import resample
 

@@ -120,7 +120,7 @@ class NoiseTransport:
         self._psk = psk
         self._name = name.encode()
         self._mac = mac.encode()
-        self._noise = None  # type: ignore[var-annotated]
+        self._noise = None
 
     async def _frame(self, reader: Reader) -> bytes:
         header = await reader.exactly(3)

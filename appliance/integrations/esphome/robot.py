@@ -136,6 +136,6 @@ class Robot:
     async def run_turn(self, text: str, produce: Callable[[trio.MemorySendChannel[BrainOutput]], Any]) -> bool:
         conversation = self.app.conversation
         utterance = Utterance(text=text, source=SOURCE, announce=True)
-        active = await conversation.start_turn(utterance, brain=_PlayBrain(produce))  # type: ignore[arg-type]
+        active = await conversation.start_turn(utterance, brain=_PlayBrain(produce))
         await active.done.wait()
         return not active.scope.cancelled_caught

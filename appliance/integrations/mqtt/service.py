@@ -108,7 +108,7 @@ class MqttService:
         self.app = appliance
         self.commands = commands
         self.environ = environ
-        self.config: MqttConfig = appliance.config.mqtt  # type: ignore[attr-defined]
+        self.config: MqttConfig = appliance.config.mqtt
         self.link: MqttLink | None = None
         self.fleet = payloads.ReplayFilter()  # survives restarts of the service: replays stay filtered
         self.latest_version: str | None = None
@@ -122,7 +122,7 @@ class MqttService:
     # --- running ------------------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        cfg = self.config = self.app.config.mqtt  # type: ignore[attr-defined]
+        cfg = self.config = self.app.config.mqtt
         topics = self.topics = Topics.of(cfg)
         link = self.link = MqttLink(
             cfg,
@@ -347,7 +347,7 @@ def add_mqtt(appliance: Appliance, environ: Mapping[str, str] | None = None) -> 
     """Register the MQTT link with the supervisor when ``[mqtt] enabled``; checks certificate files first."""
     from appliance.settings_base import ConfigError
 
-    config: MqttConfig = appliance.config.mqtt  # type: ignore[attr-defined]
+    config: MqttConfig = appliance.config.mqtt
     if not config.enabled:
         return None
     try:

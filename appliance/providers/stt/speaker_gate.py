@@ -31,7 +31,7 @@ class Embedder(Protocol):
 class SherpaEmbedder:
     def __init__(self, model: Path, threads: int = 1) -> None:
         try:
-            import sherpa_onnx  # type: ignore[import-not-found]
+            import sherpa_onnx
         except ImportError:
             raise ValueError("the speaker gate needs sherpa-onnx (pip install 'appliance[speaker]')") from None
         if not model.is_file():

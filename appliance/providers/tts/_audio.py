@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 import numpy as np
@@ -11,11 +10,12 @@ import numpy as np
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import AudioFormatError, decode_wav
 from appliance.errors import ProviderBadReply
+from appliance.streams import closing
 
 
 async def gather(pieces: AsyncIterator[AudioClip]) -> AudioClip:
     """A whole clip from a synthesizer's stream of pieces (all at one rate)."""
-    async with aclosing(pieces):
+    async with closing(pieces):
         clips = [clip async for clip in pieces]
     return AudioClip(np.concatenate([c.samples for c in clips]), clips[0].sample_rate)
 
