@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 run: $(STAMP)
 	$(BIN)/appliance run
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 LINTED := appliance tests bench interop-tests hw-tests docs
