@@ -146,6 +146,7 @@ def build_appliance(
         config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces
     )
     appliance.tools = tools
+    appliance.capture_queue = queue
     appliance.brain_builders = integration_brains(bus)
     appliance.echo = echo
     appliance.response_hooks = response_hooks

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from appliance.brains.failover import FailoverBrain
-from appliance.control.api import _brain_status
+from appliance.control.routes.status import brain_status as _brain_status
 from appliance.errors import ProviderUnavailable
 from appliance.events import TurnFinished
 from tests.fakes.cloud import fake_cloud

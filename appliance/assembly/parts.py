@@ -38,6 +38,7 @@ class Appliance:
     tracing: Any = None  # the OpenTelemetry exporter, when [tracing] is on
     commands: Any = None  # the command layer every transport (control API, MQTT) calls
     echo: Any = None  # the echo canceller (appliance.audio.echo), when listening.echo_cancel runs one
+    capture_queue: Any = None  # the microphone's block queue (its ``dropped`` count is the overrun figure)
     brain_builders: Any = None  # brains an integration provides, by kind (a rebuilt brain list needs them too)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -91,6 +91,11 @@ class ControlContext:
     def face(self) -> str:
         return self.commands.face()
 
+    def capture_overruns(self) -> int:
+        """Microphone blocks dropped because listening fell behind."""
+        queue = self.appliance.capture_queue
+        return int(getattr(queue, "dropped", 0))
+
     def last_turn(self) -> TurnFinished | None:
         return self.bus.latest(TurnFinished)
 

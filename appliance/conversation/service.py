@@ -157,6 +157,10 @@ class ConversationService:
                 self._nursery = None
                 nursery.cancel_scope.cancel()
 
+    def busy(self) -> bool:
+        """A turn is running (answering, or speaking its reply)."""
+        return self.current is not None and not self.current.done.is_set()
+
     async def start_turn(self, utterance: Utterance, brain: Brain | None = None) -> ActiveTurn:
         """Interrupt whatever is running, then start answering ``utterance``."""
         if self._nursery is None:
