@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from typing import Any
 
@@ -490,3 +491,21 @@ async def test_unknown_faces_and_animations_are_refused_with_the_known_names(
     assert robot.appliance.conversation.turns == 0
     alias = await api.post("/v1/face", json={"name": "Happy"})  # an alias, any case, is a known face
     assert alias.status_code == 200
+
+
+async def test_docs_page_loads_only_files_the_robot_serves(robot: Robot, api: httpx.AsyncClient) -> None:
+    """/docs works without internet: every script, style sheet and icon it names is served from here."""
+    page = await api.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and all(s.startswith("/") for s in sources), sources  # no CDN, no other host
+    for source in sources:
+        asset = await api.get(source)
+        assert asset.status_code == 200, source
+        assert len(asset.content) > 500
+    script = await api.get("/docs/swagger-ui-bundle.js")
+    assert script.headers["content-type"].startswith("text/javascript") and b"SwaggerUIBundle" in script.content
+    assert (await api.get("/docs/../../etc/passwd")).status_code == 404
+    assert (await api.get("/docs/swagger-ui-bundle.js.map")).status_code == 404
+    async with robot.client(token=None) as stranger:
+        assert (await stranger.get("/docs/swagger-ui.css")).status_code == 401  # the token, as for the page

@@ -191,7 +191,7 @@ def allowed_methods(app: Any, scope: Scope) -> set[str]:
                 {method.upper() for method in operations},
             )
             for template, operations in app.openapi().get("paths", {}).items()
-        ] + [(re.compile(r"^/(openapi\.json|docs)$"), {"GET"})]
+        ] + [(re.compile(r"^/(openapi\.json|docs|docs/[^/]+)$"), {"GET"})]
     methods: set[str] = set()
     for pattern, allowed in patterns:
         if pattern.match(scope["path"]):
