@@ -399,3 +399,25 @@ async def test_dozes_off_after_a_long_idle_and_wakes_on_activity(nursery: trio.N
     await trio.sleep(2.0)
     assert service.current == "sleeping"
     assert rec.shown == ["neutral", "sleeping", "listening", "neutral", "joy", "neutral", "sleeping"]
+
+
+@pytest.mark.parametrize(("face", "inner_end"), [("angry", "lower"), ("sorrow", "higher")])
+def test_brows_slope_the_way_the_feeling_does(face: str, inner_end: str) -> None:
+    """Angry brows come down towards the middle of the face (a frown); sorrowful ones go up (worried). Read
+    from the drawn pixels above each eye, not from the drawing code's numbers."""
+    import numpy as np
+
+    artist = FaceArtist((240, 240), "L")
+    pixels = np.asarray(artist.render(Look(face)))
+    neutral = np.asarray(artist.render(Look("neutral")))
+    brows = (pixels > 0) & (neutral == 0)  # what this face adds to the neutral one
+    brows[pixels.shape[0] // 2 :, :] = False  # the upper half only: brows, not the mouth
+    middle = pixels.shape[1] // 2
+    for columns, inner_first in ((slice(0, middle), False), (slice(middle, None), True)):  # left eye, right eye
+        ys, xs = np.nonzero(brows[:, columns])
+        assert len(xs) > 20, "no brow drawn"
+        order = np.argsort(xs)
+        inner = ys[order[:5]] if inner_first else ys[order[-5:]]  # the few columns nearest the middle
+        outer = ys[order[-5:]] if inner_first else ys[order[:5]]
+        inner_is_lower = inner.mean() > outer.mean()  # image rows grow downwards
+        assert inner_is_lower == (inner_end == "lower"), (face, inner.mean(), outer.mean())

@@ -88,10 +88,11 @@ class FaceArtist:
                 pr = radius * 0.3
                 px, py = x + radius * 0.35, y - height * 0.45
                 draw.ellipse([px - pr, py - pr, px + pr, py + pr], fill=self.background)
-        if face == "angry":  # brows down towards the middle
-            draw.line([(x - side * r * 1.3, y - r * 1.9), (x + side * r * 0.9, y - r * 1.1)], fill=c, width=s + 1)
-        elif face == "sorrow":  # brows up towards the middle
-            draw.line([(x - side * r * 1.2, y - r * 1.2), (x + side * r * 0.9, y - r * 1.9)], fill=c, width=s + 1)
+        # A brow's inner end is the one nearer the middle of the face (x - side * ...); image y grows downwards.
+        if face == "angry":  # brows down towards the middle: a frown
+            draw.line([(x - side * r * 1.3, y - r * 1.1), (x + side * r * 0.9, y - r * 1.9)], fill=c, width=s + 1)
+        elif face == "sorrow":  # brows up towards the middle: worried
+            draw.line([(x - side * r * 1.2, y - r * 1.9), (x + side * r * 0.9, y - r * 1.2)], fill=c, width=s + 1)
 
     def _mouth(self, draw: ImageDraw.ImageDraw, face: str, x: float, y: float, open_: float) -> None:
         c, s, u = self.colour, self.stroke, self.u
