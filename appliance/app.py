@@ -6,6 +6,7 @@ Tests and benchmarks pass their own source, sink or brain; everything else comes
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,38 @@ def integration_brains(bus: EventBus) -> BrainBuilders:
     return {"home_assistant": home_assistant}
 
 
+@dataclass
+class _Brains:
+    """The brain and what runs beside it: prewarming, background work, tools, MCP, jobs, tracing."""
+
+    brain: Brain
+    prewarm: DeferredBrain | None = None
+    background: Any = None
+    tools: Any = None
+    mcp: Any = None
+    jobs: Any = None
+    tracing: Any = None
+
+
+def _brains(config: AppConfig, bus: EventBus, voice: LocalVoice, brain: Brain | None) -> _Brains:
+    if brain is not None:  # given (tests, ``appliance say``): nothing to build around it
+        return _Brains(brain)
+    tools = mcp = jobs = None
+    if "cloud" in brain_plan(config):
+        from appliance.agent.factory import build_mcp
+        from appliance.agent.tools import ToolRegistry
+
+        tools = ToolRegistry()
+        mcp = build_mcp(config.llm, tools)
+        if config.llm.on_finish:
+            from appliance.agent.background import BackgroundJobs
+
+            jobs = BackgroundJobs()
+    tracing = build_tracing(config)
+    built, prewarm, background = build_brain(config, voice, bus, tools, jobs, tracing, integration_brains(bus))
+    return _Brains(wrap_for_text_wake(config, built), prewarm, background, tools, mcp, jobs, tracing)
+
+
 def build_appliance(
     config: AppConfig,
     *,
@@ -71,27 +104,8 @@ def build_appliance(
     bus = EventBus()
     supervisor = Supervisor(bus, config.supervisor, notifier, handle_signals=handle_signals)
     voice = LocalVoice()
-    prewarm: DeferredBrain | None = None
-    background: Any = None
-    tools: Any = None
-    mcp: Any = None
-    jobs: Any = None
-    tracing: Any = None
-    if brain is None:
-        if "cloud" in brain_plan(config):
-            from appliance.agent.factory import build_mcp
-            from appliance.agent.tools import ToolRegistry
-
-            tools = ToolRegistry()
-            mcp = build_mcp(config.llm, tools)
-            if config.llm.on_finish:
-                from appliance.agent.background import BackgroundJobs
-
-                jobs = BackgroundJobs()
-        tracing = build_tracing(config)
-        brain, prewarm, background = build_brain(config, voice, bus, tools, jobs, tracing, integration_brains(bus))
-        brain = wrap_for_text_wake(config, brain)
-    log.info("brain: %s", " → ".join(brain_plan(config)) if background is not None else brain.name)
+    brains = _brains(config, bus, voice, brain)
+    log.info("brain: %s", " → ".join(brain_plan(config)) if brains.background is not None else brains.brain.name)
     source = source or make_source(config)
     sink = sink or make_sink(config)
     queue = BlockQueue()
@@ -99,10 +113,29 @@ def build_appliance(
         from appliance.integrations.esphome.satellite import TappedBlockQueue
 
         queue = TappedBlockQueue()
+    appliance = _assemble(config, bus, supervisor, voice, brains, source, sink, queue, pin_factory)
+    if status_handler is not None:
+        supervisor.add(StatusLine(bus, status_handler), required=False)
+    _supervise(appliance, brains)
+    _add_transports(appliance, queue, control, config_path)
+    return appliance
+
+
+def _assemble(
+    config: AppConfig,
+    bus: EventBus,
+    supervisor: Supervisor,
+    voice: LocalVoice,
+    brains: _Brains,
+    source: AudioSource,
+    sink: AudioSink,
+    queue: BlockQueue,
+    pin_factory: Any,
+) -> Appliance:
+    """The core services, registered in the order they start: state, capture, listening, conversation."""
     utterance_send, utterance_receive = trio.open_memory_channel[Utterance](4)
     conv_cfg = config.conversation
     history = ConversationHistory(conv_cfg.history_limit, conv_cfg.idle_timeout)
-
     state = StateService(bus, conv_cfg.error_display)
     echo = build_echo_canceller(config, source, sink)
     listening = ListeningService(
@@ -110,7 +143,7 @@ def build_appliance(
     )
     conversation = ConversationService(
         bus,
-        brain,
+        brains.brain,
         sink,
         utterance_receive,
         history,
@@ -118,9 +151,7 @@ def build_appliance(
         conv_cfg.error_message,
         mid_reply_message=config.failover.mid_reply_message,
     )
-    body = build_body(bus, config.hardware, pin_factory, brain_name=brain.name)
-    response_hooks = build_response_hooks(bus, config)
-
+    body = build_body(bus, config.hardware, pin_factory, brain_name=brains.brain.name)
     supervisor.add(state)
     capture = CaptureService(source, queue, bus)
     capture.echo = echo
@@ -129,30 +160,35 @@ def build_appliance(
     supervisor.add(capture)
     supervisor.add(listening)
     supervisor.add(conversation)
-    if status_handler is not None:
-        supervisor.add(StatusLine(bus, status_handler), required=False)
-    for part in body.services:  # after the status line, so it sees the first LED colour and face
-        supervisor.add(part, required=False)
-    if prewarm is not None:
-        supervisor.add(PrewarmService(prewarm), required=False)
-    if background is not None:
-        supervisor.add(BrainService(background), required=False)
-    if mcp is not None:
-        supervisor.add(mcp, required=False)
-    if jobs is not None:
-        supervisor.add(jobs, required=False)
-    supervisor.add(response_hooks, required=False)
     appliance = Appliance(
-        config, bus, supervisor, state, conversation, listening, brain, source, sink, body, body.faces
+        config, bus, supervisor, state, conversation, listening, brains.brain, source, sink, body, body.faces
     )
-    appliance.tools = tools
+    appliance.tools, appliance.tracing, appliance.echo = brains.tools, brains.tracing, echo
     appliance.capture_queue = queue
     appliance.brain_builders = integration_brains(bus)
-    appliance.echo = echo
-    appliance.response_hooks = response_hooks
-    appliance.tracing = tracing
+    appliance.response_hooks = build_response_hooks(bus, config)
+    return appliance
+
+
+def _supervise(appliance: Appliance, brains: _Brains) -> None:
+    """The optional services, after the core ones (and after the status line, so it sees the first face)."""
+    supervisor = appliance.supervisor
+    for part in appliance.body.services:
+        supervisor.add(part, required=False)
+    if brains.prewarm is not None:
+        supervisor.add(PrewarmService(brains.prewarm), required=False)
+    if brains.background is not None:
+        supervisor.add(BrainService(brains.background), required=False)
+    for extra in (brains.mcp, brains.jobs):
+        if extra is not None:
+            supervisor.add(extra, required=False)
+    supervisor.add(appliance.response_hooks, required=False)
+
+
+def _add_transports(appliance: Appliance, queue: BlockQueue, control: bool, config_path: Path | None) -> None:
     from appliance.commands import Commands
 
+    config = appliance.config
     appliance.commands = Commands(appliance)
     if config.home_assistant.esphome:
         from appliance.integrations.esphome.service import add_esphome
@@ -166,4 +202,3 @@ def build_appliance(
         from appliance.control.service import add_control
 
         add_control(appliance, config_path)
-    return appliance

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.providers.factory import key_for
-from appliance.settings.conversation import LLMConfig
+from appliance.settings.conversation import LLMConfig, ToolConfig
 
 
 def build_tools(cfg: LLMConfig, registry: Any = None, show_picture: Any = None) -> Any:
@@ -14,66 +14,88 @@ def build_tools(cfg: LLMConfig, registry: Any = None, show_picture: Any = None) 
 
     ``show_picture(png_or_jpeg, seconds, caption)`` puts a picture on the display (generate_image).
     """
-    import pydantic
-
-    from appliance.agent.tools import ToolError, ToolRegistry, http_tool, tool
-    from appliance.hooks import load_hook
+    from appliance.agent.tools import ToolRegistry
 
     registry = registry if registry is not None else ToolRegistry()
     registry.remove_source("config")  # a rebuilt brain takes the config's tools as they are now
     for index, t in enumerate(cfg.tools):
         where = f"llm.tools[{index}]"
         if t.function:
-            func = load_hook(t.function, f"{where}.function")
-            try:
-                declared = tool(
-                    func, name=t.name, description=t.description or None, progress=t.progress, timeout=t.timeout
-                )
-            except (TypeError, ValueError, pydantic.PydanticUserError) as exc:  # a signature no schema can describe
-                raise ValueError(f"{where}.function {t.function!r}: {exc}") from None
-            declared.source = "config"
-            registry.add(declared)
+            declared = _function_tool(t, where)
         elif t.builtin == "generate_image":
-            from appliance.agent.image_tool import image_tool
-
-            def nowhere(picture: bytes, seconds: float, caption: str) -> None:
-                raise ToolError("this robot has no display to show a picture on")
-
-            declared = image_tool(
-                show_picture or nowhere,
-                key_for("gemini", None),
-                model=t.model,
-                base_url=t.base_url,
-                seconds=t.show_seconds,
-                name=t.name or t.builtin,
-                description=t.description,
-                progress=t.progress,
-                timeout=t.timeout,
-            )
-            registry.add(declared)
+            declared = _image_tool(t, show_picture)
         elif t.builtin:
-            from appliance.agent.web_reader import AddressPolicy, WebReader, web_reader_tool
-
-            policy = AddressPolicy.from_config(t.allow_private, t.allow_networks)
-            reader = WebReader(policy, t.max_bytes, t.max_chars, timeout=t.timeout)
-            declared = web_reader_tool(
-                reader, name=t.name or t.builtin, description=t.description, progress=t.progress, timeout=t.timeout
-            )
-            registry.add(declared)
+            declared = _web_reader_tool(t)
         else:
-            assert t.url is not None and t.name is not None
-            declared = http_tool(  # its parameters schema was checked by ToolConfig
-                t.name,
-                t.description or t.name,
-                t.url,
-                t.parameters,
-                headers=t.headers,
-                progress=t.progress,
-                timeout=t.timeout,
-            )
-            declared.source = "config"
-            registry.add(declared)
+            declared = _http_tool(t)
+        registry.add(declared)
     return registry
+
+
+def _function_tool(t: ToolConfig, where: str) -> Any:
+    import pydantic
+
+    from appliance.agent.tools import tool
+    from appliance.hooks import load_hook
+
+    func = load_hook(t.function or "", f"{where}.function")
+    try:
+        declared = tool(func, name=t.name, description=t.description or None, progress=t.progress, timeout=t.timeout)
+    except (TypeError, ValueError, pydantic.PydanticUserError) as exc:  # a signature no schema can describe
+        raise ValueError(f"{where}.function {t.function!r}: {exc}") from None
+    declared.source = "config"
+    return declared
+
+
+def _image_tool(t: ToolConfig, show_picture: Any) -> Any:
+    from appliance.agent.image_tool import image_tool
+    from appliance.agent.tools import ToolError
+
+    def nowhere(picture: bytes, seconds: float, caption: str) -> None:
+        raise ToolError("this robot has no display to show a picture on")
+
+    return image_tool(
+        show_picture or nowhere,
+        key_for("gemini", None),
+        model=t.model,
+        base_url=t.base_url,
+        seconds=t.show_seconds,
+        name=t.name or t.builtin or "generate_image",
+        description=t.description,
+        progress=t.progress,
+        timeout=t.timeout,
+    )
+
+
+def _web_reader_tool(t: ToolConfig) -> Any:
+    from appliance.agent.web_reader import AddressPolicy, WebReader, web_reader_tool
+
+    policy = AddressPolicy.from_config(t.allow_private, t.allow_networks)
+    reader = WebReader(policy, t.max_bytes, t.max_chars, timeout=t.timeout)
+    return web_reader_tool(
+        reader,
+        name=t.name or t.builtin or "read_web_page",
+        description=t.description,
+        progress=t.progress,
+        timeout=t.timeout,
+    )
+
+
+def _http_tool(t: ToolConfig) -> Any:
+    from appliance.agent.tools import http_tool
+
+    assert t.url is not None and t.name is not None
+    declared = http_tool(  # its parameters schema was checked by ToolConfig
+        t.name,
+        t.description or t.name,
+        t.url,
+        t.parameters,
+        headers=t.headers,
+        progress=t.progress,
+        timeout=t.timeout,
+    )
+    declared.source = "config"
+    return declared
 
 
 def build_guardrails(cfg: LLMConfig) -> list[Any]:

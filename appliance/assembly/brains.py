@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import trio
@@ -96,53 +97,71 @@ def cloud_brain_factory(
     if problems:
         raise ConfigError("configuration", problems)
 
-    def build() -> Brain:
-        from appliance.brains.cloud import CloudBrain
-        from appliance.hooks import load_hook
+    return partial(_build_cloud_brain, config, voice, tools, jobs, speech, tracing, bus)
 
-        llm_cfg, tts_cfg, conv = config.llm, config.tts, config.conversation
-        llm = factory.build_llm(llm_cfg)
-        if speech is None:
-            stt = factory.build_stt(config.stt)
-            tts, voices = factory.build_tts(tts_cfg, voice, llm)
-        else:
-            (stt, tts), voices = speech, {}
-        if tracing is not None:  # every provider call a span of the turn's trace
-            stt, llm, tts = tracing.wrap_stt(stt), tracing.wrap_llm(llm), tracing.wrap_tts(tts)
-            voices = {language: tracing.wrap_tts(v) for language, v in voices.items()}
-        registry = agent_parts.build_tools(llm_cfg, tools, picture_shower(bus) if bus is not None else None)
-        camera = agent_parts.build_camera(llm_cfg)
-        if camera is not None and llm_cfg.camera_tool:
-            from appliance.agent.vision import camera_tool
 
-            registry.add(camera_tool(camera))
-        brain = CloudBrain(
-            stt,
-            llm,
-            tts,
-            conv.system_prompt,
-            conv.system_prompt_params,
-            config.stt.language,
-            tts_cfg.prefetch,
-            llm_cfg.timeout,
-            tools=registry,
-            max_tool_rounds=llm_cfg.max_tool_rounds,
-            progress_after=llm_cfg.progress_after,
-            progress_message=llm_cfg.progress_message,
-            voices=voices,
-            guardrails=agent_parts.build_guardrails(llm_cfg),
-            camera=camera,
-            merge_window=llm_cfg.merge_window,
-            on_finish=load_hook(llm_cfg.on_finish, "llm.on_finish") if llm_cfg.on_finish else None,
-            jobs=jobs,
-        )
-        if tracing is not None:
-            from appliance.agent.tracing import TracedBrain
+def _cloud_providers(config: AppConfig, voice: LocalVoice, speech: tuple[Any, Any] | None, tracing: Any) -> Any:
+    """(stt, llm, tts, voices by language), each wrapped in tracing spans when tracing is on."""
+    from appliance.providers import factory
 
-            return TracedBrain(brain, tracing)
-        return brain
+    llm = factory.build_llm(config.llm)
+    if speech is None:
+        stt = factory.build_stt(config.stt)
+        tts, voices = factory.build_tts(config.tts, voice, llm)
+    else:
+        (stt, tts), voices = speech, {}
+    if tracing is not None:  # every provider call a span of the turn's trace
+        stt, llm, tts = tracing.wrap_stt(stt), tracing.wrap_llm(llm), tracing.wrap_tts(tts)
+        voices = {language: tracing.wrap_tts(v) for language, v in voices.items()}
+    return stt, llm, tts, voices
 
-    return build
+
+def _build_cloud_brain(
+    config: AppConfig,
+    voice: LocalVoice,
+    tools: Any,
+    jobs: Any,
+    speech: tuple[Any, Any] | None,
+    tracing: Any,
+    bus: EventBus | None,
+) -> Brain:
+    from appliance.agent import factory as agent_parts
+    from appliance.brains.cloud import CloudBrain
+    from appliance.hooks import load_hook
+
+    llm_cfg, conv = config.llm, config.conversation
+    stt, llm, tts, voices = _cloud_providers(config, voice, speech, tracing)
+    registry = agent_parts.build_tools(llm_cfg, tools, picture_shower(bus) if bus is not None else None)
+    camera = agent_parts.build_camera(llm_cfg)
+    if camera is not None and llm_cfg.camera_tool:
+        from appliance.agent.vision import camera_tool
+
+        registry.add(camera_tool(camera))
+    brain = CloudBrain(
+        stt,
+        llm,
+        tts,
+        conv.system_prompt,
+        conv.system_prompt_params,
+        config.stt.language,
+        config.tts.prefetch,
+        llm_cfg.timeout,
+        tools=registry,
+        max_tool_rounds=llm_cfg.max_tool_rounds,
+        progress_after=llm_cfg.progress_after,
+        progress_message=llm_cfg.progress_message,
+        voices=voices,
+        guardrails=agent_parts.build_guardrails(llm_cfg),
+        camera=camera,
+        merge_window=llm_cfg.merge_window,
+        on_finish=load_hook(llm_cfg.on_finish, "llm.on_finish") if llm_cfg.on_finish else None,
+        jobs=jobs,
+    )
+    if tracing is not None:
+        from appliance.agent.tracing import TracedBrain
+
+        return TracedBrain(brain, tracing)
+    return brain
 
 
 def picture_shower(bus: EventBus) -> Callable[[bytes, float, str], None]:
