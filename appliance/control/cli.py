@@ -133,80 +133,123 @@ def run_command(command: str, config: Any, args: argparse.Namespace) -> int:
 
 
 def _dispatch(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    handler = _VERBS.get(command)
+    if handler is None:
+        raise ValueError(f"unknown command {command}")
+    return handler(command, client, args)
+
+
+def _show(args: argparse.Namespace, result: Any, text: Callable[[Any], str]) -> int:
+    print(json.dumps(result, indent=2, ensure_ascii=False) if getattr(args, "json", False) else text(result))
+    return EXIT_OK
+
+
+def _status(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    return _show(args, client.request("GET", "/status"), _status_text)
+
+
+def _health(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    return _show(args, client.request("GET", "/health"), lambda r: f"{r['status']} (up {r['uptime']:.0f} s)")
+
+
+def _mute(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    return _show(args, client.request("POST", f"/{command}"), lambda r: "muted" if r["muted"] else "listening")
+
+
+def _volume(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    return _show(args, client.request("POST", "/volume", {"volume": args.volume}), lambda r: f"volume {r['volume']}")
+
+
+def _listen(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.request("GET" if args.action == "status" else "POST", f"/listener/{args.action}")
+    if args.action != "status":
+        result = _settled(client, result, want_listening=args.action == "start")
+    return _show(args, result, lambda r: f"{r['state']} (mode {r['mode']}{', muted' if r['muted'] else ''})")
+
+
+def _shown(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    body = {"name": args.name, **({"duration": args.duration} if args.duration else {})}
+    return _show(args, client.request("POST", f"/{command}", body), lambda r: f"{command}: {r['name']}")
+
+
+def _perform(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    body = {"text": args.text, "face": args.face, "animation": args.animation, "interrupt": args.interrupt}
+    given = {k: v for k, v in body.items() if v not in (None, False)}
+    return _show(args, client.request("POST", "/perform", given), lambda r: "performing")
+
+
+def _cancel(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.request("POST", "/turn/cancel")
+    return _show(args, result, lambda r: "cancelled" if r["cancelled"] else "nothing was running")
+
+
+def _histories(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    if args.id and args.delete:
+        client.request("DELETE", f"/histories/{args.id}")
+        print(f"deleted {args.id}")
+        return EXIT_OK
+    if args.id:
+        return _show(args, client.request("GET", f"/histories/{args.id}"), _history_text)
+    return _show(args, client.request("GET", "/histories"), _histories_text)
+
+
+def _config(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    if args.action == "set":
+        if not args.assignments:
+            raise ValueError("config set needs section.key=value arguments")
+        from appliance.control.client import parse_assignments
+
+        return _show(args, client.request("PATCH", "/config", parse_assignments(args.assignments)), _patched_text)
+    return _show(args, client.request("GET", "/config"), lambda r: json.dumps(r, indent=2))
+
+
+def _metrics(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    print(client.request("GET", "/metrics"), end="")
+    return EXIT_OK
+
+
+def _events(command: str, client: ControlClient, args: argparse.Namespace) -> int:
     as_json = getattr(args, "json", False)
+    for kind, data in client.stream("GET", "/events"):
+        fields = data if isinstance(data, dict) else {"data": data}
+        line = json.dumps({"event": kind, **fields}, ensure_ascii=False) if as_json else _event_text(kind, fields)
+        print(line, flush=True)
+    return EXIT_OK
 
-    def show(result: Any, text: Callable[[Any], str]) -> int:
-        print(json.dumps(result, indent=2, ensure_ascii=False) if as_json else text(result))
-        return EXIT_OK
 
-    if command == "status":
-        return show(client.request("GET", "/status"), _status_text)
-    if command == "health":
-        return show(client.request("GET", "/health"), lambda r: f"{r['status']} (up {r['uptime']:.0f} s)")
-    if command in ("mute", "unmute"):
-        return show(client.request("POST", f"/{command}"), lambda r: "muted" if r["muted"] else "listening")
-    if command == "volume":
-        return show(client.request("POST", "/volume", {"volume": args.volume}), lambda r: f"volume {r['volume']}")
-    if command == "listen":
-        result = client.request("GET" if args.action == "status" else "POST", f"/listener/{args.action}")
-        if args.action != "status":
-            result = _settled(client, result, want_listening=args.action == "start")
-        return show(result, lambda r: f"{r['state']} (mode {r['mode']}{', muted' if r['muted'] else ''})")
-    if command in ("face", "animation"):
-        body = {"name": args.name, **({"duration": args.duration} if args.duration else {})}
-        return show(client.request("POST", f"/{command}", body), lambda r: f"{command}: {r['name']}")
-    if command == "perform":
-        body = {"text": args.text, "face": args.face, "animation": args.animation, "interrupt": args.interrupt}
-        return show(
-            client.request("POST", "/perform", {k: v for k, v in body.items() if v not in (None, False)}),
-            lambda r: "performing",
-        )
-    if command == "cancel":
-        return show(
-            client.request("POST", "/turn/cancel"), lambda r: "cancelled" if r["cancelled"] else "nothing was running"
-        )
-    if command == "histories":
-        if args.id and args.delete:
-            client.request("DELETE", f"/histories/{args.id}")
-            print(f"deleted {args.id}")
-            return EXIT_OK
-        if args.id:
-            return show(client.request("GET", f"/histories/{args.id}"), _history_text)
-        return show(client.request("GET", "/histories"), _histories_text)
-    if command == "config":
-        if args.action == "set":
-            if not args.assignments:
-                raise ValueError("config set needs section.key=value arguments")
-            from appliance.control.client import parse_assignments
+def _ask(command: str, client: ControlClient, args: argparse.Namespace) -> int:
+    as_json = getattr(args, "json", False)
+    for kind, data in client.stream("POST", "/conversation", {"text": args.text}):
+        if as_json:
+            print(json.dumps({"event": kind, **(data if isinstance(data, dict) else {"data": data})}), flush=True)
+        elif kind == "chunk":
+            print(data["voice_text"], flush=True)
+        elif kind == "finished":
+            print(_finished_text(data), file=sys.stderr)
+            return EXIT_OK if data["outcome"] == "done" else EXIT_FAILED
+        elif kind in ("overflow", "error"):
+            print(f"{kind}: {data}", file=sys.stderr)
+            return EXIT_FAILED
+    return EXIT_OK
 
-            result = client.request("PATCH", "/config", parse_assignments(args.assignments))
-            return show(result, _patched_text)
-        return show(client.request("GET", "/config"), lambda r: json.dumps(r, indent=2))
-    if command == "metrics":
-        print(client.request("GET", "/metrics"), end="")
-        return EXIT_OK
-    if command == "events":
-        for kind, data in client.stream("GET", "/events"):
-            fields = data if isinstance(data, dict) else {"data": data}
-            print(
-                json.dumps({"event": kind, **fields}, ensure_ascii=False) if as_json else _event_text(kind, fields),
-                flush=True,
-            )
-        return EXIT_OK
-    if command == "ask":
-        for kind, data in client.stream("POST", "/conversation", {"text": args.text}):
-            if as_json:
-                print(json.dumps({"event": kind, **(data if isinstance(data, dict) else {"data": data})}), flush=True)
-            elif kind == "chunk":
-                print(data["voice_text"], flush=True)
-            elif kind == "finished":
-                print(_finished_text(data), file=sys.stderr)
-                return EXIT_OK if data["outcome"] == "done" else EXIT_FAILED
-            elif kind in ("overflow", "error"):
-                print(f"{kind}: {data}", file=sys.stderr)
-                return EXIT_FAILED
-        return EXIT_OK
-    raise ValueError(f"unknown command {command}")
+
+_VERBS: dict[str, Callable[[str, ControlClient, argparse.Namespace], int]] = {
+    "status": _status,
+    "health": _health,
+    "mute": _mute,
+    "unmute": _mute,
+    "volume": _volume,
+    "listen": _listen,
+    "face": _shown,
+    "animation": _shown,
+    "perform": _perform,
+    "cancel": _cancel,
+    "histories": _histories,
+    "config": _config,
+    "metrics": _metrics,
+    "events": _events,
+    "ask": _ask,
+}
 
 
 def _settled(client: ControlClient, result: Any, *, want_listening: bool, tries: int = 10) -> Any:
