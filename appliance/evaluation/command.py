@@ -34,6 +34,9 @@ def needs_judge(scenarios: ScenarioFile) -> bool:
     return any(s.goal or any(t.criteria for t in s.turns) for s in scenarios.scenario)
 
 
+Done = list[tuple[ScenarioOutcome | None, dict[str, Any] | None, str]]
+
+
 def run_eval(
     config: Any,
     path: Path,
@@ -45,31 +48,17 @@ def run_eval(
 ) -> int:
     from appliance.assembly.brains import cloud_brain_factory
     from appliance.conversation.local_voice import LocalVoice
-    from appliance.providers import factory
     from appliance.settings_base import ConfigError
 
     try:
-        scenarios = load_scenarios(path)
-        chosen = [s for s in scenarios.scenario if not only or s.name in only]
-        unknown = sorted(set(only or ()) - {s.name for s in scenarios.scenario})
-        if unknown:
-            raise ScenarioError(f"{path}: no scenario named {', '.join(map(repr, unknown))}")
-        checks = Checks(path.parent)
-        problems = checks.problems(scenarios)
-        if problems:
-            raise ScenarioError(f"{path}: " + "; ".join(problems))
-        store = ResultStore(results or results_path(path))
+        scenarios, chosen, checks, store = _load(path, results, only)
     except ScenarioError as exc:
         print(f"eval: {exc}", file=out)
         return EXIT_INPUT
     judge_cfg = judge_config(config, scenarios.judge)
-    keyless = not factory.needs_key("llm", judge_cfg.provider, judge_cfg.base_url)
-    if needs_judge(scenarios) and not keyless and factory.key_for(judge_cfg.provider, judge_cfg.api_key) is None:
-        print(
-            f"eval: the judge ({judge_cfg.provider}) needs an API key: set "
-            f"{factory.key_variable(judge_cfg.provider)}, or give [judge] a base_url",
-            file=out,
-        )
+    missing = _missing_judge_key(scenarios, judge_cfg)
+    if missing:
+        print(f"eval: {missing}", file=out)
         return EXIT_INPUT
     try:
         build = cloud_brain_factory(config, LocalVoice(), speech=(WordsOnly(), WordsOnly()))
@@ -79,33 +68,71 @@ def run_eval(
     context = (
         f"{config.conversation.system_prompt}|{config.llm.provider}|{config.llm.model_name}|{judge_cfg.model_name}"
     )
+    done = trio.run(_run_all, build, judge_cfg, scenarios, chosen, checks, store, context, rerun, out)
+    return _summary(done, store, out)
 
-    Done = list[tuple[ScenarioOutcome | None, dict[str, Any] | None, str]]
 
-    async def main() -> Done:
-        brain = build()
-        judge = factory.build_llm(judge_cfg) if needs_judge(scenarios) else None
-        evaluator = Evaluator(brain, judge, scenarios.judge, checks, context)
-        done: Done = []
-        try:
-            for spec in chosen:
-                digest = spec.digest(context)
-                earlier = None if rerun else store.done(spec, digest)
-                if earlier is not None:
-                    done.append((None, earlier, spec.name))
-                    _print_skipped(spec.name, earlier, out)
-                    continue
-                outcome = await evaluator.run(spec)
-                store.save(outcome)
-                _print_outcome(outcome, out)
-                done.append((outcome, None, spec.name))
-        finally:
-            for client in (getattr(brain, "llm", None), judge):
-                if client is not None:
-                    await client.aclose()
-        return done
+def _load(path: Path, results: Path | None, only: list[str] | None) -> tuple[ScenarioFile, list[Any], Checks, Any]:
+    scenarios = load_scenarios(path)
+    chosen = [s for s in scenarios.scenario if not only or s.name in only]
+    unknown = sorted(set(only or ()) - {s.name for s in scenarios.scenario})
+    if unknown:
+        raise ScenarioError(f"{path}: no scenario named {', '.join(map(repr, unknown))}")
+    checks = Checks(path.parent)
+    problems = checks.problems(scenarios)
+    if problems:
+        raise ScenarioError(f"{path}: " + "; ".join(problems))
+    return scenarios, chosen, checks, ResultStore(results or results_path(path))
 
-    done = trio.run(main)
+
+def _missing_judge_key(scenarios: ScenarioFile, judge_cfg: Any) -> str | None:
+    from appliance.providers import factory
+
+    keyless = not factory.needs_key("llm", judge_cfg.provider, judge_cfg.base_url)
+    if needs_judge(scenarios) and not keyless and factory.key_for(judge_cfg.provider, judge_cfg.api_key) is None:
+        return (
+            f"the judge ({judge_cfg.provider}) needs an API key: set "
+            f"{factory.key_variable(judge_cfg.provider)}, or give [judge] a base_url"
+        )
+    return None
+
+
+async def _run_all(
+    build: Any,
+    judge_cfg: Any,
+    scenarios: ScenarioFile,
+    chosen: list[Any],
+    checks: Checks,
+    store: Any,
+    context: str,
+    rerun: bool,
+    out: TextIO,
+) -> Done:
+    from appliance.providers import factory
+
+    brain = build()
+    judge = factory.build_llm(judge_cfg) if needs_judge(scenarios) else None
+    evaluator = Evaluator(brain, judge, scenarios.judge, checks, context)
+    done: Done = []
+    try:
+        for spec in chosen:
+            earlier = None if rerun else store.done(spec, spec.digest(context))
+            if earlier is not None:
+                done.append((None, earlier, spec.name))
+                _print_skipped(spec.name, earlier, out)
+                continue
+            outcome = await evaluator.run(spec)
+            store.save(outcome)
+            _print_outcome(outcome, out)
+            done.append((outcome, None, spec.name))
+    finally:
+        for client in (getattr(brain, "llm", None), judge):
+            if client is not None:
+                await client.aclose()
+    return done
+
+
+def _summary(done: Done, store: Any, out: TextIO) -> int:
     passed = sum(
         1 for outcome, earlier, _ in done if (outcome.passed if outcome else bool(earlier and earlier["passed"]))
     )
