@@ -89,6 +89,10 @@ class Entity:
 
 
 def entities(faces: list[str]) -> list[Entity]:
+    return _sensors() + _controls(faces) + _diagnostics()
+
+
+def _sensors() -> list[Entity]:
     return [
         Entity(
             "state",
@@ -129,6 +133,11 @@ def entities(faces: list[str]) -> list[Entity]:
             },
             value="uptime",
         ),
+    ]
+
+
+def _controls(faces: list[str]) -> list[Entity]:
+    return [
         Entity(
             "muted",
             "switch",
@@ -157,6 +166,11 @@ def entities(faces: list[str]) -> list[Entity]:
             "cancel", "button", "Cancel turn", {"payload_press": "PRESS", "icon": "mdi:hand-back-left"}, command=True
         ),
         Entity("listen", "button", "Listen", {"payload_press": "PRESS", "icon": "mdi:microphone"}, command=True),
+    ]
+
+
+def _diagnostics() -> list[Entity]:
+    return [
         Entity(
             "firmware",
             "update",
