@@ -101,18 +101,6 @@ class AnthropicChat:
         images: Sequence[Image] = (),
         conversation_id: str = "",
     ) -> AsyncIterator[LLMEvent]:
-        extra: dict[str, Any] = {}
-        if self.temperature is not None:
-            extra["temperature"] = self.temperature
-        declared: list[dict[str, Any]] = [
-            {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
-        ]
-        if self.web_search:
-            # A server tool: Anthropic searches and the reply goes on; its server_tool_use and result blocks
-            # are not ours to run, so the loop below only ever collects tool_use blocks.
-            declared.append({"type": WEB_SEARCH_TOOL, "name": "web_search", "max_uses": 3})
-        if declared:
-            extra["tools"] = declared
         finished = started = False
         blocks: dict[int, dict[str, str]] = {}
         calls: list[ToolCall] = []
@@ -126,32 +114,15 @@ class AnthropicChat:
                 max_tokens=self.max_tokens,
                 messages=anthropic_messages(messages, rounds, images),
                 stream=True,
-                **extra,
+                **self._options(tools),
             )
             async with stream:
                 async for event in stream:
                     started = True
-                    kind = getattr(event, "type", "")
-                    if kind == "content_block_start" and getattr(event.content_block, "type", "") == "tool_use":
-                        blocks[event.index] = {
-                            "id": event.content_block.id,
-                            "name": event.content_block.name,
-                            "json": "",
-                        }
-                    elif kind == "content_block_delta":
-                        delta_kind = getattr(event.delta, "type", "")
-                        if delta_kind == "text_delta":
-                            yield event.delta.text
-                        elif delta_kind == "input_json_delta" and event.index in blocks:
-                            blocks[event.index]["json"] += event.delta.partial_json
-                    elif kind == "content_block_stop" and event.index in blocks:
-                        block = blocks.pop(event.index)
-                        calls.append(
-                            ToolCall(
-                                block["id"], block["name"], parse_arguments(self.name, block["name"], block["json"])
-                            )
-                        )
-                    elif kind == "message_stop":
+                    text = self._on_event(event, blocks, calls)
+                    if text is not None:
+                        yield text
+                    elif getattr(event, "type", "") == "message_stop":
                         finished = True
         except Exception as exc:
             mapped = map_sdk_error(self.name, exc, mid_stream=started)
@@ -162,6 +133,38 @@ class AnthropicChat:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
         for call in calls:
             yield call
+
+    def _options(self, tools: Sequence[ToolSpec]) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.temperature is not None:
+            extra["temperature"] = self.temperature
+        declared: list[dict[str, Any]] = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
+        ]
+        if self.web_search:
+            # A server tool: Anthropic searches and the reply goes on; its server_tool_use and result blocks
+            # are not ours to run, so only tool_use blocks are ever collected.
+            declared.append({"type": WEB_SEARCH_TOOL, "name": "web_search", "max_uses": 3})
+        if declared:
+            extra["tools"] = declared
+        return extra
+
+    def _on_event(self, event: Any, blocks: dict[int, dict[str, str]], calls: list[ToolCall]) -> str | None:
+        """The text an event carries, if any; tool-use blocks are gathered into ``calls`` as they close."""
+        kind = getattr(event, "type", "")
+        if kind == "content_block_start" and getattr(event.content_block, "type", "") == "tool_use":
+            blocks[event.index] = {"id": event.content_block.id, "name": event.content_block.name, "json": ""}
+        elif kind == "content_block_delta":
+            delta_kind = getattr(event.delta, "type", "")
+            if delta_kind == "text_delta":
+                return str(event.delta.text)
+            if delta_kind == "input_json_delta" and event.index in blocks:
+                blocks[event.index]["json"] += event.delta.partial_json
+        elif kind == "content_block_stop" and event.index in blocks:
+            block = blocks.pop(event.index)
+            arguments = parse_arguments(self.name, block["name"], block["json"])
+            calls.append(ToolCall(block["id"], block["name"], arguments))
+        return None
 
     async def warm(self) -> None:
         await warm_openai(self._client, self.warmth)

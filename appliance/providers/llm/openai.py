@@ -91,24 +91,12 @@ class OpenAIChat:
         conversation_id: str = "",
     ) -> AsyncIterator[LLMEvent]:
         payload = openai_messages(system, messages, rounds, images)
-        extra: dict[str, Any] = {"max_tokens": self.max_tokens}
-        if self.temperature is not None:
-            extra["temperature"] = self.temperature
-        if self.web_search:
-            extra["web_search_options"] = {}
-        if tools:
-            extra["tools"] = [
-                {
-                    "type": "function",
-                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-                }
-                for t in tools
-            ]
         finished = started = False
         calls: dict[int, dict[str, str]] = {}
         try:
             self.warmth.touch()
-            stream = await self._open_stream({"model": self.model, "messages": payload, "stream": True, **extra})
+            body = {"model": self.model, "messages": payload, "stream": True, **self._options(tools)}
+            stream = await self._open_stream(body)
             async with stream:
                 async for chunk in stream:
                     started = True
@@ -117,17 +105,7 @@ class OpenAIChat:
                         if delta and delta.content:
                             yield delta.content
                         for fragment in (delta.tool_calls if delta else None) or ():
-                            # Some compatible servers omit the index and send each call whole, with its id.
-                            index = fragment.index
-                            if index is None:
-                                index = len(calls) if fragment.id or not calls else max(calls)
-                            slot = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
-                            if fragment.id:
-                                slot["id"] = fragment.id
-                            if fragment.function and fragment.function.name:
-                                slot["name"] += fragment.function.name
-                            if fragment.function and fragment.function.arguments:
-                                slot["arguments"] += fragment.function.arguments
+                            _gather(calls, fragment)
                         if choice.finish_reason:
                             finished = True
         except Exception as exc:
@@ -144,6 +122,22 @@ class OpenAIChat:
             yield ToolCall(
                 slot["id"] or f"call_{index}", slot["name"], parse_arguments(self.name, slot["name"], slot["arguments"])
             )
+
+    def _options(self, tools: Sequence[ToolSpec]) -> dict[str, Any]:
+        extra: dict[str, Any] = {"max_tokens": self.max_tokens}
+        if self.temperature is not None:
+            extra["temperature"] = self.temperature
+        if self.web_search:
+            extra["web_search_options"] = {}
+        if tools:
+            extra["tools"] = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in tools
+            ]
+        return extra
 
     async def _open_stream(self, body: dict[str, Any]) -> Any:
         """``chat.completions.create(stream=True)`` without the SDK's request transform.
@@ -169,3 +163,17 @@ class OpenAIChat:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _gather(calls: dict[int, dict[str, str]], fragment: Any) -> None:
+    """One streamed piece of a tool call, added to the call it belongs to."""
+    index = fragment.index
+    if index is None:  # some compatible servers omit the index and send each call whole, with its id
+        index = len(calls) if fragment.id or not calls else max(calls)
+    slot = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+    if fragment.id:
+        slot["id"] = fragment.id
+    if fragment.function and fragment.function.name:
+        slot["name"] += fragment.function.name
+    if fragment.function and fragment.function.arguments:
+        slot["arguments"] += fragment.function.arguments
