@@ -325,7 +325,7 @@ def test_pcm_frames_split_across_chunks_and_stereo() -> None:
 
     import numpy as np
 
-    from appliance.brains.remote import _ReplyReader
+    from appliance.brains.remote_frames import ReplyReader as _ReplyReader
 
     reader = _ReplyReader("remote")
     stereo = np.array([[100, 300], [-100, -300], [50, 50]], dtype="<i2").tobytes()  # 3 frames, 12 bytes

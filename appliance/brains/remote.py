@@ -24,36 +24,28 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 from trio_websocket import (
     ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
     connect_websocket_url,
 )
 
-from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream
-from appliance.audio.convert import AudioFormatError, decode_wav, to_mono_int16
+from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.brains.avatar_protocol import (
     SERVER_TYPES,
-    ProtocolError,
-    b64decode,
     b64encode,
     pcm16k,
-    tags_from_frame,
 )
+from appliance.brains.remote_frames import Frame, RemoteCanceled, error_text
+from appliance.brains.remote_link import Link, LinkTurn, close_reason, map_connect_error
+from appliance.brains.remote_reply import ReplyTurn
 from appliance.bus import EventBus
-from appliance.conversation.tags import extract_tags
 from appliance.errors import (
     ProviderBadReply,
     ProviderError,
@@ -61,297 +53,15 @@ from appliance.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from appliance.events import CancelTurnRequested
-from appliance.groups import real_errors, single_error
+from appliance.groups import single_error
 from appliance.settings.brains import RemoteConfig
-from appliance.turns import BrainOutput, ReplyChunk, Tag, Transcript, TurnRequest
+from appliance.turns import BrainOutput, TurnRequest
 
 log = logging.getLogger(__name__)
 
-Frame = dict[str, Any]
-T = TypeVar("T")
-
-
-def _typed(frame: Frame, key: str, kind: type[T], default: T) -> T:
-    """A frame's field when it has the expected JSON type, else ``default``: peers send what they like."""
-    value = frame.get(key)
-    return value if isinstance(value, kind) else default
-
+__all__ = ["RemoteBrain", "RemoteCanceled"]
 
 STABLE_AFTER = 10.0  # seconds a connection must last before reconnect delays start over
-
-
-class RemoteCanceled(ProviderBadReply):
-    """The server gave up on the request (its speech recognition failed): another brain may understand it."""
-
-
-def map_connect_error(provider: str, url: str, exc: BaseException) -> ProviderError | None:
-    """Our error for a failure to open the WebSocket, or None when it is not a network failure."""
-    real = real_errors(exc)
-    if len(real) != 1:
-        return None
-    leaf = real[0]
-    if isinstance(leaf, ProviderError):
-        return leaf
-    if isinstance(leaf, ConnectionRejected):
-        status = leaf.status_code
-        if status in (401, 403):
-            return ProviderRejected(provider, f"{url} refused our key (HTTP {status})")
-        return ProviderUnavailable(provider, f"{url} refused the WebSocket (HTTP {status})")
-    if isinstance(leaf, ConnectionTimeout):
-        return ProviderTimeout(provider, f"{url}: no WebSocket handshake in time")
-    if isinstance(leaf, HandshakeError | ConnectionClosed):
-        return ProviderUnavailable(provider, f"{url}: WebSocket handshake failed: {leaf}")
-    if isinstance(leaf, OSError):  # refused, unreachable, DNS failure (gaierror), TLS (SSLError)
-        return ProviderUnavailable(provider, f"cannot connect to {url}: {leaf.strerror or leaf}")
-    if isinstance(leaf, trio.BrokenResourceError | trio.ClosedResourceError):
-        return ProviderUnavailable(provider, f"{url}: connection lost during the handshake")
-    return None
-
-
-@dataclass(eq=False)
-class _Turn:
-    turn_id: str
-    transaction_id: str | None = None
-    send: trio.MemorySendChannel[Frame | ProviderError] = field(init=False)
-    receive: trio.MemoryReceiveChannel[Frame | ProviderError] = field(init=False)
-
-    def __post_init__(self) -> None:
-        # Unbounded: the reader task must never wait on a turn (pongs would stall); a turn reads as fast as
-        # frames come, and its frames are bounded by the one reply.
-        self.send, self.receive = trio.open_memory_channel[Frame | ProviderError](math.inf)
-
-
-class _Link:
-    """One open WebSocket connection and the session started on it."""
-
-    def __init__(self, ws: WebSocketConnection, session_id: str, provider: str) -> None:
-        self.ws = ws
-        self.session_id = session_id
-        self.provider = provider
-        self.turn: _Turn | None = None
-        self.awaiting_accept: list[_Turn] = []  # requests sent whose `accepted` has not come, oldest first
-        self.stale: dict[str, None] = {}  # transactions of finished or abandoned turns, oldest first
-        self.error: ProviderError | None = None
-        self.broken = trio.Event()
-        self.last_frame_at = trio.current_time()
-
-    async def send(self, frame: Frame) -> None:
-        if self.error is not None:
-            raise self.error
-        try:
-            await self.ws.send_message(json.dumps(frame, ensure_ascii=False))
-        except ConnectionClosed as exc:
-            raise ProviderUnavailable(self.provider, f"connection closed ({_reason(exc)})") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ProviderUnavailable(self.provider, f"connection lost: {exc}") from None
-
-    def begin(self, turn: _Turn) -> None:
-        self.turn = turn
-        self.awaiting_accept.append(turn)
-
-    def end(self, turn: _Turn, answered: bool) -> None:
-        if self.turn is turn:
-            self.turn = None
-        if answered and turn in self.awaiting_accept:
-            self.awaiting_accept.remove(turn)  # finished without an `accepted`: this server does not send them
-        del self.awaiting_accept[:-16]  # requests abandoned long ago will not be accepted any more
-        if turn.transaction_id:
-            self.stale[turn.transaction_id] = None
-            while len(self.stale) > 64:
-                del self.stale[next(iter(self.stale))]  # forget the oldest
-        turn.send.close()
-
-    def deliver(self, frame: Frame) -> None:
-        kind = frame.get("type")
-        tx = _typed(frame, "transaction_id", str, None)
-        if kind == "accepted":
-            owner = self.awaiting_accept.pop(0) if self.awaiting_accept else None
-            if owner is None or owner is not self.turn:
-                if tx:
-                    self.stale[tx] = None
-                log.debug("accepted for an abandoned request", extra={"brain": self.provider})
-                return
-            owner.transaction_id = tx
-        elif tx and tx in self.stale:
-            log.debug("dropped %s of an earlier turn", kind, extra={"brain": self.provider})
-            return
-        turn = self.turn
-        if turn is None:
-            if kind not in ("final", "stop", "connected"):
-                log.debug("frame %s between turns ignored", kind, extra={"brain": self.provider})
-            return
-        if tx:
-            # Neither a stop nor an `interrupted` final is the start of this turn's reply: both may name the
-            # response before it (AIAvatarKit closes its previous transaction so on every new request).
-            meta = frame.get("metadata")
-            adopt = kind != "stop" and not (kind == "final" and isinstance(meta, dict) and meta.get("interrupted"))
-            if turn.transaction_id is None and adopt:
-                turn.transaction_id = tx
-            elif tx != turn.transaction_id:
-                log.debug("dropped %s of transaction %s", kind, tx, extra={"brain": self.provider})
-                return
-        turn.send.send_nowait(frame)
-
-    def fail(self, error: ProviderError) -> None:
-        if self.error is None:
-            self.error = error
-        if self.turn is not None:
-            self.turn.send.send_nowait(error)
-        self.broken.set()
-
-
-def _reason(exc: ConnectionClosed) -> str:
-    reason = exc.reason
-    if reason is None:
-        return "no reason"
-    return f"code {reason.code}" + (f": {reason.reason}" if reason.reason else "")
-
-
-@dataclass(eq=False)
-class _PcmSpeech:
-    """A PCM-mode sentence: handed out at its descriptor as an ``AudioStream`` and fed as its frames arrive,
-    so playback starts with the first frame instead of after the whole sentence."""
-
-    audio_id: str
-    channels: int
-    sample_width: int
-    expected: int  # bytes
-    send: trio.MemorySendChannel[Any]
-    held: ReplyChunk | None = None  # handed out with its first audio: a sentence never heard is never "said"
-    remainder: bytes = b""
-    size: int = 0
-
-    @property
-    def complete(self) -> bool:
-        return self.size >= self.expected
-
-    def feed(self, data: bytes) -> None:
-        self.size += len(data)
-        data = self.remainder + data
-        frame = self.channels * self.sample_width
-        whole = len(data) - len(data) % frame  # a frame may be split across two chunks
-        self.remainder = data[whole:]
-        if whole:
-            try:
-                self.send.send_nowait(to_mono_int16(data[:whole], self.sample_width, self.channels))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # nobody is listening any more (the turn was interrupted)
-
-    def close(self) -> None:
-        self.send.close()
-
-
-class _ReplyReader:
-    """Turns one transaction's frames into our reply chunks (sentence by sentence, tags attached)."""
-
-    def __init__(self, provider: str) -> None:
-        self.provider = provider
-        self.pending_tags: list[Tag] = []
-        self.pcm: _PcmSpeech | None = None
-
-    def _text(self, frame: Frame) -> tuple[str, str, tuple[Tag, ...]]:
-        text = _typed(frame, "text", str, "")
-        voice = frame.get("voice_text")
-        tags = tags_from_frame(frame)
-        if not isinstance(voice, str):
-            voice, text_tags = extract_tags(text)
-            known = {(t.name, t.value) for t in tags}
-            tags += tuple(t for t in text_tags if (t.name, t.value) not in known)
-        # AIAvatarKit's sentence text keeps the space that followed it ("meet you. "): whoever joins our
-        # sentences adds its own.
-        return text.strip(), voice.strip(), tags
-
-    def chunk(self, frame: Frame) -> list[ReplyChunk]:
-        """The chunks a ``chunk`` frame lets us hand out (often one; none for an empty or tags-only frame)."""
-        meta = _typed(frame, "metadata", dict, {})
-        pcm_format = meta.get("pcm_format")
-        audio_id = meta.get("audio_id", frame.get("audio_id"))
-        # A sentence's audio frames share its descriptor's audio_id; AIAvatarKit repeats pcm_format in each of
-        # them, so only the descriptor's frame count tells a new sentence from more of the current one.
-        if (
-            self.pcm is not None
-            and audio_id is not None
-            and audio_id == self.pcm.audio_id
-            and "audio_frame_count" not in meta
-        ):
-            return self._feed(b64decode(frame.get("audio_data") or "", f"PCM chunk {audio_id}"))
-        self.close()
-        text, voice, tags = self._text(frame)
-        if pcm_format is not None:
-            stream = self._descriptor(frame, meta, pcm_format, audio_id)
-            if stream is not None:
-                assert self.pcm is not None
-                self.pcm.held = ReplyChunk(text, voice, tags, stream)
-                if frame.get("audio_data"):
-                    return self._feed(b64decode(frame["audio_data"], "PCM descriptor audio_data"))
-                return []
-            audio = None
-        elif frame.get("audio_data"):
-            wav = b64decode(frame["audio_data"], "chunk audio_data")
-            try:
-                audio = decode_wav(wav, name="chunk audio_data")
-            except AudioFormatError as exc:
-                raise ProtocolError(str(exc)) from None
-        else:
-            audio = None
-        if not voice and audio is None:
-            self.pending_tags.extend(tags)  # an empty chunk, or tags that belong to the next sentence
-            return []
-        return [self._with_pending(ReplyChunk(text, voice, tags, audio))]
-
-    def _feed(self, data: bytes) -> list[ReplyChunk]:
-        assert self.pcm is not None
-        speech = self.pcm
-        speech.feed(data)
-        done: list[ReplyChunk] = []
-        if speech.held is not None and speech.size:
-            done.append(self._with_pending(speech.held))
-            speech.held = None
-        if speech.complete:
-            self.close()
-        return done
-
-    def _descriptor(self, frame: Frame, meta: dict[str, Any], fmt: Any, audio_id: Any) -> AudioStream | None:
-        if not isinstance(fmt, dict):
-            raise ProtocolError("metadata.pcm_format is not an object")
-        try:
-            rate = int(fmt["sample_rate"])
-            channels, width = int(fmt.get("channels", 1)), int(fmt.get("sample_width", 2))
-            frames: Any = meta.get("audio_frame_count", frame.get("audio_frame_count", 0))
-            count = int(frames)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad pcm_format {fmt!r}: {exc}") from None
-        if rate <= 0 or channels <= 0 or width not in (1, 2, 4) or count < 0:
-            raise ProtocolError(f"unusable pcm_format {fmt!r} with {count} frames")
-        if count == 0:
-            return None
-        send, stream = AudioStream.open(rate)
-        self.pcm = _PcmSpeech(str(audio_id), channels, width, count * channels * width, send)
-        return stream
-
-    def close(self) -> None:
-        """End the PCM sentence being received (complete, or cut short by what came next or a failure)."""
-        speech, self.pcm = self.pcm, None
-        if speech is None:
-            return
-        speech.close()
-        if speech.held is not None:  # announced, but no audio ever came: only its tags remain
-            self.pending_tags.extend(speech.held.tags)
-
-    def finish(self) -> list[ReplyChunk]:
-        self.close()
-        if self.pending_tags:  # tags after the last sentence still show
-            tags, self.pending_tags = tuple(self.pending_tags), []
-            return [ReplyChunk("", "", tags, None)]
-        return []
-
-    def _with_pending(self, chunk: ReplyChunk) -> ReplyChunk:
-        if not self.pending_tags:
-            return chunk
-        tags = tuple(self.pending_tags) + chunk.tags
-        self.pending_tags = []
-        return ReplyChunk(chunk.text, chunk.voice_text, tags, chunk.audio)
 
 
 class RemoteBrain:
@@ -375,7 +85,7 @@ class RemoteBrain:
             if not config.verify_tls:
                 self._ssl.check_hostname = False
                 self._ssl.verify_mode = ssl.CERT_NONE
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._managed = False
         self._attempt: trio.Event | None = None  # set when the connection attempt in flight has ended
         self._turn_lock = trio.Lock()
@@ -425,7 +135,7 @@ class RemoteBrain:
             self._managed = False
 
     @asynccontextmanager
-    async def _session(self) -> AsyncIterator[_Link]:
+    async def _session(self) -> AsyncIterator[Link]:
         """Connect, start a session and keep its reader and heartbeat running while the body runs."""
         with self._mapped_errors():
             async with trio.open_nursery() as nursery:
@@ -457,7 +167,7 @@ class RemoteBrain:
                 raise
             raise mapped from None
 
-    async def _open(self, nursery: trio.Nursery) -> _Link:
+    async def _open(self, nursery: trio.Nursery) -> Link:
         cfg = self.config
         headers = [(b"Authorization", f"Bearer {self._api_key}".encode())] if self._api_key else []
         try:
@@ -470,7 +180,7 @@ class RemoteBrain:
                     message_queue_size=64,
                     max_message_size=16 * 1024 * 1024,
                 )
-                link = _Link(ws, uuid.uuid4().hex, self.name)
+                link = Link(ws, uuid.uuid4().hex, self.name)
                 await self._start(link)
         except trio.TooSlowError:
             raise ProviderTimeout(self.name, f"{cfg.url}: no session within {cfg.connect_timeout:g} s") from None
@@ -486,7 +196,7 @@ class RemoteBrain:
         nursery.start_soon(self._heartbeat, link)
         return link
 
-    async def _start(self, link: _Link) -> None:
+    async def _start(self, link: Link) -> None:
         await link.send(
             {
                 "type": "start",
@@ -501,15 +211,15 @@ class RemoteBrain:
             kind = frame.get("type")
             if kind == "connected":
                 return
-            if kind in ("error", "final") and _error_text(frame):
-                raise ProviderRejected(self.name, f"session refused: {_error_text(frame)}")
+            if kind in ("error", "final") and error_text(frame):
+                raise ProviderRejected(self.name, f"session refused: {error_text(frame)}")
             log.debug("frame %s before connected ignored", kind, extra={"brain": self.name})
 
-    async def _next_frame(self, link: _Link) -> Frame:
+    async def _next_frame(self, link: Link) -> Frame:
         try:
             message = await link.ws.get_message()
         except ConnectionClosed as exc:
-            raise ProviderUnavailable(self.name, f"server closed the connection ({_reason(exc)})") from None
+            raise ProviderUnavailable(self.name, f"server closed the connection ({close_reason(exc)})") from None
         link.last_frame_at = trio.current_time()
         return self._parse(message)
 
@@ -525,7 +235,7 @@ class RemoteBrain:
             raise ProviderBadReply(self.name, f"frame without a type: {message[:80]!r}")
         return frame
 
-    async def _read(self, link: _Link) -> None:
+    async def _read(self, link: Link) -> None:
         while True:
             try:
                 frame = await self._next_frame(link)
@@ -543,7 +253,7 @@ class RemoteBrain:
                 continue
             link.deliver(frame)
 
-    async def _heartbeat(self, link: _Link) -> None:
+    async def _heartbeat(self, link: Link) -> None:
         cfg = self.config
         while True:
             await trio.sleep(cfg.heartbeat_interval)
@@ -554,7 +264,7 @@ class RemoteBrain:
                 link.fail(ProviderTimeout(self.name, f"no pong within {cfg.heartbeat_timeout:g} s: server frozen"))
                 return
             except ConnectionClosed as exc:
-                link.fail(ProviderUnavailable(self.name, f"server closed the connection ({_reason(exc)})"))
+                link.fail(ProviderUnavailable(self.name, f"server closed the connection ({close_reason(exc)})"))
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 link.fail(ProviderUnavailable(self.name, f"connection lost: {exc}"))
@@ -595,8 +305,8 @@ class RemoteBrain:
                 raise known or ProviderUnavailable(self.name, f"not connected to {self.config.url}")
             await self._turn(link, request, out)
 
-    async def _turn(self, link: _Link, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
-        turn = _Turn(request.turn_id)
+    async def _turn(self, link: Link, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        turn = LinkTurn(request.turn_id)
         link.begin(turn)
         answered = False
         try:
@@ -611,7 +321,7 @@ class RemoteBrain:
         finally:
             link.end(turn, answered)
 
-    async def _ack_ping(self, link: _Link) -> None:
+    async def _ack_ping(self, link: Link) -> None:
         timeout = self.config.ack_timeout
         try:
             with trio.fail_after(timeout):
@@ -621,7 +331,7 @@ class RemoteBrain:
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the reader reports the closed connection
 
-    async def _send_request(self, link: _Link, request: TurnRequest) -> None:
+    async def _send_request(self, link: Link, request: TurnRequest) -> None:
         utterance = request.utterance
         context_id = self._contexts.get(request.conversation_id)
         metadata: dict[str, Any] = {"turn_id": request.turn_id, "conversation_id": request.conversation_id}
@@ -648,7 +358,7 @@ class RemoteBrain:
             frame["audio_data"] = b64encode(pcm16k(utterance.audio))
         await link.send(frame)
 
-    async def _stream(self, link: _Link, audio: AudioClip) -> None:
+    async def _stream(self, link: Link, audio: AudioClip) -> None:
         """The utterance as mic data frames, then silence, so the server's own VAD ends it."""
         pcm = pcm16k(audio) + bytes(int(self.config.stream_tail * CAPTURE_RATE) * 2)
         step = self.config.stream_block_ms * CAPTURE_RATE // 1000 * 2
@@ -658,123 +368,14 @@ class RemoteBrain:
             )
 
     async def _receive(
-        self, link: _Link, turn: _Turn, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]
+        self, link: Link, turn: LinkTurn, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]
     ) -> bool:
         """Forward the reply; True once the server said it was finished."""
-        reader = _ReplyReader(self.name)
-        text = request.utterance.text
+        reply = ReplyTurn(self.name, self.config, turn, request, out, self._contexts, self.bus)
         try:
-            return await self._read_reply(turn, request, out, reader, text)
+            return await reply.run()
         finally:
-            reader.close()  # a sentence still arriving ends where the reply ended
-
-    async def _read_reply(
-        self,
-        turn: _Turn,
-        request: TurnRequest,
-        out: trio.MemorySendChannel[BrainOutput],
-        reader: _ReplyReader,
-        text: str | None,
-    ) -> bool:
-        cfg = self.config
-        heard = False
-        spoke = False  # speech of this turn went out: from here on a server `stop` is a barge-in of it
-        deadline = trio.current_time() + cfg.reply_timeout
-
-        async def send_heard(words: str | None) -> None:
-            nonlocal heard
-            if not heard and words and words.strip():
-                heard = True
-                await out.send(Transcript(words.strip()))
-
-        while True:
-            item: Frame | ProviderError | None = None
-            try:
-                item = turn.receive.receive_nowait()  # frames that queued up while a sentence played
-            except trio.WouldBlock:
-                with trio.move_on_at(deadline):
-                    item = await turn.receive.receive()
-            if item is None:
-                raise ProviderTimeout(self.name, "the server stopped answering in the middle of a turn")
-            if isinstance(item, ProviderError):
-                raise item
-            frame = item
-            kind = frame["type"]
-            if isinstance(frame.get("context_id"), str) and frame["context_id"]:
-                self._contexts[request.conversation_id] = frame["context_id"]
-            meta = _typed(frame, "metadata", dict, {})
-            if kind in ("accepted", "start", "chunk", "voiced"):
-                deadline = trio.current_time() + cfg.frame_timeout
-            if kind == "start":
-                await send_heard(meta.get("request_text") or text)
-            elif kind == "chunk":
-                await send_heard(text)  # a server that lost its `start`: we know what we asked
-                try:
-                    chunks = reader.chunk(frame)
-                except ProtocolError as exc:
-                    raise ProviderBadReply(self.name, str(exc)) from None
-                for chunk in chunks:
-                    await out.send(chunk)
-                    spoke = spoke or _speaks(chunk)
-                    deadline = trio.current_time() + cfg.frame_timeout  # its playing is not the server's silence
-            elif kind == "final":
-                await send_heard(meta.get("request_text") or text)
-                try:
-                    chunks = reader.finish()
-                except ProtocolError as exc:
-                    raise ProviderBadReply(self.name, str(exc)) from None
-                for chunk in chunks:
-                    await out.send(chunk)
-                    spoke = spoke or _speaks(chunk)
-                if meta.get("interrupted"):
-                    log.info("server reports the reply was interrupted", extra={"brain": self.name})
-                error = _error_text(frame)
-                if error and not heard and not spoke:
-                    raise ProviderUnavailable(self.name, f"server error: {error}")
-                if not spoke:
-                    # Nobody on our side interrupted (that cancels this task): a reply without a word is this
-                    # server failing, and the next brain gets the same utterance.
-                    raise ProviderBadReply(self.name, "the server ended the turn without saying anything")
-                return True
-            elif kind == "stop":
-                if not spoke:
-                    # AIAvatarKit sends this (without transaction_id) on every invoke, before `start`: it is
-                    # clearing its previous response. Nothing of this turn plays yet, so there is nothing to stop.
-                    log.debug("stop before this turn's speech ignored", extra={"brain": self.name})
-                    continue
-                log.info("server asked to stop speaking", extra={"brain": self.name, "turn_id": turn.turn_id})
-                if self.bus is not None:
-                    self.bus.publish(CancelTurnRequested(source=self.name))  # stop what is playing, now
-                return True
-            elif kind == "canceled":
-                raise RemoteCanceled(self.name, "the server canceled the request (its speech recognition failed)")
-            elif kind == "error":
-                raise ProviderUnavailable(self.name, f"server error: {_error_text(frame) or 'no detail'}")
-            elif kind == "tool_call":
-                tool = meta.get("tool_call")
-                log.info(
-                    "server calls tool %s",
-                    tool.get("name") if isinstance(tool, dict) else tool,
-                    extra={"brain": self.name},
-                )
-            elif kind == "vision":
-                log.info("server asks for an image (%s); not supported", meta.get("source"), extra={"brain": self.name})
+            reply.reader.close()  # a sentence still arriving ends where the reply ended
 
     async def aclose(self) -> None:
         return None  # connections live in `run` / `reply` and close with them
-
-
-def _speaks(chunk: ReplyChunk) -> bool:
-    return chunk.audio is not None or bool(chunk.voice_text)
-
-
-def _error_text(frame: Frame) -> str | None:
-    meta = frame.get("metadata")
-    if isinstance(meta, dict):
-        error = meta.get("error")
-        if error:
-            return str(error)[:300]
-    if frame.get("type") == "error":
-        text = frame.get("text")
-        return str(text)[:300] if text else None
-    return None
