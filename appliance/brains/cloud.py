@@ -12,23 +12,23 @@ interrupts an unanswered one, and an on-finish hook for long-term memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from appliance.audio.base import AudioClip, AudioStream
+from appliance.brains.speech_queue import SpeechQueue
 from appliance.conversation.local_voice import LocalVoice
 from appliance.conversation.sentences import SentenceSplitter
 from appliance.conversation.tags import extract_tags
-from appliance.errors import ProviderBadReply, ProviderError, ProviderTimeout
+from appliance.errors import ProviderTimeout
 from appliance.groups import single_error
 from appliance.providers.llm.base import Image, LLMService, ToolCall, ToolResult, ToolRound
 from appliance.providers.stt.base import SpeechRecognizer
 from appliance.providers.tts.base import SpeechSynthesizer
 from appliance.streams import closing
-from appliance.turns import BrainOutput, Message, ReplyChunk, Tag, Transcript, TurnRequest
+from appliance.turns import BrainOutput, Message, ReplyChunk, Transcript, TurnRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +40,6 @@ class _Prompt(dict[str, str]):
 
 def render_prompt(template: str, params: dict[str, str]) -> str:
     return template.format_map(_Prompt(params))
-
-
-@dataclass(eq=False)
-class _Pending:
-    """A sentence whose speech is being synthesized."""
-
-    text: str
-    voice_text: str
-    tags: tuple[Tag, ...]
-    tts: SpeechSynthesizer
-    done: trio.Event = field(default_factory=trio.Event)
-    requested: trio.Event = field(default_factory=trio.Event)  # its speech request is under way
-    chunk: ReplyChunk | None = None
-    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -74,8 +60,7 @@ class _Reply:
     language: str | None
     texts: list[str] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)
-    stopped: bool = False  # a guardrail ended the reply
-    first: _Pending | None = None  # the first sentence: its speech is requested before any other
+    stop: trio.CancelScope = field(default_factory=trio.CancelScope)  # a guardrail ends the reply through it
 
 
 @dataclass
@@ -225,20 +210,21 @@ class CloudBrain:
         state: _Reply,
         out: trio.MemorySendChannel[BrainOutput],
     ) -> None:
-        slots = trio.Semaphore(self.prefetch)
-        order_send, order_recv = trio.open_memory_channel[_Pending](self.prefetch)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._produce, system, messages, conversation_id, state, nursery, slots, order_send)
-            async with order_recv:
-                async for pending in order_recv:
-                    await pending.done.wait()
-                    if pending.error is not None:
-                        raise pending.error
-                    assert pending.chunk is not None
-                    await out.send(pending.chunk)
-                    if self._previous is not None and pending.chunk.voice_text:
-                        self._previous.answered = True  # heard: a new request is a new question, not the rest
-                    slots.release()
+            speech = SpeechQueue(nursery, self.prefetch)
+            nursery.start_soon(self._write_reply, system, messages, conversation_id, state, speech)
+            await speech.deliver(out, self._handed)
+
+    def _handed(self, chunk: ReplyChunk) -> None:
+        if self._previous is not None and chunk.voice_text:
+            self._previous.answered = True  # heard: a new request is a new question, not the rest
+
+    async def _write_reply(
+        self, system: str, messages: tuple[Message, ...], conversation_id: str, state: _Reply, speech: SpeechQueue
+    ) -> None:
+        async with speech:  # the reply is written: the reader stops after the last sentence
+            with state.stop:
+                await self._produce(system, messages, conversation_id, state, speech)
 
     async def _produce(
         self,
@@ -246,42 +232,37 @@ class CloudBrain:
         messages: tuple[Message, ...],
         conversation_id: str,
         state: _Reply,
-        nursery: trio.Nursery,
-        slots: trio.Semaphore,
-        order: trio.MemorySendChannel[_Pending],
+        speech: SpeechQueue,
     ) -> None:
         """Stream the model, run the tools it calls and stream again, until it answers in words."""
         rounds: list[ToolRound] = []
         images: tuple[Image, ...] = ()
         looked = False
-        async with order:
-            for round_number in range(self.max_tool_rounds + 1):
-                tools = self.tools.specs() if self.tools is not None else ()
-                text, calls, look = await self._read_llm(
-                    system, messages, tools, tuple(rounds), images, conversation_id, state, nursery, slots, order
-                )
-                if state.stopped:
-                    return
-                if look and not looked and self.camera is not None:
-                    looked = True
-                    from appliance.agent.vision import CameraError
+        for round_number in range(self.max_tool_rounds + 1):
+            tools = self.tools.specs() if self.tools is not None else ()
+            text, calls, look = await self._read_llm(
+                system, messages, tools, tuple(rounds), images, conversation_id, state, speech
+            )
+            if look and not looked and self.camera is not None:
+                looked = True
+                from appliance.agent.vision import CameraError
 
-                    try:
-                        images = (await self.camera.capture(),)
-                        note = "(Here is what the camera sees.)"
-                    except CameraError as exc:  # say so, rather than fail the turn over a camera
-                        log.warning("camera: %s", exc)
-                        note = f"(The camera could not take a picture: {exc}. Answer without it.)"
-                    messages = (*messages, Message("assistant", text or "[vision:camera]"), Message("user", note))
-                    continue
-                if not calls:
-                    return
-                if round_number == self.max_tool_rounds:
-                    log.warning("model still calling tools after %d rounds; stopping", self.max_tool_rounds)
-                    return
-                results = await self._run_tools(calls, state, nursery, slots, order)
-                rounds.append(ToolRound(text, results))
-                images += tuple(image for result in results for image in result.images)
+                try:
+                    images = (await self.camera.capture(),)
+                    note = "(Here is what the camera sees.)"
+                except CameraError as exc:  # say so, rather than fail the turn over a camera
+                    log.warning("camera: %s", exc)
+                    note = f"(The camera could not take a picture: {exc}. Answer without it.)"
+                messages = (*messages, Message("assistant", text or "[vision:camera]"), Message("user", note))
+                continue
+            if not calls:
+                return
+            if round_number == self.max_tool_rounds:
+                log.warning("model still calling tools after %d rounds; stopping", self.max_tool_rounds)
+                return
+            results = await self._run_tools(calls, state, speech)
+            rounds.append(ToolRound(text, results))
+            images += tuple(image for result in results for image in result.images)
 
     async def _read_llm(
         self,
@@ -292,9 +273,7 @@ class CloudBrain:
         images: tuple[Image, ...],
         conversation_id: str,
         state: _Reply,
-        nursery: trio.Nursery,
-        slots: trio.Semaphore,
-        order: trio.MemorySendChannel[_Pending],
+        speech: SpeechQueue,
     ) -> tuple[str, list[ToolCall], bool]:
         """One model stream: speak its sentences, collect its tool calls. Returns (text, calls, wants a look)."""
         splitter = SentenceSplitter()
@@ -328,22 +307,18 @@ class CloudBrain:
                     continue
                 written.append(event)
                 for sentence in splitter.feed(event):
-                    look = await self._queue(sentence, state, nursery, slots, order) or look
-                    if state.stopped or look:
+                    look = await self._queue(sentence, state, speech) or look
+                    if look:
                         return "".join(written), calls, look
             for sentence in splitter.flush():
-                look = await self._queue(sentence, state, nursery, slots, order) or look
-                if state.stopped:
-                    break
+                look = await self._queue(sentence, state, speech) or look
         return "".join(written), calls, look
 
     async def _run_tools(
         self,
         calls: list[ToolCall],
         state: _Reply,
-        nursery: trio.Nursery,
-        slots: trio.Semaphore,
-        order: trio.MemorySendChannel[_Pending],
+        speech: SpeechQueue,
     ) -> tuple[ToolResult, ...]:
         """Run the calls concurrently; if they take longer than ``progress_after``, say so meanwhile."""
         results: list[ToolResult | None] = [None] * len(calls)
@@ -360,7 +335,7 @@ class CloudBrain:
             sentence = next((t.progress for c in calls if (t := self.tools.get(c.name)) and t.progress), None)
             sentence = sentence or self.progress_message
             if sentence:
-                await self._queue(sentence, state, nursery, slots, order)
+                await self._queue(sentence, state, speech)
 
         async with trio.open_nursery() as waiting:
             waiting.start_soon(progress)
@@ -376,15 +351,13 @@ class CloudBrain:
         self,
         sentence: str,
         state: _Reply,
-        nursery: trio.Nursery,
-        slots: trio.Semaphore,
-        order: trio.MemorySendChannel[_Pending],
+        speech: SpeechQueue,
     ) -> bool:
         """Hand one sentence to synthesis. Returns True when it asks for a camera look."""
         from appliance.agent import guardrails
 
         voice_text, tags = extract_tags(sentence)
-        look = False
+        look = blocked = False
         for tag in tags:
             if tag.name == "lang":
                 state.language = tag.value.lower()
@@ -393,9 +366,7 @@ class CloudBrain:
         if voice_text:
             verdict = await guardrails.apply(self.guardrails, "reply", voice_text)
             if verdict is not None:
-                if verdict.action == "block":
-                    log.info("reply stopped by a guardrail")
-                    state.stopped = True
+                blocked = verdict.action == "block"
                 sentence = voice_text = verdict.text
                 voice_text, _ = extract_tags(voice_text)
         if not voice_text and all(tag.name == "vision" for tag in tags):
@@ -403,58 +374,16 @@ class CloudBrain:
         if not any(ch.isalnum() for ch in voice_text):
             voice_text = ""  # a stray quote or bracket: nothing to say
         state.texts.append(sentence)
-        pending = _Pending(sentence, voice_text, tags, self._voice(state.language))
-        first, state.first = state.first, state.first or pending
-        await slots.acquire()
-        nursery.start_soon(self._synthesize, pending, first)
-        await order.send(pending)
+        await speech.add(sentence, voice_text, tags, self._voice(state.language))
+        if blocked:
+            log.info("reply stopped by a guardrail")
+            state.stop.cancel()  # the model's stream and any tools stop here; what was queued is still said
         return look
 
     def _voice(self, language: str | None) -> SpeechSynthesizer:
         if language and self.voices:
             return self.voices.get(language) or self.voices.get(language.split("-")[0]) or self.tts
         return self.tts
-
-    async def _synthesize(self, pending: _Pending, first: _Pending | None) -> None:
-        if first is not None:
-            # The first sentence is what the user waits for: its request goes out before any other. The rest
-            # start as soon as their text is known (not when the first's audio is back), so a turn ends about
-            # one synthesis after its last sentence was written, and each is ready before its turn to play.
-            await first.requested.wait()
-        streaming = getattr(pending.tts, "synthesize_stream", None)
-        pending.requested.set()
-        try:
-            if not pending.voice_text:
-                pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, None)
-            elif streaming is None:
-                audio = await pending.tts.synthesize(pending.voice_text)
-                pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, audio)
-            else:
-                await self._stream_speech(pending, streaming(pending.voice_text))
-        except Exception as exc:  # handed to the reader, which raises it in speaking order
-            if pending.done.is_set():
-                raise  # a bug after the chunk was handed out: let the turn fail loudly
-            pending.error = exc
-        finally:
-            pending.requested.set()
-            pending.done.set()
-
-    async def _stream_speech(self, pending: _Pending, pieces: AsyncIterator[AudioClip]) -> None:
-        """Hand the chunk out with the first piece of speech, then keep feeding it as the rest arrives."""
-        async with closing(pieces):
-            head = await anext(pieces, None)
-            if head is None:
-                raise ProviderBadReply(pending.tts.name, "empty audio")
-            send, stream = AudioStream.open(head.sample_rate)
-            send.send_nowait(head.samples)
-            pending.chunk = ReplyChunk(pending.text, pending.voice_text, pending.tags, stream)
-            pending.done.set()
-            async with send:
-                try:
-                    async for piece in pieces:
-                        send.send_nowait(piece.samples)
-                except ProviderError as exc:
-                    send.send_nowait(exc)  # the player raises it after what did arrive
 
     async def warm(self) -> None:
         """Open connections to every service before the utterance is finished (called at speech onset)."""
