@@ -171,7 +171,7 @@ async def test_background_probe_fails_back(nursery: trio.Nursery, autojump_clock
 
 
 async def test_all_down_goes_to_offline() -> None:
-    from appliance.brains.cloud import OfflineBrain
+    from appliance.brains.offline import OfflineBrain
     from appliance.conversation.local_voice import LocalVoice
 
     cloud = StubBrain("cloud", fail=lambda: ProviderUnavailable("cloud", "down"))

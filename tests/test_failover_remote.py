@@ -10,8 +10,8 @@ import trio
 import trio.testing
 
 from appliance.audio.playback import MemorySink
-from appliance.brains.cloud import OfflineBrain
 from appliance.brains.failover import FailoverBrain
+from appliance.brains.offline import OfflineBrain
 from appliance.bus import EventBus
 from appliance.conversation.history import ConversationHistory
 from appliance.conversation.local_voice import LocalVoice

@@ -243,7 +243,7 @@ def build_brain(
     ``tools`` and ``jobs`` are the cloud brain's tool registry and background-job runner, kept across rebuilds;
     ``builders`` make the brains that come from an integration (``home_assistant``), given by the top level.
     """
-    from appliance.brains.cloud import OfflineBrain
+    from appliance.brains.offline import OfflineBrain
 
     plan = brain_plan(config)
     prewarm: DeferredBrain | None = None

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from appliance.brains.speech_queue import SpeechQueue
-from appliance.conversation.local_voice import LocalVoice
+from appliance.conversation.prompt import render_prompt
 from appliance.conversation.sentences import SentenceSplitter
 from appliance.conversation.tags import extract_tags
 from appliance.errors import ProviderTimeout
@@ -31,15 +31,6 @@ from appliance.streams import closing
 from appliance.turns import BrainOutput, Message, ReplyChunk, Transcript, TurnRequest
 
 log = logging.getLogger(__name__)
-
-
-class _Prompt(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"  # an unknown {placeholder} stays as written rather than failing the turn
-
-
-def render_prompt(template: str, params: dict[str, str]) -> str:
-    return template.format_map(_Prompt(params))
 
 
 @dataclass(frozen=True)
@@ -400,24 +391,3 @@ class CloudBrain:
                 await part.aclose()
             except Exception:  # closing a client that never connected must not mask shutdown
                 log.debug("closing %s failed", part.name, exc_info=True)
-
-
-class OfflineBrain:
-    """Says that it is offline. Always works: it needs no network."""
-
-    name = "offline"
-
-    def __init__(self, message: str, voice: LocalVoice) -> None:
-        self.message = message
-        self.voice = voice
-
-    async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
-        async with out:
-            if request.utterance.text:
-                await out.send(Transcript(request.utterance.text))
-            text = f"[face:sorrow] {self.message}"
-            voice_text, tags = extract_tags(text)
-            await out.send(ReplyChunk(text, voice_text, tags, await self.voice.say(self.message)))
-
-    async def aclose(self) -> None:
-        return None
