@@ -148,7 +148,7 @@ async def test_tap_sees_exactly_what_the_sink_played_including_a_cut() -> None:
 
 
 def test_device_sink_taps_the_callback_output_and_the_silence_after_a_cut() -> None:
-    from appliance.audio.device import DeviceSink
+    from appliance.audio.device_sink import DeviceSink
 
     class Status:
         output_underflow = False

@@ -36,7 +36,8 @@ def _voice(text: str, voice: str, gain: float) -> AudioClip:
 
 
 async def test_the_robot_does_not_interrupt_itself_but_a_user_does(jack: Jack) -> None:  # noqa: F811
-    from appliance.audio.device import DeviceSink, DeviceSource
+    from appliance.audio.device import DeviceSource
+    from appliance.audio.device_sink import DeviceSink
 
     bus = EventBus()
     robot = DeviceSink(device="system")  # PortAudio:out_0

@@ -286,7 +286,7 @@ async def test_listener_relaxes_the_capture_only_while_nothing_is_going_on() -> 
 
 
 async def test_real_playback_and_cancel_within_a_block(jack: Jack) -> None:
-    from appliance.audio.device import DeviceSink
+    from appliance.audio.device_sink import DeviceSink
 
     sink = DeviceSink(device="system", block_ms=20)
     clip = AudioClip((np.sin(np.arange(16000) / 5) * 8000).astype(np.int16), 16000)
@@ -302,7 +302,7 @@ async def test_real_playback_and_cancel_within_a_block(jack: Jack) -> None:
 async def test_barge_in_on_the_real_sink_stops_within_two_device_blocks(jack: Jack) -> None:
     """Cancelling a clip mid-play (what a barge-in does to the turn's scope) leaves at most two device blocks
     of it to come out: counted in frames PortAudio's callback wrote after the cancel, not in wall time."""
-    from appliance.audio.device import DeviceSink
+    from appliance.audio.device_sink import DeviceSink
 
     class CountingSink(DeviceSink):
         def __init__(self) -> None:

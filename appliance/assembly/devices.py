@@ -48,7 +48,7 @@ def make_sink(config: AppConfig) -> AudioSink:
 
         kind = "device" if has_device("output") else "simulated"
     if kind == "device":
-        from appliance.audio.device import DeviceSink
+        from appliance.audio.device_sink import DeviceSink
 
         return DeviceSink(audio.output_device, audio.block_ms, audio.volume)
     if kind == "file":

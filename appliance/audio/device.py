@@ -15,17 +15,13 @@ PortAudio only scans devices when it is initialised, so a replugged device is fo
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import trio
 
-from appliance.audio.base import CAPTURE_RATE, Audio, BlockQueue, LevelCallback
-from appliance.audio.playback import BlockSink
+from appliance.audio.base import CAPTURE_RATE, BlockQueue
+from appliance.audio.input_bridge import InputBridge
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +48,7 @@ class DeviceInfo:
     output_rates: tuple[int, ...] = field(default=())
 
 
-def _sd() -> Any:
+def portaudio() -> Any:
     try:
         import sounddevice
     except OSError as exc:  # the wheel is there but libportaudio2 is not
@@ -63,10 +59,15 @@ def _sd() -> Any:
 _generation = 0  # bumped whenever PortAudio is re-initialised: streams of an older generation are dead
 
 
+def generation() -> int:
+    """How many times PortAudio has been re-initialised: a stream opened before the last time is dead."""
+    return _generation
+
+
 def rescan() -> None:
     """Re-initialise PortAudio so devices plugged in since start are seen. Closes every open stream."""
     global _generation
-    sd = _sd()
+    sd = portaudio()
     try:
         sd._terminate()
     except sd.PortAudioError:
@@ -89,7 +90,7 @@ def _rates(sd: Any, index: int, kind: str) -> tuple[int, ...]:
 
 
 def list_devices(probe_rates: bool = True) -> list[DeviceInfo]:
-    sd = _sd()
+    sd = portaudio()
     apis = sd.query_hostapis()
     return [
         DeviceInfo(
@@ -108,7 +109,7 @@ def list_devices(probe_rates: bool = True) -> list[DeviceInfo]:
 
 def find_device(spec: str | int | None, kind: str) -> int:
     """Resolve a device given as index, name substring, or None (the system default) for ``kind`` in/out."""
-    sd = _sd()
+    sd = portaudio()
     channels = "max_input_channels" if kind == "input" else "max_output_channels"
     if spec is None:
         try:
@@ -198,7 +199,40 @@ class DeviceSource:
             raise
 
     async def _run(self, queue: BlockQueue, task_status: trio.TaskStatus[None]) -> None:
-        sd = _sd()
+        sd = portaudio()
+        index, rate = await self._find()
+        resampler = None
+        if rate != CAPTURE_RATE:
+            import soxr
+
+            resampler = soxr.ResampleStream(rate, CAPTURE_RATE, 1, dtype="int16")
+        bridge = InputBridge(self, queue, resampler, trio.lowlevel.current_trio_token())
+        try:
+            # Raw bytes, not numpy arrays: the callback runs 25 times a second on the audio thread, and building
+            # an array there costs more than the copy it makes.
+            stream = sd.RawInputStream(
+                device=index,
+                samplerate=rate,
+                channels=1,
+                dtype="int16",
+                blocksize=rate * self.device_block_ms // 1000,
+                callback=bridge.callback,
+                finished_callback=bridge.on_finished,
+            )
+            await trio.to_thread.run_sync(stream.start)
+        except sd.PortAudioError as exc:
+            raise AudioDeviceError(f"cannot open input {self.device_name!r} at {rate} Hz: {exc}") from None
+        self.opened += 1
+        log.info("capturing from %s at %d Hz%s", self.device_name, rate, " (resampled)" if resampler else "")
+        try:
+            task_status.started()
+            await self._watch(bridge, queue)
+        finally:
+            await self._close(stream)
+
+    async def _find(self) -> tuple[int, int]:
+        """The device's index and the rate it is opened at (16 kHz when it takes it, else resampled)."""
+        sd = portaudio()
         if self._rescan:
             await trio.to_thread.run_sync(rescan)
             self._rescan = False
@@ -209,248 +243,30 @@ class DeviceSource:
         except sd.PortAudioError as exc:
             raise AudioDeviceError(f"input device {self.device!r}: {exc}") from None
         self.rate = rate
-        resampler = None
-        if rate != CAPTURE_RATE:
-            import soxr
+        return index, rate
 
-            resampler = soxr.ResampleStream(rate, CAPTURE_RATE, 1, dtype="int16")
-        token = trio.lowlevel.current_trio_token()
-        arrived: deque[bytes] = deque()  # appended by the audio thread, emptied by Trio
-        woken = [False]  # a flush is already scheduled (written by both threads; GIL-atomic)
-        last_arrival = [trio.current_time()]
-        leftover = np.zeros(0, dtype=np.int16)
-        finished = trio.Event()
+    async def _watch(self, bridge: InputBridge, queue: BlockQueue) -> None:
+        while True:
+            # Relaxed: this loop is what hands the audio over. Otherwise the callback does, and the loop only
+            # watches for a stalled device.
+            with trio.move_on_after(self.relaxed_seconds if queue.relaxed else self.stall_timeout / 4):
+                await bridge.finished.wait()
+            if bridge.finished.is_set():
+                raise DeviceLost(f"input {self.device_name!r} stopped")
+            bridge.flush()
+            now = trio.current_time()
+            if bridge.last_arrival < 0:
+                bridge.last_arrival = now
+            elif now - bridge.last_arrival > self.stall_timeout:
+                raise DeviceLost(f"input {self.device_name!r} delivered no audio for {self.stall_timeout:g} s")
 
-        def flush() -> None:
-            nonlocal leftover
-            woken[0] = False
-            while arrived:
-                block = np.frombuffer(arrived.popleft(), dtype=np.int16)
-                if resampler is not None:
-                    block = resampler.resample_chunk(block)
-                samples = np.concatenate([leftover, block]) if leftover.size else block
-                usable = len(samples) - len(samples) % self.block_size
-                for start in range(0, usable, self.block_size):
-                    queue.put_nowait(samples[start : start + self.block_size])
-                leftover = samples[usable:].copy()
-
-        def callback(indata: Any, frames: int, time_info: Any, status: Any) -> None:
-            if status.input_overflow:
-                self.overflows += 1
-            if len(arrived) >= self.max_pending:
-                self.dropped_callbacks += 1  # never block the audio thread; drop newest here, queue drops oldest
-                return
-            arrived.append(bytes(indata))
-            last_arrival[0] = -1.0  # "just now": Trio stamps it, the audio thread has no Trio clock
-            if queue.relaxed or woken[0]:
-                return
-            woken[0] = True
+    async def _close(self, stream: Any) -> None:
+        sd = portaudio()
+        # Closing a stream whose device hangs can block for good: give it 2 s, then abandon the thread.
+        with trio.CancelScope(shield=True), trio.move_on_after(2.0) as waited:
             try:
-                token.run_sync_soon(flush)
-            except trio.RunFinishedError:
-                pass
-
-        def on_finished() -> None:
-            try:
-                token.run_sync_soon(finished.set)
-            except trio.RunFinishedError:
-                pass
-
-        blocksize = rate * self.device_block_ms // 1000
-        try:
-            # Raw bytes, not numpy arrays: the callback runs 25 times a second on the audio thread, and building
-            # an array there costs more than the copy it makes.
-            stream = sd.RawInputStream(
-                device=index,
-                samplerate=rate,
-                channels=1,
-                dtype="int16",
-                blocksize=blocksize,
-                callback=callback,
-                finished_callback=on_finished,
-            )
-            await trio.to_thread.run_sync(stream.start)
-        except sd.PortAudioError as exc:
-            raise AudioDeviceError(f"cannot open input {self.device_name!r} at {rate} Hz: {exc}") from None
-        self.opened += 1
-        log.info("capturing from %s at %d Hz%s", self.device_name, rate, " (resampled)" if resampler else "")
-        try:
-            task_status.started()
-            while True:
-                # Relaxed: this loop is what hands the audio over. Otherwise the callback does, and the loop
-                # only watches for a stalled device.
-                with trio.move_on_after(self.relaxed_seconds if queue.relaxed else self.stall_timeout / 4):
-                    await finished.wait()
-                if finished.is_set():
-                    raise DeviceLost(f"input {self.device_name!r} stopped")
-                flush()
-                now = trio.current_time()
-                if last_arrival[0] < 0:
-                    last_arrival[0] = now
-                elif now - last_arrival[0] > self.stall_timeout:
-                    raise DeviceLost(f"input {self.device_name!r} delivered no audio for {self.stall_timeout:g} s")
-        finally:
-            # Closing a stream whose device hangs can block for good: give it 2 s, then abandon the thread.
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0) as waited:
-                try:
-                    await trio.to_thread.run_sync(stream.close, abandon_on_cancel=True)
-                except sd.PortAudioError as exc:
-                    log.debug("closing input: %s", exc)
-            if waited.cancelled_caught:
-                log.warning("input %r did not close within 2 s; abandoned", self.device_name)
-
-
-class DeviceSink(BlockSink):
-    """Plays through a sound card at its own rate, in callback mode.
-
-    ``_write_block`` appends to a short queue (``queued_blocks`` deep, ~60 ms) that PortAudio's callback
-    drains; a cancelled clip clears the queue, so the robot goes quiet within one device block. Callback mode
-    also avoids PortAudio's blocking-write path, which corrupts memory on its JACK backend. A device that
-    fails is reopened on the next block; if it cannot be, the audio is dropped (the robot goes on without a
-    voice instead of crashing the conversation).
-    """
-
-    name = "device"
-
-    def __init__(
-        self, device: str | int | None = None, block_ms: int = 20, volume: float = 1.0, queued_blocks: int = 3
-    ) -> None:
-        super().__init__(48_000, block_ms, volume)
-        self.device = device
-        self.queued_blocks = queued_blocks
-        self._stream: Any = None
-        self._generation = -1
-        self._pending: deque[np.ndarray] = deque()  # appended by Trio, popped by the audio thread
-        self._partial: np.ndarray | None = None  # audio-thread only: the rest of a block
-        self._drained: trio.Event | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._dead = False
-        self.reopened = 0
-        self.underruns = 0
-
-    def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        if status.output_underflow:
-            self.underruns += 1
-        filled = 0
-        out = outdata[:, 0]
-        while filled < frames:
-            chunk = self._partial
-            self._partial = None
-            if chunk is None:
-                try:
-                    chunk = self._pending.popleft()
-                except IndexError:
-                    break
-            take = min(frames - filled, len(chunk))
-            out[filled : filled + take] = chunk[:take]
-            filled += take
-            if take < len(chunk):
-                self._partial = chunk[take:]
-        out[filled:] = 0
-        tap = self.far_end
-        if tap is not None:  # exactly what goes to the card, silence after a barge-in cut included
-            tap.played(out, self.sample_rate)
-        self._wake()
-
-    def _wake(self) -> None:
-        # Only when a writer waits: an idle speaker must not wake the event loop 50 times a second.
-        drained, token = self._drained, self._token
-        if drained is not None and token is not None and not drained.is_set():
-            try:
-                token.run_sync_soon(drained.set)
-            except trio.RunFinishedError:
-                pass
-
-    def _on_finished(self) -> None:
-        self._dead = True
-        self._wake()
-
-    def _open_stream(self) -> None:
-        sd = _sd()
-        index = find_device_rescanning(self.device, "output")
-        self.sample_rate = pick_rate(sd, index, "output", int(sd.query_devices(index)["default_samplerate"]))
-        blocksize = self.sample_rate * self.block_ms // 1000
-        stream = sd.OutputStream(
-            device=index,
-            samplerate=self.sample_rate,
-            channels=1,
-            dtype="int16",
-            blocksize=blocksize,
-            callback=self._callback,
-            finished_callback=self._on_finished,
-        )
-        self._dead = False
-        stream.start()
-        self._stream, self._generation = stream, _generation
-        log.info("playing to %s at %d Hz", sd.query_devices(index)["name"], self.sample_rate)
-
-    def _close_stream(self) -> None:
-        stream, self._stream = self._stream, None
-        self._pending.clear()
-        if stream is not None and self._generation == _generation:
-            try:
-                stream.close()
-            except Exception as exc:  # noqa: BLE001  a dead stream can fail to close in many ways; it is gone either way
-                log.debug("closing output: %s", exc)
-
-    @asynccontextmanager
-    async def open(self) -> AsyncIterator[None]:
-        sd = _sd()
-        self._token = trio.lowlevel.current_trio_token()
-        try:
-            await trio.to_thread.run_sync(self._open_stream)
-        except sd.PortAudioError as exc:
-            raise AudioDeviceError(f"cannot open output {self.device!r}: {exc}") from None
-        try:
-            yield
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                await trio.to_thread.run_sync(self._close_stream, abandon_on_cancel=True)
-
-    async def play(self, audio: Audio, on_level: LevelCallback | None = None) -> None:
-        try:
-            await super().play(audio, on_level)
-            # let the queued tail play out before returning ("play returns when the clip has been heard")
-            while self._pending and self._usable():
-                await self._wait_drained(self.block_ms / 1000 * 2)
-        except trio.Cancelled:
-            self._pending.clear()  # quiet at the next device block
-            raise
-
-    def _tap(self, block: np.ndarray) -> None:
-        pass  # tapped in the callback, where the samples really leave
-
-    def _usable(self) -> bool:
-        return self._stream is not None and self._generation == _generation and not self._dead
-
-    async def _wait_drained(self, timeout: float) -> None:
-        self._drained = drained = trio.Event()
-        try:
-            with trio.move_on_after(timeout):
-                await drained.wait()
-        finally:
-            self._drained = None
-
-    async def _write_block(self, block: np.ndarray) -> None:
-        sd = _sd()
-        if not self._usable():
-            try:
-                await trio.to_thread.run_sync(self._reopen)
-            except (sd.PortAudioError, AudioDeviceError) as exc:
-                log.warning("output device unavailable, dropping audio: %s", exc)
-                await trio.sleep(len(block) / self.sample_rate)
-                return
-        self._pending.append(block)
-        deadline = trio.current_time() + 1.0  # a device that stops pulling audio is dead
-        while len(self._pending) > self.queued_blocks:
-            await self._wait_drained(self.block_ms / 1000 * 2)
-            if trio.current_time() > deadline:
-                log.warning("output device stopped taking audio; reopening")
-                self._dead = True
-                self._pending.clear()
-                return
-
-    def _reopen(self) -> None:
-        self._close_stream()
-        self._open_stream()
-        self.reopened += 1
+                await trio.to_thread.run_sync(stream.close, abandon_on_cancel=True)
+            except sd.PortAudioError as exc:
+                log.debug("closing input: %s", exc)
+        if waited.cancelled_caught:
+            log.warning("input %r did not close within 2 s; abandoned", self.device_name)

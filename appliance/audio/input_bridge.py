@@ -1,0 +1,64 @@
+"""Between PortAudio's audio thread and Trio, for one input stream.
+
+The callback runs on the audio thread: it only appends the raw bytes and, unless a hand-over is already
+scheduled (or the listener is relaxed and the watch loop hands over instead), asks Trio to ``flush``. ``flush``
+runs on the Trio side: it resamples if needed and cuts the audio into the blocks the listener takes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+import trio
+
+from appliance.audio.base import BlockQueue
+
+
+class InputBridge:
+    def __init__(self, source: Any, queue: BlockQueue, resampler: Any, token: trio.lowlevel.TrioToken) -> None:
+        self.source = source  # its block_size and max_pending; its overflow and drop counters
+        self.queue = queue
+        self.resampler = resampler
+        self.token = token
+        self.arrived: deque[bytes] = deque()  # appended by the audio thread, emptied by Trio
+        self.woken = False  # a flush is already scheduled (written by both threads; GIL-atomic)
+        self.last_arrival = trio.current_time()  # -1: "just now", stamped by Trio (the audio thread has no clock)
+        self.leftover = np.zeros(0, dtype=np.int16)
+        self.finished = trio.Event()
+
+    def flush(self) -> None:
+        self.woken = False
+        block_size = self.source.block_size
+        while self.arrived:
+            block = np.frombuffer(self.arrived.popleft(), dtype=np.int16)
+            if self.resampler is not None:
+                block = self.resampler.resample_chunk(block)
+            samples = np.concatenate([self.leftover, block]) if self.leftover.size else block
+            usable = len(samples) - len(samples) % block_size
+            for start in range(0, usable, block_size):
+                self.queue.put_nowait(samples[start : start + block_size])
+            self.leftover = samples[usable:].copy()
+
+    def callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        if status.input_overflow:
+            self.source.overflows += 1
+        if len(self.arrived) >= self.source.max_pending:
+            self.source.dropped_callbacks += 1  # never block the audio thread; drop newest here, queue drops oldest
+            return
+        self.arrived.append(bytes(indata))
+        self.last_arrival = -1.0
+        if self.queue.relaxed or self.woken:
+            return
+        self.woken = True
+        try:
+            self.token.run_sync_soon(self.flush)
+        except trio.RunFinishedError:
+            pass
+
+    def on_finished(self) -> None:
+        try:
+            self.token.run_sync_soon(self.finished.set)
+        except trio.RunFinishedError:
+            pass
