@@ -1,0 +1,71 @@
+"""Keeping the speaker's reference and the microphone paired: the echo's delay (GCC-PHAT) and the two clocks'
+drift (from the reference backlog's growth)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from appliance.audio.base import CAPTURE_RATE
+
+
+class DriftMeter:
+    """Clock drift between speaker and microphone (ppm) from the growth of the reference backlog.
+
+    The backlog jumps with every hand-over (the mic delivers in batches), so each second only its minimum
+    counts; the slope of those minima over the last ``window`` seconds is the drift.
+    """
+
+    def __init__(self, window: float = 60.0, min_span: float = 20.0) -> None:
+        self.window = window
+        self.min_span = min_span
+        self._points: deque[tuple[float, float]] = deque()  # (mic seconds, minimum backlog in samples)
+        self._second_min = math.inf
+        self._second = 0
+
+    def observe(self, mic_seconds: float, backlog: int) -> None:
+        second = int(mic_seconds)
+        if second != self._second:
+            if math.isfinite(self._second_min):
+                self._points.append((float(self._second), self._second_min))
+            self._second, self._second_min = second, math.inf
+            while self._points and self._points[0][0] < mic_seconds - self.window:
+                self._points.popleft()
+        self._second_min = min(self._second_min, backlog)
+
+    def reset(self) -> None:
+        self._points.clear()
+        self._second_min = math.inf
+
+    def ppm(self) -> float | None:
+        """Reference samples gained per microphone sample, in ppm (None until enough is seen)."""
+        if len(self._points) < 5 or self._points[-1][0] - self._points[0][0] < self.min_span:
+            return None
+        t = np.array([p[0] for p in self._points])
+        y = np.array([p[1] for p in self._points])
+        slope = float(np.polyfit(t, y, 1)[0])  # samples per second
+        return slope / CAPTURE_RATE * 1e6
+
+
+def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 500.0, min_ms: float = -200.0) -> float | None:
+    """Lag of ``far`` inside ``mic`` by GCC-PHAT (robust to the room's colouring), or None when unclear.
+
+    Negative: the echo arrives before its reference was handed to the canceller (the pairing is too late).
+    """
+    n = len(far) + len(mic)
+    size = 1 << (n - 1).bit_length()
+    f = np.fft.rfft(far.astype(np.float32), size)
+    m = np.fft.rfft(mic.astype(np.float32), size)
+    cross = m * np.conj(f)
+    cross /= np.abs(cross) + 1e-9
+    corr = np.fft.irfft(cross, size)
+    ahead = min(len(mic) - 1, int(max_ms * CAPTURE_RATE / 1000))
+    behind = min(len(far) - 1, int(-min_ms * CAPTURE_RATE / 1000))
+    window = np.concatenate([corr[size - behind :], corr[: ahead + 1]]) if behind else corr[: ahead + 1]
+    index = int(np.argmax(window))
+    peak = float(window[index])
+    if peak < 8.0 * float(np.median(np.abs(corr))) or peak <= 0.0:  # unrelated signals peak near 6x
+        return None
+    return (index - behind) * 1000.0 / CAPTURE_RATE
