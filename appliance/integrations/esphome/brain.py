@@ -15,7 +15,8 @@ import trio
 from appliance.errors import ProviderBadReply, ProviderRejected, ProviderTimeout, ProviderUnavailable
 from appliance.groups import single_error
 from appliance.integrations.esphome.media import stream_url
-from appliance.integrations.esphome.satellite import EV, Pipeline, Satellite
+from appliance.integrations.esphome.pipeline import EV, Pipeline
+from appliance.integrations.esphome.satellite import Satellite
 from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest
 
 log = logging.getLogger(__name__)
