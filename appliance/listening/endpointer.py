@@ -189,43 +189,61 @@ class Endpointer:
         self._run = self._run + 1 if speech else 0
         confirmed = self._run >= self.confirm_blocks
         if not self._speech:
-            if not confirmed:
-                self._history.append((block, level))
-                return None
-            self._open(self.preroll_blocks + self.confirm_blocks - 1)
-            self._speech.append(block)
-            self._levels.append(level)
-            self._voiced, self._quiet = 1, 0
-            return Onset(level)
+            return self._maybe_open(block, level, confirmed)
         self._speech.append(block)
         self._levels.append(level)
         if speech and not confirmed and (self._quiet > 0 or self._armed_blocks is not None):
             speech = False  # not (yet) a resumption: a blip
         if self._armed_blocks is not None:
-            speech = speech or hold  # after a wake word, a second opinion hearing speech is enough to start
-            if not speech:
-                self._armed_blocks -= 1
-                if self._armed_blocks <= 0:
-                    self._clear()
-                    return Discarded("no speech after the wake word")
-                return None
-            self._armed_blocks = None
-            self._voiced, self._quiet = 1, 0
-            return Onset(level)
+            # After a wake word, a second opinion hearing speech is enough to start.
+            return self._after_wake_word(speech or hold, level)
+        if self._count(speech, hold):
+            return Onset(level, resumed=True)
+        return self._decide(hold)
+
+    def _maybe_open(self, block: np.ndarray, level: float, confirmed: bool) -> Onset | None:
+        if not confirmed:
+            self._history.append((block, level))
+            return None
+        self._open(self.preroll_blocks + self.confirm_blocks - 1)
+        self._speech.append(block)
+        self._levels.append(level)
+        self._voiced, self._quiet = 1, 0
+        return Onset(level)
+
+    def _after_wake_word(self, speech: bool, level: float) -> EndpointResult | None:
+        assert self._armed_blocks is not None
+        if not speech:
+            self._armed_blocks -= 1
+            if self._armed_blocks <= 0:
+                self._clear()
+                return Discarded("no speech after the wake word")
+            return None
+        self._armed_blocks = None
+        self._voiced, self._quiet = 1, 0
+        return Onset(level)
+
+    def _count(self, speech: bool, hold: bool) -> bool:
+        """Count one block of the open utterance as voiced, held or quiet; True when speech resumed after an
+        early hand-out (what was handed out is now incomplete: the whole is handed out again)."""
         if speech:
             self._voiced += 1
             self._held = 0
             resumed = self._sent_early and self._quiet > 0
             self._quiet = 0
             if resumed:
-                self._sent_early = False  # what was handed out is now incomplete: hand out the whole again
-                return Onset(level, resumed=True)
-        elif hold and self._command and self._held < self.max_hold_blocks:
+                self._sent_early = False
+            return resumed
+        if hold and self._command and self._held < self.max_hold_blocks:
             self._heard += 1
             self._held += 1  # a command the second opinion still hears goes on under the noise: not quiet yet
         else:
             self._quiet += 1
             self._heard += hold
+        return False
+
+    def _decide(self, hold: bool) -> EndpointResult | None:
+        """Whether the open utterance ends here: too long, silent long enough, or ready to hand out early."""
         if len(self._speech) >= self.max_blocks:
             return self._close("max_duration")
         if self._forced:
