@@ -161,6 +161,19 @@ class ConversationService:
         """A turn is running (answering, or speaking its reply)."""
         return self.current is not None and not self.current.done.is_set()
 
+    async def wait_idle(self) -> None:
+        """Return once no turn is running (at once when none is)."""
+        while (turn := self.current) is not None and not turn.done.is_set():
+            await turn.done.wait()
+
+    def use_brain(self, brain: Brain) -> None:
+        """Answer the next turns with ``brain`` (a running turn keeps the brain it started with)."""
+        self.brain = brain
+
+    def use_sink(self, sink: AudioSink) -> None:
+        """Speak through ``sink`` from this service's next start on (restart it to switch now)."""
+        self.sink = sink
+
     async def start_turn(self, utterance: Utterance, brain: Brain | None = None) -> ActiveTurn:
         """Interrupt whatever is running, then start answering ``utterance``."""
         if self._nursery is None:
