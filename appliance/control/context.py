@@ -130,9 +130,7 @@ class ControlContext:
                 self._apply_audio(new, fields, result, restart)
             elif section == "conversation":
                 conv = new.conversation
-                app.conversation.history.limit = conv.history_limit
-                app.conversation.history.idle_timeout = conv.idle_timeout
-                app.conversation.error_message = conv.error_message
+                app.conversation.update_settings(conv)
                 app.state.error_display = conv.error_display
                 result.applied.append("conversation")
                 rebuild_brain |= bool(fields & _BRAIN_FIELDS)

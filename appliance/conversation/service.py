@@ -33,6 +33,7 @@ from appliance.events import (
     TurnTimings,
 )
 from appliance.groups import single_error
+from appliance.settings.conversation import ConversationConfig
 from appliance.turns import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,12 @@ class ConversationService:
         """Return once no turn is running (at once when none is)."""
         while (turn := self.current) is not None and not turn.done.is_set():
             await turn.done.wait()
+
+    def update_settings(self, config: ConversationConfig) -> None:
+        """New history limits and error message: they apply from the next turn, no restart needed."""
+        self.history.limit = config.history_limit
+        self.history.idle_timeout = config.idle_timeout
+        self.error_message = config.error_message
 
     def use_brain(self, brain: Brain) -> None:
         """Answer the next turns with ``brain`` (a running turn keeps the brain it started with)."""
