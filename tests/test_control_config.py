@@ -89,6 +89,17 @@ async def test_volume_applies_live_without_restarts(robot: Robot):
     assert set(reconfigured(robot).values()) == {0}
 
 
+async def test_history_limits_and_error_message_apply_live_without_restarts(robot: Robot):
+    patch = {"conversation": {"history_limit": 7, "idle_timeout": 42.0, "error_message": "Oops, again."}}
+    async with robot.client() as api:
+        body = (await api.patch("/v1/config", json=patch)).json()
+    assert body["applied"] == ["conversation"] and body["restarted"] == []
+    conversation = robot.appliance.conversation
+    assert (conversation.history.limit, conversation.history.idle_timeout) == (7, 42.0)
+    assert conversation.error_message == "Oops, again."
+    assert set(reconfigured(robot).values()) == {0}
+
+
 async def test_prompt_change_rebuilds_the_brain_and_null_resets(robot: Robot):
     old_brain = robot.appliance.conversation.brain
     async with robot.client() as api:
