@@ -111,8 +111,7 @@ class Speaker:
 
     async def _wait_idle(self) -> None:
         with trio.CancelScope() as self._waiting:
-            while (turn := self.conversation.current) is not None and not turn.done.is_set():
-                await turn.done.wait()
+            await self.conversation.wait_idle()
         self._waiting = None
 
     async def _speak(self, job: SayJob) -> None:

@@ -4,6 +4,9 @@ Each subsystem is started with ``nursery.start`` and is ready when it calls ``ta
 READY=1 goes to systemd once every one has. A subsystem that raises is logged and restarted after a delay
 that doubles up to a cap. A required one that keeps failing ends the process with an error, so systemd
 restarts the whole appliance; an optional one keeps being retried at the capped delay.
+
+A configuration change is not a failure: ``reconfigure(name, section)`` hands a service its new settings and
+``restart(name)`` stops its running instance and starts it again in place, without counting towards giving up.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class ServiceRecord:
     restarts: int = 0
     last_error: str | None = None
     failures: deque[float] = field(default_factory=deque)
+    reconfigured: int = 0  # restarts for a configuration change (not failures)
+    scope: trio.CancelScope | None = field(default=None, repr=False)  # the running instance's, for restart()
+    running: trio.Event = field(default_factory=trio.Event, repr=False)
 
 
 class Supervisor:
@@ -67,6 +73,45 @@ class Supervisor:
         if service.name in self.records:
             raise ValueError(f"two services named {service.name!r}")
         self.records[service.name] = ServiceRecord(service, required)
+
+    async def restart(self, name: str) -> bool:
+        """Stop ``name``'s running instance and wait until the new one is ready; False if it was not running."""
+        record = self.records[name]
+        scope = record.scope
+        if scope is None:
+            return False
+        record.reconfigured += 1
+        record.running = trio.Event()
+        log.info("restarting %s for new configuration", name, extra={"service": name})
+        self.bus.publish(ServiceStatus(name, "restarting", error="new configuration"))
+        scope.cancel()
+        with trio.move_on_after(10):
+            await record.running.wait()
+        return True
+
+    def takes_settings(self, name: str) -> bool:
+        """Whether ``name`` is supervised and can be handed new settings by ``reconfigure``."""
+        record = self.records.get(name)
+        if record is None:
+            return False
+        return callable(getattr(record.service, "reconfigure", None)) or hasattr(record.service, "config")
+
+    async def reconfigure(self, name: str, section: Any) -> bool:
+        """Give ``name`` its new settings and restart it; False when the service takes no new settings.
+
+        A service takes them through its ``reconfigure(section)``, or, if its only settings are one config
+        section, as its ``config`` attribute.
+        """
+        service = self.records[name].service
+        reconfigure = getattr(service, "reconfigure", None)
+        if callable(reconfigure):
+            reconfigure(section)
+        elif hasattr(service, "config"):
+            service.config = section
+        else:
+            return False
+        await self.restart(name)
+        return True
 
     def stop(self, reason: str = "requested") -> None:
         """Begin a clean shutdown."""
@@ -109,7 +154,7 @@ class Supervisor:
             self._set(record, "starting")
             try:
                 async with trio.open_nursery() as inner:
-                    await inner.start(record.service.run)
+                    await inner.start(self._run, record)
                     self._set(record, "running")
                     if not signalled:
                         signalled = True
@@ -136,6 +181,27 @@ class Supervisor:
             self._set(record, "restarting")
             log.warning("restarting %s in %.1f s (%s)", name, delay, error, extra={"service": name})
             await trio.sleep(delay)
+
+    async def _run(self, record: ServiceRecord, *, task_status: trio.TaskStatus[None]) -> None:
+        """Run the service; a ``restart`` starts it again in place, which the supervisor does not see."""
+        name = record.service.name
+        first = True
+        while True:
+            try:
+                with trio.CancelScope() as scope:
+                    record.scope = scope
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(record.service.run)
+                        record.running.set()
+                        if first:
+                            first = False
+                            task_status.started()
+                        else:
+                            self.bus.publish(ServiceStatus(name, "running", error="restarted for new configuration"))
+                    return  # the service ended by itself: _supervise decides what that means
+                # Only restart() cancels this scope; an outer cancellation propagates past the `with`.
+            finally:
+                record.scope = None
 
     def _set(self, record: ServiceRecord, status: str) -> None:
         record.status = status

@@ -28,7 +28,7 @@ async def robot(tmp_path):
 
 
 def reconfigured(robot: Robot) -> dict[str, int]:
-    return {n: getattr(r.service, "reconfigured", 0) for n, r in robot.appliance.supervisor.records.items()}
+    return {n: r.reconfigured for n, r in robot.appliance.supervisor.records.items()}
 
 
 async def test_good_patch_is_written_kept_and_restarts_only_listening(robot: Robot):
@@ -86,6 +86,17 @@ async def test_volume_applies_live_without_restarts(robot: Robot):
         body = (await api.patch("/v1/config", json={"audio": {"volume": 0.4}})).json()
     assert body["applied"] == ["audio.volume"] and body["restarted"] == []
     assert robot.sink.volume == 0.4
+    assert set(reconfigured(robot).values()) == {0}
+
+
+async def test_history_limits_and_error_message_apply_live_without_restarts(robot: Robot):
+    patch = {"conversation": {"history_limit": 7, "idle_timeout": 42.0, "error_message": "Oops, again."}}
+    async with robot.client() as api:
+        body = (await api.patch("/v1/config", json=patch)).json()
+    assert body["applied"] == ["conversation"] and body["restarted"] == []
+    conversation = robot.appliance.conversation
+    assert (conversation.history.limit, conversation.history.idle_timeout) == (7, 42.0)
+    assert conversation.error_message == "Oops, again."
     assert set(reconfigured(robot).values()) == {0}
 
 

@@ -10,10 +10,10 @@ import trio
 
 from appliance.bus import EventBus
 from appliance.control.histories import HistoryStore
-from appliance.control.restart import Restartable
 from appliance.control.sse import EventStream, Slots, format_event
 from appliance.conversation.journal import TurnJournal
 from appliance.events import ServiceStatus, TurnFinished, TurnTimings
+from appliance.supervisor import Supervisor
 
 
 async def test_a_stuck_client_is_dropped_and_its_slot_freed(autojump_clock):
@@ -145,20 +145,41 @@ class Counter:
         await trio.sleep_forever()
 
 
-async def test_restartable_restarts_in_place(autojump_clock):
+async def test_the_supervisor_restarts_a_service_in_place_for_new_configuration(autojump_clock):
     bus = EventBus()
     inner = Counter()
-    wrapped = Restartable(inner, bus)
+    supervisor = Supervisor(bus, handle_signals=False)
+    supervisor.add(inner)
     with bus.subscribe(ServiceStatus, name="test") as sub:
         async with trio.open_nursery() as nursery:
-            await nursery.start(wrapped.run)
+            await nursery.start(supervisor.run)
+            while sub.receive.statistics().current_buffer_used:
+                sub.receive.receive_nowait()  # the start's own statuses
             assert inner.starts == 1
-            await wrapped.restart()
-            assert inner.starts == 2 and wrapped.reconfigured == 1
-            assert wrapped.starts == 2  # attributes of the wrapped service show through
+            assert await supervisor.restart("counter")
+            record = supervisor.records["counter"]
+            assert inner.starts == 2 and record.reconfigured == 1
+            assert record.restarts == 0 and record.status == "running"  # not a failure
+            assert record.service is inner  # restarted in place, nothing swapped in
             nursery.cancel_scope.cancel()
         statuses = [sub.receive.receive_nowait().status for _ in range(2)]
     assert statuses == ["restarting", "running"]
+
+
+async def test_reconfigure_hands_over_new_settings_then_restarts(autojump_clock):
+    class Configured(Counter):
+        name = "configured"
+        config = "old"
+
+    service = Configured()
+    supervisor = Supervisor(EventBus(), handle_signals=False)
+    supervisor.add(service)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        assert supervisor.takes_settings("configured") and not supervisor.takes_settings("absent")
+        assert await supervisor.reconfigure("configured", "new")
+        assert service.config == "new" and service.starts == 2
+        nursery.cancel_scope.cancel()
 
 
 async def test_the_journal_still_writes_after_its_writer_stopped(tmp_path):

@@ -212,6 +212,10 @@ class BrainService:
     def __init__(self, brain: Any) -> None:
         self.brain = brain  # None after a reconfiguration to a brain without background work
 
+    def reconfigure(self, brain: Any) -> None:
+        """The new brain list's background work (None: none); takes effect when the supervisor restarts this."""
+        self.brain = brain
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.brain is None:
             task_status.started()

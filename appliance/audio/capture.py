@@ -60,6 +60,10 @@ class CaptureService:
         self._unmuted = trio.Event()
         self.echo: Any = None  # appliance.audio.echo.WebRtcEchoCanceller, set by the app when echo_cancel is on
 
+    def reconfigure(self, source: AudioSource) -> None:
+        """Read from ``source`` (a new input device) from the next start on; the supervisor restarts this."""
+        self.source = source
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with ExitStack() as stack:
             sub = stack.enter_context(self.bus.subscribe(MuteRequested, name=self.name)) if self.bus else None

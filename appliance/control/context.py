@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -20,7 +20,6 @@ from appliance.commands import Commands
 from appliance.config import AppConfig
 from appliance.control.histories import HistoryStore
 from appliance.control.metrics import Metrics
-from appliance.control.restart import Restartable
 from appliance.control.sse import Slots
 from appliance.events import State, StateChanged, TurnFinished
 from appliance.settings.control import ControlConfig
@@ -34,6 +33,7 @@ log = logging.getLogger(__name__)
 _BRAIN_FIELDS = {"brain", "brains", "system_prompt", "system_prompt_params", "offline_message"}
 _INPUT_FIELDS = {"input", "input_device", "input_file", "simulated_speech_after", "simulated_repeat"}
 _OUTPUT_FIELDS = {"output", "output_device", "output_file"}
+_SAME = object()  # restart a subsystem with the settings it has
 
 
 @dataclass
@@ -50,7 +50,6 @@ class ControlContext:
         store: HistoryStore,
         metrics: Metrics,
         speaker: Speaker,
-        restartables: dict[str, Restartable],
         token: str | None,
         config_path: Path | None,
         environ: Mapping[str, str] | None = None,
@@ -60,7 +59,6 @@ class ControlContext:
         self.store = store
         self.metrics = metrics
         self.speaker = speaker
-        self.restartables = restartables
         self.token = token
         self.config_path = config_path
         self.environ = os.environ if environ is None else environ
@@ -113,7 +111,7 @@ class ControlContext:
         result = ApplyResult()
         app = self.appliance
         app.config = new
-        restart: list[str] = []
+        restart: dict[str, Any] = {}  # subsystem -> its new settings (_SAME: restart with what it has)
         rebuild_brain = False
         for section, fields in changes.items():
             if section == "log":
@@ -123,8 +121,7 @@ class ControlContext:
                 app.supervisor.config = new.supervisor
                 result.applied.append("supervisor")
             elif section == "listening":
-                app.listening.config = new.listening
-                restart.append("listening")
+                restart["listening"] = new.listening
             elif section in ("hardware", "gpio"):
                 # The body's parts are built from the whole section (presets, shared pin checks): a
                 # change applies at the next start rather than being half-applied now.
@@ -133,49 +130,47 @@ class ControlContext:
                 self._apply_audio(new, fields, result, restart)
             elif section == "conversation":
                 conv = new.conversation
-                app.conversation.history.limit = conv.history_limit
-                app.conversation.history.idle_timeout = conv.idle_timeout
-                app.conversation.error_message = conv.error_message
+                app.conversation.update_settings(conv)
                 app.state.error_display = conv.error_display
                 result.applied.append("conversation")
                 rebuild_brain |= bool(fields & _BRAIN_FIELDS)
             elif section in ("stt", "llm", "tts", "openai", "remote", "failover"):
                 app.conversation.mid_reply_message = new.failover.mid_reply_message
                 rebuild_brain = True
-            elif section in self.restartables and hasattr(self.restartables[section].inner, "config"):
-                self.restartables[section].inner.config = getattr(new, section)  # type: ignore[attr-defined]
-                restart.append(section)
+            elif app.supervisor.takes_settings(section):
+                restart[section] = getattr(new, section)
             else:
                 result.restart_required.append(section)
         if rebuild_brain:
             await self._rebuild_brain(new)
             result.restarted.append("brain")
-        for name in dict.fromkeys(restart):
-            service = self.restartables.get(name)
-            if service is None:
+        for name, settings in restart.items():
+            if name not in app.supervisor.records:
                 result.restart_required.append(name)
                 continue
-            await service.restart()
+            if settings is _SAME:
+                await app.supervisor.restart(name)
+            else:
+                await app.supervisor.reconfigure(name, settings)
             result.restarted.append(name)
         return result
 
-    def _apply_audio(self, new: AppConfig, fields: set[str], result: ApplyResult, restart: list[str]) -> None:
+    def _apply_audio(self, new: AppConfig, fields: set[str], result: ApplyResult, restart: dict[str, Any]) -> None:
         from appliance.assembly.devices import make_sink, make_source
 
         app = self.appliance
         if "volume" in fields and hasattr(app.sink, "volume"):
             app.sink.volume = new.audio.volume
             result.applied.append("audio.volume")
-        if fields & _INPUT_FIELDS and "capture" in self.restartables:
+        if fields & _INPUT_FIELDS and "capture" in app.supervisor.records:
             source = make_source(new)
             app.source = source
-            self.restartables["capture"].inner.source = source  # type: ignore[attr-defined]
-            restart.append("capture")
+            restart["capture"] = source
         if fields & _OUTPUT_FIELDS:
             sink = make_sink(new)
             app.sink = sink
-            app.conversation.sink = sink
-            restart.append("conversation")
+            app.conversation.use_sink(sink)
+            restart["conversation"] = _SAME
         if "block_ms" in fields:
             result.restart_required.append("audio.block_ms")
 
@@ -190,11 +185,9 @@ class ControlContext:
         brain, _prewarm, background = build_brain(new, voice, app.bus, app.tools, builders=app.brain_builders)
         brain = wrap_for_text_wake(new, brain)
         app.brain = brain
-        app.conversation.brain = brain
-        brains = self.restartables.get("brains")  # remote sessions and health probes of the old brain list
-        if brains is not None:
-            brains.inner.brain = background  # type: ignore[attr-defined]
-            await brains.restart()
+        app.conversation.use_brain(brain)
+        if "brains" in app.supervisor.records:  # remote sessions and health probes of the old brain list
+            await app.supervisor.reconfigure("brains", background)
         elif background is not None:
             log.info("the new brain list runs without background probes until the next start")
         log.info("brain rebuilt for new configuration: %s", brain.name)

@@ -22,7 +22,6 @@ from appliance.auth import ControlSetupError, check_bind, resolve_token
 from appliance.control.context import ControlContext
 from appliance.control.histories import HistoryStore
 from appliance.control.metrics import Metrics
-from appliance.control.restart import make_restartable
 from appliance.conversation.journal import TurnJournal
 from appliance.files import default_state_dir
 from appliance.settings_base import ConfigError
@@ -131,7 +130,6 @@ def add_control(
         check_bind(config, token)
     except ControlSetupError as exc:
         raise ConfigError("control", [str(exc)]) from None
-    restartables = make_restartable(appliance.supervisor)
     state_dir = config.state_dir or default_state_dir(environ)
     store = HistoryStore(state_dir / "histories", config.max_histories)
     # The conversation writes each turn ahead into the journal the store reads back.
@@ -139,7 +137,7 @@ def add_control(
     appliance.conversation.journal = journal
     appliance.supervisor.add(journal, required=False)
     speaker = Speaker(appliance.conversation, appliance.bus, config.max_queued_says)
-    ctx = ControlContext(appliance, store, Metrics(), speaker, restartables, token, config_path, environ)
+    ctx = ControlContext(appliance, store, Metrics(), speaker, token, config_path, environ)
     service = ControlService(ctx)
     appliance.supervisor.add(service, required=False)
     appliance.control = service

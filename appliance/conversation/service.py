@@ -33,6 +33,7 @@ from appliance.events import (
     TurnTimings,
 )
 from appliance.groups import single_error
+from appliance.settings.conversation import ConversationConfig
 from appliance.turns import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,25 @@ class ConversationService:
     def busy(self) -> bool:
         """A turn is running (answering, or speaking its reply)."""
         return self.current is not None and not self.current.done.is_set()
+
+    async def wait_idle(self) -> None:
+        """Return once no turn is running (at once when none is)."""
+        while (turn := self.current) is not None and not turn.done.is_set():
+            await turn.done.wait()
+
+    def update_settings(self, config: ConversationConfig) -> None:
+        """New history limits and error message: they apply from the next turn, no restart needed."""
+        self.history.limit = config.history_limit
+        self.history.idle_timeout = config.idle_timeout
+        self.error_message = config.error_message
+
+    def use_brain(self, brain: Brain) -> None:
+        """Answer the next turns with ``brain`` (a running turn keeps the brain it started with)."""
+        self.brain = brain
+
+    def use_sink(self, sink: AudioSink) -> None:
+        """Speak through ``sink`` from this service's next start on (restart it to switch now)."""
+        self.sink = sink
 
     async def start_turn(self, utterance: Utterance, brain: Brain | None = None) -> ActiveTurn:
         """Interrupt whatever is running, then start answering ``utterance``."""

@@ -58,7 +58,7 @@ def _subsystems(ctx: ControlContext, out: Exposition) -> None:
     records = ctx.appliance.supervisor.records
     restarts = [({"subsystem": n}, r.restarts) for n, r in records.items()]
     out.family("appliance_subsystem_restarts_total", "counter", "restarts after a failure", restarts)
-    reconfigured = [({"subsystem": n}, getattr(r.service, "reconfigured", 0)) for n, r in records.items()]
+    reconfigured = [({"subsystem": n}, r.reconfigured) for n, r in records.items()]
     out.family("appliance_subsystem_reconfigured_total", "counter", "restarts for a configuration change", reconfigured)
     up = [({"subsystem": n}, int(r.status == "running")) for n, r in records.items()]
     out.family("appliance_subsystem_up", "gauge", "1 while the subsystem runs", up)

@@ -86,7 +86,7 @@ def _subsystems(ctx: ControlContext) -> list[m.Subsystem]:
             status=record.status,
             required=record.required,
             restarts=record.restarts,
-            reconfigured=getattr(record.service, "reconfigured", 0),
+            reconfigured=record.reconfigured,
             last_error=record.last_error,
         )
         for name, record in ctx.appliance.supervisor.records.items()
