@@ -70,7 +70,7 @@ class NoSTT:
 
 
 def brain(llm: ScriptedLLM, tts: SlowTTS, prefetch: int) -> CloudBrain:
-    return CloudBrain(NoSTT(), llm, tts, "system", prefetch=prefetch)  # type: ignore[arg-type]
+    return CloudBrain.build(NoSTT(), llm, tts, "system", prefetch=prefetch)  # type: ignore[arg-type]
 
 
 async def reply(cloud: CloudBrain) -> list[tuple[str, float]]:

@@ -9,7 +9,7 @@ ends the reply; ``rewrite`` replaces the text and carries on.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -73,7 +73,7 @@ class HookGuardrail:
         raise TypeError(f"guardrail {self.name!r} returned {type(result).__name__}; expected None, str or Verdict")
 
 
-async def apply(guardrails: list[Any], target: Target, text: str) -> Verdict | None:
+async def apply(guardrails: Sequence[Any], target: Target, text: str) -> Verdict | None:
     """Run the guardrails for ``target`` in order; the first block wins, rewrites accumulate."""
     rewritten = text
     for g in guardrails:

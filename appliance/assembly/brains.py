@@ -137,7 +137,7 @@ def _build_cloud_brain(
         from appliance.agent.vision import camera_tool
 
         registry.add(camera_tool(camera))
-    brain = CloudBrain(
+    brain = CloudBrain.build(
         stt,
         llm,
         tts,

@@ -12,12 +12,13 @@ interrupts an unanswered one, and an on-finish hook for long-term memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from appliance.brains.cloud_settings import CloudAgent, CloudSettings, FinishedTurn
 from appliance.brains.speech_queue import SpeechQueue
 from appliance.conversation.prompt import render_prompt
 from appliance.conversation.sentences import SentenceSplitter
@@ -31,17 +32,6 @@ from appliance.streams import closing
 from appliance.turns import BrainOutput, Message, ReplyChunk, Transcript, TurnRequest
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FinishedTurn:
-    """What an on-finish hook gets: enough to store a long-term memory of the exchange."""
-
-    turn_id: str
-    conversation_id: str
-    user_text: str
-    reply_text: str
-    tool_results: tuple[ToolResult, ...] = ()
 
 
 @dataclass
@@ -71,8 +61,26 @@ class CloudBrain:
         stt: SpeechRecognizer,
         llm: LLMService,
         tts: SpeechSynthesizer,
+        settings: CloudSettings,
+        agent: CloudAgent | None = None,
+    ) -> None:
+        self.stt = stt
+        self.llm = llm
+        self.tts = tts
+        self.settings = settings
+        self.agent = agent or CloudAgent()
+        self.prefetch = settings.prefetch  # the server raises it to its TTS concurrency
+        self.voices = dict(self.agent.voices)
+        self._previous: _Previous | None = None
+
+    @classmethod
+    def build(
+        cls,
+        stt: SpeechRecognizer,
+        llm: LLMService,
+        tts: SpeechSynthesizer,
         system_prompt: str,
-        prompt_params: dict[str, str] | None = None,
+        prompt_params: Mapping[str, str] | None = None,
         language: str | None = None,
         prefetch: int = 2,
         first_token_timeout: float = 30.0,
@@ -81,34 +89,29 @@ class CloudBrain:
         max_tool_rounds: int = 4,
         progress_after: float = 1.5,
         progress_message: str = "",
-        voices: dict[str, SpeechSynthesizer] | None = None,
+        voices: Mapping[str, SpeechSynthesizer] | None = None,
         guardrails: Sequence[Any] = (),
         camera: Any = None,
         merge_window: float = 0.0,
         on_finish: Callable[[FinishedTurn], Any] | None = None,
         on_finish_timeout: float = 10.0,
         jobs: Any = None,
-    ) -> None:
-        self.stt = stt
-        self.llm = llm
-        self.tts = tts
-        self.system_prompt = system_prompt
-        self.prompt_params = dict(prompt_params or {})
-        self.language = language
-        self.prefetch = prefetch
-        self.first_token_timeout = first_token_timeout
-        self.tools = tools  # a ToolRegistry (or None): read at every turn, so tools can come and go
-        self.max_tool_rounds = max_tool_rounds
-        self.progress_after = progress_after
-        self.progress_message = progress_message
-        self.voices = dict(voices or {})
-        self.guardrails = list(guardrails)
-        self.camera = camera
-        self.merge_window = merge_window
-        self.on_finish = on_finish
-        self.on_finish_timeout = on_finish_timeout
-        self.jobs = jobs  # a BackgroundJobs service for the on-finish hook
-        self._previous: _Previous | None = None
+    ) -> CloudBrain:
+        """The flat form, for a caller holding the config sections: sorts the values into the two groups."""
+        settings = CloudSettings(
+            system_prompt,
+            dict(prompt_params or {}),
+            language,
+            prefetch,
+            first_token_timeout,
+            max_tool_rounds,
+            progress_after,
+            progress_message,
+            merge_window,
+            on_finish_timeout,
+        )
+        agent = CloudAgent(tools, dict(voices or {}), tuple(guardrails), camera, on_finish, jobs)
+        return cls(stt, llm, tts, settings, agent)
 
     # --- the turn ---------------------------------------------------------------------------------
 
@@ -120,7 +123,7 @@ class CloudBrain:
             text = utterance.text
             if text is None:
                 assert utterance.audio is not None
-                text = await self.stt.transcribe(utterance.audio, self.language)
+                text = await self.stt.transcribe(utterance.audio, self.settings.language)
             if not text.strip():
                 return
             await out.send(Transcript(text))
@@ -128,7 +131,7 @@ class CloudBrain:
             asked = " ".join(parts)
             previous = _Previous(asked, request.conversation_id, trio.current_time(), parts=parts)
             self._previous = previous
-            verdict = await guardrails.apply(self.guardrails, "request", asked)
+            verdict = await guardrails.apply(self.agent.guardrails, "request", asked)
             if verdict is not None and verdict.action == "block":
                 log.info("request blocked by a guardrail", extra={"turn_id": request.turn_id})
                 await self._say_directly(verdict.text, out)
@@ -136,9 +139,11 @@ class CloudBrain:
                 return
             if verdict is not None:
                 asked = verdict.text
-            system = render_prompt(self.system_prompt, {**self.prompt_params, **request.prompt_params})
+            system = render_prompt(
+                self.settings.system_prompt, {**self.settings.prompt_params, **request.prompt_params}
+            )
             messages = (*history, Message("user", asked))
-            state = _Reply(self.language)
+            state = _Reply(self.settings.language)
             with single_error():
                 await self._speak_reply(system, messages, request.conversation_id, state, out)
             previous.answered = True
@@ -153,11 +158,11 @@ class CloudBrain:
         history = tuple(request.history)
         prev = self._previous
         if (
-            self.merge_window <= 0
+            self.settings.merge_window <= 0
             or prev is None
             or prev.answered
             or prev.conversation_id != request.conversation_id
-            or trio.current_time() - prev.started > self.merge_window
+            or trio.current_time() - prev.started > self.settings.merge_window
         ):
             return history, (text,)
         # The interrupted parts are in the history unanswered: they are now part of this request.
@@ -172,26 +177,28 @@ class CloudBrain:
         await out.send(ReplyChunk(text, voice_text, tags, audio))
 
     async def _finished(self, request: TurnRequest, user_text: str, state: _Reply) -> None:
-        if self.on_finish is None:
+        if self.agent.on_finish is None:
             return
         from appliance.hooks import call_hook
 
         summary = FinishedTurn(
             request.turn_id, request.conversation_id, user_text, " ".join(state.texts), tuple(state.tool_results)
         )
-        hook = self.on_finish
-        if self.jobs is not None:  # the usual way: the turn ends now, memory is stored meanwhile
-            self.jobs.submit(f"on_finish {request.turn_id}", lambda: call_hook(hook, summary))
+        hook = self.agent.on_finish
+        if self.agent.jobs is not None:  # the usual way: the turn ends now, memory is stored meanwhile
+            self.agent.jobs.submit(f"on_finish {request.turn_id}", lambda: call_hook(hook, summary))
             return
         # No background service (a brain built outside the appliance): shielded, since the reply is complete
         # and a barge-in now must not lose the memory of it, and bounded.
-        with trio.CancelScope(shield=True), trio.move_on_after(self.on_finish_timeout) as waited:
+        with trio.CancelScope(shield=True), trio.move_on_after(self.settings.on_finish_timeout) as waited:
             try:
                 await call_hook(hook, summary)
             except Exception:
                 log.warning("on-finish hook failed", exc_info=True, extra={"turn_id": request.turn_id})
         if waited.cancelled_caught:
-            log.warning("on-finish hook gave up after %g s", self.on_finish_timeout, extra={"turn_id": request.turn_id})
+            log.warning(
+                "on-finish hook gave up after %g s", self.settings.on_finish_timeout, extra={"turn_id": request.turn_id}
+            )
 
     async def _speak_reply(
         self,
@@ -229,17 +236,17 @@ class CloudBrain:
         rounds: list[ToolRound] = []
         images: tuple[Image, ...] = ()
         looked = False
-        for round_number in range(self.max_tool_rounds + 1):
-            tools = self.tools.specs() if self.tools is not None else ()
+        for round_number in range(self.settings.max_tool_rounds + 1):
+            tools = self.agent.tools.specs() if self.agent.tools is not None else ()
             text, calls, look = await self._read_llm(
                 system, messages, tools, tuple(rounds), images, conversation_id, state, speech
             )
-            if look and not looked and self.camera is not None:
+            if look and not looked and self.agent.camera is not None:
                 looked = True
                 from appliance.agent.vision import CameraError
 
                 try:
-                    images = (await self.camera.capture(),)
+                    images = (await self.agent.camera.capture(),)
                     note = "(Here is what the camera sees.)"
                 except CameraError as exc:  # say so, rather than fail the turn over a camera
                     log.warning("camera: %s", exc)
@@ -248,8 +255,8 @@ class CloudBrain:
                 continue
             if not calls:
                 return
-            if round_number == self.max_tool_rounds:
-                log.warning("model still calling tools after %d rounds; stopping", self.max_tool_rounds)
+            if round_number == self.settings.max_tool_rounds:
+                log.warning("model still calling tools after %d rounds; stopping", self.settings.max_tool_rounds)
                 return
             results = await self._run_tools(calls, state, speech)
             rounds.append(ToolRound(text, results))
@@ -284,10 +291,10 @@ class CloudBrain:
             first = True
             while True:
                 if first:
-                    with trio.move_on_after(self.first_token_timeout) as waited:
+                    with trio.move_on_after(self.settings.first_token_timeout) as waited:
                         event = await anext(events, None)
                     if waited.cancelled_caught:
-                        raise ProviderTimeout(self.llm.name, f"no reply within {self.first_token_timeout:g} s")
+                        raise ProviderTimeout(self.llm.name, f"no reply within {self.settings.first_token_timeout:g} s")
                     first = False
                 else:
                     event = await anext(events, None)
@@ -317,14 +324,14 @@ class CloudBrain:
 
         async def run(index: int, call: ToolCall) -> None:
             log.info("tool call %s", call.name, extra={"tool": call.name})
-            results[index] = await self.tools.run(call)
+            results[index] = await self.agent.tools.run(call)
 
         async def progress() -> None:
-            with trio.move_on_after(self.progress_after):
+            with trio.move_on_after(self.settings.progress_after):
                 await finished.wait()
                 return
-            sentence = next((t.progress for c in calls if (t := self.tools.get(c.name)) and t.progress), None)
-            sentence = sentence or self.progress_message
+            sentence = next((t.progress for c in calls if (t := self.agent.tools.get(c.name)) and t.progress), None)
+            sentence = sentence or self.settings.progress_message
             if sentence:
                 await self._queue(sentence, state, speech)
 
@@ -353,9 +360,9 @@ class CloudBrain:
             if tag.name == "lang":
                 state.language = tag.value.lower()
             elif tag.name == "vision":
-                look = self.camera is not None
+                look = self.agent.camera is not None
         if voice_text:
-            verdict = await guardrails.apply(self.guardrails, "reply", voice_text)
+            verdict = await guardrails.apply(self.agent.guardrails, "reply", voice_text)
             if verdict is not None:
                 blocked = verdict.action == "block"
                 sentence = voice_text = verdict.text
