@@ -12,7 +12,6 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -20,26 +19,22 @@ import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream
-from appliance.audio.convert import encode_wav
+from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.brains.avatar_protocol import (
     CLIENT_TYPES,
     ProtocolError,
-    avatar_control_from_tags,
     b64decode,
-    b64encode,
-    control_tags,
 )
 from appliance.conversation.history import ConversationHistory
 from appliance.errors import ProviderError
 from appliance.groups import single_error
-from appliance.listening.endpointer import EnergyEndpointer, Onset, Segment
+from appliance.listening.endpointer import Onset, Segment
+from appliance.server.frames import BLOCK, Reply, Session, seeded_history, send_chunk, send_frame
 from appliance.settings.brains import ServerConfig
-from appliance.turns import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
+from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
 
-_BLOCK = 320  # 20 ms at 16 kHz, the block size the endpointer is tuned for
 _MAX_CONTEXTS = 256
 _FRAME_OVERHEAD = 64 * 1024  # the JSON around an invoke's base64 audio
 # A server has no speaker to wait for: every sentence whose text is known is synthesized at once, up to this
@@ -60,19 +55,6 @@ def check_bind(config: ServerConfig) -> None:
                 "($APPLIANCE_SERVER__API_KEY or the credential server_api_key), or bind 127.0.0.1"
             ],
         )
-
-
-@dataclass(eq=False)
-class _Session:
-    session_id: str
-    user_id: str
-    context_id: str | None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    transaction_id: str | None = None
-    scope: trio.CancelScope | None = None
-    done: trio.Event | None = None
-    endpointer: EnergyEndpointer = field(default_factory=lambda: EnergyEndpointer(_BLOCK / CAPTURE_RATE))
-    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
 
 
 class AvatarServer:
@@ -141,7 +123,7 @@ class AvatarServer:
             return
         ws = await request.accept(subprotocol=subprotocol)
         self.connections += 1
-        sessions: dict[str, _Session] = {}
+        sessions: dict[str, Session] = {}
         try:
             await self._serve_connection(ws, sessions)
         except Exception:  # one robot's broken turn must not take the server down for the others
@@ -151,7 +133,7 @@ class AvatarServer:
         finally:
             self.connections -= 1
 
-    async def _serve_connection(self, ws: WebSocketConnection, sessions: dict[str, _Session]) -> None:
+    async def _serve_connection(self, ws: WebSocketConnection, sessions: dict[str, Session]) -> None:
         with single_error():
             async with trio.open_nursery() as nursery:
                 try:
@@ -167,7 +149,7 @@ class AvatarServer:
                     pass
                 nursery.cancel_scope.cancel()
 
-    async def _next_message(self, ws: WebSocketConnection, sessions: dict[str, _Session]) -> str | bytes | None:
+    async def _next_message(self, ws: WebSocketConnection, sessions: dict[str, Session]) -> str | bytes | None:
         """The next client frame, or None when the connection has been idle too long.
 
         A connection must start a session soon after it opens, and one that then sends nothing for
@@ -181,49 +163,26 @@ class AvatarServer:
                 log.info("closing a connection idle for %.0f s", limit)
                 return None
 
-    async def _send(self, ws: WebSocketConnection, session: _Session | None, kind: str, **fields: Any) -> None:
-        # AIAvatarKit's envelope (its AIAvatarResponse): every field present, null where it sends null.
-        frame: dict[str, Any] = {
-            "type": kind,
-            "session_id": session.session_id if session else None,
-            "user_id": session.user_id if session else None,
-            "context_id": session.context_id if session else None,
-            "transaction_id": session.transaction_id if session else None,
-            "text": None,
-            "voice_text": None,
-            "language": None,
-            "control_tags": None,
-            "avatar_control_request": None,
-            "audio_data": None,
-            "metadata": {},
-            "structured_content": None,
-        }
-        frame.update(fields)
-        try:
-            await ws.send_message(json.dumps(frame, ensure_ascii=False))
-        except ConnectionClosed:
-            pass  # the reader notices and ends the connection
-
     async def _on_message(
-        self, ws: WebSocketConnection, message: str | bytes, sessions: dict[str, _Session], nursery: trio.Nursery
+        self, ws: WebSocketConnection, message: str | bytes, sessions: dict[str, Session], nursery: trio.Nursery
     ) -> bool:
         """Handle one client frame; False closes the connection."""
         try:
             frame = json.loads(message) if isinstance(message, str) else None
         except json.JSONDecodeError as exc:
-            await self._send(ws, None, "error", metadata={"error": f"malformed JSON: {exc.msg}"})
+            await send_frame(ws, None, "error", metadata={"error": f"malformed JSON: {exc.msg}"})
             return True
         except RecursionError:  # nested deeper than the parser goes: a bad frame like any other
-            await self._send(ws, None, "error", metadata={"error": "malformed JSON: nested too deeply"})
+            await send_frame(ws, None, "error", metadata={"error": "malformed JSON: nested too deeply"})
             return True
         if not isinstance(frame, dict) or frame.get("type") not in CLIENT_TYPES:
             kind = frame.get("type") if isinstance(frame, dict) else None
             what = "binary frame" if isinstance(message, bytes) else f"frame type {kind!r}"
-            await self._send(ws, None, "error", metadata={"error": f"unsupported {what}"})
+            await send_frame(ws, None, "error", metadata={"error": f"unsupported {what}"})
             return True
         session_id = frame.get("session_id")
         if not isinstance(session_id, str) or not session_id:
-            await self._send(ws, None, "final", metadata={"error": "session_id is required"})
+            await send_frame(ws, None, "final", metadata={"error": "session_id is required"})
             return False
         kind = frame["type"]
         if kind == "start":
@@ -231,22 +190,22 @@ class AvatarServer:
             user_id = frame.get("user_id")
             user = user_id if isinstance(user_id, str) else "user"
             if session_id not in sessions and len(sessions) >= self.config.max_sessions:
-                await self._send(
+                await send_frame(
                     ws,
                     None,
                     "error",
                     metadata={"error": f"this connection already holds {len(sessions)} sessions; stop one first"},
                 )
                 return True
-            started = _Session(
+            started = Session(
                 session_id, user, context_id, frame["metadata"] if isinstance(frame.get("metadata"), dict) else {}
             )
             sessions[session_id] = started
-            await self._send(ws, started, "connected")
+            await send_frame(ws, started, "connected")
             return True
         session = sessions.get(session_id)
         if session is None:
-            await self._send(ws, None, "error", metadata={"error": f"session {session_id} was not started"})
+            await send_frame(ws, None, "error", metadata={"error": f"session {session_id} was not started"})
             return True
         try:
             if kind == "stop":
@@ -260,13 +219,13 @@ class AvatarServer:
             else:
                 await self._invoke(ws, session, frame, nursery)
         except ProtocolError as exc:
-            await self._send(ws, session, "error", metadata={"error": str(exc)})
+            await send_frame(ws, session, "error", metadata={"error": str(exc)})
         return True
 
     # --- requests -----------------------------------------------------------------------------------------
 
     async def _invoke(
-        self, ws: WebSocketConnection, session: _Session, frame: dict[str, Any], nursery: trio.Nursery
+        self, ws: WebSocketConnection, session: Session, frame: dict[str, Any], nursery: trio.Nursery
     ) -> None:
         text = frame.get("text")
         if text is not None and not isinstance(text, str):
@@ -310,40 +269,30 @@ class AvatarServer:
             self.audio_in_flight -= reserved
 
     async def _listen(
-        self, ws: WebSocketConnection, session: _Session, frame: dict[str, Any], nursery: trio.Nursery
+        self, ws: WebSocketConnection, session: Session, frame: dict[str, Any], nursery: trio.Nursery
     ) -> None:
         pcm = b64decode(frame.get("audio_data"), "data.audio_data")
         samples = np.concatenate([session.pending, AudioClip.from_pcm(pcm, CAPTURE_RATE).samples])
-        whole = len(samples) - len(samples) % _BLOCK
+        whole = len(samples) - len(samples) % BLOCK
         session.pending = samples[whole:]
-        for start in range(0, whole, _BLOCK):
-            result = session.endpointer.process(samples[start : start + _BLOCK])
+        for start in range(0, whole, BLOCK):
+            result = session.endpointer.process(samples[start : start + BLOCK])
             if isinstance(result, Onset):
-                await self._send(ws, session, "voiced")
+                await send_frame(ws, session, "voiced")
             elif isinstance(result, Segment):
                 utterance = Utterance(audio=AudioClip(result.samples, CAPTURE_RATE), source="remote")
                 await self._begin(ws, session, utterance, {}, None, nursery)
 
-    async def _interrupt(self, ws: WebSocketConnection, session: _Session) -> None:
+    async def _interrupt(self, ws: WebSocketConnection, session: Session) -> None:
         if session.scope is not None and session.done is not None and not session.done.is_set():
             session.scope.cancel()
             await session.done.wait()
-            await self._send(ws, session, "final", metadata={"interrupted": True})
+            await send_frame(ws, session, "final", metadata={"interrupted": True})
 
     def _history(self, context_id: str, seed: Any) -> ConversationHistory:
         history = self._histories.get(context_id)
         if history is None:
-            history = ConversationHistory(self.history_limit, self.idle_timeout)
-            if isinstance(seed, list):  # a robot that failed over to us mid-conversation tells what was said
-                user: str | None = None
-                for item in seed:
-                    if not isinstance(item, dict) or not isinstance(item.get("content"), str):
-                        continue
-                    if item.get("role") == "user":
-                        user = item["content"]
-                    elif item.get("role") == "assistant":
-                        history.add_turn(user, item["content"])
-                        user = None
+            history = seeded_history(self.history_limit, self.idle_timeout, seed)
             self._histories[context_id] = history
             while len(self._histories) > _MAX_CONTEXTS:
                 self._histories.popitem(last=False)
@@ -353,7 +302,7 @@ class AvatarServer:
     async def _begin(
         self,
         ws: WebSocketConnection,
-        session: _Session,
+        session: Session,
         utterance: Utterance,
         params: dict[str, str],
         seed: Any,
@@ -369,110 +318,68 @@ class AvatarServer:
     async def _turn(
         self,
         ws: WebSocketConnection,
-        session: _Session,
+        session: Session,
         utterance: Utterance,
         params: dict[str, str],
         history: ConversationHistory,
         scope: trio.CancelScope,
         done: trio.Event,
     ) -> None:
-        heard: str | None = utterance.text
-        said: list[str] = []
-        voiced: list[str] = []  # the final carries what was spoken too (AIAvatarKit's client prints it)
+        reply = Reply(heard=utterance.text)
         self.turns += 1
         try:
             with scope:
-                await self._send(ws, session, "accepted")
+                await send_frame(ws, session, "accepted")
                 request = TurnRequest(
                     session.transaction_id or "", utterance, history.messages(), session.context_id or "", params
                 )
-                send, receive = trio.open_memory_channel[BrainOutput](0)
-                started = False
                 try:
-                    with single_error():
-                        async with trio.open_nursery() as inner:
-                            inner.start_soon(self.brain.reply, request, send)
-                            async with receive:
-                                async for item in receive:
-                                    if isinstance(item, Transcript):
-                                        heard = item.text
-                                        started = True
-                                        await self._send(ws, session, "start", metadata={"request_text": heard})
-                                    else:
-                                        if not started:
-                                            started = True
-                                            await self._send(ws, session, "start", metadata={"request_text": heard})
-                                        said.append(item.text)
-                                        if item.voice_text:
-                                            voiced.append(item.voice_text)
-                                        await self._chunk(ws, session, item)
+                    await self._relay(ws, session, request, reply)
                 except ProviderError as exc:
                     log.warning("reply failed: %s", exc, extra={"turn_id": session.transaction_id})
-                    if heard is None and not said:
+                    if reply.heard is None and not reply.said:
                         # Nothing of the audio was understood (speech recognition failed): AIAvatarKit answers
                         # `canceled` then, and its client carries on; an `error` would end its receive loop.
-                        await self._send(ws, session, "canceled", metadata={"reason": "speech recognition failed"})
+                        await send_frame(ws, session, "canceled", metadata={"reason": "speech recognition failed"})
                     else:
-                        await self._send(ws, session, "error", metadata={"error": str(exc)})
+                        await send_frame(ws, session, "error", metadata={"error": str(exc)})
                     return
-                if not heard and not said:  # nothing understood: what AIAvatarKit does
-                    await self._send(ws, session, "canceled", metadata={"reason": "No speech recognized."})
+                if not reply.heard and not reply.said:  # nothing understood: what AIAvatarKit does
+                    await send_frame(ws, session, "canceled", metadata={"reason": "No speech recognized."})
                     return
-                await self._send(
+                await send_frame(
                     ws,
                     session,
                     "final",
-                    text=" ".join(said),
-                    voice_text=" ".join(voiced),
-                    metadata={"request_text": heard},
+                    text=" ".join(reply.said),
+                    voice_text=" ".join(reply.voiced),
+                    metadata={"request_text": reply.heard},
                 )
         finally:
-            if heard or said:
-                history.add_turn(heard, " ".join(said))
+            if reply.heard or reply.said:
+                history.add_turn(reply.heard, " ".join(reply.said))
             done.set()
 
-    async def _chunk(self, ws: WebSocketConnection, session: _Session, chunk: ReplyChunk) -> None:
-        # As AIAvatarKit: a sentence always carries an avatar_control_request (its fields null when there is no
-        # face or animation); control_tags is null rather than empty.
-        control = {"animation_name": None, "animation_duration": None, "face_name": None, "face_duration": None}
-        control.update(avatar_control_from_tags(chunk.tags) or {})
-        common: dict[str, Any] = {
-            "text": chunk.text,
-            "voice_text": chunk.voice_text,
-            "avatar_control_request": control,
-            "control_tags": control_tags(chunk.tags) or None,
-        }
-        audio = chunk.audio
-        if isinstance(audio, AudioStream):
-            # The protocol announces a sentence's length before its audio, so a stream is read to its end.
-            # A failure mid-way raises the provider's error: the client gets an `error` frame.
-            audio = await audio.read_all()
-        if audio is None:
-            await self._send(ws, session, "chunk", **common)
-        elif not self.config.pcm:
-            await self._send(ws, session, "chunk", audio_data=b64encode(encode_wav(audio)), **common)
-        else:
-            audio_id = uuid.uuid4().hex
-            fmt = {"sample_rate": audio.sample_rate, "channels": 1, "sample_width": 2}
-            await self._send(
-                ws,
-                session,
-                "chunk",
-                **common,
-                metadata={"pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(audio.samples)},
-            )
-            raw = audio.pcm()
-            step = audio.sample_rate // 5 * 2  # 200 ms a frame
-            for start in range(0, len(raw), step):
-                # Each frame names its format again: AIAvatarKit's client queues a frame for its PCM stream only
-                # when it carries pcm_format, and would try to play it as a WAV otherwise.
-                await self._send(
-                    ws,
-                    session,
-                    "chunk",
-                    audio_data=b64encode(raw[start : start + step]),
-                    metadata={"pcm_format": fmt, "audio_id": audio_id},
-                )
+    async def _relay(self, ws: WebSocketConnection, session: Session, request: TurnRequest, reply: Reply) -> None:
+        """The brain's reply to the client as it comes: ``start`` once, then a ``chunk`` per sentence."""
+        send, receive = trio.open_memory_channel[BrainOutput](0)
+        started = False
+        with single_error():
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self.brain.reply, request, send)
+                async with receive:
+                    async for item in receive:
+                        if isinstance(item, Transcript):
+                            reply.heard, started = item.text, True
+                            await send_frame(ws, session, "start", metadata={"request_text": reply.heard})
+                            continue
+                        if not started:
+                            started = True
+                            await send_frame(ws, session, "start", metadata={"request_text": reply.heard})
+                        reply.said.append(item.text)
+                        if item.voice_text:
+                            reply.voiced.append(item.voice_text)
+                        await send_chunk(ws, session, item, pcm=self.config.pcm)
 
 
 async def serve_until_signalled(server: AvatarServer) -> None:

@@ -1,0 +1,134 @@
+"""What the avatar server keeps per session and the frames it sends: AIAvatarKit's envelope, a sentence's chunks.
+
+The server (``avatar.py``) reads frames and runs turns; this module writes them, so the shape of every frame the
+client sees is in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from appliance.audio.base import CAPTURE_RATE, AudioStream
+from appliance.audio.convert import encode_wav
+from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags
+from appliance.conversation.history import ConversationHistory
+from appliance.listening.endpointer import EnergyEndpointer
+from appliance.turns import ReplyChunk
+
+BLOCK = 320  # 20 ms at 16 kHz, the block size the endpointer is tuned for
+
+
+@dataclass(eq=False)
+class Session:
+    """One client session: its ids, the reply running now (scope, done), its mic stream's endpointer."""
+
+    session_id: str
+    user_id: str
+    context_id: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    transaction_id: str | None = None
+    scope: trio.CancelScope | None = None
+    done: trio.Event | None = None
+    endpointer: EnergyEndpointer = field(default_factory=lambda: EnergyEndpointer(BLOCK / CAPTURE_RATE))
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
+
+
+@dataclass
+class Reply:
+    """What a turn heard and said so far: the ``final`` frame and the history are made of it."""
+
+    heard: str | None
+    said: list[str] = field(default_factory=list)
+    voiced: list[str] = field(default_factory=list)  # the final carries what was spoken too (AIAvatarKit prints it)
+
+
+async def send_frame(ws: WebSocketConnection, session: Session | None, kind: str, **fields: Any) -> None:
+    # AIAvatarKit's envelope (its AIAvatarResponse): every field present, null where it sends null.
+    frame: dict[str, Any] = {
+        "type": kind,
+        "session_id": session.session_id if session else None,
+        "user_id": session.user_id if session else None,
+        "context_id": session.context_id if session else None,
+        "transaction_id": session.transaction_id if session else None,
+        "text": None,
+        "voice_text": None,
+        "language": None,
+        "control_tags": None,
+        "avatar_control_request": None,
+        "audio_data": None,
+        "metadata": {},
+        "structured_content": None,
+    }
+    frame.update(fields)
+    try:
+        await ws.send_message(json.dumps(frame, ensure_ascii=False))
+    except ConnectionClosed:
+        pass  # the reader notices and ends the connection
+
+
+async def send_chunk(ws: WebSocketConnection, session: Session, chunk: ReplyChunk, *, pcm: bool) -> None:
+    """One sentence: a WAV in one ``chunk``, or (``pcm``) a header chunk then its PCM in 200 ms frames."""
+    # As AIAvatarKit: a sentence always carries an avatar_control_request (its fields null when there is no
+    # face or animation); control_tags is null rather than empty.
+    control = {"animation_name": None, "animation_duration": None, "face_name": None, "face_duration": None}
+    control.update(avatar_control_from_tags(chunk.tags) or {})
+    common: dict[str, Any] = {
+        "text": chunk.text,
+        "voice_text": chunk.voice_text,
+        "avatar_control_request": control,
+        "control_tags": control_tags(chunk.tags) or None,
+    }
+    audio = chunk.audio
+    if isinstance(audio, AudioStream):
+        # The protocol announces a sentence's length before its audio, so a stream is read to its end.
+        # A failure mid-way raises the provider's error: the client gets an `error` frame.
+        audio = await audio.read_all()
+    if audio is None:
+        await send_frame(ws, session, "chunk", **common)
+    elif not pcm:
+        await send_frame(ws, session, "chunk", audio_data=b64encode(encode_wav(audio)), **common)
+    else:
+        audio_id = uuid.uuid4().hex
+        fmt = {"sample_rate": audio.sample_rate, "channels": 1, "sample_width": 2}
+        await send_frame(
+            ws,
+            session,
+            "chunk",
+            **common,
+            metadata={"pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(audio.samples)},
+        )
+        raw = audio.pcm()
+        step = audio.sample_rate // 5 * 2  # 200 ms a frame
+        for start in range(0, len(raw), step):
+            # Each frame names its format again: AIAvatarKit's client queues a frame for its PCM stream only
+            # when it carries pcm_format, and would try to play it as a WAV otherwise.
+            await send_frame(
+                ws,
+                session,
+                "chunk",
+                audio_data=b64encode(raw[start : start + step]),
+                metadata={"pcm_format": fmt, "audio_id": audio_id},
+            )
+
+
+def seeded_history(limit: int, idle_timeout: float, seed: Any) -> ConversationHistory:
+    """A new conversation; a robot that failed over to us mid-conversation tells what was said (``seed``)."""
+    history = ConversationHistory(limit, idle_timeout)
+    if isinstance(seed, list):
+        user: str | None = None
+        for item in seed:
+            if not isinstance(item, dict) or not isinstance(item.get("content"), str):
+                continue
+            if item.get("role") == "user":
+                user = item["content"]
+            elif item.get("role") == "assistant":
+                history.add_turn(user, item["content"])
+                user = None
+    return history
