@@ -41,6 +41,7 @@ from appliance.listening.vad import (
     VoiceActivity,
     make_detector,
 )
+from appliance.listening.wake_phrase import find_wake_phrase, wake_refusal
 from appliance.listening.wakeword import MicroWakeWordDetector, WakeDetection, WakeWordDetector
 from appliance.settings.listening import ListeningConfig
 from appliance.turns import Utterance
@@ -52,8 +53,6 @@ _TAP = 0.4  # s: the talk button released sooner than this was tapped (listen on
 _WAKE_EVIDENCE = 1.2  # s: during playback a wake word needs the user's own voice (above the echo) this recently
 _NOISY_EARLY_EXTRA = 0.1  # s: the early endpoint waits this much longer in a noisy room
 _WAKE_LOOKBACK = 3.0  # s of audio kept to find where the wake phrase started (detections come 0.2-0.8 s after it)
-_WAKE_GAP = 0.5  # s: a quieter stretch shorter than this inside the wake phrase does not end it
-_WAKE_RANGE_DB = 20.0  # dB: the phrase is the blocks within this of its loudest (95th percentile) block
 
 
 class ListeningService:
@@ -195,9 +194,8 @@ class ListeningService:
         log.info("listening: %s", "learning the room's noise" if self.learning else "noise floor learned")
 
     def _relax(self) -> None:
-        """Let the capture hand audio over in batches while nothing is going on. An onset may then be seen up
-        to ``audio.idle_handover_ms`` late (the pre-roll still holds it); the end of speech, a barge-in and
-        push-to-talk are never delayed, since they all happen outside the idle state."""
+        """Let the capture hand audio over in batches while idle: an onset may be seen ``audio.idle_handover_ms``
+        late (the pre-roll still holds it); the end of speech, barge-in and push-to-talk happen outside idle."""
         self.blocks.relaxed = (
             self.state == State.IDLE and not self.endpointer.in_speech and not self.guard.playing and not self.muted
         )
@@ -212,6 +210,33 @@ class ListeningService:
         guard, vad, endpointer = self.guard, self.vad, self.endpointer
         guard.tick()
         playing = guard.playing
+        speech, level = self._judge(block, playing)
+        if self.wake is not None:
+            detection = self.wake.process(block)
+            if detection is not None:
+                self._on_wake(detection, playing)
+        if not endpointer.in_speech and not self._may_start():
+            speech = False  # keep the pre-roll filling, start nothing
+        if self._steady_noise(playing):
+            vad.relearn()
+            return endpointer.abandon("steady noise")
+        # In noise (the floor, not the fixed threshold, sets the bar) the energy gate loses quiet words and a
+        # word's fading end: the bridge VAD may hold the utterance open, and the early hand-out waits a little
+        # longer (bench listening_accuracy, 5 dB). In a quiet room the energy gate alone is exact and faster.
+        noisy = vad.threshold_db > vad.volume_db_threshold
+        bridge = self.bridge
+        hold = False
+        if bridge is not None and noisy and endpointer.in_speech and not endpointer.forced and not playing:
+            hold = bridge.probability(block) >= self.config.vad_threshold
+        endpointer.early_extra_blocks = self._noisy_extra if noisy else 0
+        result = endpointer.process(block, speech, level, hold)
+        self._after(result)
+        return result
+
+    def _judge(self, block: np.ndarray, playing: bool) -> tuple[bool, float]:
+        """Is this block the user's speech, and how loud is it; the room's floor learns from it when it is not."""
+        guard, vad, endpointer = self.guard, self.vad, self.endpointer
+        assert vad is not None
         if playing and guard.mode == "gate":
             speech = False
             vad.last_level = level = level_db(block)
@@ -229,91 +254,62 @@ class ListeningService:
         elif not speech and not endpointer.in_speech:
             vad.learn(level)
         self._evidence.append(speech)
+        return speech, level
 
-        if self.wake is not None:
-            detection = self.wake.process(block)
-            if detection is not None:
-                self._on_wake(detection, playing)
-
+    def _may_start(self) -> bool:
+        """Whether speech may open an utterance now (the mode, a learned floor, barge-in allowed)."""
+        assert self.vad is not None
         busy = self.state in (State.THINKING, State.SPEAKING)
         may_start = self.mode == "always" or (
             self.mode == "wake_word" and (self.wake_engine == "text" or self.conversation_open)
         )
-        if not endpointer.in_speech and (not may_start or not vad.ready or (busy and not self.config.barge_in)):
-            speech = False  # keep the pre-roll filling, start nothing
-        if (
+        return may_start and self.vad.ready and (not busy or self.config.barge_in)
+
+    def _steady_noise(self, playing: bool) -> bool:
+        """An utterance that is really a new steady noise (only the energy VAD needs telling; a neural one can)."""
+        vad, endpointer = self.vad, self.endpointer
+        assert vad is not None
+        return bool(
             endpointer.in_speech
             and not endpointer.forced
             and not playing
             and vad.noise_floor
             and self.command_level is None
             and vad.detector.name == "energy"
-            and vad.steady_noise()  # a neural VAD tells noise apart itself
-        ):
-            vad.relearn()
-            return endpointer.abandon("steady noise")
-        # In noise (the floor, not the fixed threshold, sets the bar) the energy gate loses quiet words and a
-        # word's fading end: the bridge VAD may hold the utterance open, and the early hand-out waits a little
-        # longer (bench listening_accuracy, 5 dB). In a quiet room the energy gate alone is exact and faster.
-        noisy = vad.threshold_db > vad.volume_db_threshold
-        hold = False
-        bridge = self.bridge
-        if bridge is not None and noisy and endpointer.in_speech and not endpointer.forced and not playing:
-            hold = bridge.probability(block) >= self.config.vad_threshold
-        endpointer.early_extra_blocks = self._noisy_extra if noisy else 0
-        result = endpointer.process(block, speech, level, hold)
+            and vad.steady_noise()
+        )
+
+    def _after(self, result: Onset | Segment | Discarded | None) -> None:
+        assert self.vad is not None
+        endpointer, bridge = self.endpointer, self.bridge
         if bridge is not None and isinstance(result, Onset) and not result.resumed:
             bridge.reset()  # it only hears utterances: give it the pre-roll so it knows what came before
             for kept in endpointer.kept_blocks:
                 bridge.probability(kept)
-        if (
-            isinstance(result, Segment)
-            and result.reason == "max_duration"
-            and vad.noise_floor
-            and self.command_level is None
-        ):
-            vad.relearn(list(result.levels))  # endless "speech" is most likely a new steady noise
+        endless = isinstance(result, Segment) and result.reason == "max_duration"
+        if isinstance(result, Segment) and endless and self.vad.noise_floor and self.command_level is None:
+            self.vad.relearn(list(result.levels))  # endless "speech" is most likely a new steady noise
         if not endpointer.in_speech:
             self.command_level = None
-        return result
 
     def _wake_phrase(self) -> tuple[float, float | None]:
         """Where the wake phrase that was just detected started (seconds back from now, pre-roll included) and
-        the level it was spoken at, found in the kept audio: the last run of loud blocks (gaps under
-        ``_WAKE_GAP`` bridged) before the detection. Without one, the configured pre-roll and no level."""
+        the level it was spoken at; without one, the configured pre-roll and no level."""
         assert self.vad is not None
         preroll = self.config.wake_word.preroll
         levels = self.endpointer.history_levels
         if self.endpointer.in_speech or len(levels) < 5:
             return preroll, None
-        ordered = sorted(levels)
-        peak = ordered[int(0.95 * (len(ordered) - 1))]
-        floor = self.vad.floor_db
-        gate = peak - _WAKE_RANGE_DB
-        if floor is not None:
-            gate = max(gate, floor + self.vad.min_noise_margin_db)
-        voiced = [i for i, lv in enumerate(levels) if lv >= gate]
-        if not voiced:
+        found = find_wake_phrase(levels, self.block_seconds, self.vad.floor_db, self.vad.min_noise_margin_db)
+        if found is None:
             return preroll, None
-        end = start = voiced[-1]
-        gap = max(1, round(_WAKE_GAP / self.block_seconds))
-        for i in reversed(voiced[:-1]):
-            if start - i > gap:
-                break
-            start = i
-        phrase = sorted(levels[start : end + 1])
-        level = phrase[int(0.9 * (len(phrase) - 1))]
+        start, level = found
         back = (len(levels) - start) * self.block_seconds + self.config.preroll
         return max(preroll, back), level
 
     def _on_wake(self, detection: WakeDetection, playing: bool) -> None:
-        accepted, reason = True, ""
-        if self.muted:
-            accepted, reason = False, "muted"
-        elif playing and self.guard.mode == "gate":
-            accepted, reason = False, "robot speaking (gate)"
-        elif playing and not any(self._evidence):
-            accepted, reason = False, "robot speaking and the mic was not louder than its echo"
+        reason = wake_refusal(self.muted, playing, self.guard.mode, any(self._evidence))
+        accepted = reason == ""
         self.bus.publish(WakeWordDetected(detection.phrase, detection.probability, accepted, reason))
         if not accepted:
             self.wake_rejected += 1
