@@ -63,9 +63,9 @@ class HttpGuard:
             await _answer(send, 404, {"detail": "Not Found"})
         elif not self._authorised(headers.get("authorization", "")):
             log.warning("refused an HTTP client with a bad key")
-            await _answer(send, 401, {"detail": "Invalid or missing API Key"}, [(b"www-authenticate", b"Bearer")])
+            await _answer(send, 401, {"detail": "Invalid or missing API Key"}, ((b"www-authenticate", b"Bearer"),))
         elif scope["method"] != "POST":
-            await _answer(send, 405, {"detail": "Method Not Allowed"}, [(b"allow", b"POST")])
+            await _answer(send, 405, {"detail": "Method Not Allowed"}, ((b"allow", b"POST"),))
         elif _announced(headers) > limit:
             await _answer(send, 413, {"detail": f"request body over {limit} bytes"})
         else:
@@ -86,7 +86,7 @@ def _announced(headers: dict[str, str]) -> int:
         return 1 << 62  # nonsense is refused as too large
 
 
-async def _answer(send: Any, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+async def _answer(send: Any, status: int, body: dict[str, Any], extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})

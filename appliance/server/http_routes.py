@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 from fastapi import FastAPI, Request
@@ -21,12 +21,19 @@ from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.audio.convert import AudioFormatError, decode_wav, encode_wav, resample
 from appliance.brains.avatar_protocol import ProtocolError, b64decode
 from appliance.errors import ProviderError
-from appliance.server.http_turns import Emit, HttpRequest, envelope
+from appliance.server.http_turns import Emit, HttpRequest, HttpTurns, envelope
 from appliance.server.sse import SseResponse
-from appliance.turns import Utterance
+from appliance.settings.brains import ServerConfig
+from appliance.turns import Brain, Utterance
 
-if TYPE_CHECKING:
-    from appliance.server.http_api import HttpAvatarServer
+
+class HttpAvatarServer(Protocol):
+    """What the routes need of :class:`appliance.server.http_api.HttpAvatarServer`."""
+
+    brain: Brain
+    config: ServerConfig
+    turns: HttpTurns
+
 
 log = logging.getLogger(__name__)
 
