@@ -205,3 +205,25 @@ async def test_too_many_replies_at_once_get_503(nursery: trio.Nursery) -> None:
             refused = await client.post("/chat", json={**CHAT, "session_id": "other"})
             inner.cancel_scope.cancel()
     assert refused.status_code == 503
+
+
+async def test_three_requests_at_once_on_one_session_leave_only_the_last_running(nursery: trio.Nursery) -> None:
+    brain = EchoBrain(delay=0.2)
+    server = await serve_http(nursery, brain)
+    ends: dict[str, dict] = {}
+    async with httpx.AsyncClient(base_url=base(server), headers=AUTH, timeout=10) as client:
+
+        async def one(text: str) -> None:
+            async with client.stream("POST", "/chat", json={**CHAT, "text": text}) as response:
+                ends[text] = [frame async for frame in sse(response)][-1]
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(one, "first")
+            with trio.fail_after(10):
+                while server.turns.busy() == 0:
+                    await trio.sleep(0.01)
+            inner.start_soon(one, "second")
+            inner.start_soon(one, "third")
+    finished = [text for text, end in ends.items() if "interrupted" not in end["metadata"]]
+    assert len(finished) == 1 and brain.finished == 1, ends
+    assert all(end["type"] == "final" for end in ends.values())

@@ -105,8 +105,9 @@ class HttpTurns:
         return history
 
     async def interrupt(self, session_id: str) -> None:
-        running = self._running.get(session_id)
-        if running is not None:
+        # A loop: two requests waiting for the same reply to end both wake, and the later one must then
+        # interrupt the earlier (the last request wins, as on the WebSocket), not run beside it.
+        while (running := self._running.get(session_id)) is not None:
             running.scope.cancel()
             await running.done.wait()
 
