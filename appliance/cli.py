@@ -242,7 +242,8 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
     try:
         trio.run(serve_all_until_signalled, *servers)
     except OSError as exc:
-        print(f"cannot serve on {server.config.host}:{server.config.port}: {exc.strerror or exc}", file=sys.stderr)
+        ports = f"{server.config.port}" + (f" / http {server.config.http_port}" if len(servers) > 1 else "")
+        print(f"cannot serve on {server.config.host}:{ports}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
