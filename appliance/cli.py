@@ -205,7 +205,9 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
     from appliance.assembly.brains import cloud_brain_factory
     from appliance.conversation.local_voice import LocalVoice
     from appliance.logs import setup_logging
-    from appliance.server.avatar import AvatarServer, serve_until_signalled
+    from appliance.server.avatar import AvatarServer
+    from appliance.server.http_api import HttpAvatarServer
+    from appliance.server.serving import serve_all_until_signalled
     from appliance.settings_base import ConfigError
 
     setup_logging(level or config.log.level)
@@ -231,13 +233,17 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
         server = AvatarServer(
             brain, config.server.model_copy(update=changes), history_limit=config.conversation.history_limit
         )
+        servers: list[AvatarServer | HttpAvatarServer] = [server]
+        if server.config.http_port is not None:  # the HTTP/SSE API beside it, same key, same brain
+            servers.append(HttpAvatarServer(brain, server.config, history_limit=config.conversation.history_limit))
     except ConfigError as exc:  # a non-loopback address without a key
         print(exc.report(), file=sys.stderr)
         return EXIT_CONFIG
     try:
-        trio.run(serve_until_signalled, server)
+        trio.run(serve_all_until_signalled, *servers)
     except OSError as exc:
-        print(f"cannot serve on {server.config.host}:{server.config.port}: {exc.strerror or exc}", file=sys.stderr)
+        ports = f"{server.config.port}" + (f" / http {server.config.http_port}" if len(servers) > 1 else "")
+        print(f"cannot serve on {server.config.host}:{ports}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

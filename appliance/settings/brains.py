@@ -103,3 +103,9 @@ class ServerConfig(Section):
         default=32 * 1024 * 1024, ge=1024 * 1024, description="PCM bytes of all invokes being answered at once"
     )
     pcm: bool = Field(default=False, description="send speech as raw PCM chunks instead of WAV")
+    http_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="also serve the HTTP/SSE API (AIAvatarKit's, Dify's) here; unset = off",
+    )

@@ -1,0 +1,169 @@
+"""One reply of the HTTP API: a brain's turn as AIAvatarKit response frames, one reply at a time per session.
+
+As on the WebSocket, a new request on a session interrupts the reply running there (its stream ends with a
+``final`` marked ``interrupted``), and conversations are kept per ``context_id``. Frames are AIAvatarKit's
+``AIAvatarResponse`` envelope; sentences carry their speech as base64 WAV.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from appliance.audio.base import AudioStream
+from appliance.audio.convert import encode_wav
+from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags
+from appliance.conversation.history import ConversationHistory
+from appliance.errors import ProviderError
+from appliance.groups import single_error
+from appliance.turns import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+_MAX_CONTEXTS = 256
+
+
+@dataclass
+class HttpRequest:
+    session_id: str
+    user_id: str | None
+    context_id: str | None
+    utterance: Utterance | None  # None: only a session (``/start``)
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Running:
+    scope: trio.CancelScope
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def envelope(kind: str, req: HttpRequest | None, transaction_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    """AIAvatarKit's AIAvatarResponse: every field present, null where it sends null."""
+    frame: dict[str, Any] = {
+        "type": kind,
+        "session_id": req.session_id if req else None,
+        "user_id": req.user_id if req else None,
+        "context_id": req.context_id if req else None,
+        "transaction_id": transaction_id,
+        "text": None,
+        "voice_text": None,
+        "language": None,
+        "control_tags": None,
+        "avatar_control_request": None,
+        "audio_data": None,
+        "metadata": {},
+        "structured_content": None,
+    }
+    frame.update(fields)
+    return frame
+
+
+async def chunk_fields(chunk: ReplyChunk) -> dict[str, Any]:
+    control = {"animation_name": None, "animation_duration": None, "face_name": None, "face_duration": None}
+    control.update(avatar_control_from_tags(chunk.tags) or {})
+    audio = chunk.audio
+    if isinstance(audio, AudioStream):  # a sentence goes out whole, its WAV header names its length
+        audio = await audio.read_all()
+    return {
+        "text": chunk.text,
+        "voice_text": chunk.voice_text,
+        "avatar_control_request": control,
+        "control_tags": control_tags(chunk.tags) or None,
+        "audio_data": b64encode(encode_wav(audio)) if audio is not None else None,
+    }
+
+
+class HttpTurns:
+    """Runs replies for the HTTP API: one per session at a time, histories per conversation."""
+
+    def __init__(self, brain: Brain, *, history_limit: int = 20, idle_timeout: float = 600.0) -> None:
+        self.brain = brain
+        self.history_limit = history_limit
+        self.idle_timeout = idle_timeout
+        self._histories: OrderedDict[str, ConversationHistory] = OrderedDict()
+        self._running: dict[str, _Running] = {}
+        self.turns = 0
+
+    def busy(self) -> int:
+        return len(self._running)
+
+    def history(self, context_id: str) -> ConversationHistory:
+        history = self._histories.get(context_id)
+        if history is None:
+            history = self._histories[context_id] = ConversationHistory(self.history_limit, self.idle_timeout)
+            while len(self._histories) > _MAX_CONTEXTS:
+                self._histories.popitem(last=False)
+        self._histories.move_to_end(context_id)
+        return history
+
+    async def interrupt(self, session_id: str) -> None:
+        # A loop: two requests waiting for the same reply to end both wake, and the later one must then
+        # interrupt the earlier (the last request wins, as on the WebSocket), not run beside it.
+        while (running := self._running.get(session_id)) is not None:
+            running.scope.cancel()
+            await running.done.wait()
+
+    async def reply(self, req: HttpRequest, emit: Emit) -> None:
+        """Answer one request, sending every frame through ``emit``; interrupts the session's running reply."""
+        await self.interrupt(req.session_id)
+        running = self._running[req.session_id] = _Running(trio.CancelScope())
+        req.context_id = req.context_id or uuid.uuid4().hex
+        transaction_id = uuid.uuid4().hex
+        try:
+            with running.scope:
+                await self._turn(req, transaction_id, emit)
+            if running.scope.cancelled_caught:
+                with trio.move_on_after(1) as cleanup:
+                    cleanup.shield = True
+                    await emit(envelope("final", req, transaction_id, metadata={"interrupted": True}))
+        finally:
+            if self._running.get(req.session_id) is running:
+                del self._running[req.session_id]
+            running.done.set()
+
+    async def _turn(self, req: HttpRequest, transaction_id: str, emit: Emit) -> None:
+        assert req.utterance is not None
+        history = self.history(req.context_id or "")
+        heard: str | None = req.utterance.text
+        said: list[str] = []
+        voiced: list[str] = []
+        self.turns += 1
+        started = False
+        send, receive = trio.open_memory_channel[BrainOutput](0)
+        request = TurnRequest(transaction_id, req.utterance, history.messages(), req.context_id or "", req.params)
+        try:
+            with single_error():
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(self.brain.reply, request, send)
+                    async with receive:
+                        async for item in receive:
+                            if isinstance(item, Transcript):
+                                heard = item.text
+                            if not started:
+                                started = True
+                                meta = {"request_text": heard}
+                                await emit(envelope("start", req, transaction_id, metadata=meta))
+                            if isinstance(item, ReplyChunk):
+                                said.append(item.text)
+                                voiced.extend([item.voice_text] if item.voice_text else [])
+                                await emit(envelope("chunk", req, transaction_id, **await chunk_fields(item)))
+        except ProviderError as exc:
+            log.warning("reply failed: %s", exc, extra={"turn_id": transaction_id})
+            await emit(envelope("error", req, transaction_id, metadata={"error": str(exc)}))
+            return
+        finally:
+            if heard or said:
+                history.add_turn(heard, " ".join(said))
+        if not heard and not said:
+            await emit(envelope("canceled", req, transaction_id, metadata={"reason": "No speech recognized."}))
+            return
+        final = {"text": " ".join(said), "voice_text": " ".join(voiced), "metadata": {"request_text": heard}}
+        await emit(envelope("final", req, transaction_id, **final))
