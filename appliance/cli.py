@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from appliance import __version__
+from appliance.groups import leaves
 
 log = logging.getLogger("appliance")
 
@@ -185,7 +186,7 @@ def _run(config, level: str | None, path: Path | None = None) -> int:
         gave_up, rest = group.split(SupervisorGaveUp)
         if rest is not None:
             raise
-        log.critical("%s", gave_up.exceptions[0] if gave_up else group)
+        log.critical("%s", leaves(gave_up)[0] if gave_up else group)
         return EXIT_FAILED
     except SupervisorGaveUp as exc:
         log.critical("%s", exc)
