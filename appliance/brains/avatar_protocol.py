@@ -101,3 +101,31 @@ def avatar_control_from_tags(tags: tuple[Tag, ...]) -> dict[str, Any] | None:
 
 def control_tags(tags: tuple[Tag, ...]) -> list[dict[str, Any]]:
     return [{"name": t.name, "attributes": {"name": t.value, **dict(t.attributes)}} for t in tags]
+
+
+def response_frame(
+    kind: str,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    context_id: str | None = None,
+    transaction_id: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """AIAvatarKit's response envelope (its ``AIAvatarResponse``): every field present, null where it sends null."""
+    frame: dict[str, Any] = {
+        "type": kind,
+        "session_id": session_id,
+        "user_id": user_id,
+        "context_id": context_id,
+        "transaction_id": transaction_id,
+        "text": None,
+        "voice_text": None,
+        "language": None,
+        "control_tags": None,
+        "avatar_control_request": None,
+        "audio_data": None,
+        "metadata": {},
+        "structured_content": None,
+    }
+    frame.update(fields)
+    return frame

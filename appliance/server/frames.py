@@ -17,7 +17,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from appliance.audio.base import CAPTURE_RATE, AudioStream
 from appliance.audio.convert import encode_wav
-from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags
+from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags, response_frame
 from appliance.conversation.history import ConversationHistory
 from appliance.listening.endpointer import EnergyEndpointer
 from appliance.turns import ReplyChunk
@@ -50,23 +50,14 @@ class Reply:
 
 
 async def send_frame(ws: WebSocketConnection, session: Session | None, kind: str, **fields: Any) -> None:
-    # AIAvatarKit's envelope (its AIAvatarResponse): every field present, null where it sends null.
-    frame: dict[str, Any] = {
-        "type": kind,
-        "session_id": session.session_id if session else None,
-        "user_id": session.user_id if session else None,
-        "context_id": session.context_id if session else None,
-        "transaction_id": session.transaction_id if session else None,
-        "text": None,
-        "voice_text": None,
-        "language": None,
-        "control_tags": None,
-        "avatar_control_request": None,
-        "audio_data": None,
-        "metadata": {},
-        "structured_content": None,
-    }
-    frame.update(fields)
+    frame = response_frame(
+        kind,
+        session.session_id if session else None,
+        session.user_id if session else None,
+        session.context_id if session else None,
+        session.transaction_id if session else None,
+        **fields,
+    )
     try:
         await ws.send_message(json.dumps(frame, ensure_ascii=False))
     except ConnectionClosed:

@@ -18,7 +18,7 @@ import trio
 
 from appliance.audio.base import AudioStream
 from appliance.audio.convert import encode_wav
-from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags
+from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags, response_frame
 from appliance.conversation.history import ConversationHistory
 from appliance.errors import ProviderError
 from appliance.groups import single_error
@@ -46,24 +46,10 @@ class _Running:
 
 
 def envelope(kind: str, req: HttpRequest | None, transaction_id: str | None = None, **fields: Any) -> dict[str, Any]:
-    """AIAvatarKit's AIAvatarResponse: every field present, null where it sends null."""
-    frame: dict[str, Any] = {
-        "type": kind,
-        "session_id": req.session_id if req else None,
-        "user_id": req.user_id if req else None,
-        "context_id": req.context_id if req else None,
-        "transaction_id": transaction_id,
-        "text": None,
-        "voice_text": None,
-        "language": None,
-        "control_tags": None,
-        "avatar_control_request": None,
-        "audio_data": None,
-        "metadata": {},
-        "structured_content": None,
-    }
-    frame.update(fields)
-    return frame
+    """AIAvatarKit's AIAvatarResponse, for the session of ``req``."""
+    if req is None:
+        return response_frame(kind, transaction_id=transaction_id, **fields)
+    return response_frame(kind, req.session_id, req.user_id, req.context_id, transaction_id, **fields)
 
 
 async def chunk_fields(chunk: ReplyChunk) -> dict[str, Any]:
