@@ -13,7 +13,7 @@ import wave
 
 import numpy as np
 import pytest
-from target import REPO, Target
+from target import REPO, Target, TargetError
 
 from conftest import FAKE_KEY, TIME_SCALE, figure
 
@@ -275,12 +275,16 @@ def test_reboot_brings_the_service_back(provisioned: Target) -> None:
     target = provisioned
     boot_id = target.run("cat /proc/sys/kernel/random/boot_id").stdout
     target.run("systemctl reboot", check=False, timeout=30)
-    wait_for(
-        "the target to come back from the reboot",
-        lambda: target.reachable() and target.run("cat /proc/sys/kernel/random/boot_id").stdout != boot_id,
-        600,
-        interval=3,
-    )
+
+    def rebooted() -> bool:
+        # While it goes down, SSH can answer one command and drop the next: that is "not back yet".
+        try:
+            now = target.run("cat /proc/sys/kernel/random/boot_id", check=False, timeout=30)
+        except TargetError:
+            return False
+        return now.returncode == 0 and now.stdout != boot_id
+
+    wait_for("the target to come back from the reboot", rebooted, 600, interval=3)
     wait_for("READY after boot", lambda: is_ready(target), 300, interval=2)
     props = target.show(SERVICE, "ActiveEnterTimestampMonotonic", "NRestarts")
     boot_to_ready = int(props["ActiveEnterTimestampMonotonic"]) / 1e6
