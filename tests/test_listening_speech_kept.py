@@ -6,12 +6,14 @@ Default settings, the service fed block by block; labels from the fixtures' gene
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import trio
 import trio.testing
 
 from appliance.audio.base import BlockQueue, level_db
 from appliance.bus import EventBus
 from appliance.events import MuteRequested, ServiceStatus
+from appliance.listening import sustained
 from appliance.listening.endpointer import Onset, Segment
 from appliance.listening.service import ListeningService
 from appliance.settings.listening import ListeningConfig
@@ -63,6 +65,55 @@ def test_long_sentence_in_fan_noise_is_delivered_whole() -> None:
     scene = F.scene([3.0, F.speak(LONG, "en", 150), 2.0])
     got = sent(service(), in_noise(scene, "fan", 10))
     assert len(got) == 1 and holds(got, scene.spans[0]), (got, scene.spans)
+
+
+def _over_babble(text: str, voice: str, rate: int, snr: float, seed: int) -> tuple[F.Labelled, np.ndarray]:
+    scene = F.scene([3.0, F.speak(text, voice, rate), 2.0])
+    # The babble fixture fades in over its first second: skip it, the room is already noisy.
+    babble = F.noise("babble", len(scene.samples) / F.RATE + 2, seed=seed)[F.RATE :]
+    return scene, F.mix(scene.samples, babble, snr)
+
+
+@pytest.mark.parametrize(
+    ("text", "voice", "rate", "seed"),
+    [
+        ("what time is it", "en-us", 130, 3),
+        ("can you tell me how the weather will be tomorrow morning in the city", "en-us+m3", 130, 4),
+        ("please remind me to call my sister when I get home from work tonight", "en-us", 150, 3),
+    ],
+)
+def test_a_voice_5_db_over_babble_is_delivered_whole_by_its_sustained_level(
+    text: str, voice: str, rate: int, seed: int
+) -> None:
+    scene, samples = _over_babble(text, voice, rate, 5.0, seed)
+    got = sent(service(), samples)
+    assert len(got) == 1 and holds(got, scene.spans[0]), (got, scene.spans)
+    # The per-block gate alone loses it: most of its blocks sit inside the babble's own spread.
+    gate_alone = service()
+    assert gate_alone.vad is not None
+    gate_alone.vad.sustained = None
+    assert not holds(sent(gate_alone, samples), scene.spans[0])
+
+
+@pytest.mark.parametrize("kind", ["babble", "fan", "music"])
+def test_two_minutes_of_fluttering_noise_alone_make_no_utterance_once_the_room_is_known(kind: str) -> None:
+    noise = F.noise(kind, 121.0, seed=7)[F.RATE :]
+    level = 10 ** (-24 / 20) * 32768 / (F.rms(noise) or 1.0)  # about the level of the 5 dB mixes' noise
+    samples = np.clip(noise * level, -32768, 32767).astype(np.int16)
+    # (A cold start right into a fan's surge is another matter: the first seconds are left out.)
+    assert [u for u in sent(service(), samples) if u[0] > 5.0] == []
+
+
+def test_a_clear_talker_is_handed_out_on_the_per_block_gate_not_a_window_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scene, samples = _over_babble("turn off the lights in the living room", "en-us", 150, 12.0, 3)
+    got = sent(service(), samples)
+    assert len(got) == 1 and holds(got, scene.spans[0])
+    monkeypatch.setattr(sustained, "SUSTAIN_CLEAR_DB", 100.0)  # the sustained mean for every talker
+    slower = sent(service(), samples)
+    assert len(slower) == 1
+    assert got[0][1] <= slower[0][1] - 0.2, (got, slower)  # its 300 ms mean lingers after the last word
 
 
 def test_cold_start_does_not_learn_speech_as_the_floor() -> None:

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from appliance.audio.base import CAPTURE_RATE, level_db
+from appliance.listening.sustained import SustainedLevel
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,8 @@ class VoiceActivity:
         self._in_speech = False  # an utterance is open (the caller says so): the cold guess may not rise
         self.last_level = -100.0
         self.last_probability = 0.0
+        # Energy VAD only: a near voice a few dB over a fluttering noise, heard by its 300 ms mean.
+        self.sustained = SustainedLevel(block_seconds) if self.detector.name == "energy" and noise_floor else None
 
     @property
     def ready(self) -> bool:
@@ -250,6 +253,9 @@ class VoiceActivity:
             self._floor = min(self._floor, guess) if hold and self._floor is not None else guess
         else:
             self._floor, spread = None, float("inf")
+        if self.sustained is not None:
+            if self._floor is not None and len(self._levels) >= self._enough_quiet:
+                self.sustained.learn(self._levels, self._floor, self.noise_margin_db)
         if self.detector.name == "energy":
             # A steady noise's levels sit tightly around its median; ~1.2x (median - 10th percentile) + 2 dB
             # clears its loud blocks (measured on fan, pink, brown, babble, music: bench listening_accuracy).
@@ -330,8 +336,12 @@ class VoiceActivity:
         level = self.last_level = level_db(block)
         if in_speech != self._in_speech:
             self._in_speech, self._dirty = in_speech, True
+            if self.sustained is not None:
+                self.sustained.new_utterance()
         if room:
             self._all.append(level)
+            if self.sustained is not None:
+                self.sustained.add(level)
         if len(self._levels) < self._enough_quiet:
             self._dirty = True
         needed = self.threshold_db + extra_db
@@ -343,7 +353,11 @@ class VoiceActivity:
         if floor_db is not None:
             needed = max(needed, floor_db + extra_db)
         if self.detector.name == "energy":
-            return level >= needed
+            # The sustained level is the room's, judged without the robot's voice or an echo estimate in it.
+            sustained = False
+            if self.sustained is not None and room and floor is not None and floor_db is None and extra_db == 0.0:
+                sustained = self.sustained.judge(level, floor, in_speech, self.volume_db_threshold)
+            return level >= needed or sustained
         # The neural detector must see every block to keep its streaming state, loud or not.
         self.last_probability = self.detector.probability(block)
         cutoff = self.vad_threshold - (0.15 if in_speech else 0.0)
@@ -365,6 +379,8 @@ class VoiceActivity:
         self._levels.clear()
         self._all.clear()
         self._floor = None
+        if self.sustained is not None:
+            self.sustained.forget()
         self._dirty = True
 
     def reset(self) -> None:
