@@ -29,6 +29,8 @@ SUSTAIN_CLEAR_DB = 10.0
 # The highest mean is held and falls back this much per block of non-speech: a window of the noise louder than
 # the last seconds held keeps counting for a while (a fan's slow surges come back).
 SUSTAIN_RELEASE_DB = 0.002
+# The margin is worked out again every this many updates (each is ~40 us of numpy; the room changes slowly).
+RELEARN_EVERY = 10
 
 
 class SustainedLevel:
@@ -40,6 +42,7 @@ class SustainedLevel:
         self.margin_db: float | None = None  # None: the room's noise is not learned yet, the path is off
         self._peak = -100.0  # the open utterance's loudest mean so far
         self.last = False
+        self._since = 0  # updates since the margin was last worked out
 
     def add(self, level_db: float) -> None:
         self._powers.append(10 ** (level_db / 10))
@@ -51,7 +54,12 @@ class SustainedLevel:
 
     def learn(self, quiet_levels: Iterable[float], floor_db: float, ceiling_db: float) -> None:
         """Set the margin from the room's non-speech levels (in order): its highest windowed mean over the
-        floor + SUSTAIN_CLEARANCE_DB, between SUSTAIN_MIN_MARGIN_DB and ``ceiling_db`` (the per-block margin)."""
+        floor + SUSTAIN_CLEARANCE_DB, between SUSTAIN_MIN_MARGIN_DB and ``ceiling_db`` (the per-block margin).
+        Called once per update of the floor; works only every RELEARN_EVERY calls once it has a margin."""
+        self._since += 1
+        if self.margin_db is not None and self._since < RELEARN_EVERY:
+            return
+        release, self._since = SUSTAIN_RELEASE_DB * self._since, 0
         powers = np.power(10.0, np.fromiter(quiet_levels, dtype=np.float64) / 10)
         if len(powers) < self.blocks:
             self.margin_db = None
@@ -59,12 +67,13 @@ class SustainedLevel:
         means = np.convolve(powers, np.full(self.blocks, 1 / self.blocks), mode="valid")
         highest = 10 * np.log10(max(float(means.max()), 1e-12)) - floor_db
         if self.margin_db is not None:
-            highest = max(highest, self.margin_db - SUSTAIN_CLEARANCE_DB - SUSTAIN_RELEASE_DB)
+            highest = max(highest, self.margin_db - SUSTAIN_CLEARANCE_DB - release)
         self.margin_db = min(ceiling_db, max(SUSTAIN_MIN_MARGIN_DB, highest + SUSTAIN_CLEARANCE_DB))
 
     def forget(self) -> None:
         self._powers.clear()
         self.margin_db = None
+        self._since = 0
 
     def new_utterance(self) -> None:
         self._peak = -100.0
