@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -26,6 +25,7 @@ from appliance.conversation.journal import TurnJournal
 from appliance.files import default_state_dir
 from appliance.settings_base import ConfigError
 from appliance.speaker import Speaker
+from appliance.web_serving import hypercorn_config, listen_socket, url_port
 
 if TYPE_CHECKING:
     from appliance.assembly.parts import Appliance
@@ -49,7 +49,8 @@ class ControlService:
         ctx.token = resolve_token(cfg, ctx.environ)  # a token file may have changed since the last start
         check_bind(cfg, ctx.token)
         conv_history = ctx.appliance.conversation.history
-        fd, urls = listen_socket(cfg.host, cfg.port)
+        fd, url = listen_socket(cfg.host, cfg.port)
+        urls = [url]
         handed_over = False
         try:
             async with trio.open_nursery() as nursery:
@@ -57,7 +58,7 @@ class ControlService:
                 await nursery.start(partial(ctx.metrics.follow, ctx.bus))
                 await nursery.start(ctx.speaker.run)
                 self.urls = urls
-                self.port = int(urls[0].rsplit(":", 1)[1])
+                self.port = url_port(url)
                 self.bound.set()
                 log.info("control API on %s%s", ", ".join(urls), "" if ctx.token else " (no token: loopback only)")
                 # The port is bound and listening: READY may go out now. The web framework takes most of a
@@ -75,47 +76,16 @@ class ControlService:
                 await trio.to_thread.run_sync(api.openapi)
                 handed_over = True
                 app: Any = Guard(api, ctx)  # an ASGI callable; hypercorn's type names its own scope classes
-                await nursery.start(partial(serve, app, _hypercorn_config(fd)))
+                await nursery.start(partial(serve, app, hypercorn_config(fd, "appliance.control.server", log)))
         finally:
             if not handed_over:
                 os.close(fd)
-
-
-def listen_socket(host: str, port: int) -> tuple[int, list[str]]:
-    """Bind and listen now; the file descriptor goes to hypercorn once it is loaded (``fd://``)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), port))
-        sock.listen(128)
-        bound_host, bound_port = sock.getsockname()[:2]
-    except OSError:
-        sock.close()
-        raise
-    shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
-    return sock.detach(), [f"http://{shown}:{bound_port}"]
 
 
 def _import_web_stack() -> None:
     import hypercorn.trio  # noqa: F401
 
     import appliance.control.api  # noqa: F401  (fastapi, starlette, pydantic models of every route)
-
-
-def _hypercorn_config(fd: int):
-    from hypercorn.config import Config
-
-    hyper = Config()
-    hyper.bind = [f"fd://{fd}"]
-    hyper.accesslog = None
-    server_log = logging.getLogger("appliance.control.server")
-    server_log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # its "Running on" repeats ours
-    hyper.errorlog = server_log
-    hyper.graceful_timeout = 0.5
-    hyper.include_server_header = False
-    hyper.keep_alive_timeout = 30
-    return hyper
 
 
 def add_control(

@@ -12,7 +12,6 @@ import hmac
 import json
 import logging
 import os
-import socket
 from functools import partial
 from typing import Any
 
@@ -23,6 +22,7 @@ from appliance.groups import single_error
 from appliance.server.http_turns import HttpTurns
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain
+from appliance.web_serving import hypercorn_config, listen_socket, url_port
 
 log = logging.getLogger(__name__)
 
@@ -116,46 +116,16 @@ class HttpAvatarServer:
         assert cfg.http_port is not None, "the HTTP API is off"
         api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
         app = HttpGuard(create_app(self), api_key, body_limits(cfg))
-        fd, self.port = _listen(cfg.host, cfg.http_port)
+        fd, url = listen_socket(cfg.host, cfg.http_port)
+        self.port = url_port(url)
         handed_over = False
         try:
             with single_error():
                 async with trio.open_nursery() as nursery:
                     handed_over = True
-                    await nursery.start(partial(serve, app, _hypercorn_config(fd)))
-                    shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-                    log.info("serving the AIAvatarKit HTTP API on http://%s:%d/chat", shown, self.port)
+                    await nursery.start(partial(serve, app, hypercorn_config(fd, "appliance.server.http", log)))
+                    log.info("serving the AIAvatarKit HTTP API on %s/chat", url)
                     task_status.started(self.port)
         finally:
             if not handed_over:
                 os.close(fd)
-
-
-def _listen(host: str, port: int) -> tuple[int, int]:
-    """Bind and listen now (so port 0 is known at once); the descriptor goes to hypercorn (``fd://``)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), port))
-        sock.listen(128)
-        bound = int(sock.getsockname()[1])
-    except OSError:
-        sock.close()
-        raise
-    return sock.detach(), bound
-
-
-def _hypercorn_config(fd: int) -> Any:
-    from hypercorn.config import Config
-
-    hyper = Config()
-    hyper.bind = [f"fd://{fd}"]
-    hyper.accesslog = None
-    server_log = logging.getLogger("appliance.server.http")
-    server_log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # its "Running on" repeats ours
-    hyper.errorlog = server_log
-    hyper.graceful_timeout = 0.5
-    hyper.include_server_header = False
-    hyper.keep_alive_timeout = 30
-    return hyper
