@@ -41,7 +41,9 @@ def failover_config(cloud_url: str, remote_url: str, **overrides: Any) -> AppCon
         data[section]["api_key"] = "test-key"
     data["conversation"]["brains"] = ["cloud", "remote", "offline"]
     data["remote"] = {"url": remote_url, "api_key": "secret-key"}
-    data["failover"] = {"open_initial": 0.5, "open_max": 2.0, "probe_timeout": 1.0}
+    # Not hedged: on a loaded machine the fake cloud can take longer than the default 0.8 s to hear the
+    # utterance, and the hedge would (rightly) send the audio itself on before the transcript exists.
+    data["failover"] = {"open_initial": 0.5, "open_max": 2.0, "probe_timeout": 1.0, "hedge_after": 0}
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
         data[section][key] = value
