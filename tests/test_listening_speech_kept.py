@@ -67,8 +67,10 @@ def test_long_sentence_in_fan_noise_is_delivered_whole() -> None:
     assert len(got) == 1 and holds(got, scene.spans[0]), (got, scene.spans)
 
 
-def _over_babble(text: str, voice: str, rate: int, snr: float, seed: int) -> tuple[F.Labelled, np.ndarray]:
-    scene = F.scene([3.0, F.speak(text, voice, rate), 2.0])
+def _over_babble(
+    text: str, voice: str, rate: int, snr: float, seed: int, lead: float = 3.0
+) -> tuple[F.Labelled, np.ndarray]:
+    scene = F.scene([lead, F.speak(text, voice, rate), 2.0])
     # The babble fixture fades in over its first second: skip it, the room is already noisy.
     babble = F.noise("babble", len(scene.samples) / F.RATE + 2, seed=seed)[F.RATE :]
     return scene, F.mix(scene.samples, babble, snr)
@@ -89,6 +91,25 @@ def test_a_voice_5_db_over_babble_is_delivered_whole_by_its_sustained_level(
     got = sent(service(), samples)
     assert len(got) == 1 and holds(got, scene.spans[0]), (got, scene.spans)
     # The per-block gate alone loses it: most of its blocks sit inside the babble's own spread.
+    gate_alone = service()
+    assert gate_alone.vad is not None
+    gate_alone.vad.sustained = None
+    assert not holds(sent(gate_alone, samples), scene.spans[0])
+
+
+@pytest.mark.parametrize(
+    ("text", "voice", "rate"),
+    [
+        ("turn off the lights in the living room", "en-us", 130),
+        ("can you tell me how the weather will be tomorrow morning in the city", "en-us+m3", 130),
+    ],
+)
+def test_cold_start_a_voice_5_db_over_babble_is_delivered_whole(text: str, voice: str, rate: int) -> None:
+    # Half a second of the room, then the talker: the margin comes from what was heard before he spoke.
+    scene, samples = _over_babble(text, voice, rate, 5.0, 3, lead=0.5)
+    s = service()
+    got = sent(s, samples)
+    assert holds(got, scene.spans[0]), (got, scene.spans)
     gate_alone = service()
     assert gate_alone.vad is not None
     gate_alone.vad.sustained = None

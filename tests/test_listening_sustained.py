@@ -56,3 +56,13 @@ def test_judge_needs_the_mean_the_block_and_a_close_talker() -> None:
     s.new_utterance()
     assert s.judge(-26.0, -30.0, True, -40.0)
     assert float(np.round(s.mean_db(), 6)) == -26.0
+
+
+def test_a_guessed_margin_is_not_held_once_the_room_is_learned() -> None:
+    s = SustainedLevel(0.02)
+    loud_start = [-30.0] * 50
+    loud_start[:15] = [-20.0] * 15
+    s.learn(loud_start, -30.0, 12.0, guess=True)  # cold: everything heard so far, a surge in it
+    assert s.margin_db == 10.0 + SUSTAIN_CLEARANCE_DB
+    s.learn([-30.0] * 150, -30.0, 12.0)  # the first margin from non-speech alone replaces it at once
+    assert s.margin_db == SUSTAIN_MIN_MARGIN_DB

@@ -42,6 +42,7 @@ class SustainedLevel:
         self.margin_db: float | None = None  # None: the room's noise is not learned yet, the path is off
         self._peak = -100.0  # the open utterance's loudest mean so far
         self.last = False
+        self._guessing = False
         self._since = 0  # updates since the margin was last worked out
 
     def add(self, level_db: float) -> None:
@@ -52,12 +53,14 @@ class SustainedLevel:
             return -100.0
         return 10 * float(np.log10(max(sum(self._powers) / self.blocks, 1e-12)))
 
-    def learn(self, quiet_levels: Iterable[float], floor_db: float, ceiling_db: float) -> None:
+    def learn(self, quiet_levels: Iterable[float], floor_db: float, ceiling_db: float, guess: bool = False) -> None:
         """Set the margin from the room's non-speech levels (in order): its highest windowed mean over the
         floor + SUSTAIN_CLEARANCE_DB, between SUSTAIN_MIN_MARGIN_DB and ``ceiling_db`` (the per-block margin).
-        Called once per update of the floor; works only every RELEARN_EVERY calls once it has a margin."""
+        Called once per update of the floor; works only every RELEARN_EVERY calls once it has a margin.
+        ``guess``: the levels are everything heard while the floor is still being learned; that margin is not
+        held (the first margin from non-speech alone replaces it)."""
         self._since += 1
-        if self.margin_db is not None and self._since < RELEARN_EVERY:
+        if self.margin_db is not None and self._since < RELEARN_EVERY and not (guess or self._guessing):
             return
         release, self._since = SUSTAIN_RELEASE_DB * self._since, 0
         powers = np.power(10.0, np.fromiter(quiet_levels, dtype=np.float64) / 10)
@@ -66,13 +69,15 @@ class SustainedLevel:
             return
         means = np.convolve(powers, np.full(self.blocks, 1 / self.blocks), mode="valid")
         highest = 10 * np.log10(max(float(means.max()), 1e-12)) - floor_db
-        if self.margin_db is not None:
+        if self.margin_db is not None and not (guess or self._guessing):
             highest = max(highest, self.margin_db - SUSTAIN_CLEARANCE_DB - release)
         self.margin_db = min(ceiling_db, max(SUSTAIN_MIN_MARGIN_DB, highest + SUSTAIN_CLEARANCE_DB))
+        self._guessing = guess
 
     def forget(self) -> None:
         self._powers.clear()
         self.margin_db = None
+        self._guessing = False
         self._since = 0
 
     def new_utterance(self) -> None:
@@ -86,6 +91,7 @@ class SustainedLevel:
             self._peak = max(self._peak, mean)
         self.last = (
             self.margin_db is not None
+            and (in_speech or not self._guessing)  # a guessed margin never opens an utterance by itself
             and mean >= max(lowest_db, floor_db + self.margin_db)
             and level_db >= floor_db + SUSTAIN_BLOCK_DB
             and self._peak < floor_db + SUSTAIN_CLEAR_DB

@@ -256,6 +256,10 @@ class VoiceActivity:
         if self.sustained is not None:
             if self._floor is not None and len(self._levels) >= self._enough_quiet:
                 self.sustained.learn(self._levels, self._floor, self.noise_margin_db)
+            elif self._floor is not None and not self._in_speech:
+                # Still learning (cold, unmuted): the room is all that was heard before anybody spoke, and the
+                # margin stays as it was while somebody does (a talker's own windows would raise it).
+                self.sustained.learn(self._all, self._floor, self.noise_margin_db, guess=True)
         if self.detector.name == "energy":
             # A steady noise's levels sit tightly around its median; ~1.2x (median - 10th percentile) + 2 dB
             # clears its loud blocks (measured on fan, pink, brown, babble, music: bench listening_accuracy).
