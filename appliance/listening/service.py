@@ -41,7 +41,7 @@ from appliance.listening.vad import (
     VoiceActivity,
     make_detector,
 )
-from appliance.listening.wake_phrase import find_wake_phrase, wake_refusal
+from appliance.listening.wake_phrase import wake_phrase_back, wake_refusal
 from appliance.listening.wakeword import MicroWakeWordDetector, WakeDetection, WakeWordDetector
 from appliance.settings.listening import ListeningConfig
 from appliance.turns import Utterance
@@ -243,7 +243,9 @@ class ListeningService:
         else:
             echo = guard.expected_echo_db() if playing else None
             extra = guard.margin_db if playing else 0.0
-            speech = vad.is_speech(block, extra, echo, endpointer.in_speech and not endpointer.armed, room=not playing)
+            open_ = endpointer.in_speech and not endpointer.armed
+            # A command is judged against its wake phrase (below), not by the sustained level.
+            speech = vad.is_speech(block, extra, echo, open_, room=not playing, sustain=self.command_level is None)
             level = vad.last_level
             if self.command_level is not None and endpointer.in_speech and not playing and not speech:
                 # The command after a wake word belongs to the user: judged against how loud they said the
@@ -251,7 +253,8 @@ class ListeningService:
                 speech = level >= vad.command_threshold_db(self.command_level)
         if playing:
             guard.learn(level)
-        elif not speech and not endpointer.in_speech:
+        elif not endpointer.in_speech and (not speech or not vad.gate_heard):
+            # A block only the sustained level called speech is still the room's (music's beats): learn it.
             vad.learn(level)
         self._evidence.append(speech)
         return speech, level
@@ -292,21 +295,6 @@ class ListeningService:
         if not endpointer.in_speech:
             self.command_level = None
 
-    def _wake_phrase(self) -> tuple[float, float | None]:
-        """Where the wake phrase that was just detected started (seconds back from now, pre-roll included) and
-        the level it was spoken at; without one, the configured pre-roll and no level."""
-        assert self.vad is not None
-        preroll = self.config.wake_word.preroll
-        levels = self.endpointer.history_levels
-        if self.endpointer.in_speech or len(levels) < 5:
-            return preroll, None
-        found = find_wake_phrase(levels, self.block_seconds, self.vad.floor_db, self.vad.min_noise_margin_db)
-        if found is None:
-            return preroll, None
-        start, level = found
-        back = (len(levels) - start) * self.block_seconds + self.config.preroll
-        return max(preroll, back), level
-
     def _on_wake(self, detection: WakeDetection, playing: bool) -> None:
         reason = wake_refusal(self.muted, playing, self.guard.mode, any(self._evidence))
         accepted = reason == ""
@@ -323,7 +311,11 @@ class ListeningService:
         if busy and not self.config.barge_in:
             return
         ww = self.config.wake_word
-        back, level = self._wake_phrase()
+        # Where the wake phrase started (s back, pre-roll included) and how loud it was said.
+        assert self.vad is not None
+        levels = [] if self.endpointer.in_speech else self.endpointer.history_levels
+        floor, margin = self.vad.floor_db, self.vad.min_noise_margin_db
+        back, level = wake_phrase_back(levels, self.block_seconds, floor, margin, self.config.preroll, ww.preroll)
         self.endpointer.arm(back, ww.command_timeout)
         self.command_level = level
         if self.bridge is not None:

@@ -216,6 +216,7 @@ class VoiceActivity:
         self._in_speech = False  # an utterance is open (the caller says so): the cold guess may not rise
         self.last_level = -100.0
         self.last_probability = 0.0
+        self.gate_heard = False  # the last block cleared the per-block gate (not only the sustained level)
         # Energy VAD only: a near voice a few dB over a fluttering noise, heard by its 300 ms mean.
         self.sustained = SustainedLevel(block_seconds) if self.detector.name == "energy" and noise_floor else None
 
@@ -332,11 +333,13 @@ class VoiceActivity:
         floor_db: float | None = None,
         in_speech: bool = False,
         room: bool = True,
+        sustain: bool = True,
     ) -> bool:
         """Speech in ``block``? ``extra_db`` raises the threshold; ``floor_db`` (an echo estimate) sets a
         minimum the level must clear by ``extra_db``. ``in_speech``: an utterance is open, so a neural
         detector's probability may dip 0.15 below its threshold before the block counts as silence.
-        ``room=False``: the block holds the robot's own voice and says nothing about the room's noise."""
+        ``room=False``: the block holds the robot's own voice and says nothing about the room's noise.
+        ``sustain=False``: the sustained level does not count (a command after a wake word has its own rule)."""
         level = self.last_level = level_db(block)
         if in_speech != self._in_speech:
             self._in_speech, self._dirty = in_speech, True
@@ -359,13 +362,16 @@ class VoiceActivity:
         if self.detector.name == "energy":
             # The sustained level is the room's, judged without the robot's voice or an echo estimate in it.
             sustained = False
-            if self.sustained is not None and room and floor is not None and floor_db is None and extra_db == 0.0:
+            plain = sustain and room and floor_db is None and extra_db == 0.0
+            if self.sustained is not None and plain and floor is not None:
                 sustained = self.sustained.judge(level, floor, in_speech, self.volume_db_threshold)
-            return level >= needed or sustained
+            self.gate_heard = level >= needed
+            return self.gate_heard or sustained
         # The neural detector must see every block to keep its streaming state, loud or not.
         self.last_probability = self.detector.probability(block)
         cutoff = self.vad_threshold - (0.15 if in_speech else 0.0)
-        return level >= needed and self.last_probability >= cutoff
+        self.gate_heard = level >= needed and self.last_probability >= cutoff
+        return self.gate_heard
 
     def learn(self, level: float | None = None) -> None:
         """Count the last block (or ``level``) as room noise."""

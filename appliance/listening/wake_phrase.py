@@ -34,6 +34,23 @@ def find_wake_phrase(
     return start, phrase[int(0.9 * (len(phrase) - 1))]
 
 
+def wake_phrase_back(
+    levels: Sequence[float],
+    block_seconds: float,
+    floor_db: float | None,
+    min_margin_db: float,
+    preroll: float,
+    wake_preroll: float,
+) -> tuple[float, float | None]:
+    """How far back (s) the utterance starts: the wake phrase's first block plus ``preroll``, never less than
+    ``wake_preroll``; and the phrase's level (None when no phrase is found in ``levels``)."""
+    found = find_wake_phrase(levels, block_seconds, floor_db, min_margin_db) if len(levels) >= 5 else None
+    if found is None:
+        return wake_preroll, None
+    start, level = found
+    return max(wake_preroll, (len(levels) - start) * block_seconds + preroll), level
+
+
 def wake_refusal(muted: bool, playing: bool, guard_mode: str, heard_the_user: bool) -> str:
     """Why a detection is not the user's ("" when it is): muted, or the robot's own voice set it off."""
     if muted:
