@@ -3,6 +3,7 @@ policy that keeps a model's URL off the robot's own and its home network (hostil
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,8 +55,15 @@ async def web_server() -> AsyncIterator[str]:
 
         return StreamingResponse(endless(), media_type="text/plain")
 
+    async def gzip_if_asked(request: Request) -> Response:  # as most real sites do
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            compressed = gzip.compress(b"squeezed words")
+            return Response(compressed, media_type="text/plain", headers={"Content-Encoding": "gzip"})
+        return Response(b"plain words", media_type="text/plain")
+
     routes = [
         Route("/page", page),
+        Route("/gzip-if-asked", gzip_if_asked),
         Route("/private-hop", private_hop),
         Route("/relative-hop", relative_hop),
         Route("/loop", loop),
@@ -89,6 +97,8 @@ async def test_relative_redirects_are_followed_and_charsets_honoured() -> None:
     async with web_server() as url:
         assert (await local_reader().read(f"{url}/relative-hop")).startswith("Robot news")
         assert await local_reader().read(f"{url}/latin1") == "café"
+        # the body is read raw up to max_bytes, so it is asked for uncompressed (not gzip bytes as text)
+        assert await local_reader().read(f"{url}/gzip-if-asked") == "plain words"
 
 
 async def test_a_redirect_to_a_private_address_is_refused() -> None:

@@ -138,6 +138,8 @@ class WebReader:
             "Host": parts.netloc,
             "User-Agent": self.user_agent,
             "Accept": "text/html, text/plain;q=0.9, */*;q=0.1",
+            # The body is read raw up to max_bytes: a compressed one would be unreadable, and could inflate past it.
+            "Accept-Encoding": "identity",
         }
         return client.build_request("GET", pinned, headers=headers, extensions=extensions)
 
@@ -145,15 +147,8 @@ class WebReader:
         kind = response.headers.get("content-type", "text/html").split(";")[0].strip().lower()
         if kind not in ("text/html", "application/xhtml+xml") and kind not in _TEXT_TYPES:
             raise ToolError(f"the page is {kind}, not text")
-        body = bytearray()
-        truncated = False
-        async for piece in response.aiter_raw():
-            body += piece
-            if len(body) > self.max_bytes:
-                truncated = True
-                del body[self.max_bytes :]
-                break
-        text = bytes(body).decode(response.charset_encoding or "utf-8", errors="replace")
+        body, truncated = await read_limited(response, self.max_bytes)
+        text = body.decode(response.charset_encoding or "utf-8", errors="replace")
         if kind in ("text/html", "application/xhtml+xml"):
             text = html_text(text)
         return shorten(text.strip(), self.max_chars, truncated)
@@ -204,12 +199,23 @@ def html_text(html: str) -> str:
     return f"{title}\n\n{body}" if title else body
 
 
-def shorten(text: str, limit: int, truncated: bool = False) -> str:
+async def read_limited(response: Any, max_bytes: int) -> tuple[bytes, bool]:
+    """At most ``max_bytes`` of an httpx response's body, and whether there was more (left unread)."""
+    body = bytearray()
+    async for piece in response.aiter_raw():
+        body += piece
+        if len(body) > max_bytes:
+            del body[max_bytes:]
+            return bytes(body), True
+    return bytes(body), False
+
+
+def shorten(text: str, limit: int, truncated: bool = False, more: str = " … (the page goes on)") -> str:
     if len(text) <= limit and not truncated:
         return text
     cut = text[:limit]
     cut = re.sub(r"\s+\S*$", "", cut) or cut  # at a word boundary
-    return cut + " … (the page goes on)"
+    return cut + more
 
 
 def web_reader_tool(
