@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,19 @@ def render_result(value: Any) -> str:
         return str(value)
 
 
+# Who is told of the tool calls of a turn (the HTTP API's ``tool_call`` frames): set by whoever asks a brain
+# for a reply, around that reply, so each request hears of its own calls only (the tasks of a turn inherit it).
+ToolWatcher = Callable[[ToolCall, ToolResult | None], Awaitable[None]]
+tool_watcher: ContextVar[ToolWatcher | None] = ContextVar("tool_watcher", default=None)
+
+
+async def _tell(watcher: ToolWatcher, call: ToolCall, result: ToolResult | None) -> None:
+    try:
+        await watcher(call, result)
+    except Exception:  # a watcher (a client that left) must never fail the tool or the turn
+        log.debug("tool watcher failed", exc_info=True)
+
+
 @dataclass
 class ToolRegistry:
     """The tools offered to the model. Tools may be added and removed while the appliance runs (MCP servers
@@ -178,7 +192,17 @@ class ToolRegistry:
         return True  # an empty registry is still a registry (tools may arrive later)
 
     async def run(self, call: ToolCall) -> ToolResult:
-        """Run one call; every failure becomes an error result the model can read."""
+        """Run one call; every failure becomes an error result the model can read. The turn's tool watcher, if
+        any, hears of the call before it runs and of its result after."""
+        watcher = tool_watcher.get()
+        if watcher is not None:
+            await _tell(watcher, call, None)
+        result = await self._run(call)
+        if watcher is not None:
+            await _tell(watcher, call, result)
+        return result
+
+    async def _run(self, call: ToolCall) -> ToolResult:
         t = self._tools.get(call.name)
         if t is None:
             return ToolResult(call, f"There is no tool named {call.name!r}.", is_error=True)
