@@ -14,9 +14,6 @@ import pydantic
 import pytest
 import trio
 import trio.lowlevel
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -28,7 +25,7 @@ from appliance.events import SentenceStarted, TurnFinished
 from appliance.providers.llm.base import ToolCall
 from appliance.settings.conversation import LLMConfig, ToolConfig
 from tests.fakes.providers import fake_providers
-from tests.harness import cloud_config, running_appliance
+from tests.harness import cloud_config, running_appliance, serve_routes
 from tests.test_providers_agent import ASK
 
 XAI_KEY = "xai-test-key-0123456789"
@@ -89,14 +86,8 @@ async def xai_service() -> AsyncIterator[tuple[str, XAIService]]:
             return Response(service.reply, status_code=service.status, media_type="application/json")
         return Response(json.dumps(service.reply), status_code=service.status, media_type="application/json")
 
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = config.errorlog = None
-    route = Route("/v1/responses", responses, methods=["POST"])
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve, Starlette(routes=[route]), config)  # type: ignore[arg-type]
-        yield f"{binds[0]}/v1", service
-        nursery.cancel_scope.cancel()
+    async with serve_routes([Route("/v1/responses", responses, methods=["POST"])]) as url:
+        yield f"{url}/v1", service
 
 
 async def test_the_model_searches_with_grok_in_a_turn_and_says_the_progress_sentence(

@@ -10,10 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -22,7 +18,7 @@ from appliance.agent.tools import ToolError
 from appliance.agent.web_reader import AddressPolicy, WebReader, html_text, shorten
 from appliance.events import SentenceStarted, TurnFinished
 from tests.fakes.providers import fake_providers
-from tests.harness import cloud_config, running_appliance
+from tests.harness import cloud_config, running_appliance, serve_routes
 from tests.test_providers_agent import ASK
 
 PAGE = """<!doctype html><html><head><title>Robot  news</title><style>body{color:red}</style>
@@ -72,13 +68,8 @@ async def web_server() -> AsyncIterator[str]:
         Route("/missing", lambda r: PlainTextResponse("gone", status_code=404)),
         Route("/latin1", lambda r: Response("caf\xe9".encode("latin-1"), media_type="text/plain; charset=latin-1")),
     ]
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = config.errorlog = None
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve, Starlette(routes=routes), config)  # type: ignore[arg-type]
-        yield binds[0]
-        nursery.cancel_scope.cancel()
+    async with serve_routes(routes) as url:
+        yield url
 
 
 def local_reader(**options: Any) -> WebReader:

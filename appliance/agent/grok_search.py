@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.agent.tools import Tool, ToolError
+from appliance.agent.tools import Tool, ToolError, one_text_tool
 from appliance.agent.web_reader import read_limited, shorten
 
 log = logging.getLogger(__name__)
@@ -160,20 +160,13 @@ def grok_search_tool(
     progress: str | None = None,
     timeout: float = 30.0,
 ) -> Tool:
-    async def runner(arguments: dict[str, Any]) -> Any:
-        query = arguments.get("query")
-        if not isinstance(query, str) or not query.strip():
-            raise ToolError("say what to search for as 'query'")
+    async def ask(query: str) -> str:
         # The registry holds the whole call to ``timeout``, so a reply trickling in forever is cut off too.
-        answer = await search.search(query.strip()[:1000])
+        answer = await search.search(query[:1000])
         log.info("grok search answered (%d characters)", len(answer))
         return answer
 
     where = " and ".join({"web": "the web", "x": "posts on X"}[s] for s in search.sources)
-    schema = {
-        "type": "object",
-        "properties": {"query": {"type": "string", "description": "what to find out, as a full question"}},
-        "required": ["query"],
-    }
     about = description or f"Search {where} with Grok for current facts and news; returns an answer with sources."
-    return Tool(name, about, schema, runner, None, progress, timeout, source="config")
+    query = ("query", "what to find out, as a full question")
+    return one_text_tool(name, about, query, ask, progress=progress, timeout=timeout)

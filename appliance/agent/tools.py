@@ -131,6 +131,28 @@ def http_tool(
     return Tool(name, description, schema, runner, None, progress, timeout, source="http")
 
 
+def one_text_tool(
+    name: str,
+    description: str,
+    argument: tuple[str, str],
+    run: Callable[[str], Awaitable[Any]],
+    *,
+    progress: str | None = None,
+    timeout: float = 30.0,
+) -> Tool:
+    """A config tool taking one required text ``argument`` = (its name, what it is); ``run`` gets it stripped."""
+    key, about = argument
+
+    async def runner(arguments: dict[str, Any]) -> Any:
+        value = arguments.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ToolError(f"the {key!r} argument ({about}) is missing or empty")
+        return await run(value.strip())
+
+    schema = {"type": "object", "properties": {key: {"type": "string", "description": about}}, "required": [key]}
+    return Tool(name, description, schema, runner, None, progress, timeout, source="config")
+
+
 def render_result(value: Any) -> str:
     if isinstance(value, str):
         return value

@@ -69,8 +69,11 @@ class _WatchedOut:
     async def __aexit__(self, *exc: object) -> None:
         self.out.close()
 
-    def ended(self) -> None:
+    def ended(self, error: BaseException | None) -> None:
         self.span.set_attribute("appliance.chunks", self.chunks)
+        self.span.set_attribute("appliance.brain", self.answered_by)  # for the turn: the brain the user heard
+        self.span.set_attribute("appliance.outcome", _outcome(error, self.chunks))
+        mark_status(self.span, error)
 
 
 class _Wrapped:
@@ -92,6 +95,18 @@ class _Wrapped:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    async def _watched_reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput], span: Any) -> None:
+        """The inner brain's reply, told to ``span`` as it passes; the span ends saying how it went."""
+        watched = _WatchedOut(out, span, self.tracing, self.name)
+        error: BaseException | None = None
+        try:
+            await self.inner.reply(request, cast(trio.MemorySendChannel[BrainOutput], watched))
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            watched.ended(error)
+
 
 class TracedBrain(_Wrapped):
     """The brain the conversation talks to, with each reply as the ``turn`` span of one trace."""
@@ -101,17 +116,7 @@ class TracedBrain(_Wrapped):
         with self.tracing.turn(request.turn_id, self.name, utterance.source) as span:
             if utterance.text is not None:
                 span.set_attribute("appliance.user_text", self.tracing.user(utterance.text))
-            watched = _WatchedOut(out, span, self.tracing, self.name)
-            error: BaseException | None = None
-            try:
-                await self.inner.reply(request, cast(trio.MemorySendChannel[BrainOutput], watched))
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                span.set_attribute("appliance.brain", watched.answered_by)
-                watched.ended()
-                mark_status(span, error)
+            await self._watched_reply(request, out, span)
 
 
 class TracedAttempt(_Wrapped):
@@ -124,17 +129,7 @@ class TracedAttempt(_Wrapped):
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            watched = _WatchedOut(out, span, self.tracing, self.name)
-            error: BaseException | None = None
-            try:
-                await self.inner.reply(request, cast(trio.MemorySendChannel[BrainOutput], watched))
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                watched.ended()
-                span.set_attribute("appliance.outcome", _outcome(error, watched.chunks))
-                mark_status(span, error)
+            await self._watched_reply(request, out, span)
 
 
 def _outcome(error: BaseException | None, chunks: int) -> str:

@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 import trio
 
-from appliance.agent.tools import Tool, ToolError
+from appliance.agent.tools import Tool, ToolError, one_text_tool
 
 log = logging.getLogger(__name__)
 
@@ -226,21 +226,13 @@ def web_reader_tool(
     progress: str | None = None,
     timeout: float = 30.0,
 ) -> Tool:
-    async def runner(arguments: dict[str, Any]) -> Any:
-        url = arguments.get("url")
-        if not isinstance(url, str) or not url.strip():
-            raise ToolError("give the address of the page as 'url'")
+    async def read(url: str) -> str:
         import httpx
 
         try:
-            return await reader.read(url.strip())
+            return await reader.read(url)
         except httpx.HTTPError as exc:
             raise ToolError(f"cannot read the page: {type(exc).__name__}: {exc}"[:300]) from None
 
-    schema = {
-        "type": "object",
-        "properties": {"url": {"type": "string", "description": "the page's http(s) address"}},
-        "required": ["url"],
-    }
     about = description or "Read a web page and return its text, to answer questions about that page."
-    return Tool(name, about, schema, runner, None, progress, timeout, source="config")
+    return one_text_tool(name, about, ("url", "the page's http(s) address"), read, progress=progress, timeout=timeout)
