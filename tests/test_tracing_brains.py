@@ -1,5 +1,5 @@
 """Tracing of turns the cloud brain did not answer, exported to the OTLP/HTTP receiver of ``test_tracing``: the
-remote AIAvatarKit server, the offline line, and failover between them. Each turn is one trace whose ``turn``
+remote AIAvatarKit server, the offline line, failover between them, and ``appliance serve``'s turns. Each turn is one trace whose ``turn``
 span names the brain the user heard, with when the transcript and the first chunk came; through failover each
 brain asked has its own ``brain`` span (answered, failed, or cancelled when beaten), with the cloud's provider
 spans under the cloud's attempt."""
@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
+from appliance.assembly.brains import serving_brain
 from appliance.config import AppConfig
 from appliance.events import TurnFinished
+from appliance.server.http_api import HttpAvatarServer
+from appliance.settings.brains import ServerConfig
 from tests.fakes.aiavatar import FakeAvatarServer
 from tests.fakes.cloud import fake_cloud
-from tests.harness import running_appliance
+from tests.harness import cloud_config, running_appliance
+from tests.http_serve_helpers import KEY, base, events
 from tests.test_failover_cloud import UTTERANCE, failover_config
 from tests.test_providers_agent import ASK
 from tests.test_tracing import attrs, otlp_receiver
@@ -121,3 +126,21 @@ async def test_a_hung_cloud_beaten_by_the_remote_shows_as_cancelled(avatar: Fake
     assert attempts["cloud"]["appliance.outcome"] == "cancelled" and attempts["cloud"]["appliance.cancelled"] is True
     assert attempts["remote"]["appliance.outcome"] == "answered"
     assert attrs(found["turn"][0])["appliance.brain"] == "remote"
+
+
+async def test_turns_served_to_other_robots_are_traced_too(nursery: trio.Nursery) -> None:
+    async with otlp_receiver() as (endpoint, receiver), fake_cloud() as cloud:
+        config = traced(cloud_config(cloud.url), endpoint)
+        brain, tracing = serving_brain(config)  # what `appliance serve` answers with
+        server = HttpAvatarServer(brain, ServerConfig(host="127.0.0.1", port=0, http_port=0, api_key=KEY))  # type: ignore[arg-type]
+        await nursery.start(server.run)
+        async with httpx.AsyncClient(base_url=base(server), timeout=30) as client:
+            frames = await events(client, "/chat", {"session_id": "s", "text": "What time is it?"})
+        assert await trio.to_thread.run_sync(tracing.flush)
+        tracing.shutdown()
+    assert frames[-1]["type"] == "final"
+    found = spans_by_name(receiver)
+    (turn,) = found["turn"]
+    assert attrs(turn)["appliance.brain"] == "cloud" and attrs(turn)["appliance.source"] == "remote"
+    assert attrs(turn)["appliance.turn_id"] == frames[0]["transaction_id"]
+    assert found["llm"] and all(s.parent_span_id == turn.span_id for s in found["llm"] + found["tts"])

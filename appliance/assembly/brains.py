@@ -280,7 +280,7 @@ def build_brain(
             brains.append(OfflineBrain(config.conversation.offline_message, voice))
     if len(brains) == 1:
         only = brains[0]
-        return _traced(only, tracing), prewarm, only if hasattr(only, "run") else None
+        return traced_brain(only, tracing), prewarm, only if hasattr(only, "run") else None
     from appliance.brains.failover import FailoverBrain
 
     if tracing is not None:  # a span for each brain asked, under the turn's
@@ -288,10 +288,20 @@ def build_brain(
 
         brains = [TracedAttempt(b, tracing) for b in brains]
     failover = FailoverBrain(brains, config.failover, bus=bus, voice=voice, probes=probes)
-    return _traced(failover, tracing), prewarm, failover
+    return traced_brain(failover, tracing), prewarm, failover
 
 
-def _traced(brain: Brain, tracing: Any) -> Brain:
+def serving_brain(config: AppConfig) -> tuple[Brain, Any]:
+    """What ``appliance serve`` answers with: the cloud brain, built now, each turn traced when ``[tracing]`` is on;
+    and the tracing to shut down (flushing the last spans) when serving ends."""
+    from appliance.conversation.local_voice import LocalVoice
+
+    tracing = build_tracing(config)
+    brain = cloud_brain_factory(config, LocalVoice(), tracing=tracing)()
+    return traced_brain(brain, tracing), tracing
+
+
+def traced_brain(brain: Brain, tracing: Any) -> Brain:
     """With tracing on, every turn of ``brain`` is a trace naming the brain that answered."""
     if tracing is None:
         return brain
