@@ -16,12 +16,13 @@ import pytest
 import trio
 from PIL import Image
 
-from appliance.assembly.brains import cloud_brain_factory
-from appliance.conversation.local_voice import LocalVoice
+from appliance.assembly.brains import serving_brain
+from appliance.events import SentenceStarted, TurnFinished
 from appliance.server.http_api import HttpAvatarServer
 from appliance.settings.brains import ServerConfig
+from appliance.turns import Utterance
 from tests.fakes.cloud import FakeCloud, fake_cloud
-from tests.harness import cloud_config
+from tests.harness import cloud_config, running_appliance
 from tests.http_serve_helpers import AUTH, KEY, base, events
 from tests.test_image_tool import huge_png_header
 
@@ -40,7 +41,7 @@ def data_url(raw: bytes, mime: str = "image/png") -> str:
 async def served_cloud(**fake: Any) -> AsyncIterator[tuple[str, FakeCloud]]:
     tools = fake.pop("tools", [])
     async with fake_cloud(**fake) as cloud, trio.open_nursery() as nursery:
-        brain = cloud_brain_factory(cloud_config(cloud.url, llm__tools=tools), LocalVoice())()
+        brain, _tracing = serving_brain(cloud_config(cloud.url, llm__tools=tools))  # as `appliance serve` builds it
         config = ServerConfig(host="127.0.0.1", port=0, http_port=0, api_key=KEY)  # type: ignore[arg-type]
         server = HttpAvatarServer(brain, config)
         await nursery.start(server.run)
@@ -141,3 +142,14 @@ async def test_a_body_too_big_even_for_pictures_gets_413_before_it_is_read() -> 
                 "/chat", json={"session_id": "s", "files": [{"url": f"data:image/png;base64,{huge}"}]}, headers=AUTH
             )
     assert response.status_code == 413
+
+
+async def test_a_robot_without_a_camera_says_the_words_and_passes_the_tag_on_silently() -> None:
+    """Only a serving brain passes the tag on to its client: a robot without a camera drops it as before."""
+    async with fake_cloud(reply="Let me look. [vision:camera]") as cloud:
+        async with running_appliance(cloud_config(cloud.url)) as (app, log):
+            await app.conversation.start_turn(Utterance(text="What do you see?"))
+            done = await log.wait_for(TurnFinished)
+            spoken = [e.text for e in log.of(SentenceStarted)]
+    assert done.outcome == "done" and spoken == ["Let me look."]
+    assert len(cloud.bodies("/v1/chat/completions")) == 1  # no camera: nothing to look with, no second request

@@ -294,10 +294,15 @@ def build_brain(
 def serving_brain(config: AppConfig) -> tuple[Brain, Any]:
     """What ``appliance serve`` answers with: the cloud brain, built now, each turn traced when ``[tracing]`` is on;
     and the tracing to shut down (flushing the last spans) when serving ends."""
+    from dataclasses import replace
+
+    from appliance.brains.cloud import CloudBrain
     from appliance.conversation.local_voice import LocalVoice
 
     tracing = build_tracing(config)
     brain = cloud_brain_factory(config, LocalVoice(), tracing=tracing)()
+    if isinstance(brain, CloudBrain):  # a reply's [vision:camera] asks the client to look (a `vision` frame)
+        brain.agent = replace(brain.agent, client_camera=True)
     return traced_brain(brain, tracing), tracing
 
 

@@ -367,8 +367,8 @@ class CloudBrain:
                 blocked = verdict.action == "block"
                 sentence = voice_text = verdict.text
                 voice_text, _ = extract_tags(voice_text)
-        if not voice_text and all(tag.name == "vision" for tag in tags) and look:
-            return look  # our camera answers a bare [vision:camera]; without one, the tag goes on (a client's)
+        if not voice_text and all(tag.name == "vision" for tag in tags) and (look or not self.agent.client_camera):
+            return look  # a bare [vision:camera]: our camera answers it, else a client's does (serve) or nobody
         if not any(ch.isalnum() for ch in voice_text):
             voice_text = ""  # a stray quote or bracket: nothing to say
         state.texts.append(sentence)
