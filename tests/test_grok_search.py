@@ -243,3 +243,15 @@ def test_without_a_key_the_tool_is_a_config_error_that_names_its_place(monkeypat
     monkeypatch.setenv("XAI_API_KEY", XAI_KEY)
     built = build_tools(llm).get("grok_search")
     assert built is not None and XAI_KEY not in repr(built)
+
+
+async def test_through_a_gateway_without_a_key_no_empty_bearer_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XAI_API_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    async with xai_service() as (base, service):
+        tool = ToolConfig(builtin="grok_search", base_url=base, headers={"X-Gateway-Key": "g-123"})
+        built = build_tools(LLMConfig(tools=[tool])).get("grok_search")
+        result = await _run(built)
+    assert not result.is_error and "sunny" in result.content
+    headers, _body = service.requests[0]
+    assert "authorization" not in headers and headers["x-gateway-key"] == "g-123"

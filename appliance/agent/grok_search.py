@@ -83,7 +83,9 @@ class GrokSearch:
 
         url = f"{self.base_url.rstrip('/')}/responses"
         # identity: the byte limit then bounds what is held, with no compressed reply inflating past it
-        headers = {**self.headers, "Authorization": f"Bearer {self.api_key or ''}", "Accept-Encoding": "identity"}
+        headers = {**self.headers, "Accept-Encoding": "identity"}
+        if self.api_key:  # without one, a gateway at base_url holds the key (or takes its own header)
+            headers["Authorization"] = f"Bearer {self.api_key}"
         try:
             async with (
                 httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=None) as client,
