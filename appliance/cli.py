@@ -203,8 +203,7 @@ def _run(config, level: str | None, path: Path | None = None) -> int:
 def _serve(config, host: str | None, port: int | None, level: str | None) -> int:
     import trio
 
-    from appliance.assembly.brains import cloud_brain_factory
-    from appliance.conversation.local_voice import LocalVoice
+    from appliance.assembly.brains import serving_brain
     from appliance.logs import setup_logging
     from appliance.server.avatar import AvatarServer
     from appliance.server.http_api import HttpAvatarServer
@@ -213,7 +212,7 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
 
     setup_logging(level or config.log.level)
     try:
-        brain = cloud_brain_factory(config, LocalVoice())()
+        brain, tracing = serving_brain(config)  # each turn a trace when [tracing] is on
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_CONFIG
@@ -246,6 +245,9 @@ def _serve(config, host: str | None, port: int | None, level: str | None) -> int
         ports = f"{server.config.port}" + (f" / http {server.config.http_port}" if len(servers) > 1 else "")
         print(f"cannot serve on {server.config.host}:{ports}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # the last turns' spans leave before the process does
     return EXIT_OK
 
 

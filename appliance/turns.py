@@ -37,6 +37,14 @@ class Utterance:
             raise ValueError("an utterance needs audio or text")
 
 
+@dataclass(frozen=True, eq=False)
+class Image:
+    """A still for vision-capable models (JPEG or PNG bytes), attached to the latest user message."""
+
+    data: bytes
+    mime_type: str = "image/jpeg"
+
+
 @dataclass(frozen=True)
 class Message:
     role: Literal["user", "assistant"]
@@ -62,6 +70,7 @@ class TurnRequest:
     history: tuple[Message, ...] = ()
     conversation_id: str = ""
     prompt_params: dict[str, str] = field(default_factory=dict)
+    images: tuple[Image, ...] = ()  # pictures that came with the request (a client's camera), for the model
 
 
 @dataclass(frozen=True)

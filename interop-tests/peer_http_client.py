@@ -6,7 +6,9 @@ Its real ``AIAvatarHttpClient.send_request`` posts each request and parses every
 ``AIAvatarResponse.model_validate_json`` (raising on an ``error`` frame); its ``receive_response_worker`` and
 ``perform_response`` then show faces and play the WAV audio (PortAudio replaced by the stand-in of
 peer_client.py). The script: ``{"text": "..."}`` or ``{"audio_seconds": 1.0}`` (a tone, sent as the raw PCM
-its VAD hands over), ``"api_key": "..."`` to send another key. Prints one JSON line: what the client saw.
+its VAD hands over), ``"api_key": "..."`` to send another key, ``"look": "data:image/..."`` for the picture its
+``get_image_url`` hook gives when a ``vision`` frame asks for one (the worker then sends it, as in a real app,
+and the step waits for that reply's final). Prints one JSON line: what the client saw.
 """
 
 from __future__ import annotations
@@ -52,17 +54,26 @@ async def run(url: str, api_key: str, script: list[dict[str, Any]]) -> dict[str,
 
     client = client_for(api_key)
     seen: list[dict[str, Any]] = []
-    for kind in ("connected", "start", "chunk", "final", "canceled", "error"):
+    looks: list[str] = []
+    picture: list[str] = []
+    for kind in ("connected", "start", "chunk", "tool_call", "final", "vision", "canceled", "error"):
 
         async def note(response: AIAvatarResponse, kind: str = kind) -> None:
             seen.append({"type": kind, "voice_text": response.voice_text, "metadata": response.metadata})
 
         client.on_response(kind)(note)
+
+    @client.get_image_url
+    async def camera(source: str) -> str | None:
+        looks.append(source)
+        return picture[0] if picture else None
+
     worker = asyncio.create_task(client.receive_response_worker())
     results: list[dict[str, Any]] = []
     session = "interop-http"
     for step in script:
         sender = client_for(step["api_key"]) if "api_key" in step else client
+        picture[:] = [step["look"]] if "look" in step else []
         if "text" in step:
             request = AIAvatarRequest(type="start", session_id=session, user_id="u", text=step["text"])
         else:
@@ -76,6 +87,11 @@ async def run(url: str, api_key: str, script: list[dict[str, Any]]) -> dict[str,
             results.append({"outcome": type(exc).__name__, "message": str(exc)[:300]})
         while not client.response_queue.empty():
             await asyncio.sleep(0.02)
+        if "look" in step:  # its worker answers the vision frame with a new request: wait for that reply
+            for _ in range(1000):
+                if [s["type"] for s in seen][-1:] == ["final"] and any(s["type"] == "vision" for s in seen):
+                    break
+                await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)  # the player thread takes the last sentence
     worker.cancel()
     return {
@@ -84,6 +100,7 @@ async def run(url: str, api_key: str, script: list[dict[str, Any]]) -> dict[str,
         "faces": faces,
         "animations": animations,
         "played_bytes": PLAYED["bytes"],
+        "looks": looks,
     }
 
 

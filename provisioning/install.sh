@@ -27,7 +27,7 @@ readonly MANAGED="# Managed by appliance provisioning/install.sh; remove this li
 # Every credential the app reads (appliance/config.py _PROVIDER_KEYS, the remote brain, the control API);
 # each gets a root-only file, empty when unused, so the unit's LoadCredential= never fails on a missing one.
 readonly KEY_NAMES=(openai_api_key anthropic_api_key gemini_api_key google_api_key azure_speech_key
-    amivoice_api_key dify_api_key remote_api_key control_token mqtt_password)
+    amivoice_api_key dify_api_key xai_api_key remote_api_key control_token mqtt_password)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)

@@ -90,3 +90,19 @@ async def running_appliance(
         yield app, log
         app.supervisor.stop("test done")
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def serve_routes(routes: list[Any]) -> AsyncIterator[str]:
+    """A Starlette app of ``routes`` on 127.0.0.1 (hypercorn on Trio); yields its base URL, stops on exit."""
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+    from starlette.applications import Starlette
+
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = config.errorlog = None
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve, Starlette(routes=routes), config)  # type: ignore[arg-type]
+        yield binds[0]
+        nursery.cancel_scope.cancel()

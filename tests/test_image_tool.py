@@ -14,10 +14,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -29,7 +26,7 @@ from appliance.events import PictureRequested, TurnFinished
 from appliance.hardware.display import DisplayService
 from appliance.settings.hardware import DisplayConfig
 from tests.fakes.providers import fake_providers
-from tests.harness import cloud_config, running_appliance
+from tests.harness import cloud_config, running_appliance, serve_routes
 from tests.test_providers_agent import ASK
 
 
@@ -82,14 +79,8 @@ async def image_service() -> AsyncIterator[tuple[str, ImageService]]:
             return Response(service.reply, status_code=service.status, media_type="application/json")
         return JSONResponse(service.reply, status_code=service.status)
 
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = config.errorlog = None
-    route = Route("/v1beta/models/{model}:generateContent", generate, methods=["POST"])
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve, Starlette(routes=[route]), config)  # type: ignore[arg-type]
-        yield binds[0], service
-        nursery.cancel_scope.cancel()
+    async with serve_routes([Route("/v1beta/models/{model}:generateContent", generate, methods=["POST"])]) as url:
+        yield url, service
 
 
 async def test_the_model_draws_and_the_display_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,16 +3,13 @@ policy that keeps a model's URL off the robot's own and its home network (hostil
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -21,7 +18,7 @@ from appliance.agent.tools import ToolError
 from appliance.agent.web_reader import AddressPolicy, WebReader, html_text, shorten
 from appliance.events import SentenceStarted, TurnFinished
 from tests.fakes.providers import fake_providers
-from tests.harness import cloud_config, running_appliance
+from tests.harness import cloud_config, running_appliance, serve_routes
 from tests.test_providers_agent import ASK
 
 PAGE = """<!doctype html><html><head><title>Robot  news</title><style>body{color:red}</style>
@@ -54,8 +51,15 @@ async def web_server() -> AsyncIterator[str]:
 
         return StreamingResponse(endless(), media_type="text/plain")
 
+    async def gzip_if_asked(request: Request) -> Response:  # as most real sites do
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            compressed = gzip.compress(b"squeezed words")
+            return Response(compressed, media_type="text/plain", headers={"Content-Encoding": "gzip"})
+        return Response(b"plain words", media_type="text/plain")
+
     routes = [
         Route("/page", page),
+        Route("/gzip-if-asked", gzip_if_asked),
         Route("/private-hop", private_hop),
         Route("/relative-hop", relative_hop),
         Route("/loop", loop),
@@ -64,13 +68,8 @@ async def web_server() -> AsyncIterator[str]:
         Route("/missing", lambda r: PlainTextResponse("gone", status_code=404)),
         Route("/latin1", lambda r: Response("caf\xe9".encode("latin-1"), media_type="text/plain; charset=latin-1")),
     ]
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = config.errorlog = None
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve, Starlette(routes=routes), config)  # type: ignore[arg-type]
-        yield binds[0]
-        nursery.cancel_scope.cancel()
+    async with serve_routes(routes) as url:
+        yield url
 
 
 def local_reader(**options: Any) -> WebReader:
@@ -89,6 +88,8 @@ async def test_relative_redirects_are_followed_and_charsets_honoured() -> None:
     async with web_server() as url:
         assert (await local_reader().read(f"{url}/relative-hop")).startswith("Robot news")
         assert await local_reader().read(f"{url}/latin1") == "café"
+        # the body is read raw up to max_bytes, so it is asked for uncompressed (not gzip bytes as text)
+        assert await local_reader().read(f"{url}/gzip-if-asked") == "plain words"
 
 
 async def test_a_redirect_to_a_private_address_is_refused() -> None:

@@ -24,6 +24,8 @@ def build_tools(cfg: LLMConfig, registry: Any = None, show_picture: Any = None) 
             declared = _function_tool(t, where)
         elif t.builtin == "generate_image":
             declared = _image_tool(t, show_picture)
+        elif t.builtin == "grok_search":
+            declared = _grok_search_tool(t, where)
         elif t.builtin:
             declared = _web_reader_tool(t)
         else:
@@ -64,6 +66,29 @@ def _image_tool(t: ToolConfig, show_picture: Any) -> Any:
         description=t.description,
         progress=t.progress,
         timeout=t.timeout,
+    )
+
+
+def _grok_search_tool(t: ToolConfig, where: str) -> Any:
+    from appliance.agent.grok_search import DEFAULT_BASE_URL, DEFAULT_MODEL, GrokSearch, grok_search_tool
+
+    key = key_for("xai", None)
+    if key is None and not t.base_url:  # a gateway at base_url may hold the key itself
+        raise ValueError(f"{where}: grok_search needs an xAI API key (set XAI_API_KEY, or a credential xai_api_key)")
+    search = GrokSearch(
+        key,
+        sources=tuple(dict.fromkeys(t.sources)),
+        allowed_domains=tuple(t.allowed_domains),
+        excluded_domains=tuple(t.excluded_domains),
+        allowed_x_handles=tuple(t.allowed_x_handles),
+        excluded_x_handles=tuple(t.excluded_x_handles),
+        model=t.model or DEFAULT_MODEL,
+        base_url=t.base_url or DEFAULT_BASE_URL,
+        max_chars=t.max_chars,
+        headers=dict(t.headers),
+    )
+    return grok_search_tool(
+        search, name=t.name or "grok_search", description=t.description, progress=t.progress, timeout=t.timeout
     )
 
 

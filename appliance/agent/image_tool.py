@@ -80,7 +80,7 @@ def check_picture(raw: bytes) -> None:
     except Image.DecompressionBombError:
         raise ToolError("the picture is too large to show") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a broken file; all mean the same here
-        raise ToolError(f"the image service sent a picture that cannot be read ({type(exc).__name__})") from None
+        raise ToolError(f"the picture cannot be read ({type(exc).__name__})") from None
 
 
 def image_tool(

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +131,28 @@ def http_tool(
     return Tool(name, description, schema, runner, None, progress, timeout, source="http")
 
 
+def one_text_tool(
+    name: str,
+    description: str,
+    argument: tuple[str, str],
+    run: Callable[[str], Awaitable[Any]],
+    *,
+    progress: str | None = None,
+    timeout: float = 30.0,
+) -> Tool:
+    """A config tool taking one required text ``argument`` = (its name, what it is); ``run`` gets it stripped."""
+    key, about = argument
+
+    async def runner(arguments: dict[str, Any]) -> Any:
+        value = arguments.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ToolError(f"the {key!r} argument ({about}) is missing or empty")
+        return await run(value.strip())
+
+    schema = {"type": "object", "properties": {key: {"type": "string", "description": about}}, "required": [key]}
+    return Tool(name, description, schema, runner, None, progress, timeout, source="config")
+
+
 def render_result(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -139,6 +162,19 @@ def render_result(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return str(value)
+
+
+# Who is told of the tool calls of a turn (the HTTP API's ``tool_call`` frames): set by whoever asks a brain
+# for a reply, around that reply, so each request hears of its own calls only (the tasks of a turn inherit it).
+ToolWatcher = Callable[[ToolCall, ToolResult | None], Awaitable[None]]
+tool_watcher: ContextVar[ToolWatcher | None] = ContextVar("tool_watcher", default=None)
+
+
+async def _tell(watcher: ToolWatcher, call: ToolCall, result: ToolResult | None) -> None:
+    try:
+        await watcher(call, result)
+    except Exception:  # a watcher (a client that left) must never fail the tool or the turn
+        log.debug("tool watcher failed", exc_info=True)
 
 
 @dataclass
@@ -178,7 +214,17 @@ class ToolRegistry:
         return True  # an empty registry is still a registry (tools may arrive later)
 
     async def run(self, call: ToolCall) -> ToolResult:
-        """Run one call; every failure becomes an error result the model can read."""
+        """Run one call; every failure becomes an error result the model can read. The turn's tool watcher, if
+        any, hears of the call before it runs and of its result after."""
+        watcher = tool_watcher.get()
+        if watcher is not None:
+            await _tell(watcher, call, None)
+        result = await self._run(call)
+        if watcher is not None:
+            await _tell(watcher, call, result)
+        return result
+
+    async def _run(self, call: ToolCall) -> ToolResult:
         t = self._tools.get(call.name)
         if t is None:
             return ToolResult(call, f"There is no tool named {call.name!r}.", is_error=True)

@@ -104,11 +104,11 @@ class Tracing:
 
 
 def _ended(span: Any, error: BaseException | None) -> None:
-    _status(span, error)
+    mark_status(span, error)
     span.end()
 
 
-def _status(span: Any, error: BaseException | None) -> None:
+def mark_status(span: Any, error: BaseException | None) -> None:
     from opentelemetry.trace import Status, StatusCode
 
     if error is None:
@@ -244,21 +244,3 @@ class TracedLLM(_Forwarding):
                 ),
             )
             _ended(span, error)
-
-
-class TracedBrain(_Forwarding):
-    """The cloud brain with each reply in a ``turn`` span, so the provider spans of a turn form one trace."""
-
-    async def reply(self, request: Any, out: Any) -> None:
-        utterance = request.utterance
-        with self.tracing.turn(request.turn_id, self.name, utterance.source) as span:
-            if utterance.text is not None:
-                span.set_attribute("appliance.user_text", self.tracing.user(utterance.text))
-            error: BaseException | None = None
-            try:
-                await self.inner.reply(request, out)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                _status(span, error)

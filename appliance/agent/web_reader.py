@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 import trio
 
-from appliance.agent.tools import Tool, ToolError
+from appliance.agent.tools import Tool, ToolError, one_text_tool
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class WebReader:
             "Host": parts.netloc,
             "User-Agent": self.user_agent,
             "Accept": "text/html, text/plain;q=0.9, */*;q=0.1",
+            # The body is read raw up to max_bytes: a compressed one would be unreadable, and could inflate past it.
+            "Accept-Encoding": "identity",
         }
         return client.build_request("GET", pinned, headers=headers, extensions=extensions)
 
@@ -145,15 +147,8 @@ class WebReader:
         kind = response.headers.get("content-type", "text/html").split(";")[0].strip().lower()
         if kind not in ("text/html", "application/xhtml+xml") and kind not in _TEXT_TYPES:
             raise ToolError(f"the page is {kind}, not text")
-        body = bytearray()
-        truncated = False
-        async for piece in response.aiter_raw():
-            body += piece
-            if len(body) > self.max_bytes:
-                truncated = True
-                del body[self.max_bytes :]
-                break
-        text = bytes(body).decode(response.charset_encoding or "utf-8", errors="replace")
+        body, truncated = await read_limited(response, self.max_bytes)
+        text = body.decode(response.charset_encoding or "utf-8", errors="replace")
         if kind in ("text/html", "application/xhtml+xml"):
             text = html_text(text)
         return shorten(text.strip(), self.max_chars, truncated)
@@ -204,12 +199,23 @@ def html_text(html: str) -> str:
     return f"{title}\n\n{body}" if title else body
 
 
-def shorten(text: str, limit: int, truncated: bool = False) -> str:
+async def read_limited(response: Any, max_bytes: int) -> tuple[bytes, bool]:
+    """At most ``max_bytes`` of an httpx response's body, and whether there was more (left unread)."""
+    body = bytearray()
+    async for piece in response.aiter_raw():
+        body += piece
+        if len(body) > max_bytes:
+            del body[max_bytes:]
+            return bytes(body), True
+    return bytes(body), False
+
+
+def shorten(text: str, limit: int, truncated: bool = False, more: str = " … (the page goes on)") -> str:
     if len(text) <= limit and not truncated:
         return text
     cut = text[:limit]
     cut = re.sub(r"\s+\S*$", "", cut) or cut  # at a word boundary
-    return cut + " … (the page goes on)"
+    return cut + more
 
 
 def web_reader_tool(
@@ -220,21 +226,13 @@ def web_reader_tool(
     progress: str | None = None,
     timeout: float = 30.0,
 ) -> Tool:
-    async def runner(arguments: dict[str, Any]) -> Any:
-        url = arguments.get("url")
-        if not isinstance(url, str) or not url.strip():
-            raise ToolError("give the address of the page as 'url'")
+    async def read(url: str) -> str:
         import httpx
 
         try:
-            return await reader.read(url.strip())
+            return await reader.read(url)
         except httpx.HTTPError as exc:
             raise ToolError(f"cannot read the page: {type(exc).__name__}: {exc}"[:300]) from None
 
-    schema = {
-        "type": "object",
-        "properties": {"url": {"type": "string", "description": "the page's http(s) address"}},
-        "required": ["url"],
-    }
     about = description or "Read a web page and return its text, to answer questions about that page."
-    return Tool(name, about, schema, runner, None, progress, timeout, source="config")
+    return one_text_tool(name, about, ("url", "the page's http(s) address"), read, progress=progress, timeout=timeout)

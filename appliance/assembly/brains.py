@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import trio
 from pydantic import SecretStr
@@ -157,11 +157,7 @@ def _build_cloud_brain(
         on_finish=load_hook(llm_cfg.on_finish, "llm.on_finish") if llm_cfg.on_finish else None,
         jobs=jobs,
     )
-    if tracing is not None:
-        from appliance.agent.tracing import TracedBrain
-
-        return TracedBrain(brain, tracing)
-    return brain
+    return brain  # the turn's span is opened around the whole chain (build_brain), not here
 
 
 def picture_shower(bus: EventBus) -> Callable[[bytes, float, str], None]:
@@ -284,11 +280,39 @@ def build_brain(
             brains.append(OfflineBrain(config.conversation.offline_message, voice))
     if len(brains) == 1:
         only = brains[0]
-        return only, prewarm, only if hasattr(only, "run") else None
+        return traced_brain(only, tracing), prewarm, only if hasattr(only, "run") else None
     from appliance.brains.failover import FailoverBrain
 
+    if tracing is not None:  # a span for each brain asked, under the turn's
+        from appliance.agent.turn_tracing import TracedAttempt
+
+        brains = [TracedAttempt(b, tracing) for b in brains]
     failover = FailoverBrain(brains, config.failover, bus=bus, voice=voice, probes=probes)
-    return failover, prewarm, failover
+    return traced_brain(failover, tracing), prewarm, failover
+
+
+def serving_brain(config: AppConfig) -> tuple[Brain, Any]:
+    """What ``appliance serve`` answers with: the cloud brain, built now, each turn traced when ``[tracing]`` is on;
+    and the tracing to shut down (flushing the last spans) when serving ends."""
+    from dataclasses import replace
+
+    from appliance.brains.cloud import CloudBrain
+    from appliance.conversation.local_voice import LocalVoice
+
+    tracing = build_tracing(config)
+    brain = cloud_brain_factory(config, LocalVoice(), tracing=tracing)()
+    if isinstance(brain, CloudBrain):  # a reply's [vision:camera] asks the client to look (a `vision` frame)
+        brain.agent = replace(brain.agent, client_camera=True)
+    return traced_brain(brain, tracing), tracing
+
+
+def traced_brain(brain: Brain, tracing: Any) -> Brain:
+    """With tracing on, every turn of ``brain`` is a trace naming the brain that answered."""
+    if tracing is None:
+        return brain
+    from appliance.agent.turn_tracing import TracedBrain
+
+    return cast(Brain, TracedBrain(brain, tracing))
 
 
 def wrap_for_text_wake(config: AppConfig, brain: Brain) -> Brain:

@@ -39,6 +39,7 @@ class _Reply:
     """What one reply has done so far (shared by the LLM reader and the tool runner)."""
 
     language: str | None
+    images: tuple[Image, ...] = ()  # the pictures the next request to the model carries
     texts: list[str] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)
     stop: trio.CancelScope = field(default_factory=trio.CancelScope)  # a guardrail ends the reply through it
@@ -143,7 +144,7 @@ class CloudBrain:
                 self.settings.system_prompt, {**self.settings.prompt_params, **request.prompt_params}
             )
             messages = (*history, Message("user", asked))
-            state = _Reply(self.settings.language)
+            state = _Reply(self.settings.language, request.images)
             with single_error():
                 await self._speak_reply(system, messages, request.conversation_id, state, out)
             previous.answered = True
@@ -234,8 +235,7 @@ class CloudBrain:
     ) -> None:
         """Stream the model, run the tools it calls and stream again, until it answers in words."""
         rounds: list[ToolRound] = []
-        images: tuple[Image, ...] = ()
-        looked = False
+        images, looked = state.images, False
         for round_number in range(self.settings.max_tool_rounds + 1):
             tools = self.agent.tools.specs() if self.agent.tools is not None else ()
             text, calls, look = await self._read_llm(
@@ -367,8 +367,8 @@ class CloudBrain:
                 blocked = verdict.action == "block"
                 sentence = voice_text = verdict.text
                 voice_text, _ = extract_tags(voice_text)
-        if not voice_text and all(tag.name == "vision" for tag in tags):
-            return look  # a bare [vision:camera] has nothing to say or show
+        if not voice_text and all(tag.name == "vision" for tag in tags) and (look or not self.agent.client_camera):
+            return look  # a bare [vision:camera]: our camera answers it, else a client's does (serve) or nobody
         if not any(ch.isalnum() for ch in voice_text):
             voice_text = ""  # a stray quote or bracket: nothing to say
         state.texts.append(sentence)

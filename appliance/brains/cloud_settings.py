@@ -47,3 +47,6 @@ class CloudAgent:
     camera: Any = None
     on_finish: Callable[[FinishedTurn], Any] | None = None
     jobs: Any = None  # a BackgroundJobs service for the on-finish hook
+    # ``appliance serve``: a bare [vision:camera] goes on to the client (whose camera answers it) when there is
+    # no camera here; on a robot without one it is dropped.
+    client_camera: bool = False

@@ -182,7 +182,9 @@ class ControlContext:
         old = app.brain
         voice = app.conversation.error_voice or LocalVoice()
         # The same tool registry: tools added at runtime and MCP tools survive the rebuild.
-        brain, _prewarm, background = build_brain(new, voice, app.bus, app.tools, builders=app.brain_builders)
+        brain, _prewarm, background = build_brain(
+            new, voice, app.bus, app.tools, tracing=app.tracing, builders=app.brain_builders
+        )
         brain = wrap_for_text_wake(new, brain)
         app.brain = brain
         app.conversation.use_brain(brain)

@@ -19,6 +19,7 @@ import trio
 
 from appliance.audio.base import CAPTURE_RATE
 from appliance.groups import single_error
+from appliance.server.http_routes import IMAGE_BYTES
 from appliance.server.http_turns import HttpTurns
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain
@@ -35,7 +36,7 @@ def body_limits(config: ServerConfig) -> dict[str, int]:
     pcm = int(config.max_audio_seconds * CAPTURE_RATE) * 2
     wav = pcm * 6 + 1024  # a WAV may come at 48 kHz stereo; it is resampled to 16 kHz mono after
     return {
-        "/chat": pcm * 4 // 3 + JSON_OVERHEAD,
+        "/chat": pcm * 4 // 3 + IMAGE_BYTES * 4 // 3 + JSON_OVERHEAD,  # audio and/or a client camera's stills
         "/start": TEXT_BODY_LIMIT,
         "/chat-messages": TEXT_BODY_LIMIT,
         "/stt": wav,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any, Protocol
@@ -17,6 +18,8 @@ import trio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from appliance.agent.image_tool import check_picture
+from appliance.agent.tools import ToolError
 from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.audio.convert import AudioFormatError, decode_wav, encode_wav, resample
 from appliance.brains.avatar_protocol import ProtocolError, b64decode
@@ -24,7 +27,12 @@ from appliance.errors import ProviderError
 from appliance.server.http_turns import Emit, HttpRequest, HttpTurns, envelope
 from appliance.server.sse import SseResponse
 from appliance.settings.brains import ServerConfig
-from appliance.turns import Brain, Utterance
+from appliance.turns import Brain, Image, Utterance
+
+MAX_IMAGES = 4
+IMAGE_BYTES = 8 * 1024 * 1024  # all pictures of one request, decoded
+LOOK_TEXT = "(Here is the picture.)"
+_DATA_URL = re.compile(r"data:(image/(?:png|jpeg|webp|gif));base64,(.+)", re.DOTALL)
 
 
 class HttpAvatarServer(Protocol):
@@ -112,6 +120,40 @@ def decode_audio(data: bytes, max_pcm: int, what: str) -> AudioClip:
     return clip
 
 
+async def read_images(files: Any) -> tuple[Image, ...]:
+    """AIAvatarKit's ``files``: ``[{"type": "image", "url": "data:image/png;base64,..."}]``, each checked to be
+    a picture small enough to show a model. Addresses are refused: the server fetches nothing it is told to."""
+    if files is None or files == []:
+        return ()
+    if not isinstance(files, list):
+        raise BadRequest(400, "files must be a list")
+    if len(files) > MAX_IMAGES:
+        raise BadRequest(413, f"files: at most {MAX_IMAGES} pictures")
+    images = [_data_image(item, f"files[{index}]") for index, item in enumerate(files)]
+    if sum(len(image.data) for image in images) > IMAGE_BYTES:
+        raise BadRequest(413, f"files: pictures over {IMAGE_BYTES} bytes in all")
+    for index, image in enumerate(images):
+        try:
+            await trio.to_thread.run_sync(check_picture, image.data)  # PIL reads the header: a bomb is refused
+        except ToolError as exc:
+            raise BadRequest(400, f"files[{index}]: {exc}") from None
+    return tuple(images)
+
+
+def _data_image(item: Any, where: str) -> Image:
+    if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+        raise BadRequest(400, f"{where} must be an object with a 'url'")
+    if item.get("type", "image") != "image":
+        raise BadRequest(400, f"{where}.type: only 'image' files are served")
+    found = _DATA_URL.fullmatch(item["url"].strip())
+    if found is None:
+        raise BadRequest(400, f"{where}.url: only data:image/(png|jpeg|webp|gif);base64 URLs (nothing is fetched)")
+    try:
+        return Image(b64decode(found.group(2), f"{where}.url"), found.group(1))
+    except ProtocolError as exc:
+        raise BadRequest(400, str(exc)) from None
+
+
 def _error(status: int, detail: str) -> Any:
     return JSONResponse({"error": detail, "detail": detail}, status_code=status)
 
@@ -140,7 +182,10 @@ def create_app(server: HttpAvatarServer) -> FastAPI:
     async def chat(request: Request) -> Any:
         data = await read_json(request, cfg.start_timeout)
         text = _str(data, "text")
+        images = await read_images(data.get("files"))
         audio = None
+        if not text and images and data.get("audio_data") is None:
+            text = LOOK_TEXT  # AIAvatarKit's answer to a `vision` frame: the picture alone
         if not text:
             encoded = data.get("audio_data")
             if encoded is None:
@@ -153,6 +198,7 @@ def create_app(server: HttpAvatarServer) -> FastAPI:
                 raise BadRequest(400, str(exc)) from None
             audio = decode_audio(raw, max_pcm, "audio_data")
         req = _session_request(data, Utterance(audio=audio, text=text, source="remote"))
+        req.images = images
         _check_capacity(server)
         return SseResponse(lambda emit: turns.reply(req, emit))
 

@@ -7,6 +7,7 @@ As on the WebSocket, a new request on a session interrupts the reply running the
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections import OrderedDict
@@ -16,13 +17,15 @@ from typing import Any
 
 import trio
 
+from appliance.agent.tools import tool_watcher
 from appliance.audio.base import AudioStream
 from appliance.audio.convert import encode_wav
 from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags, response_frame
 from appliance.conversation.history import ConversationHistory
 from appliance.errors import ProviderError
 from appliance.groups import single_error
-from appliance.turns import Brain, BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
+from appliance.providers.llm.base import ToolCall, ToolResult
+from appliance.turns import Brain, BrainOutput, Image, ReplyChunk, Transcript, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class HttpRequest:
     context_id: str | None
     utterance: Utterance | None  # None: only a session (``/start``)
     params: dict[str, str] = field(default_factory=dict)
+    images: tuple[Image, ...] = ()  # AIAvatarKit's ``files`` (a client camera's still after a ``vision`` frame)
 
 
 @dataclass(eq=False)
@@ -121,14 +125,20 @@ class HttpTurns:
         heard: str | None = req.utterance.text
         said: list[str] = []
         voiced: list[str] = []
+        vision: str | None = None
         self.turns += 1
         started = False
         send, receive = trio.open_memory_channel[BrainOutput](0)
-        request = TurnRequest(transaction_id, req.utterance, history.messages(), req.context_id or "", req.params)
+        request = TurnRequest(
+            transaction_id, req.utterance, history.messages(), req.context_id or "", req.params, req.images
+        )
+        emit = _one_at_a_time(emit)  # tool_call frames come from the tool's task, chunks from this one
         try:
             with single_error():
                 async with trio.open_nursery() as inner:
-                    inner.start_soon(self.brain.reply, request, send)
+                    token = tool_watcher.set(_tool_frames(req, transaction_id, emit))
+                    inner.start_soon(self.brain.reply, request, send)  # its tasks inherit the watcher
+                    tool_watcher.reset(token)
                     async with receive:
                         async for item in receive:
                             if isinstance(item, Transcript):
@@ -140,6 +150,7 @@ class HttpTurns:
                             if isinstance(item, ReplyChunk):
                                 said.append(item.text)
                                 voiced.extend([item.voice_text] if item.voice_text else [])
+                                vision = vision or next((t.value for t in item.tags if t.name == "vision"), None)
                                 await emit(envelope("chunk", req, transaction_id, **await chunk_fields(item)))
         except ProviderError as exc:
             log.warning("reply failed: %s", exc, extra={"turn_id": transaction_id})
@@ -152,4 +163,40 @@ class HttpTurns:
             await emit(envelope("canceled", req, transaction_id, metadata={"reason": "No speech recognized."}))
             return
         final = {"text": " ".join(said), "voice_text": " ".join(voiced), "metadata": {"request_text": heard}}
-        await emit(envelope("final", req, transaction_id, **final))
+        if vision:  # as AIAvatarKit: the reply asked to look, so the final is a `vision` frame naming the source
+            final["metadata"] = {"source": vision}  # the client answers with a new request carrying the picture
+        await emit(envelope("vision" if vision else "final", req, transaction_id, **final))
+
+
+def _one_at_a_time(emit: Emit) -> Emit:
+    lock = trio.Lock()
+
+    async def emit_locked(frame: dict[str, Any]) -> None:
+        async with lock:
+            await emit(frame)
+
+    return emit_locked
+
+
+def _tool_frames(req: HttpRequest, transaction_id: str, emit: Emit) -> Any:
+    """AIAvatarKit's ``tool_call`` frames: ``metadata.tool_call`` = id, name, arguments (a JSON string) when the
+    call starts, and again with ``result`` = {data, is_final} when it is done."""
+
+    async def watch(call: ToolCall, result: ToolResult | None) -> None:
+        described: dict[str, Any] = {"id": call.id, "name": call.name, "arguments": json.dumps(call.arguments)}
+        if result is not None:
+            described["result"] = {"data": _result_data(result), "is_final": True}
+        await emit(envelope("tool_call", req, transaction_id, metadata={"tool_call": described}))
+
+    return watch
+
+
+def _result_data(result: ToolResult) -> dict[str, Any]:
+    """A result as AIAvatarKit's tools give it (an object): ours if it is a JSON object, else wrapped."""
+    if result.is_error:
+        return {"error": result.content}
+    try:
+        data = json.loads(result.content)
+    except ValueError:
+        return {"result": result.content}
+    return data if isinstance(data, dict) else {"result": data}

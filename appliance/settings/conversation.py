@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,6 +84,11 @@ class STTConfig(Section):
         return self
 
 
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", re.IGNORECASE)
+SearchSource = Literal["web", "x"]
+_X_HANDLE = re.compile(r"@?[A-Za-z0-9_]{1,15}")
+
+
 class ToolConfig(Section):
     """A tool declared in the config: a Python function (``function``), an HTTP endpoint (``url``), or one
     that comes with the firmware (``builtin``)."""
@@ -91,7 +97,7 @@ class ToolConfig(Section):
     description: str = ""
     function: str | None = Field(default=None, description="'package.module:function'")
     url: str | None = Field(default=None, description="POSTed the arguments as JSON; the reply body is the result")
-    builtin: Literal["read_web_page", "generate_image"] | None = Field(
+    builtin: Literal["read_web_page", "generate_image", "grok_search"] | None = Field(
         default=None, description="a tool that comes with the firmware"
     )
     allow_private: bool = Field(
@@ -101,11 +107,24 @@ class ToolConfig(Section):
         default_factory=list, description="read_web_page: CIDRs reachable besides public ones"
     )
     max_bytes: int = Field(default=2_000_000, ge=1024, le=50_000_000, description="read_web_page: body bytes read")
-    max_chars: int = Field(default=8000, ge=100, le=200_000, description="read_web_page: text given to the model")
-    model: str | None = Field(
-        default=None, description="generate_image: the Gemini image model (gemini-2.5-flash-image)"
+    max_chars: int = Field(
+        default=8000, ge=100, le=200_000, description="read_web_page, grok_search: text given to the model"
     )
-    base_url: str | None = Field(default=None, description="generate_image: the Gemini API base (default: Google's)")
+    model: str | None = Field(
+        default=None,
+        description="generate_image: the Gemini image model (gemini-2.5-flash-image); grok_search: grok-4.3",
+    )
+    base_url: str | None = Field(
+        default=None, description="generate_image, grok_search: the API base (default: Google's / https://api.x.ai/v1)"
+    )
+    sources: list[SearchSource] = Field(
+        default_factory=lambda: list[SearchSource](["web"]),
+        description="grok_search: search the web, posts on X, or both",
+    )
+    allowed_domains: list[str] = Field(default_factory=list, description="grok_search: only these sites (at most 5)")
+    excluded_domains: list[str] = Field(default_factory=list, description="grok_search: never these sites (at most 5)")
+    allowed_x_handles: list[str] = Field(default_factory=list, description="grok_search: only these X accounts (10)")
+    excluded_x_handles: list[str] = Field(default_factory=list, description="grok_search: never these accounts (10)")
     show_seconds: float = Field(default=20.0, gt=0, le=600, description="generate_image: how long the picture shows")
     parameters: dict[str, Any] | None = Field(default=None, description="url tools: JSON schema of the arguments")
     headers: dict[str, str] = Field(default_factory=dict)
@@ -125,6 +144,42 @@ class ToolConfig(Section):
             raise ValueError("a url tool needs a name")
         if self.parameters is not None and self.parameters.get("type") != "object":
             raise ValueError("parameters must be a JSON schema of type 'object'")
+        return self
+
+    @model_validator(mode="after")
+    def _search_filters(self) -> ToolConfig:
+        """xAI's limits, checked here so a mistake is a config error instead of a failed search mid-conversation."""
+        filters = {
+            "allowed_domains": "web",
+            "excluded_domains": "web",
+            "allowed_x_handles": "x",
+            "excluded_x_handles": "x",
+        }
+        set_filters = [name for name in filters if getattr(self, name)]
+        if self.builtin != "grok_search":
+            if set_filters or self.sources != ["web"]:
+                raise ValueError(f"{(set_filters or ['sources'])[0]} is for builtin = 'grok_search' only")
+            return self
+        if not self.sources:
+            raise ValueError("sources: name at least one of 'web' and 'x'")
+        for name in set_filters:
+            if filters[name] not in self.sources:
+                raise ValueError(f"{name} needs {filters[name]!r} in sources")
+        for allowed, excluded, most in (
+            ("allowed_domains", "excluded_domains", 5),
+            ("allowed_x_handles", "excluded_x_handles", 10),
+        ):
+            if getattr(self, allowed) and getattr(self, excluded):
+                raise ValueError(f"{allowed} and {excluded} cannot both be set (xAI takes one or the other)")
+            for name in (allowed, excluded):
+                if len(getattr(self, name)) > most:
+                    raise ValueError(f"{name}: at most {most} (xAI's limit), got {len(getattr(self, name))}")
+        for domain in self.allowed_domains + self.excluded_domains:
+            if not _DOMAIN.fullmatch(domain):
+                raise ValueError(f"{domain!r} is not a domain such as wikipedia.org (no scheme, path or spaces)")
+        for handle in self.allowed_x_handles + self.excluded_x_handles:
+            if not _X_HANDLE.fullmatch(handle):
+                raise ValueError(f"{handle!r} is not an X handle such as @xai (letters, digits, _; at most 15)")
         return self
 
 

@@ -28,6 +28,7 @@ PROVIDER_KEYS = {
     "azure": ("AZURE_SPEECH_KEY", "azure_speech_key"),
     "amivoice": ("AMIVOICE_API_KEY", "amivoice_api_key"),
     "dify": ("DIFY_API_KEY", "dify_api_key"),
+    "xai": ("XAI_API_KEY", "xai_api_key"),  # the grok_search tool
 }
 
 

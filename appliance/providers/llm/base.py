@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+# Image belongs to the turn (it may come with the request); providers import it from here as before.
+from appliance.turns import Image as Image
 from appliance.turns import Message
 
 
@@ -47,14 +49,6 @@ class ToolRound:
 
     text: str
     results: tuple[ToolResult, ...]
-
-
-@dataclass(frozen=True, eq=False)
-class Image:
-    """A still for vision-capable models (JPEG or PNG bytes), attached to the latest user message."""
-
-    data: bytes
-    mime_type: str = "image/jpeg"
 
 
 LLMEvent = str | ToolCall
