@@ -90,13 +90,18 @@ def openai_client(api_key: str | None, base_url: str | None, timeout: float):
     )
 
 
-def http_client(factory):
-    """The SDK's own default HTTP client, with long-lived keep-alive connections."""
+def http_library(factory):
+    """The HTTP library an SDK is built on (httpx, or its successor httpx2), from its default client class."""
     import importlib
 
-    # The SDKs are built on httpx or its successor httpx2: take Limits from whichever this one uses.
-    http = importlib.import_module(factory.__mro__[1].__module__.split(".")[0])
-    limits = http.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=KEEPALIVE_SECONDS)
+    return importlib.import_module(factory.__mro__[1].__module__.split(".")[0])
+
+
+def http_client(factory):
+    """The SDK's own default HTTP client, with long-lived keep-alive connections."""
+    limits = http_library(factory).Limits(
+        max_connections=20, max_keepalive_connections=10, keepalive_expiry=KEEPALIVE_SECONDS
+    )
     return factory(limits=limits)
 
 

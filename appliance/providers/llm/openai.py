@@ -10,6 +10,7 @@ from typing import Any
 
 from appliance.errors import ProviderBadReply
 from appliance.providers.llm.base import Image, LLMEvent, ToolCall, ToolRound, ToolSpec
+from appliance.providers.openai_raw import json_object, post_raw, sse_data
 from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
 from appliance.turns import Message
 
@@ -96,21 +97,21 @@ class OpenAIChat:
         try:
             self.warmth.touch()
             body = {"model": self.model, "messages": payload, "stream": True, **self._options(tools)}
-            stream = await self._open_stream(body)
-            async with stream:
-                async for chunk in stream:
+            response = await post_raw(self._client, "/chat/completions", body, stream=True)
+            try:
+                async for data in sse_data(self.name, response):
+                    if data.startswith(b"[DONE]"):
+                        break
                     started = True
-                    for choice in chunk.choices or ():
-                        delta = choice.delta
-                        if delta and delta.content:
-                            yield delta.content
-                        for fragment in (delta.tool_calls if delta else None) or ():
-                            _gather(calls, fragment)
-                        if choice.finish_reason:
-                            finished = True
+                    texts, ended = _read_chunk(self.name, data, calls)
+                    for text in texts:
+                        yield text
+                    finished = finished or ended
+            finally:
+                await response.aclose()
         except Exception as exc:
             mapped = map_sdk_error(self.name, exc, mid_stream=started)
-            if mapped is None:
+            if mapped is None or mapped is exc:
                 raise
             raise mapped from exc
         if not finished:
@@ -139,25 +140,6 @@ class OpenAIChat:
             ]
         return extra
 
-    async def _open_stream(self, body: dict[str, Any]) -> Any:
-        """``chat.completions.create(stream=True)`` without the SDK's request transform.
-
-        That transform walks every message of the history through the SDK's TypedDict machinery: 10 ms for a
-        40-message conversation here, more than all our other per-turn work together, and spent between the
-        transcript and the request that the user is waiting for. Our body is already plain JSON, so it goes
-        straight to the SDK's documented ``post`` for the same transport, errors and chunk parsing.
-        """
-        from openai import AsyncStream
-        from openai.types.chat import ChatCompletionChunk
-
-        return await self._client.post(
-            "/chat/completions",
-            body=body,
-            cast_to=ChatCompletionChunk,
-            stream=True,
-            stream_cls=AsyncStream[ChatCompletionChunk],
-        )
-
     async def warm(self) -> None:
         await warm_openai(self._client, self.warmth)
 
@@ -165,15 +147,37 @@ class OpenAIChat:
         await self._client.close()
 
 
-def _gather(calls: dict[int, dict[str, str]], fragment: Any) -> None:
-    """One streamed piece of a tool call, added to the call it belongs to."""
-    index = fragment.index
-    if index is None:  # some compatible servers omit the index and send each call whole, with its id
-        index = len(calls) if fragment.id or not calls else max(calls)
+def _read_chunk(provider: str, data: bytes, calls: dict[int, dict[str, str]]) -> tuple[list[str], bool]:
+    """One streamed chunk: its text, and whether the reply finished; tool call fragments go into ``calls``.
+
+    Read as plain JSON: the SDK's typed chunk objects cost more CPU than everything else in a turn.
+    """
+    texts: list[str] = []
+    finished = False
+    try:
+        for choice in json_object(provider, data).get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                texts.append(str(content))
+            for fragment in delta.get("tool_calls") or ():
+                _gather(calls, fragment)
+            finished = finished or bool(choice.get("finish_reason"))
+    except (AttributeError, TypeError):  # a field of the wrong shape
+        raise ProviderBadReply(provider, f"malformed reply: {data[:120]!r}") from None
+    return texts, finished
+
+
+def _gather(calls: dict[int, dict[str, str]], fragment: dict[str, Any]) -> None:
+    """One streamed piece of a tool call (as the wire has it), added to the call it belongs to."""
+    index = fragment.get("index")
+    if not isinstance(index, int):  # some compatible servers omit the index and send each call whole, with its id
+        index = len(calls) if fragment.get("id") or not calls else max(calls)
     slot = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
-    if fragment.id:
-        slot["id"] = fragment.id
-    if fragment.function and fragment.function.name:
-        slot["name"] += fragment.function.name
-    if fragment.function and fragment.function.arguments:
-        slot["arguments"] += fragment.function.arguments
+    if fragment.get("id"):
+        slot["id"] = str(fragment["id"])
+    function = fragment.get("function") or {}
+    if function.get("name"):
+        slot["name"] += str(function["name"])
+    if function.get("arguments"):
+        slot["arguments"] += str(function["arguments"])

@@ -7,6 +7,7 @@ from typing import Any
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import encode_wav
 from appliance.errors import ProviderBadReply
+from appliance.providers.openai_raw import json_object, post_raw
 from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
 
 
@@ -27,20 +28,20 @@ class OpenAIRecognizer:
         self._client: Any = openai_client(api_key, base_url, timeout)
 
     async def transcribe(self, audio: AudioClip, language: str | None = None) -> str:
-        extra: dict[str, Any] = {}
+        body: dict[str, Any] = {"model": self.model}
         if language or self.language:
-            extra["language"] = language or self.language
+            body["language"] = language or self.language
         try:
             self.warmth.touch()
-            result = await self._client.audio.transcriptions.create(
-                model=self.model, file=("utterance.wav", encode_wav(audio), "audio/wav"), **extra
-            )
+            upload = [("file", ("utterance.wav", encode_wav(audio), "audio/wav"))]
+            response = await post_raw(self._client, "/audio/transcriptions", body, files=upload)
+            result = json_object(self.name, response.content)
         except Exception as exc:
             mapped = map_sdk_error(self.name, exc)
-            if mapped is None:
+            if mapped is None or mapped is exc:
                 raise
             raise mapped from exc
-        text = getattr(result, "text", None)
+        text = result.get("text")
         if not isinstance(text, str):
             raise ProviderBadReply(self.name, "transcription without text")
         return text.strip()

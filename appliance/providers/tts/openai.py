@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from appliance.audio.base import AudioClip
+from appliance.providers.openai_raw import post_raw
 from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
 from appliance.providers.tts._audio import WavStreamDecoder, gather
 
 OPENAI_PCM_RATE = 24_000
+_AUDIO = {"Accept": "application/octet-stream"}  # what the SDK's speech.create asks for
 
 
 class OpenAISynthesizer:
@@ -38,26 +40,27 @@ class OpenAISynthesizer:
 
     async def synthesize_stream(self, text: str) -> AsyncIterator[AudioClip]:
         """The speech in pieces as the server sends them; never yields an empty piece, raises if none came."""
-        extra: dict[str, Any] = {}
+        body: dict[str, Any] = {"model": self.model, "voice": self.voice, "input": text, "response_format": "pcm"}
         if self.instructions:
-            extra["instructions"] = self.instructions
+            body["instructions"] = self.instructions
         if self.speed != 1.0:
-            extra["speed"] = self.speed
+            body["speed"] = self.speed
         decoder = WavStreamDecoder(self.name, "pcm", OPENAI_PCM_RATE)  # compatible servers may answer WAV
         try:
             self.warmth.touch()
-            async with self._client.audio.speech.with_streaming_response.create(
-                model=self.model, voice=self.voice, input=text, response_format="pcm", **extra
-            ) as response:
+            response = await post_raw(self._client, "/audio/speech", body, stream=True, headers=_AUDIO)
+            try:
                 # Pieces as they arrive: see ``decode_response``.
-                async for data in response.iter_bytes():
+                async for data in response.aiter_bytes():
                     for clip in decoder.feed(data):
                         yield clip
+            finally:
+                await response.aclose()
             for clip in decoder.finish():
                 yield clip
         except Exception as exc:
             mapped = map_sdk_error(self.name, exc, mid_stream=decoder.received)
-            if mapped is None:
+            if mapped is None or mapped is exc:
                 raise
             raise mapped from exc
 
