@@ -10,8 +10,9 @@ from typing import Any
 
 from appliance.errors import ProviderBadReply
 from appliance.providers.llm.base import Image, LLMEvent, ToolCall, ToolRound, ToolSpec
-from appliance.providers.openai_raw import json_object, post_raw, sse_data
+from appliance.providers.openai_raw import drain, json_object, post_raw, sse_data
 from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
+from appliance.streams import closing
 from appliance.turns import Message
 
 
@@ -99,14 +100,16 @@ class OpenAIChat:
             body = {"model": self.model, "messages": payload, "stream": True, **self._options(tools)}
             response = await post_raw(self._client, "/chat/completions", body, stream=True)
             try:
-                async for data in sse_data(self.name, response):
-                    if data.startswith(b"[DONE]"):
-                        break
-                    started = True
-                    texts, ended = _read_chunk(self.name, data, calls)
-                    for text in texts:
-                        yield text
-                    finished = finished or ended
+                async with closing(sse_data(self.name, response)) as events:
+                    async for data in events:
+                        if data.startswith(b"[DONE]"):
+                            await drain(events)
+                            break
+                        started = True
+                        texts, ended = _read_chunk(self.name, data, calls)
+                        for text in texts:
+                            yield text
+                        finished = finished or ended
             finally:
                 await response.aclose()
         except Exception as exc:
