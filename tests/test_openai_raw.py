@@ -123,7 +123,7 @@ async def test_one_connection_serves_turn_after_turn() -> None:
         cloud.app.middleware_stack = Ports(cloud.app.middleware_stack or cloud.app.build_middleware_stack())
         llm = OpenAIChat("fake", "key", f"{cloud.url}/v1", timeout=5)
         tts = OpenAISynthesizer("tts-1", "alloy", "key", f"{cloud.url}/v1", timeout=5)
-        tts._client = llm._client  # one pool, as for one server
+        tts._http = llm._http  # one pool, as for one server
         for _ in range(3):
             assert "".join([t async for t in llm.stream("sys", (Message("user", "hi"),))]) == cloud.reply  # type: ignore[misc]
             assert len((await tts.synthesize("Hello there.")).samples) > 0

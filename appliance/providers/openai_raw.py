@@ -1,52 +1,58 @@
-"""OpenAI requests through the SDK, answers read raw: the SDK's transport, auth and error classes without its
-per-chunk models.
+"""The OpenAI REST API (and every server that speaks it) over plain httpx, answers read raw.
 
-The SDK builds a pydantic model for every streamed chunk and wraps every answer in its response classes: for
-a reply streamed token by token that was a third of ``appliance serve``'s CPU per turn (profiled). The
-SDK's documented way out is ``client.post(path, cast_to=<its HTTP library's Response>)``: the request is
-still the SDK's (base URL, key, timeouts, status errors as ``APIStatusError``…), the answer is the bare HTTP
-response, read here as bytes. Whatever fails after that is the HTTP library's error, which
-:func:`~appliance.providers.sdk_errors.map_sdk_error` maps too.
+The OpenAI providers used the official SDK; profiled in ``appliance serve`` (five requests and a streamed
+reply per turn), the SDK was most of the server's CPU: a pydantic model per streamed chunk, and per request
+its option models, header merging and retry wrappers (≈0.5 ms a request over httpx's own). The three
+endpoints we call are small and stable, so they are spoken here directly, through the same error boundary
+as the other HTTP providers (``http_errors``: statuses, httpx failures, cut streams). What the SDK read from
+the environment is read the same way: ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
-from functools import cache
 from typing import Any
 
+import httpx
 import trio
 
 from appliance.errors import ProviderBadReply
-from appliance.providers.sdk_errors import http_library, map_sdk_error
+from appliance.providers.http_errors import http_client, map_http_error, warm_http
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_LINE = 1 << 20  # an event line longer than this is not a chat stream
 DRAIN_SECONDS = 0.1
+_JSON = {"Content-Type": "application/json"}
 
 
-@cache
-def response_type() -> type:
-    """The Response class of the HTTP library under the OpenAI SDK (httpx, or httpx2 in newer SDKs)."""
-    import openai
+class OpenAIHttp:
+    """One OpenAI-compatible server: its URL, its key and a pool of kept-alive connections."""
 
-    return http_library(openai.DefaultAsyncHttpxClient).Response
+    def __init__(self, api_key: str | None, base_url: str | None, timeout: float) -> None:
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        # A compatible server without auth still gets a placeholder key, as the SDK required one.
+        headers = {"Authorization": f"Bearer {api_key or 'not-needed'}"}
+        for header, variable in (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID")):
+            if os.environ.get(variable):
+                headers[header] = os.environ[variable]
+        self.client = http_client(timeout, headers=headers)
 
+    def stream(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+        """``async with`` the response to a JSON POST, its body not read yet."""
+        content = json.dumps(body, ensure_ascii=False).encode()
+        return self.client.stream("POST", self.base_url + path, content=content, headers={**_JSON, **(headers or {})})
 
-async def post_raw(
-    client: Any,
-    path: str,
-    body: dict[str, Any],
-    *,
-    stream: bool = False,
-    files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Any:
-    """``client.post`` answering the bare HTTP response (unread when ``stream``: close it)."""
-    options: dict[str, Any] = {"headers": dict(headers or {})}
-    if files is not None:
-        options["headers"]["Content-Type"] = "multipart/form-data"  # the SDK then lets httpx set the boundary
-    return await client.post(path, body=body, files=files, cast_to=response_type(), stream=stream, options=options)
+    async def post_form(self, path: str, fields: dict[str, str], file: tuple[str, bytes, str]) -> httpx.Response:
+        return await self.client.post(self.base_url + path, data=fields, files={"file": file})
+
+    async def warm(self, warmth: Any) -> None:
+        """Open a connection before it is needed (``/models`` is cheap); failures do not matter."""
+        await warm_http(self.client, self.base_url + "/models", warmth)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 async def sse_data(provider: str, response: Any) -> AsyncIterator[bytes]:
@@ -84,7 +90,7 @@ async def drain(events: AsyncIterator[bytes]) -> None:
             async for _ in events:
                 pass
     except Exception as exc:
-        if map_sdk_error("drain", exc) is None:
+        if map_http_error("drain", exc) is None:
             raise
 
 

@@ -1,7 +1,8 @@
 """Map the OpenAI and Anthropic SDK errors (and the HTTP library under them) into our exception tree.
 
 Both SDKs share one generated error hierarchy, so we match on class names and avoid importing either SDK
-just to classify an error.
+just to classify an error. (The OpenAI providers now speak HTTP directly, ``openai_raw``; the Anthropic one
+still goes through its SDK.)
 """
 
 from __future__ import annotations
@@ -77,31 +78,13 @@ def _map(provider: str, exc: BaseException) -> ProviderError | None:
 KEEPALIVE_SECONDS = 90.0
 
 
-def openai_client(api_key: str | None, base_url: str | None, timeout: float):
-    """An AsyncOpenAI client; a compatible server without auth still needs a placeholder key."""
-    import openai
-
-    return openai.AsyncOpenAI(
-        api_key=api_key or "not-needed",
-        base_url=base_url,
-        timeout=openai.Timeout(timeout, connect=min(timeout, 5.0)),
-        max_retries=0,  # failing over beats retrying: a dead cloud must cost under a second
-        http_client=http_client(openai.DefaultAsyncHttpxClient),
-    )
-
-
-def http_library(factory):
-    """The HTTP library an SDK is built on (httpx, or its successor httpx2), from its default client class."""
-    import importlib
-
-    return importlib.import_module(factory.__mro__[1].__module__.split(".")[0])
-
-
 def http_client(factory):
     """The SDK's own default HTTP client, with long-lived keep-alive connections."""
-    limits = http_library(factory).Limits(
-        max_connections=20, max_keepalive_connections=10, keepalive_expiry=KEEPALIVE_SECONDS
-    )
+    import importlib
+
+    # The SDKs are built on httpx or its successor httpx2: take Limits from whichever this one uses.
+    http = importlib.import_module(factory.__mro__[1].__module__.split(".")[0])
+    limits = http.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=KEEPALIVE_SECONDS)
     return factory(limits=limits)
 
 

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from appliance.errors import ProviderBadReply
+from appliance.providers.http_errors import StreamProgress, check_response, provider_errors
 from appliance.providers.llm.base import Image, LLMEvent, ToolCall, ToolRound, ToolSpec
-from appliance.providers.openai_raw import drain, json_object, post_raw, sse_data
-from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
+from appliance.providers.openai_raw import OpenAIHttp, drain, json_object, sse_data
+from appliance.providers.sdk_errors import Warmth
 from appliance.streams import closing
 from appliance.turns import Message
 
@@ -80,7 +81,7 @@ class OpenAIChat:
         self.max_tokens = max_tokens
         self.web_search = web_search  # OpenAI's search models search when asked through web_search_options
         self.warmth = Warmth()
-        self._client: Any = openai_client(api_key, base_url, timeout)
+        self._http = OpenAIHttp(api_key, base_url, timeout)
 
     async def stream(
         self,
@@ -93,30 +94,24 @@ class OpenAIChat:
         conversation_id: str = "",
     ) -> AsyncIterator[LLMEvent]:
         payload = openai_messages(system, messages, rounds, images)
-        finished = started = False
+        finished = False
         calls: dict[int, dict[str, str]] = {}
-        try:
-            self.warmth.touch()
-            body = {"model": self.model, "messages": payload, "stream": True, **self._options(tools)}
-            response = await post_raw(self._client, "/chat/completions", body, stream=True)
-            try:
+        progress = StreamProgress()
+        self.warmth.touch()
+        body = {"model": self.model, "messages": payload, "stream": True, **self._options(tools)}
+        with provider_errors(self.name, progress):
+            async with self._http.stream("/chat/completions", body) as response:
+                await check_response(self.name, response)
                 async with closing(sse_data(self.name, response)) as events:
                     async for data in events:
                         if data.startswith(b"[DONE]"):
                             await drain(events)
                             break
-                        started = True
+                        progress.started = True
                         texts, ended = _read_chunk(self.name, data, calls)
                         for text in texts:
                             yield text
                         finished = finished or ended
-            finally:
-                await response.aclose()
-        except Exception as exc:
-            mapped = map_sdk_error(self.name, exc, mid_stream=started)
-            if mapped is None or mapped is exc:
-                raise
-            raise mapped from exc
         if not finished:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
         for index in sorted(calls):
@@ -144,10 +139,10 @@ class OpenAIChat:
         return extra
 
     async def warm(self) -> None:
-        await warm_openai(self._client, self.warmth)
+        await self._http.warm(self.warmth)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()
 
 
 def _read_chunk(provider: str, data: bytes, calls: dict[int, dict[str, str]]) -> tuple[list[str], bool]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import encode_wav
 from appliance.errors import ProviderBadReply
-from appliance.providers.openai_raw import json_object, post_raw
-from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
+from appliance.providers.http_errors import check_response, provider_errors
+from appliance.providers.openai_raw import OpenAIHttp, json_object
+from appliance.providers.sdk_errors import Warmth
 
 
 class OpenAIRecognizer:
@@ -25,29 +24,27 @@ class OpenAIRecognizer:
         self.model = model
         self.language = language
         self.warmth = Warmth()
-        self._client: Any = openai_client(api_key, base_url, timeout)
+        self._http = OpenAIHttp(api_key, base_url, timeout)
 
     async def transcribe(self, audio: AudioClip, language: str | None = None) -> str:
-        body: dict[str, Any] = {"model": self.model}
-        if language or self.language:
-            body["language"] = language or self.language
-        try:
-            self.warmth.touch()
-            upload = [("file", ("utterance.wav", encode_wav(audio), "audio/wav"))]
-            response = await post_raw(self._client, "/audio/transcriptions", body, files=upload)
+        fields = {"model": self.model}
+        language = language or self.language
+        if language:
+            fields["language"] = language
+        self.warmth.touch()
+        with provider_errors(self.name):
+            response = await self._http.post_form(
+                "/audio/transcriptions", fields, ("utterance.wav", encode_wav(audio), "audio/wav")
+            )
+            await check_response(self.name, response)
             result = json_object(self.name, response.content)
-        except Exception as exc:
-            mapped = map_sdk_error(self.name, exc)
-            if mapped is None or mapped is exc:
-                raise
-            raise mapped from exc
         text = result.get("text")
         if not isinstance(text, str):
             raise ProviderBadReply(self.name, "transcription without text")
         return text.strip()
 
     async def warm(self) -> None:
-        await warm_openai(self._client, self.warmth)
+        await self._http.warm(self.warmth)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()

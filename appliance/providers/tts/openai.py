@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from appliance.audio.base import AudioClip
-from appliance.providers.openai_raw import post_raw
-from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
+from appliance.providers.http_errors import StreamProgress, check_response, provider_errors
+from appliance.providers.openai_raw import OpenAIHttp
+from appliance.providers.sdk_errors import Warmth
 from appliance.providers.tts._audio import WavStreamDecoder, gather
 
 OPENAI_PCM_RATE = 24_000
@@ -33,7 +34,7 @@ class OpenAISynthesizer:
         self.speed = speed
         self.instructions = instructions
         self.warmth = Warmth()
-        self._client: Any = openai_client(api_key, base_url, timeout)
+        self._http = OpenAIHttp(api_key, base_url, timeout)
 
     async def synthesize(self, text: str) -> AudioClip:
         return await gather(self.synthesize_stream(text))
@@ -46,26 +47,21 @@ class OpenAISynthesizer:
         if self.speed != 1.0:
             body["speed"] = self.speed
         decoder = WavStreamDecoder(self.name, "pcm", OPENAI_PCM_RATE)  # compatible servers may answer WAV
-        try:
-            self.warmth.touch()
-            response = await post_raw(self._client, "/audio/speech", body, stream=True, headers=_AUDIO)
-            try:
+        progress = StreamProgress()  # a failure after the first bytes is a cut stream
+        self.warmth.touch()
+        with provider_errors(self.name, progress):
+            async with self._http.stream("/audio/speech", body, _AUDIO) as response:
+                await check_response(self.name, response)
                 # Pieces as they arrive: see ``decode_response``.
                 async for data in response.aiter_bytes():
+                    progress.started = True
                     for clip in decoder.feed(data):
                         yield clip
-            finally:
-                await response.aclose()
             for clip in decoder.finish():
                 yield clip
-        except Exception as exc:
-            mapped = map_sdk_error(self.name, exc, mid_stream=decoder.received)
-            if mapped is None or mapped is exc:
-                raise
-            raise mapped from exc
 
     async def warm(self) -> None:
-        await warm_openai(self._client, self.warmth)
+        await self._http.warm(self.warmth)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()
