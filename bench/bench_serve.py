@@ -3,15 +3,20 @@
 Everything runs on this machine against one fake cloud in its own process (STT 150 ms, first token 250 ms,
 20 ms a token after that, TTS 200 ms, a three-sentence reply):
 
-- **floor**: a bare httpx script making the same three cloud calls in sequence (STT upload, chat until the
-  first sentence is complete, TTS until its first bytes) on warm connections: what no server can beat;
+- **floor**: a bare httpx script making the same cloud calls on warm connections (STT upload, the chat
+  stream, each sentence's TTS requested the moment its text is complete, all at once): what no server can
+  beat, both for the first audio (the first sentence's first TTS bytes) and for the whole turn (the last
+  TTS byte). Each server's figures are given over the round's floor, and the floor's whole turn over
+  AIAvatarKit's is the best turn ratio any server could reach;
 - **aiavatarkit**: its ``AIAvatarWebSocketServer`` (``make interop-venv``) as a subprocess;
 - **appliance**: ``appliance serve`` as a subprocess, WAV mode and PCM mode.
 
 The client (ours, the AIAvatarKit protocol) sends a 1 s utterance as ``invoke`` and times the first frame
 carrying audio and the ``final``. Servers take turns round by round (interleaved, order alternating) so a
 noisy neighbour on the shared machine hits every server alike; comparisons are medians of per-round paired
-differences. CPU per turn is the server process's CPU time (/proc), not wall time.
+differences. CPU per turn is the server process's CPU time (/proc), not wall time. Under ``--load`` the CPU
+time of the server, the fake cloud and the clients (this process) is taken apart, next to the whole
+machine's, to tell who kept the cores busy.
 
 ``python -m bench serve`` runs a short pass (3 rounds × 6 turns); ``python -m bench serve --full`` the
 12 × 30 of issue 23. ``--load`` adds 10 robots talking at once to one ``appliance serve``.
