@@ -129,3 +129,44 @@ async def test_one_connection_serves_turn_after_turn() -> None:
             assert len((await tts.synthesize("Hello there.")).samples) > 0
         await llm.aclose()
     assert len(ports) == 6 and len(set(ports)) == 1, ports
+
+
+async def test_the_fake_cloud_speaks_what_the_official_sdk_reads() -> None:
+    """Our OpenAI providers no longer go through the SDK: the SDK itself keeps the fake they are tested
+    against honest (streamed chat, speech, transcription), so the two cannot agree only with each other."""
+    import openai
+
+    from appliance.audio.base import AudioClip
+    from appliance.audio.convert import encode_wav
+    from tests.fakes.cloud import fake_cloud, tone
+
+    async with fake_cloud() as cloud:
+        client = openai.AsyncOpenAI(api_key="key", base_url=f"{cloud.url}/v1", max_retries=0)
+        stream = await client.chat.completions.create(
+            model="fake", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+        speech = await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello.", response_format="pcm")
+        heard = await client.audio.transcriptions.create(
+            model="whisper-1",
+            file=("a.wav", encode_wav(AudioClip.from_pcm(tone(0.5, rate=16_000), 16_000)), "audio/wav"),
+        )
+        await client.close()
+    assert text == cloud.reply
+    assert len(speech.content) > 0 and len(speech.content) % 2 == 0
+    assert heard.text == cloud.transcript
+
+
+async def test_a_form_value_cannot_break_out_of_its_part() -> None:
+    """The upload form is built here: a quote or a line break in a configured value stays inside its field."""
+    from appliance.audio.base import AudioClip
+    from appliance.providers.stt.openai import OpenAIRecognizer
+    from tests.fakes.cloud import fake_cloud, tone
+
+    async with fake_cloud() as cloud:
+        stt = OpenAIRecognizer('whisper"-1', "key", f"{cloud.url}/v1", timeout=5)
+        text = await stt.transcribe(AudioClip.from_pcm(tone(0.5, rate=16_000), 16_000), 'en"\r\n\r\nmodel')
+        await stt.aclose()
+    assert text == cloud.transcript
+    body = cloud.bodies("/v1/audio/transcriptions")[-1]
+    assert body["model"] == 'whisper"-1' and body["language"] == 'en"\r\n\r\nmodel', body
