@@ -71,6 +71,6 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "openai", "anthropic", "hpack", "hypercorn.access"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic", "hpack", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     return handler if isinstance(handler, StatusAwareHandler) else None

@@ -31,7 +31,10 @@ def http_client(timeout: float, **kwargs: Any) -> httpx.AsyncClient:
     keep-alive (so the next turn finds its connection open)."""
     from appliance.providers.sdk_errors import KEEPALIVE_SECONDS
 
-    limits = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=KEEPALIVE_SECONDS)
+    # Caps, not reservations: a robot uses two or three connections. `appliance serve` shares one client per
+    # service among its robots, up to 4 syntheses each at once: 10 robots need 30 TTS connections, and one
+    # closed after a burst is a new handshake in the next.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=KEEPALIVE_SECONDS)
     return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)), limits=limits, **kwargs)
 
 

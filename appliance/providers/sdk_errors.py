@@ -1,7 +1,8 @@
 """Map the OpenAI and Anthropic SDK errors (and the HTTP library under them) into our exception tree.
 
 Both SDKs share one generated error hierarchy, so we match on class names and avoid importing either SDK
-just to classify an error.
+just to classify an error. (The OpenAI providers now speak HTTP directly, ``openai_raw``; the Anthropic one
+still goes through its SDK.)
 """
 
 from __future__ import annotations
@@ -75,19 +76,6 @@ def _map(provider: str, exc: BaseException) -> ProviderError | None:
 # Connections stay open this long when idle. httpx's default of 5 s means a new TCP+TLS handshake
 # (100-200 ms from a home network) on nearly every turn, since people listen longer than that.
 KEEPALIVE_SECONDS = 90.0
-
-
-def openai_client(api_key: str | None, base_url: str | None, timeout: float):
-    """An AsyncOpenAI client; a compatible server without auth still needs a placeholder key."""
-    import openai
-
-    return openai.AsyncOpenAI(
-        api_key=api_key or "not-needed",
-        base_url=base_url,
-        timeout=openai.Timeout(timeout, connect=min(timeout, 5.0)),
-        max_retries=0,  # failing over beats retrying: a dead cloud must cost under a second
-        http_client=http_client(openai.DefaultAsyncHttpxClient),
-    )
 
 
 def http_client(factory):

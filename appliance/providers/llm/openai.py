@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from appliance.errors import ProviderBadReply
+from appliance.providers.http_errors import StreamProgress, check_response, provider_errors
 from appliance.providers.llm.base import Image, LLMEvent, ToolCall, ToolRound, ToolSpec
-from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
+from appliance.providers.openai_raw import OpenAIHttp, drain, json_object, sse_data
+from appliance.providers.sdk_errors import Warmth
+from appliance.streams import closing
 from appliance.turns import Message
 
 
@@ -78,7 +81,7 @@ class OpenAIChat:
         self.max_tokens = max_tokens
         self.web_search = web_search  # OpenAI's search models search when asked through web_search_options
         self.warmth = Warmth()
-        self._client: Any = openai_client(api_key, base_url, timeout)
+        self._http = OpenAIHttp(api_key, base_url, timeout)
 
     async def stream(
         self,
@@ -91,28 +94,24 @@ class OpenAIChat:
         conversation_id: str = "",
     ) -> AsyncIterator[LLMEvent]:
         payload = openai_messages(system, messages, rounds, images)
-        finished = started = False
+        finished = False
         calls: dict[int, dict[str, str]] = {}
-        try:
-            self.warmth.touch()
-            body = {"model": self.model, "messages": payload, "stream": True, **self._options(tools)}
-            stream = await self._open_stream(body)
-            async with stream:
-                async for chunk in stream:
-                    started = True
-                    for choice in chunk.choices or ():
-                        delta = choice.delta
-                        if delta and delta.content:
-                            yield delta.content
-                        for fragment in (delta.tool_calls if delta else None) or ():
-                            _gather(calls, fragment)
-                        if choice.finish_reason:
-                            finished = True
-        except Exception as exc:
-            mapped = map_sdk_error(self.name, exc, mid_stream=started)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        progress = StreamProgress()
+        self.warmth.touch()
+        body = {"model": self.model, "messages": payload, "stream": True, **self._options(tools)}
+        with provider_errors(self.name, progress):
+            async with self._http.stream("/chat/completions", body) as response:
+                await check_response(self.name, response)
+                async with closing(sse_data(self.name, response)) as events:
+                    async for data in events:
+                        if data.startswith(b"[DONE]"):
+                            await drain(events)
+                            break
+                        progress.started = True
+                        texts, ended = _read_chunk(self.name, data, calls)
+                        for text in texts:
+                            yield text
+                        finished = finished or ended
         if not finished:
             raise ProviderBadReply(self.name, "stream ended before the reply was complete")
         for index in sorted(calls):
@@ -139,41 +138,44 @@ class OpenAIChat:
             ]
         return extra
 
-    async def _open_stream(self, body: dict[str, Any]) -> Any:
-        """``chat.completions.create(stream=True)`` without the SDK's request transform.
-
-        That transform walks every message of the history through the SDK's TypedDict machinery: 10 ms for a
-        40-message conversation here, more than all our other per-turn work together, and spent between the
-        transcript and the request that the user is waiting for. Our body is already plain JSON, so it goes
-        straight to the SDK's documented ``post`` for the same transport, errors and chunk parsing.
-        """
-        from openai import AsyncStream
-        from openai.types.chat import ChatCompletionChunk
-
-        return await self._client.post(
-            "/chat/completions",
-            body=body,
-            cast_to=ChatCompletionChunk,
-            stream=True,
-            stream_cls=AsyncStream[ChatCompletionChunk],
-        )
-
     async def warm(self) -> None:
-        await warm_openai(self._client, self.warmth)
+        await self._http.warm(self.warmth)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()
 
 
-def _gather(calls: dict[int, dict[str, str]], fragment: Any) -> None:
-    """One streamed piece of a tool call, added to the call it belongs to."""
-    index = fragment.index
-    if index is None:  # some compatible servers omit the index and send each call whole, with its id
-        index = len(calls) if fragment.id or not calls else max(calls)
+def _read_chunk(provider: str, data: bytes, calls: dict[int, dict[str, str]]) -> tuple[list[str], bool]:
+    """One streamed chunk: its text, and whether the reply finished; tool call fragments go into ``calls``.
+
+    Read as plain JSON: the SDK's typed chunk objects cost more CPU than everything else in a turn.
+    """
+    texts: list[str] = []
+    finished = False
+    try:
+        for choice in json_object(provider, data).get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                texts.append(str(content))
+            for fragment in delta.get("tool_calls") or ():
+                _gather(calls, fragment)
+            finished = finished or bool(choice.get("finish_reason"))
+    except (AttributeError, TypeError):  # a field of the wrong shape
+        raise ProviderBadReply(provider, f"malformed reply: {data[:120]!r}") from None
+    return texts, finished
+
+
+def _gather(calls: dict[int, dict[str, str]], fragment: dict[str, Any]) -> None:
+    """One streamed piece of a tool call (as the wire has it), added to the call it belongs to."""
+    index = fragment.get("index")
+    if not isinstance(index, int):  # some compatible servers omit the index and send each call whole, with its id
+        index = len(calls) if fragment.get("id") or not calls else max(calls)
     slot = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
-    if fragment.id:
-        slot["id"] = fragment.id
-    if fragment.function and fragment.function.name:
-        slot["name"] += fragment.function.name
-    if fragment.function and fragment.function.arguments:
-        slot["arguments"] += fragment.function.arguments
+    if fragment.get("id"):
+        slot["id"] = str(fragment["id"])
+    function = fragment.get("function") or {}
+    if function.get("name"):
+        slot["name"] += str(function["name"])
+    if function.get("arguments"):
+        slot["arguments"] += str(function["arguments"])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import encode_wav
 from appliance.errors import ProviderBadReply
-from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
+from appliance.providers.http_errors import check_response, provider_errors
+from appliance.providers.openai_raw import OpenAIHttp, json_object
+from appliance.providers.sdk_errors import Warmth
 
 
 class OpenAIRecognizer:
@@ -24,29 +24,27 @@ class OpenAIRecognizer:
         self.model = model
         self.language = language
         self.warmth = Warmth()
-        self._client: Any = openai_client(api_key, base_url, timeout)
+        self._http = OpenAIHttp(api_key, base_url, timeout)
 
     async def transcribe(self, audio: AudioClip, language: str | None = None) -> str:
-        extra: dict[str, Any] = {}
-        if language or self.language:
-            extra["language"] = language or self.language
-        try:
-            self.warmth.touch()
-            result = await self._client.audio.transcriptions.create(
-                model=self.model, file=("utterance.wav", encode_wav(audio), "audio/wav"), **extra
+        fields = {"model": self.model}
+        language = language or self.language
+        if language:
+            fields["language"] = language
+        self.warmth.touch()
+        with provider_errors(self.name):
+            response = await self._http.post_form(
+                "/audio/transcriptions", fields, ("utterance.wav", encode_wav(audio), "audio/wav")
             )
-        except Exception as exc:
-            mapped = map_sdk_error(self.name, exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        text = getattr(result, "text", None)
+            await check_response(self.name, response)
+            result = json_object(self.name, response.content)
+        text = result.get("text")
         if not isinstance(text, str):
             raise ProviderBadReply(self.name, "transcription without text")
         return text.strip()
 
     async def warm(self) -> None:
-        await warm_openai(self._client, self.warmth)
+        await self._http.warm(self.warmth)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()

@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from appliance.audio.base import AudioClip
-from appliance.providers.sdk_errors import Warmth, map_sdk_error, openai_client, warm_openai
+from appliance.providers.http_errors import StreamProgress, check_response, provider_errors
+from appliance.providers.openai_raw import OpenAIHttp
+from appliance.providers.sdk_errors import Warmth
 from appliance.providers.tts._audio import WavStreamDecoder, gather
 
 OPENAI_PCM_RATE = 24_000
+_AUDIO = {"Accept": "application/octet-stream"}  # what the SDK's speech.create asks for
 
 
 class OpenAISynthesizer:
@@ -31,38 +34,34 @@ class OpenAISynthesizer:
         self.speed = speed
         self.instructions = instructions
         self.warmth = Warmth()
-        self._client: Any = openai_client(api_key, base_url, timeout)
+        self._http = OpenAIHttp(api_key, base_url, timeout)
 
     async def synthesize(self, text: str) -> AudioClip:
         return await gather(self.synthesize_stream(text))
 
     async def synthesize_stream(self, text: str) -> AsyncIterator[AudioClip]:
         """The speech in pieces as the server sends them; never yields an empty piece, raises if none came."""
-        extra: dict[str, Any] = {}
+        body: dict[str, Any] = {"model": self.model, "voice": self.voice, "input": text, "response_format": "pcm"}
         if self.instructions:
-            extra["instructions"] = self.instructions
+            body["instructions"] = self.instructions
         if self.speed != 1.0:
-            extra["speed"] = self.speed
+            body["speed"] = self.speed
         decoder = WavStreamDecoder(self.name, "pcm", OPENAI_PCM_RATE)  # compatible servers may answer WAV
-        try:
-            self.warmth.touch()
-            async with self._client.audio.speech.with_streaming_response.create(
-                model=self.model, voice=self.voice, input=text, response_format="pcm", **extra
-            ) as response:
+        progress = StreamProgress()  # a failure after the first bytes is a cut stream
+        self.warmth.touch()
+        with provider_errors(self.name, progress):
+            async with self._http.stream("/audio/speech", body, _AUDIO) as response:
+                await check_response(self.name, response)
                 # Pieces as they arrive: see ``decode_response``.
-                async for data in response.iter_bytes():
+                async for data in response.aiter_bytes():
+                    progress.started = True
                     for clip in decoder.feed(data):
                         yield clip
             for clip in decoder.finish():
                 yield clip
-        except Exception as exc:
-            mapped = map_sdk_error(self.name, exc, mid_stream=decoder.received)
-            if mapped is None:
-                raise
-            raise mapped from exc
 
     async def warm(self) -> None:
-        await warm_openai(self._client, self.warmth)
+        await self._http.warm(self.warmth)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()
