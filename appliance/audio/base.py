@@ -102,6 +102,7 @@ class BlockQueue:
     def __init__(self, max_blocks: int = 100) -> None:
         self._blocks: deque[np.ndarray] = deque(maxlen=max_blocks)
         self._lot = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()  # producers waiting for the consumer (wait_room)
         self.dropped = 0
         # Set by the consumer when nothing is going on (nobody speaking, robot idle): the producer may then
         # hand audio over in batches, waking the event loop a few times a second instead of every device
@@ -121,10 +122,20 @@ class BlockQueue:
             await trio.lowlevel.checkpoint()
         while not self._blocks:
             await self._lot.park()
-        return self._blocks.popleft()
+        block = self._blocks.popleft()
+        if self._room:
+            self._room.unpark_all()
+        return block
+
+    async def wait_room(self, ahead: int) -> None:
+        """Return once fewer than ``ahead`` blocks wait: a producer that may wait (a file, not a sound card)
+        keeps pace with the consumer instead of overrunning it."""
+        while len(self._blocks) >= ahead:
+            await self._room.park()
 
     def clear(self) -> None:
         self._blocks.clear()
+        self._room.unpark_all()
 
     def __len__(self) -> int:
         return len(self._blocks)
