@@ -26,6 +26,11 @@ class AudioConfig(Section):
     input_file: Path | None = Field(
         default=None, description="WAV played as the microphone ('file' input, or the simulated mic's phrase)"
     )
+    input_file_pace: Literal["realtime", "listener"] = Field(
+        default="realtime",
+        description="'file' input: 'realtime' like a microphone; 'listener': as fast as the listener takes it "
+        "(a machine too slow for real time, e.g. an emulated Pi in tests, still hears every block)",
+    )
     simulated_speech_after: SpeechAfter = Field(
         default=2.0, description='seconds after start before the simulated mic says its phrase; "never" = silence'
     )
