@@ -92,6 +92,10 @@ def level_db(block: np.ndarray) -> float:
     return 20.0 * math.log10(rms) if rms > 1e-5 else -100.0
 
 
+# A consumer taking blocks that are already waiting gives the event loop a turn every this many blocks.
+YIELD_EVERY = 8
+
+
 class BlockQueue:
     """Capture blocks from a producer that must never wait (an audio callback) to one async consumer.
 
@@ -104,6 +108,7 @@ class BlockQueue:
         self._lot = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()  # producers waiting for the consumer (wait_room)
         self.dropped = 0
+        self._unyielded = 0  # blocks taken in a row without giving the event loop a turn
         # Set by the consumer when nothing is going on (nobody speaking, robot idle): the producer may then
         # hand audio over in batches, waking the event loop a few times a second instead of every device
         # block. Read from the audio thread; a bool is safe to share under the GIL.
@@ -117,10 +122,16 @@ class BlockQueue:
 
     async def get(self) -> np.ndarray:
         if self._blocks:
-            # Yield even when a block is waiting: a consumer that has fallen behind real time would otherwise
-            # never give the loop back (no watchdog pings, no SIGTERM), as seen on a slow virtual Pi.
-            await trio.lowlevel.checkpoint()
+            # Yield now and then even when blocks are waiting: a consumer that has fallen behind real time
+            # would otherwise never give the loop back (no watchdog pings, no SIGTERM), as seen on a slow
+            # virtual Pi. Not for every block: each idle hand-over brings several blocks, and a pass of the
+            # event loop per block cost more than the blocks' own work (bench listening, live idle figure).
+            self._unyielded += 1
+            if self._unyielded >= YIELD_EVERY:
+                self._unyielded = 0
+                await trio.lowlevel.checkpoint()
         while not self._blocks:
+            self._unyielded = 0
             await self._lot.park()
         block = self._blocks.popleft()
         if self._room:
