@@ -6,6 +6,7 @@ Run in file order: each test leaves the service running for the next one.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import time
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from target import REPO, Target, TargetError
 
-from conftest import FAKE_KEY, TIME_SCALE, figure
+from conftest import FAKE_CLOUD_PORT, FAKE_KEY, TIME_SCALE, figure
 
 SERVICE = "appliance.service"
 SIM = "$(ls -d /sys/devices/platform/gpio-sim.*/gpiochip* | head -n1)"
@@ -185,6 +186,59 @@ def test_spoken_question_gets_a_spoken_reply(provisioned: Target) -> None:
     )
     journal = target.journal(lines=200)
     assert "thinking" in journal.lower() or "speaking" in journal.lower()
+
+
+WAKE_DROP_IN = "/run/systemd/system/appliance.service.d/wake-word-check.conf"
+WAKE_CLIP = "/var/lib/appliance/wake-check.wav"
+
+
+def transcriptions(target: Target) -> list[dict]:
+    """What the fake STT received so far: length and level of each upload, measured by the fake itself."""
+    log = json.loads(target.run(f"curl -sf http://127.0.0.1:{FAKE_CLOUD_PORT}/_fake/requests").stdout)
+    return [r["audio"] for r in log if r["path"].endswith("/audio/transcriptions")]
+
+
+def test_wake_word_mode_sends_the_spoken_command_to_stt(provisioned: Target) -> None:
+    """listening.mode = wake_word with the real detector: a command without the wake word is ignored, the
+    command after "okay nabu" reaches the STT, and what the STT got has the length and level the same
+    listening code cuts from the same audio on the host. The clip comes through the file microphone paced by
+    the listener (the emulated CPU falls behind real time in this mode; on a sound card it would drop audio)."""
+    from wake_check import build
+
+    target = provisioned
+    expected = build()
+    target.put_file(expected.wav, WAKE_CLIP)
+    before = len(transcriptions(target))
+    settings = {
+        "APPLIANCE_LISTENING__MODE": "wake_word",
+        "APPLIANCE_AUDIO__INPUT": "file",
+        "APPLIANCE_AUDIO__INPUT_FILE": WAKE_CLIP,
+        "APPLIANCE_AUDIO__INPUT_FILE_PACE": "listener",
+    }
+    drop_in = "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in settings.items())
+    target.run(f"mkdir -p {WAKE_DROP_IN.rsplit('/', 1)[0]}")
+    target.put_file(drop_in.encode(), WAKE_DROP_IN)
+    try:
+        began = time.monotonic()
+        target.run(f"systemctl daemon-reload && systemctl restart {SERVICE}", timeout=180 * TIME_SCALE)
+        heard = wait_for("the command to reach the STT", lambda: transcriptions(target)[before:], 300, interval=3)
+        figure(
+            "wake_word mode: restart -> command at the STT",
+            time.monotonic() - began,
+            note=f"{expected.played_seconds:.1f} s clip, listener-paced",
+        )
+        journal = target.journal(lines=400)
+        assert "mode=wake_word" in journal and "wake word Okay Nabu (p=" in journal, journal
+        assert re.search(r"utterance captured: [\d.]+ s \(wake_word,", journal), journal
+        wait_for("the whole clip handed over", lambda: "handed over whole" in target.journal(lines=400), 120)
+        assert len(transcriptions(target)[before:]) == 1, "the command without the wake word was sent too"
+        got = heard[0]
+        assert got["seconds"] == pytest.approx(expected.seconds, abs=0.1), (got, expected.seconds)
+        assert got["rms_db"] == pytest.approx(expected.rms_db, abs=0.5), (got, expected.rms_db)
+        assert got["peak_db"] == pytest.approx(expected.peak_db, abs=0.5), (got, expected.peak_db)
+    finally:
+        target.run(f"rm -f {WAKE_DROP_IN} {WAKE_CLIP}; systemctl daemon-reload; systemctl restart {SERVICE}")
+    assert is_ready(target)
 
 
 def test_watchdog_restarts_a_hung_process(provisioned: Target) -> None:

@@ -31,7 +31,7 @@ def make_source(config: AppConfig) -> AudioSource:
         )
     if kind == "file":
         assert audio.input_file is not None
-        return WavFileSource(audio.input_file, audio.block_ms)
+        return WavFileSource(audio.input_file, audio.block_ms, pace=audio.input_file_pace)
     from appliance.audio.convert import read_wav
 
     phrase = read_wav(audio.input_file) if audio.input_file else bundled_clip("hello.wav")

@@ -173,7 +173,7 @@ class DeviceSource:
         stall_timeout: float = 1.0,
         max_pending: int = 50,
         device_block_ms: int | None = None,
-        relaxed_ms: int = 100,
+        relaxed_ms: int = 200,
     ) -> None:
         self.device = device
         self.block_size = CAPTURE_RATE * block_ms // 1000

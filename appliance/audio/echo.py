@@ -332,6 +332,9 @@ class CancellingQueue:
     def clear(self) -> None:
         self.queue.clear()
 
+    async def wait_room(self, ahead: int) -> None:
+        await self.queue.wait_room(ahead)
+
     def __len__(self) -> int:
         return len(self.queue)
 

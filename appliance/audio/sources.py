@@ -16,6 +16,8 @@ from appliance.audio.convert import read_wav, resample
 
 log = logging.getLogger(__name__)
 
+_AHEAD = 2  # listener-paced file input: at most this many blocks waiting for the listener
+
 
 def bundled_clip(name: str) -> AudioClip:
     """A WAV shipped in ``appliance/assets``."""
@@ -98,18 +100,39 @@ class SimulatedMicrophone(PacedSource):
 
 
 class WavFileSource(PacedSource):
-    """Plays a WAV file into the microphone path once, then silence (a quiet room), paced in real time."""
+    """Plays a WAV file into the microphone path once, then silence (a quiet room).
+
+    ``pace = "realtime"``: each block when a microphone would have recorded it. ``pace = "listener"``: the file's
+    blocks go in as fast as the listener takes them (never more than ``_AHEAD`` waiting), so a machine too slow
+    for real time (an emulated Pi) still hears every block, only later; the silence after it is real time.
+    """
 
     name = "file"
 
-    def __init__(self, path: Path, block_ms: int = 20, lead_in: float = 0.5, speed: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        block_ms: int = 20,
+        lead_in: float = 0.5,
+        speed: float = 1.0,
+        pace: Literal["realtime", "listener"] = "realtime",
+    ) -> None:
         super().__init__(block_ms, speed)
         self.path = path
         self.lead_in = lead_in
+        self.pace = pace
         self.samples = to_capture_rate(read_wav(path))  # fail at construction: config check sees it
 
     async def run(self, queue: BlockQueue, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        if self.pace == "listener":
+            silence = [self._silence] * round(self.lead_in * CAPTURE_RATE / self.block_size)
+            for block in [*silence, *self._blocks_of(self.samples)]:
+                await queue.wait_room(_AHEAD)
+                queue.put_nowait(block)
+            log.info("file microphone: %s handed over whole (%.1f s)", self.path, len(self.samples) / CAPTURE_RATE)
+            await self._silence_until(queue, trio.current_time(), float("inf"))
+            return
         due = trio.current_time()
         due = await self._silence_until(queue, due, due + self.lead_in)
         due = await self._emit(queue, self._blocks_of(self.samples), due)

@@ -26,6 +26,11 @@ class AudioConfig(Section):
     input_file: Path | None = Field(
         default=None, description="WAV played as the microphone ('file' input, or the simulated mic's phrase)"
     )
+    input_file_pace: Literal["realtime", "listener"] = Field(
+        default="realtime",
+        description="'file' input: 'realtime' like a microphone; 'listener': as fast as the listener takes it "
+        "(a machine too slow for real time, e.g. an emulated Pi in tests, still hears every block)",
+    )
     simulated_speech_after: SpeechAfter = Field(
         default=2.0, description='seconds after start before the simulated mic says its phrase; "never" = silence'
     )
@@ -43,11 +48,12 @@ class AudioConfig(Section):
         description="how often the sound card hands captured audio over (ms); larger = less CPU, more latency",
     )
     idle_handover_ms: int = Field(
-        default=100,
+        default=200,
         ge=10,
         le=500,
         description="while idle (nobody speaking, robot quiet), captured audio is handed over this often (ms) "
-        "instead of every device block: fewer wake-ups, less CPU; speech switches back at once",
+        "instead of every device block: fewer wake-ups, less CPU; speech switches back at once (an onset or a "
+        "wake word is noticed up to this much later; no audio is lost)",
     )
     volume: float = Field(default=1.0, ge=0.0, le=2.0, description="output gain")
 

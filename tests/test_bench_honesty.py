@@ -1,0 +1,33 @@
+"""The benchmarks' verdicts cannot pass by default: a live figure that cannot be measured is MISSED, not skipped."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import bench_listening
+from bench.common import Figure
+
+
+def test_no_jack_means_the_live_listening_figure_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_listening.shutil, "which", lambda name: None)
+    with pytest.raises(bench_listening.BackendMissing, match="jackd"):
+        bench_listening.real_capture_figure(seconds=0.1, rounds=1)
+
+
+def test_a_figure_that_was_not_measured_is_missed_whatever_the_target() -> None:
+    assert Figure("live", math.nan, "core", "<= 0.02").verdict == "MISSED"
+    assert Figure("live", math.nan, "%", ">= 90").verdict == "MISSED"
+    assert Figure("live", 0.01, "core", "<= 0.02").verdict == "OK"
+
+
+def test_the_listening_bench_reports_a_missing_backend_as_a_missed_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() turns the error into the headline figure with its target, so the summary shows MISSED."""
+    monkeypatch.setattr(bench_listening.shutil, "which", lambda name: None)
+    for name in ("cpu_figures", "endpointing_figures", "wake_figures", "vad_boundary_figures"):
+        monkeypatch.setattr(bench_listening, name, lambda *args: [])
+    monkeypatch.setattr(bench_listening.F, "negative_set", lambda minutes: None)
+    figures = bench_listening.main()
+    live = [f for f in figures if "live" in f.name]
+    assert len(live) == 1 and live[0].verdict == "MISSED" and "jackd" in live[0].note
