@@ -146,3 +146,18 @@ def test_health_rules_count_in_their_windows() -> None:
     assert health.state == "running"
     health.delay_estimated(False, 600.0)
     assert health.state == "backed_off" and health.reason is not None and "600 ms" in health.reason
+
+
+def test_a_capture_that_hands_over_in_batches_is_not_a_lag() -> None:
+    """A relaxed queue: the source hands 250 ms of audio over at once, four times a second, on time."""
+    health = EchoHealth(may_back_off=True)
+    for arrival in range(4 * 60):
+        for _ in range(12):  # 12 blocks of 20 ms + one of 10 ms: 250 ms
+            health.block(0.02, arrival * 0.25)
+        health.block(0.01, arrival * 0.25)
+    assert health.state == "running"
+    for arrival in range(4 * 60):  # now 5 % short: 237.5 ms per quarter second
+        for _ in range(12):
+            health.block(0.02, 60.0 + arrival * 0.25)
+        health.block(-0.0025, 60.0 + arrival * 0.25)
+    assert health.state == "backed_off" and health.reason is not None and "capture lags" in health.reason

@@ -53,7 +53,8 @@ class EchoHealth:
         self._retry_after = self.limits.retry_after
         self._retry_at = 0.0
         self._mic = 0.0  # s of microphone audio seen
-        self._rate_points: deque[tuple[float, float]] = deque()  # (real time, microphone seconds)
+        self._rate_points: deque[tuple[float, float]] = deque()  # (real time, microphone seconds by then)
+        self._arrival: float | None = None  # real time the latest blocks arrived
         self._resync_times: deque[float] = deque()
         self._delay_misses = 0
         self._warned = False
@@ -64,24 +65,26 @@ class EchoHealth:
 
     def block(self, seconds: float, now: float | None) -> bool:
         """A microphone block of ``seconds`` arrived at real time ``now`` (None: no clock). True: retry now."""
+        if now is not None and now != self._arrival:
+            # Blocks may come in batches (a relaxed queue): a rate is only exact between complete arrivals.
+            if self._arrival is not None and not self.backed_off:
+                self._check_rate(self._arrival)
+            self._arrival = now
         self._mic += seconds
-        if self.backed_off:
-            if self._mic >= self._retry_at:
-                self._retry()
-                return True
-            return False
-        if now is not None:
-            self._check_rate(now)
+        if self.backed_off and self._mic >= self._retry_at:
+            self._retry()
+            return True
         return False
 
-    def _check_rate(self, now: float) -> None:
+    def _check_rate(self, then: float) -> None:
+        """Every block that arrived at real time ``then`` has been counted."""
         points = self._rate_points
-        if points and now - points[-1][0] > self.limits.max_gap:
+        if points and then - points[-1][0] > self.limits.max_gap:
             points.clear()  # the capture stopped for a while: not a lag
-        points.append((now, self._mic))
-        while len(points) > 2 and now - points[1][0] >= self.limits.rate_window:
+        points.append((then, self._mic))
+        while len(points) > 2 and then - points[1][0] >= self.limits.rate_window:
             points.popleft()
-        span = now - points[0][0]
+        span = then - points[0][0]
         if span >= self.limits.rate_window:
             rate = (self._mic - points[0][1]) / span
             if rate < self.limits.min_capture_rate:
