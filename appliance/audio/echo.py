@@ -32,16 +32,23 @@ import trio
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
 from appliance.audio.echo_alignment import FRAME, FarEndTap, estimate_delay_ms
 from appliance.audio.echo_backoff import EchoHealth
+from appliance.audio.echo_lanes import Lanes
 
 log = logging.getLogger(__name__)
 
 EchoCancelSetting = Literal["auto", "webrtc", "off"]
 _ACTIVE_DB = -50.0  # reference quieter than this is not "the robot speaking" for the ERLE figure
+_ACTIVE_POWER = 32768.0**2 * 10 ** (_ACTIVE_DB / 10)
 _DELAY_WINDOW = 2.0  # s of audio the delay estimate correlates
 _DELAY_EVERY = 1.0  # s of robot speech between delay estimates
-_MIN_LAG_MS = 5.0  # an echo that lags its reference by less than this is realigned...
-_TARGET_LAG_MS = 30.0  # ...to lag it by this much
-_MAX_LAG_MS = 450.0  # AEC3's delay estimator searches about 0.5 s: an echo later than this is out of its reach
+# The echo should lag its reference by about 10 ms: AEC3's linear filter (about 50 ms long) then spends itself
+# on the room rather than on the devices' latency (bench echo: hall +14 dB ERLE against leaving the whole round
+# trip to AEC3's own delay estimator). An echo that lags by less than _MIN_LAG_MS or more than _MAX_RESIDUAL_MS
+# is realigned to lag by _TARGET_LAG_MS.
+_MIN_LAG_MS = 5.0
+_TARGET_LAG_MS = 10.0
+_MAX_RESIDUAL_MS = 25.0
+_MAX_LAG_MS = 500.0  # the most the reference is held back (below the tap's resync backlog)
 _CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower margin)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 
@@ -100,12 +107,15 @@ class WebRtcEchoCanceller:
         self.health = EchoHealth(may_back_off)
         self._resyncs_seen = 0
         self.noise_suppression = noise_suppression
-        if noise_suppression:
-            self._aec: Any = pywebrtc_audio.AudioProcessor(
-                CAPTURE_RATE, 1, echo_cancellation=True, noise_suppression=True, ns_level=ns_level
-            )
-        else:
-            self._aec = pywebrtc_audio.EchoCanceller(CAPTURE_RATE, 1, 0)
+
+        def make_aec() -> Any:
+            if noise_suppression:
+                return pywebrtc_audio.AudioProcessor(
+                    CAPTURE_RATE, 1, echo_cancellation=True, noise_suppression=True, ns_level=ns_level
+                )
+            return pywebrtc_audio.EchoCanceller(CAPTURE_RATE, 1, 0)
+
+        self.lanes = Lanes(make_aec, int(_MAX_LAG_MS * CAPTURE_RATE / 1000))
         self._near = np.zeros(0, dtype=np.int16)
         self._far = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)
@@ -120,6 +130,7 @@ class WebRtcEchoCanceller:
         self._hist_mic: deque[np.ndarray] = deque(maxlen=keep // FRAME)
         self._since_delay = 0
         self.delay_ms: float | None = None
+        self._lag_ok = False  # the latest estimate: the echo comes after its reference, as AEC3 needs
         self.mic_delay = 0  # samples the microphone is held back by (see _measure)
         self.frames = 0
 
@@ -129,7 +140,7 @@ class WebRtcEchoCanceller:
         Backed off (see :mod:`appliance.audio.echo_backoff`), the block passes through untouched.
         """
         if self.health.block(len(block) / CAPTURE_RATE, now):
-            self._aec.reset()  # retrying: a fresh filter, paired afresh (the tap was dropped while off)
+            self.lanes.reset()  # retrying: a fresh filter, paired afresh (the tap was dropped while off)
         if self.health.backed_off:
             self.tap.drop()
             return block
@@ -146,7 +157,10 @@ class WebRtcEchoCanceller:
         usable = pending - pending % FRAME
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
-            cleaned = np.asarray(self._aec.process(near, far_frames), dtype=np.int16)
+            active = _power(far_frames) >= _ACTIVE_POWER
+            cleaned, switched = self.lanes.process(near, far_frames, active)
+            if switched:
+                log.info("echo reference held back %d ms: the filter for it took over", self.lanes.hold // 16)
             self._measure(near, far_frames, cleaned)
             self._near, self._far = self._near[usable:], self._far[usable:]
             self._out = np.concatenate([self._out, cleaned]) if self._out.size else cleaned
@@ -166,15 +180,15 @@ class WebRtcEchoCanceller:
         self._hist_far.clear()
         self._hist_mic.clear()
         self.delay_ms = None
+        self._lag_ok = False
 
     def _measure(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> None:
-        active_power = 32768.0**2 * 10 ** (_ACTIVE_DB / 10)
         for start in range(0, len(near), FRAME):
             self.frames += 1
             f, m, c = far[start : start + FRAME], near[start : start + FRAME], cleaned[start : start + FRAME]
             self._hist_far.append(f)
             self._hist_mic.append(m)
-            if _power(f) < active_power:
+            if _power(f) < _ACTIVE_POWER:
                 continue
             a = self._smooth
             self._mic_power += a * (_power(m) - self._mic_power)
@@ -183,20 +197,29 @@ class WebRtcEchoCanceller:
             self._since_delay += 1
         if self._since_delay * FRAME >= _DELAY_EVERY * CAPTURE_RATE and len(self._hist_far) * FRAME >= CAPTURE_RATE:
             self._since_delay = 0
-            self.delay_ms = estimate_delay_ms(np.concatenate(self._hist_far), np.concatenate(self._hist_mic))
-            if self.delay_ms is not None:
-                early = self.delay_ms < _MIN_LAG_MS
-                followable = self._realign() if early else self.delay_ms <= _MAX_LAG_MS
-                self.health.delay_estimated(followable, self.delay_ms)
+            lag = estimate_delay_ms(np.concatenate(self._hist_far), np.concatenate(self._hist_mic))
+            if lag is not None:
+                self._align(lag)
 
-    def _realign(self) -> bool:
+    def _align(self, lag: float) -> None:
+        """The echo lags the tap's pairing by ``lag`` ms: AEC3 should see it lag its reference by about
+        ``_TARGET_LAG_MS`` (see :mod:`appliance.audio.echo_lanes`)."""
+        self.delay_ms = lag
+        residual = lag - self.lanes.hold * 1000 / CAPTURE_RATE  # what AEC3 sees
+        self._lag_ok = residual >= _MIN_LAG_MS
+        followable = lag <= _MAX_LAG_MS
+        if lag < _MIN_LAG_MS:
+            followable = self._realign(int((_TARGET_LAG_MS - lag) * CAPTURE_RATE / 1000)) and followable
+        elif followable and not _MIN_LAG_MS <= residual <= _MAX_RESIDUAL_MS:
+            self.lanes.try_hold(int((lag - _TARGET_LAG_MS) * CAPTURE_RATE / 1000))
+        self.health.delay_estimated(followable, lag)
+
+    def _realign(self, shift: int) -> bool:
         """The echo comes (nearly) before its reference: AEC3 cannot cancel what it has not seen yet.
 
-        Hand the reference over sooner; AEC3's own delay estimator takes it from there. Where the reference is
-        not far enough ahead (a loop with no device latency), hold the mic back. False: nothing could move.
+        Hand the reference over ``shift`` samples sooner. Where the reference is not far enough ahead (a loop
+        with no device latency), hold the mic back. False: nothing could move.
         """
-        assert self.delay_ms is not None
-        shift = int((_TARGET_LAG_MS - self.delay_ms) * CAPTURE_RATE / 1000)
         early = min(shift, self.tap.backlog)
         late = min(shift - early, _MAX_MIC_DELAY - self.mic_delay)
         if early:
@@ -224,7 +247,7 @@ class WebRtcEchoCanceller:
     def converged(self) -> bool:
         """The echo is being removed: enough reduction, and the echo does not come before its reference."""
         erle = self.erle_db
-        aligned = self.delay_ms is not None and self.delay_ms >= _MIN_LAG_MS  # measured, not assumed
+        aligned = self.delay_ms is not None and self._lag_ok  # measured, not assumed
         running = self.health.state == "running"
         return erle is not None and erle >= _CONVERGED_DB and aligned and running
 

@@ -61,7 +61,7 @@ class DriftMeter:
         return slope / CAPTURE_RATE * 1e6
 
 
-def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 500.0, min_ms: float = -200.0) -> float | None:
+def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 700.0, min_ms: float = -200.0) -> float | None:
     """Lag of ``far`` inside ``mic`` by GCC-PHAT (robust to the room's colouring), or None when unclear.
 
     Negative: the echo arrives before its reference was handed to the canceller (the pairing is too late).
@@ -127,6 +127,7 @@ class FarEndTap:
         """Hand the reference over ``samples`` sooner (the echo was seen arriving before its reference)."""
         self._skip += samples
         self.advances += 1
+        self.drift.reset()  # the backlog steps: its slope before and after is not drift
 
     def drop(self) -> None:
         """Forget every reference sample: the canceller is not running; the next :meth:`take` pairs afresh."""
@@ -174,6 +175,7 @@ class FarEndTap:
             keep = n + self.slack  # the newest: the echo lags it by the round trip
             ready = ready[-keep:] if len(ready) > keep else ready
             self._synced = bool(len(ready))  # nothing played yet: pair with silence and sync on the first audio
+            self._skip = 0
         if self._skip and self._synced:
             dropped = min(self._skip, max(0, len(ready) - n))
             ready, self._skip = ready[dropped:], self._skip - dropped
