@@ -113,7 +113,9 @@ def test_auto_backs_off_when_the_alignment_keeps_resynchronising_and_retries_lat
     with caplog.at_level(logging.INFO):
         _drifting(canceller, 20.0, 1.2)  # the reference piles up 0.2 s per second: resync every few seconds
         stats = canceller.stats()
-        assert stats.state == "backed_off" and stats.reason is not None and "resynchronised" in stats.reason
+        assert stats.state == "backed_off" and stats.reason is not None
+        # The piling reference shows as resyncs, and as an echo delay that keeps growing: either says it.
+        assert "resynchronised" in stats.reason or "delay estimate out of range" in stats.reason
         assert canceller.stats().erle_db is None and canceller.delay_ms is None
         _drifting(canceller, 130.0, 1.0)  # a healthy stretch: after 120 s of audio it tries again
         assert canceller.stats().state == "running"
@@ -161,3 +163,12 @@ def test_a_capture_that_hands_over_in_batches_is_not_a_lag() -> None:
             health.block(0.02, 60.0 + arrival * 0.25)
         health.block(-0.0025, 60.0 + arrival * 0.25)
     assert health.state == "backed_off" and health.reason is not None and "capture lags" in health.reason
+
+
+def test_resyncs_close_together_back_off_and_explicit_webrtc_only_says_so() -> None:
+    for may_back_off, state in ((True, "backed_off"), (False, "misaligned")):
+        health = EchoHealth(may_back_off=may_back_off, limits=BackoffLimits(resyncs=3, resync_window=10.0))
+        for _ in range(3):
+            health.resynced()
+            health.block(2.0, None)
+        assert health.state == state and health.reason is not None and "resynchronised 3 times" in health.reason
