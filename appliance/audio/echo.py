@@ -32,7 +32,6 @@ import trio
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
 from appliance.audio.echo_alignment import FRAME, FarEndTap, estimate_delay_ms
 from appliance.audio.echo_backoff import EchoHealth
-from appliance.audio.echo_lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +40,9 @@ _ACTIVE_DB = -50.0  # reference quieter than this is not "the robot speaking" fo
 _ACTIVE_POWER = 32768.0**2 * 10 ** (_ACTIVE_DB / 10)
 _DELAY_WINDOW = 2.0  # s of audio the delay estimate correlates
 _DELAY_EVERY = 1.0  # s of robot speech between delay estimates
-# The echo should lag its reference by about 10 ms: AEC3's linear filter (about 50 ms long) then spends itself
-# on the room rather than on the devices' latency (bench echo: hall +14 dB ERLE against leaving the whole round
-# trip to AEC3's own delay estimator). An echo that lags by less than _MIN_LAG_MS or more than _MAX_RESIDUAL_MS
-# is realigned to lag by _TARGET_LAG_MS.
-_MIN_LAG_MS = 5.0
-_TARGET_LAG_MS = 10.0
-_MAX_RESIDUAL_MS = 25.0
-_MAX_LAG_MS = 500.0  # the most the reference is held back (below the tap's resync backlog)
+_MIN_LAG_MS = 5.0  # an echo that lags its reference by less than this is realigned...
+_TARGET_LAG_MS = 30.0  # ...to lag it by this much
+_MAX_LAG_MS = 500.0  # AEC3's delay estimator searches about 0.5 s: an echo later than this is out of its reach
 _CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower margin)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 
@@ -107,15 +101,12 @@ class WebRtcEchoCanceller:
         self.health = EchoHealth(may_back_off)
         self._resyncs_seen = 0
         self.noise_suppression = noise_suppression
-
-        def make_aec() -> Any:
-            if noise_suppression:
-                return pywebrtc_audio.AudioProcessor(
-                    CAPTURE_RATE, 1, echo_cancellation=True, noise_suppression=True, ns_level=ns_level
-                )
-            return pywebrtc_audio.EchoCanceller(CAPTURE_RATE, 1, 0)
-
-        self.lanes = Lanes(make_aec, int(_MAX_LAG_MS * CAPTURE_RATE / 1000))
+        if noise_suppression:
+            self._aec: Any = pywebrtc_audio.AudioProcessor(
+                CAPTURE_RATE, 1, echo_cancellation=True, noise_suppression=True, ns_level=ns_level
+            )
+        else:
+            self._aec = pywebrtc_audio.EchoCanceller(CAPTURE_RATE, 1, 0)
         self._near = np.zeros(0, dtype=np.int16)
         self._far = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)
@@ -140,7 +131,7 @@ class WebRtcEchoCanceller:
         Backed off (see :mod:`appliance.audio.echo_backoff`), the block passes through untouched.
         """
         if self.health.block(len(block) / CAPTURE_RATE, now):
-            self.lanes.reset()  # retrying: a fresh filter, paired afresh (the tap was dropped while off)
+            self._aec.reset()  # retrying: a fresh filter, paired afresh (the tap was dropped while off)
         if self.health.backed_off:
             self.tap.drop()
             return block
@@ -157,10 +148,7 @@ class WebRtcEchoCanceller:
         usable = pending - pending % FRAME
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
-            active = _power(far_frames) >= _ACTIVE_POWER
-            cleaned, switched = self.lanes.process(near, far_frames, active)
-            if switched:
-                log.info("echo reference held back %d ms: the filter for it took over", self.lanes.hold // 16)
+            cleaned = np.asarray(self._aec.process(near, far_frames), dtype=np.int16)
             self._measure(near, far_frames, cleaned)
             self._near, self._far = self._near[usable:], self._far[usable:]
             self._out = np.concatenate([self._out, cleaned]) if self._out.size else cleaned
@@ -202,16 +190,12 @@ class WebRtcEchoCanceller:
                 self._align(lag)
 
     def _align(self, lag: float) -> None:
-        """The echo lags the tap's pairing by ``lag`` ms: AEC3 should see it lag its reference by about
-        ``_TARGET_LAG_MS`` (see :mod:`appliance.audio.echo_lanes`)."""
+        """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""
         self.delay_ms = lag
-        residual = lag - self.lanes.hold * 1000 / CAPTURE_RATE  # what AEC3 sees
-        self._lag_ok = residual >= _MIN_LAG_MS
+        self._lag_ok = lag >= _MIN_LAG_MS
         followable = lag <= _MAX_LAG_MS
         if lag < _MIN_LAG_MS:
             followable = self._realign(int((_TARGET_LAG_MS - lag) * CAPTURE_RATE / 1000)) and followable
-        elif followable and not _MIN_LAG_MS <= residual <= _MAX_RESIDUAL_MS:
-            self.lanes.try_hold(int((lag - _TARGET_LAG_MS) * CAPTURE_RATE / 1000))
         self.health.delay_estimated(followable, lag)
 
     def _realign(self, shift: int) -> bool:
