@@ -74,7 +74,9 @@ def test_check_config_says_which_echo_handling_runs(tmp_path: Path, capsys: pyte
     if webrtc_available():
         assert main(["-c", str(_config(tmp_path, 'echo_cancel = "auto"\n')), "check-config"]) == EXIT_OK
         line = _echo_line(capsys)
-        assert line.startswith("echo: webrtc AEC3 (echo_cancel = auto: with a sound-card microphone)")
+        assert line.startswith(
+            "echo: webrtc AEC3 (echo_cancel = auto: with a sound-card microphone, backs off when it cannot stay aligned)"
+        )
         assert line.endswith("margin 3 dB")
 
 
