@@ -32,9 +32,9 @@ EchoState = Literal["running", "backed_off", "misaligned"]
 @dataclass(frozen=True)
 class BackoffLimits:
     min_capture_rate: float = 0.97  # microphone seconds per real second below this: the capture lags
-    rate_window: float = 10.0  # real seconds the capture rate is measured over
+    rate_window: float = 5.0  # real seconds the capture rate is measured over (a misaligned canceller hurts)
     max_gap: float = 2.0  # real seconds without a block: the capture stopped (mute, reopen), not a lag
-    resyncs: int = 3  # this many resynchronisations...
+    resyncs: int = 2  # this many resynchronisations (one follows any mute or reopen)...
     resync_window: float = 300.0  # ...within this many seconds of microphone audio
     delay_misses: int = 3  # consecutive delay estimates the canceller cannot follow
     retry_after: float = 120.0  # s of microphone audio before a backed-off canceller tries again
