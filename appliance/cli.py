@@ -304,7 +304,8 @@ def describe_echo(listening) -> str:
     ns = " + noise suppression" if listening.noise_suppression else ""
     return (
         f"webrtc AEC3{ns} (echo_cancel = {listening.echo_cancel}"
-        f"{': with a sound-card microphone' if listening.echo_cancel == 'auto' else ''}); self-trigger guard {guard}, "
+        f"{': with a sound-card microphone, backs off when it cannot stay aligned' if listening.echo_cancel == 'auto' else ''}"
+        f"); self-trigger guard {guard}, "
         f"margin {min(listening.barge_in_margin_db, listening.echo_cancel_margin_db):g} dB"
     )
 

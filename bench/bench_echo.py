@@ -70,6 +70,19 @@ def minutes() -> float:
     return float(os.environ.get("BENCH_ECHO_MINUTES", "1"))
 
 
+def parts() -> set[str]:
+    """Which parts run (``BENCH_ECHO_PARTS``, default all): alone (robot speech alone: ERLE, false barge-ins
+    and wake words, CPU), guard (the same without the canceller), barge, wake, ns (noise suppression on the
+    labelled corpus). A 10-minute run of the first on
+    a shared machine: ``BENCH_ECHO_PARTS=alone BENCH_ECHO_MINUTES=10``."""
+    return set(os.environ.get("BENCH_ECHO_PARTS", "alone,guard,barge,wake,ns").split(","))
+
+
+def rooms() -> set[str]:
+    """Which rooms the robot-alone part runs in (``BENCH_ECHO_ROOMS``: small,living room,hall)."""
+    return set(os.environ.get("BENCH_ECHO_ROOMS", "small,living room,hall").split(","))
+
+
 def impulse_response(room: Room) -> np.ndarray:
     """Direct path, a few early reflections and an exponentially decaying diffuse tail."""
     rng = np.random.default_rng(room.seed)
@@ -128,6 +141,9 @@ class Run:
             echo_cancelled=cancel,  # type: ignore[arg-type]
         )
         self.service._load()
+        if self.canceller is not None:  # wired as the app wires it
+            canceller = self.canceller
+            self.service.guard.canceller_converged = lambda: canceller.converged
         self.wake = MicroWakeWordDetector.from_config([WakeWordModel(model="okay_nabu")]) if wake else None
         self.cpu = 0.0
         self.cleaned: list[np.ndarray] = []
@@ -210,8 +226,9 @@ def robot_alone(room: Room, mins: float) -> list[Figure]:
     for s in range(3, int(len(cleaned) / RATE) - 10, 10):
         part = slice(s * RATE, (s + 10) * RATE)
         windows.append(erle_after(mic[part], cleaned[part], active[part], 0.0))
-    base = Run(room, cancel=False)
-    base_onsets, _ = base.feed(far48, mic)
+    base_onsets: list[float] | None = None
+    if "guard" in parts():  # the same minutes without the canceller, for comparison
+        base_onsets, _ = Run(room, cancel=False).feed(far48, mic)
     audio = len(mic) / RATE
     stats = run.canceller.stats() if run.canceller else None
     return [
@@ -238,7 +255,7 @@ def robot_alone(room: Room, mins: float) -> list[Figure]:
             len(onsets),
             "",
             "<= 0",
-            f"without the canceller (guard 12 dB): {len(base_onsets)}",
+            f"without the canceller (guard 12 dB): {'-' if base_onsets is None else len(base_onsets)}",
         ),
         Figure(
             f"false wake words in {mins:g} min of robot speech, {room.name}",
@@ -367,8 +384,67 @@ def main() -> list[Figure]:
         return [Figure("echo cancellation: espeak-ng is needed for the simulated room", 0, "")]
     mins = minutes()
     figures: list[Figure] = []
-    for room in ROOMS:
-        figures += robot_alone(room, mins)
-    figures += barge_in_figures()
-    figures += wake_figures()
+    wanted = parts()
+    if "alone" in wanted:
+        for room in ROOMS:
+            if room.name.split(",")[0] in rooms():
+                figures += robot_alone(room, mins)
+    if "barge" in wanted:
+        figures += barge_in_figures()
+    if "wake" in wanted:
+        figures += wake_figures()
+    if "ns" in wanted:
+        figures += noise_suppression_figures()
     return figures
+
+
+def noise_suppression_figures(fraction: float = 0.1) -> list[Figure]:
+    """WebRTC's noise suppressor (``listening.noise_suppression``, level 1) in front of the listener, on the
+    labelled corpus (sentences at 10, 5 and 0 dB SNR in five noises): how much it lowers the noise (the 3 s of
+    room before the speech) and the speech (the labelled span), and whether the listener still hands each
+    sentence over whole. Offline there is no STT to ask: these are the figures it would depend on."""
+    import pywebrtc_audio
+
+    from bench import bench_listening_accuracy as A
+    from bench import listening_corpus as C
+
+    items = [i for i in C.subset(C.sentence_items(), fraction) if i.snr is not None]
+    whole = {False: 0, True: 0}
+    noise_drop: list[float] = []
+    speech_drop: list[float] = []
+    cpu = [0.0, 0.0]
+    ns_cpu = audio = 0.0
+    for item in items:
+        clip = C.build(item)
+        audio += len(clip.samples) / RATE
+        t0 = time.process_time()
+        cleaned = pywebrtc_audio.NoiseSuppressor(RATE, 1, 1).process(clip.samples)
+        ns_cpu += time.process_time() - t0
+        start, end = clip.spans[0]
+        lead = slice(int(0.5 * RATE), int((start - 0.1) * RATE))  # the room, once the suppressor has heard it
+        span = slice(int(start * RATE), int(end * RATE))
+        raw, out = clip.samples.astype(np.float64), cleaned.astype(np.float64)
+        noise_drop.append(10 * np.log10((np.mean(raw[lead] ** 2) + 1) / (np.mean(out[lead] ** 2) + 1)))
+        speech_drop.append(10 * np.log10((np.mean(raw[span] ** 2) + 1) / (np.mean(out[span] ** 2) + 1)))
+        for ns, samples in ((False, clip.samples), (True, cleaned)):
+            heard = A.run(samples, A.config_for("always", {}), cpu)
+            whole[ns] += A.verdict(heard, clip.spans[0])[0] == "whole"
+    n = len(items)
+    return [
+        Figure("noise suppression: noise lowered by (median)", median(noise_drop), "dB", "", f"{n} sentences"),
+        Figure(
+            "noise suppression: speech span lowered by (median)",
+            median(speech_drop),
+            "dB",
+            "",
+            "speech + noise; the SNR gain is the difference",
+        ),
+        Figure(
+            "sentences handed over whole, without / with noise suppression",
+            100 * whole[True] / n,
+            "%",
+            "",
+            f"{whole[False]}/{n} without, {whole[True]}/{n} with (10/5/0 dB, energy VAD)",
+        ),
+        Figure("noise suppressor CPU", ns_cpu / audio, "core", "", "process CPU time / audio time; shared machine"),
+    ]

@@ -74,7 +74,9 @@ def test_check_config_says_which_echo_handling_runs(tmp_path: Path, capsys: pyte
     if webrtc_available():
         assert main(["-c", str(_config(tmp_path, 'echo_cancel = "auto"\n')), "check-config"]) == EXIT_OK
         line = _echo_line(capsys)
-        assert line.startswith("echo: webrtc AEC3 (echo_cancel = auto: with a sound-card microphone)")
+        assert line.startswith(
+            "echo: webrtc AEC3 (echo_cancel = auto: with a sound-card microphone, backs off when it cannot stay aligned)"
+        )
         assert line.endswith("margin 3 dB")
 
 
@@ -107,6 +109,8 @@ async def test_status_and_metrics_without_a_canceller(tmp_path: Path) -> None:
         "drift_ppm": 0.0,
         "resyncs": 0,
         "noise_suppression": False,
+        "state": "off",
+        "reason": None,
     }
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     assert families["appliance_echo_cancel_active"].samples[0].value == 0
@@ -126,8 +130,16 @@ async def test_status_and_metrics_show_erle_and_delay(tmp_path: Path) -> None:
             canceller.process(mic[start : start + 320])
         status = (await api.get("/v1/status")).json()
         metrics = (await api.get("/v1/metrics")).text
+        canceller.health.may_back_off = True  # as under auto: the alignment keeps breaking
+        for _ in range(3):
+            canceller.health.resynced()
+        backed_off = (await api.get("/v1/status")).json()["echo"]
+        backed_off_metrics = (await api.get("/v1/metrics")).text
+    assert backed_off["state"] == "backed_off" and "resynchronised 2 times" in backed_off["reason"]
+    gone = {f.name: f for f in text_string_to_metric_families(backed_off_metrics)}
+    assert gone["appliance_echo_cancel_active"].samples[0].value == 0
     echo = status["echo"]
-    assert echo["backend"] == "webrtc"
+    assert echo["backend"] == "webrtc" and echo["state"] == "running" and echo["reason"] is None
     assert echo["erle_db"] is not None and echo["erle_db"] > 10
     assert echo["delay_ms"] == pytest.approx(60.0, abs=5.0)
     families = {f.name: f for f in text_string_to_metric_families(metrics)}

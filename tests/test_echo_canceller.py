@@ -60,6 +60,7 @@ def test_synthetic_echo_is_reduced_by_at_least_20_db() -> None:
     assert _db(mic[tail]) - _db(out[tail]) >= 20.0
     stats = canceller.stats()
     assert stats.backend == "webrtc" and stats.erle_db is not None and stats.erle_db >= 15.0
+    assert stats.state == "running" and stats.reason is None and canceller.converged
 
 
 @needs_webrtc
@@ -163,7 +164,7 @@ def test_device_sink_taps_the_callback_output_and_the_silence_after_a_cut() -> N
 
 
 @needs_webrtc
-def test_cancelling_queue_cleans_what_the_source_puts() -> None:
+async def test_cancelling_queue_cleans_what_the_source_puts() -> None:
     queue = BlockQueue()
     tap = FarEndTap()
     q = CancellingQueue(queue, WebRtcEchoCanceller(tap))

@@ -22,30 +22,27 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import trio
 
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
-from appliance.audio.echo_alignment import DriftMeter, estimate_delay_ms
+from appliance.audio.echo_alignment import FRAME, FarEndTap, estimate_delay_ms
+from appliance.audio.echo_backoff import EchoHealth
 
 log = logging.getLogger(__name__)
 
 EchoCancelSetting = Literal["auto", "webrtc", "off"]
-FRAME = CAPTURE_RATE // 100  # AEC3's 10 ms frame
 _ACTIVE_DB = -50.0  # reference quieter than this is not "the robot speaking" for the ERLE figure
-_MAX_BACKLOG = 0.6  # s of reference kept ahead of the mic; more means the pairing is lost: resynchronise
-# s of reference kept in hand at the first pairing: the resampler hands its output over in bursts, and running
-# dry would shift the pairing. Costs nothing: the echo still lags its reference by the round trip minus this,
-# and any real round trip (output buffer + input buffer) is longer.
-_SLACK = 0.005
+_ACTIVE_POWER = 32768.0**2 * 10 ** (_ACTIVE_DB / 10)
 _DELAY_WINDOW = 2.0  # s of audio the delay estimate correlates
 _DELAY_EVERY = 1.0  # s of robot speech between delay estimates
 _MIN_LAG_MS = 5.0  # an echo that lags its reference by less than this is realigned...
 _TARGET_LAG_MS = 30.0  # ...to lag it by this much
+_MAX_LAG_MS = 500.0  # AEC3's delay estimator searches about 0.5 s: an echo later than this is out of its reach
 _CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower margin)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 
@@ -74,112 +71,6 @@ def resolve_backend(setting: EchoCancelSetting) -> Literal["webrtc", "off"]:
     return "off"
 
 
-class FarEndTap:
-    """What the speaker played, for the echo canceller. ``played`` may be called from the audio thread.
-
-    The tap only appends a copy (cheap, lock held for an append); resampling to 16 kHz and pairing happen on
-    the capture side in :meth:`take`.
-    """
-
-    def __init__(self, max_backlog: float = _MAX_BACKLOG, history: int = 0, slack: float = _SLACK) -> None:
-        self.max_backlog = int(max_backlog * CAPTURE_RATE)
-        self.slack = int(slack * CAPTURE_RATE)
-        self._lock = threading.Lock()
-        self._arrived: deque[tuple[np.ndarray, int]] = deque()
-        self._ready = np.zeros(0, dtype=np.int16)  # resampled to 16 kHz, not yet paired
-        self._rate = 0
-        self._resampler: Any = None
-        self._correction = 0.0  # ppm the reference is resampled by (measured drift)
-        self._synced = False
-        self.drift = DriftMeter()
-        self.mic_samples = 0
-        self.resyncs = 0
-        self.advances = 0
-        self._skip = 0  # reference samples still to drop (see advance)
-        self.played_samples = 0
-        # Tests: keep the raw blocks as played (exactly what went to the device), up to ``history`` blocks.
-        self.history: deque[np.ndarray] | None = deque(maxlen=history) if history else None
-
-    def played(self, samples: np.ndarray, rate: int) -> None:
-        """The sink just played ``samples`` (int16 mono at ``rate``)."""
-        block = np.array(samples, dtype=np.int16, copy=True).reshape(-1)
-        with self._lock:
-            self._arrived.append((block, rate))
-            self.played_samples += len(block)
-            if self.history is not None:
-                self.history.append(block)
-
-    @property
-    def backlog(self) -> int:
-        """Reference samples in hand beyond the next block (what :meth:`advance` can drop)."""
-        return max(0, len(self._ready) - self.slack - FRAME * 2)
-
-    def advance(self, samples: int) -> None:
-        """Hand the reference over ``samples`` sooner (the echo was seen arriving before its reference)."""
-        self._skip += samples
-        self.advances += 1
-
-    @property
-    def correction_ppm(self) -> float:
-        return self._correction
-
-    def _resample(self, block: np.ndarray, rate: int) -> np.ndarray:
-        if rate != self._rate or self._resampler is None:
-            self._new_resampler(rate)
-        if self._resampler is None:
-            return block
-        return self._resampler.resample_chunk(block)
-
-    def _new_resampler(self, rate: int) -> None:
-        self._rate = rate
-        if rate == CAPTURE_RATE and self._correction == 0.0:
-            self._resampler = None
-            return
-        import soxr
-
-        # The reference has ``1 + ppm`` times as many samples as the mic wants: resample from that much more.
-        source_rate = rate * (1.0 + self._correction * 1e-6)
-        self._resampler = soxr.ResampleStream(source_rate, CAPTURE_RATE, 1, dtype="int16", quality="HQ")
-
-    def take(self, n: int) -> np.ndarray:
-        """The ``n`` reference samples that pair with the next ``n`` microphone samples."""
-        with self._lock:
-            arrived, self._arrived = self._arrived, deque()
-        pieces = [self._ready] + [self._resample(block, rate) for block, rate in arrived]
-        ready = np.concatenate(pieces) if len(pieces) > 1 else self._ready
-        if not self._synced or len(ready) > self.max_backlog + n + self.slack:
-            if self._synced:
-                self.resyncs += 1
-                ahead_ms = len(ready) * 1000 // CAPTURE_RATE
-                log.info("echo reference resynchronised (%d ms ahead of the microphone)", ahead_ms)
-                self.drift.reset()
-            keep = n + self.slack  # the newest: the echo lags it by the round trip
-            ready = ready[-keep:] if len(ready) > keep else ready
-            self._synced = bool(len(ready))  # nothing played yet: pair with silence and sync on the first audio
-        if self._skip and self._synced:
-            dropped = min(self._skip, max(0, len(ready) - n))
-            ready, self._skip = ready[dropped:], self._skip - dropped
-        if len(ready) >= n:
-            out, self._ready = ready[:n], ready[n:]
-        else:  # nothing (or too little) played: the speaker was silent
-            out = np.concatenate([ready, np.zeros(n - len(ready), dtype=np.int16)])
-            self._ready = np.zeros(0, dtype=np.int16)
-        self.mic_samples += n
-        self.drift.observe(self.mic_samples / CAPTURE_RATE, len(self._ready))
-        self._follow_drift()
-        return out
-
-    def _follow_drift(self) -> None:
-        ppm = self.drift.ppm()
-        if ppm is None or abs(ppm) < 20.0:
-            return
-        # What is left is on top of the correction already applied.
-        self._correction = max(-2000.0, min(2000.0, self._correction + ppm))
-        log.info("echo reference: clock drift %+.0f ppm, resampling by %+.0f ppm", ppm, self._correction)
-        self._new_resampler(self._rate or CAPTURE_RATE)
-        self.drift.reset()
-
-
 @dataclass(frozen=True)
 class EchoStats:
     backend: str
@@ -188,6 +79,8 @@ class EchoStats:
     drift_ppm: float
     resyncs: int
     noise_suppression: bool
+    state: str = "running"  # running, backed_off (auto switched it off: it could not stay aligned), misaligned
+    reason: str | None = None  # why it is backed off or misaligned
 
 
 def _power(x: np.ndarray) -> float:
@@ -199,10 +92,14 @@ class WebRtcEchoCanceller:
 
     backend = "webrtc"
 
-    def __init__(self, tap: FarEndTap, noise_suppression: bool = False, ns_level: int = 1) -> None:
+    def __init__(
+        self, tap: FarEndTap, noise_suppression: bool = False, ns_level: int = 1, may_back_off: bool = False
+    ) -> None:
         import pywebrtc_audio
 
         self.tap = tap
+        self.health = EchoHealth(may_back_off)
+        self._resyncs_seen = 0
         self.noise_suppression = noise_suppression
         if noise_suppression:
             self._aec: Any = pywebrtc_audio.AudioProcessor(
@@ -224,12 +121,27 @@ class WebRtcEchoCanceller:
         self._hist_mic: deque[np.ndarray] = deque(maxlen=keep // FRAME)
         self._since_delay = 0
         self.delay_ms: float | None = None
+        self._lag_ok = False  # the latest estimate: the echo comes after its reference, as AEC3 needs
         self.mic_delay = 0  # samples the microphone is held back by (see _measure)
         self.frames = 0
 
-    def process(self, block: np.ndarray) -> np.ndarray:
-        """Clean one microphone block; returns a block of the same length."""
+    def process(self, block: np.ndarray, now: float | None = None) -> np.ndarray:
+        """Clean one microphone block (arrived at real time ``now``); returns a block of the same length.
+
+        Backed off (see :mod:`appliance.audio.echo_backoff`), the block passes through untouched.
+        """
+        if self.health.block(len(block) / CAPTURE_RATE, now):
+            self._aec.reset()  # retrying: a fresh filter, paired afresh (the tap was dropped while off)
+        if self.health.backed_off:
+            self.tap.drop()
+            return block
         far = self.tap.take(len(block))
+        if self.tap.resyncs != self._resyncs_seen:
+            self._resyncs_seen = self.tap.resyncs
+            self.health.resynced()
+            if self.health.backed_off:
+                self._stop()
+                return block
         self._near = np.concatenate([self._near, block]) if self._near.size else block
         self._far = np.concatenate([self._far, far]) if self._far.size else far
         pending = min(len(self._near), len(self._far))  # the mic may be held back (mic_delay): more near than far
@@ -243,16 +155,28 @@ class WebRtcEchoCanceller:
         if len(self._out) < len(block):  # only at the start with odd block sizes: pad the carried-over part
             self._out = np.concatenate([np.zeros(len(block) - len(self._out), dtype=np.int16), self._out])
         out, self._out = self._out[: len(block)], self._out[len(block) :]
+        if self.health.backed_off:
+            self._stop()
         return out
 
+    def _stop(self) -> None:
+        """Backed off: forget the pairing and what was measured; a retry starts from scratch."""
+        self.tap.drop()
+        self._near = self._far = self._out = np.zeros(0, dtype=np.int16)
+        self._mic_power = self._out_power = 0.0
+        self._active_frames = self._since_delay = self.mic_delay = 0
+        self._hist_far.clear()
+        self._hist_mic.clear()
+        self.delay_ms = None
+        self._lag_ok = False
+
     def _measure(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> None:
-        active_power = 32768.0**2 * 10 ** (_ACTIVE_DB / 10)
         for start in range(0, len(near), FRAME):
             self.frames += 1
             f, m, c = far[start : start + FRAME], near[start : start + FRAME], cleaned[start : start + FRAME]
             self._hist_far.append(f)
             self._hist_mic.append(m)
-            if _power(f) < active_power:
+            if _power(f) < _ACTIVE_POWER:
                 continue
             a = self._smooth
             self._mic_power += a * (_power(m) - self._mic_power)
@@ -261,27 +185,41 @@ class WebRtcEchoCanceller:
             self._since_delay += 1
         if self._since_delay * FRAME >= _DELAY_EVERY * CAPTURE_RATE and len(self._hist_far) * FRAME >= CAPTURE_RATE:
             self._since_delay = 0
-            self.delay_ms = estimate_delay_ms(np.concatenate(self._hist_far), np.concatenate(self._hist_mic))
-            if self.delay_ms is not None and self.delay_ms < _MIN_LAG_MS:
-                # The echo comes (nearly) before its reference: AEC3 cannot cancel what it has not seen yet.
-                # Hand the reference over sooner; AEC3's own delay estimator takes it from there.
-                # Where the reference is not far enough ahead (a loop with no device latency), hold the mic back.
-                shift = int((_TARGET_LAG_MS - self.delay_ms) * CAPTURE_RATE / 1000)
-                early = min(shift, self.tap.backlog)
-                late = min(shift - early, _MAX_MIC_DELAY - self.mic_delay)
-                if early:
-                    self.tap.advance(early)
-                if late > 0:
-                    self._near = np.concatenate([np.zeros(late, dtype=np.int16), self._near])  # mic only
-                    self.mic_delay += late
-                log.info(
-                    "echo arrives %.0f ms after its reference: reference %d ms sooner, microphone %d ms later",
-                    self.delay_ms,
-                    early * 1000 // CAPTURE_RATE,
-                    max(0, late) * 1000 // CAPTURE_RATE,
-                )
-                self._hist_far.clear()
-                self._hist_mic.clear()
+            lag = estimate_delay_ms(np.concatenate(self._hist_far), np.concatenate(self._hist_mic))
+            if lag is not None:
+                self._align(lag)
+
+    def _align(self, lag: float) -> None:
+        """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""
+        self.delay_ms = lag
+        self._lag_ok = lag >= _MIN_LAG_MS
+        followable = lag <= _MAX_LAG_MS
+        if lag < _MIN_LAG_MS:
+            followable = self._realign(int((_TARGET_LAG_MS - lag) * CAPTURE_RATE / 1000)) and followable
+        self.health.delay_estimated(followable, lag)
+
+    def _realign(self, shift: int) -> bool:
+        """The echo comes (nearly) before its reference: AEC3 cannot cancel what it has not seen yet.
+
+        Hand the reference over ``shift`` samples sooner. Where the reference is not far enough ahead (a loop
+        with no device latency), hold the mic back. False: nothing could move.
+        """
+        early = min(shift, self.tap.backlog)
+        late = min(shift - early, _MAX_MIC_DELAY - self.mic_delay)
+        if early:
+            self.tap.advance(early)
+        if late > 0:
+            self._near = np.concatenate([np.zeros(late, dtype=np.int16), self._near])  # mic only
+            self.mic_delay += late
+        log.info(
+            "echo arrives %.0f ms after its reference: reference %d ms sooner, microphone %d ms later",
+            self.delay_ms,
+            early * 1000 // CAPTURE_RATE,
+            max(0, late) * 1000 // CAPTURE_RATE,
+        )
+        self._hist_far.clear()
+        self._hist_mic.clear()
+        return early > 0 or late > 0
 
     @property
     def erle_db(self) -> float | None:
@@ -293,8 +231,9 @@ class WebRtcEchoCanceller:
     def converged(self) -> bool:
         """The echo is being removed: enough reduction, and the echo does not come before its reference."""
         erle = self.erle_db
-        aligned = self.delay_ms is not None and self.delay_ms >= _MIN_LAG_MS  # measured, not assumed
-        return erle is not None and erle >= _CONVERGED_DB and aligned
+        aligned = self.delay_ms is not None and self._lag_ok  # measured, not assumed
+        running = self.health.state == "running"
+        return erle is not None and erle >= _CONVERGED_DB and aligned and running
 
     def stats(self) -> EchoStats:
         erle = self.erle_db
@@ -305,6 +244,8 @@ class WebRtcEchoCanceller:
             round(self.tap.correction_ppm, 1),
             self.tap.resyncs,
             self.noise_suppression,
+            self.health.state,
+            self.health.reason,
         )
 
 
@@ -327,7 +268,7 @@ class CancellingQueue:
         return self.queue.dropped
 
     def put_nowait(self, block: np.ndarray) -> None:
-        self.queue.put_nowait(self.canceller.process(block))
+        self.queue.put_nowait(self.canceller.process(block, trio.current_time()))
 
     def clear(self) -> None:
         self.queue.clear()
@@ -343,4 +284,4 @@ def build_canceller(setting: EchoCancelSetting, noise_suppression: bool = False)
     """The canceller ``listening.echo_cancel`` asks for on this machine, with a fresh tap (None when off)."""
     if resolve_backend(setting) == "off":
         return None
-    return WebRtcEchoCanceller(FarEndTap(), noise_suppression)
+    return WebRtcEchoCanceller(FarEndTap(), noise_suppression, may_back_off=setting == "auto")

@@ -63,6 +63,12 @@ class EchoStatus(BaseModel):
     drift_ppm: float = Field(default=0.0, description="speaker/mic clock drift the reference is resampled by")
     resyncs: int = 0
     noise_suppression: bool = False
+    state: str = Field(
+        default="off",
+        description="running; backed_off (echo_cancel = auto switched it off: it could not stay aligned, the guard "
+        "has its full margin); misaligned (echo_cancel = webrtc keeps it on regardless); off",
+    )
+    reason: str | None = Field(default=None, description="why it is backed off or misaligned")
 
 
 class Timings(BaseModel):

@@ -135,11 +135,11 @@ class ListeningConfig(Section):
         "gate = ignore the mic entirely (no voice barge-in); off = trust an echo canceller in front of the mic",
     )
     echo_cancel: Literal["auto", "webrtc", "off"] = Field(
-        default="off",
-        description="echo cancellation in the capture path (WebRTC AEC3, fed with exactly what the speaker plays), "
-        "opt-in until it meets its targets in reverberant rooms: "
-        "auto = where pywebrtc-audio has a wheel (x86_64, aarch64; not 32-bit Pi OS, which keeps the guard); "
-        "with it on the self-trigger guard's margin drops to echo_cancel_margin_db",
+        default="auto",
+        description="echo cancellation in the capture path (WebRTC AEC3, fed with exactly what the speaker plays): "
+        "auto = with a sound-card mic where pywebrtc-audio has a wheel (x86_64, aarch64; not 32-bit Pi OS, which "
+        "keeps the guard), and it switches itself off while it cannot stay aligned (a capture behind real time); "
+        "webrtc = always, even then; with it on the self-trigger guard's margin drops to echo_cancel_margin_db",
     )
     echo_cancel_margin_db: float = Field(
         default=3.0,

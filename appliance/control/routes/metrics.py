@@ -73,8 +73,8 @@ def _audio(ctx: ControlContext, out: Exposition) -> None:
             xruns.append(({"direction": direction}, count))
     out.family("appliance_audio_xruns_total", "counter", "audio blocks lost (overruns/underruns)", xruns)
     echo = echo_status(app_)
-    active = [({"backend": echo.backend}, int(echo.backend != "off"))]
-    out.family("appliance_echo_cancel_active", "gauge", "1 while the echo canceller runs", active)
+    active = [({"backend": echo.backend}, int(echo.backend != "off" and echo.state != "backed_off"))]
+    out.family("appliance_echo_cancel_active", "gauge", "1 while the echo canceller runs (0 when backed off)", active)
     if echo.erle_db is not None:
         erle: list[tuple[dict[str, str], float]] = [({}, echo.erle_db)]
         out.family(

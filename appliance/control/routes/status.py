@@ -143,6 +143,8 @@ def echo_status(app_: Any) -> m.EchoStatus:
         drift_ppm=stats.drift_ppm,
         resyncs=stats.resyncs,
         noise_suppression=stats.noise_suppression,
+        state=stats.state,
+        reason=stats.reason,
     )
 
 
