@@ -41,7 +41,6 @@ class SustainedLevel:
         self._powers: deque[float] = deque(maxlen=self.blocks)
         self.margin_db: float | None = None  # None: the room's noise is not learned yet, the path is off
         self._peak = -100.0  # the open utterance's loudest mean so far
-        self.last = False
         self._guessing = False
         self._since = 0  # updates since the margin was last worked out
 
@@ -89,11 +88,10 @@ class SustainedLevel:
         mean = self.mean_db()
         if in_speech:
             self._peak = max(self._peak, mean)
-        self.last = (
+        return (
             self.margin_db is not None
             and (in_speech or not self._guessing)  # a guessed margin never opens an utterance by itself
             and mean >= max(lowest_db, floor_db + self.margin_db)
             and level_db >= floor_db + SUSTAIN_BLOCK_DB
             and self._peak < floor_db + SUSTAIN_CLEAR_DB
         )
-        return self.last
