@@ -156,7 +156,7 @@ def _assemble(
     capture = CaptureService(source, queue, bus)
     capture.echo = echo
     if echo is not None:
-        listening.guard.canceller_converged = lambda: echo.converged
+        listening.guard.canceller = echo
     supervisor.add(capture)
     supervisor.add(listening)
     supervisor.add(conversation)

@@ -143,7 +143,7 @@ class Run:
         self.service._load()
         if self.canceller is not None:  # wired as the app wires it
             canceller = self.canceller
-            self.service.guard.canceller_converged = lambda: canceller.converged
+            self.service.guard.canceller = canceller
         self.wake = MicroWakeWordDetector.from_config([WakeWordModel(model="okay_nabu")]) if wake else None
         self.cpu = 0.0
         self.cleaned: list[np.ndarray] = []

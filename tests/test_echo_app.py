@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -39,8 +40,9 @@ def test_webrtc_wires_the_sink_tap_the_capture_hook_and_a_lower_guard_margin(tmp
     capture = app.supervisor.records["capture"].service
     assert getattr(capture, "echo", None) is app.echo or getattr(getattr(capture, "inner", None), "echo", None)
     guard = app.listening.guard
+    assert guard.canceller is app.echo
     assert guard.margin_db == 12.0  # until the canceller has converged its residual is unknown
-    guard.canceller_converged = lambda: True
+    guard.canceller = SimpleNamespace(converged=True, echo_path_db=0.0)  # type: ignore[assignment]
     assert guard.margin_db == 3.0
 
 

@@ -27,7 +27,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def _guard(canceller: WebRtcEchoCanceller) -> EchoGuard:
     guard = EchoGuard("raise", 0.02, margin_db=12.0, cancelled_margin_db=3.0)
-    guard.canceller_converged = lambda: canceller.converged
+    guard.canceller = canceller
     return guard
 
 
@@ -163,6 +163,21 @@ def test_a_capture_that_hands_over_in_batches_is_not_a_lag() -> None:
             health.block(0.02, 60.0 + arrival * 0.25)
         health.block(-0.0025, 60.0 + arrival * 0.25)
     assert health.state == "backed_off" and health.reason is not None and "capture lags" in health.reason
+
+
+def test_a_stall_while_the_devices_open_is_not_a_lag() -> None:
+    """A sound server rewiring its graph holds the capture back 300 ms once: one 5 s window looks slow
+    (94 %), the ones after it do not."""
+    health = EchoHealth(may_back_off=True)
+    for block in range(50):
+        health.block(0.02, block * 0.02)
+    for block in range(50, 60 * 50):
+        health.block(0.02, 0.3 + block * 0.02)  # every block from here on arrives 300 ms late...
+    assert health.state == "running"
+    slow = EchoHealth(may_back_off=True)
+    for block in range(60 * 50):
+        slow.block(0.02, block * 0.0212)  # ...while a slow machine falls behind all along (94 %)
+    assert slow.state == "backed_off" and slow.reason is not None and "capture lags" in slow.reason
 
 
 def test_resyncs_close_together_back_off_and_explicit_webrtc_only_says_so() -> None:

@@ -57,7 +57,7 @@ async def test_the_robot_does_not_interrupt_itself_but_a_user_does(jack: Jack) -
         20,
         echo_cancelled=True,  # type: ignore[arg-type]
     )
-    listening.guard.canceller_converged = lambda: canceller.converged
+    listening.guard.canceller = canceller
     robot_says = _voice(" ".join(F.NEGATIVE_TEXT[:2]), "en-us+m3", 0.5)
     user_says = _voice("stop, wait a moment please", "en+f3", 0.5)
 

@@ -44,6 +44,12 @@ _MIN_LAG_MS = 5.0  # an echo that lags its reference by less than this is realig
 _TARGET_LAG_MS = 30.0  # ...to lag it by this much
 _MAX_LAG_MS = 500.0  # AEC3's delay estimator searches about 0.5 s: an echo later than this is out of its reach
 _CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower margin)
+# Trust is judged on the last seconds of robot speech frame by frame: the user talking over the robot lowers
+# the ERLE of the frames they speak in (their voice is not echo), while the gaps between their syllables still
+# show the echo removed. Trusted while a quarter of the frames show it; a canceller that lost the echo shows
+# it in none.
+_TRUST_WINDOW = 2.0  # s of robot speech
+_TRUST_QUANTILE = 75.0
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 
 
@@ -113,7 +119,10 @@ class WebRtcEchoCanceller:
         # ERLE: powers of mic and cleaned signal while the reference is active, smoothed over ~2 s.
         self._mic_power = 0.0
         self._out_power = 0.0
+        self._far_power = 0.0
         self._active_frames = 0
+        self._trusted = False  # see converged
+        self._frame_erle: deque[float] = deque(maxlen=int(_TRUST_WINDOW * CAPTURE_RATE) // FRAME)
         self._smooth = 0.01  # per 10 ms frame
         # Delay: a short history of both, correlated every few seconds while the robot speaks.
         keep = int(_DELAY_WINDOW * CAPTURE_RATE)
@@ -163,8 +172,10 @@ class WebRtcEchoCanceller:
         """Backed off: forget the pairing and what was measured; a retry starts from scratch."""
         self.tap.drop()
         self._near = self._far = self._out = np.zeros(0, dtype=np.int16)
-        self._mic_power = self._out_power = 0.0
+        self._mic_power = self._out_power = self._far_power = 0.0
         self._active_frames = self._since_delay = self.mic_delay = 0
+        self._trusted = False
+        self._frame_erle.clear()
         self._hist_far.clear()
         self._hist_mic.clear()
         self.delay_ms = None
@@ -176,11 +187,14 @@ class WebRtcEchoCanceller:
             f, m, c = far[start : start + FRAME], near[start : start + FRAME], cleaned[start : start + FRAME]
             self._hist_far.append(f)
             self._hist_mic.append(m)
-            if _power(f) < _ACTIVE_POWER:
+            far_power = _power(f)
+            if far_power < _ACTIVE_POWER:
                 continue
-            a = self._smooth
-            self._mic_power += a * (_power(m) - self._mic_power)
-            self._out_power += a * (_power(c) - self._out_power)
+            mic_power, out_power, a = _power(m), _power(c), self._smooth
+            self._mic_power += a * (mic_power - self._mic_power)
+            self._out_power += a * (out_power - self._out_power)
+            self._far_power += a * (far_power - self._far_power)
+            self._frame_erle.append(10 * math.log10((mic_power + 1.0) / (out_power + 1.0)))
             self._active_frames += 1
             self._since_delay += 1
         if self._since_delay * FRAME >= _DELAY_EVERY * CAPTURE_RATE and len(self._hist_far) * FRAME >= CAPTURE_RATE:
@@ -188,6 +202,7 @@ class WebRtcEchoCanceller:
             lag = estimate_delay_ms(np.concatenate(self._hist_far), np.concatenate(self._hist_mic))
             if lag is not None:
                 self._align(lag)
+        self._update_trust()
 
     def _align(self, lag: float) -> None:
         """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""
@@ -228,12 +243,31 @@ class WebRtcEchoCanceller:
         return 10 * math.log10((self._mic_power + 1.0) / (self._out_power + 1.0))
 
     @property
+    def echo_path_db(self) -> float | None:
+        """How loud the echo reaches the microphone before cancelling, relative to the reference (dB)."""
+        if self._active_frames < 50:
+            return None
+        return 10 * math.log10((self._mic_power + 1.0) / (self._far_power + 1.0))
+
+    @property
     def converged(self) -> bool:
-        """The echo is being removed: enough reduction, and the echo does not come before its reference."""
-        erle = self.erle_db
-        aligned = self.delay_ms is not None and self._lag_ok  # measured, not assumed
-        running = self.health.state == "running"
-        return erle is not None and erle >= _CONVERGED_DB and aligned and running
+        """The echo is being removed: enough reduction, and the echo does not come before its reference.
+
+        Judged frame by frame over the last seconds of robot speech (see _TRUST_QUANTILE), so a barge-in does
+        not undo it; a realignment, a backing off, or the echo no longer removed do.
+        """
+        return self._trusted and self._aligned()
+
+    def _aligned(self) -> bool:
+        # The delay is measured, not assumed; the echo comes after its reference; nothing made us stop.
+        return self.delay_ms is not None and self._lag_ok and self.health.state == "running"
+
+    def _update_trust(self) -> None:
+        frames = self._frame_erle
+        if not self._aligned():
+            self._trusted = False
+        elif len(frames) >= 50:  # half a second of robot speech
+            self._trusted = float(np.percentile(frames, _TRUST_QUANTILE)) >= _CONVERGED_DB
 
     def stats(self) -> EchoStats:
         erle = self.erle_db

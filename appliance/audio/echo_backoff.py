@@ -6,7 +6,9 @@ falls behind real time: the speaker's reference piles up ahead of the microphone
 again. :class:`EchoHealth` watches for the signs:
 
 - the capture delivers clearly less audio than real time (measured against the Trio clock while blocks keep
-  coming; a gap, such as a mute or a device reopen, starts the measurement over);
+  coming; a gap, such as a mute or a device reopen, starts the measurement over), in every window for a
+  whole window's time: a stall of a few hundred ms (a sound server rewiring its graph as a device opens) makes
+  one window look slow, a slow machine makes them all;
 - the alignment keeps resynchronising (``resyncs`` within ``resync_window`` seconds of microphone audio);
 - the echo's delay estimate leaves what the canceller can follow, several estimates in a row.
 
@@ -55,6 +57,7 @@ class EchoHealth:
         self._mic = 0.0  # s of microphone audio seen
         self._rate_points: deque[tuple[float, float]] = deque()  # (real time, microphone seconds by then)
         self._arrival: float | None = None  # real time the latest blocks arrived
+        self._lagging_since: float | None = None  # real time the windows started looking slow
         self._resync_times: deque[float] = deque()
         self._delay_misses = 0
         self._warned = False
@@ -81,13 +84,19 @@ class EchoHealth:
         points = self._rate_points
         if points and then - points[-1][0] > self.limits.max_gap:
             points.clear()  # the capture stopped for a while: not a lag
+            self._lagging_since = None
         points.append((then, self._mic))
         while len(points) > 2 and then - points[1][0] >= self.limits.rate_window:
             points.popleft()
         span = then - points[0][0]
         if span >= self.limits.rate_window:
             rate = (self._mic - points[0][1]) / span
-            if rate < self.limits.min_capture_rate:
+            if rate >= self.limits.min_capture_rate:
+                self._lagging_since = None
+                return
+            if self._lagging_since is None:
+                self._lagging_since = then
+            if then - self._lagging_since >= self.limits.rate_window:
                 self._trouble(f"capture lags real time ({rate:.0%} of real time over {span:.0f} s)")
 
     def resynced(self) -> None:
@@ -130,5 +139,6 @@ class EchoHealth:
         log.info("echo canceller retrying after backing off (%s)", self.reason)
         self.state, self.reason = "running", None
         self._rate_points.clear()
+        self._lagging_since = None
         self._resync_times.clear()
         self._delay_misses = 0

@@ -15,7 +15,10 @@ button still works) for rooms where even that is not enough.
 With the built-in echo canceller on (``listening.echo_cancel``) the microphone already carries only the
 residual echo, and the coupling learned from it is that residual: the margin then drops to
 ``echo_cancel_margin_db`` (see :func:`guard_margin`) once the canceller has converged, so the user barges in
-at a normal voice.
+at a normal voice. Until then the residual can burst back to the whole echo at any moment (AEC3 before its
+delay is found, or after the echo path moved), so the guard expects at least the echo as it reaches the
+microphone uncancelled (the canceller measures that path); a coupling learned from a lucky quiet residual
+would otherwise let the robot interrupt itself.
 
 Time is counted in audio blocks, not wall time, so the guard behaves the same under test clocks.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Callable
+from typing import Protocol
 
 SILENT_DB = -60.0  # output quieter than this is not heard at the mic
 _ALIGN = 0.15  # s: the echo arrives a device buffer after the block was written
@@ -35,6 +38,16 @@ _COUPLING_RANGE = (-60.0, 10.0)
 def guard_margin(margin_db: float, echo_cancelled: bool, residual_margin_db: float) -> float | None:
     """The margin a voice needs over the residual echo once the canceller has converged (None: no canceller)."""
     return min(margin_db, residual_margin_db) if echo_cancelled else None
+
+
+class CancellerView(Protocol):
+    """What the guard reads of the echo canceller in front of the microphone."""
+
+    @property
+    def converged(self) -> bool: ...
+
+    @property
+    def echo_path_db(self) -> float | None: ...  # microphone minus reference level, before cancelling
 
 
 class EchoGuard:
@@ -52,7 +65,7 @@ class EchoGuard:
         self.full_margin_db = margin_db
         # With an echo canceller: the margin once it has converged (until then its residual is not known).
         self.cancelled_margin_db = cancelled_margin_db
-        self.canceller_converged: Callable[[], bool] = lambda: True
+        self.canceller: CancellerView | None = None
         self.tail = tail
         self.now = 0.0  # audio clock: seconds of microphone audio seen
         self._outputs: deque[tuple[float, float]] = deque()  # (time, dB) of recent output blocks
@@ -62,9 +75,12 @@ class EchoGuard:
 
     @property
     def margin_db(self) -> float:
-        if self.cancelled_margin_db is not None and self.canceller_converged():
+        if self.cancelled_margin_db is not None and self._trusted():
             return self.cancelled_margin_db
         return self.full_margin_db
+
+    def _trusted(self) -> bool:
+        return self.canceller is None or self.canceller.converged
 
     def tick(self) -> None:
         """One microphone block went by."""
@@ -89,7 +105,11 @@ class EchoGuard:
 
     @property
     def coupling_db(self) -> float:
-        return self._coupling_db if self._coupling_db is not None else _COUPLING_START
+        learned = self._coupling_db if self._coupling_db is not None else _COUPLING_START
+        if self.canceller is None or self.canceller.converged:
+            return learned
+        raw = self.canceller.echo_path_db
+        return max(learned, _COUPLING_START if raw is None else min(_COUPLING_RANGE[1], raw))
 
     def expected_echo_db(self) -> float | None:
         """How loud the robot's own voice should be at the mic now, or None when it is quiet."""

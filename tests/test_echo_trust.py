@@ -1,0 +1,92 @@
+"""When the self-trigger guard trusts the echo canceller (issue 20; the JACK test's flaky self-interruption).
+
+Until the canceller has converged, its residual can burst back to the whole echo (AEC3 before the delay is
+found): the guard then expects the echo as it reaches the microphone uncancelled, whatever quiet residual it
+learned. Once converged, the user talking over the robot (whose voice the ERLE figure counts as residual)
+does not take that trust away; a canceller that really stopped removing the echo loses it.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from appliance.audio.base import CAPTURE_RATE
+from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller, webrtc_available
+from appliance.listening.guard import EchoGuard
+from tests.test_echo_canceller import _room, _speechlike
+
+needs_webrtc = pytest.mark.skipif(not webrtc_available(), reason="pywebrtc-audio has no wheel for this platform")
+BLOCK = 320  # 20 ms
+
+
+def _guard_that_learned_a_quiet_residual(canceller: object) -> EchoGuard:
+    guard = EchoGuard("raise", 0.02, margin_db=12.0, cancelled_margin_db=3.0)
+    guard.canceller = canceller  # type: ignore[assignment]
+    for _ in range(50):  # the robot speaks at -20 dBFS and the cleaned mic hears almost nothing of it
+        guard.on_output(-20.0)
+        guard.tick()
+        guard.learn(-80.0)
+    return guard
+
+
+def test_an_unconverged_canceller_makes_the_guard_expect_the_whole_echo() -> None:
+    canceller = SimpleNamespace(converged=False, echo_path_db=-2.0)
+    guard = _guard_that_learned_a_quiet_residual(canceller)
+    assert guard.expected_echo_db() == pytest.approx(-22.0)  # the uncancelled echo, not -80
+    assert guard.margin_db == 12.0
+    canceller.converged = True
+    assert guard.expected_echo_db() == pytest.approx(-80.0)  # now the residual it learned
+    assert guard.margin_db == 3.0
+
+
+def test_before_the_echo_path_is_measured_a_loud_speaker_next_to_the_mic_is_assumed() -> None:
+    guard = _guard_that_learned_a_quiet_residual(SimpleNamespace(converged=False, echo_path_db=None))
+    assert guard.expected_echo_db() == pytest.approx(-26.0)  # the guard's own starting coupling, -6 dB
+
+
+def test_without_a_canceller_the_learned_coupling_is_used() -> None:
+    guard = _guard_that_learned_a_quiet_residual(None)
+    assert guard.expected_echo_db() == pytest.approx(-80.0)
+
+
+def _feed(canceller: WebRtcEchoCanceller, far: np.ndarray, mic: np.ndarray) -> tuple[list[bool], list[float]]:
+    trust, erle = [], []
+    for start in range(0, len(mic) - BLOCK + 1, BLOCK):
+        canceller.tap.played(far[start : start + BLOCK].astype(np.int16), CAPTURE_RATE)
+        canceller.process(mic[start : start + BLOCK].astype(np.int16))
+        trust.append(canceller.converged)
+        erle.append(canceller.erle_db if canceller.erle_db is not None else 0.0)
+    return trust, erle
+
+
+@needs_webrtc
+def test_the_canceller_measures_the_uncancelled_echo_path() -> None:
+    canceller = WebRtcEchoCanceller(FarEndTap())
+    far = _speechlike(6.0)
+    _feed(canceller, far, _room(far, 800))
+    assert canceller.echo_path_db is not None
+    # _room's strongest tap is 0.5 (-6 dB), two weaker ones add a little.
+    assert -7.0 <= canceller.echo_path_db <= -4.0
+
+
+@needs_webrtc
+def test_a_barge_in_keeps_the_trust_and_a_lost_echo_path_takes_it_away() -> None:
+    canceller = WebRtcEchoCanceller(FarEndTap())
+    far = _speechlike(16.0)
+    echo = _room(far, 800)
+    user = _speechlike(16.0, seed=5) * 2.0  # the user, 6 dB louder than the robot's echo
+    mic = echo.copy()
+    second = CAPTURE_RATE
+    mic[6 * second : 7 * second] += user[6 * second : 7 * second]  # a one-second barge-in
+    lost = _room(_speechlike(16.0, seed=11), 800)  # from 10 s the speaker plays what the tap never got
+    mic[10 * second :] = lost[10 * second :]
+    trust, erle = _feed(canceller, far, mic)
+    per_second = 50
+    assert trust[5 * per_second], "converged on the plain echo"
+    assert min(erle[6 * per_second : 8 * per_second]) < 12.0  # the ERLE figure alone would have said "diverged"
+    assert all(trust[5 * per_second : 10 * per_second]), "the barge-in took the trust away"
+    assert trust[11 * per_second - 1], "one second of echo it cannot remove is not yet a lost canceller"
+    assert not any(trust[14 * per_second :]), "a canceller that no longer removes the echo is still trusted"
