@@ -149,3 +149,25 @@ def test_config_names_an_unknown_wake_word_model() -> None:
     with pytest.raises(ValidationError, match=r"listening\n.*hey_toaster.*not bundled"):
         AppConfig.model_validate({"listening": {"mode": "wake_word", "wake_word": toaster}})
     AppConfig.model_validate({"listening": {"mode": "always", "wake_word": toaster}})  # unused
+
+
+@pytest.mark.parametrize("model", ["okay_nabu", "hey_jarvis"])
+def test_one_call_per_model_run_gives_the_wrappers_probabilities_exactly(model: str) -> None:
+    """The direct call into the TFLite library (all frames of a run at once) against pymicro-wakeword's own
+    per-frame wrapper, on the same audio: every probability bit for bit, through a reset too."""
+    audio = np.concatenate([F.wake_and_command("en-us").samples, F.noise("babble", 2.0, seed=5)])
+    direct, wrapper = detector(model, runtime="pymicro"), detector(model, runtime="pymicro")
+    fast, slow = direct.models[0], wrapper.models[0]
+    assert fast.runner._direct  # type: ignore[attr-defined]
+    slow.runner._direct = False  # type: ignore[attr-defined]
+    for round_ in range(2):
+        seen_fast, seen_slow = [], []
+        for block in F.blocks(audio):
+            direct.process(block)
+            wrapper.process(block)
+            seen_fast.append(tuple(fast.probabilities))
+            seen_slow.append(tuple(slow.probabilities))
+        assert seen_fast == seen_slow
+        assert max(p for window in seen_fast for p in window) > 0.5 or model != "okay_nabu"
+        direct.reset()
+        wrapper.reset()
