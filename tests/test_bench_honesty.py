@@ -30,4 +30,14 @@ def test_the_listening_bench_reports_a_missing_backend_as_a_missed_figure(monkey
     monkeypatch.setattr(bench_listening.F, "negative_set", lambda minutes: None)
     figures = bench_listening.main()
     live = [f for f in figures if "live" in f.name]
-    assert len(live) == 1 and live[0].verdict == "MISSED" and "jackd" in live[0].note
+    assert len(live) == 2 and all(f.verdict == "MISSED" and "jackd" in f.note for f in live)
+    assert ["echo canceller" in f.name for f in live] == [False, True]  # without, then as the robot runs by default
+
+
+def test_no_canceller_means_its_live_figure_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the canceller asked for and pywebrtc-audio missing, the figure is an error, not one without it."""
+    from appliance.audio import echo
+
+    monkeypatch.setattr(echo, "webrtc_available", lambda: False)
+    with pytest.raises(bench_listening.BackendMissing, match="pywebrtc-audio"):
+        bench_listening._canceller()
