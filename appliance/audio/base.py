@@ -121,7 +121,8 @@ class BlockQueue:
         if len(self._blocks) == self._blocks.maxlen:
             self.dropped += 1
         self._blocks.append(block)
-        self._lot.unpark_all()
+        if self._lot:  # the consumer is waiting (a hand-over brings several blocks: only the first wakes it)
+            self._lot.unpark_all()
 
     async def get(self) -> np.ndarray:
         if self._blocks:
