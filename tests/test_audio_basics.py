@@ -84,6 +84,28 @@ async def test_block_queue_drops_oldest_and_counts() -> None:
         assert int((await queue.get())[0]) == 9
 
 
+async def test_block_queue_hand_over_of_several_blocks_reaches_a_waiting_consumer_whole() -> None:
+    """A hand-over puts several blocks at once and wakes the waiting consumer once: it gets every one, in
+    order, and is woken again by the next hand-over after it has waited anew."""
+    queue = BlockQueue()
+    got: list[int] = []
+
+    async def consumer() -> None:
+        while len(got) < 5:
+            got.append(int((await queue.get())[0]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(3):
+            queue.put_nowait(np.full(4, i, dtype=np.int16))
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [0, 1, 2] and len(queue) == 0  # all of it taken; the consumer waits again
+        for i in (3, 4):
+            queue.put_nowait(np.full(4, i, dtype=np.int16))
+    assert got == [0, 1, 2, 3, 4]
+
+
 async def test_sink_stops_within_one_block_when_cancelled(autojump_clock: trio.testing.MockClock) -> None:
     sink = MemorySink(sample_rate=16000, block_ms=20, realtime=True)
     levels: list[float] = []
