@@ -33,17 +33,9 @@ FEATURE_STEP = 160  # samples per feature frame (10 ms)
 FEATURES = 40  # log-mel features per frame
 # What the direct call into pymicro-wakeword's TFLite library reads of its model (2.1's attribute names).
 _DIRECT_ATTRIBUTES = (
-    "lib",
-    "interpreter",
-    "input_tensor",
-    "output_tensor",
-    "input_scale",
-    "input_zero_point",
-    "output_scale",
-    "output_zero_point",
-    "input_dtype",
-    "output_dtype",
-)
+    "lib interpreter input_tensor output_tensor input_scale input_zero_point output_scale output_zero_point"
+    " input_dtype output_dtype"
+).split()
 
 
 class WakeWordError(RuntimeError):
@@ -182,12 +174,9 @@ class _InterpreterRunner:
 
 
 class _PymicroRunner:
-    """Fallback: pymicro-wakeword's ctypes binding to its bundled TensorFlow Lite C library.
-
-    One model run is one call into the C library with all ``stride`` frames, not the wrapper's call per 10 ms
-    frame (which also averages a window of one through ``statistics.mean``): the same arithmetic on the same
-    float32 features, so the same probabilities, for a fraction of the Python (bench listening, live figure).
-    """
+    """The reference (the default): pymicro-wakeword's ctypes binding to its bundled TensorFlow Lite C library.
+    One model run is one call into the library with all ``stride`` frames, not the wrapper's call per 10 ms frame
+    (with ``statistics.mean`` over a window of one): the same float32 arithmetic, so the same probabilities."""
 
     def __init__(self, spec: WakeWordSpec) -> None:
         from pymicro_wakeword import MicroWakeWord
@@ -276,7 +265,9 @@ def make_runner(spec: WakeWordSpec, runtime: str = "auto") -> tuple[str, _Runner
     if runtime == "auto":
         # The reference first: pymicro-wakeword's own TFLite build is what the models' cutoffs were set with.
         # LiteRT's probabilities differ from it by up to 0.07 on the same input (bench listening_accuracy,
-        # "wake word runtimes"), enough to flip a detection at the cutoff; it costs ~0.0015 core more.
+        # "wake word runtimes"), enough to flip a detection at the cutoff. Called directly (_PymicroRunner) the
+        # reference costs about what LiteRT does: 0.0017-0.0019 core a model against 0.0015, offline (0.0036-0.0048
+        # through its per-frame wrapper).
         try:
             return "pymicro", _PymicroRunner(spec)
         except (ImportError, WakeWordError, OSError) as exc:
