@@ -160,7 +160,7 @@ def test_one_call_per_model_run_gives_the_wrappers_probabilities_exactly(model: 
     fast, slow = direct.models[0], wrapper.models[0]
     assert fast.runner._direct  # type: ignore[attr-defined]
     slow.runner._direct = False  # type: ignore[attr-defined]
-    for round_ in range(2):
+    for _ in range(2):  # fresh, then after a reset
         seen_fast, seen_slow = [], []
         for block in F.blocks(audio):
             direct.process(block)
