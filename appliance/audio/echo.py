@@ -49,7 +49,8 @@ _CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower ma
 # show the echo removed. Trusted while a quarter of the frames show it; a canceller that lost the echo shows
 # it in none.
 _TRUST_WINDOW = 2.0  # s of robot speech
-_TRUST_QUANTILE = 75.0
+_TRUST_SHARE = 0.25  # of its frames with the echo reduced by _CONVERGED_DB
+_CONVERGED_RATIO = 10 ** (_CONVERGED_DB / 10)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 
 
@@ -89,10 +90,6 @@ class EchoStats:
     reason: str | None = None  # why it is backed off or misaligned
 
 
-def _power(x: np.ndarray) -> float:
-    return float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
-
-
 class WebRtcEchoCanceller:
     """WebRTC AEC3 (and optionally its noise suppressor) on 16 kHz int16 microphone blocks."""
 
@@ -122,7 +119,9 @@ class WebRtcEchoCanceller:
         self._far_power = 0.0
         self._active_frames = 0
         self._trusted = False  # see converged
-        self._frame_erle: deque[float] = deque(maxlen=int(_TRUST_WINDOW * CAPTURE_RATE) // FRAME)
+        # Per active frame of the last _TRUST_WINDOW: was the echo reduced by _CONVERGED_DB (counted as it goes).
+        self._frame_ok: deque[bool] = deque(maxlen=int(_TRUST_WINDOW * CAPTURE_RATE) // FRAME)
+        self._frames_ok = 0
         self._smooth = 0.01  # per 10 ms frame
         # Delay: a short history of both, correlated every few seconds while the robot speaks.
         keep = int(_DELAY_WINDOW * CAPTURE_RATE)
@@ -175,26 +174,30 @@ class WebRtcEchoCanceller:
         self._mic_power = self._out_power = self._far_power = 0.0
         self._active_frames = self._since_delay = self.mic_delay = 0
         self._trusted = False
-        self._frame_erle.clear()
+        self._frame_ok.clear()
+        self._frames_ok = 0
         self._hist_far.clear()
         self._hist_mic.clear()
         self.delay_ms = None
         self._lag_ok = False
 
     def _measure(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> None:
-        for start in range(0, len(near), FRAME):
-            self.frames += 1
-            f, m, c = far[start : start + FRAME], near[start : start + FRAME], cleaned[start : start + FRAME]
-            self._hist_far.append(f)
-            self._hist_mic.append(m)
-            far_power = _power(f)
+        frames = len(near) // FRAME
+        self.frames += frames
+        # Each 10 ms frame's power, for the three signals at once: one numpy pass a block, not nine a frame.
+        stacked = np.stack([far, near, cleaned])[:, : frames * FRAME].reshape(3, frames, FRAME).astype(np.float64)
+        powers = np.mean(np.square(stacked), axis=2).tolist()
+        for i in range(frames):
+            self._hist_far.append(far[i * FRAME : (i + 1) * FRAME])
+            self._hist_mic.append(near[i * FRAME : (i + 1) * FRAME])
+            far_power = powers[0][i]
             if far_power < _ACTIVE_POWER:
                 continue
-            mic_power, out_power, a = _power(m), _power(c), self._smooth
+            mic_power, out_power, a = powers[1][i], powers[2][i], self._smooth
             self._mic_power += a * (mic_power - self._mic_power)
             self._out_power += a * (out_power - self._out_power)
             self._far_power += a * (far_power - self._far_power)
-            self._frame_erle.append(10 * math.log10((mic_power + 1.0) / (out_power + 1.0)))
+            self._count_frame(mic_power + 1.0 >= _CONVERGED_RATIO * (out_power + 1.0))
             self._active_frames += 1
             self._since_delay += 1
         if self._since_delay * FRAME >= _DELAY_EVERY * CAPTURE_RATE and len(self._hist_far) * FRAME >= CAPTURE_RATE:
@@ -203,6 +206,13 @@ class WebRtcEchoCanceller:
             if lag is not None:
                 self._align(lag)
         self._update_trust()
+
+    def _count_frame(self, ok: bool) -> None:
+        window = self._frame_ok
+        if len(window) == window.maxlen and window[0]:
+            self._frames_ok -= 1
+        window.append(ok)
+        self._frames_ok += ok
 
     def _align(self, lag: float) -> None:
         """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""
@@ -253,7 +263,7 @@ class WebRtcEchoCanceller:
     def converged(self) -> bool:
         """The echo is being removed: enough reduction, and the echo does not come before its reference.
 
-        Judged frame by frame over the last seconds of robot speech (see _TRUST_QUANTILE), so a barge-in does
+        Judged frame by frame over the last seconds of robot speech (see _TRUST_SHARE), so a barge-in does
         not undo it; a realignment, a backing off, or the echo no longer removed do.
         """
         return self._trusted and self._aligned()
@@ -263,11 +273,10 @@ class WebRtcEchoCanceller:
         return self.delay_ms is not None and self._lag_ok and self.health.state == "running"
 
     def _update_trust(self) -> None:
-        frames = self._frame_erle
         if not self._aligned():
             self._trusted = False
-        elif len(frames) >= 50:  # half a second of robot speech
-            self._trusted = float(np.percentile(frames, _TRUST_QUANTILE)) >= _CONVERGED_DB
+        elif len(self._frame_ok) >= 50:  # half a second of robot speech
+            self._trusted = self._frames_ok >= _TRUST_SHARE * len(self._frame_ok)
 
     def stats(self) -> EchoStats:
         erle = self.erle_db
