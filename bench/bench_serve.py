@@ -63,6 +63,8 @@ ROUNDS = int(os.environ.get("BENCH_SERVE_ROUNDS", ROUNDS))
 TURNS = int(os.environ.get("BENCH_SERVE_TURNS", TURNS))
 LOAD = "--load" in sys.argv or FULL
 ROBOTS = 10
+# Another checkout of this repository (``git archive <commit> | tar -x -C DIR``): its serve runs beside ours.
+BASELINE = os.environ.get("BENCH_SERVE_BASELINE", "")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -86,8 +88,16 @@ def _wav(pcm: bytes, rate: int) -> bytes:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """CPU time of a process's threads so far, in ns resolution (/proc/PID/task/*/schedstat): /proc/PID/stat
+    counts in 10 ms ticks, coarser than a turn's CPU. A thread that has ended takes its time with it (serve's
+    only threads are Trio's cached workers, which live on between turns)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / 1e9
 
 
 def rss_mb(pid: int) -> float:
@@ -110,12 +120,12 @@ class Server:
     lost: int = 0
 
 
-async def _start(name: str, args: list[str], pattern: bytes, nursery: trio.Nursery, env: dict[str, str]) -> Server:
+async def _start(
+    name: str, args: list[str], pattern: bytes, nursery: trio.Nursery, env: dict[str, str], cwd: Path = ROOT
+) -> Server:
     server = Server(name)
     began = time.perf_counter()
-    process = await trio.lowlevel.open_process(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    process = await trio.lowlevel.open_process(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     server.process = process
     assert process.stdout is not None
     seen = b""
@@ -139,7 +149,8 @@ async def _start(name: str, args: list[str], pattern: bytes, nursery: trio.Nurse
     return server
 
 
-async def start_appliance(cloud: str, pcm: bool, nursery: trio.Nursery, tmp: Path) -> Server:
+async def start_appliance(cloud: str, pcm: bool, nursery: trio.Nursery, tmp: Path, tree: Path = ROOT) -> Server:
+    """``appliance serve`` from ``tree`` (another checkout: the code before a change, run side by side)."""
     config = tmp / f"serve-{pcm}.toml"
     config.write_text(
         f'[stt]\nbase_url = "{cloud}/v1"\n[llm]\nbase_url = "{cloud}/v1"\nmodel = "fake"\n'
@@ -147,13 +158,19 @@ async def start_appliance(cloud: str, pcm: bool, nursery: trio.Nursery, tmp: Pat
         '[log]\nlevel = "WARNING"\n'
     )
     env = {**os.environ, "OPENAI_API_KEY": "fake-key", "APPLIANCE_SERVER__API_KEY": API_KEY}
-    return await _start(
-        "appliance-pcm" if pcm else "appliance-wav",
+    name = "appliance-pcm" if pcm else "appliance-wav"
+    if tree != ROOT:
+        env["PYTHONPATH"] = str(tree)
+        name = "baseline-" + name.split("-")[1]
+    server = await _start(
+        name,
         [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
         rb"ws://127\.0\.0\.1:(\d+)/ws",
         nursery,
         env,
+        cwd=tree,
     )
+    return server
 
 
 async def start_aiavatarkit(cloud: str, nursery: trio.Nursery) -> Server:
@@ -384,6 +401,9 @@ async def bench() -> list[Figure]:
                     print(f"  (no AIAvatarKit at {PEER_PYTHON}: run make interop-venv; comparing with the floor only)")
                 servers.append(await start_appliance(cloud, False, nursery, tmp))
                 servers.append(await start_appliance(cloud, True, nursery, tmp))
+                if BASELINE:  # the code before a change, in the same interleaved rounds
+                    for pcm in (False, True):
+                        servers.append(await start_appliance(cloud, pcm, nursery, tmp, Path(BASELINE)))
                 floors: list[float] = []
                 whole_floors: list[float] = []
                 async with httpx.AsyncClient(headers={"Authorization": "Bearer fake-key"}, timeout=30) as client:
@@ -454,6 +474,9 @@ async def bench() -> list[Figure]:
                 if peer is not None:
                     for ours in servers[1:]:
                         figures += _ratios(ours, peer)
+                for ours in servers:
+                    if ours.name.startswith("baseline-"):
+                        figures += _paired(next(s for s in servers if s.name.endswith(ours.name[8:])), ours)
                     figures.append(
                         Figure(
                             "turn floor/aiavatarkit turn: the best ratio any server could reach",
@@ -505,6 +528,25 @@ def _ratios(ours: Server, peer: Server) -> list[Figure]:
         Figure(f"{ours.name}/aiavatarkit: CPU per turn ratio", median(ours.cpu) / median(peer.cpu), "x", "<= 0.5"),
         Figure(f"{ours.name}/aiavatarkit: RSS ratio", rss_mb(ours.process.pid) / rss_mb(peer.process.pid), "x", "<= 1"),  # type: ignore[union-attr]
         Figure(f"{ours.name}/aiavatarkit: start ratio", ours.started_in / peer.started_in, "x", "<= 1"),
+    ]
+
+
+def _paired(after: Server, before: Server) -> list[Figure]:
+    """This checkout against the baseline's, turn by turn in the same rounds: medians of paired differences."""
+    n = min(len(after.first), len(before.first))
+    rounds = min(len(after.cpu), len(before.cpu))
+    return [
+        Figure(
+            f"{after.name} − {before.name}: {what}",
+            median([a - b for a, b in zip(mine[:count], theirs[:count], strict=True)]) * scale,
+            "ms",
+            note=f"{median(theirs) * scale:.1f} → {median(mine) * scale:.1f} ms (medians)",
+        )
+        for what, mine, theirs, count, scale in (
+            ("first audio", after.first, before.first, n, 1),
+            ("whole turn", after.turn, before.turn, n, 1),
+            ("CPU per turn", after.cpu, before.cpu, rounds, 1000),
+        )
     ]
 
 
