@@ -98,7 +98,7 @@ async def test_its_client_plays_a_sentence_while_it_is_still_being_synthesized(
     """PCM mode streams each sentence as its speech arrives: the real client's player writes the first
     sentence's audio before the cloud has sent the end of it, and every byte is played."""
     cloud.seconds_per_char = 0.03  # about half a second of speech a sentence...
-    cloud.tts.token_delay = 0.1  # ...in 100 ms pieces, 100 ms apart: a synthesis that takes its time
+    cloud.tts.token_delay = 0.2  # ...in 100 ms pieces, 200 ms apart: a synthesis that takes its time (a second)
     async with appliance_serve(cloud, tmp_path, pcm=True) as (url, log):
         saw = await run_peer_client(url, [{"text": "Hello"}])
     assert saw["parse_errors"] == [] and [r["type"] for r in saw["results"]] == ["final"]
