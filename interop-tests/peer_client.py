@@ -20,10 +20,11 @@ import json
 import math
 import struct
 import sys
+import time
 import types
 from typing import Any
 
-PLAYED: dict[str, Any] = {"bytes": 0, "streams": []}
+PLAYED: dict[str, Any] = {"bytes": 0, "streams": [], "writes": []}
 
 
 class _Stream:
@@ -32,6 +33,7 @@ class _Stream:
 
     def write(self, data: bytes) -> None:
         PLAYED["bytes"] += len(data)
+        PLAYED["writes"].append([time.monotonic(), len(data)])  # CLOCK_MONOTONIC: comparable across processes
 
     def stop_stream(self) -> None:
         pass
@@ -170,6 +172,7 @@ async def run(url: str, api_key: str, script: list[dict[str, Any]]) -> dict[str,
         "animations": animations,
         "played_bytes": PLAYED["bytes"],
         "streams": PLAYED["streams"],
+        "writes": PLAYED["writes"],
     }
 
 

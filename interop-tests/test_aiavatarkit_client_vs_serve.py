@@ -92,6 +92,24 @@ async def test_its_client_plays_pcm_mode(cloud: FakeCloud, tmp_path: Path) -> No
     assert_clean(log)
 
 
+async def test_its_client_plays_a_sentence_while_it_is_still_being_synthesized(
+    cloud: FakeCloud, tmp_path: Path
+) -> None:
+    """PCM mode streams each sentence as its speech arrives: the real client's player writes the first
+    sentence's audio before the cloud has sent the end of it, and every byte is played."""
+    cloud.seconds_per_char = 0.03  # about half a second of speech a sentence...
+    cloud.tts.token_delay = 0.2  # ...in 100 ms pieces, 200 ms apart: a synthesis that takes its time (a second)
+    async with appliance_serve(cloud, tmp_path, pcm=True) as (url, log):
+        saw = await run_peer_client(url, [{"text": "Hello"}])
+    assert saw["parse_errors"] == [] and [r["type"] for r in saw["results"]] == ["final"]
+    first = next(r for r in cloud.requests if r.path == "/v1/audio/speech" and r.body["input"] == SENTENCES[0])
+    assert first.finished_at is not None and len(first.sent_at) >= 5
+    assert saw["writes"] and saw["writes"][0][0] < first.finished_at  # played before its synthesis ended
+    seconds = sum(len(s) * 0.03 for s in SENTENCES)
+    assert abs(saw["played_bytes"] - seconds * 24_000 * 2) < 24_000 * 2 * 0.01  # and nothing was lost
+    assert_clean(log)
+
+
 async def test_nothing_heard_is_canceled_not_an_error(cloud: FakeCloud, tmp_path: Path) -> None:
     cloud.transcript = ""
     async with appliance_serve(cloud, tmp_path) as (url, log):

@@ -46,7 +46,7 @@ class _PcmSpeech:
     audio_id: str
     channels: int
     sample_width: int
-    expected: int  # bytes
+    expected: int | None  # bytes; None: streamed as it is made, it ends where the next frame is not its audio
     send: trio.MemorySendChannel[Any]
     held: ReplyChunk | None = None  # handed out with its first audio: a sentence never heard is never "said"
     remainder: bytes = b""
@@ -54,7 +54,7 @@ class _PcmSpeech:
 
     @property
     def complete(self) -> bool:
-        return self.size >= self.expected
+        return self.expected is not None and self.size >= self.expected
 
     def feed(self, data: bytes) -> None:
         self.size += len(data)
@@ -148,16 +148,18 @@ class ReplyReader:
         try:
             rate = int(fmt["sample_rate"])
             channels, width = int(fmt.get("channels", 1)), int(fmt.get("sample_width", 2))
-            frames: Any = meta.get("audio_frame_count", frame.get("audio_frame_count", 0))
-            count = int(frames)
+            frames: Any = meta.get("audio_frame_count", frame.get("audio_frame_count"))
+            # No count: the sentence is streamed while it is synthesized (appliance serve), its length unknown.
+            count = None if frames is None else int(frames)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad pcm_format {fmt!r}: {exc}") from None
-        if rate <= 0 or channels <= 0 or width not in (1, 2, 4) or count < 0:
+        if rate <= 0 or channels <= 0 or width not in (1, 2, 4) or (count is not None and count < 0):
             raise ProtocolError(f"unusable pcm_format {fmt!r} with {count} frames")
         if count == 0:
             return None
         send, stream = AudioStream.open(rate)
-        self.pcm = _PcmSpeech(str(audio_id), channels, width, count * channels * width, send)
+        expected = None if count is None else count * channels * width
+        self.pcm = _PcmSpeech(str(audio_id), channels, width, expected, send)
         return stream
 
     def close(self) -> None:

@@ -77,8 +77,11 @@ async def send_chunk(ws: WebSocketConnection, session: Session, chunk: ReplyChun
         "control_tags": control_tags(chunk.tags) or None,
     }
     audio = chunk.audio
+    if pcm and isinstance(audio, AudioStream):
+        await _stream_pcm(ws, session, common, audio)
+        return
     if isinstance(audio, AudioStream):
-        # The protocol announces a sentence's length before its audio, so a stream is read to its end.
+        # A WAV carries its length in its header, so a sentence is read to its end first.
         # A failure mid-way raises the provider's error: the client gets an `error` frame.
         audio = await audio.read_all()
     if audio is None:
@@ -86,27 +89,51 @@ async def send_chunk(ws: WebSocketConnection, session: Session, chunk: ReplyChun
     elif not pcm:
         await send_frame(ws, session, "chunk", audio_data=b64encode(encode_wav(audio)), **common)
     else:
+        fmt = _pcm_format(audio.sample_rate)
         audio_id = uuid.uuid4().hex
-        fmt = {"sample_rate": audio.sample_rate, "channels": 1, "sample_width": 2}
+        meta = {"pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(audio.samples)}
+        await send_frame(ws, session, "chunk", **common, metadata=meta)
+        await _send_pcm(ws, session, audio.pcm(), fmt, audio_id)
+
+
+def _pcm_format(rate: int) -> dict[str, int]:
+    return {"sample_rate": rate, "channels": 1, "sample_width": 2}
+
+
+async def _stream_pcm(ws: WebSocketConnection, session: Session, common: dict[str, Any], audio: AudioStream) -> None:
+    """A sentence whose speech is still arriving: its descriptor with the first piece, then each piece as it comes.
+
+    AIAvatarKit's client (0.9.2, ``perform_response``) opens its player at a descriptor (pcm_format, no
+    audio_data) and queues every frame that carries pcm_format and audio; it never reads the descriptor's
+    ``audio_frame_count``. Ours reads it to know where a sentence ends; a streamed sentence's length is not known
+    until its synthesis ends, so its descriptor leaves the count out and the sentence ends at the next frame
+    that is not its audio. The descriptor waits for the first piece, so a synthesis that fails before any speech
+    announces none.
+    """
+    fmt = _pcm_format(audio.sample_rate)
+    audio_id = uuid.uuid4().hex
+    described = False
+    async for piece in audio:
+        if not described:
+            described = True
+            await send_frame(ws, session, "chunk", **common, metadata={"pcm_format": fmt, "audio_id": audio_id})
+        await _send_pcm(ws, session, piece.astype("<i2", copy=False).tobytes(), fmt, audio_id)
+    if not described:
+        await send_frame(ws, session, "chunk", **common)
+
+
+async def _send_pcm(ws: WebSocketConnection, session: Session, raw: bytes, fmt: dict[str, int], audio_id: str) -> None:
+    step = fmt["sample_rate"] // 5 * 2  # at most 200 ms a frame
+    for start in range(0, len(raw), step):
+        # Each frame names its format again: AIAvatarKit's client queues a frame for its PCM stream only
+        # when it carries pcm_format, and would try to play it as a WAV otherwise.
         await send_frame(
             ws,
             session,
             "chunk",
-            **common,
-            metadata={"pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(audio.samples)},
+            audio_data=b64encode(raw[start : start + step]),
+            metadata={"pcm_format": fmt, "audio_id": audio_id},
         )
-        raw = audio.pcm()
-        step = audio.sample_rate // 5 * 2  # 200 ms a frame
-        for start in range(0, len(raw), step):
-            # Each frame names its format again: AIAvatarKit's client queues a frame for its PCM stream only
-            # when it carries pcm_format, and would try to play it as a WAV otherwise.
-            await send_frame(
-                ws,
-                session,
-                "chunk",
-                audio_data=b64encode(raw[start : start + step]),
-                metadata={"pcm_format": fmt, "audio_id": audio_id},
-            )
 
 
 def seeded_history(limit: int, idle_timeout: float, seed: Any) -> ConversationHistory:

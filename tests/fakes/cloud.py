@@ -514,12 +514,14 @@ def _main() -> None:
     parser.add_argument("--llm-latency", type=float, default=0.0)
     parser.add_argument("--tts-latency", type=float, default=0.0)
     parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--tts-piece-delay", type=float, default=0.0, help="seconds between 100 ms pieces of speech")
     args = parser.parse_args()
 
     async def run() -> None:
         cloud = FakeCloud()
         cloud.stt.latency, cloud.llm.latency, cloud.tts.latency = args.stt_latency, args.llm_latency, args.tts_latency
         cloud.llm.token_delay = args.token_delay
+        cloud.tts.token_delay = args.tts_piece_delay
         async with trio.open_nursery() as nursery:
             url = await nursery.start(cloud.serve, "127.0.0.1", args.port)
             print(url, flush=True)

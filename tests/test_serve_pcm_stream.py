@@ -1,0 +1,157 @@
+"""``appliance serve`` in PCM mode sends a sentence's speech as it arrives from the synthesizer, under a
+descriptor without a frame count; our remote brain reads such a sentence to its end (the next frame that is
+not its audio). AIAvatarKit's own client against it: interop-tests/test_aiavatarkit_client_vs_serve.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from appliance.audio.base import AudioStream
+from appliance.brains.avatar_protocol import ProtocolError
+from appliance.brains.remote_frames import ReplyReader
+from appliance.errors import ProviderError, ProviderUnavailable
+from appliance.server.avatar import AvatarServer
+from appliance.settings.brains import ServerConfig
+from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest
+from tests.fakes.aiavatar import tone
+from tests.remote_helpers import collect, remote, request
+
+RATE = 24_000
+
+
+class StreamingBrain:
+    """Each sentence's speech is an AudioStream the test (or a script of pieces) feeds while the reply runs."""
+
+    name = "streaming"
+
+    def __init__(self, sentences: Sequence[tuple[str, Sequence[np.ndarray | BaseException]]], *, by_hand: bool = False):
+        self.sentences = sentences
+        self.by_hand = by_hand  # the test sends the pieces itself through ``feeds``
+        self.feeds: list[trio.MemorySendChannel[Any]] = []
+
+    async def reply(self, req: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        async with out:
+            await out.send(Transcript(req.utterance.text or ""))
+            for text, pieces in self.sentences:
+                send, stream = AudioStream.open(RATE)
+                self.feeds.append(send)
+                if not self.by_hand:
+                    for piece in pieces:
+                        send.send_nowait(piece)
+                    send.close()
+                await out.send(ReplyChunk(text, text, (), stream))
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def serve(nursery: trio.Nursery, brain: StreamingBrain) -> str:
+    config = ServerConfig.model_validate({"host": "127.0.0.1", "port": 0, "api_key": None, "pcm": True})
+    server = AvatarServer(brain, config)
+    await nursery.start(server.run)
+    return f"ws://127.0.0.1:{server.port}/ws"
+
+
+async def next_frame(ws: Any, kind: str = "chunk") -> dict[str, Any]:
+    with trio.fail_after(5):
+        while True:
+            frame = json.loads(await ws.get_message())
+            if frame["type"] == kind or frame["type"] in ("error", "final"):
+                return frame
+
+
+async def test_each_piece_leaves_as_it_arrives_under_a_descriptor_without_a_count(nursery: trio.Nursery) -> None:
+    brain = StreamingBrain([("Hello there.", [])], by_hand=True)
+    url = await serve(nursery, brain)
+    first, second = tone(0.1).samples, tone(0.5).samples  # the second is more than one 200 ms frame
+    async with open_websocket_url(url) as ws:
+        await ws.send_message(json.dumps({"type": "start", "session_id": "s"}))
+        await ws.send_message(json.dumps({"type": "invoke", "session_id": "s", "text": "hi"}))
+        with trio.fail_after(5):
+            while not brain.feeds:
+                await trio.sleep(0.01)
+        brain.feeds[0].send_nowait(first)  # the synthesis has made its first piece, and no more yet
+        descriptor = await next_frame(ws)
+        assert descriptor["voice_text"] == "Hello there." and descriptor["audio_data"] is None
+        meta = descriptor["metadata"]
+        assert meta["pcm_format"] == {"sample_rate": RATE, "channels": 1, "sample_width": 2}
+        assert "audio_frame_count" not in meta  # not known until the synthesis ends
+        audio = await next_frame(ws)  # arrives while the synthesis is still running
+        assert base64.b64decode(audio["audio_data"]) == first.astype("<i2").tobytes()
+        assert audio["metadata"] == {"pcm_format": meta["pcm_format"], "audio_id": meta["audio_id"]}
+        brain.feeds[0].send_nowait(second)
+        brain.feeds[0].close()
+        rest = [await next_frame(ws) for _ in range(3)]
+        assert [len(base64.b64decode(f["audio_data"])) for f in rest] == [RATE // 5 * 2] * 2 + [RATE // 10 * 2]
+        assert (await next_frame(ws, "final"))["type"] == "final"
+
+
+async def test_our_remote_brain_plays_streamed_sentences_whole_and_in_order(nursery: trio.Nursery) -> None:
+    pieces = [[tone(0.05, freq=f).samples for f in (300, 400, 500)], [tone(0.3).samples, tone(0.01).samples]]
+    url = await serve(nursery, StreamingBrain([("One.", pieces[0]), ("Two.", pieces[1])]))
+    items = await collect(remote(url, api_key=None), request("hi"))
+    chunks = [i for i in items if isinstance(i, ReplyChunk)]
+    assert [c.voice_text for c in chunks] == ["One.", "Two."]
+    for chunk, sent in zip(chunks, pieces, strict=True):
+        assert isinstance(chunk.audio, AudioStream)
+        clip = await chunk.audio.read_all()
+        assert clip.sample_rate == RATE and clip.samples.tolist() == np.concatenate(sent).tolist()
+
+
+async def test_a_synthesis_failing_midway_ends_in_an_error_after_what_was_sent(nursery: trio.Nursery) -> None:
+    failure = ProviderUnavailable("openai-tts", "stream cut")
+    url = await serve(nursery, StreamingBrain([("One.", [tone(0.1).samples, failure])]))
+    async with open_websocket_url(url) as ws:
+        await ws.send_message(json.dumps({"type": "start", "session_id": "s"}))
+        await ws.send_message(json.dumps({"type": "invoke", "session_id": "s", "text": "hi"}))
+        frames = [await next_frame(ws) for _ in range(3)]
+    assert [f["type"] for f in frames] == ["chunk", "chunk", "error"]
+    assert frames[1]["audio_data"] and "stream cut" in frames[2]["metadata"]["error"]
+    with pytest.raises(ProviderError):  # and our robot hears the failure, after the audio that came
+        await collect(remote(url, api_key=None), request("hi"))
+
+
+def pcm_meta(**extra: Any) -> dict[str, Any]:
+    return {"pcm_format": {"sample_rate": 16_000, "channels": 1, "sample_width": 2}, "audio_id": "a", **extra}
+
+
+def drain(stream: AudioStream) -> list[int]:
+    samples: list[int] = []
+    while True:
+        try:
+            samples += stream._pieces.receive_nowait().tolist()  # type: ignore[union-attr]
+        except (trio.EndOfChannel, trio.WouldBlock):
+            return samples
+
+
+def audio_frame(samples: list[int], audio_id: str = "a") -> dict[str, Any]:
+    data = base64.b64encode(np.array(samples, dtype="<i2").tobytes()).decode()
+    return {"type": "chunk", "audio_data": data, "metadata": {"audio_id": audio_id}}
+
+
+@pytest.mark.parametrize("count", ["absent", None])
+def test_reader_a_sentence_without_a_count_ends_at_the_next_sentence(count: Any) -> None:
+    reader = ReplyReader("remote")
+    meta = pcm_meta() if count == "absent" else pcm_meta(audio_frame_count=None)
+    assert reader.chunk({"type": "chunk", "text": "Hi.", "voice_text": "Hi.", "metadata": meta}) == []
+    [first] = reader.chunk(audio_frame([1, 2]))
+    assert reader.chunk(audio_frame([3])) == [] and reader.pcm is not None  # still open: its length is unknown
+    second_meta = {**pcm_meta(), "audio_id": "b"}
+    assert reader.chunk({"type": "chunk", "text": "Bye.", "voice_text": "Bye.", "metadata": second_meta}) == []
+    assert isinstance(first.audio, AudioStream) and drain(first.audio) == [1, 2, 3]  # and closed
+    [second] = reader.chunk(audio_frame([4], "b"))
+    assert reader.finish() == [] and isinstance(second.audio, AudioStream) and drain(second.audio) == [4]
+
+
+@pytest.mark.parametrize("count", [-1, "many", [3]])
+def test_reader_refuses_a_bad_frame_count(count: Any) -> None:
+    with pytest.raises(ProtocolError):
+        ReplyReader("remote").chunk({"type": "chunk", "metadata": pcm_meta(audio_frame_count=count)})
