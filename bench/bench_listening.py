@@ -152,7 +152,7 @@ class _Speaker:
 def real_capture_figure(seconds: float = 20.0, rounds: int = 3, echo: bool = False) -> list[Figure]:
     """Process CPU (not wall time) of a real PortAudio capture (JACK dummy driver, 48 kHz) into the listening
     service at the default settings, as the robot runs it: idle (audio handed over in batches), then while the
-    robot speaks (every device block at once). ``rounds`` alternations, median reported: the machine is shared.
+    robot speaks (in smaller batches, ``audio.busy_handover_ms``). ``rounds`` alternations, median reported: the machine is shared.
     The JACK client thread in this process counts; the JACK server (standing in for the kernel's ALSA) does not.
     ``echo``: with the echo canceller in front of the listener (``echo_cancel = "auto"``, the default where
     pywebrtc-audio is installed), fed while the robot speaks with a 48 kHz reference as the device sink does.
@@ -198,7 +198,11 @@ def real_capture_figure(seconds: float = 20.0, rounds: int = 3, echo: bool = Fal
                 bus, queue, send, ListeningConfig(mode="wake_word"), echo_cancelled=canceller is not None
             )
             source = DeviceSource(
-                "system", audio.block_ms, device_block_ms=audio.device_block_ms, relaxed_ms=audio.idle_handover_ms
+                "system",
+                audio.block_ms,
+                device_block_ms=audio.device_block_ms,
+                relaxed_ms=audio.idle_handover_ms,
+                busy_ms=audio.busy_handover_ms,
             )
             capture = CaptureService(source, queue)
             capture.echo = canceller
@@ -241,7 +245,14 @@ def real_capture_figure(seconds: float = 20.0, rounds: int = 3, echo: bool = Fal
     for (phase, how), target in zip(
         (
             ("idle", f"handed over every {audio.idle_handover_ms} ms"),
-            ("speaking", f"every {audio.device_block_ms} ms device block"),
+            (
+                "speaking",
+                f"every {audio.device_block_ms} ms device block (the canceller pairs by arrival: never batched)"
+                if echo
+                else f"handed over every {audio.busy_handover_ms} ms ({audio.device_block_ms} ms device blocks; "
+                f"a barge-in's first block is noticed up to {audio.busy_handover_ms - audio.device_block_ms} ms "
+                "later)",
+            ),
         ),
         targets,
         strict=True,

@@ -240,12 +240,13 @@ async def test_real_capture_resamples_and_comes_back_after_the_device_stalls(jac
 
 
 async def test_real_capture_hands_over_in_batches_only_while_the_listener_is_relaxed(jack: Jack) -> None:
-    """Idle, the audio comes ``relaxed_ms`` at a time (fewer event-loop wake-ups); otherwise every device
-    block (40 ms = two 20 ms blocks) comes as soon as PortAudio has it."""
+    """Idle, the audio comes ``relaxed_ms`` at a time (fewer event-loop wake-ups); while the robot is busy,
+    ``busy_ms`` at a time; otherwise every device block (40 ms = two 20 ms blocks) comes as soon as PortAudio
+    has it."""
     from appliance.audio.device import DeviceSource
 
     queue = BlockQueue(max_blocks=1000)
-    source = DeviceSource(device="system", block_ms=20, device_block_ms=40, relaxed_ms=200)
+    source = DeviceSource(device="system", block_ms=20, device_block_ms=40, relaxed_ms=200, busy_ms=80)
 
     async def batches(seconds: float) -> list[int]:
         sizes: list[int] = []
@@ -260,14 +261,22 @@ async def test_real_capture_hands_over_in_batches_only_while_the_listener_is_rel
         await nursery.start(source.run, queue)
         eager = await batches(1.5)
         queue.relaxed = True
-        await batches(0.5)  # the switch takes effect at the next hand-over
+        await batches(0.8)  # the switch takes effect when the watch loop next wakes (every half stall timeout)
         relaxed = await batches(2.0)
+        queue.relaxed, queue.busy = False, True
+        await batches(0.5)
+        busy = await batches(2.0)
+        queue.busy = False
+        await batches(0.3)  # the switch back takes effect at the next device block
+        eager_again = await batches(1.0)
         nursery.cancel_scope.cancel()
     assert sorted(eager)[len(eager) // 2] <= 2, eager
     assert sorted(relaxed)[len(relaxed) // 2] >= 8 and len(relaxed) <= 15, relaxed
+    assert sorted(busy)[len(busy) // 2] == 4 and len(busy) <= 30, busy  # two device blocks a hand-over
+    assert sorted(eager_again)[len(eager_again) // 2] <= 2, eager_again
 
 
-async def test_listener_relaxes_the_capture_only_while_nothing_is_going_on() -> None:
+async def test_listener_relaxes_the_capture_only_while_nothing_is_going_on_and_batches_less_while_busy() -> None:
     queue = BlockQueue()
     service = ListeningService(EventBus(), queue, trio.open_memory_channel[object](10)[0], ListeningConfig())
     service._load()
@@ -281,10 +290,24 @@ async def test_listener_relaxes_the_capture_only_while_nothing_is_going_on() -> 
         service._relax()
     assert service.endpointer.in_speech and not queue.relaxed  # someone speaks: its end must not wait
     service.endpointer.reset()
+    service.process_block(np.zeros(320, dtype=np.int16))
     service._relax()
     assert queue.relaxed
+    assert not queue.busy
     await service._command(StateChanged(State.IDLE, State.SPEAKING))
-    assert not queue.relaxed  # the robot talks: a barge-in must not wait either
+    assert not queue.relaxed  # the robot talks: a barge-in must not wait long
+    assert queue.busy  # but its first block may come one device block late
+    service.process_block(loud)
+    service._relax()
+    assert not queue.busy and not service.endpointer.in_speech  # a voice, not yet confirmed: no more batching
+    for _ in range(5):
+        service.process_block(np.zeros(320, dtype=np.int16))
+        service._relax()
+    assert queue.busy
+    await service._command(StateChanged(State.SPEAKING, State.THINKING))
+    assert queue.busy
+    await service._command(StateChanged(State.THINKING, State.LISTENING))
+    assert not queue.busy and not queue.relaxed
 
 
 async def test_real_playback_and_cancel_within_a_block(jack: Jack) -> None:
@@ -342,3 +365,15 @@ async def test_barge_in_on_the_real_sink_stops_within_two_device_blocks(jack: Ja
             assert 0 < sink.frames_before
             assert sink.frames_after <= 2 * block, (sink.frames_after, block)
             sink.frames_before = sink.frames_after = sink.callbacks_after = 0
+
+
+def test_the_echo_cancellers_queue_is_never_batched_while_the_robot_speaks() -> None:
+    """The canceller pairs the speaker's reference with the microphone by arrival: hand-overs of two device
+    blocks let the reference run dry and slip, and the robot interrupted itself over JACK."""
+    from appliance.audio.echo import CancellingQueue, WebRtcEchoCanceller
+    from appliance.audio.echo_alignment import FarEndTap
+
+    queue = BlockQueue()
+    queue.busy = queue.relaxed = True
+    cancelling = CancellingQueue(queue, WebRtcEchoCanceller(FarEndTap()))
+    assert cancelling.relaxed and not cancelling.busy

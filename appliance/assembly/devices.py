@@ -28,6 +28,7 @@ def make_source(config: AppConfig) -> AudioSource:
             audio.block_ms,
             device_block_ms=audio.device_block_ms,
             relaxed_ms=audio.idle_handover_ms,
+            busy_ms=audio.busy_handover_ms,
         )
     if kind == "file":
         assert audio.input_file is not None

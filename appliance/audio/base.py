@@ -116,6 +116,9 @@ class BlockQueue:
         # hand audio over in batches, waking the event loop a few times a second instead of every device
         # block. Read from the audio thread; a bool is safe to share under the GIL.
         self.relaxed = False
+        # Set by the consumer while the robot thinks or speaks and nobody else does: the producer may then
+        # gather a few device blocks per hand-over (it knows how many); a voice makes the consumer clear it.
+        self.busy = False
 
     def put_nowait(self, block: np.ndarray) -> None:
         if len(self._blocks) == self._blocks.maxlen:

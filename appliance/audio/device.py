@@ -3,7 +3,8 @@
 The PortAudio callback runs on PortAudio's thread; it only copies the block into a deque and, unless the
 listener said it is relaxed, wakes Trio with ``run_sync_soon``, never waiting (when Trio falls behind, audio
 is dropped and counted). While relaxed, Trio collects what arrived every ``relaxed_ms`` instead: each wake-up
-of the event loop costs more CPU than the listening work it brings. Resampling to 16 kHz (soxr) and cutting
+of the event loop costs more CPU than the listening work it brings. While the listener says busy (the robot
+thinks or speaks, nobody else does), the callback wakes Trio every ``busy_ms`` worth of device blocks. Resampling to 16 kHz (soxr) and cutting
 into fixed blocks happen on the Trio side. A stream that stops delivering (USB
 mic unplugged, sound server gone) raises :class:`DeviceLost`; the capture service reopens it with backoff.
 Playback writes one block at a time from a worker thread so a cancelled turn stops within a block.
@@ -174,6 +175,7 @@ class DeviceSource:
         max_pending: int = 50,
         device_block_ms: int | None = None,
         relaxed_ms: int = 200,
+        busy_ms: int = 80,
     ) -> None:
         self.device = device
         self.block_size = CAPTURE_RATE * block_ms // 1000
@@ -181,6 +183,8 @@ class DeviceSource:
         self.device_block_ms = max(block_ms, device_block_ms or block_ms)
         self.stall_timeout = stall_timeout
         self.relaxed_seconds = max(self.device_block_ms, relaxed_ms) / 1000
+        # Device blocks gathered per hand-over while the listener says the robot is busy (thinking, speaking).
+        self.busy_blocks = max(1, round(busy_ms / self.device_block_ms))
         self.max_pending = max_pending
         self.overflows = 0  # PortAudio reported input overflow (the device dropped audio)
         self.dropped_callbacks = 0  # Trio was too far behind: blocks dropped in the callback
@@ -247,9 +251,11 @@ class DeviceSource:
 
     async def _watch(self, bridge: InputBridge, queue: BlockQueue) -> None:
         while True:
-            # Relaxed: this loop is what hands the audio over. Otherwise the callback does, and the loop only
-            # watches for a stalled device.
-            with trio.move_on_after(self.relaxed_seconds if queue.relaxed else self.stall_timeout / 4):
+            # Relaxed: this loop is what hands the audio over (the callback leaves it to this loop only once it
+            # is on the relaxed timer). Otherwise the callback does, and the loop only watches for a stalled
+            # device, twice per stall timeout: each wake-up of the event loop costs CPU.
+            bridge.watch_hands_over = queue.relaxed
+            with trio.move_on_after(self.relaxed_seconds if queue.relaxed else self.stall_timeout / 2):
                 await bridge.finished.wait()
             if bridge.finished.is_set():
                 raise DeviceLost(f"input {self.device_name!r} stopped")

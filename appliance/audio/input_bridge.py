@@ -1,7 +1,8 @@
 """Between PortAudio's audio thread and Trio, for one input stream.
 
 The callback runs on the audio thread: it only appends the raw bytes and, unless a hand-over is already
-scheduled (or the listener is relaxed and the watch loop hands over instead), asks Trio to ``flush``. ``flush``
+scheduled (or the listener is relaxed and the watch loop hands over instead, or busy and fewer than
+``busy_blocks`` device blocks wait), asks Trio to ``flush``. ``flush``
 runs on the Trio side: it resamples if needed and cuts the audio into the blocks the listener takes.
 """
 
@@ -24,12 +25,16 @@ class InputBridge:
         self.token = token
         self.arrived: deque[bytes] = deque()  # appended by the audio thread, emptied by Trio
         self.woken = False  # a flush is already scheduled (written by both threads; GIL-atomic)
+        # The watch loop is on its relaxed timer and will collect the audio: set by the loop, read here.
+        self.watch_hands_over = False
         self.last_arrival = trio.current_time()  # -1: "just now", stamped by Trio (the audio thread has no clock)
         self.leftover = np.zeros(0, dtype=np.int16)
         self.finished = trio.Event()
 
     def flush(self) -> None:
         self.woken = False
+        if self.last_arrival < 0:
+            self.last_arrival = trio.current_time()  # audio came since the last flush: stamped on Trio's clock
         block_size = self.source.block_size
         while self.arrived:
             block = np.frombuffer(self.arrived.popleft(), dtype=np.int16)
@@ -49,7 +54,9 @@ class InputBridge:
             return
         self.arrived.append(bytes(indata))
         self.last_arrival = -1.0
-        if self.queue.relaxed or self.woken:
+        if (self.queue.relaxed and self.watch_hands_over) or self.woken:
+            return
+        if self.queue.busy and len(self.arrived) < self.source.busy_blocks:
             return
         self.woken = True
         try:

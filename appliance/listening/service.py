@@ -195,10 +195,15 @@ class ListeningService:
 
     def _relax(self) -> None:
         """Let the capture hand audio over in batches while idle: an onset may be seen ``audio.idle_handover_ms``
-        late (the pre-roll still holds it); the end of speech, barge-in and push-to-talk happen outside idle."""
-        self.blocks.relaxed = (
-            self.state == State.IDLE and not self.endpointer.in_speech and not self.guard.playing and not self.muted
-        )
+        late (the pre-roll still holds it); the end of speech and push-to-talk happen outside idle. While the
+        robot is busy, in smaller batches (``audio.busy_handover_ms``) until a voice is heard."""
+        quiet = not self.endpointer.in_speech and not self.muted
+        self.blocks.relaxed = quiet and self.state == State.IDLE and not self.guard.playing
+        # Thinking or speaking: the next thing to hear is a barge-in; its first block may come a device block
+        # late, the ones that confirm it come at once (a block that sounds like the user ends the batching).
+        voice = bool(self._evidence) and self._evidence[-1]
+        busy = self.state in (State.THINKING, State.SPEAKING) or self.guard.playing
+        self.blocks.busy = quiet and busy and not voice
 
     @property
     def conversation_open(self) -> bool:

@@ -55,6 +55,14 @@ class AudioConfig(Section):
         "instead of every device block: fewer wake-ups, less CPU; speech switches back at once (an onset or a "
         "wake word is noticed up to this much later; no audio is lost)",
     )
+    busy_handover_ms: int = Field(
+        default=80,
+        ge=10,
+        le=200,
+        description="while the robot thinks or speaks and nobody else is speaking, captured audio is handed over "
+        "this often (ms); once the user's voice is heard, every device block again. A barge-in is noticed up to "
+        "this minus device_block_ms later; set it to device_block_ms for the quickest barge-in, at more CPU",
+    )
     volume: float = Field(default=1.0, ge=0.0, le=2.0, description="output gain")
 
     @field_validator("simulated_speech_after", mode="before")
