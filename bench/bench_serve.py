@@ -63,6 +63,9 @@ ROUNDS = int(os.environ.get("BENCH_SERVE_ROUNDS", ROUNDS))
 TURNS = int(os.environ.get("BENCH_SERVE_TURNS", TURNS))
 LOAD = "--load" in sys.argv or FULL
 ROBOTS = 10
+LOAD_ROUNDS = int(os.environ.get("BENCH_SERVE_LOAD_ROUNDS", 10 if FULL else 3))
+# The fake cloud's processes: one Python serving ten robots' calls would queue them (it spends ~7 ms a turn).
+CLOUDS = int(os.environ.get("BENCH_SERVE_CLOUDS", 4))
 # Seconds between the fake's 100 ms pieces of speech: 0 sends a sentence's speech at once (issue 23's fake); a
 # real synthesizer streams it as it makes it (0.05: twice real time), where PCM mode plays the first piece early.
 TTS_PIECE = float(os.environ.get("BENCH_SERVE_TTS_PIECE_DELAY", "0"))
@@ -286,96 +289,174 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(values[:8]) - idle) / TICKS, sum(values[:8]) / TICKS
 
 
-async def load(
-    server: Server, single_median_ms: float, floor: float, rounds: int, cloud: str, cloud_pid: int
-) -> list[Figure]:
-    """10 robots at once on one server: first audio p95 against the single-robot median; turns lost.
+class Robot:
+    """One robot in a process of its own (``python -m bench.bench_serve --robot WS_URL CLOUD_URL``), as ten
+    robots are ten machines: one Python client for all ten would queue their frames behind each other and
+    charge that to the server. Told ``serve`` or ``floor`` on stdin, it makes one turn through the server or
+    the same cloud calls bare, timed in its own process, and answers one JSON line (seconds, null if lost)."""
 
-    The same 10-way burst made bare (10 floor scripts at once) shows how much of the delay is the fake cloud
-    (one Python process on the same shared cores) rather than the server. During the robots' bursts the CPU
-    time of each process is taken apart, server, fake cloud and the clients (this process), and the whole
-    machine's, to tell which one the cores were busy with.
-    """
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.pending = b""
+
+    @classmethod
+    async def start(cls, url: str, cloud: str) -> Robot:
+        args = [sys.executable, "-m", "bench.bench_serve", "--robot", url, cloud]
+        process = await trio.lowlevel.open_process(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        robot = cls(process)
+        await robot.answer()  # "ready": its connections are open and warm
+        return robot
+
+    async def ask(self, what: str) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(what.encode() + b"\n")
+
+    async def answer(self) -> Any:
+        assert self.process.stdout is not None
+        while b"\n" not in self.pending:
+            data = await self.process.stdout.receive_some(4096)
+            if not data:
+                raise RuntimeError("a robot process exited")
+            self.pending += data
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+
+async def robot_main(url: str, cloud: str) -> None:
     from contextlib import AsyncExitStack
 
+    headers = {"Authorization": "Bearer fake-key"}
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(httpx.AsyncClient(headers=headers, timeout=30))
+        ws, session = await open_session(url, stack)
+        await floor_turn(client, cloud)  # warm both paths
+        await one_turn(ws, session)
+        print(json.dumps("ready"), flush=True)
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        pending = b""
+        while True:
+            while b"\n" not in pending:
+                data = await stdin.receive_some(4096)
+                if not data:
+                    return
+                pending += data
+            what, pending = pending.split(b"\n", 1)
+            if what == b"floor":
+                print(json.dumps(list(await floor_turn(client, cloud))), flush=True)
+            else:
+                result = await one_turn(ws, session)
+                print(json.dumps(list(result) if result else None), flush=True)
+
+
+async def _together(robots: list[Robot], what: str) -> list[Any]:
+    for robot in robots:
+        await robot.ask(what)
+    return [await robot.answer() for robot in robots]
+
+
+async def load(server: Server, rounds: int, cloud: str, cloud_pids: list[int]) -> list[Figure]:
+    """10 robots at once on one server: first audio p95 against the single-robot median; turns lost.
+
+    Each robot is a process of its own, the fake cloud several (one port, SO_REUSEPORT), so neither the clients
+    nor the cloud queue the turns behind one Python. Each round: one robot alone (bare, then through the
+    server: the single-robot medians), then the ten at once bare (the 10-way floor: what the cloud and this
+    shared machine add when ten turns overlap, with no server), then the ten through the server. The server's
+    own share is its 10-way delay over the floor's. While the ten talk to the server, the CPU time of the
+    server, the fake cloud and the robots is taken apart, next to the whole machine's.
+    """
     assert server.process is not None
+    robots = [await Robot.start(server.url, cloud) for _ in range(ROBOTS)]
+    single_floor: list[float] = []
+    single: list[float] = []
     bare: list[float] = []
-    async with httpx.AsyncClient(
-        headers={"Authorization": "Bearer fake-key"}, timeout=30, limits=httpx.Limits(max_connections=100)
-    ) as client:
-        for _ in range(rounds):
-
-            async def one() -> None:
-                bare.append(((await floor_turn(client, cloud))[0] - floor) * 1000)
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(ROBOTS):
-                    nursery.start_soon(one)
     firsts: list[float] = []
     lost = 0
-    async with AsyncExitStack() as stack:
-        sessions = [await open_session(server.url, stack) for _ in range(ROBOTS)]
-        began = (
-            time.perf_counter(),
-            cpu_seconds(server.process.pid),
-            cpu_seconds(cloud_pid),
-            time.process_time(),
-            machine_cpu(),
-        )
+    cpu = {"server": 0.0, "fake cloud": 0.0, "robots": 0.0}
+    pids = {"server": [server.process.pid], "fake cloud": cloud_pids, "robots": [r.process.pid for r in robots]}
+    busy = wall = 0.0
+    try:
         for _ in range(rounds):
-            results: list[tuple[float, float] | None] = []
-
-            async def robot(ws: Any, session: str, results: list = results) -> None:
-                results.append(await one_turn(ws, session))
-
-            async with trio.open_nursery() as nursery:
-                for ws, session in sessions:
-                    nursery.start_soon(robot, ws, session)
+            for _ in range(2):
+                single_floor.append((await _together(robots[:1], "floor"))[0][0] * 1000)
+                alone = (await _together(robots[:1], "serve"))[0]
+                if alone is None:
+                    lost += 1
+                else:
+                    single.append(alone[0] * 1000)
+            bare += [r[0] * 1000 for r in await _together(robots, "floor")]
+            began = {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+            machine, clock = machine_cpu(), time.perf_counter()
+            results = await _together(robots, "serve")
+            wall += time.perf_counter() - clock
+            busy += machine_cpu()[0] - machine[0]
+            for name, group in pids.items():
+                cpu[name] += sum(cpu_seconds(pid) for pid in group) - began[name]
             lost += sum(r is None for r in results)
-            firsts += [(r[0] - floor) * 1000 for r in results if r is not None]
-        wall = time.perf_counter() - began[0]
-        busy, total = (now - then for now, then in zip(machine_cpu(), began[4], strict=True))
-        turns = max(1, len(firsts))
-        share = {
-            "server": cpu_seconds(server.process.pid) - began[1],
-            "fake cloud": cpu_seconds(cloud_pid) - began[2],
-            "clients": time.process_time() - began[3],
-        }
-    p95 = percentile(firsts, 95)
+            firsts += [r[0] * 1000 for r in results if r is not None]
+    finally:
+        for robot in robots:
+            robot.process.kill()
+    turns = max(1, len(firsts))
+    p95, single_median = percentile(firsts, 95), median(single)
+    floor_p95, floor_median = percentile(bare, 95), median(single_floor)
     return [
+        Figure(f"{ROBOTS} robots: one robot alone, first audio − floor, median", single_median - floor_median, "ms"),
         Figure(
             f"{server.name}: {ROBOTS} robots, first audio p95 − single median",
-            p95 - single_median_ms,
+            p95 - single_median,
             "ms",
             "<= 20",
-            f"p95 {p95:.1f} ms over the floor, {len(firsts)} turns",
+            f"issue 23's target; p95 {p95:.1f} ms, single {single_median:.1f} ms, {len(firsts)} turns",
         ),
         Figure(
-            f"bare floor, {ROBOTS} at once: p95 − single floor",
-            percentile(bare, 95),
+            f"bare floor, {ROBOTS} at once: p95 − single floor median",
+            floor_p95 - floor_median,
             "ms",
-            note="the fake cloud's own share of the load: a server cannot do better than this",
+            note=f"the cloud and this shared machine with no server: p95 {floor_p95:.1f}, single {floor_median:.1f}",
         ),
         Figure(
-            f"{server.name}: {ROBOTS} robots, first audio p95 − the bare {ROBOTS}-way p95",
-            p95 - percentile(bare, 95),
+            f"{server.name}: what it adds with {ROBOTS} at once",
+            (p95 - single_median) - (floor_p95 - floor_median),
             "ms",
-            note="what the server added under load",
+            note="its 10-way delay over the bare 10-way delay",
         ),
         Figure(f"{server.name}: {ROBOTS} robots, turns lost", lost, "turns", "<= 0"),
         *(
             Figure(
-                f"{ROBOTS} robots: {name} CPU per turn", seconds / turns * 1000, "ms", note=f"{seconds / wall:.2f} core"
+                f"{ROBOTS} robots: {name} CPU per turn",
+                seconds / turns * 1000,
+                "ms",
+                note=f"{seconds / max(wall, 1e-9):.2f} core",
             )
-            for name, seconds in share.items()
+            for name, seconds in cpu.items()
         ),
         Figure(
             f"{ROBOTS} robots: whole machine busy",
-            busy / wall,
+            busy / max(wall, 1e-9),
             "cores",
-            note=f"of {total / wall:.1f}; ours + fake + clients {sum(share.values()) / wall:.2f}, the rest other jobs",
+            note=f"of {os.cpu_count()}; ours + fake + robots {sum(cpu.values()) / max(wall, 1e-9):.2f}, the rest "
+            "other jobs",
         ),
     ]
+
+
+async def start_cloud(processes: int) -> tuple[str, list[trio.Process]]:
+    """The fake cloud: ``processes`` Pythons on one port (SO_REUSEPORT), the kernel sharing connections."""
+    args = [sys.executable, "-m", "tests.fakes.cloud", "--reuse-port"]
+    args += ["--stt-latency", str(STT), "--llm-latency", str(LLM), "--tts-latency", str(TTS)]
+    args += ["--token-delay", str(TOKEN), "--tts-piece-delay", str(TTS_PIECE)]
+    first = await trio.lowlevel.open_process(args, cwd=ROOT, stdout=subprocess.PIPE)
+    assert first.stdout is not None
+    url = (await first.stdout.receive_some(200)).decode().strip()
+    port = url.rsplit(":", 1)[1]
+    rest = [
+        await trio.lowlevel.open_process([*args, "--port", port], cwd=ROOT, stdout=subprocess.PIPE)
+        for _ in range(processes - 1)
+    ]
+    for process in rest:  # each prints the URL once it listens
+        assert process.stdout is not None
+        await process.stdout.receive_some(200)
+    return url, [first, *rest]
 
 
 async def bench() -> list[Figure]:
@@ -383,27 +464,7 @@ async def bench() -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         async with trio.open_nursery() as nursery:
-            cloud_proc = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.fakes.cloud",
-                    "--stt-latency",
-                    str(STT),
-                    "--llm-latency",
-                    str(LLM),
-                    "--tts-latency",
-                    str(TTS),
-                    "--token-delay",
-                    str(TOKEN),
-                    "--tts-piece-delay",
-                    str(TTS_PIECE),
-                ],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-            )
-            assert cloud_proc.stdout is not None
-            cloud = (await cloud_proc.stdout.receive_some(200)).decode().strip()
+            cloud, clouds = await start_cloud(CLOUDS)
             servers: list[Server] = []
             try:
                 if PEER_PYTHON.exists():
@@ -499,11 +560,9 @@ async def bench() -> list[Figure]:
                     figures += _paired(after, before)
                 if LOAD:
                     ours = next(s for s in servers if s.name == "appliance-pcm")
-                    figures += await load(
-                        ours, median(ours.first), median(floors) / 1000, 3 if not FULL else 10, cloud, cloud_proc.pid
-                    )
+                    figures += await load(ours, LOAD_ROUNDS, cloud, [c.pid for c in clouds])
             finally:
-                for process in [cloud_proc, *(s.process for s in servers)]:
+                for process in [*clouds, *(s.process for s in servers)]:
                     if process is not None and process.returncode is None:
                         process.kill()
                 nursery.cancel_scope.cancel()
@@ -564,3 +623,7 @@ def _paired(after: Server, before: Server) -> list[Figure]:
 
 def main() -> list[Figure]:
     return trio.run(bench)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--robot"]:
+    trio.run(robot_main, sys.argv[2], sys.argv[3])
