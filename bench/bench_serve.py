@@ -354,88 +354,115 @@ async def _together(robots: list[Robot], what: str) -> list[Any]:
     return [await robot.answer() for robot in robots]
 
 
-async def load(server: Server, rounds: int, cloud: str, cloud_pids: list[int]) -> list[Figure]:
+@dataclass
+class Crowd:
+    """One server's ten robots and what they measured."""
+
+    server: Server
+    robots: list[Robot]
+    single: list[float] = field(default_factory=list)  # one robot alone: first audio, ms after sending
+    firsts: list[float] = field(default_factory=list)  # ten at once
+    lost: int = 0
+    cpu: dict[str, float] = field(default_factory=lambda: {"server": 0.0, "fake cloud": 0.0, "robots": 0.0})
+    busy: float = 0.0  # the whole machine's CPU seconds while the ten talked
+    wall: float = 0.0
+
+    async def alone(self) -> None:
+        result = (await _together(self.robots[:1], "serve"))[0]
+        if result is None:
+            self.lost += 1
+        else:
+            self.single.append(result[0] * 1000)
+
+    async def together(self, cloud_pids: list[int]) -> None:
+        assert self.server.process is not None
+        pids = {"server": [self.server.process.pid], "fake cloud": cloud_pids}
+        pids["robots"] = [r.process.pid for r in self.robots]
+        began = {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+        machine, clock = machine_cpu(), time.perf_counter()
+        results = await _together(self.robots, "serve")
+        self.wall += time.perf_counter() - clock
+        self.busy += machine_cpu()[0] - machine[0]
+        for name, group in pids.items():
+            self.cpu[name] += sum(cpu_seconds(pid) for pid in group) - began[name]
+        self.lost += sum(r is None for r in results)
+        self.firsts += [r[0] * 1000 for r in results if r is not None]
+
+
+async def load(servers: list[Server], rounds: int, cloud: str, cloud_pids: list[int]) -> list[Figure]:
     """10 robots at once on one server: first audio p95 against the single-robot median; turns lost.
 
     Each robot is a process of its own, the fake cloud several (one port, SO_REUSEPORT), so neither the clients
-    nor the cloud queue the turns behind one Python. Each round: one robot alone (bare, then through the
-    server: the single-robot medians), then the ten at once bare (the 10-way floor: what the cloud and this
-    shared machine add when ten turns overlap, with no server), then the ten through the server. The server's
-    own share is its 10-way delay over the floor's. While the ten talk to the server, the CPU time of the
-    server, the fake cloud and the robots is taken apart, next to the whole machine's.
+    nor the cloud queue the turns behind one Python. Each round: one robot alone (bare, then through each
+    server: the single-robot medians), then ten at once bare (the 10-way floor: what the cloud and this shared
+    machine add when ten turns overlap, with no server), then ten through each server (servers in alternating
+    order). A server's own share is its 10-way delay over the floor's. While ten talk to a server, the CPU time
+    of the server, the fake cloud and the robots is taken apart, next to the whole machine's.
     """
-    assert server.process is not None
-    robots = [await Robot.start(server.url, cloud) for _ in range(ROBOTS)]
+    crowds = [Crowd(server, [await Robot.start(server.url, cloud) for _ in range(ROBOTS)]) for server in servers]
     single_floor: list[float] = []
-    single: list[float] = []
     bare: list[float] = []
-    firsts: list[float] = []
-    lost = 0
-    cpu = {"server": 0.0, "fake cloud": 0.0, "robots": 0.0}
-    pids = {"server": [server.process.pid], "fake cloud": cloud_pids, "robots": [r.process.pid for r in robots]}
-    busy = wall = 0.0
     try:
-        for _ in range(rounds):
+        for index in range(rounds):
+            order = crowds if index % 2 == 0 else crowds[::-1]
             for _ in range(2):
-                single_floor.append((await _together(robots[:1], "floor"))[0][0] * 1000)
-                alone = (await _together(robots[:1], "serve"))[0]
-                if alone is None:
-                    lost += 1
-                else:
-                    single.append(alone[0] * 1000)
-            bare += [r[0] * 1000 for r in await _together(robots, "floor")]
-            began = {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
-            machine, clock = machine_cpu(), time.perf_counter()
-            results = await _together(robots, "serve")
-            wall += time.perf_counter() - clock
-            busy += machine_cpu()[0] - machine[0]
-            for name, group in pids.items():
-                cpu[name] += sum(cpu_seconds(pid) for pid in group) - began[name]
-            lost += sum(r is None for r in results)
-            firsts += [r[0] * 1000 for r in results if r is not None]
+                single_floor.append((await _together(crowds[0].robots[:1], "floor"))[0][0] * 1000)
+                for crowd in order:
+                    await crowd.alone()
+            bare += [r[0] * 1000 for r in await _together(crowds[0].robots, "floor")]
+            for crowd in order:
+                await crowd.together(cloud_pids)
     finally:
-        for robot in robots:
-            robot.process.kill()
-    turns = max(1, len(firsts))
-    p95, single_median = percentile(firsts, 95), median(single)
+        for crowd in crowds:
+            for robot in crowd.robots:
+                robot.process.kill()
     floor_p95, floor_median = percentile(bare, 95), median(single_floor)
-    return [
-        Figure(f"{ROBOTS} robots: one robot alone, first audio − floor, median", single_median - floor_median, "ms"),
-        Figure(
-            f"{server.name}: {ROBOTS} robots, first audio p95 − single median",
-            p95 - single_median,
-            "ms",
-            "<= 20",
-            f"issue 23's target; p95 {p95:.1f} ms, single {single_median:.1f} ms, {len(firsts)} turns",
-        ),
+    figures = [
         Figure(
             f"bare floor, {ROBOTS} at once: p95 − single floor median",
             floor_p95 - floor_median,
             "ms",
             note=f"the cloud and this shared machine with no server: p95 {floor_p95:.1f}, single {floor_median:.1f}",
+        )
+    ]
+    for crowd in crowds:
+        figures += _crowd_figures(crowd, floor_p95 - floor_median, floor_median)
+    return figures
+
+
+def _crowd_figures(crowd: Crowd, floor_delay: float, floor_median: float) -> list[Figure]:
+    name, turns, wall = crowd.server.name, max(1, len(crowd.firsts)), max(crowd.wall, 1e-9)
+    p95, single = percentile(crowd.firsts, 95), median(crowd.single)
+    return [
+        Figure(f"{name}: one robot alone, first audio − floor, median", single - floor_median, "ms"),
+        Figure(
+            f"{name}: {ROBOTS} robots, first audio p95 − single median",
+            p95 - single,
+            "ms",
+            "<= 20",
+            f"issue 23's target; p95 {p95:.1f} ms, single {single:.1f} ms, {len(crowd.firsts)} turns",
         ),
         Figure(
-            f"{server.name}: what it adds with {ROBOTS} at once",
-            (p95 - single_median) - (floor_p95 - floor_median),
+            f"{name}: what it adds with {ROBOTS} at once",
+            p95 - single - floor_delay,
             "ms",
             note="its 10-way delay over the bare 10-way delay",
         ),
-        Figure(f"{server.name}: {ROBOTS} robots, turns lost", lost, "turns", "<= 0"),
+        Figure(f"{name}: {ROBOTS} robots, turns lost", crowd.lost, "turns", "<= 0"),
         *(
             Figure(
-                f"{ROBOTS} robots: {name} CPU per turn",
+                f"{name}, {ROBOTS} robots: {who} CPU per turn",
                 seconds / turns * 1000,
                 "ms",
-                note=f"{seconds / max(wall, 1e-9):.2f} core",
+                note=f"{seconds / wall:.2f} core",
             )
-            for name, seconds in cpu.items()
+            for who, seconds in crowd.cpu.items()
         ),
         Figure(
-            f"{ROBOTS} robots: whole machine busy",
-            busy / max(wall, 1e-9),
+            f"{name}, {ROBOTS} robots: whole machine busy",
+            crowd.busy / wall,
             "cores",
-            note=f"of {os.cpu_count()}; ours + fake + robots {sum(cpu.values()) / max(wall, 1e-9):.2f}, the rest "
-            "other jobs",
+            note=f"of {os.cpu_count()}; ours + fake + robots {sum(crowd.cpu.values()) / wall:.2f}, the rest other jobs",
         ),
     ]
 
@@ -558,9 +585,9 @@ async def bench() -> list[Figure]:
                 for before in (s for s in servers if s.name.startswith("baseline-")):
                     after = next(s for s in servers if s.name == "appliance-" + before.name.split("-")[1])
                     figures += _paired(after, before)
-                if LOAD:
-                    ours = next(s for s in servers if s.name == "appliance-pcm")
-                    figures += await load(ours, LOAD_ROUNDS, cloud, [c.pid for c in clouds])
+                if LOAD:  # ours, and the baseline's beside it when there is one
+                    crowd = [s for s in servers if s.name in ("appliance-pcm", "baseline-pcm")]
+                    figures += await load(crowd, LOAD_ROUNDS, cloud, [c.pid for c in clouds])
             finally:
                 for process in [*clouds, *(s.process for s in servers)]:
                     if process is not None and process.returncode is None:
