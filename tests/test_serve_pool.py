@@ -51,3 +51,49 @@ async def test_ten_robots_speech_at_once_neither_queues_nor_reconnects() -> None
     assert len(heard) == 2 * at_once and min(heard) > 0
     assert len(set(bursts[0])) == at_once  # one connection each
     assert set(bursts[1]) == set(bursts[0])  # and every one kept for the next burst
+
+
+async def test_ten_robots_at_once_each_get_their_own_whole_reply(nursery: trio.Nursery) -> None:
+    """What ``appliance serve`` runs (the CloudBrain on the fake cloud, PCM mode) with ten robots' invokes at
+    once: every turn ends in its own ``final``, every frame carries its own session, no sentence goes missing."""
+    import base64
+    import json
+
+    from trio_websocket import open_websocket_url
+
+    from appliance.assembly.brains import cloud_brain_factory
+    from appliance.conversation.local_voice import LocalVoice
+    from appliance.server.avatar import AvatarServer
+    from appliance.settings.brains import ServerConfig
+    from tests.harness import cloud_config
+
+    pcm = base64.b64encode(b"\x10\x00" * 16_000).decode()  # 1 s, as the bench's robots send
+    async with fake_cloud() as cloud:
+        brain = cloud_brain_factory(cloud_config(cloud.url), LocalVoice())()
+        server = AvatarServer(brain, ServerConfig(host="127.0.0.1", port=0, pcm=True, max_connections=ROBOTS))
+        port = await nursery.start(server.run)
+        frames: dict[str, list[dict]] = {}
+
+        async def robot(name: str) -> None:
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/ws", max_message_size=1 << 24) as ws:
+                await ws.send_message(json.dumps({"type": "start", "session_id": name, "context_id": name}))
+                assert json.loads(await ws.get_message())["type"] == "connected"
+                await ws.send_message(json.dumps({"type": "invoke", "session_id": name, "audio_data": pcm}))
+                mine = frames.setdefault(name, [])
+                while not mine or mine[-1]["type"] not in ("final", "error", "canceled"):
+                    mine.append(json.loads(await ws.get_message()))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as robots:
+                for index in range(ROBOTS):
+                    robots.start_soon(robot, f"robot-{index}")
+        await brain.aclose()
+    assert sorted(frames) == sorted(f"robot-{index}" for index in range(ROBOTS))
+    for name, mine in frames.items():
+        assert mine[-1]["type"] == "final" and mine[-1]["metadata"]["request_text"] == "What time is it?"
+        assert {f["session_id"] for f in mine} == {name} and {f["context_id"] for f in mine} == {name}
+        said = [f["text"] for f in mine if f["type"] == "chunk" and f.get("text")]
+        assert said == ["[face:joy] It is nine o'clock.", "Time for breakfast!", "[animation:wave] Have a nice day."]
+        assert sum(len(base64.b64decode(f["audio_data"])) for f in mine if f.get("audio_data")) > 0
+    assert len(cloud.bodies("/v1/audio/transcriptions")) == ROBOTS
+    assert len(cloud.bodies("/v1/audio/speech")) == 3 * ROBOTS
