@@ -402,6 +402,7 @@ async def load(servers: list[Server], rounds: int, cloud: str, cloud_pids: list[
     crowds = [Crowd(server, [await Robot.start(server.url, cloud) for _ in range(ROBOTS)]) for server in servers]
     single_floor: list[float] = []
     bare: list[float] = []
+    bare_cpu = [0.0, 0.0]  # the bare robots' CPU seconds (the server's work, done by each robot), the fake cloud's
     try:
         for index in range(rounds):
             order = crowds if index % 2 == 0 else crowds[::-1]
@@ -409,7 +410,11 @@ async def load(servers: list[Server], rounds: int, cloud: str, cloud_pids: list[
                 single_floor.append((await _together(crowds[0].robots[:1], "floor"))[0][0] * 1000)
                 for crowd in order:
                     await crowd.alone()
+            clients = [r.process.pid for r in crowds[0].robots]
+            began = sum(cpu_seconds(pid) for pid in clients), sum(cpu_seconds(pid) for pid in cloud_pids)
             bare += [r[0] * 1000 for r in await _together(crowds[0].robots, "floor")]
+            bare_cpu[0] += sum(cpu_seconds(pid) for pid in clients) - began[0]
+            bare_cpu[1] += sum(cpu_seconds(pid) for pid in cloud_pids) - began[1]
             for crowd in order:
                 await crowd.together(cloud_pids)
     finally:
@@ -423,7 +428,13 @@ async def load(servers: list[Server], rounds: int, cloud: str, cloud_pids: list[
             floor_p95 - floor_median,
             "ms",
             note=f"the cloud and this shared machine with no server: p95 {floor_p95:.1f}, single {floor_median:.1f}",
-        )
+        ),
+        Figure(
+            f"bare floor, {ROBOTS} at once: each robot's CPU per turn",
+            bare_cpu[0] / max(1, len(bare)) * 1000,
+            "ms",
+            note=f"httpx making the server's calls itself; fake cloud {bare_cpu[1] / max(1, len(bare)) * 1000:.1f} ms",
+        ),
     ]
     for crowd in crowds:
         figures += _crowd_figures(crowd, floor_p95 - floor_median, floor_median)
