@@ -1,7 +1,7 @@
 """``appliance serve`` side by side with the real AIAvatarKit 0.9.2 server, over a floor of bare httpx calls.
 
-Everything runs on this machine against one fake cloud in its own process: issue 23's fake (STT 150 ms, first
-token 250 ms, TTS 200 ms, a three-sentence reply, the rest of the reply right after its first token). The issue
+Everything runs on this machine against one fake cloud, four processes on one port: issue 23's fake (STT 150 ms,
+first token 250 ms, TTS 200 ms, a three-sentence reply, the rest of the reply right after its first token). The issue
 gave no token pace, but its figures tell it: first audio counted over "the cloud's 600 ms" (150 + 250 + 200, so
 the first sentence was complete with the first token) and AIAvatarKit's whole turn 1117 ms; here AIAvatarKit's
 turn is about 1060 ms with tokens at once and 1210-1310 ms at 20 ms a token. ``BENCH_SERVE_TOKEN_DELAY=0.02``
@@ -19,8 +19,9 @@ runs the slower model (50 tokens a second), where every server's turn is bound b
 The client (ours, the AIAvatarKit protocol) sends a 1 s utterance as ``invoke`` and times the first frame
 carrying audio and the ``final``. Servers take turns round by round (interleaved, order alternating) so a
 noisy neighbour on the shared machine hits every server alike; comparisons are medians of per-round paired
-differences. CPU per turn is the server process's CPU time (/proc), not wall time. Under ``--load`` the CPU
-time of the server, the fake cloud and the clients (this process) is taken apart, next to the whole
+differences. CPU per turn is the server process's CPU time (/proc), not wall time. Under ``--load`` (see
+``load``) each of the 10 robots is a process of its own, the same 10 make the calls bare too (the 10-way
+floor), and the CPU time of the server, the fake cloud and the robots is taken apart, next to the whole
 machine's, to tell who kept the cores busy.
 
 ``python -m bench serve`` runs a short pass (3 rounds × 6 turns); ``python -m bench serve --full`` the
