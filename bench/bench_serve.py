@@ -67,6 +67,9 @@ ROBOTS = 10
 LOAD_ROUNDS = int(os.environ.get("BENCH_SERVE_LOAD_ROUNDS", 10 if FULL else 3))
 # The fake cloud's processes: one Python serving ten robots' calls would queue them (it spends ~7 ms a turn).
 CLOUDS = int(os.environ.get("BENCH_SERVE_CLOUDS", 4))
+# ``--load`` also spreads the robots over this many serve processes (a question, not a feature: each process
+# would keep its own conversations).
+SPLIT = int(os.environ.get("BENCH_SERVE_PROCESSES", 1))
 # Seconds between the fake's 100 ms pieces of speech: 0 sends a sentence's speech at once (issue 23's fake); a
 # real synthesizer streams it as it makes it (0.05: twice real time), where PCM mode plays the first piece early.
 TTS_PIECE = float(os.environ.get("BENCH_SERVE_TTS_PIECE_DELAY", "0"))
@@ -357,9 +360,9 @@ async def _together(robots: list[Robot], what: str) -> list[Any]:
 
 @dataclass
 class Crowd:
-    """One server's ten robots and what they measured."""
+    """One server's ten robots (or spread over several processes of one server) and what they measured."""
 
-    server: Server
+    servers: list[Server]
     robots: list[Robot]
     single: list[float] = field(default_factory=list)  # one robot alone: first audio, ms after sending
     firsts: list[float] = field(default_factory=list)  # ten at once
@@ -376,8 +379,7 @@ class Crowd:
             self.single.append(result[0] * 1000)
 
     async def together(self, cloud_pids: list[int]) -> None:
-        assert self.server.process is not None
-        pids = {"server": [self.server.process.pid], "fake cloud": cloud_pids}
+        pids = {"server": [s.process.pid for s in self.servers if s.process], "fake cloud": cloud_pids}
         pids["robots"] = [r.process.pid for r in self.robots]
         began = {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
         machine, clock = machine_cpu(), time.perf_counter()
@@ -390,7 +392,7 @@ class Crowd:
         self.firsts += [r[0] * 1000 for r in results if r is not None]
 
 
-async def load(servers: list[Server], rounds: int, cloud: str, cloud_pids: list[int]) -> list[Figure]:
+async def load(groups: list[list[Server]], rounds: int, cloud: str, cloud_pids: list[int]) -> list[Figure]:
     """10 robots at once on one server: first audio p95 against the single-robot median; turns lost.
 
     Each robot is a process of its own, the fake cloud several (one port, SO_REUSEPORT), so neither the clients
@@ -400,7 +402,9 @@ async def load(servers: list[Server], rounds: int, cloud: str, cloud_pids: list[
     order). A server's own share is its 10-way delay over the floor's. While ten talk to a server, the CPU time
     of the server, the fake cloud and the robots is taken apart, next to the whole machine's.
     """
-    crowds = [Crowd(server, [await Robot.start(server.url, cloud) for _ in range(ROBOTS)]) for server in servers]
+    crowds = [
+        Crowd(group, [await Robot.start(group[i % len(group)].url, cloud) for i in range(ROBOTS)]) for group in groups
+    ]
     single_floor: list[float] = []
     bare: list[float] = []
     bare_cpu = [0.0, 0.0]  # the bare robots' CPU seconds (the server's work, done by each robot), the fake cloud's
@@ -443,7 +447,8 @@ async def load(servers: list[Server], rounds: int, cloud: str, cloud_pids: list[
 
 
 def _crowd_figures(crowd: Crowd, floor_delay: float, floor_median: float) -> list[Figure]:
-    name, turns, wall = crowd.server.name, max(1, len(crowd.firsts)), max(crowd.wall, 1e-9)
+    name = crowd.servers[0].name + (f" ×{len(crowd.servers)} processes" if len(crowd.servers) > 1 else "")
+    turns, wall = max(1, len(crowd.firsts)), max(crowd.wall, 1e-9)
     p95, single = percentile(crowd.firsts, 95), median(crowd.single)
     return [
         Figure(f"{name}: one robot alone, first audio − floor, median", single - floor_median, "ms"),
@@ -504,6 +509,7 @@ async def bench() -> list[Figure]:
         tmp = Path(tmp_name)
         async with trio.open_nursery() as nursery:
             cloud, clouds = await start_cloud(CLOUDS)
+            extra: list[Server] = []
             servers: list[Server] = []
             try:
                 if PEER_PYTHON.exists():
@@ -598,10 +604,13 @@ async def bench() -> list[Figure]:
                     after = next(s for s in servers if s.name == "appliance-" + before.name.split("-")[1])
                     figures += _paired(after, before)
                 if LOAD:  # ours, and the baseline's beside it when there is one
-                    crowd = [s for s in servers if s.name in ("appliance-pcm", "baseline-pcm")]
-                    figures += await load(crowd, LOAD_ROUNDS, cloud, [c.pid for c in clouds])
+                    groups = [[s] for s in servers if s.name in ("appliance-pcm", "baseline-pcm")]
+                    if SPLIT > 1:  # what several processes of serve (robots spread over them) would give
+                        extra = [await start_appliance(cloud, True, nursery, tmp) for _ in range(SPLIT - 1)]
+                        groups.append([groups[0][0], *extra])
+                    figures += await load(groups, LOAD_ROUNDS, cloud, [c.pid for c in clouds])
             finally:
-                for process in [*clouds, *(s.process for s in servers)]:
+                for process in [*clouds, *(s.process for s in servers + extra)]:
                     if process is not None and process.returncode is None:
                         process.kill()
                 nursery.cancel_scope.cancel()
