@@ -1,7 +1,7 @@
 """``appliance serve`` side by side with the real AIAvatarKit 0.9.2 server, over a floor of bare httpx calls.
 
-Everything runs on this machine against one fake cloud in its own process: issue 23's fake (STT 150 ms, first
-token 250 ms, TTS 200 ms, a three-sentence reply, the rest of the reply right after its first token). The issue
+Everything runs on this machine against one fake cloud, four processes on one port: issue 23's fake (STT 150 ms,
+first token 250 ms, TTS 200 ms, a three-sentence reply, the rest of the reply right after its first token). The issue
 gave no token pace, but its figures tell it: first audio counted over "the cloud's 600 ms" (150 + 250 + 200, so
 the first sentence was complete with the first token) and AIAvatarKit's whole turn 1117 ms; here AIAvatarKit's
 turn is about 1060 ms with tokens at once and 1210-1310 ms at 20 ms a token. ``BENCH_SERVE_TOKEN_DELAY=0.02``
@@ -19,8 +19,9 @@ runs the slower model (50 tokens a second), where every server's turn is bound b
 The client (ours, the AIAvatarKit protocol) sends a 1 s utterance as ``invoke`` and times the first frame
 carrying audio and the ``final``. Servers take turns round by round (interleaved, order alternating) so a
 noisy neighbour on the shared machine hits every server alike; comparisons are medians of per-round paired
-differences. CPU per turn is the server process's CPU time (/proc), not wall time. Under ``--load`` the CPU
-time of the server, the fake cloud and the clients (this process) is taken apart, next to the whole
+differences. CPU per turn is the server process's CPU time (/proc), not wall time. Under ``--load`` (see
+``load``) each of the 10 robots is a process of its own, the same 10 make the calls bare too (the 10-way
+floor), and the CPU time of the server, the fake cloud and the robots is taken apart, next to the whole
 machine's, to tell who kept the cores busy.
 
 ``python -m bench serve`` runs a short pass (3 rounds × 6 turns); ``python -m bench serve --full`` the
@@ -63,6 +64,12 @@ ROUNDS = int(os.environ.get("BENCH_SERVE_ROUNDS", ROUNDS))
 TURNS = int(os.environ.get("BENCH_SERVE_TURNS", TURNS))
 LOAD = "--load" in sys.argv or FULL
 ROBOTS = 10
+LOAD_ROUNDS = int(os.environ.get("BENCH_SERVE_LOAD_ROUNDS", 10 if FULL else 3))
+# The fake cloud's processes: one Python serving ten robots' calls would queue them (it spends ~7 ms a turn).
+CLOUDS = int(os.environ.get("BENCH_SERVE_CLOUDS", 4))
+# ``--load`` also spreads the robots over this many serve processes (a question, not a feature: each process
+# would keep its own conversations).
+SPLIT = int(os.environ.get("BENCH_SERVE_PROCESSES", 1))
 # Seconds between the fake's 100 ms pieces of speech: 0 sends a sentence's speech at once (issue 23's fake); a
 # real synthesizer streams it as it makes it (0.05: twice real time), where PCM mode plays the first piece early.
 TTS_PIECE = float(os.environ.get("BENCH_SERVE_TTS_PIECE_DELAY", "0"))
@@ -286,96 +293,214 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(values[:8]) - idle) / TICKS, sum(values[:8]) / TICKS
 
 
-async def load(
-    server: Server, single_median_ms: float, floor: float, rounds: int, cloud: str, cloud_pid: int
-) -> list[Figure]:
-    """10 robots at once on one server: first audio p95 against the single-robot median; turns lost.
+class Robot:
+    """One robot in a process of its own (``python -m bench.bench_serve --robot WS_URL CLOUD_URL``), as ten
+    robots are ten machines: one Python client for all ten would queue their frames behind each other and
+    charge that to the server. Told ``serve`` or ``floor`` on stdin, it makes one turn through the server or
+    the same cloud calls bare, timed in its own process, and answers one JSON line (seconds, null if lost)."""
 
-    The same 10-way burst made bare (10 floor scripts at once) shows how much of the delay is the fake cloud
-    (one Python process on the same shared cores) rather than the server. During the robots' bursts the CPU
-    time of each process is taken apart, server, fake cloud and the clients (this process), and the whole
-    machine's, to tell which one the cores were busy with.
-    """
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.pending = b""
+
+    @classmethod
+    async def start(cls, url: str, cloud: str) -> Robot:
+        args = [sys.executable, "-m", "bench.bench_serve", "--robot", url, cloud]
+        process = await trio.lowlevel.open_process(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        robot = cls(process)
+        await robot.answer()  # "ready": its connections are open and warm
+        return robot
+
+    async def ask(self, what: str) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(what.encode() + b"\n")
+
+    async def answer(self) -> Any:
+        assert self.process.stdout is not None
+        while b"\n" not in self.pending:
+            data = await self.process.stdout.receive_some(4096)
+            if not data:
+                raise RuntimeError("a robot process exited")
+            self.pending += data
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+
+async def robot_main(url: str, cloud: str) -> None:
     from contextlib import AsyncExitStack
 
-    assert server.process is not None
-    bare: list[float] = []
-    async with httpx.AsyncClient(
-        headers={"Authorization": "Bearer fake-key"}, timeout=30, limits=httpx.Limits(max_connections=100)
-    ) as client:
-        for _ in range(rounds):
-
-            async def one() -> None:
-                bare.append(((await floor_turn(client, cloud))[0] - floor) * 1000)
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(ROBOTS):
-                    nursery.start_soon(one)
-    firsts: list[float] = []
-    lost = 0
+    headers = {"Authorization": "Bearer fake-key"}
     async with AsyncExitStack() as stack:
-        sessions = [await open_session(server.url, stack) for _ in range(ROBOTS)]
-        began = (
-            time.perf_counter(),
-            cpu_seconds(server.process.pid),
-            cpu_seconds(cloud_pid),
-            time.process_time(),
-            machine_cpu(),
-        )
-        for _ in range(rounds):
-            results: list[tuple[float, float] | None] = []
+        client = await stack.enter_async_context(httpx.AsyncClient(headers=headers, timeout=30))
+        ws, session = await open_session(url, stack)
+        await floor_turn(client, cloud)  # warm both paths
+        await one_turn(ws, session)
+        print(json.dumps("ready"), flush=True)
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        pending = b""
+        while True:
+            while b"\n" not in pending:
+                data = await stdin.receive_some(4096)
+                if not data:
+                    return
+                pending += data
+            what, pending = pending.split(b"\n", 1)
+            if what == b"floor":
+                print(json.dumps(list(await floor_turn(client, cloud))), flush=True)
+            else:
+                result = await one_turn(ws, session)
+                print(json.dumps(list(result) if result else None), flush=True)
 
-            async def robot(ws: Any, session: str, results: list = results) -> None:
-                results.append(await one_turn(ws, session))
 
-            async with trio.open_nursery() as nursery:
-                for ws, session in sessions:
-                    nursery.start_soon(robot, ws, session)
-            lost += sum(r is None for r in results)
-            firsts += [(r[0] - floor) * 1000 for r in results if r is not None]
-        wall = time.perf_counter() - began[0]
-        busy, total = (now - then for now, then in zip(machine_cpu(), began[4], strict=True))
-        turns = max(1, len(firsts))
-        share = {
-            "server": cpu_seconds(server.process.pid) - began[1],
-            "fake cloud": cpu_seconds(cloud_pid) - began[2],
-            "clients": time.process_time() - began[3],
-        }
-    p95 = percentile(firsts, 95)
-    return [
+async def _together(robots: list[Robot], what: str) -> list[Any]:
+    for robot in robots:
+        await robot.ask(what)
+    return [await robot.answer() for robot in robots]
+
+
+@dataclass
+class Crowd:
+    """One server's ten robots (or spread over several processes of one server) and what they measured."""
+
+    servers: list[Server]
+    robots: list[Robot]
+    single: list[float] = field(default_factory=list)  # one robot alone: first audio, ms after sending
+    firsts: list[float] = field(default_factory=list)  # ten at once
+    lost: int = 0
+    cpu: dict[str, float] = field(default_factory=lambda: {"server": 0.0, "fake cloud": 0.0, "robots": 0.0})
+    busy: float = 0.0  # the whole machine's CPU seconds while the ten talked
+    wall: float = 0.0
+
+    async def alone(self) -> None:
+        result = (await _together(self.robots[:1], "serve"))[0]
+        if result is None:
+            self.lost += 1
+        else:
+            self.single.append(result[0] * 1000)
+
+    async def together(self, cloud_pids: list[int]) -> None:
+        pids = {"server": [s.process.pid for s in self.servers if s.process], "fake cloud": cloud_pids}
+        pids["robots"] = [r.process.pid for r in self.robots]
+        began = {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+        machine, clock = machine_cpu(), time.perf_counter()
+        results = await _together(self.robots, "serve")
+        self.wall += time.perf_counter() - clock
+        self.busy += machine_cpu()[0] - machine[0]
+        for name, group in pids.items():
+            self.cpu[name] += sum(cpu_seconds(pid) for pid in group) - began[name]
+        self.lost += sum(r is None for r in results)
+        self.firsts += [r[0] * 1000 for r in results if r is not None]
+
+
+async def load(groups: list[list[Server]], rounds: int, cloud: str, cloud_pids: list[int]) -> list[Figure]:
+    """10 robots at once on one server: first audio p95 against the single-robot median; turns lost.
+
+    Each robot is a process of its own, the fake cloud several (one port, SO_REUSEPORT), so neither the clients
+    nor the cloud queue the turns behind one Python. Each round: one robot alone (bare, then through each
+    server: the single-robot medians), then ten at once bare (the 10-way floor: what the cloud and this shared
+    machine add when ten turns overlap, with no server), then ten through each server (servers in alternating
+    order). A server's own share is its 10-way delay over the floor's. While ten talk to a server, the CPU time
+    of the server, the fake cloud and the robots is taken apart, next to the whole machine's.
+    """
+    crowds = [
+        Crowd(group, [await Robot.start(group[i % len(group)].url, cloud) for i in range(ROBOTS)]) for group in groups
+    ]
+    single_floor: list[float] = []
+    bare: list[float] = []
+    bare_cpu = [0.0, 0.0]  # the bare robots' CPU seconds (the server's work, done by each robot), the fake cloud's
+    try:
+        for index in range(rounds):
+            order = crowds if index % 2 == 0 else crowds[::-1]
+            for _ in range(2):
+                single_floor.append((await _together(crowds[0].robots[:1], "floor"))[0][0] * 1000)
+                for crowd in order:
+                    await crowd.alone()
+            clients = [r.process.pid for r in crowds[0].robots]
+            began = sum(cpu_seconds(pid) for pid in clients), sum(cpu_seconds(pid) for pid in cloud_pids)
+            bare += [r[0] * 1000 for r in await _together(crowds[0].robots, "floor")]
+            bare_cpu[0] += sum(cpu_seconds(pid) for pid in clients) - began[0]
+            bare_cpu[1] += sum(cpu_seconds(pid) for pid in cloud_pids) - began[1]
+            for crowd in order:
+                await crowd.together(cloud_pids)
+    finally:
+        for crowd in crowds:
+            for robot in crowd.robots:
+                robot.process.kill()
+    floor_p95, floor_median = percentile(bare, 95), median(single_floor)
+    figures = [
         Figure(
-            f"{server.name}: {ROBOTS} robots, first audio p95 − single median",
-            p95 - single_median_ms,
+            f"bare floor, {ROBOTS} at once: p95 − single floor median",
+            floor_p95 - floor_median,
             "ms",
-            "<= 20",
-            f"p95 {p95:.1f} ms over the floor, {len(firsts)} turns",
+            note=f"the cloud and this shared machine with no server: p95 {floor_p95:.1f}, single {floor_median:.1f}",
         ),
         Figure(
-            f"bare floor, {ROBOTS} at once: p95 − single floor",
-            percentile(bare, 95),
+            f"bare floor, {ROBOTS} at once: each robot's CPU per turn",
+            bare_cpu[0] / max(1, len(bare)) * 1000,
             "ms",
-            note="the fake cloud's own share of the load: a server cannot do better than this",
-        ),
-        Figure(
-            f"{server.name}: {ROBOTS} robots, first audio p95 − the bare {ROBOTS}-way p95",
-            p95 - percentile(bare, 95),
-            "ms",
-            note="what the server added under load",
-        ),
-        Figure(f"{server.name}: {ROBOTS} robots, turns lost", lost, "turns", "<= 0"),
-        *(
-            Figure(
-                f"{ROBOTS} robots: {name} CPU per turn", seconds / turns * 1000, "ms", note=f"{seconds / wall:.2f} core"
-            )
-            for name, seconds in share.items()
-        ),
-        Figure(
-            f"{ROBOTS} robots: whole machine busy",
-            busy / wall,
-            "cores",
-            note=f"of {total / wall:.1f}; ours + fake + clients {sum(share.values()) / wall:.2f}, the rest other jobs",
+            note=f"httpx making the server's calls itself; fake cloud {bare_cpu[1] / max(1, len(bare)) * 1000:.1f} ms",
         ),
     ]
+    for crowd in crowds:
+        figures += _crowd_figures(crowd, floor_p95 - floor_median, floor_median)
+    return figures
+
+
+def _crowd_figures(crowd: Crowd, floor_delay: float, floor_median: float) -> list[Figure]:
+    name = crowd.servers[0].name + (f" ×{len(crowd.servers)} processes" if len(crowd.servers) > 1 else "")
+    turns, wall = max(1, len(crowd.firsts)), max(crowd.wall, 1e-9)
+    p95, single = percentile(crowd.firsts, 95), median(crowd.single)
+    return [
+        Figure(f"{name}: one robot alone, first audio − floor, median", single - floor_median, "ms"),
+        Figure(
+            f"{name}: {ROBOTS} robots, first audio p95 − single median",
+            p95 - single,
+            "ms",
+            "<= 20",
+            f"issue 23's target; p95 {p95:.1f} ms, single {single:.1f} ms, {len(crowd.firsts)} turns",
+        ),
+        Figure(
+            f"{name}: what it adds with {ROBOTS} at once",
+            p95 - single - floor_delay,
+            "ms",
+            note="its 10-way delay over the bare 10-way delay",
+        ),
+        Figure(f"{name}: {ROBOTS} robots, turns lost", crowd.lost, "turns", "<= 0"),
+        *(
+            Figure(
+                f"{name}, {ROBOTS} robots: {who} CPU per turn",
+                seconds / turns * 1000,
+                "ms",
+                note=f"{seconds / wall:.2f} core",
+            )
+            for who, seconds in crowd.cpu.items()
+        ),
+        Figure(
+            f"{name}, {ROBOTS} robots: whole machine busy",
+            crowd.busy / wall,
+            "cores",
+            note=f"of {os.cpu_count()}; ours + fake + robots {sum(crowd.cpu.values()) / wall:.2f}, the rest other jobs",
+        ),
+    ]
+
+
+async def start_cloud(processes: int) -> tuple[str, list[trio.Process]]:
+    """The fake cloud: ``processes`` Pythons on one port (SO_REUSEPORT), the kernel sharing connections."""
+    args = [sys.executable, "-m", "tests.fakes.cloud", "--reuse-port"]
+    args += ["--stt-latency", str(STT), "--llm-latency", str(LLM), "--tts-latency", str(TTS)]
+    args += ["--token-delay", str(TOKEN), "--tts-piece-delay", str(TTS_PIECE)]
+    first = await trio.lowlevel.open_process(args, cwd=ROOT, stdout=subprocess.PIPE)
+    assert first.stdout is not None
+    url = (await first.stdout.receive_some(200)).decode().strip()
+    port = url.rsplit(":", 1)[1]
+    rest = [
+        await trio.lowlevel.open_process([*args, "--port", port], cwd=ROOT, stdout=subprocess.PIPE)
+        for _ in range(processes - 1)
+    ]
+    for process in rest:  # each prints the URL once it listens
+        assert process.stdout is not None
+        await process.stdout.receive_some(200)
+    return url, [first, *rest]
 
 
 async def bench() -> list[Figure]:
@@ -383,27 +508,8 @@ async def bench() -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         async with trio.open_nursery() as nursery:
-            cloud_proc = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.fakes.cloud",
-                    "--stt-latency",
-                    str(STT),
-                    "--llm-latency",
-                    str(LLM),
-                    "--tts-latency",
-                    str(TTS),
-                    "--token-delay",
-                    str(TOKEN),
-                    "--tts-piece-delay",
-                    str(TTS_PIECE),
-                ],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-            )
-            assert cloud_proc.stdout is not None
-            cloud = (await cloud_proc.stdout.receive_some(200)).decode().strip()
+            cloud, clouds = await start_cloud(CLOUDS)
+            extra: list[Server] = []
             servers: list[Server] = []
             try:
                 if PEER_PYTHON.exists():
@@ -497,13 +603,14 @@ async def bench() -> list[Figure]:
                 for before in (s for s in servers if s.name.startswith("baseline-")):
                     after = next(s for s in servers if s.name == "appliance-" + before.name.split("-")[1])
                     figures += _paired(after, before)
-                if LOAD:
-                    ours = next(s for s in servers if s.name == "appliance-pcm")
-                    figures += await load(
-                        ours, median(ours.first), median(floors) / 1000, 3 if not FULL else 10, cloud, cloud_proc.pid
-                    )
+                if LOAD:  # ours, and the baseline's beside it when there is one
+                    groups = [[s] for s in servers if s.name in ("appliance-pcm", "baseline-pcm")]
+                    if SPLIT > 1:  # what several processes of serve (robots spread over them) would give
+                        extra = [await start_appliance(cloud, True, nursery, tmp) for _ in range(SPLIT - 1)]
+                        groups.append([groups[0][0], *extra])
+                    figures += await load(groups, LOAD_ROUNDS, cloud, [c.pid for c in clouds])
             finally:
-                for process in [cloud_proc, *(s.process for s in servers)]:
+                for process in [*clouds, *(s.process for s in servers + extra)]:
                     if process is not None and process.returncode is None:
                         process.kill()
                 nursery.cancel_scope.cancel()
@@ -564,3 +671,7 @@ def _paired(after: Server, before: Server) -> list[Figure]:
 
 def main() -> list[Figure]:
     return trio.run(bench)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--robot"]:
+    trio.run(robot_main, sys.argv[2], sys.argv[3])

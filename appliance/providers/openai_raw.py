@@ -1,4 +1,4 @@
-"""The OpenAI REST API (and every server that speaks it) over plain httpx, answers read raw.
+"""The OpenAI REST API (and every server that speaks it) over plain httpx2, answers read raw.
 
 The OpenAI providers used the official SDK; profiled in ``appliance serve`` (five requests and a streamed
 reply per turn), the SDK was most of the server's CPU: a pydantic model per streamed chunk, and per request
@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httpx2
 import trio
 
 from appliance.errors import ProviderBadReply
@@ -45,7 +45,7 @@ class OpenAIHttp:
         content = json.dumps(body, ensure_ascii=False).encode()
         return self.client.stream("POST", self.base_url + path, content=content, headers={**_JSON, **(headers or {})})
 
-    async def post_form(self, path: str, fields: dict[str, str], file: tuple[str, bytes, str]) -> httpx.Response:
+    async def post_form(self, path: str, fields: dict[str, str], file: tuple[str, bytes, str]) -> httpx2.Response:
         """A multipart form with one file, built as one body: httpx's multipart encoder streams it in pieces
         (≈0.3 ms more CPU for a one-second utterance, measured) and this form is always this simple."""
         boundary = uuid.uuid4().hex

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from typing import Any
@@ -19,7 +20,18 @@ async def serve_all_until_signalled(*servers: Any) -> None:
         async with trio.open_nursery() as nursery:
             for server in servers:
                 await nursery.start(server.run)
+            settle_heap()
             async for signum in signals:
                 log.info("stopping (%s)", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+def settle_heap() -> None:
+    """Freeze what start-up left on the heap: modules, schemas, the providers and their pools live as long as the
+    process, and every full garbage collection walked all of them (about 85,000 objects: a 50-60 ms pause on the
+    2-core test machine, once every few dozen turns, under every turn in flight). Later full collections walk
+    only what the turns left since. The one collection here runs before the first robot is served."""
+    gc.collect()
+    gc.freeze()
+    log.debug("froze %d objects left by start-up", gc.get_freeze_count())

@@ -15,11 +15,13 @@ import argparse
 import io
 import json
 import math
+import socket
 import time
 import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -109,10 +111,22 @@ class FakeCloud:
     # --- serving ---------------------------------------------------------------------------------------
 
     async def serve(
-        self, host: str = "127.0.0.1", port: int = 0, *, task_status: Any = trio.TASK_STATUS_IGNORED
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        reuse_port: bool = False,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Serve until cancelled. ``reuse_port``: several fakes (processes) may listen on one port, the kernel
+        sharing the connections among them, so a benchmark's many clients do not queue behind one Python."""
         config = HypercornConfig()
         config.bind = [f"{host}:{port}"]
+        if reuse_port:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the descriptor from here
         config.accesslog = None
         config.errorlog = None
         config.keep_alive_timeout = 30
@@ -515,6 +529,7 @@ def _main() -> None:
     parser.add_argument("--tts-latency", type=float, default=0.0)
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--tts-piece-delay", type=float, default=0.0, help="seconds between 100 ms pieces of speech")
+    parser.add_argument("--reuse-port", action="store_true", help="share the port with other fakes (SO_REUSEPORT)")
     args = parser.parse_args()
 
     async def run() -> None:
@@ -523,7 +538,7 @@ def _main() -> None:
         cloud.llm.token_delay = args.token_delay
         cloud.tts.token_delay = args.tts_piece_delay
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(cloud.serve, "127.0.0.1", args.port)
+            url = await nursery.start(partial(cloud.serve, "127.0.0.1", args.port, reuse_port=args.reuse_port))
             print(url, flush=True)
 
     trio.run(run)
