@@ -22,6 +22,7 @@ import trio
 from appliance.bus import EventBus
 from appliance.events import ServiceStatus, StateChanged
 from appliance.groups import root_cause
+from appliance.heap import settle_heap
 from appliance.settings.system import SupervisorConfig
 from appliance.systemd import Notifier, watchdog_interval
 
@@ -135,6 +136,7 @@ class Supervisor:
                     await nursery.start(self._supervise, record)
                 nursery.start_soon(self._watchdog)
                 nursery.start_soon(self._status_to_systemd)
+                settle_heap()  # every subsystem is up: what start-up built lives as long as the process
                 self.ready.set()
                 self.notifier.ready()
                 log.info("ready: %s", ", ".join(self.records))
