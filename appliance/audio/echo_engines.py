@@ -87,6 +87,11 @@ class LiveKitAec3:
         self._rtc = rtc
         self._noise_suppression = noise_suppression
         self._apm: Any = None
+        # One frame each way, reused: AEC3 works on them in place; the arrays are views of their buffers.
+        self._reverse = rtc.AudioFrame.create(CAPTURE_RATE, 1, FRAME)
+        self._mic = rtc.AudioFrame.create(CAPTURE_RATE, 1, FRAME)
+        self._reverse_samples = np.frombuffer(self._reverse.data, dtype=np.int16)
+        self._mic_samples = np.frombuffer(self._mic.data, dtype=np.int16)
         self.reset()
 
     def reset(self) -> None:
@@ -95,13 +100,12 @@ class LiveKitAec3:
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         out = np.empty(len(near), dtype=np.int16)
-        frame = self._rtc.AudioFrame
         for start in range(0, len(near) - FRAME + 1, FRAME):
-            reverse = frame(bytearray(far[start : start + FRAME].astype(np.int16).tobytes()), CAPTURE_RATE, 1, FRAME)
-            self._apm.process_reverse_stream(reverse)
-            mic = frame(bytearray(near[start : start + FRAME].astype(np.int16).tobytes()), CAPTURE_RATE, 1, FRAME)
-            self._apm.process_stream(mic)  # in place
-            out[start : start + FRAME] = np.frombuffer(mic.data, dtype=np.int16)
+            self._reverse_samples[:] = far[start : start + FRAME]
+            self._apm.process_reverse_stream(self._reverse)
+            self._mic_samples[:] = near[start : start + FRAME]
+            self._apm.process_stream(self._mic)
+            out[start : start + FRAME] = self._mic_samples
         return out
 
 
