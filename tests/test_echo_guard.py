@@ -70,3 +70,26 @@ def test_the_residual_still_needs_the_margin() -> None:
     assert level_db(_noise(-34.0, 1)) < echo  # a residual 1 dB louder than usual is still the robot
     results = _robot_speaks(service, -34.0, 10, 3000)
     assert not any(isinstance(r, Onset) for r in results)
+
+
+def test_with_a_canceller_the_guard_expects_the_residuals_bursts_not_its_median() -> None:
+    service = _service(converged=True)
+    guard = service.guard
+    for i in range(150):  # 3 s: the residual is quiet, and one block in five bursts 30 dB louder
+        guard.on_output(ROBOT_DB)
+        guard.tick()
+        guard.learn(-45.0 if i % 5 == 0 else -75.0)
+    echo = guard.expected_echo_db()
+    assert echo is not None and echo >= -46.0  # the bursts' level (-45), not the median (-75)
+    assert guard.bar() == (pytest.approx(echo + 3.0), 0.0)
+
+
+def test_without_a_canceller_the_guard_still_expects_the_median_echo() -> None:
+    service = _service(converged=True)
+    guard = service.guard
+    guard.canceller = None
+    for i in range(150):
+        guard.on_output(ROBOT_DB)
+        guard.tick()
+        guard.learn(-45.0 if i % 5 == 0 else -75.0)
+    assert guard.expected_echo_db() == pytest.approx(-75.0)
