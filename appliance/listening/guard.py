@@ -2,7 +2,7 @@
 
 The guard knows what the speaker is playing (the ``OutputLevel`` of every block the sink writes) and learns
 how loud that arrives at the microphone (the *coupling*: mic level minus output level while the robot
-speaks, median over the last seconds; behind an echo canceller its 90th percentile, see ``_typical``). While the robot speaks, and for ``echo_tail`` seconds after (the
+speaks, median over the last seconds). While the robot speaks, and for ``echo_tail`` seconds after (the
 room still rings, the device still has audio buffered), a block only counts as the user's voice when it is
 ``margin_db`` louder than both the normal threshold and the expected echo.
 
@@ -29,13 +29,10 @@ import statistics
 from collections import deque
 from typing import Protocol
 
-import numpy as np
-
 SILENT_DB = -60.0  # output quieter than this is not heard at the mic
 _ALIGN = 0.15  # s: the echo arrives a device buffer after the block was written
 _COUPLING_START = -6.0  # dB: before anything is learned, assume a loud speaker next to the mic
 _COUPLING_RANGE = (-60.0, 10.0)
-_RESIDUAL_QUANTILE = 90.0  # with a canceller: the coupling the residual's bursts reach (see EchoGuard._typical)
 
 
 def guard_margin(margin_db: float, echo_cancelled: bool, residual_margin_db: float) -> float | None:
@@ -123,20 +120,6 @@ class EchoGuard:
             out = SILENT_DB  # the tail: the last loud block is gone from the window but the room still rings
         return out + self.coupling_db
 
-    def bar(self) -> tuple[float | None, float]:
-        """While the robot speaks: the echo a voice must clear (None: quiet) and the margin it needs, over the
-        echo and over the room's own threshold alike.
-
-        Once the canceller is trusted the margin covers the residual echo's uncertainty only: the room's
-        threshold (speech against the room's noise) stands as when the robot is silent, so a user as loud as
-        that threshold barges in. Adding the margin there too lost a user 6 dB under the robot's echo for
-        whole words (bench echo: their syllables at -40 to -37 dBFS against a bar of -37).
-        """
-        echo = self.expected_echo_db()
-        if echo is not None and self.cancelled_margin_db is not None and self._trusted():
-            return echo + self.margin_db, 0.0
-        return echo, self.margin_db
-
     def learn(self, mic_db: float) -> None:
         """While the robot speaks, learn the coupling from what the mic hears."""
         out = self.recent_output_db
@@ -145,14 +128,4 @@ class EchoGuard:
         self._coupling.append(mic_db - out)
         if len(self._coupling) >= 10:
             lo, hi = _COUPLING_RANGE
-            self._coupling_db = min(hi, max(lo, self._typical(self._coupling)))
-
-    def _typical(self, coupling: deque[float]) -> float:
-        """The coupling to expect. Without a canceller the echo follows the output: the median. After one,
-        the residual is quiet most of the time and bursts back 20-30 dB for a few blocks (a sentence's onset,
-        a change the filter has not followed): the median sat under those bursts and each burst of two blocks
-        was a barge-in. Its 90th percentile covers them (bench echo, 2 min: hall 6 -> 2 false barge-ins,
-        living room 1 -> 0, barge-ins at -6 dB within 300 ms unchanged or better)."""
-        if self.canceller is None:
-            return statistics.median(coupling)
-        return float(np.percentile(np.fromiter(coupling, dtype=np.float64), _RESIDUAL_QUANTILE))
+            self._coupling_db = min(hi, max(lo, statistics.median(self._coupling)))

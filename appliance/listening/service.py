@@ -241,7 +241,8 @@ class ListeningService:
             speech = False
             vad.last_level = level = level_db(block)
         else:
-            echo, extra = guard.bar() if playing else (None, 0.0)
+            echo = guard.expected_echo_db() if playing else None
+            extra = guard.margin_db if playing else 0.0
             open_ = endpointer.in_speech and not endpointer.armed
             # A command is judged against its wake phrase (below), not by the sustained level.
             speech = vad.is_speech(block, extra, echo, open_, room=not playing, sustain=self.command_level is None)
