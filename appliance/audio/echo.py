@@ -3,7 +3,7 @@
 We own both ends of the audio, so the far-end reference is not a guess: the sink hands every block it plays
 to a :class:`FarEndTap` (the device sink from inside its PortAudio callback, so a barge-in cut is seen as
 the silence that really followed). The capture side pairs each microphone block with the same number of
-reference samples, oldest first, and WebRTC's AEC3 (``pywebrtc-audio``) removes the echo; everything after it
+reference samples, oldest first, and WebRTC's AEC3 (see :mod:`appliance.audio.echo_engines`) removes the echo; everything after it
 (VAD, wake word, speaker gate, barge-in) sees the cleaned signal.
 
 Alignment: the first pairing takes the newest reference, so the echo always lags its reference by the round
@@ -19,12 +19,11 @@ blocks that are not a multiple of 10 ms are carried over (adds under 10 ms of la
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import trio
@@ -32,6 +31,7 @@ import trio
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
 from appliance.audio.echo_alignment import FRAME, FarEndTap, estimate_delay_ms
 from appliance.audio.echo_backoff import EchoHealth
+from appliance.audio.echo_engines import best_binding, open_engine
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +46,18 @@ _MAX_LAG_MS = 500.0  # AEC3's delay estimator searches about 0.5 s: an echo late
 _CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower margin)
 # Trust is judged on the last seconds of robot speech frame by frame: the user talking over the robot lowers
 # the ERLE of the frames they speak in (their voice is not echo), while the gaps between their syllables still
-# show the echo removed. Trusted while a quarter of the frames show it; a canceller that lost the echo shows
-# it in none.
+# show the echo removed. Trusted while half the frames show it. Not a quarter: a canceller that lost the echo
+# still shows it in some frames, as AEC3's suppressor cuts what it takes for echo (livekit's, whose suppressor
+# is bolder, in a quarter to a third of the frames: tests/test_echo_trust.py).
 _TRUST_WINDOW = 2.0  # s of robot speech
-_TRUST_SHARE = 0.25  # of its frames with the echo reduced by _CONVERGED_DB
+_TRUST_SHARE = 0.5  # of its frames with the echo reduced by _CONVERGED_DB
 _CONVERGED_RATIO = 10 ** (_CONVERGED_DB / 10)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 
 
 def webrtc_available() -> bool:
-    """Whether the pywebrtc-audio wheel is installed (it has none for 32-bit ARM: Pi OS armhf keeps the guard)."""
-    spec = importlib.util.find_spec("pywebrtc_audio")
-    if spec is None:
-        return False
-    try:
-        import pywebrtc_audio
-
-        return hasattr(pywebrtc_audio, "EchoCanceller")  # a placeholder 0.0.1 exists for other platforms
-    except ImportError:
-        return False
+    """Whether a WebRTC AEC3 binding has a wheel here (none for 32-bit ARM: Pi OS armhf keeps the guard)."""
+    return best_binding() is not None
 
 
 def resolve_backend(setting: EchoCancelSetting) -> Literal["webrtc", "off"]:
@@ -74,7 +67,9 @@ def resolve_backend(setting: EchoCancelSetting) -> Literal["webrtc", "off"]:
     if webrtc_available():
         return "webrtc"
     if setting == "webrtc":
-        raise ValueError("echo_cancel = 'webrtc' needs pywebrtc-audio, which has no wheel for this platform")
+        raise ValueError(
+            "echo_cancel = 'webrtc' needs livekit or pywebrtc-audio, which have no wheel for this platform"
+        )
     return "off"
 
 
@@ -96,20 +91,19 @@ class WebRtcEchoCanceller:
     backend = "webrtc"
 
     def __init__(
-        self, tap: FarEndTap, noise_suppression: bool = False, ns_level: int = 1, may_back_off: bool = False
+        self,
+        tap: FarEndTap,
+        noise_suppression: bool = False,
+        ns_level: int = 1,
+        may_back_off: bool = False,
+        binding: str | None = None,
     ) -> None:
-        import pywebrtc_audio
-
         self.tap = tap
         self.health = EchoHealth(may_back_off)
         self._resyncs_seen = 0
         self.noise_suppression = noise_suppression
-        if noise_suppression:
-            self._aec: Any = pywebrtc_audio.AudioProcessor(
-                CAPTURE_RATE, 1, echo_cancellation=True, noise_suppression=True, ns_level=ns_level
-            )
-        else:
-            self._aec = pywebrtc_audio.EchoCanceller(CAPTURE_RATE, 1, 0)
+        self._aec = open_engine(noise_suppression, ns_level, binding)
+        self.binding = self._aec.binding
         self._near = np.zeros(0, dtype=np.int16)
         self._far = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)
@@ -156,7 +150,7 @@ class WebRtcEchoCanceller:
         usable = pending - pending % FRAME
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
-            cleaned = np.asarray(self._aec.process(near, far_frames), dtype=np.int16)
+            cleaned = self._aec.process(near, far_frames)
             self._measure(near, far_frames, cleaned)
             self._near, self._far = self._near[usable:], self._far[usable:]
             self._out = np.concatenate([self._out, cleaned]) if self._out.size else cleaned
@@ -327,4 +321,6 @@ def build_canceller(setting: EchoCancelSetting, noise_suppression: bool = False)
     """The canceller ``listening.echo_cancel`` asks for on this machine, with a fresh tap (None when off)."""
     if resolve_backend(setting) == "off":
         return None
-    return WebRtcEchoCanceller(FarEndTap(), noise_suppression, may_back_off=setting == "auto")
+    canceller = WebRtcEchoCanceller(FarEndTap(), noise_suppression, may_back_off=setting == "auto")
+    log.info("echo canceller: WebRTC AEC3 through %s", canceller.binding)
+    return canceller
