@@ -32,6 +32,7 @@ from appliance.audio.base import CAPTURE_RATE, BlockQueue
 from appliance.audio.echo_alignment import FRAME, FarEndTap, estimate_delay_ms
 from appliance.audio.echo_backoff import EchoHealth
 from appliance.audio.echo_engines import best_binding, open_engine
+from appliance.audio.echo_linear import LinearEchoFilter
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class WebRtcEchoCanceller:
         ns_level: int = 1,
         may_back_off: bool = False,
         binding: str | None = None,
+        keep_voice: bool = True,
     ) -> None:
         self.tap = tap
         self.health = EchoHealth(may_back_off)
@@ -104,6 +106,9 @@ class WebRtcEchoCanceller:
         self.noise_suppression = noise_suppression
         self._aec = open_engine(noise_suppression, ns_level, binding)
         self.binding = self._aec.binding
+        # Beside AEC3: a linear filter whose residual keeps the user's voice where AEC3's suppressor cuts it.
+        self.linear = LinearEchoFilter() if keep_voice else None
+        self.near_end_frames = 0
         self._near = np.zeros(0, dtype=np.int16)
         self._far = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)
@@ -151,6 +156,8 @@ class WebRtcEchoCanceller:
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
             cleaned = self._aec.process(near, far_frames)
+            if self.linear is not None:
+                cleaned = self._keep_voice(near, far_frames, cleaned)
             self._measure(near, far_frames, cleaned)
             self._near, self._far = self._near[usable:], self._far[usable:]
             self._out = np.concatenate([self._out, cleaned]) if self._out.size else cleaned
@@ -161,9 +168,23 @@ class WebRtcEchoCanceller:
             self._stop()
         return out
 
+    def _keep_voice(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
+        """Where the linear filter hears the user over the echo, hand on its residual (the voice, whole)."""
+        assert self.linear is not None
+        residual, near_end = self.linear.process(near, far)
+        if not near_end.any():
+            return cleaned
+        self.near_end_frames += int(near_end.sum())
+        mask = np.repeat(near_end, FRAME)
+        out = cleaned.copy()
+        out[mask] = np.clip(np.round(residual[mask]), -32768, 32767).astype(np.int16)
+        return out
+
     def _stop(self) -> None:
         """Backed off: forget the pairing and what was measured; a retry starts from scratch."""
         self.tap.drop()
+        if self.linear is not None:
+            self.linear = LinearEchoFilter()
         self._near = self._far = self._out = np.zeros(0, dtype=np.int16)
         self._mic_power = self._out_power = self._far_power = 0.0
         self._active_frames = self._since_delay = self.mic_delay = 0
@@ -212,6 +233,8 @@ class WebRtcEchoCanceller:
         """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""
         self.delay_ms = lag
         self._lag_ok = lag >= _MIN_LAG_MS
+        if self.linear is not None:
+            self.linear.observe_lag(lag)
         followable = lag <= _MAX_LAG_MS
         if lag < _MIN_LAG_MS:
             followable = self._realign(int((_TARGET_LAG_MS - lag) * CAPTURE_RATE / 1000)) and followable
@@ -238,6 +261,8 @@ class WebRtcEchoCanceller:
         )
         self._hist_far.clear()
         self._hist_mic.clear()
+        if self.linear is not None and (early or late > 0):
+            self.linear = LinearEchoFilter()  # what it learned is for the old pairing
         return early > 0 or late > 0
 
     @property
