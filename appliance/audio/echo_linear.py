@@ -8,7 +8,8 @@ the user, the canceller hands on its residual instead of AEC3's output (:mod:`ap
 
 The filter: a partitioned-block frequency-domain NLMS (overlap-save, 10 ms frames, FFT of 20 ms) over
 ``partitions`` x 10 ms of the echo path, from 20 ms before the delay the canceller measures (so a 200 ms room
-costs no more than a 20 ms one). One partition's gradient is constrained per frame, in turn. Clock drift
+costs no more than a 20 ms one). One partition's gradient is constrained every fourth frame, in turn. While the reference
+has been silent for longer than the filter reaches, the filter rests (no cost while the robot is quiet). Clock drift
 (100 ppm moves the echo 1.6 samples a second, which an NLMS of this length cannot follow) is taken from the
 slope of the canceller's delay estimates and applied to the filter as a phase ramp every frame.
 
@@ -56,11 +57,17 @@ class LinearEchoFilter:
 
     def reset(self) -> None:
         self._w = np.zeros((self.partitions, _BINS), dtype=np.complex128)
-        self._x = np.zeros((self._history + self.partitions, _BINS), dtype=np.complex128)
+        self._size = self._history + self.partitions
+        self._x = np.zeros((2 * self._size, _BINS), dtype=np.complex128)
+        self._xp = np.zeros((2 * self._size, _BINS))
+        self._zeros = np.zeros(FRAME)
+        self._quiet = 0  # frames of the reference in a row that were digital silence
         self._pos = 0
         self._prev_far = np.zeros(FRAME)
         self._far_power = np.zeros(_BINS)
+        self._log_ratio = np.zeros(len(_BANDS))
         self._ratio = np.ones(len(_BANDS))
+        self._ones = np.ones(len(_BANDS))
         self._noise = np.full(len(_BANDS), np.inf)
         self._py_last = np.zeros(len(_BANDS))
         self._trust_step = np.ones(len(_BANDS))
@@ -96,30 +103,43 @@ class LinearEchoFilter:
     def process(self, near: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whole 10 ms frames of mic and reference: (linear residual as float, near-end voice per frame)."""
         frames = len(near) // FRAME
-        residual = np.empty(frames * FRAME)
+        mic = near[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
+        ref = far[: frames * FRAME].astype(np.float64)
+        # Every frame's spectra at once (one call each): the reference's [previous, this] frame, the mic's.
+        joined = np.concatenate([self._prev_far, ref])
+        pairs = np.concatenate([joined[:-FRAME].reshape(frames, FRAME), ref.reshape(frames, FRAME)], axis=1)
+        spectra = np.fft.rfft(pairs, axis=1)
+        mic_spectra = np.fft.rfft(np.concatenate([np.zeros((frames, FRAME)), mic], axis=1), axis=1)
+        powers = np.square(spectra.real) + np.square(spectra.imag)
+        self._prev_far = ref[-FRAME:] if frames else self._prev_far
+        silent = ~ref.reshape(frames, FRAME).any(axis=1)
+        residual = mic.copy()
         near_end = np.zeros(frames, dtype=bool)
         for i in range(frames):
-            part = slice(i * FRAME, (i + 1) * FRAME)
-            residual[part], near_end[i] = self._frame(near[part].astype(np.float64), far[part].astype(np.float64))
-        return residual, near_end
+            self._push(spectra[i], powers[i], bool(silent[i]))
+            if self.delay_frames is not None and self._quiet <= self.delay_frames + self.partitions + 1:
+                residual[i], near_end[i] = self._frame(mic[i], mic_spectra[i])
+            elif self._hold:  # nothing of the robot can be in the microphone: the filter rests
+                self._hold -= 1
+        return residual.reshape(-1), near_end
 
-    def _frame(self, mic: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, bool]:
+    def _push(self, spectrum: np.ndarray, power: np.ndarray, silent: bool) -> None:
         self._frames += 1
-        spectrum = np.fft.rfft(np.concatenate([self._prev_far, far]))
-        self._prev_far = far
-        self._pos = (self._pos + 1) % len(self._x)
-        self._x[self._pos] = spectrum
-        if self.delay_frames is None:
-            return mic, False
-        index = (self._pos - self.delay_frames - np.arange(self.partitions)) % len(self._x)
-        x = self._x[index]
+        self._quiet = self._quiet + 1 if silent else 0
+        size = self._size
+        self._pos = (self._pos + 1) % size
+        # Written twice, so the partitions of any frame are one contiguous slice.
+        self._x[self._pos] = self._x[self._pos + size] = spectrum
+        self._xp[self._pos] = self._xp[self._pos + size] = power
+
+    def _frame(self, mic: np.ndarray, m_spec: np.ndarray) -> tuple[np.ndarray, bool]:
+        newest = self._pos + self._size - self.delay_frames  # partition 0: the frame the delay points at
+        x = self._x[newest - self.partitions + 1 : newest + 1][::-1]
         predicted = np.fft.irfft(np.einsum("pk,pk->k", self._w, x))[FRAME:]
         error = mic - predicted
-        zeros = np.zeros(FRAME)
-        e_spec = np.fft.rfft(np.concatenate([zeros, error]))
-        m_spec = np.fft.rfft(np.concatenate([zeros, mic]))
+        e_spec = np.fft.rfft(np.concatenate([self._zeros, error]))
         near_end = self._decide(e_spec, m_spec - e_spec)
-        span = np.einsum("pk,pk->k", x.real, x.real) + np.einsum("pk,pk->k", x.imag, x.imag)
+        span = self._xp[newest - self.partitions + 1 : newest + 1].sum(axis=0)
         self._far_power += 0.3 * (span - self._far_power)
         if self.drift:
             self._w *= self._rotation
@@ -151,36 +171,36 @@ class LinearEchoFilter:
     def _adapt(self, x: np.ndarray, e_spec: np.ndarray) -> None:
         step = _MU / (self._far_power + 1e4 * FRAME)
         self._w += step * np.conj(x) * e_spec
-        # Gradient constraint for one partition per frame: keep its impulse response to one frame.
+        # Gradient constraint for one partition every fourth frame: keep its impulse response to one frame.
+        if self._frames % 4:
+            return
         j = self._turn = (self._turn + 1) % self.partitions
         taps = np.fft.irfft(self._w[j])
         taps[FRAME:] = 0.0
         self._w[j] = np.fft.rfft(taps)
 
     def _decide(self, e_spec: np.ndarray, y_spec: np.ndarray) -> bool:
-        pe = np.square(np.abs(e_spec)) @ self._bands
-        py_now = np.square(np.abs(y_spec)) @ self._bands
+        both = np.stack([e_spec, y_spec])
+        pe, py_now = (np.square(both.real) + np.square(both.imag)) @ self._bands
         py = np.maximum(py_now, self._py_last)
         self._py_last = py_now
-        self._noise = np.minimum(self._noise * _NOISE_UP, np.maximum(pe, 1.0))
-        expected = self._ratio * py + self._noise
+        noise = self._noise = np.minimum(self._noise * _NOISE_UP, np.maximum(pe, 1.0))
+        expected = self._ratio * py + noise
+        ready = self.ready
         # The step shrinks where the residual is far above what the filter leaves (double talk it missed, a
-        # burst of noise): the user's voice must not teach the filter.
-        # Before the filter is ready it has no idea what it leaves: it learns at the full step.
-        self._trust_step = np.minimum(1.0, expected / np.maximum(pe, 1.0)) if self.ready else np.ones(len(pe))
-        loud = pe > _NEAR_RATIO * expected
-        self._recent.append(self.ready and int(loud.sum()) >= 2)
+        # burst of noise): the user's voice must not teach the filter. Before the filter is ready it has no
+        # idea what it leaves: it learns at the full step.
+        self._trust_step = np.minimum(1.0, expected / np.maximum(pe, 1.0)) if ready else self._ones
+        self._recent.append(ready and int(np.count_nonzero(pe > _NEAR_RATIO * expected)) >= 2)
         if sum(self._recent) >= _NEEDED:
             self._hold = _HOLD
         elif self._hold:
             self._hold -= 1
-        active = py > 4.0 * self._noise  # the robot's echo is well above the room
+        active = py > 4.0 * noise  # the robot's echo is well above the room
         if not self._hold and active.any():
-            ratio = np.log(np.maximum(pe[active] - self._noise[active], 1.0) / py[active])
-            log_ratio = np.log(self._ratio[active])
-            log_ratio += np.where(ratio > log_ratio, _STEP * _QUANTILE, -_STEP * (1 - _QUANTILE))
-            self._ratio[active] = np.exp(log_ratio)
-            mic = float((pe + py)[active].sum())
-            self._erle += 0.01 * (float(pe[active].sum()) / mic - self._erle)
+            above = np.maximum(pe - noise, 1.0) > self._ratio * py
+            self._log_ratio += np.where(above, _STEP * _QUANTILE, -_STEP * (1 - _QUANTILE)) * active
+            self._ratio = np.exp(self._log_ratio)
+            self._erle += 0.01 * (float(pe @ active) / float((pe + py) @ active) - self._erle)
             self.ready = self._erle < _READY_RATIO
         return self._hold > 0
