@@ -112,13 +112,14 @@ class LinearEchoFilter:
         mic_spectra = np.fft.rfft(np.concatenate([np.zeros((frames, FRAME)), mic], axis=1), axis=1)
         powers = np.square(spectra.real) + np.square(spectra.imag)
         self._prev_far = ref[-FRAME:] if frames else self._prev_far
-        silent = ~ref.reshape(frames, FRAME).any(axis=1)
+        silent: np.ndarray = ~np.any(ref.reshape(frames, FRAME), axis=1)
         residual = mic.copy()
         near_end = np.zeros(frames, dtype=bool)
         for i in range(frames):
             self._push(spectra[i], powers[i], bool(silent[i]))
-            if self.delay_frames is not None and self._quiet <= self.delay_frames + self.partitions + 1:
-                residual[i], near_end[i] = self._frame(mic[i], mic_spectra[i])
+            delay = self.delay_frames
+            if delay is not None and self._quiet <= delay + self.partitions + 1:
+                residual[i], near_end[i] = self._frame(mic[i], mic_spectra[i], delay)
             elif self._hold:  # nothing of the robot can be in the microphone: the filter rests
                 self._hold -= 1
         return residual.reshape(-1), near_end
@@ -132,8 +133,8 @@ class LinearEchoFilter:
         self._x[self._pos] = self._x[self._pos + size] = spectrum
         self._xp[self._pos] = self._xp[self._pos + size] = power
 
-    def _frame(self, mic: np.ndarray, m_spec: np.ndarray) -> tuple[np.ndarray, bool]:
-        newest = self._pos + self._size - self.delay_frames  # partition 0: the frame the delay points at
+    def _frame(self, mic: np.ndarray, m_spec: np.ndarray, delay: int) -> tuple[np.ndarray, bool]:
+        newest = self._pos + self._size - delay  # partition 0: the frame the delay points at
         x = self._x[newest - self.partitions + 1 : newest + 1][::-1]
         predicted = np.fft.irfft(np.einsum("pk,pk->k", self._w, x))[FRAME:]
         error = mic - predicted
