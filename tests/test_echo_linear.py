@@ -125,6 +125,17 @@ def test_any_whole_frames_and_hostile_samples(block: int) -> None:
     assert empty_residual.size == 0 and empty_near.size == 0
 
 
+def _record_verdicts(linear: LinearEchoFilter, verdicts: list[bool]) -> None:
+    process = linear.process
+
+    def recording(near: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        residual, near_end = process(near, ref)
+        verdicts.extend(near_end.tolist())
+        return residual, near_end
+
+    linear.process = recording  # type: ignore[method-assign]
+
+
 @pytest.mark.skipif(not webrtc_available(), reason="no WebRTC AEC3 binding on this platform")
 @pytest.mark.parametrize("binding", installed_bindings())
 def test_the_canceller_hands_on_the_voice_where_the_linear_filter_hears_it(binding: str) -> None:
@@ -135,14 +146,7 @@ def test_the_canceller_hands_on_the_voice_where_the_linear_filter_hears_it(bindi
         canceller = WebRtcEchoCanceller(tap, binding=binding, keep_voice=keep)
         heard_frames: list[bool] = []
         if canceller.linear is not None:  # record its verdicts, frame by frame, as the canceller gets them
-            linear, process = canceller.linear, canceller.linear.process
-
-            def recording(near: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                residual, near_end = process(near, ref)
-                heard_frames.extend(near_end.tolist())
-                return residual, near_end
-
-            linear.process = recording  # type: ignore[method-assign]
+            _record_verdicts(canceller.linear, heard_frames)
         out = []
         for start in range(0, len(mic) - 320 + 1, 320):
             tap.played(far[start : start + 320], CAPTURE_RATE)
