@@ -133,7 +133,7 @@ def _record_verdicts(linear: LinearEchoFilter, verdicts: list[bool]) -> None:
         verdicts.extend(near_end.tolist())
         return residual, near_end
 
-    linear.process = recording  # type: ignore[method-assign]
+    linear.process = recording  # type: ignore[method-assign, assignment]
 
 
 @pytest.mark.skipif(not webrtc_available(), reason="no WebRTC AEC3 binding on this platform")
