@@ -164,3 +164,27 @@ def test_the_canceller_hands_on_the_voice_where_the_linear_filter_hears_it(bindi
     assert _db(outs[True][: len(heard)][heard]) >= _db(outs[False][: len(heard)][heard]) - 0.5
     alone = slice(4 * CAPTURE_RATE, 8 * CAPTURE_RATE)  # the robot alone: the echo stays removed
     assert _db(outs[True][alone]) <= _db(mic[alone]) - 15.0
+
+
+def test_a_filter_that_lost_the_echo_does_not_call_the_robot_the_user_for_ever() -> None:
+    far, mic, _, _ = _scene(20.0)
+    moved = np.clip(-_room(far.astype(np.float64), DELAY + 5) * 1.5, -32768, 32767).astype(np.int16)
+    mic[10 * CAPTURE_RATE :] = moved[10 * CAPTURE_RATE :]  # the echo path changed under it (the robot moved)
+    linear = LinearEchoFilter()
+    linear.observe_lag(DELAY / 16)
+    _, near_end = _feed(linear, mic, far)
+    assert near_end[10 * 100 : 11 * 100].mean() > 0.5  # at first the change looks like the user...
+    assert not near_end[15 * 100 :].any()  # ...then it learns the new path instead of calling it hers
+
+
+def test_an_unbroken_robot_it_lost_makes_it_start_afresh() -> None:
+    # No pause in the robot's speech to learn the new path in: after 1.5 s of "the user" it starts afresh.
+    rng = np.random.default_rng(4)
+    far = np.convolve(rng.standard_normal(16 * CAPTURE_RATE), np.ones(4) / 4, mode="same") * 6000
+    mic = _room(far, DELAY) + rng.standard_normal(len(far)) * 5.0
+    mic[8 * CAPTURE_RATE :] = -_room(far, DELAY + 5)[8 * CAPTURE_RATE :] * 1.5
+    linear = LinearEchoFilter()
+    linear.observe_lag(DELAY / 16)
+    _, near_end = _feed(linear, mic.astype(np.int16), far.astype(np.int16))
+    assert linear.forgotten >= 1
+    assert not near_end[13 * 100 :].any()

@@ -21,8 +21,6 @@ _MAX_BACKLOG = 0.6  # s of reference kept ahead of the mic; more means the pairi
 # dry would shift the pairing. Costs nothing: the echo still lags its reference by the round trip minus this,
 # and any real round trip (output buffer + input buffer) is longer.
 _SLACK = 0.005
-_MAX_OWED = int(0.2 * CAPTURE_RATE)  # reference samples owed (late) before the speaker is taken for stopped
-_OWED_TAKES = 3  # blocks the late samples may take to arrive before the slip is accepted
 
 
 class DriftMeter:
@@ -107,8 +105,6 @@ class FarEndTap:
         self.resyncs = 0
         self.advances = 0
         self._skip = 0  # reference samples still to drop (see advance)
-        self._owed = 0  # reference samples that came late: paired with zeros, dropped when they arrive
-        self._owed_takes = 0
         self.played_samples = 0
         # Tests: keep the raw blocks as played (exactly what went to the device), up to ``history`` blocks.
         self.history: deque[np.ndarray] | None = deque(maxlen=history) if history else None
@@ -139,7 +135,7 @@ class FarEndTap:
             self._arrived.clear()
         self._ready = np.zeros(0, dtype=np.int16)
         self._synced = False
-        self._skip = self._owed = 0
+        self._skip = 0
         self.drift.reset()
 
     @property
@@ -179,30 +175,15 @@ class FarEndTap:
             keep = n + self.slack  # the newest: the echo lags it by the round trip
             ready = ready[-keep:] if len(ready) > keep else ready
             self._synced = bool(len(ready))  # nothing played yet: pair with silence and sync on the first audio
-            self._skip = self._owed = 0
+            self._skip = 0
         if self._skip and self._synced:
             dropped = min(self._skip, max(0, len(ready) - n))
             ready, self._skip = ready[dropped:], self._skip - dropped
-        if self._owed:
-            # Late by jitter: the samples come with the next blocks, beside this block's own; pay them back
-            # then. Late for good (the reference reaches the tap just in time): the slip stays.
-            if len(ready) >= n + self._owed:
-                ready, self._owed = ready[self._owed :], 0
-            else:
-                self._owed_takes += 1
-                if self._owed_takes > _OWED_TAKES:
-                    self._owed = 0
         if len(ready) >= n:
             out, self._ready = ready[:n], ready[n:]
-        else:  # too little played: late (the sink taps silence too), or the speaker stopped
+        else:  # nothing (or too little) played: the speaker was silent
             out = np.concatenate([ready, np.zeros(n - len(ready), dtype=np.int16)])
             self._ready = np.zeros(0, dtype=np.int16)
-            # Late: what arrives next belongs to the samples just paired with zeros; drop it then, or the
-            # pairing slips by the shortfall (and the echo's lag with it). Stopped: forget it past _MAX_OWED.
-            self._owed = self._owed + n - len(ready) if self._synced else 0
-            self._owed_takes = 0
-            if self._owed > _MAX_OWED:
-                self._owed = 0
         self.mic_samples += n
         self.drift.observe(self.mic_samples / CAPTURE_RATE, len(self._ready))
         self._follow_drift()

@@ -38,6 +38,7 @@ _STEP = 0.05
 _RECENT = 6
 _NEEDED = 3  # frames of the last _RECENT with the user heard
 _HOLD = 10  # frames a near-end decision is held
+_LONGEST_TALK = 150  # frames (1.5 s) held as the user's in a row: rather the filter lost the echo
 _NOISE_UP = 1.002  # the noise floor rises slowly, falls at once (minimum tracking)
 
 
@@ -74,12 +75,27 @@ class LinearEchoFilter:
         self._erle = 1.0
         self._recent: deque[bool] = deque(maxlen=_RECENT)
         self._hold = 0
+        self._held = 0  # frames in a row held as the user's
+        self.forgotten = 0  # times it lost the echo and started afresh
         self._turn = 0
         self.delay_frames: int | None = None
         self.ready = False
         self.drift = 0.0  # samples per frame the echo moves later (clock drift)
         self._frames = 0
         self._lags: deque[tuple[int, float]] = deque(maxlen=20)
+
+    def _forget(self) -> None:
+        """Learn the echo path afresh (where the delay puts it stays; the drift is measured again)."""
+        self._w[:] = 0.0
+        self._log_ratio[:] = 0.0
+        self._ratio = np.ones(len(_BANDS))
+        self._erle = 1.0
+        self._recent.clear()
+        self._hold = self._held = 0
+        self._lags.clear()
+        self.set_drift(0.0)
+        self.ready = False
+        self.forgotten += 1
 
     def set_delay(self, lag_ms: float) -> None:
         """The echo lags the reference by ``lag_ms``: the filter starts 20 ms before that.
@@ -197,6 +213,12 @@ class LinearEchoFilter:
             self._hold = _HOLD
         elif self._hold:
             self._hold -= 1
+        self._held = self._held + 1 if self._hold else 0
+        if self._held > _LONGEST_TALK:
+            # Nobody talks that long over the robot (a barge-in stops it): the filter lost the echo (the path
+            # or the drift changed) and, calling everything the user's, would never learn it back.
+            self._forget()
+            return False
         active = py > 4.0 * noise  # the robot's echo is well above the room
         if not self._hold and active.any():
             above = np.maximum(pe - noise, 1.0) > self._ratio * py
