@@ -162,8 +162,9 @@ def test_the_canceller_hands_on_the_voice_where_the_linear_filter_hears_it(bindi
     voice = user[: len(heard)][heard]
     assert abs(_db(outs[True][: len(heard)][heard]) - _db(voice)) <= 1.5
     assert _db(outs[True][: len(heard)][heard]) >= _db(outs[False][: len(heard)][heard]) - 0.5
-    alone = slice(4 * CAPTURE_RATE, 8 * CAPTURE_RATE)  # the robot alone: the echo stays removed
+    alone = slice(4 * CAPTURE_RATE, 8 * CAPTURE_RATE)  # the robot alone: the echo stays removed...
     assert _db(outs[True][alone]) <= _db(mic[alone]) - 15.0
+    assert _db(outs[True][alone]) <= _db(outs[False][alone]) + 0.5  # ...never less than by AEC3 alone
 
 
 def test_a_filter_that_lost_the_echo_does_not_call_the_robot_the_user_for_ever() -> None:
