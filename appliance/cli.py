@@ -297,7 +297,7 @@ def describe_echo(listening) -> str:
     backend = resolve_backend(listening.echo_cancel)
     guard = listening.self_trigger_guard
     if backend == "off":
-        why = "off" if listening.echo_cancel == "off" else "auto: no pywebrtc-audio wheel on this platform"
+        why = "off" if listening.echo_cancel == "off" else "auto: no livekit/pywebrtc-audio wheel here"
         return f"no echo canceller ({why}); self-trigger guard {guard}, margin {listening.barge_in_margin_db:g} dB"
     if guard == "gate":
         return "no echo canceller (self_trigger_guard = gate ignores the mic while the robot speaks)"

@@ -12,7 +12,7 @@ with the canceller and, for comparison, without it (the guard alone, 12 dB margi
 wake words in N minutes of robot speech alone (per room; 1 by default, ``BENCH_ECHO_MINUTES=10`` or
 ``python -m bench echo --minutes=10`` for the full 10); wake word recall while the robot talks against its
 recall in a quiet room; CPU of the canceller as process CPU time per second of audio (the machine is shared
-by other work: treat it as an upper bound).
+by other work: treat it as an upper bound). ``BENCH_ECHO_BINDING=pywebrtc-audio`` runs the fallback binding.
 """
 
 from __future__ import annotations
@@ -83,6 +83,11 @@ def rooms() -> set[str]:
     return set(os.environ.get("BENCH_ECHO_ROOMS", "small,living room,hall").split(","))
 
 
+def binding() -> str | None:
+    """Which AEC3 binding runs (``BENCH_ECHO_BINDING``: livekit, pywebrtc-audio; default: the app's choice)."""
+    return os.environ.get("BENCH_ECHO_BINDING") or None
+
+
 def impulse_response(room: Room) -> np.ndarray:
     """Direct path, a few early reflections and an exponentially decaying diffuse tail."""
     rng = np.random.default_rng(room.seed)
@@ -130,7 +135,7 @@ class Run:
     def __init__(self, room: Room, cancel: bool, wake: bool = False) -> None:
         self.room = room
         self.tap = FarEndTap()
-        self.canceller = WebRtcEchoCanceller(self.tap) if cancel else None
+        self.canceller = WebRtcEchoCanceller(self.tap, binding=binding()) if cancel else None
         config = ListeningConfig(mode="always")
         self.service = ListeningService(
             EventBus(),
@@ -269,7 +274,7 @@ def robot_alone(room: Room, mins: float) -> list[Figure]:
             run.cpu / audio,
             "core",
             "<= 0.02",
-            "process CPU time / audio time; shared machine",
+            f"process CPU time / audio time; shared machine; {run.canceller.binding if run.canceller else '-'}",
         ),
     ]
 
@@ -379,7 +384,7 @@ def wake_figures() -> list[Figure]:
 
 def main() -> list[Figure]:
     if not webrtc_available():
-        return [Figure("echo cancellation: pywebrtc-audio is not installed on this platform", 0, "")]
+        return [Figure("echo cancellation: no WebRTC AEC3 binding (livekit, pywebrtc-audio) on this platform", 0, "")]
     if not F.tools_available():
         return [Figure("echo cancellation: espeak-ng is needed for the simulated room", 0, "")]
     mins = minutes()

@@ -87,7 +87,7 @@ def test_check_config_without_the_wheel(
 ) -> None:
     monkeypatch.setattr(echo_module, "webrtc_available", lambda: False)
     assert main(["-c", str(_config(tmp_path, 'echo_cancel = "auto"\n')), "check-config"]) == EXIT_OK
-    assert "auto: no pywebrtc-audio wheel on this platform" in _echo_line(capsys)
+    assert "auto: no livekit/pywebrtc-audio wheel here" in _echo_line(capsys)
     assert main(["-c", str(_config(tmp_path, 'echo_cancel = "webrtc"\n')), "check-config"]) == EXIT_CONFIG
     assert "no wheel" in capsys.readouterr().err
 

@@ -12,6 +12,7 @@ import trio.testing
 from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream, BlockQueue
 from appliance.audio.echo import CancellingQueue, FarEndTap, WebRtcEchoCanceller, resolve_backend, webrtc_available
 from appliance.audio.echo_alignment import DriftMeter, estimate_delay_ms
+from appliance.audio.echo_engines import installed_bindings
 from appliance.audio.playback import MemorySink
 
 needs_webrtc = pytest.mark.skipif(not webrtc_available(), reason="pywebrtc-audio has no wheel for this platform")
@@ -34,9 +35,11 @@ def _room(far: np.ndarray, delay: int) -> np.ndarray:
     return np.convolve(far, h)[: len(far)]
 
 
-def _run(far: np.ndarray, mic: np.ndarray, lead: int = 0) -> tuple[np.ndarray, WebRtcEchoCanceller]:
+def _run(
+    far: np.ndarray, mic: np.ndarray, lead: int = 0, binding: str | None = None
+) -> tuple[np.ndarray, WebRtcEchoCanceller]:
     tap = FarEndTap()
-    canceller = WebRtcEchoCanceller(tap)
+    canceller = WebRtcEchoCanceller(tap, binding=binding)
     out = []
     played = 0
     for start in range(0, len(mic) - 320 + 1, 320):
@@ -52,10 +55,12 @@ def _db(x: np.ndarray) -> float:
 
 
 @needs_webrtc
-def test_synthetic_echo_is_reduced_by_at_least_20_db() -> None:
+@pytest.mark.parametrize("binding", installed_bindings())
+def test_synthetic_echo_is_reduced_by_at_least_20_db(binding: str) -> None:
     far = _speechlike(8.0)
     mic = _room(far, 800)  # 50 ms
-    out, canceller = _run(far, mic)
+    out, canceller = _run(far, mic, binding=binding)
+    assert canceller.binding == binding
     tail = slice(3 * CAPTURE_RATE, None)  # after convergence
     assert _db(mic[tail]) - _db(out[tail]) >= 20.0
     stats = canceller.stats()
@@ -64,11 +69,12 @@ def test_synthetic_echo_is_reduced_by_at_least_20_db() -> None:
 
 
 @needs_webrtc
-def test_user_voice_survives_the_canceller() -> None:
+@pytest.mark.parametrize("binding", installed_bindings())
+def test_user_voice_survives_the_canceller(binding: str) -> None:
     far = _speechlike(8.0)
     user = _speechlike(8.0, seed=5) * 0.5
     user[: 5 * CAPTURE_RATE] = 0  # the user speaks over the robot from 5 s on
-    out, _ = _run(far, _room(far, 800) + user)
+    out, _ = _run(far, _room(far, 800) + user, binding=binding)
     part = slice(5 * CAPTURE_RATE, None)
     assert _db(out[part]) > _db(_room(far, 800)[part]) - 12.0  # far above the residual echo: still a voice
 

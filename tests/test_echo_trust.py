@@ -15,6 +15,7 @@ import pytest
 
 from appliance.audio.base import CAPTURE_RATE
 from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller, webrtc_available
+from appliance.audio.echo_engines import installed_bindings
 from appliance.listening.guard import EchoGuard
 from tests.test_echo_canceller import _room, _speechlike
 
@@ -63,8 +64,9 @@ def _feed(canceller: WebRtcEchoCanceller, far: np.ndarray, mic: np.ndarray) -> t
 
 
 @needs_webrtc
-def test_the_canceller_measures_the_uncancelled_echo_path() -> None:
-    canceller = WebRtcEchoCanceller(FarEndTap())
+@pytest.mark.parametrize("binding", installed_bindings())
+def test_the_canceller_measures_the_uncancelled_echo_path(binding: str) -> None:
+    canceller = WebRtcEchoCanceller(FarEndTap(), binding=binding)
     far = _speechlike(6.0)
     _feed(canceller, far, _room(far, 800))
     assert canceller.echo_path_db is not None
@@ -73,8 +75,9 @@ def test_the_canceller_measures_the_uncancelled_echo_path() -> None:
 
 
 @needs_webrtc
-def test_a_barge_in_keeps_the_trust_and_a_lost_echo_path_takes_it_away() -> None:
-    canceller = WebRtcEchoCanceller(FarEndTap())
+@pytest.mark.parametrize("binding", installed_bindings())
+def test_a_barge_in_keeps_the_trust_and_a_lost_echo_path_takes_it_away(binding: str) -> None:
+    canceller = WebRtcEchoCanceller(FarEndTap(), binding=binding)
     far = _speechlike(16.0)
     echo = _room(far, 800)
     user = _speechlike(16.0, seed=5) * 2.0  # the user, 6 dB louder than the robot's echo

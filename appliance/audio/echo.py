@@ -3,7 +3,7 @@
 We own both ends of the audio, so the far-end reference is not a guess: the sink hands every block it plays
 to a :class:`FarEndTap` (the device sink from inside its PortAudio callback, so a barge-in cut is seen as
 the silence that really followed). The capture side pairs each microphone block with the same number of
-reference samples, oldest first, and WebRTC's AEC3 (``pywebrtc-audio``) removes the echo; everything after it
+reference samples, oldest first, and WebRTC's AEC3 (see :mod:`appliance.audio.echo_engines`) removes the echo; everything after it
 (VAD, wake word, speaker gate, barge-in) sees the cleaned signal.
 
 Alignment: the first pairing takes the newest reference, so the echo always lags its reference by the round
@@ -19,12 +19,11 @@ blocks that are not a multiple of 10 ms are carried over (adds under 10 ms of la
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import trio
@@ -32,6 +31,8 @@ import trio
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
 from appliance.audio.echo_alignment import FRAME, FarEndTap, estimate_delay_ms
 from appliance.audio.echo_backoff import EchoHealth
+from appliance.audio.echo_engines import best_binding, open_engine
+from appliance.audio.echo_linear import LinearEchoFilter
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +47,18 @@ _MAX_LAG_MS = 500.0  # AEC3's delay estimator searches about 0.5 s: an echo late
 _CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower margin)
 # Trust is judged on the last seconds of robot speech frame by frame: the user talking over the robot lowers
 # the ERLE of the frames they speak in (their voice is not echo), while the gaps between their syllables still
-# show the echo removed. Trusted while a quarter of the frames show it; a canceller that lost the echo shows
-# it in none.
+# show the echo removed. Trusted while half the frames show it. Not a quarter: a canceller that lost the echo
+# still shows it in some frames, as AEC3's suppressor cuts what it takes for echo (livekit's, whose suppressor
+# is bolder, in a quarter to a third of the frames: tests/test_echo_trust.py).
 _TRUST_WINDOW = 2.0  # s of robot speech
-_TRUST_SHARE = 0.25  # of its frames with the echo reduced by _CONVERGED_DB
+_TRUST_SHARE = 0.5  # of its frames with the echo reduced by _CONVERGED_DB
 _CONVERGED_RATIO = 10 ** (_CONVERGED_DB / 10)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 
 
 def webrtc_available() -> bool:
-    """Whether the pywebrtc-audio wheel is installed (it has none for 32-bit ARM: Pi OS armhf keeps the guard)."""
-    spec = importlib.util.find_spec("pywebrtc_audio")
-    if spec is None:
-        return False
-    try:
-        import pywebrtc_audio
-
-        return hasattr(pywebrtc_audio, "EchoCanceller")  # a placeholder 0.0.1 exists for other platforms
-    except ImportError:
-        return False
+    """Whether a WebRTC AEC3 binding has a wheel here (none for 32-bit ARM: Pi OS armhf keeps the guard)."""
+    return best_binding() is not None
 
 
 def resolve_backend(setting: EchoCancelSetting) -> Literal["webrtc", "off"]:
@@ -74,7 +68,9 @@ def resolve_backend(setting: EchoCancelSetting) -> Literal["webrtc", "off"]:
     if webrtc_available():
         return "webrtc"
     if setting == "webrtc":
-        raise ValueError("echo_cancel = 'webrtc' needs pywebrtc-audio, which has no wheel for this platform")
+        raise ValueError(
+            "echo_cancel = 'webrtc' needs livekit or pywebrtc-audio, which have no wheel for this platform"
+        )
     return "off"
 
 
@@ -96,20 +92,23 @@ class WebRtcEchoCanceller:
     backend = "webrtc"
 
     def __init__(
-        self, tap: FarEndTap, noise_suppression: bool = False, ns_level: int = 1, may_back_off: bool = False
+        self,
+        tap: FarEndTap,
+        noise_suppression: bool = False,
+        ns_level: int = 1,
+        may_back_off: bool = False,
+        binding: str | None = None,
+        keep_voice: bool = True,
     ) -> None:
-        import pywebrtc_audio
-
         self.tap = tap
         self.health = EchoHealth(may_back_off)
         self._resyncs_seen = 0
         self.noise_suppression = noise_suppression
-        if noise_suppression:
-            self._aec: Any = pywebrtc_audio.AudioProcessor(
-                CAPTURE_RATE, 1, echo_cancellation=True, noise_suppression=True, ns_level=ns_level
-            )
-        else:
-            self._aec = pywebrtc_audio.EchoCanceller(CAPTURE_RATE, 1, 0)
+        self._aec = open_engine(noise_suppression, ns_level, binding)
+        self.binding = self._aec.binding
+        # Beside AEC3: a linear filter whose residual keeps the user's voice where AEC3's suppressor cuts it.
+        self.linear = LinearEchoFilter() if keep_voice else None
+        self.near_end_frames = 0
         self._near = np.zeros(0, dtype=np.int16)
         self._far = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)
@@ -156,7 +155,9 @@ class WebRtcEchoCanceller:
         usable = pending - pending % FRAME
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
-            cleaned = np.asarray(self._aec.process(near, far_frames), dtype=np.int16)
+            cleaned = self._aec.process(near, far_frames)
+            if self.linear is not None:
+                cleaned = self._keep_voice(near, far_frames, cleaned)
             self._measure(near, far_frames, cleaned)
             self._near, self._far = self._near[usable:], self._far[usable:]
             self._out = np.concatenate([self._out, cleaned]) if self._out.size else cleaned
@@ -167,9 +168,34 @@ class WebRtcEchoCanceller:
             self._stop()
         return out
 
+    def _keep_voice(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
+        """Where the linear filter hears the user over the echo, hand on its residual (the voice, whole).
+
+        Elsewhere, once it removes the echo itself, hand on whichever of the two leaves less: AEC3's suppressor
+        now and then lets a syllable's onset through 10 dB under the raw echo (bench echo's false barge-ins),
+        where the linear filter leaves less. (A user it missed is not lost by this: AEC3 leaves less there.)
+        """
+        assert self.linear is not None
+        residual, near_end = self.linear.process(near, far)
+        take = near_end
+        if self.linear.ready:
+            frames = len(near_end)
+            mine = np.square(residual[: frames * FRAME].reshape(frames, FRAME)).sum(axis=1)
+            theirs = np.square(cleaned[: frames * FRAME].reshape(frames, FRAME).astype(np.float64)).sum(axis=1)
+            take = near_end | (mine < theirs)
+        if not take.any():
+            return cleaned
+        self.near_end_frames += int(near_end.sum())
+        mask = np.repeat(take, FRAME)
+        out = cleaned.copy()
+        out[mask] = np.clip(np.round(residual[mask]), -32768, 32767).astype(np.int16)
+        return out
+
     def _stop(self) -> None:
         """Backed off: forget the pairing and what was measured; a retry starts from scratch."""
         self.tap.drop()
+        if self.linear is not None:
+            self.linear = LinearEchoFilter()
         self._near = self._far = self._out = np.zeros(0, dtype=np.int16)
         self._mic_power = self._out_power = self._far_power = 0.0
         self._active_frames = self._since_delay = self.mic_delay = 0
@@ -218,6 +244,8 @@ class WebRtcEchoCanceller:
         """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""
         self.delay_ms = lag
         self._lag_ok = lag >= _MIN_LAG_MS
+        if self.linear is not None:
+            self.linear.observe_lag(lag)
         followable = lag <= _MAX_LAG_MS
         if lag < _MIN_LAG_MS:
             followable = self._realign(int((_TARGET_LAG_MS - lag) * CAPTURE_RATE / 1000)) and followable
@@ -244,6 +272,8 @@ class WebRtcEchoCanceller:
         )
         self._hist_far.clear()
         self._hist_mic.clear()
+        if self.linear is not None and (early or late > 0):
+            self.linear = LinearEchoFilter()  # what it learned is for the old pairing
         return early > 0 or late > 0
 
     @property
@@ -333,4 +363,6 @@ def build_canceller(setting: EchoCancelSetting, noise_suppression: bool = False)
     """The canceller ``listening.echo_cancel`` asks for on this machine, with a fresh tap (None when off)."""
     if resolve_backend(setting) == "off":
         return None
-    return WebRtcEchoCanceller(FarEndTap(), noise_suppression, may_back_off=setting == "auto")
+    canceller = WebRtcEchoCanceller(FarEndTap(), noise_suppression, may_back_off=setting == "auto")
+    log.info("echo canceller: WebRTC AEC3 through %s", canceller.binding)
+    return canceller

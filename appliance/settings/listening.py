@@ -137,8 +137,8 @@ class ListeningConfig(Section):
     echo_cancel: Literal["auto", "webrtc", "off"] = Field(
         default="auto",
         description="echo cancellation in the capture path (WebRTC AEC3, fed with exactly what the speaker plays): "
-        "auto = with a sound-card mic where pywebrtc-audio has a wheel (x86_64, aarch64; not 32-bit Pi OS, which "
-        "keeps the guard), and it switches itself off while it cannot stay aligned (a capture behind real time); "
+        "auto = with a sound-card mic where livekit or pywebrtc-audio has a wheel (x86_64, aarch64; not 32-bit "
+        "Pi OS, which keeps the guard), and it switches itself off while it cannot stay aligned (a capture behind real time); "
         "webrtc = always, even then; with it on the self-trigger guard's margin drops to echo_cancel_margin_db",
     )
     echo_cancel_margin_db: float = Field(

@@ -1,0 +1,191 @@
+"""The linear echo filter beside AEC3 (issue 20): it removes the echo it predicts, says when the user speaks over
+the robot, keeps the user's voice in its residual, follows clock drift, and takes any block it is given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from appliance.audio.base import CAPTURE_RATE
+from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller, webrtc_available
+from appliance.audio.echo_engines import installed_bindings
+from appliance.audio.echo_linear import FRAME, LinearEchoFilter
+from tests.test_echo_canceller import _room, _speechlike
+
+DELAY = 800  # 50 ms
+
+
+def _db(x: np.ndarray) -> float:
+    return 10 * float(np.log10(np.mean(np.square(x.astype(np.float64))) + 1.0))
+
+
+def _feed(
+    linear: LinearEchoFilter, mic: np.ndarray, far: np.ndarray, block: int = 320
+) -> tuple[np.ndarray, np.ndarray]:
+    residual, near_end = [], []
+    for start in range(0, len(mic) - block + 1, block):
+        r, n = linear.process(mic[start : start + block], far[start : start + block])
+        residual.append(r)
+        near_end.append(n)
+    return np.concatenate(residual), np.concatenate(near_end)
+
+
+def _scene(seconds: float, user_from: float | None = None, user_gain: float = 0.5) -> tuple[np.ndarray, ...]:
+    far = _speechlike(seconds)
+    echo = _room(far, DELAY)
+    noise = np.random.default_rng(9).standard_normal(len(far)) * 5.0
+    user = np.zeros(len(far))
+    if user_from is not None:
+        voice = _speechlike(seconds, seed=5) * user_gain
+        start = int(user_from * CAPTURE_RATE)
+        user[start:] = voice[start:]
+    mic = np.clip(echo + noise + user, -32768, 32767).astype(np.int16)
+    return far.astype(np.int16), mic, echo, user
+
+
+def test_it_removes_the_echo_and_hears_no_user_in_the_robot_alone() -> None:
+    far, mic, echo, _ = _scene(12.0)
+    linear = LinearEchoFilter()
+    linear.observe_lag(DELAY / 16)
+    residual, near_end = _feed(linear, mic, far)
+    tail = slice(6 * CAPTURE_RATE, None)
+    assert _db(mic[tail]) - _db(residual[tail]) >= 15.0
+    assert linear.ready
+    assert not near_end[6 * 100 :].any()  # no user, no near-end frame
+
+
+def test_it_hears_the_user_over_the_robot_and_keeps_the_voice() -> None:
+    far, mic, echo, user = _scene(14.0, user_from=8.0)  # the user as loud as the echo
+    linear = LinearEchoFilter()
+    linear.observe_lag(DELAY / 16)
+    residual, near_end = _feed(linear, mic, far)
+    assert not near_end[2 * 100 : 8 * 100].any()
+    # The user's first syllables are heard within their first 50 ms: what a barge-in needs (the robot stops
+    # then). Later ones, over a robot that goes on regardless, it loses: what the filter leaves is learned from
+    # the frames it did not flag, and the user's voice creeps into it.
+    syllables = _onsets(user, len(near_end))
+    assert len(syllables) >= 15 and all(near_end[s : s + 5].any() for s in syllables[:2])
+    frames = np.repeat(near_end, FRAME)
+    heard = frames & (np.arange(len(frames)) >= 8 * CAPTURE_RATE)
+    assert _db(residual[heard]) >= _db(user[: len(frames)][heard]) - 1.0  # the voice is whole where heard
+    assert _db(residual[heard] - user[: len(frames)][heard]) <= _db(echo[: len(frames)][heard]) - 10.0
+
+
+def _onsets(voice: np.ndarray, frames: int) -> list[int]:
+    """Frames where a syllable of ``voice`` starts."""
+    loud = np.abs(voice[: frames * FRAME]).reshape(frames, FRAME).max(axis=1) > 0
+    return [i for i in range(1, frames) if loud[i] and not loud[i - 1]]
+
+
+def test_it_says_nothing_before_it_removes_the_echo() -> None:
+    far, mic, _, _ = _scene(3.0, user_from=0.5)
+    linear = LinearEchoFilter()
+    linear.observe_lag(DELAY / 16)
+    _, near_end = _feed(linear, mic, far)
+    assert not linear.ready and not near_end.any()
+    unplaced = LinearEchoFilter()  # no delay estimate yet: the residual is the microphone
+    residual, near_end = _feed(unplaced, mic, far)
+    assert np.array_equal(residual, mic[: len(residual)]) and not near_end.any()
+
+
+def test_the_drift_is_the_slope_of_the_delay_estimates_and_an_outlier_does_not_move_it() -> None:
+    linear = LinearEchoFilter()
+    silence = np.zeros(FRAME * 100, dtype=np.int16)  # 1 s
+    lags = [50.0 + 0.1 * s for s in range(10)]  # the echo 0.1 ms (1.6 samples) later every second: +100 ppm
+    lags[4] = 58.0  # one estimate locked on a reflection
+    for lag in lags:
+        linear.observe_lag(lag)
+        linear.process(silence, silence)
+    assert linear.drift == pytest.approx(1.6 / 100, rel=0.1)  # samples per 10 ms frame
+    assert linear.delay_frames == 3  # 20 ms before the echo, whole frames; the outlier did not move it
+
+
+def test_a_new_delay_far_away_moves_the_filter_and_a_wander_does_not() -> None:
+    linear = LinearEchoFilter()
+    linear.observe_lag(100.0)
+    assert linear.delay_frames == 8
+    linear.observe_lag(112.0)  # a wander of a frame or two
+    assert linear.delay_frames == 8
+    linear.observe_lag(400.0)
+    assert linear.delay_frames == 38
+    linear.observe_lag(5000.0)  # beyond what it keeps: the farthest it reaches
+    assert linear.delay_frames is not None and linear.delay_frames < 64
+
+
+@pytest.mark.parametrize("block", [160, 480, 320 * 7])
+def test_any_whole_frames_and_hostile_samples(block: int) -> None:
+    rng = np.random.default_rng(3)
+    linear = LinearEchoFilter()
+    linear.observe_lag(30.0)
+    loud = rng.integers(-32768, 32767, size=block * 20, dtype=np.int16)  # full scale, clipping
+    residual, near_end = _feed(linear, loud, loud[::-1].copy(), block)
+    assert residual.shape == (block * 20,) and near_end.shape == (block * 20 // FRAME,)
+    assert np.isfinite(residual).all()
+    empty_residual, empty_near = linear.process(np.zeros(0, dtype=np.int16), np.zeros(0, dtype=np.int16))
+    assert empty_residual.size == 0 and empty_near.size == 0
+
+
+def _record_verdicts(linear: LinearEchoFilter, verdicts: list[bool]) -> None:
+    process = linear.process
+
+    def recording(near: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        residual, near_end = process(near, ref)
+        verdicts.extend(near_end.tolist())
+        return residual, near_end
+
+    linear.process = recording  # type: ignore[method-assign, assignment]
+
+
+@pytest.mark.skipif(not webrtc_available(), reason="no WebRTC AEC3 binding on this platform")
+@pytest.mark.parametrize("binding", installed_bindings())
+def test_the_canceller_hands_on_the_voice_where_the_linear_filter_hears_it(binding: str) -> None:
+    far, mic, _, user = _scene(14.0, user_from=8.0, user_gain=0.25)  # 12 dB under the echo's peaks
+    outs = {}
+    for keep in (False, True):
+        tap = FarEndTap()
+        canceller = WebRtcEchoCanceller(tap, binding=binding, keep_voice=keep)
+        heard_frames: list[bool] = []
+        if canceller.linear is not None:  # record its verdicts, frame by frame, as the canceller gets them
+            _record_verdicts(canceller.linear, heard_frames)
+        out = []
+        for start in range(0, len(mic) - 320 + 1, 320):
+            tap.played(far[start : start + 320], CAPTURE_RATE)
+            out.append(canceller.process(mic[start : start + 320]))
+        outs[keep] = np.concatenate(out)
+        if keep:
+            assert canceller.linear is not None and canceller.near_end_frames > 0
+            flags = np.array(heard_frames)
+    # Where the linear filter heard the user, the canceller hands on the voice, whole; never less of it than
+    # AEC3 alone (which in this plain room cuts little; the bench's reverberant rooms show what it cuts).
+    heard = np.repeat(flags, FRAME)
+    assert heard.any()
+    voice = user[: len(heard)][heard]
+    assert abs(_db(outs[True][: len(heard)][heard]) - _db(voice)) <= 1.5
+    assert _db(outs[True][: len(heard)][heard]) >= _db(outs[False][: len(heard)][heard]) - 0.5
+    alone = slice(4 * CAPTURE_RATE, 8 * CAPTURE_RATE)  # the robot alone: the echo stays removed...
+    assert _db(outs[True][alone]) <= _db(mic[alone]) - 15.0
+    assert _db(outs[True][alone]) <= _db(outs[False][alone]) + 0.5  # ...never less than by AEC3 alone
+
+
+def test_a_filter_that_lost_the_echo_does_not_call_the_robot_the_user_for_ever() -> None:
+    far, mic, _, _ = _scene(20.0)
+    moved = np.clip(-_room(far.astype(np.float64), DELAY + 5) * 1.5, -32768, 32767).astype(np.int16)
+    mic[10 * CAPTURE_RATE :] = moved[10 * CAPTURE_RATE :]  # the echo path changed under it (the robot moved)
+    linear = LinearEchoFilter()
+    linear.observe_lag(DELAY / 16)
+    _, near_end = _feed(linear, mic, far)
+    assert near_end[10 * 100 : 11 * 100].mean() > 0.5  # at first the change looks like the user...
+    assert not near_end[15 * 100 :].any()  # ...then it learns the new path instead of calling it hers
+
+
+def test_an_unbroken_robot_it_lost_makes_it_start_afresh() -> None:
+    # No pause in the robot's speech to learn the new path in: after 1.5 s of "the user" it starts afresh.
+    rng = np.random.default_rng(4)
+    far = np.convolve(rng.standard_normal(16 * CAPTURE_RATE), np.ones(4) / 4, mode="same") * 6000
+    mic = _room(far, DELAY) + rng.standard_normal(len(far)) * 5.0
+    mic[8 * CAPTURE_RATE :] = -_room(far, DELAY + 5)[8 * CAPTURE_RATE :] * 1.5
+    linear = LinearEchoFilter()
+    linear.observe_lag(DELAY / 16)
+    _, near_end = _feed(linear, mic.astype(np.int16), far.astype(np.int16))
+    assert linear.forgotten >= 1
+    assert not near_end[13 * 100 :].any()
