@@ -197,3 +197,32 @@ def test_webrtc_without_the_wheel_is_a_config_error(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValueError, match="no wheel"):  # checked when the whole configuration is read
         AppConfig.model_validate({"listening": {"echo_cancel": "webrtc"}})
     assert ListeningConfig(echo_cancel="auto").echo_cancel == "auto"
+
+
+@needs_webrtc
+@pytest.mark.parametrize("binding", installed_bindings())
+def test_the_canceller_rests_while_the_robot_is_quiet_and_cancels_as_well_after(
+    binding: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a second of silent reference the microphone passes through untouched (AEC3 on silence cost as much
+    as the whole listener); the robot speaking again brings it back at once, cancelling as well as if it had
+    worked through the silence."""
+    import appliance.audio.echo as echo
+
+    far = _speechlike(12.0)
+    far[4 * CAPTURE_RATE : 8 * CAPTURE_RATE] = 0  # the robot is quiet for 4 s between two replies
+    user = np.zeros_like(far)
+    user[5 * CAPTURE_RATE : 7 * CAPTURE_RATE] = _speechlike(2.0, seed=3)[: 2 * CAPTURE_RATE] * 0.3  # the room
+    mic = _room(far, 800) + user
+    resting, rested = _run(far, mic, binding=binding)
+    quiet = slice(6 * CAPTURE_RATE, 8 * CAPTURE_RATE)  # more than a second into the silence
+    assert np.array_equal(resting[quiet], mic[quiet].astype(np.int16)), "the microphone passes through"
+    monkeypatch.setattr(echo, "_REST_AFTER", 1e9)
+    working, _ = _run(far, mic, binding=binding)
+    assert not np.array_equal(working[quiet], mic[quiet].astype(np.int16))  # without resting AEC3 ran here
+    after = slice(9 * CAPTURE_RATE, None)  # a second into the next reply
+    assert _db(mic[after]) - _db(resting[after]) >= _db(mic[after]) - _db(working[after]) - 2.0
+    assert _db(mic[after]) - _db(resting[after]) >= 15.0
+    assert rested.converged
+    if rested.linear is not None:
+        assert rested.linear._frames == len(mic) // 320 * 2  # its clock counted the rested frames too

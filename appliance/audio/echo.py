@@ -54,6 +54,9 @@ _TRUST_WINDOW = 2.0  # s of robot speech
 _TRUST_SHARE = 0.5  # of its frames with the echo reduced by _CONVERGED_DB
 _CONVERGED_RATIO = 10 ** (_CONVERGED_DB / 10)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
+# s of silent reference after which the canceller rests (the microphone passes through): a room's echo has died
+# away long before, and both filters have been fed that much silence, so resting leaves them as more silence would.
+_REST_AFTER = 1.0
 
 
 def webrtc_available() -> bool:
@@ -131,6 +134,7 @@ class WebRtcEchoCanceller:
         self._lag_ok = False  # the latest estimate: the echo comes after its reference, as AEC3 needs
         self.mic_delay = 0  # samples the microphone is held back by (see _measure)
         self.frames = 0
+        self._silent_frames = 0  # reference frames in a row quieter than _ACTIVE_DB
 
     def process(self, block: np.ndarray, now: float | None = None) -> np.ndarray:
         """Clean one microphone block (arrived at real time ``now``); returns a block of the same length.
@@ -155,10 +159,13 @@ class WebRtcEchoCanceller:
         usable = pending - pending % FRAME
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
-            cleaned = self._aec.process(near, far_frames)
-            if self.linear is not None:
-                cleaned = self._keep_voice(near, far_frames, cleaned)
-            self._measure(near, far_frames, cleaned)
+            if self._resting(far_frames):
+                cleaned = near  # the robot has been quiet for a while: nothing to cancel, nothing to learn
+            else:
+                cleaned = self._aec.process(near, far_frames)
+                if self.linear is not None:
+                    cleaned = self._keep_voice(near, far_frames, cleaned)
+                self._measure(near, far_frames, cleaned)
             self._near, self._far = self._near[usable:], self._far[usable:]
             self._out = np.concatenate([self._out, cleaned]) if self._out.size else cleaned
         if len(self._out) < len(block):  # only at the start with odd block sizes: pad the carried-over part
@@ -167,6 +174,22 @@ class WebRtcEchoCanceller:
         if self.health.backed_off:
             self._stop()
         return out
+
+    def _resting(self, far: np.ndarray) -> bool:
+        """Whether these frames pass through untouched: the reference has been silent for ``_REST_AFTER``
+        (AEC3 on a silent reference cost as much as the whole listener, and the robot is quiet most of the day)."""
+        frames = len(far) // FRAME
+        samples = far.astype(np.float64)
+        if float(np.dot(samples, samples)) >= _ACTIVE_POWER * len(far):
+            self._silent_frames = 0
+            return False
+        self._silent_frames += frames
+        if self._silent_frames * FRAME <= _REST_AFTER * CAPTURE_RATE:
+            return False
+        self.frames += frames
+        if self.linear is not None:
+            self.linear.rest(frames)
+        return True
 
     def _keep_voice(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
         """Where the linear filter hears the user over the echo, hand on its residual (the voice, whole).

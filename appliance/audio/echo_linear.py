@@ -140,6 +140,13 @@ class LinearEchoFilter:
                 self._hold -= 1
         return residual.reshape(-1), near_end
 
+    def rest(self, frames: int) -> None:
+        """``frames`` of silent reference went by unprocessed (the canceller rests): what processing them would
+        have changed once the filter's whole span is silent, its clock (for the drift) and the quiet count."""
+        self._frames += frames
+        self._quiet += frames
+        self._hold = max(0, self._hold - frames)
+
     def _push(self, spectrum: np.ndarray, power: np.ndarray, silent: bool) -> None:
         self._frames += 1
         self._quiet = self._quiet + 1 if silent else 0
