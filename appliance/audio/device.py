@@ -4,9 +4,10 @@ The PortAudio callback runs on PortAudio's thread; it only copies the block into
 listener said it is relaxed, wakes Trio with ``run_sync_soon``, never waiting (when Trio falls behind, audio
 is dropped and counted). While relaxed, Trio collects what arrived every ``relaxed_ms`` instead: each wake-up
 of the event loop costs more CPU than the listening work it brings. While the listener says busy (the robot
-thinks or speaks, nobody else does), the callback wakes Trio every ``busy_ms`` worth of device blocks. Resampling to 16 kHz (soxr) and cutting
-into fixed blocks happen on the Trio side. A stream that stops delivering (USB
-mic unplugged, sound server gone) raises :class:`DeviceLost`; the capture service reopens it with backoff.
+thinks or speaks, nobody else does), the callback wakes Trio every ``busy_ms`` worth of device blocks.
+Resampling to 16 kHz (soxr) and cutting into fixed blocks happen on the Trio side. A stream that stops
+delivering (USB mic unplugged, sound server gone) raises :class:`DeviceLost`; the capture service reopens it
+with backoff.
 Playback writes one block at a time from a worker thread so a cancelled turn stops within a block.
 
 PortAudio only scans devices when it is initialised, so a replugged device is found by re-initialising it

@@ -3,8 +3,8 @@
 We own both ends of the audio, so the far-end reference is not a guess: the sink hands every block it plays
 to a :class:`FarEndTap` (the device sink from inside its PortAudio callback, so a barge-in cut is seen as
 the silence that really followed). The capture side pairs each microphone block with the same number of
-reference samples, oldest first, and WebRTC's AEC3 (see :mod:`appliance.audio.echo_engines`) removes the echo; everything after it
-(VAD, wake word, speaker gate, barge-in) sees the cleaned signal.
+reference samples, oldest first, and WebRTC's AEC3 (see :mod:`appliance.audio.echo_engines`) removes the
+echo; everything after it (VAD, wake word, speaker gate, barge-in) sees the cleaned signal.
 
 Alignment: the first pairing takes the newest reference, so the echo always lags its reference by the round
 trip (output latency + room + input latency; positive, as AEC3 needs), and AEC3's own delay estimator finds

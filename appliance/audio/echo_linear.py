@@ -8,10 +8,11 @@ the user, the canceller hands on its residual instead of AEC3's output (:mod:`ap
 
 The filter: a partitioned-block frequency-domain NLMS (overlap-save, 10 ms frames, FFT of 20 ms) over
 ``partitions`` x 10 ms of the echo path, from 20 ms before the delay the canceller measures (so a 200 ms room
-costs no more than a 20 ms one). One partition's gradient is constrained every fourth frame, in turn. While the reference
-has been silent for longer than the filter reaches, the filter rests (no cost while the robot is quiet). Clock drift
-(100 ppm moves the echo 1.6 samples a second, which an NLMS of this length cannot follow) is taken from the
-slope of the canceller's delay estimates and applied to the filter as a phase ramp every frame.
+costs no more than a 20 ms one). One partition's gradient is constrained every fourth frame, in turn. While
+the reference has been silent for longer than the filter reaches, the filter rests (no cost while the robot
+is quiet). Clock drift (100 ppm moves the echo 1.6 samples a second, which an NLMS of this length cannot
+follow) is taken from the slope of the canceller's delay estimates and applied to the filter as a phase ramp
+every frame.
 
 The double-talk decision, per frame in five bands (200 Hz to 7 kHz): the residual's power against what the
 filter leaves of the echo it predicts (the ratio 90% of robot-only frames stay under) plus the room's noise.

@@ -2,8 +2,8 @@
 
 The callback runs on the audio thread: it only appends the raw bytes and, unless a hand-over is already
 scheduled (or the listener is relaxed and the watch loop hands over instead, or busy and fewer than
-``busy_blocks`` device blocks wait), asks Trio to ``flush``. ``flush``
-runs on the Trio side: it resamples if needed and cuts the audio into the blocks the listener takes.
+``busy_blocks`` device blocks wait), asks Trio to ``flush``. ``flush`` runs on the Trio side: it resamples if
+needed and cuts the audio into the blocks the listener takes.
 """
 
 from __future__ import annotations
