@@ -8,8 +8,9 @@ import pytest
 
 from appliance.audio.base import CAPTURE_RATE
 from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller, webrtc_available
+from appliance.audio.echo_alignment import FRAME
 from appliance.audio.echo_engines import installed_bindings
-from appliance.audio.echo_linear import FRAME, LinearEchoFilter
+from appliance.audio.echo_linear import LinearEchoFilter
 from tests.test_echo_canceller import _room, _speechlike
 
 DELAY = 800  # 50 ms

@@ -21,10 +21,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from appliance.audio.base import CAPTURE_RATE
+from appliance.audio.echo_alignment import FRAME  # 10 ms: what WebRTC processes per call
 
 log = logging.getLogger(__name__)
-
-FRAME = CAPTURE_RATE // 100  # 10 ms: what WebRTC processes per call
 
 
 class Aec3Engine(Protocol):

@@ -28,7 +28,8 @@ from collections import deque
 
 import numpy as np
 
-FRAME = 160  # 10 ms at 16 kHz
+from appliance.audio.echo_alignment import FRAME
+
 _BINS = FRAME + 1
 _BANDS = ((4, 10), (10, 20), (20, 40), (40, 80), (80, 140))  # bins of 50 Hz: 200 Hz to 7 kHz
 _MU = 0.4
