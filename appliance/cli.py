@@ -201,54 +201,9 @@ def _run(config, level: str | None, path: Path | None = None) -> int:
 
 
 def _serve(config, host: str | None, port: int | None, level: str | None) -> int:
-    import trio
+    from appliance.server.serving import serve_command
 
-    from appliance.assembly.brains import serving_brain
-    from appliance.logs import setup_logging
-    from appliance.server.avatar import AvatarServer
-    from appliance.server.http_api import HttpAvatarServer
-    from appliance.server.serving import serve_all_until_signalled
-    from appliance.settings_base import ConfigError
-
-    setup_logging(level or config.log.level)
-    try:
-        brain, tracing = serving_brain(config)  # each turn a trace when [tracing] is on
-    except ConfigError as exc:
-        print(exc.report(), file=sys.stderr)
-        return EXIT_CONFIG
-    changes: dict[str, object] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    if config.server.api_key is None:
-        import os
-
-        from pydantic import SecretStr
-
-        from appliance.settings.secrets import lookup_secret
-
-        key = lookup_secret("", "server_api_key", os.environ)  # LoadCredential=server_api_key:...
-        if key:
-            changes["api_key"] = SecretStr(key)
-        else:
-            log.info("no server.api_key: only loopback clients may be served")
-    try:
-        server = AvatarServer(
-            brain, config.server.model_copy(update=changes), history_limit=config.conversation.history_limit
-        )
-        servers: list[AvatarServer | HttpAvatarServer] = [server]
-        if server.config.http_port is not None:  # the HTTP/SSE API beside it, same key, same brain
-            servers.append(HttpAvatarServer(brain, server.config, history_limit=config.conversation.history_limit))
-    except ConfigError as exc:  # a non-loopback address without a key
-        print(exc.report(), file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        trio.run(serve_all_until_signalled, *servers)
-    except OSError as exc:
-        ports = f"{server.config.port}" + (f" / http {server.config.http_port}" if len(servers) > 1 else "")
-        print(f"cannot serve on {server.config.host}:{ports}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        if tracing is not None:
-            tracing.shutdown()  # the last turns' spans leave before the process does
-    return EXIT_OK
+    return serve_command(config, host, port, level)
 
 
 def _check_config(config, show: bool) -> int:

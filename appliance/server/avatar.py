@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import uuid
-from collections import OrderedDict
 from functools import partial
 from typing import Any
 
 import numpy as np
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer, serve_websocket
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.brains.avatar_protocol import (
@@ -25,17 +25,16 @@ from appliance.brains.avatar_protocol import (
     ProtocolError,
     b64decode,
 )
-from appliance.conversation.history import ConversationHistory
 from appliance.errors import ProviderError
 from appliance.groups import single_error
 from appliance.listening.endpointer import Onset, Segment
-from appliance.server.frames import BLOCK, Reply, Session, seeded_history, send_chunk, send_frame
+from appliance.server.frames import BLOCK, Reply, Session, send_chunk, send_frame
+from appliance.server.histories import Histories, History, LocalHistories
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
 
-_MAX_CONTEXTS = 256
 _FRAME_OVERHEAD = 64 * 1024  # the JSON around an invoke's base64 audio
 # A server has no speaker to wait for: every sentence whose text is known is synthesized at once, up to this
 # many per reply, and sent in order; so a turn ends about one synthesis after its last sentence was written.
@@ -61,7 +60,14 @@ class AvatarServer:
     name = "avatar-server"
 
     def __init__(
-        self, brain: Brain, config: ServerConfig, *, history_limit: int = 20, idle_timeout: float = 600.0
+        self,
+        brain: Brain,
+        config: ServerConfig,
+        *,
+        history_limit: int = 20,
+        idle_timeout: float = 600.0,
+        histories: Histories | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
         self.brain = brain
         self.config = config
@@ -73,7 +79,9 @@ class AvatarServer:
         self._api_key = config.api_key.get_secret_value() if config.api_key else None
         self.max_pcm = int(config.max_audio_seconds * CAPTURE_RATE) * 2
         self.audio_in_flight = 0
-        self._histories: OrderedDict[str, ConversationHistory] = OrderedDict()
+        # Conversations: this process's own, or (serve's workers) a store every worker shares.
+        self.histories = histories or LocalHistories(history_limit, idle_timeout)
+        self.listener = listener  # a socket bound for us (a worker's share of the port), else bind host:port
         self.port = 0
         self.connections = 0
         self.turns = 0
@@ -84,9 +92,14 @@ class AvatarServer:
             async with trio.open_nursery() as nursery:
                 # The largest frame is an invoke with the longest audio allowed, base64: refused beyond that.
                 largest = self.max_pcm * 4 // 3 + _FRAME_OVERHEAD
-                server = await nursery.start(
-                    partial(serve_websocket, self._handle, cfg.host, cfg.port, None, max_message_size=largest)
-                )
+                if self.listener is None:
+                    server = await nursery.start(
+                        partial(serve_websocket, self._handle, cfg.host, cfg.port, None, max_message_size=largest)
+                    )
+                else:
+                    listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))
+                    server = WebSocketServer(self._handle, [listener], max_message_size=largest)
+                    await nursery.start(server.run)
                 self.port = server.port
                 log.info("serving the AIAvatarKit protocol on ws://%s:%d/ws", cfg.host, self.port)
                 task_status.started(self.port)
@@ -289,16 +302,6 @@ class AvatarServer:
             await session.done.wait()
             await send_frame(ws, session, "final", metadata={"interrupted": True})
 
-    def _history(self, context_id: str, seed: Any) -> ConversationHistory:
-        history = self._histories.get(context_id)
-        if history is None:
-            history = seeded_history(self.history_limit, self.idle_timeout, seed)
-            self._histories[context_id] = history
-            while len(self._histories) > _MAX_CONTEXTS:
-                self._histories.popitem(last=False)
-        self._histories.move_to_end(context_id)
-        return history
-
     async def _begin(
         self,
         ws: WebSocketConnection,
@@ -312,7 +315,7 @@ class AvatarServer:
         session.transaction_id = uuid.uuid4().hex
         session.context_id = session.context_id or uuid.uuid4().hex
         session.scope, session.done = trio.CancelScope(), trio.Event()
-        history = self._history(session.context_id, seed)
+        history = self.histories.open(session.context_id, seed)
         nursery.start_soon(self._turn, ws, session, utterance, params, history, session.scope, session.done)
 
     async def _turn(
@@ -321,7 +324,7 @@ class AvatarServer:
         session: Session,
         utterance: Utterance,
         params: dict[str, str],
-        history: ConversationHistory,
+        history: History,
         scope: trio.CancelScope,
         done: trio.Event,
     ) -> None:

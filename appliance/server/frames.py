@@ -18,7 +18,6 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from appliance.audio.base import CAPTURE_RATE, AudioStream
 from appliance.audio.convert import encode_wav
 from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags, response_frame
-from appliance.conversation.history import ConversationHistory
 from appliance.listening.endpointer import EnergyEndpointer
 from appliance.turns import ReplyChunk
 
@@ -134,19 +133,3 @@ async def _send_pcm(ws: WebSocketConnection, session: Session, raw: bytes, fmt: 
             audio_data=b64encode(raw[start : start + step]),
             metadata={"pcm_format": fmt, "audio_id": audio_id},
         )
-
-
-def seeded_history(limit: int, idle_timeout: float, seed: Any) -> ConversationHistory:
-    """A new conversation; a robot that failed over to us mid-conversation tells what was said (``seed``)."""
-    history = ConversationHistory(limit, idle_timeout)
-    if isinstance(seed, list):
-        user: str | None = None
-        for item in seed:
-            if not isinstance(item, dict) or not isinstance(item.get("content"), str):
-                continue
-            if item.get("role") == "user":
-                user = item["content"]
-            elif item.get("role") == "assistant":
-                history.add_turn(user, item["content"])
-                user = None
-    return history

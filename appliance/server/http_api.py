@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 from functools import partial
 from typing import Any
 
@@ -19,6 +20,7 @@ import trio
 
 from appliance.audio.base import CAPTURE_RATE
 from appliance.groups import single_error
+from appliance.server.histories import Histories
 from appliance.server.http_routes import IMAGE_BYTES
 from appliance.server.http_turns import HttpTurns
 from appliance.settings.brains import ServerConfig
@@ -99,13 +101,22 @@ class HttpAvatarServer:
 
     name = "avatar-http"
 
-    def __init__(self, brain: Brain, config: ServerConfig, *, history_limit: int = 20) -> None:
+    def __init__(
+        self,
+        brain: Brain,
+        config: ServerConfig,
+        *,
+        history_limit: int = 20,
+        histories: Histories | None = None,
+        listener: socket.socket | None = None,
+    ) -> None:
         from appliance.server.avatar import check_bind
 
         check_bind(config)
         self.brain = brain
         self.config = config
-        self.turns = HttpTurns(brain, history_limit=history_limit)
+        self.turns = HttpTurns(brain, history_limit=history_limit, histories=histories)
+        self.listener = listener  # a socket bound for us (a worker's share of the port), else bind host:http_port
         self.port = 0
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -117,7 +128,11 @@ class HttpAvatarServer:
         assert cfg.http_port is not None, "the HTTP API is off"
         api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
         app = HttpGuard(create_app(self), api_key, body_limits(cfg))
-        fd, url = listen_socket(cfg.host, cfg.http_port)
+        if self.listener is None:
+            fd, url = listen_socket(cfg.host, cfg.http_port)
+        else:
+            host, port = self.listener.getsockname()[:2]
+            fd, url = self.listener.detach(), f"http://{host}:{port}"
         self.port = url_port(url)
         handed_over = False
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,16 +20,15 @@ from appliance.agent.tools import tool_watcher
 from appliance.audio.base import AudioStream
 from appliance.audio.convert import encode_wav
 from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags, response_frame
-from appliance.conversation.history import ConversationHistory
 from appliance.errors import ProviderError
 from appliance.groups import single_error
 from appliance.providers.llm.base import ToolCall, ToolResult
+from appliance.server.histories import Histories, History, LocalHistories
 from appliance.turns import Brain, BrainOutput, Image, ReplyChunk, Transcript, TurnRequest, Utterance
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
-_MAX_CONTEXTS = 256
 
 
 @dataclass
@@ -74,25 +72,19 @@ async def chunk_fields(chunk: ReplyChunk) -> dict[str, Any]:
 class HttpTurns:
     """Runs replies for the HTTP API: one per session at a time, histories per conversation."""
 
-    def __init__(self, brain: Brain, *, history_limit: int = 20, idle_timeout: float = 600.0) -> None:
+    def __init__(
+        self, brain: Brain, *, history_limit: int = 20, idle_timeout: float = 600.0, histories: Histories | None = None
+    ) -> None:
         self.brain = brain
-        self.history_limit = history_limit
-        self.idle_timeout = idle_timeout
-        self._histories: OrderedDict[str, ConversationHistory] = OrderedDict()
+        self.histories = histories or LocalHistories(history_limit, idle_timeout)
         self._running: dict[str, _Running] = {}
         self.turns = 0
 
     def busy(self) -> int:
         return len(self._running)
 
-    def history(self, context_id: str) -> ConversationHistory:
-        history = self._histories.get(context_id)
-        if history is None:
-            history = self._histories[context_id] = ConversationHistory(self.history_limit, self.idle_timeout)
-            while len(self._histories) > _MAX_CONTEXTS:
-                self._histories.popitem(last=False)
-        self._histories.move_to_end(context_id)
-        return history
+    def history(self, context_id: str) -> History:
+        return self.histories.open(context_id)
 
     async def interrupt(self, session_id: str) -> None:
         # A loop: two requests waiting for the same reply to end both wake, and the later one must then

@@ -103,6 +103,12 @@ class ServerConfig(Section):
         default=32 * 1024 * 1024, ge=1024 * 1024, description="PCM bytes of all invokes being answered at once"
     )
     pcm: bool = Field(default=False, description="send speech as raw PCM chunks instead of WAV")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes serving robots (one port; above 1 they share conversations in a SQLite file)",
+    )
     http_port: int | None = Field(
         default=None,
         ge=0,
