@@ -67,9 +67,9 @@ ROBOTS = 10
 LOAD_ROUNDS = int(os.environ.get("BENCH_SERVE_LOAD_ROUNDS", 10 if FULL else 3))
 # The fake cloud's processes: one Python serving ten robots' calls would queue them (it spends ~7 ms a turn).
 CLOUDS = int(os.environ.get("BENCH_SERVE_CLOUDS", 4))
-# ``--load`` also spreads the robots over this many serve processes (a question, not a feature: each process
-# would keep its own conversations).
-SPLIT = int(os.environ.get("BENCH_SERVE_PROCESSES", 1))
+# ``--load`` also runs serve with this many ``[server] workers`` beside the one-process serve, in the same rounds
+# (1: only the one-process serve).
+WORKERS = int(os.environ.get("BENCH_SERVE_WORKERS", 2))
 # Seconds between the fake's 100 ms pieces of speech: 0 sends a sentence's speech at once (issue 23's fake); a
 # real synthesizer streams it as it makes it (0.05: twice real time), where PCM mode plays the first piece early.
 TTS_PIECE = float(os.environ.get("BENCH_SERVE_TTS_PIECE_DELAY", "0"))
@@ -98,16 +98,19 @@ def _wav(pcm: bytes, rate: int) -> bytes:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time of a process's threads so far, in ns resolution (/proc/PID/task/*/schedstat): /proc/PID/stat
-    counts in 10 ms ticks, coarser than a turn's CPU. A thread that has ended takes its time with it (serve's
-    only threads are Trio's cached workers, which live on between turns)."""
+    """CPU time of a process's threads so far, and of its child processes' (serve's workers), in ns resolution
+    (/proc/PID/task/*/schedstat): /proc/PID/stat counts in 10 ms ticks, coarser than a turn's CPU. A thread that
+    has ended takes its time with it (serve's only threads are Trio's cached workers, which live on between
+    turns)."""
     total = 0
+    children: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             total += int((task / "schedstat").read_text().split()[0])
+            children += [int(child) for child in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total / 1e9
+    return total / 1e9 + sum(cpu_seconds(child) for child in children)
 
 
 def rss_mb(pid: int) -> float:
@@ -159,16 +162,19 @@ async def _start(
     return server
 
 
-async def start_appliance(cloud: str, pcm: bool, nursery: trio.Nursery, tmp: Path, tree: Path = ROOT) -> Server:
+async def start_appliance(
+    cloud: str, pcm: bool, nursery: trio.Nursery, tmp: Path, tree: Path = ROOT, workers: int = 1
+) -> Server:
     """``appliance serve`` from ``tree`` (another checkout: the code before a change, run side by side)."""
-    config = tmp / f"serve-{pcm}.toml"
+    config = tmp / f"serve-{pcm}-{workers}.toml"
     config.write_text(
         f'[stt]\nbase_url = "{cloud}/v1"\n[llm]\nbase_url = "{cloud}/v1"\nmodel = "fake"\n'
         f'[tts]\nbase_url = "{cloud}/v1"\n[server]\nhost = "127.0.0.1"\nport = 0\npcm = {str(pcm).lower()}\n'
-        '[log]\nlevel = "WARNING"\n'
+        + (f"workers = {workers}\n" if workers > 1 else "")
+        + '[log]\nlevel = "WARNING"\n'
     )
     env = {**os.environ, "OPENAI_API_KEY": "fake-key", "APPLIANCE_SERVER__API_KEY": API_KEY}
-    name = "appliance-pcm" if pcm else "appliance-wav"
+    name = ("appliance-pcm" if pcm else "appliance-wav") + (f"-{workers}-workers" if workers > 1 else "")
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)
         name = "baseline-" + name.split("-")[1]
@@ -605,9 +611,9 @@ async def bench() -> list[Figure]:
                     figures += _paired(after, before)
                 if LOAD:  # ours, and the baseline's beside it when there is one
                     groups = [[s] for s in servers if s.name in ("appliance-pcm", "baseline-pcm")]
-                    if SPLIT > 1:  # what several processes of serve (robots spread over them) would give
-                        extra = [await start_appliance(cloud, True, nursery, tmp) for _ in range(SPLIT - 1)]
-                        groups.append([groups[0][0], *extra])
+                    if WORKERS > 1:  # serve's workers, in the same rounds
+                        extra = [await start_appliance(cloud, True, nursery, tmp, workers=WORKERS)]
+                        groups.insert(1, extra)
                     figures += await load(groups, LOAD_ROUNDS, cloud, [c.pid for c in clouds])
             finally:
                 for process in [*clouds, *(s.process for s in servers + extra)]:

@@ -9,7 +9,7 @@ in speaking order, after everything before it was handed out.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -43,8 +43,11 @@ class SpeechQueue:
     ``deliver`` hands the chunks out in order until then.
     """
 
-    def __init__(self, nursery: trio.Nursery, prefetch: int) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, prefetch: int, later: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._nursery = nursery
+        self._later = later  # awaited before each later sentence's request (a server: other replies first)
         self._slots = trio.Semaphore(prefetch)
         self._order_send, self._order_receive = trio.open_memory_channel[_Pending](prefetch)
         self._first: _Pending | None = None
@@ -80,6 +83,8 @@ class SpeechQueue:
     async def _synthesize(self, pending: _Pending, first: _Pending | None) -> None:
         if first is not None:
             await first.requested.wait()
+            if self._later is not None:
+                await self._later()
         streaming = getattr(pending.tts, "synthesize_stream", None)
         pending.requested.set()
         try:

@@ -30,6 +30,7 @@ from appliance.groups import single_error
 from appliance.listening.endpointer import Onset, Segment
 from appliance.server.frames import BLOCK, Reply, Session, send_chunk, send_frame
 from appliance.server.histories import Histories, History, LocalHistories
+from appliance.server.priority import after_first_sentences
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest, Utterance
 
@@ -73,6 +74,8 @@ class AvatarServer:
         self.config = config
         if isinstance(getattr(brain, "prefetch", None), int):  # the cloud brain's sentences synthesized ahead
             brain.prefetch = max(brain.prefetch, TTS_CONCURRENCY)  # type: ignore[attr-defined]
+        if hasattr(brain, "later_sentences"):  # every robot's first sentence before the others' later ones
+            brain.later_sentences = after_first_sentences
         self.history_limit = history_limit
         self.idle_timeout = idle_timeout
         check_bind(config)
