@@ -65,8 +65,11 @@ TURNS = int(os.environ.get("BENCH_SERVE_TURNS", TURNS))
 LOAD = "--load" in sys.argv or FULL
 ROBOTS = 10
 LOAD_ROUNDS = int(os.environ.get("BENCH_SERVE_LOAD_ROUNDS", 10 if FULL else 3))
-# The fake cloud's processes: one Python serving ten robots' calls would queue them (it spends ~7 ms a turn).
+# The fake cloud's processes: one Python serving ten robots' calls would queue them.
 CLOUDS = int(os.environ.get("BENCH_SERVE_CLOUDS", 4))
+# Which fake cloud: "lean" (bench/lean_cloud.py: the same bytes at the same pace on bare sockets) or "starlette"
+# (tests/fakes/cloud.py, the tests' fake: ~9 ms of CPU a turn, more than the server's own, on the same 2 cores).
+CLOUD = os.environ.get("BENCH_SERVE_CLOUD", "lean")
 # ``--load`` also runs serve with this many ``[server] workers`` beside the one-process serve, in the same rounds
 # (1: only the one-process serve).
 WORKERS = int(os.environ.get("BENCH_SERVE_WORKERS", 2))
@@ -492,7 +495,8 @@ def _crowd_figures(crowd: Crowd, floor_delay: float, floor_median: float) -> lis
 
 async def start_cloud(processes: int) -> tuple[str, list[trio.Process]]:
     """The fake cloud: ``processes`` Pythons on one port (SO_REUSEPORT), the kernel sharing connections."""
-    args = [sys.executable, "-m", "tests.fakes.cloud", "--reuse-port"]
+    module = "tests.fakes.cloud" if CLOUD == "starlette" else "bench.lean_cloud"
+    args = [sys.executable, "-m", module, "--reuse-port"]
     args += ["--stt-latency", str(STT), "--llm-latency", str(LLM), "--tts-latency", str(TTS)]
     args += ["--token-delay", str(TOKEN), "--tts-piece-delay", str(TTS_PIECE)]
     first = await trio.lowlevel.open_process(args, cwd=ROOT, stdout=subprocess.PIPE)
@@ -515,6 +519,7 @@ async def bench() -> list[Figure]:
         tmp = Path(tmp_name)
         async with trio.open_nursery() as nursery:
             cloud, clouds = await start_cloud(CLOUDS)
+            print(f"  fake cloud: {CLOUD} ({CLOUDS} processes; BENCH_SERVE_CLOUD=starlette runs the tests' fake)")
             extra: list[Server] = []
             servers: list[Server] = []
             try:
@@ -561,7 +566,7 @@ async def bench() -> list[Figure]:
                         median(floors),
                         "ms",
                         note=f"cloud waits {(STT + LLM + TTS) * 1000:.0f} ms; words {TOKEN * 1000:g} ms apart "
-                        f"after the first, speech pieces {TTS_PIECE * 1000:g} ms apart",
+                        f"after the first, speech pieces {TTS_PIECE * 1000:g} ms apart; fake cloud: {CLOUD}",
                     )
                 )
                 figures.append(
