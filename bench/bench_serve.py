@@ -31,7 +31,6 @@ machine's, to tell who kept the cores busy.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import os
@@ -40,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ import numpy as np
 import trio
 from trio_websocket import open_websocket_url
 
-from bench.common import Figure, median, percentile
+from bench.common import Figure, median, percentile, wav_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = Path(os.environ.get("AIAVATAR_PYTHON", ROOT / ".cache" / "aiavatar-venv" / "bin" / "python"))
@@ -88,16 +86,6 @@ def _utterance() -> bytes:
 
 PCM = _utterance()
 PCM_B64 = base64.b64encode(PCM).decode()
-
-
-def _wav(pcm: bytes, rate: int) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -245,7 +233,7 @@ async def floor_turn(client: httpx.AsyncClient, cloud: str) -> tuple[float, floa
     stt = await client.post(
         f"{cloud}/v1/audio/transcriptions",
         data={"model": "whisper-1"},
-        files={"file": ("a.wav", _wav(PCM, 16_000), "audio/wav")},
+        files={"file": ("a.wav", wav_bytes(PCM, 16_000), "audio/wav")},
     )
     body = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": stt.json()["text"]}]}
     first: list[float] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import statistics
+import wave
 from dataclasses import dataclass
 
 
@@ -41,3 +43,14 @@ def percentile(values: list[float], pct: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def wav_bytes(pcm: bytes, rate: int) -> bytes:
+    """16-bit mono PCM as a WAV file."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return buf.getvalue()

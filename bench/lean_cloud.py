@@ -12,16 +12,16 @@ clients; it is a bench part, not a test fake. ``python -m bench.lean_cloud --reu
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import socket
 import time
-import wave
 from functools import cache
 
 import numpy as np
 import trio
+
+from bench.common import wav_bytes
 
 PCM_RATE = 24_000
 TRANSCRIPT = "What time is it?"
@@ -112,16 +112,8 @@ class LeanCloud:
         else:
             request = json.loads(body)
             pcm = tone(int(max(0.05, len(request.get("input", "")) * SECONDS_PER_CHAR) * PCM_RATE))
-            if request.get("response_format") == "wav":
-                buf = io.BytesIO()
-                with wave.open(buf, "wb") as wav:
-                    wav.setnchannels(1)
-                    wav.setsampwidth(2)
-                    wav.setframerate(PCM_RATE)
-                    wav.writeframes(pcm)
-                data, media = buf.getvalue(), b"audio/wav"
-            else:
-                data, media = pcm, b"audio/pcm"
+            wav = request.get("response_format") == "wav"
+            data, media = (wav_bytes(pcm, PCM_RATE), b"audio/wav") if wav else (pcm, b"audio/pcm")
             pieces = [data[i : i + PIECE] for i in range(0, len(data), PIECE)]
             await self._stream(stream, pieces, media, began, self.piece_delay)
 

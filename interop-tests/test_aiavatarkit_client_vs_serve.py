@@ -4,7 +4,6 @@ stood in for) against ``appliance serve`` as a real process, with the cloud pipe
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from peer import API_KEY, REPO, run_peer_client
 
 from conftest import SENTENCES
 from tests.fakes.cloud import FakeCloud
+from tests.http_serve_helpers import serve_config, serve_url
 
 
 @asynccontextmanager
@@ -25,10 +25,7 @@ async def appliance_serve(
 ) -> AsyncIterator[tuple[str, list[str]]]:
     """``appliance serve`` in its own process; yields its URL and (after it stopped) the lines it logged."""
     config = tmp_path / "serve.toml"
-    config.write_text(
-        f'[stt]\nbase_url = "{cloud.url}/v1"\n[llm]\nbase_url = "{cloud.url}/v1"\nmodel = "fake"\n'
-        f'[tts]\nbase_url = "{cloud.url}/v1"\n[server]\nhost = "127.0.0.1"\nport = 0\npcm = {str(pcm).lower()}\n'
-    )
+    config.write_text(serve_config(cloud.url, f"pcm = {str(pcm).lower()}\n"))
     env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": API_KEY}
     log: list[str] = []
     process = await trio.lowlevel.open_process(
@@ -38,14 +35,9 @@ async def appliance_serve(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    seen = b""
     try:
-        assert process.stdout is not None
-        seen = b""
-        with trio.fail_after(30):
-            while not (match := re.search(rb"ws://127\.0\.0\.1:(\d+)/ws", seen)):
-                data = await process.stdout.receive_some(4096)
-                assert data, f"appliance serve exited: {seen.decode(errors='replace')}"
-                seen += data
+        url, seen = await serve_url(process)
         async with trio.open_nursery() as nursery:
 
             async def drain() -> None:
@@ -55,7 +47,7 @@ async def appliance_serve(
                     seen += data
 
             nursery.start_soon(drain)
-            yield f"ws://127.0.0.1:{int(match.group(1))}/ws", log
+            yield url, log
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(10):
                 await process.wait()

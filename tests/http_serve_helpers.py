@@ -96,3 +96,25 @@ async def events(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> 
         assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")
         return [event async for event in sse(response)]
+
+
+def serve_config(cloud_url: str, server: str = "") -> str:
+    """An ``appliance serve`` config on the fake cloud at ``cloud_url``, with ``server`` lines added to [server]."""
+    return (
+        f'[stt]\nbase_url = "{cloud_url}/v1"\n[llm]\nbase_url = "{cloud_url}/v1"\nmodel = "fake"\n'
+        f'[tts]\nbase_url = "{cloud_url}/v1"\n[server]\nhost = "127.0.0.1"\nport = 0\n{server}'
+    )
+
+
+async def serve_url(process: trio.Process) -> tuple[str, bytes]:
+    """The WebSocket URL ``appliance serve`` (a process, output piped) logs once it listens, and what it printed."""
+    import re
+
+    assert process.stdout is not None
+    seen = b""
+    with trio.fail_after(30):
+        while not (match := re.search(rb"ws://127\.0\.0\.1:(\d+)/ws", seen)):
+            data = await process.stdout.receive_some(4096)
+            assert data, f"appliance serve exited: {seen.decode(errors='replace')}"
+            seen += data
+    return f"ws://127.0.0.1:{int(match.group(1))}/ws", seen

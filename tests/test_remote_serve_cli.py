@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import trio
 
 from appliance.turns import ReplyChunk
 from tests.fakes.cloud import fake_cloud
+from tests.http_serve_helpers import serve_config, serve_url
 from tests.remote_helpers import collect, heard, remote, request, speech
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,10 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 async def test_appliance_serve_answers_a_robot(tmp_path: Path) -> None:
     async with fake_cloud() as cloud:
         config = tmp_path / "serve.toml"
-        config.write_text(
-            f'[stt]\nbase_url = "{cloud.url}/v1"\n[llm]\nbase_url = "{cloud.url}/v1"\nmodel = "fake"\n'
-            f'[tts]\nbase_url = "{cloud.url}/v1"\n[server]\nhost = "127.0.0.1"\nport = 0\n'
-        )
+        config.write_text(serve_config(cloud.url))
         env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": "secret-key"}
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
@@ -33,14 +30,7 @@ async def test_appliance_serve_answers_a_robot(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
         )
         try:
-            assert process.stdout is not None
-            seen = b""
-            with trio.fail_after(30):
-                while not (match := re.search(rb"ws://127\.0\.0\.1:(\d+)/ws", seen)):
-                    data = await process.stdout.receive_some(4096)
-                    assert data, f"appliance serve exited: {seen.decode(errors='replace')}"
-                    seen += data
-            url = f"ws://127.0.0.1:{int(match.group(1))}/ws"
+            url, _ = await serve_url(process)
             items = await collect(remote(url), request(None, audio=speech(0.5)))
         finally:
             process.send_signal(signal.SIGTERM)  # what systemd sends

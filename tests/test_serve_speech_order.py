@@ -10,7 +10,7 @@ import trio.testing
 
 from appliance.audio.base import AudioClip
 from appliance.brains.cloud import CloudBrain
-from appliance.brains.speech_queue import SpeechQueue
+from appliance.brains.speech_queue import SpeechQueue, later_sentences
 from appliance.server.avatar import TTS_CONCURRENCY, AvatarServer
 from appliance.server.priority import after_first_sentences
 from appliance.settings.brains import ServerConfig
@@ -115,11 +115,33 @@ async def test_synthesis_ahead_stays_bounded(autojump_clock: trio.testing.MockCl
     assert tts.started[SENTENCES[2]] >= got[0][1]
 
 
-def test_serve_puts_first_sentences_first_and_a_robot_does_not() -> None:
-    cloud = brain(ScriptedLLM(0.0), SlowTTS(), prefetch=2)
-    assert cloud.later_sentences is None  # on a robot: one reply at a time, nothing to put first
-    AvatarServer(cloud, ServerConfig.model_validate({"host": "127.0.0.1", "port": 0}))
-    assert cloud.later_sentences is after_first_sentences
+class GateSeen:
+    """A brain that notes the wait its speech queue would use for later sentences."""
+
+    name = "gate-seen"
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    async def reply(self, req: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        async with out:
+            self.seen.append(later_sentences.get())
+            await out.send(ReplyChunk("Hello.", "Hello.", (), None))
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_serve_puts_first_sentences_first_and_a_robot_does_not(nursery: trio.Nursery) -> None:
+    from tests.remote_helpers import collect, remote, request
+
+    seen = GateSeen()
+    server = AvatarServer(seen, ServerConfig.model_validate({"host": "127.0.0.1", "port": 0, "api_key": "secret-key"}))
+    await nursery.start(server.run)
+    await collect(remote(f"ws://127.0.0.1:{server.port}/ws"), request("hi"))
+    assert seen.seen == [after_first_sentences]
+    await collect(seen, request("hi"))  # a robot's own turn: no server around it
+    assert seen.seen[-1] is None
 
 
 class RecordingTTS:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -28,6 +27,7 @@ from appliance.server.avatar import AvatarServer
 from appliance.server.histories import SharedHistories
 from appliance.settings.brains import ServerConfig
 from tests.fakes.cloud import fake_cloud
+from tests.http_serve_helpers import serve_config, serve_url
 from tests.test_remote_server import EchoBrain
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,24 +175,14 @@ def children(pid: int) -> list[int]:
 async def test_appliance_serve_with_two_workers(tmp_path: Path) -> None:
     async with fake_cloud() as cloud:
         config = tmp_path / "serve.toml"
-        config.write_text(
-            f'[stt]\nbase_url = "{cloud.url}/v1"\n[llm]\nbase_url = "{cloud.url}/v1"\nmodel = "fake"\n'
-            f'[tts]\nbase_url = "{cloud.url}/v1"\n[server]\nhost = "127.0.0.1"\nport = 0\nworkers = 2\n'
-        )
+        config.write_text(serve_config(cloud.url, "workers = 2\n"))
         env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": KEY}
         args = [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"]
         process = await trio.lowlevel.open_process(
             args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         try:
-            assert process.stdout is not None
-            seen = b""
-            with trio.fail_after(30):
-                while not (match := re.search(rb"ws://127\.0\.0\.1:(\d+)/ws", seen)):
-                    data = await process.stdout.receive_some(4096)
-                    assert data, f"appliance serve exited: {seen.decode(errors='replace')}"
-                    seen += data
-            url = f"ws://127.0.0.1:{int(match.group(1))}/ws"
+            url, _ = await serve_url(process)
             workers = children(process.pid)
             for n in range(4):  # four reconnections: the kernel spreads them over the workers
                 frames = await one_turn(url, "robot-1", f"question {n}")

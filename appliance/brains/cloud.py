@@ -12,7 +12,7 @@ interrupts an unanswered one, and an on-finish hook for long-term memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,9 +71,6 @@ class CloudBrain:
         self.settings = settings
         self.agent = agent or CloudAgent()
         self.prefetch = settings.prefetch  # the server raises it to its TTS concurrency
-        # Awaited before a reply's later sentences are synthesized: a server serving many robots puts every
-        # reply's first sentence ahead of the others' later ones through it. None on a robot (one reply at once).
-        self.later_sentences: Callable[[], Awaitable[None]] | None = None
         self.voices = dict(self.agent.voices)
         self._previous: _Previous | None = None
 
@@ -213,7 +210,7 @@ class CloudBrain:
         out: trio.MemorySendChannel[BrainOutput],
     ) -> None:
         async with trio.open_nursery() as nursery:
-            speech = SpeechQueue(nursery, self.prefetch, self.later_sentences)
+            speech = SpeechQueue(nursery, self.prefetch)
             nursery.start_soon(self._write_reply, system, messages, conversation_id, state, speech)
             await speech.deliver(out, self._handed)
 

@@ -10,6 +10,7 @@ in speaking order, after everything before it was handed out.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -20,6 +21,10 @@ from appliance.errors import ProviderBadReply, ProviderError
 from appliance.providers.tts.base import SpeechSynthesizer
 from appliance.streams import closing
 from appliance.turns import BrainOutput, ReplyChunk, Tag
+
+# Awaited before each reply's later sentences are synthesized, when set: `appliance serve` sets it for its tasks so
+# that every robot's first sentence goes ahead of the other robots' later ones. Unset on a robot (one reply at once).
+later_sentences: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("later_sentences", default=None)
 
 
 @dataclass(eq=False)
@@ -47,7 +52,7 @@ class SpeechQueue:
         self, nursery: trio.Nursery, prefetch: int, later: Callable[[], Awaitable[None]] | None = None
     ) -> None:
         self._nursery = nursery
-        self._later = later  # awaited before each later sentence's request (a server: other replies first)
+        self._later = later or later_sentences.get()  # awaited before each later sentence's request
         self._slots = trio.Semaphore(prefetch)
         self._order_send, self._order_receive = trio.open_memory_channel[_Pending](prefetch)
         self._first: _Pending | None = None

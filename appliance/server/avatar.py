@@ -25,6 +25,7 @@ from appliance.brains.avatar_protocol import (
     ProtocolError,
     b64decode,
 )
+from appliance.brains.speech_queue import later_sentences
 from appliance.errors import ProviderError
 from appliance.groups import single_error
 from appliance.listening.endpointer import Onset, Segment
@@ -74,8 +75,6 @@ class AvatarServer:
         self.config = config
         if isinstance(getattr(brain, "prefetch", None), int):  # the cloud brain's sentences synthesized ahead
             brain.prefetch = max(brain.prefetch, TTS_CONCURRENCY)  # type: ignore[attr-defined]
-        if hasattr(brain, "later_sentences"):  # every robot's first sentence before the others' later ones
-            brain.later_sentences = after_first_sentences
         self.history_limit = history_limit
         self.idle_timeout = idle_timeout
         check_bind(config)
@@ -91,6 +90,7 @@ class AvatarServer:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        later_sentences.set(after_first_sentences)  # every robot's first sentence before the others' later ones
         with single_error():  # a port already in use is reported as the OSError it is
             async with trio.open_nursery() as nursery:
                 # The largest frame is an invoke with the longest audio allowed, base64: refused beyond that.
@@ -386,16 +386,3 @@ class AvatarServer:
                         if item.voice_text:
                             reply.voiced.append(item.voice_text)
                         await send_chunk(ws, session, item, pcm=self.config.pcm)
-
-
-async def serve_until_signalled(server: AvatarServer) -> None:
-    """``appliance serve``: run until SIGTERM (systemd) or SIGINT (Ctrl-C), then close every connection."""
-    import signal
-
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, single_error():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            async for signum in signals:
-                log.info("stopping (%s)", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
