@@ -10,9 +10,7 @@ import trio.testing
 
 from appliance.audio.base import AudioClip
 from appliance.brains.cloud import CloudBrain
-from appliance.brains.speech_queue import SpeechQueue, later_sentences
 from appliance.server.avatar import TTS_CONCURRENCY, AvatarServer
-from appliance.server.priority import after_first_sentences
 from appliance.settings.brains import ServerConfig
 from appliance.turns import BrainOutput, ReplyChunk, TurnRequest, Utterance
 
@@ -113,74 +111,3 @@ async def test_synthesis_ahead_stays_bounded(autojump_clock: trio.testing.MockCl
     assert [text for text, _ in got] == SENTENCES
     assert tts.most == 2  # the third waits for a slot
     assert tts.started[SENTENCES[2]] >= got[0][1]
-
-
-class GateSeen:
-    """A brain that notes the wait its speech queue would use for later sentences."""
-
-    name = "gate-seen"
-
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-
-    async def reply(self, req: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
-        async with out:
-            self.seen.append(later_sentences.get())
-            await out.send(ReplyChunk("Hello.", "Hello.", (), None))
-
-    async def aclose(self) -> None:
-        return None
-
-
-async def test_serve_puts_first_sentences_first_and_a_robot_does_not(nursery: trio.Nursery) -> None:
-    from tests.remote_helpers import collect, remote, request
-
-    seen = GateSeen()
-    server = AvatarServer(seen, ServerConfig.model_validate({"host": "127.0.0.1", "port": 0, "api_key": "secret-key"}))
-    await nursery.start(server.run)
-    await collect(remote(f"ws://127.0.0.1:{server.port}/ws"), request("hi"))
-    assert seen.seen == [after_first_sentences]
-    await collect(seen, request("hi"))  # a robot's own turn: no server around it
-    assert seen.seen[-1] is None
-
-
-class RecordingTTS:
-    name = "recording-tts"
-
-    def __init__(self) -> None:
-        self.requested: list[str] = []
-
-    async def synthesize(self, text: str) -> AudioClip:
-        self.requested.append(text)
-        await trio.sleep(0.01)
-        return AudioClip.from_pcm(b"\x00\x01" * 160, 16_000)
-
-
-async def _reply(name: str, reading: int, tts: RecordingTTS, later: Any, said: list[str]) -> None:
-    """One reply of three sentences whose text is known after ``reading`` scheduler passes (its stream being
-    read while other replies' work is ready too)."""
-    async with trio.open_nursery() as nursery:
-        queue = SpeechQueue(nursery, TTS_CONCURRENCY, later)
-        async with queue:
-            for _ in range(reading):
-                await trio.lowlevel.checkpoint()
-            for n in (1, 2, 3):
-                await queue.add(f"{name}{n}", f"{name}{n}", (), tts)
-        send, receive = trio.open_memory_channel[BrainOutput](10)
-        async with send:
-            await queue.deliver(send, lambda chunk: None)
-        said += [chunk.text async for chunk in receive]  # type: ignore[union-attr]
-
-
-async def test_every_reply_s_first_sentence_is_requested_before_any_later_one() -> None:
-    """Robot a's sentences are all known at once, robot b's first one a few scheduler passes later: a's second and
-    third wait until b's first has been requested. Without the gate a's three go first (checked too)."""
-    for later, first_two in ((after_first_sentences, {"a1", "b1"}), (None, {"a1", "a2"})):
-        tts = RecordingTTS()
-        said: dict[str, list[str]] = {"a": [], "b": []}
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_reply, "a", 0, tts, later, said["a"])
-            nursery.start_soon(_reply, "b", 20, tts, later, said["b"])
-        assert set(tts.requested[:2]) == first_two
-        assert sorted(tts.requested) == ["a1", "a2", "a3", "b1", "b2", "b3"]
-        assert said == {"a": ["a1", "a2", "a3"], "b": ["b1", "b2", "b3"]}  # each reply still in speaking order

@@ -9,8 +9,7 @@ in speaking order, after everything before it was handed out.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -21,10 +20,6 @@ from appliance.errors import ProviderBadReply, ProviderError
 from appliance.providers.tts.base import SpeechSynthesizer
 from appliance.streams import closing
 from appliance.turns import BrainOutput, ReplyChunk, Tag
-
-# Awaited before each reply's later sentences are synthesized, when set: `appliance serve` sets it for its tasks so
-# that every robot's first sentence goes ahead of the other robots' later ones. Unset on a robot (one reply at once).
-later_sentences: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("later_sentences", default=None)
 
 
 @dataclass(eq=False)
@@ -48,11 +43,8 @@ class SpeechQueue:
     ``deliver`` hands the chunks out in order until then.
     """
 
-    def __init__(
-        self, nursery: trio.Nursery, prefetch: int, later: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
+    def __init__(self, nursery: trio.Nursery, prefetch: int) -> None:
         self._nursery = nursery
-        self._later = later or later_sentences.get()  # awaited before each later sentence's request
         self._slots = trio.Semaphore(prefetch)
         self._order_send, self._order_receive = trio.open_memory_channel[_Pending](prefetch)
         self._first: _Pending | None = None
@@ -88,8 +80,6 @@ class SpeechQueue:
     async def _synthesize(self, pending: _Pending, first: _Pending | None) -> None:
         if first is not None:
             await first.requested.wait()
-            if self._later is not None:
-                await self._later()
         streaming = getattr(pending.tts, "synthesize_stream", None)
         pending.requested.set()
         try:

@@ -25,13 +25,11 @@ from appliance.brains.avatar_protocol import (
     ProtocolError,
     b64decode,
 )
-from appliance.brains.speech_queue import later_sentences
 from appliance.errors import ProviderError
 from appliance.groups import single_error
 from appliance.listening.endpointer import Onset, Segment
 from appliance.server.frames import BLOCK, Reply, Session, send_chunk, send_frame
 from appliance.server.histories import Histories, History, LocalHistories
-from appliance.server.priority import after_first_sentences
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest, Utterance
 
@@ -90,7 +88,6 @@ class AvatarServer:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        later_sentences.set(after_first_sentences)  # every robot's first sentence before the others' later ones
         with single_error():  # a port already in use is reported as the OSError it is
             async with trio.open_nursery() as nursery:
                 # The largest frame is an invoke with the longest audio allowed, base64: refused beyond that.

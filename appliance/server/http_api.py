@@ -19,12 +19,10 @@ from typing import Any
 import trio
 
 from appliance.audio.base import CAPTURE_RATE
-from appliance.brains.speech_queue import later_sentences
 from appliance.groups import single_error
 from appliance.server.histories import Histories
 from appliance.server.http_routes import IMAGE_BYTES
 from appliance.server.http_turns import HttpTurns
-from appliance.server.priority import after_first_sentences
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain
 from appliance.web_serving import hypercorn_config, listen_socket, url_port
@@ -128,7 +126,6 @@ class HttpAvatarServer:
 
         cfg = self.config
         assert cfg.http_port is not None, "the HTTP API is off"
-        later_sentences.set(after_first_sentences)  # every client's first sentence before the others' later ones
         api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
         app = HttpGuard(create_app(self), api_key, body_limits(cfg))
         if self.listener is None:
