@@ -1,7 +1,8 @@
 """``appliance serve`` side by side with the real AIAvatarKit 0.9.2 server, over a floor of bare httpx calls.
 
-Everything runs on this machine against one fake cloud, four processes on one port: issue 23's fake (STT 150 ms,
-first token 250 ms, TTS 200 ms, a three-sentence reply, the rest of the reply right after its first token). The issue
+Everything runs on this machine against one fake cloud, four processes on one port (``bench/lean_cloud.py``, the
+tests' fake without its web framework; ``BENCH_SERVE_CLOUD=starlette`` runs the tests' own): issue 23's fake (STT
+150 ms, first token 250 ms, TTS 200 ms, a three-sentence reply, the rest of the reply right after its first token). The issue
 gave no token pace, but its figures tell it: first audio counted over "the cloud's 600 ms" (150 + 250 + 200, so
 the first sentence was complete with the first token) and AIAvatarKit's whole turn 1117 ms; here AIAvatarKit's
 turn is about 1060 ms with tokens at once and 1210-1310 ms at 20 ms a token. ``BENCH_SERVE_TOKEN_DELAY=0.02``
