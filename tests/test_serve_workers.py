@@ -259,3 +259,22 @@ async def test_a_worker_that_cannot_start_ends_the_service_with_its_code(tmp_pat
     with trio.fail_after(20):
         code = await parent.wait()
     assert code == 2
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_no_worker_outlives_a_killed_parent(tmp_path: Path) -> None:
+    record = tmp_path / "started"
+    parent = await trio.lowlevel.open_process([sys.executable, "-c", _PARENT, str(record), "0", "serve"], cwd=REPO)
+    workers = [int(line[1]) for line in await wait_for(record, 2)]
+    parent.kill()  # SIGKILL: the parent cannot forward anything
+    await parent.wait()
+    with trio.fail_after(10):
+        while any(alive(pid) for pid in workers):
+            await trio.sleep(0.05)

@@ -75,10 +75,12 @@ class Workers:
                 signal.signal(sig, handler)
 
     def _start(self, index: int, store: Path) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: nothing of the parent's loop runs here, it only serves and exits
             code = EXIT_FAILED
             try:
+                _end_with(parent)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)  # Trio's own handlers take over in serve_one
                 mine = [self.ws[index], *(self.http[index : index + 1] if self.http else [])]
@@ -123,6 +125,17 @@ class Workers:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def _end_with(parent: int) -> None:
+    """A worker gets SIGTERM when the parent dies, however it dies (SIGKILL too): no worker outlives the service
+    to keep serving robots with nobody to stop or restart it."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request was in place
+        raise SystemExit(EXIT_FAILED)
 
 
 def run_workers(count: int, host: str, port: int, http_port: int | None, serve_one: Worker) -> int:
