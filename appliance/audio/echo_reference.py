@@ -87,6 +87,8 @@ class FarEndTap:
         self.late_samples = 0  # reference samples that came after their microphone samples (dropped in place)
         self.gaps = 0  # pauses of the speaker or the microphone stream, measured by their stamps
         self.retreats = 0  # the reference kept running dry: paired later, by its worst deficit
+        self._worst_late = 0  # how far behind its microphone samples reference arrived, this second
+        self._starting = 0  # blocks of a restarted speaker stream still coming in late as it starts (not counted)
         # Tests: keep the raw blocks as played (exactly what went to the device), up to ``history`` blocks.
         self.history: deque[np.ndarray] | None = deque(maxlen=history) if history else None
 
@@ -171,20 +173,19 @@ class FarEndTap:
         return out
 
     def _keep_ahead(self) -> None:
-        """After a second in which the reference ran dry, pair a little later, once, by its worst deficit.
+        """After a second in which reference arrived late, pair a little later, once, by its worst lateness.
 
         The first pairing guesses how far ahead the reference must be kept (the resampler's bursts, the order
         the two callbacks run in); this measures it. It moves the pairing, as the delay estimator does, only
         while the microphone keeps overtaking the reference: never again once the margin holds.
         """
-        low = self.drift.last_min
-        if low >= 0:
+        if not self._worst_late:
             return
-        shift = int(-low) + FRAME
+        shift, self._worst_late = self._worst_late + FRAME, 0
         self._move_read(-shift)
         self.retreats += 1
         self.drift.reset()  # the backlog steps: its slope before and after is not drift
-        log.info("echo reference ran dry: paired %d ms later", shift * 1000 // CAPTURE_RATE)
+        log.info("echo reference arrived late: paired %d ms later", shift * 1000 // CAPTURE_RATE)
 
     def _pair(self, n: int) -> None:
         """Set the pairing where there is none (or it is lost); otherwise leave it exactly where it is."""
@@ -221,14 +222,16 @@ class FarEndTap:
             self._ref = self._ref[len(self._ref) - ahead :]
 
     def _write_samples(self, samples: np.ndarray | int) -> None:
-        """Write resampled reference (or that many samples of silence) at the write position."""
+        """Write resampled reference (or that many samples of silence: a pause) at the write position."""
         count = samples if isinstance(samples, int) else len(samples)
         if count <= 0:
             return
         start = self._write
         self._write += count
         late = max(0, min(count, self._read - start))
-        self.late_samples += late if self._synced else 0
+        if late and self._synced and not isinstance(samples, int) and not self._starting:
+            self.late_samples += late
+            self._worst_late = max(self._worst_late, self._read - start)
         if late == count:
             return
         part = np.zeros(count - late, dtype=np.int16) if isinstance(samples, int) else samples[late:]
@@ -245,6 +248,7 @@ class FarEndTap:
         if at is not None:
             self._pause(at, rate)
             self._played_until = at + len(block) / rate
+        self._starting = max(0, self._starting - 1)
         self._write_samples(block if self._resampler is None else self._resampler.resample_chunk(block))
 
     def _pause(self, at: float, rate: int) -> None:
@@ -254,6 +258,7 @@ class FarEndTap:
             # Later: the speaker was silent (its stream stopped). Earlier: the end of the last stream never
             # played (closed with its buffer full): that reference is taken back where it is still in hand.
             self.gaps += 1
+            self._starting = 4
             self._new_resampler(rate)  # its tail first: what it holds was played before the gap
             if gap > 0:
                 self._write_samples(round(gap * CAPTURE_RATE))
