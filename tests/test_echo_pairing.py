@@ -192,3 +192,60 @@ def test_the_canceller_queue_batches_while_the_robot_speaks_and_hands_on_the_sta
     assert not q.busy
     q.captured_at(123.0)
     assert tap._mic_clock == (0, 123.0)
+
+
+class _Status:
+    output_underflow = False
+    input_overflow = False
+
+
+class _TimeInfo:
+    def __init__(self, dac: float = 0.0, adc: float = 0.0, current: float = 0.0) -> None:
+        self.outputBufferDacTime, self.inputBufferAdcTime, self.currentTime = dac, adc, current
+
+
+def test_the_callbacks_stamp_their_blocks_on_the_monotonic_clock() -> None:
+    """The device sink's callback hands each block over with its DAC time, the input bridge tells the canceller's
+    queue its stream's first ADC time, both converted from the stream's own clock; a host API without times
+    (zeros) gives none."""
+    import time
+
+    import trio
+
+    from appliance.audio.device_sink import DeviceSink
+    from appliance.audio.input_bridge import InputBridge
+
+    sink = DeviceSink()
+    sink.sample_rate = 16_000
+    tap = FarEndTap()
+    sink.far_end = tap
+    before = time.monotonic()
+    sink._callback(np.zeros((320, 1), dtype=np.int16), 320, _TimeInfo(dac=5.04, current=5.0), _Status())
+    sink._callback(np.zeros((320, 1), dtype=np.int16), 320, _TimeInfo(), _Status())
+    (_, _, stamped), (_, _, unstamped) = tap._arrived
+    assert stamped is not None and before + 0.04 <= stamped <= time.monotonic() + 0.04 and unstamped is None
+
+    told: list[float] = []
+
+    class Queue:
+        relaxed = busy = False
+
+        def put_nowait(self, block: np.ndarray) -> None:
+            pass
+
+        def captured_at(self, at: float) -> None:
+            told.append(at)
+
+    class Source:
+        block_size, max_pending, busy_blocks, overflows, dropped_callbacks = 320, 50, 1, 0, 0
+
+    async def main() -> None:
+        bridge = InputBridge(Source(), Queue(), None, trio.lowlevel.current_trio_token())  # type: ignore[arg-type]
+        start = time.monotonic()
+        bridge.callback(np.zeros(640, dtype=np.int16).tobytes(), 640, _TimeInfo(adc=7.0, current=7.04), _Status())
+        bridge.callback(np.zeros(640, dtype=np.int16).tobytes(), 640, _TimeInfo(adc=7.04, current=7.08), _Status())
+        bridge.flush()
+        bridge.flush()
+        assert len(told) == 1 and start - 0.04 <= told[0] <= time.monotonic() - 0.04
+
+    trio.run(main)
