@@ -108,6 +108,21 @@ def test_a_speaker_that_stops_and_restarts_late_lands_at_its_true_place() -> Non
     assert any(seen[150:]), "the reference after the pause is used"
 
 
+def test_a_speaker_without_stamps_that_stops_is_paired_by_arrival_when_it_plays_again() -> None:
+    """A simulated sink plays only while the robot talks and says nothing of time: a microphone far ahead of it
+    means it stopped (not that it is late), so its next reply pairs by arrival again, and nothing counts as
+    late, no resync, no move by lateness."""
+    tap = FarEndTap(slack=0.0)
+    for i in range(50):
+        tap.played(_numbered(i * BLOCK), CAPTURE_RATE)
+        tap.take(BLOCK)
+    for _ in range(50):  # a second of nothing played
+        assert not tap.take(BLOCK).any()
+    tap.played(_numbered(5000 * BLOCK), CAPTURE_RATE)
+    assert tap.take(BLOCK)[0] == _numbered(5000 * BLOCK)[0]  # the next reply pairs at once
+    assert tap.late_samples == 0 and tap.resyncs == 0 and tap.retreats == 0
+
+
 def test_a_reopened_speaker_takes_back_what_never_played() -> None:
     """A reopened device: the old stream's last 40 ms sat in its buffer and never played; the new stream's first
     block is stamped where they would have been. The new reference goes to its true place."""

@@ -144,6 +144,7 @@ class FarEndTap:
         self._read = self._write
         self._synced = self._stamped = False
         self._played_until = None
+        self._worst_late = self._mic_gap = 0
         self.drift.reset()
 
     @property
@@ -157,13 +158,15 @@ class FarEndTap:
         for block, rate, at in arrived:
             self._add(block, rate, at)
         self._pair(n)
-        out = self._ref[:n]
-        if len(out) < n:
-            if self._synced and self.played_samples:
+        if not self._synced:  # nothing to pair with: silence, and the timeline waits for the first reference
+            out = np.zeros(n, dtype=np.int16)
+        else:
+            out = self._ref[:n]
+            if len(out) < n:
                 self.ran_dry += 1
-            out = np.concatenate([out, np.zeros(n - len(out), dtype=np.int16)])
-        self._ref = self._ref[n:]
-        self._read += n
+                out = np.concatenate([out, np.zeros(n - len(out), dtype=np.int16)])
+            self._ref = self._ref[n:]
+            self._read += n
         second = self.mic_samples // CAPTURE_RATE
         self.mic_samples += n
         self.drift.observe(self.mic_samples / CAPTURE_RATE, self.ahead)
@@ -204,6 +207,8 @@ class FarEndTap:
         """The newest reference pairs with the end of the next microphone block (minus the slack)."""
         if not self._ref.size:
             self._move_read(self.ahead)  # nothing in hand: wait at the write position, pair with the next block
+            if self._synced:
+                self.drift.reset()  # the backlog steps back to nothing: not drift
             self._synced = False
             return
         self._move_read(self.ahead - (n + self.slack))
