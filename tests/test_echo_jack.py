@@ -97,6 +97,7 @@ async def test_the_robot_does_not_interrupt_itself_but_a_user_does(jack: Jack) -
     seconds = tap.mic_samples / 16_000
     print(  # the figures behind the README's pairing line (pytest -s)
         f"\nJACK echo: {seconds:.1f} s, ran dry {tap.ran_dry}, paired later {tap.retreats}, resyncs {tap.resyncs}, "
+        f"pauses {tap.gaps}, "
         f"delay {canceller.delay_ms} ms, ERLE {erle} dB"
     )
     assert self_interruptions == [], f"the robot interrupted itself (ERLE {erle} dB)"

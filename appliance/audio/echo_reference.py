@@ -39,7 +39,10 @@ _SLACK = 0.005
 # s of reference the microphone may be ahead of without stamps before the speaker counts as stopped (not late):
 # its next block is then paired by arrival. Longer than the resampler's bursts (80 ms with a drift correction).
 _MAX_DEBT = 0.15
-_GAP = 0.008  # s a stream may start later (or earlier) than its last block ended before it counts as a pause
+# s a stream may start later (or earlier) than its last block ended before it counts as a pause. A stamp is read
+# on the monotonic clock when the Python callback runs, after waiting for the GIL (its switch interval is 5 ms):
+# they jitter by that much. A real pause (a stream reopened, restarted after an underrun) lasts far longer.
+_GAP = 0.05
 
 
 def monotonic_at(stream_time: float, current_time: float) -> float | None:
