@@ -90,7 +90,6 @@ class FarEndTap:
         self.late_samples = 0  # reference samples that came after their microphone samples (dropped in place)
         self.gaps = 0  # pauses of the speaker or the microphone stream, measured by their stamps
         self.retreats = 0  # the reference kept running dry: paired later, by its worst deficit
-        self._worst_late = 0  # how far behind its microphone samples reference arrived, this second
         self._starting = 0  # blocks of a restarted speaker stream still coming in late as it starts (not counted)
         # Tests: keep the raw blocks as played (exactly what went to the device), up to ``history`` blocks.
         self.history: deque[np.ndarray] | None = deque(maxlen=history) if history else None
@@ -147,7 +146,7 @@ class FarEndTap:
         self._read = self._write
         self._synced = self._stamped = False
         self._played_until = None
-        self._worst_late = self._mic_gap = 0
+        self._mic_gap = 0
         self.drift.reset()
 
     @property
@@ -170,24 +169,20 @@ class FarEndTap:
                 out = np.concatenate([out, np.zeros(n - len(out), dtype=np.int16)])
             self._ref = self._ref[n:]
             self._read += n
-        second = self.mic_samples // CAPTURE_RATE
         self.mic_samples += n
         self.drift.observe(self.mic_samples / CAPTURE_RATE, self.ahead)
-        if self.mic_samples // CAPTURE_RATE != second and self._synced:
-            self._keep_ahead()
         self._follow_drift()
         return out
 
-    def _keep_ahead(self) -> None:
-        """After a second in which reference arrived late, pair a little later, once, by its worst lateness.
+    def _keep_ahead(self, lateness: int) -> None:
+        """Reference came ``lateness`` samples after the microphone samples it pairs with: pair later by that
+        much and a frame, so that it, and as late a next one, is still in hand.
 
         The first pairing guesses how far ahead the reference must be kept (the resampler's bursts, the order
-        the two callbacks run in); this measures it. It moves the pairing, as the delay estimator does, only
-        while the microphone keeps overtaking the reference: never again once the margin holds.
+        the two callbacks run in); this measures it, at once, while AEC3 has learned little. It moves the
+        pairing, as the delay estimator does, only when reference comes later than any margin kept so far.
         """
-        if not self._worst_late:
-            return
-        shift, self._worst_late = self._worst_late + FRAME, 0
+        shift = lateness + FRAME
         self._move_read(-shift)
         self.retreats += 1
         self.drift.reset()  # the backlog steps: its slope before and after is not drift
@@ -234,12 +229,12 @@ class FarEndTap:
         count = samples if isinstance(samples, int) else len(samples)
         if count <= 0:
             return
-        start = self._write
-        self._write += count
-        late = max(0, min(count, self._read - start))
+        late = max(0, min(count, self._read - self._write))
         if late and self._synced and not isinstance(samples, int) and not self._starting:
             self.late_samples += late
-            self._worst_late = max(self._worst_late, self._read - start)
+            self._keep_ahead(self._read - self._write)
+            late = 0
+        self._write += count
         if late == count:
             return
         part = np.zeros(count - late, dtype=np.int16) if isinstance(samples, int) else samples[late:]
