@@ -6,14 +6,10 @@ the silence that really followed). The capture side pairs each microphone block 
 reference samples, oldest first, and WebRTC's AEC3 (see :mod:`appliance.audio.echo_engines`) removes the
 echo; everything after it (VAD, wake word, speaker gate, barge-in) sees the cleaned signal.
 
-Alignment (:mod:`appliance.audio.echo_reference`): the reference lies on a timeline of samples that the
-microphone reads at an offset set once, so a reference that comes late (the resampler's bursts, the order of
-the two audio callbacks, hand-overs of several blocks) is padded with silence and dropped at its true place
-instead of shifting the pairing. The first pairing takes the newest reference, so the echo lags its reference
-by the round trip (positive, as AEC3 needs), and AEC3's own delay estimator finds that lag; pauses of the
-speaker or the microphone are measured from PortAudio's time stamps. Clock drift between two cards moves the
-lag slowly; :class:`DriftMeter` measures it from how the reference backlog grows and the tap resamples the
-reference by it, so the lag stays put over hours.
+Alignment (:mod:`appliance.audio.echo_reference`): the reference lies on a timeline the microphone reads at
+an offset set once from the newest reference, so the echo lags it by the round trip (positive, as AEC3 needs)
+and AEC3's delay estimator finds that lag. Late reference, pauses of either side and clock drift are handled
+there without letting the pairing slip.
 
 Both run at 16 kHz (the reference is resampled from the sink's rate with soxr). AEC3 works in 10 ms frames;
 blocks that are not a multiple of 10 ms are carried over (adds under 10 ms of latency).
