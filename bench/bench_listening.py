@@ -247,9 +247,7 @@ def real_capture_figure(seconds: float = 20.0, rounds: int = 3, echo: bool = Fal
             ("idle", f"handed over every {audio.idle_handover_ms} ms"),
             (
                 "speaking",
-                f"every {audio.device_block_ms} ms device block (the canceller pairs by arrival: never batched)"
-                if echo
-                else f"handed over every {audio.busy_handover_ms} ms ({audio.device_block_ms} ms device blocks; "
+                f"handed over every {audio.busy_handover_ms} ms ({audio.device_block_ms} ms device blocks; "
                 f"a barge-in's first block is noticed up to {audio.busy_handover_ms - audio.device_block_ms} ms "
                 "later)",
             ),

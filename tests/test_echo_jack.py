@@ -94,5 +94,11 @@ async def test_the_robot_does_not_interrupt_itself_but_a_user_does(jack: Jack) -
                     talk.cancel_scope.cancel()  # what the conversation does on a barge-in
             erle = canceller.erle_db
             nursery.cancel_scope.cancel()
+    seconds = tap.mic_samples / 16_000
+    print(  # the figures behind the README's pairing line (pytest -s)
+        f"\nJACK echo: {seconds:.1f} s, ran dry {tap.ran_dry}, paired later {tap.retreats}, resyncs {tap.resyncs}, "
+        f"pauses {tap.gaps}, "
+        f"delay {canceller.delay_ms} ms, ERLE {erle} dB"
+    )
     assert self_interruptions == [], f"the robot interrupted itself (ERLE {erle} dB)"
     assert isinstance(event, SpeechStarted) and event.barge_in

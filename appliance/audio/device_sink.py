@@ -19,9 +19,18 @@ from appliance.audio.device import (
     pick_rate,
     portaudio,
 )
+from appliance.audio.echo_reference import monotonic_at
 from appliance.audio.playback import BlockSink
 
 log = logging.getLogger(__name__)
+
+
+def _dac_time(time_info: Any) -> float | None:
+    """When this callback's first sample reaches the speaker (``time.monotonic``), where the host API says."""
+    try:
+        return monotonic_at(time_info.outputBufferDacTime, time_info.currentTime)
+    except AttributeError:  # a caller without PortAudio's time info (tests)
+        return None
 
 
 class DeviceSink(BlockSink):
@@ -72,8 +81,8 @@ class DeviceSink(BlockSink):
                 self._partial = chunk[take:]
         out[filled:] = 0
         tap = self.far_end
-        if tap is not None:  # exactly what goes to the card, silence after a barge-in cut included
-            tap.played(out, self.sample_rate)
+        if tap is not None:  # exactly what goes to the card, silence after a barge-in cut included, and when
+            tap.played(out, self.sample_rate, _dac_time(time_info))
         self._wake()
 
     def _wake(self) -> None:

@@ -6,12 +6,10 @@ the silence that really followed). The capture side pairs each microphone block 
 reference samples, oldest first, and WebRTC's AEC3 (see :mod:`appliance.audio.echo_engines`) removes the
 echo; everything after it (VAD, wake word, speaker gate, barge-in) sees the cleaned signal.
 
-Alignment: the first pairing takes the newest reference, so the echo always lags its reference by the round
-trip (output latency + room + input latency; positive, as AEC3 needs), and AEC3's own delay estimator finds
-that lag. From then on both streams run sample for sample; the reference is trimmed only when it piles up
-far beyond what any room needs (the mic stopped, a device was reopened). Clock drift between two cards moves
-the lag slowly; :class:`DriftMeter` measures it from how the reference backlog grows and the tap resamples the
-reference by it, so the lag stays put over hours.
+Alignment (:mod:`appliance.audio.echo_reference`): the reference lies on a timeline the microphone reads at
+an offset set once from the newest reference, so the echo lags it by the round trip (positive, as AEC3 needs)
+and AEC3's delay estimator finds that lag. Late reference, pauses of either side and clock drift are handled
+there without letting the pairing slip.
 
 Both run at 16 kHz (the reference is resampled from the sink's rate with soxr). AEC3 works in 10 ms frames;
 blocks that are not a multiple of 10 ms are carried over (adds under 10 ms of latency).
@@ -29,10 +27,11 @@ import numpy as np
 import trio
 
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
-from appliance.audio.echo_alignment import FRAME, FarEndTap, estimate_delay_ms
+from appliance.audio.echo_alignment import FRAME, estimate_delay_ms
 from appliance.audio.echo_backoff import EchoHealth
 from appliance.audio.echo_engines import best_binding, open_engine
 from appliance.audio.echo_linear import LinearEchoFilter
+from appliance.audio.echo_reference import FarEndTap
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,8 @@ class EchoStats:
     noise_suppression: bool
     state: str = "running"  # running, backed_off (auto switched it off: it could not stay aligned), misaligned
     reason: str | None = None  # why it is backed off or misaligned
+    ran_dry: int = 0  # microphone blocks whose reference had not all arrived (padded; the pairing held)
+    late_ms: float = 0.0  # reference that came after its microphone samples (dropped at its place)
 
 
 class WebRtcEchoCanceller:
@@ -144,7 +145,7 @@ class WebRtcEchoCanceller:
         if self.health.block(len(block) / CAPTURE_RATE, now):
             self._aec.reset()  # retrying: a fresh filter, paired afresh (the tap was dropped while off)
         if self.health.backed_off:
-            self.tap.drop()
+            self.tap.drop(len(block))
             return block
         far = self.tap.take(len(block))
         if self.tap.resyncs != self._resyncs_seen:
@@ -342,6 +343,8 @@ class WebRtcEchoCanceller:
             self.noise_suppression,
             self.health.state,
             self.health.reason,
+            self.tap.ran_dry,
+            round(self.tap.late_samples * 1000 / CAPTURE_RATE, 1),
         )
 
 
@@ -361,9 +364,13 @@ class CancellingQueue:
 
     @property
     def busy(self) -> bool:
-        # Never batched while the robot speaks: the reference is paired with the microphone by arrival, and
-        # hand-overs of two device blocks made it run dry and slip (the JACK test interrupted itself 4 in 8).
-        return False
+        # Batched like any capture while the robot speaks: the reference is paired on its timeline, so a
+        # hand-over of several device blocks cannot shift it.
+        return self.queue.busy
+
+    def captured_at(self, at: float) -> None:
+        """The next block's first sample was captured at ``at`` (``time.monotonic``): a new microphone stream."""
+        self.canceller.tap.mic_time(at)
 
     @property
     def dropped(self) -> int:

@@ -15,6 +15,14 @@ import numpy as np
 import trio
 
 from appliance.audio.base import BlockQueue
+from appliance.audio.echo_reference import monotonic_at
+
+
+def _adc_time(time_info: Any) -> float | None:
+    try:
+        return monotonic_at(time_info.inputBufferAdcTime, time_info.currentTime)
+    except AttributeError:  # a caller without PortAudio's time info (tests)
+        return None
 
 
 class InputBridge:
@@ -30,12 +38,21 @@ class InputBridge:
         self.last_arrival = trio.current_time()  # -1: "just now", stamped by Trio (the audio thread has no clock)
         self.leftover = np.zeros(0, dtype=np.int16)
         self.finished = trio.Event()
+        # When the stream's first sample was captured (time.monotonic; the audio thread sets it once), for the
+        # echo canceller's pairing by the devices' clocks; told to the queue before its first block.
+        self.started_at: float | None = None
+        self._told = False
 
     def flush(self) -> None:
         self.woken = False
         if self.last_arrival < 0:
             self.last_arrival = trio.current_time()  # audio came since the last flush: stamped on Trio's clock
         block_size = self.source.block_size
+        if not self._told and self.started_at is not None:
+            self._told = True
+            tell = getattr(self.queue, "captured_at", None)  # only the echo canceller's queue wants it
+            if tell is not None:
+                tell(self.started_at)
         while self.arrived:
             block = np.frombuffer(self.arrived.popleft(), dtype=np.int16)
             if self.resampler is not None:
@@ -52,6 +69,8 @@ class InputBridge:
         if len(self.arrived) >= self.source.max_pending:
             self.source.dropped_callbacks += 1  # never block the audio thread; drop newest here, queue drops oldest
             return
+        if self.started_at is None and not self.arrived and not self._told:
+            self.started_at = _adc_time(time_info)
         self.arrived.append(bytes(indata))
         self.last_arrival = -1.0
         if (self.queue.relaxed and self.watch_hands_over) or self.woken:

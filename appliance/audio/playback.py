@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class FarEndTapLike(Protocol):
-    def played(self, samples: np.ndarray, rate: int) -> None: ...
+    def played(self, samples: np.ndarray, rate: int, at: float | None = None) -> None: ...
 
 
 class BlockSink:
