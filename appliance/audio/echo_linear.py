@@ -26,6 +26,7 @@ missed), so the user's voice does not teach it.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ _NEEDED = 3  # frames of the last _RECENT with the user heard
 _HOLD = 10  # frames a near-end decision is held
 _LONGEST_TALK = 150  # frames (1.5 s) held as the user's in a row: rather the filter lost the echo
 _NOISE_UP = 1.002  # the noise floor rises slowly, falls at once (minimum tracking)
+_UP, _DOWN = _STEP * _QUANTILE, -_STEP * (1 - _QUANTILE)  # the log ratio's step above and under it
+_ONES = [1.0] * len(_BANDS)
 _CHUNK = 64  # frames of the reference appended at once (a longer block goes in several)
 _BATCH = 4  # frames predicted with one filter, and adapted at once
 # The gradient constraint: this many partitions every so many adapted frames (each partition every 64 frames).
@@ -91,12 +94,12 @@ class LinearEchoFilter:
         self._quiet = 0  # frames of the reference in a row that were digital silence
         self._prev_far = np.zeros(FRAME)
         self._far_power = np.zeros(_BINS)
-        self._log_ratio = np.zeros(len(_BANDS))
-        self._ratio = np.ones(len(_BANDS))
-        self._ones = np.ones(len(_BANDS))
-        self._noise = np.full(len(_BANDS), np.inf)
-        self._py_last = np.zeros(len(_BANDS))
-        self._trust_step = np.ones(len(_BANDS))
+        # Per band (Python floats: see _decide).
+        self._log_ratio = [0.0] * len(_BANDS)
+        self._ratio = _ONES
+        self._noise = [math.inf] * len(_BANDS)
+        self._py_last = [0.0] * len(_BANDS)
+        self._trust_step = _ONES
         self._erle = 1.0
         self._recent: deque[bool] = deque(maxlen=_RECENT)
         self._heard = 0  # of the _recent frames, those with the user heard
@@ -114,8 +117,8 @@ class LinearEchoFilter:
     def _forget(self) -> None:
         """Learn the echo path afresh (where the delay puts it stays; the drift is measured again)."""
         self._w[:] = 0.0
-        self._log_ratio[:] = 0.0
-        self._ratio = np.ones(len(_BANDS))
+        self._log_ratio = [0.0] * len(_BANDS)
+        self._ratio = _ONES
         self._erle = 1.0
         self._recent.clear()
         self._heard = 0
@@ -218,14 +221,14 @@ class LinearEchoFilter:
         predicted = np.fft.irfft((x * self._w).sum(axis=1), axis=1)[:, FRAME:]
         errors = out.residual[frames] = out.mic[frames] - predicted
         spectra = np.fft.rfft(np.concatenate([errors, predicted]), 2 * FRAME, axis=1)  # the residual, the removed
-        powers = np.square(spectra.view(np.float64)) @ self._bands_ri
+        powers = (np.square(spectra.view(np.float64)) @ self._bands_ri).tolist()
         spans = self._windows(self._xp, oldest, count).sum(axis=1)
         steps = np.zeros((count, _BINS))
         for f, (i, counted) in enumerate(batch):
             out.near_end[i] = near_end = self._decide(powers[f], powers[count + f])
             self._far_power += 0.3 * (spans[f] - self._far_power)
             if not near_end:
-                steps[f] = self._trust_step[self._band_of_bin] / (self._far_power + 1e4 * FRAME)
+                steps[f] = np.array(self._trust_step)[self._band_of_bin] / (self._far_power + 1e4 * FRAME)
                 self._constrain_due |= counted % _CONSTRAIN_EVERY == 0
         if self.drift:
             self._w *= self._rotation if count == 1 else self._rotation**count
@@ -274,21 +277,22 @@ class LinearEchoFilter:
         self._turn = (turn + _CONSTRAINED) % self.partitions
         self._constrain_due = False
 
-    def _decide(self, pe: np.ndarray, py_now: np.ndarray) -> bool:
-        """One frame's verdict from its band powers: the residual's, the echo the filter removed."""
-        py = np.maximum(py_now, self._py_last)
+    def _decide(self, pe: list[float], py_now: list[float]) -> bool:
+        """One frame's verdict from its band powers (the residual's, the echo the filter removed): five numbers
+        each, worked on as Python floats (a numpy call on five costs more than the arithmetic)."""
+        py = [now if now > last else last for now, last in zip(py_now, self._py_last, strict=True)]
         self._py_last = py_now
-        floor = np.maximum(pe, 1.0)
-        noise = self._noise = np.minimum(self._noise * _NOISE_UP, floor)
-        left = self._ratio * py  # what the filter leaves of the echo it removed
-        expected = left + noise
-        heard, self._trust_step = False, self._ones
+        floor = [p if p > 1.0 else 1.0 for p in pe]
+        noise = self._noise = [min(n * _NOISE_UP, p) for n, p in zip(self._noise, floor, strict=True)]
+        left = [r * y for r, y in zip(self._ratio, py, strict=True)]  # what the filter leaves of the echo removed
+        heard, self._trust_step = False, _ONES
         if self.ready:
             # The step shrinks where the residual is far above what the filter leaves (double talk it missed, a
             # burst of noise): the user's voice must not teach the filter. Before the filter is ready it has no
             # idea what it leaves: it learns at the full step.
-            self._trust_step = np.minimum(1.0, expected / floor)
-            heard = int(np.count_nonzero(pe > _NEAR_RATIO * expected)) >= 2
+            expected = [a + n for a, n in zip(left, noise, strict=True)]
+            self._trust_step = [min(1.0, e / p) for e, p in zip(expected, floor, strict=True)]
+            heard = sum(p > _NEAR_RATIO * e for p, e in zip(pe, expected, strict=True)) >= 2
         recent = self._recent
         self._heard += heard - (len(recent) == _RECENT and recent[0])
         recent.append(heard)
@@ -306,15 +310,17 @@ class LinearEchoFilter:
             self._learn_ratio(pe, py, noise, left)
         return self._hold > 0
 
-    def _learn_ratio(self, pe: np.ndarray, py: np.ndarray, noise: np.ndarray, left: np.ndarray) -> None:
-        """Track what the filter leaves (the ratio 90% of robot-only frames stay under) where the robot's echo is
-        well above the room, and from it whether the filter is ready."""
-        active = py > 4.0 * noise
-        if not active.any():
-            return
-        above = np.maximum(pe - noise, 1.0) > left
-        self._log_ratio += (above * _STEP - _STEP * (1 - _QUANTILE)) * active
-        self._ratio = np.exp(self._log_ratio)
-        echo = float(np.dot(pe, active))
-        self._erle += 0.01 * (echo / (echo + float(np.dot(py, active))) - self._erle)
-        self.ready = self._erle < _READY_RATIO
+    def _learn_ratio(self, pe: list[float], py: list[float], noise: list[float], left: list[float]) -> None:
+        """Track what the filter leaves (the ratio 90% of robot-only frames stay under) in the bands where the
+        robot's echo is well above the room, and from it whether the filter is ready."""
+        echo = robot = 0.0
+        ratio = self._log_ratio
+        for j, power in enumerate(py):
+            if power > 4.0 * noise[j]:
+                ratio[j] += _UP if max(pe[j] - noise[j], 1.0) > left[j] else _DOWN
+                echo += pe[j]
+                robot += power
+        if robot:
+            self._ratio = [math.exp(r) for r in ratio]
+            self._erle += 0.01 * (echo / (echo + robot) - self._erle)
+            self.ready = self._erle < _READY_RATIO
