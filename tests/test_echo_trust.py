@@ -117,3 +117,23 @@ def test_the_delay_is_estimated_every_few_seconds_once_it_holds_and_every_second
     assert gaps[3:8] == [3, 3, 3, 3, 3]  # four estimates within 10 ms of each other: every 3 s
     assert gaps[8:11] == [1, 1, 1]  # it moved: every second until the new delay holds
     assert gaps[11] == 3
+
+
+@needs_webrtc
+def test_the_guard_trusts_the_canceller_only_after_two_seconds_of_robot_speech() -> None:
+    # AEC3's first second can look converged and then let the echo through (bench echo, hall: a false barge-in
+    # 1.4 s into the robot's speech): a whole window of robot speech before the margin drops.
+    canceller = WebRtcEchoCanceller(FarEndTap())
+    far = _speechlike(8.0)
+    trust, _ = _feed(canceller, far, _room(far, 800))
+    active = np.cumsum(_active_blocks(far))
+    first = trust.index(True)
+    assert active[first] >= 200  # frames of robot speech (2 s)
+    assert all(trust[first:])
+
+
+def _active_blocks(far: np.ndarray) -> list[int]:
+    """Frames of robot speech (loud enough for the ERLE figure) per 20 ms block."""
+    frames = far[: len(far) // 160 * 160].reshape(-1, 160)
+    loud = np.mean(np.square(frames), axis=1) >= 32768.0**2 * 1e-5
+    return [int(loud[i : i + 2].sum()) for i in range(0, len(loud), 2)]

@@ -53,7 +53,7 @@ _CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower ma
 # show the echo removed. Trusted while half the frames show it. Not a quarter: a canceller that lost the echo
 # still shows it in some frames, as AEC3's suppressor cuts what it takes for echo (livekit's, whose suppressor
 # is bolder, in a quarter to a third of the frames: tests/test_echo_trust.py).
-_TRUST_WINDOW = 2.0  # s of robot speech
+_TRUST_WINDOW = 2.0  # s of robot speech (and none trusted before a whole window: AEC3 early on can look converged)
 _TRUST_SHARE = 0.5  # of its frames with the echo reduced by _CONVERGED_DB
 _CONVERGED_RATIO = 10 ** (_CONVERGED_DB / 10)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
@@ -335,7 +335,7 @@ class WebRtcEchoCanceller:
     def _update_trust(self) -> None:
         if not self._aligned():
             self._trusted = False
-        elif len(self._frame_ok) >= 50:  # half a second of robot speech
+        elif len(self._frame_ok) == self._frame_ok.maxlen:  # a whole window (see _TRUST_WINDOW)
             self._trusted = self._frames_ok >= _TRUST_SHARE * len(self._frame_ok)
 
     def stats(self) -> EchoStats:
