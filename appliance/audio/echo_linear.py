@@ -46,11 +46,6 @@ _NEEDED = 3  # frames of the last _RECENT with the user heard
 _HOLD = 10  # frames a near-end decision is held
 _LONGEST_TALK = 150  # frames (1.5 s) held as the user's in a row: rather the filter lost the echo
 _NOISE_UP = 1.002  # the noise floor rises slowly, falls at once (minimum tracking)
-# The echo the residual is judged against: the filter's estimate, held and let fall by 0.5 dB a frame (50 dB a
-# second). What the filter leaves is mostly the room's reverberation past its span, which follows the echo's
-# envelope, not its frame-by-frame level: against the held echo the ratio it leaves is steadier (learned lower),
-# so a user talking over the robot shows sooner (bench echo within 300 ms: -6 dB 20 -> 22 of 24, -12 dB 9 -> 14).
-_ECHO_DECAY = 10 ** (-0.5 / 10)
 _UP, _DOWN = _STEP * _QUANTILE, -_STEP * (1 - _QUANTILE)  # the log ratio's step above and under it
 _ONES = [1.0] * len(_BANDS)
 _CHUNK = 64  # frames of the reference appended at once (a longer block goes in several)
@@ -70,7 +65,7 @@ class _Frames:
 
 
 class LinearEchoFilter:
-    def __init__(self, partitions: int = 24, history: int = 64) -> None:
+    def __init__(self, partitions: int = 16, history: int = 64) -> None:
         self.partitions = partitions
         self._bands = np.zeros((_BINS, len(_BANDS)))
         for j, (a, b) in enumerate(_BANDS):
@@ -103,7 +98,7 @@ class LinearEchoFilter:
         self._log_ratio = [0.0] * len(_BANDS)
         self._ratio = _ONES
         self._noise = [math.inf] * len(_BANDS)
-        self._py_last = [0.0] * len(_BANDS)  # the echo removed, held (see _ECHO_DECAY)
+        self._py_last = [0.0] * len(_BANDS)
         self._trust_step = _ONES
         self._erle = 1.0
         self._recent: deque[bool] = deque(maxlen=_RECENT)
@@ -112,7 +107,6 @@ class LinearEchoFilter:
         self._held = 0  # frames in a row held as the user's
         self.forgotten = 0  # times it lost the echo and started afresh
         self._turn = 0
-        self._unturned = 0  # frames the filter skipped since it last followed the drift
         self._constrain_due = False
         self.delay_frames: int | None = None
         self.ready = False
@@ -184,7 +178,6 @@ class LinearEchoFilter:
                 if batch:
                     self._batch(batch, row - delay, out)  # type: ignore[operator]  # batch: delay is set
                     batch = []
-                self._unturned += 1  # the clocks drift on (see _batch)
                 if self._hold:  # nothing of the robot can be in the microphone: the filter rests
                     self._hold -= 1
             if batch:
@@ -196,7 +189,6 @@ class LinearEchoFilter:
         have changed once the filter's whole span is silent, its clock (for the drift) and the quiet count."""
         self._frames += frames
         self._quiet += frames
-        self._unturned += frames
         self._hold = max(0, self._hold - frames)
 
     def _store(self, spectra: np.ndarray) -> int:
@@ -238,9 +230,8 @@ class LinearEchoFilter:
             if not near_end:
                 steps[f] = np.array(self._trust_step)[self._band_of_bin] / (self._far_power + 1e4 * FRAME)
                 self._constrain_due |= counted % _CONSTRAIN_EVERY == 0
-        if self.drift:  # the drift of these frames, and of those that went by while the filter rested
-            turns, self._unturned = count + self._unturned, 0
-            self._w *= self._rotation if turns == 1 else self._rotation**turns
+        if self.drift:
+            self._w *= self._rotation if count == 1 else self._rotation**count
         if self._constrain_due or steps.any():
             # sum over frames of conj(x) * step * error, as the conjugate of its conjugate (no conj(x) to make)
             gradient = x * np.conj(steps * self._mu * spectra[:count])[:, None, :]
@@ -289,8 +280,8 @@ class LinearEchoFilter:
     def _decide(self, pe: list[float], py_now: list[float]) -> bool:
         """One frame's verdict from its band powers (the residual's, the echo the filter removed): five numbers
         each, worked on as Python floats (a numpy call on five costs more than the arithmetic)."""
-        held = [last * _ECHO_DECAY for last in self._py_last]
-        py = self._py_last = [now if now > last else last for now, last in zip(py_now, held, strict=True)]
+        py = [now if now > last else last for now, last in zip(py_now, self._py_last, strict=True)]
+        self._py_last = py_now
         floor = [p if p > 1.0 else 1.0 for p in pe]
         noise = self._noise = [min(n * _NOISE_UP, p) for n, p in zip(self._noise, floor, strict=True)]
         left = [r * y for r, y in zip(self._ratio, py, strict=True)]  # what the filter leaves of the echo removed
