@@ -247,7 +247,7 @@ def _check_config(config, show: bool) -> int:
 
 def describe_echo(listening) -> str:
     """Which echo handling runs, as check-config prints it."""
-    from appliance.audio.echo import resolve_backend
+    from appliance.audio.echo_engines import resolve_backend
 
     backend = resolve_backend(listening.echo_cancel)
     guard = listening.self_trigger_guard

@@ -87,7 +87,7 @@ class AppConfig(Section):
                 except WakeWordError as exc:
                     raise ValueError(str(exc)) from None
         if listening.echo_cancel == "webrtc":
-            from appliance.audio.echo import resolve_backend
+            from appliance.audio.echo_engines import resolve_backend
 
             resolve_backend(listening.echo_cancel)  # raises ValueError: no wheel on this platform
         return listening

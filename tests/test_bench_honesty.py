@@ -41,3 +41,26 @@ def test_no_canceller_means_its_live_figure_raises(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(echo, "webrtc_available", lambda: False)
     with pytest.raises(bench_listening.BackendMissing, match="pywebrtc-audio"):
         bench_listening._canceller()
+
+
+def test_the_echo_bench_shows_the_cold_canceller_s_wake_word_recall_beside_the_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wake word target is measured on a canceller that has heard the robot before (as it runs); its first
+    seconds after start are reported too, not left out."""
+    from bench import bench_echo
+
+    asked: list[tuple[float, float]] = []
+
+    def trials(above: float, warm: float) -> tuple[int, int, int]:
+        asked.append((above, warm))
+        return (12, 12, 12) if warm else (1, 12, 12)
+
+    monkeypatch.setattr(bench_echo, "_wake_trials", trials)
+    figures = bench_echo.wake_figures()
+    assert sorted(asked) == [(0.0, 0.0), (0.0, 20.0), (6.0, 0.0), (6.0, 20.0)]
+    warm = [f for f in figures if "after 20 s" in f.name]
+    cold = [f for f in figures if "first speech" in f.name]
+    assert len(warm) == len(cold) == 2
+    assert all(f.target == ">= 90" and f.verdict == "OK" for f in warm)
+    assert all(f.value < 10 and "1/12" in f.note for f in cold)

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.app import build_appliance
 from appliance.audio import echo as echo_module
-from appliance.audio.echo import webrtc_available
+from appliance.audio.echo_engines import webrtc_available
 from appliance.audio.playback import MemorySink
 from appliance.cli import EXIT_CONFIG, EXIT_OK, main
 from appliance.config import load_config

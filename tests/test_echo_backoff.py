@@ -12,8 +12,9 @@ import trio
 import trio.testing
 
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
-from appliance.audio.echo import CancellingQueue, FarEndTap, WebRtcEchoCanceller, webrtc_available
+from appliance.audio.echo import CancellingQueue, FarEndTap, WebRtcEchoCanceller
 from appliance.audio.echo_backoff import BackoffLimits, EchoHealth
+from appliance.audio.echo_engines import webrtc_available
 from appliance.listening.guard import EchoGuard
 from tests.test_echo_canceller import _room, _speechlike
 

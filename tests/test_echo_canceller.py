@@ -10,9 +10,9 @@ import trio.lowlevel
 import trio.testing
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip, AudioStream, BlockQueue
-from appliance.audio.echo import CancellingQueue, FarEndTap, WebRtcEchoCanceller, resolve_backend, webrtc_available
+from appliance.audio.echo import CancellingQueue, FarEndTap, WebRtcEchoCanceller
 from appliance.audio.echo_alignment import DriftMeter, estimate_delay_ms
-from appliance.audio.echo_engines import installed_bindings
+from appliance.audio.echo_engines import installed_bindings, resolve_backend, webrtc_available
 from appliance.audio.playback import MemorySink
 
 needs_webrtc = pytest.mark.skipif(not webrtc_available(), reason="pywebrtc-audio has no wheel for this platform")

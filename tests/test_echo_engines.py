@@ -3,12 +3,13 @@ one does, none (the guard alone) where neither does; both take the same 10 ms fr
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from appliance.audio import echo, echo_engines
-from appliance.audio.echo import resolve_backend
-from appliance.audio.echo_engines import installed_bindings, open_engine
+from appliance.audio.echo_engines import installed_bindings, open_engine, resolve_backend
 
 
 def _only(monkeypatch: pytest.MonkeyPatch, livekit: bool, pywebrtc: bool) -> None:
@@ -56,3 +57,33 @@ def test_each_binding_runs_with_noise_suppression(binding: str) -> None:
     out = np.concatenate([engine.process(noise[i : i + 160], np.zeros(160, np.int16)) for i in range(0, 16000, 160)])
     # after a second of steady noise the suppressor has lowered it
     assert np.mean(np.square(out[8000:], dtype=np.float64)) < np.mean(np.square(noise[8000:], dtype=np.float64))
+
+
+@pytest.mark.skipif("livekit" not in installed_bindings(), reason="livekit has no wheel for this platform")
+def test_livekit_through_requests_built_once_cancels_exactly_as_through_its_public_calls() -> None:
+    from tests.test_echo_canceller import _room, _speechlike
+
+    far = _speechlike(3.0).astype(np.int16)
+    near = np.clip(_room(far.astype(np.float64), 800) + _speechlike(3.0, seed=5) * 0.1, -32768, 32767).astype(np.int16)
+    direct, public = open_engine(binding="livekit"), open_engine(binding="livekit")
+    assert isinstance(direct, echo_engines.LiveKitAec3) and isinstance(public, echo_engines.LiveKitAec3)
+    assert direct._direct is not None
+    public._direct = None  # the public calls, one protobuf message each
+    outs = [
+        np.concatenate([e.process(near[i : i + 320], far[i : i + 320]) for i in range(0, len(near), 320)])
+        for e in (direct, public)
+    ]
+    assert np.array_equal(outs[0], outs[1]) and np.any(outs[0] != near)
+
+
+@pytest.mark.skipif("livekit" not in installed_bindings(), reason="livekit has no wheel for this platform")
+def test_a_request_livekit_refuses_is_an_error_not_a_crash() -> None:
+    from livekit import rtc
+
+    frame = rtc.AudioFrame.create(16000, 1, 160)
+    unknown = SimpleNamespace(_ffi_handle=SimpleNamespace(handle=987654321))  # a module livekit never made
+    calls = echo_engines._DirectCalls(unknown, frame, frame)
+    with pytest.raises(RuntimeError, match="livekit"):
+        calls.capture()
+    with pytest.raises(RuntimeError, match="livekit"):
+        calls.reverse()

@@ -13,7 +13,8 @@ import trio
 
 from appliance.audio.base import AudioClip, BlockQueue
 from appliance.audio.capture import CaptureService
-from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller, webrtc_available
+from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller
+from appliance.audio.echo_engines import webrtc_available
 from appliance.bus import EventBus
 from appliance.events import OutputLevel, SpeechStarted
 from appliance.listening.service import ListeningService

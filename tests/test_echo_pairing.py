@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from appliance.audio.base import CAPTURE_RATE
-from appliance.audio.echo import CancellingQueue, FarEndTap, WebRtcEchoCanceller, webrtc_available
+from appliance.audio.echo import CancellingQueue, FarEndTap, WebRtcEchoCanceller
 from appliance.audio.echo_alignment import estimate_delay_ms
+from appliance.audio.echo_engines import webrtc_available
 
 BLOCK = 320  # 20 ms at 16 kHz
 _WRAP = 30_000

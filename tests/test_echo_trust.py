@@ -8,14 +8,16 @@ does not take that trust away; a canceller that really stopped removing the echo
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from appliance.audio import echo
 from appliance.audio.base import CAPTURE_RATE
-from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller, webrtc_available
-from appliance.audio.echo_engines import installed_bindings
+from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller
+from appliance.audio.echo_engines import installed_bindings, webrtc_available
 from appliance.listening.guard import EchoGuard
 from tests.test_echo_canceller import _room, _speechlike
 
@@ -93,3 +95,45 @@ def test_a_barge_in_keeps_the_trust_and_a_lost_echo_path_takes_it_away(binding: 
     assert all(trust[5 * per_second : 10 * per_second]), "the barge-in took the trust away"
     assert trust[11 * per_second - 1], "one second of echo it cannot remove is not yet a lost canceller"
     assert not any(trust[14 * per_second :]), "a canceller that no longer removes the echo is still trusted"
+
+
+def test_the_delay_is_estimated_every_few_seconds_once_it_holds_and_every_second_when_it_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each estimate correlates 2 s of both signals (3 ms of CPU here): once a second was a tenth of the budget.
+    canceller = WebRtcEchoCanceller(FarEndTap(), keep_voice=False)
+    at: list[int] = []  # frames of robot speech at each estimate
+    lags = iter([50.0] * 8 + [90.0] * 50)  # the echo's delay holds, then the robot is moved
+
+    def scripted(far: np.ndarray, mic: np.ndarray) -> float:
+        at.append(canceller._active_frames)
+        return next(lags)
+
+    monkeypatch.setattr(echo, "estimate_delay_ms", scripted)
+    far = _speechlike(60.0)
+    _feed(canceller, far, _room(far, 800))
+    gaps = [round((b - a) / 100) for a, b in itertools.pairwise(at)]  # seconds of robot speech between
+    assert gaps[:3] == [1, 1, 1]  # settling: every second
+    assert gaps[3:8] == [3, 3, 3, 3, 3]  # four estimates within 10 ms of each other: every 3 s
+    assert gaps[8:11] == [1, 1, 1]  # it moved: every second until the new delay holds
+    assert gaps[11] == 3
+
+
+@needs_webrtc
+def test_the_guard_trusts_the_canceller_only_after_two_seconds_of_robot_speech() -> None:
+    # AEC3's first second can look converged and then let the echo through (bench echo, hall: a false barge-in
+    # 1.4 s into the robot's speech): a whole window of robot speech before the margin drops.
+    canceller = WebRtcEchoCanceller(FarEndTap())
+    far = _speechlike(8.0)
+    trust, _ = _feed(canceller, far, _room(far, 800))
+    active = np.cumsum(_active_blocks(far))
+    first = trust.index(True)
+    assert active[first] >= 200  # frames of robot speech (2 s)
+    assert all(trust[first:])
+
+
+def _active_blocks(far: np.ndarray) -> list[int]:
+    """Frames of robot speech (loud enough for the ERLE figure) per 20 ms block."""
+    frames = far[: len(far) // 160 * 160].reshape(-1, 160)
+    loud = np.mean(np.square(frames), axis=1) >= 32768.0**2 * 1e-5
+    return [int(loud[i : i + 2].sum()) for i in range(0, len(loud), 2)]

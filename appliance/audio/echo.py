@@ -21,7 +21,6 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import trio
@@ -29,17 +28,19 @@ import trio
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
 from appliance.audio.echo_alignment import FRAME, estimate_delay_ms
 from appliance.audio.echo_backoff import EchoHealth
-from appliance.audio.echo_engines import best_binding, open_engine
+from appliance.audio.echo_engines import EchoCancelSetting, open_engine, resolve_backend
 from appliance.audio.echo_linear import LinearEchoFilter
 from appliance.audio.echo_reference import FarEndTap
 
 log = logging.getLogger(__name__)
 
-EchoCancelSetting = Literal["auto", "webrtc", "off"]
 _ACTIVE_DB = -50.0  # reference quieter than this is not "the robot speaking" for the ERLE figure
 _ACTIVE_POWER = 32768.0**2 * 10 ** (_ACTIVE_DB / 10)
 _DELAY_WINDOW = 2.0  # s of audio the delay estimate correlates
-_DELAY_EVERY = 1.0  # s of robot speech between delay estimates
+_DELAY_EVERY = 1.0  # s of robot speech between delay estimates...
+_DELAY_EVERY_SETTLED = 3.0  # ...and once the last _SETTLED estimates lie within _SETTLED_MS of each other
+_SETTLED = 4
+_SETTLED_MS = 10.0  # a reverberant room's estimate jumps between reflections a few ms apart
 _MIN_LAG_MS = 5.0  # an echo that lags its reference by less than this is realigned...
 _TARGET_LAG_MS = 30.0  # ...to lag it by this much
 _MAX_LAG_MS = 500.0  # AEC3's delay estimator searches about 0.5 s: an echo later than this is out of its reach
@@ -49,31 +50,13 @@ _CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower ma
 # show the echo removed. Trusted while half the frames show it. Not a quarter: a canceller that lost the echo
 # still shows it in some frames, as AEC3's suppressor cuts what it takes for echo (livekit's, whose suppressor
 # is bolder, in a quarter to a third of the frames: tests/test_echo_trust.py).
-_TRUST_WINDOW = 2.0  # s of robot speech
+_TRUST_WINDOW = 2.0  # s of robot speech (and none trusted before a whole window: AEC3 early on can look converged)
 _TRUST_SHARE = 0.5  # of its frames with the echo reduced by _CONVERGED_DB
 _CONVERGED_RATIO = 10 ** (_CONVERGED_DB / 10)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 # s of silent reference after which the canceller rests (the microphone passes through): a room's echo has died
 # away long before, and both filters have been fed that much silence, so resting leaves them as more silence would.
 _REST_AFTER = 1.0
-
-
-def webrtc_available() -> bool:
-    """Whether a WebRTC AEC3 binding has a wheel here (none for 32-bit ARM: Pi OS armhf keeps the guard)."""
-    return best_binding() is not None
-
-
-def resolve_backend(setting: EchoCancelSetting) -> Literal["webrtc", "off"]:
-    """What ``listening.echo_cancel`` means on this machine. ``webrtc`` without the wheel is a config error."""
-    if setting == "off":
-        return "off"
-    if webrtc_available():
-        return "webrtc"
-    if setting == "webrtc":
-        raise ValueError(
-            "echo_cancel = 'webrtc' needs livekit or pywebrtc-audio, which have no wheel for this platform"
-        )
-    return "off"
 
 
 @dataclass(frozen=True)
@@ -131,6 +114,7 @@ class WebRtcEchoCanceller:
         self._hist_far: deque[np.ndarray] = deque(maxlen=keep // FRAME)
         self._hist_mic: deque[np.ndarray] = deque(maxlen=keep // FRAME)
         self._since_delay = 0
+        self._lags: deque[float] = deque(maxlen=_SETTLED)  # the last delay estimates (ms)
         self.delay_ms: float | None = None
         self._lag_ok = False  # the latest estimate: the echo comes after its reference, as AEC3 needs
         self.mic_delay = 0  # samples the microphone is held back by (see _measure)
@@ -234,35 +218,38 @@ class WebRtcEchoCanceller:
     def _measure(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> None:
         frames = len(near) // FRAME
         self.frames += frames
+        self._hist_far.extend(far[: frames * FRAME].reshape(frames, FRAME))
+        self._hist_mic.extend(near[: frames * FRAME].reshape(frames, FRAME))
         # Each 10 ms frame's power, for the three signals at once: one numpy pass a block, not nine a frame.
-        stacked = np.stack([far, near, cleaned])[:, : frames * FRAME].reshape(3, frames, FRAME).astype(np.float64)
-        powers = np.mean(np.square(stacked), axis=2).tolist()
-        for i in range(frames):
-            self._hist_far.append(far[i * FRAME : (i + 1) * FRAME])
-            self._hist_mic.append(near[i * FRAME : (i + 1) * FRAME])
-            far_power = powers[0][i]
-            if far_power < _ACTIVE_POWER:
-                continue
-            mic_power, out_power, a = powers[1][i], powers[2][i], self._smooth
+        signals = np.stack([far[: frames * FRAME], near[: frames * FRAME], cleaned[: frames * FRAME]])
+        samples = signals.reshape(3 * frames, FRAME).astype(np.float64)
+        powers = np.einsum("ij,ij->i", samples, samples).reshape(3, frames) / FRAME
+        active = powers[0] >= _ACTIVE_POWER
+        window, a = self._frame_ok, self._smooth
+        for far_power, mic_power, out_power in zip(*powers[:, active].tolist(), strict=True):
             self._mic_power += a * (mic_power - self._mic_power)
             self._out_power += a * (out_power - self._out_power)
             self._far_power += a * (far_power - self._far_power)
-            self._count_frame(mic_power + 1.0 >= _CONVERGED_RATIO * (out_power + 1.0))
-            self._active_frames += 1
-            self._since_delay += 1
-        if self._since_delay * FRAME >= _DELAY_EVERY * CAPTURE_RATE and len(self._hist_far) * FRAME >= CAPTURE_RATE:
+            ok = mic_power + 1.0 >= _CONVERGED_RATIO * (out_power + 1.0)  # counted as the window moves on
+            self._frames_ok += ok - (len(window) == window.maxlen and window[0])
+            window.append(ok)
+        count = int(np.count_nonzero(active))
+        self._active_frames += count
+        self._since_delay += count
+        due = self._since_delay * FRAME >= self._delay_every() * CAPTURE_RATE
+        if due and len(self._hist_far) * FRAME >= CAPTURE_RATE:
             self._since_delay = 0
             lag = estimate_delay_ms(np.concatenate(self._hist_far), np.concatenate(self._hist_mic))
             if lag is not None:
+                self._lags.append(lag)
                 self._align(lag)
         self._update_trust()
 
-    def _count_frame(self, ok: bool) -> None:
-        window = self._frame_ok
-        if len(window) == window.maxlen and window[0]:
-            self._frames_ok -= 1
-        window.append(ok)
-        self._frames_ok += ok
+    def _delay_every(self) -> float:
+        """Seconds of robot speech to the next delay estimate: each costs 3 ms of CPU, a tenth of the canceller's
+        budget at one a second; once the last estimates agree (the pairing holds), one every few seconds."""
+        settled = len(self._lags) == self._lags.maxlen and max(self._lags) - min(self._lags) <= _SETTLED_MS
+        return _DELAY_EVERY_SETTLED if settled else _DELAY_EVERY
 
     def _align(self, lag: float) -> None:
         """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""
@@ -329,7 +316,7 @@ class WebRtcEchoCanceller:
     def _update_trust(self) -> None:
         if not self._aligned():
             self._trusted = False
-        elif len(self._frame_ok) >= 50:  # half a second of robot speech
+        elif len(self._frame_ok) == self._frame_ok.maxlen:  # a whole window (see _TRUST_WINDOW)
             self._trusted = self._frames_ok >= _TRUST_SHARE * len(self._frame_ok)
 
     def stats(self) -> EchoStats:

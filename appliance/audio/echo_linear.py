@@ -8,11 +8,13 @@ the user, the canceller hands on its residual instead of AEC3's output (:mod:`ap
 
 The filter: a partitioned-block frequency-domain NLMS (overlap-save, 10 ms frames, FFT of 20 ms) over
 ``partitions`` x 10 ms of the echo path, from 20 ms before the delay the canceller measures (so a 200 ms room
-costs no more than a 20 ms one). One partition's gradient is constrained every fourth frame, in turn. While
-the reference has been silent for longer than the filter reaches, the filter rests (no cost while the robot
-is quiet). Clock drift (100 ppm moves the echo 1.6 samples a second, which an NLMS of this length cannot
-follow) is taken from the slope of the canceller's delay estimates and applied to the filter as a phase ramp
-every frame.
+costs no more than a 20 ms one). The frames of a block (up to four) are predicted with the same filter and
+adapted once by their summed gradients (a block NLMS): one call per transform for all of them, which halves
+the filter's CPU against a frame at a time (Python and numpy's per-call overhead, not the arithmetic, dominate
+at this size). Four partitions' gradients are constrained every 16 adapted frames, in turn. While the reference
+has been silent for longer than the filter reaches, the filter rests (no cost while the robot is quiet). Clock
+drift (100 ppm moves the echo 1.6 samples a second, which an NLMS of this length cannot follow) is taken from
+the slope of the canceller's delay estimates and applied to the filter as a phase ramp.
 
 The double-talk decision, per frame in five bands (200 Hz to 7 kHz): the residual's power against what the
 filter leaves of the echo it predicts (the ratio 90% of robot-only frames stay under) plus the room's noise.
@@ -24,7 +26,9 @@ missed), so the user's voice does not teach it.
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,6 +46,22 @@ _NEEDED = 3  # frames of the last _RECENT with the user heard
 _HOLD = 10  # frames a near-end decision is held
 _LONGEST_TALK = 150  # frames (1.5 s) held as the user's in a row: rather the filter lost the echo
 _NOISE_UP = 1.002  # the noise floor rises slowly, falls at once (minimum tracking)
+_UP, _DOWN = _STEP * _QUANTILE, -_STEP * (1 - _QUANTILE)  # the log ratio's step above and under it
+_ONES = [1.0] * len(_BANDS)
+_CHUNK = 64  # frames of the reference appended at once (a longer block goes in several)
+_BATCH = 4  # frames predicted with one filter, and adapted at once
+# The gradient constraint: this many partitions every so many adapted frames (each partition every 64 frames).
+_CONSTRAINED = 4
+_CONSTRAIN_EVERY = 16
+
+
+@dataclass
+class _Frames:
+    """One block's frames: what the filter reads (mic) and writes (residual, near-end verdicts)."""
+
+    mic: np.ndarray
+    residual: np.ndarray
+    near_end: np.ndarray
 
 
 class LinearEchoFilter:
@@ -50,36 +70,44 @@ class LinearEchoFilter:
         self._bands = np.zeros((_BINS, len(_BANDS)))
         for j, (a, b) in enumerate(_BANDS):
             self._bands[a:b, j] = 1.0
+        # The same, over a spectrum viewed as (real, imaginary) pairs: band powers in one product.
+        self._bands_ri = np.repeat(self._bands, 2, axis=0)
         # Each bin's band for the step (bins under and over the bands take the nearest band's).
-        self._band_of_bin = np.zeros((_BINS, len(_BANDS)))
-        for k in range(_BINS):
-            j = next((j for j, (a, b) in enumerate(_BANDS) if k < b), len(_BANDS) - 1)
-            self._band_of_bin[k, j] = 1.0
+        self._band_of_bin = np.array(
+            [next((j for j, (_, b) in enumerate(_BANDS) if k < b), len(_BANDS) - 1) for k in range(_BINS)]
+        )
+        # The step per bin, times (-1)^k: the error's spectrum is taken with its frame first (see _batch).
+        self._mu = _MU * (1.0 - 2.0 * (np.arange(_BINS) % 2))
         self._history = history  # frames of the reference's spectra kept (the bulk delay reaches this far)
         self.reset()
 
     def reset(self) -> None:
+        # The echo path, oldest partition first: _w[-1] meets the reference frame the delay points at.
         self._w = np.zeros((self.partitions, _BINS), dtype=np.complex128)
         self._size = self._history + self.partitions
-        self._x = np.zeros((2 * self._size, _BINS), dtype=np.complex128)
-        self._xp = np.zeros((2 * self._size, _BINS))
-        self._zeros = np.zeros(FRAME)
+        # The reference's spectra (and their powers), oldest first; rows are appended at _end and the
+        # last _size rows moved to the front when the buffer is full (so every window is one contiguous slice).
+        rows = self._size + _CHUNK
+        self._x = np.zeros((rows, _BINS), dtype=np.complex128)
+        self._xp = np.zeros((rows, _BINS))
+        self._end = self._size
         self._quiet = 0  # frames of the reference in a row that were digital silence
-        self._pos = 0
         self._prev_far = np.zeros(FRAME)
         self._far_power = np.zeros(_BINS)
-        self._log_ratio = np.zeros(len(_BANDS))
-        self._ratio = np.ones(len(_BANDS))
-        self._ones = np.ones(len(_BANDS))
-        self._noise = np.full(len(_BANDS), np.inf)
-        self._py_last = np.zeros(len(_BANDS))
-        self._trust_step = np.ones(len(_BANDS))
+        # Per band (Python floats: see _decide).
+        self._log_ratio = [0.0] * len(_BANDS)
+        self._ratio = _ONES
+        self._noise = [math.inf] * len(_BANDS)
+        self._py_last = [0.0] * len(_BANDS)
+        self._trust_step = _ONES
         self._erle = 1.0
         self._recent: deque[bool] = deque(maxlen=_RECENT)
+        self._heard = 0  # of the _recent frames, those with the user heard
         self._hold = 0
         self._held = 0  # frames in a row held as the user's
         self.forgotten = 0  # times it lost the echo and started afresh
         self._turn = 0
+        self._constrain_due = False
         self.delay_frames: int | None = None
         self.ready = False
         self.drift = 0.0  # samples per frame the echo moves later (clock drift)
@@ -89,10 +117,11 @@ class LinearEchoFilter:
     def _forget(self) -> None:
         """Learn the echo path afresh (where the delay puts it stays; the drift is measured again)."""
         self._w[:] = 0.0
-        self._log_ratio[:] = 0.0
-        self._ratio = np.ones(len(_BANDS))
+        self._log_ratio = [0.0] * len(_BANDS)
+        self._ratio = _ONES
         self._erle = 1.0
         self._recent.clear()
+        self._heard = 0
         self._hold = self._held = 0
         self._lags.clear()
         self.set_drift(0.0)
@@ -111,35 +140,48 @@ class LinearEchoFilter:
         shift = frames - self.delay_frames
         if -1 <= shift <= 2:
             return
-        self._w = np.roll(self._w, -shift, axis=0)
+        self._w = np.roll(self._w, shift, axis=0)  # oldest partition first (see reset)
         if shift > 0:
-            self._w[-shift:] = 0.0
+            self._w[:shift] = 0.0
         else:
-            self._w[:-shift] = 0.0
+            self._w[shift:] = 0.0
         self.delay_frames = frames
 
     def process(self, near: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whole 10 ms frames of mic and reference: (linear residual as float, near-end voice per frame)."""
         frames = len(near) // FRAME
         mic = near[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
-        ref = far[: frames * FRAME].astype(np.float64)
-        # Every frame's spectra at once (one call each): the reference's [previous, this] frame, the mic's.
-        joined = np.concatenate([self._prev_far, ref])
-        pairs = np.concatenate([joined[:-FRAME].reshape(frames, FRAME), ref.reshape(frames, FRAME)], axis=1)
-        spectra = np.fft.rfft(pairs, axis=1)
-        mic_spectra = np.fft.rfft(np.concatenate([np.zeros((frames, FRAME)), mic], axis=1), axis=1)
-        powers = np.square(spectra.real) + np.square(spectra.imag)
-        self._prev_far = ref[-FRAME:] if frames else self._prev_far
-        silent: np.ndarray = ~np.any(ref.reshape(frames, FRAME), axis=1)
         residual = mic.copy()
         near_end = np.zeros(frames, dtype=bool)
-        for i in range(frames):
-            self._push(spectra[i], powers[i], bool(silent[i]))
-            delay = self.delay_frames
-            if delay is not None and self._quiet <= delay + self.partitions + 1:
-                residual[i], near_end[i] = self._frame(mic[i], mic_spectra[i], delay)
-            elif self._hold:  # nothing of the robot can be in the microphone: the filter rests
-                self._hold -= 1
+        if not frames:
+            return residual.reshape(-1), near_end
+        ref = np.concatenate([self._prev_far, far[: frames * FRAME]])
+        self._prev_far = ref[-FRAME:]
+        # Every frame's reference spectrum at once (one call): its [previous, this] frame.
+        pairs = np.ndarray((frames, 2 * FRAME), ref.dtype, ref, 0, (FRAME * ref.itemsize, ref.itemsize))
+        spectra = np.fft.rfft(pairs, axis=1)
+        silent = (~np.any(ref[FRAME:].reshape(frames, FRAME), axis=1)).tolist()
+        out = _Frames(mic, residual, near_end)
+        delay = self.delay_frames
+        for first in range(0, frames, _CHUNK):
+            row = self._store(spectra[first : first + _CHUNK]) - first  # frame i's reference is at row + i
+            batch: list[tuple[int, int]] = []  # (frame, its count) of consecutive frames that run the filter
+            for i in range(first, min(frames, first + _CHUNK)):
+                self._frames += 1
+                self._quiet = self._quiet + 1 if silent[i] else 0
+                if delay is not None and self._quiet <= delay + self.partitions + 1:
+                    batch.append((i, self._frames))
+                    if len(batch) == _BATCH:
+                        self._batch(batch, row - delay, out)
+                        batch = []
+                    continue
+                if batch:
+                    self._batch(batch, row - delay, out)  # type: ignore[operator]  # batch: delay is set
+                    batch = []
+                if self._hold:  # nothing of the robot can be in the microphone: the filter rests
+                    self._hold -= 1
+            if batch:
+                self._batch(batch, row - delay, out)  # type: ignore[operator]
         return residual.reshape(-1), near_end
 
     def rest(self, frames: int) -> None:
@@ -149,29 +191,59 @@ class LinearEchoFilter:
         self._quiet += frames
         self._hold = max(0, self._hold - frames)
 
-    def _push(self, spectrum: np.ndarray, power: np.ndarray, silent: bool) -> None:
-        self._frames += 1
-        self._quiet = self._quiet + 1 if silent else 0
-        size = self._size
-        self._pos = (self._pos + 1) % size
-        # Written twice, so the partitions of any frame are one contiguous slice.
-        self._x[self._pos] = self._x[self._pos + size] = spectrum
-        self._xp[self._pos] = self._xp[self._pos + size] = power
+    def _store(self, spectra: np.ndarray) -> int:
+        """Append the reference's spectra (at most _CHUNK frames); returns the first one's row."""
+        count = len(spectra)
+        if self._end + count > len(self._x):
+            keep = slice(self._end - self._size, self._end)
+            for rows in (self._x, self._xp):
+                rows[: self._size] = rows[keep]
+            self._end = self._size
+        new = slice(self._end, self._end + count)
+        self._x[new] = spectra
+        np.square(spectra.real, out=self._xp[new])
+        self._xp[new] += np.square(spectra.imag)
+        self._end += count
+        return new.start
 
-    def _frame(self, mic: np.ndarray, m_spec: np.ndarray, delay: int) -> tuple[np.ndarray, bool]:
-        newest = self._pos + self._size - delay  # partition 0: the frame the delay points at
-        x = self._x[newest - self.partitions + 1 : newest + 1][::-1]
-        predicted = np.fft.irfft(np.einsum("pk,pk->k", self._w, x))[FRAME:]
-        error = mic - predicted
-        e_spec = np.fft.rfft(np.concatenate([self._zeros, error]))
-        near_end = self._decide(e_spec, m_spec - e_spec)
-        span = self._xp[newest - self.partitions + 1 : newest + 1].sum(axis=0)
-        self._far_power += 0.3 * (span - self._far_power)
+    def _batch(self, batch: list[tuple[int, int]], row: int, out: _Frames) -> None:
+        """Consecutive frames (at most _BATCH): all predicted with the same filter (one call per step for all),
+        judged one by one, and the filter adapted once by their summed gradients (a block NLMS: the update of
+        a frame comes up to three frames late, which the echo path's slow change does not notice).
+
+        ``row + i``: the row of the reference frame i's delay points at (its partition 0). The spectra of the
+        error and of the echo removed are taken with the frame first and zeros after: the overlap-save spectrum
+        (zeros first) times (-1)^k, which the step carries (``_mu``); the decision needs powers only."""
+        first, count = batch[0][0], len(batch)
+        oldest = row + first - self.partitions + 1  # frame f's partitions are rows oldest + f ... + partitions - 1
+        frames = slice(first, first + count)
+        x = self._windows(self._x, oldest, count)
+        predicted = np.fft.irfft((x * self._w).sum(axis=1), axis=1)[:, FRAME:]
+        errors = out.residual[frames] = out.mic[frames] - predicted
+        spectra = np.fft.rfft(np.concatenate([errors, predicted]), 2 * FRAME, axis=1)  # the residual, the removed
+        powers = (np.square(spectra.view(np.float64)) @ self._bands_ri).tolist()
+        spans = self._windows(self._xp, oldest, count).sum(axis=1)
+        steps = np.zeros((count, _BINS))
+        for f, (i, counted) in enumerate(batch):
+            out.near_end[i] = near_end = self._decide(powers[f], powers[count + f])
+            self._far_power += 0.3 * (spans[f] - self._far_power)
+            if not near_end:
+                steps[f] = np.array(self._trust_step)[self._band_of_bin] / (self._far_power + 1e4 * FRAME)
+                self._constrain_due |= counted % _CONSTRAIN_EVERY == 0
         if self.drift:
-            self._w *= self._rotation
-        if not near_end:
-            self._adapt(x, e_spec * (self._band_of_bin @ self._trust_step))
-        return error, near_end
+            self._w *= self._rotation if count == 1 else self._rotation**count
+        if self._constrain_due or steps.any():
+            # sum over frames of conj(x) * step * error, as the conjugate of its conjugate (no conj(x) to make)
+            gradient = x * np.conj(steps * self._mu * spectra[:count])[:, None, :]
+            self._w += np.conj(gradient.sum(axis=0) if count > 1 else gradient[0])
+        if self._constrain_due:
+            self._constrain()
+
+    def _windows(self, rows: np.ndarray, oldest: int, count: int) -> np.ndarray:
+        """(count, partitions, bins) view: window f holds rows oldest + f to oldest + f + partitions - 1."""
+        stride, item = rows.strides
+        shape = (count, self.partitions, rows.shape[1])
+        return np.ndarray(shape, rows.dtype, rows, oldest * stride, (stride, stride, item))
 
     def observe_lag(self, lag_ms: float) -> None:
         """A new estimate of the echo's lag: place the filter, and follow the clocks' drift by its slope.
@@ -194,31 +266,37 @@ class LinearEchoFilter:
         self.drift = samples_per_frame
         self._rotation = np.exp(-2j * np.pi * np.arange(_BINS) * samples_per_frame / (2 * FRAME))
 
-    def _adapt(self, x: np.ndarray, e_spec: np.ndarray) -> None:
-        step = _MU / (self._far_power + 1e4 * FRAME)
-        self._w += step * np.conj(x) * e_spec
-        # Gradient constraint for one partition every fourth frame: keep its impulse response to one frame.
-        if self._frames % 4:
-            return
-        j = self._turn = (self._turn + 1) % self.partitions
-        taps = np.fft.irfft(self._w[j])
-        taps[FRAME:] = 0.0
-        self._w[j] = np.fft.rfft(taps)
+    def _constrain(self) -> None:
+        """The gradient constraint, for _CONSTRAINED partitions in turn (every _CONSTRAIN_EVERY adapted frames,
+        one call for all): keep their impulse responses to one frame."""
+        turn = self._turn
+        parts = np.arange(turn, turn + _CONSTRAINED) % self.partitions
+        taps = np.fft.irfft(self._w[parts], axis=1)
+        taps[:, FRAME:] = 0.0
+        self._w[parts] = np.fft.rfft(taps, axis=1)
+        self._turn = (turn + _CONSTRAINED) % self.partitions
+        self._constrain_due = False
 
-    def _decide(self, e_spec: np.ndarray, y_spec: np.ndarray) -> bool:
-        both = np.stack([e_spec, y_spec])
-        pe, py_now = (np.square(both.real) + np.square(both.imag)) @ self._bands
-        py = np.maximum(py_now, self._py_last)
+    def _decide(self, pe: list[float], py_now: list[float]) -> bool:
+        """One frame's verdict from its band powers (the residual's, the echo the filter removed): five numbers
+        each, worked on as Python floats (a numpy call on five costs more than the arithmetic)."""
+        py = [now if now > last else last for now, last in zip(py_now, self._py_last, strict=True)]
         self._py_last = py_now
-        noise = self._noise = np.minimum(self._noise * _NOISE_UP, np.maximum(pe, 1.0))
-        expected = self._ratio * py + noise
-        ready = self.ready
-        # The step shrinks where the residual is far above what the filter leaves (double talk it missed, a
-        # burst of noise): the user's voice must not teach the filter. Before the filter is ready it has no
-        # idea what it leaves: it learns at the full step.
-        self._trust_step = np.minimum(1.0, expected / np.maximum(pe, 1.0)) if ready else self._ones
-        self._recent.append(ready and int(np.count_nonzero(pe > _NEAR_RATIO * expected)) >= 2)
-        if sum(self._recent) >= _NEEDED:
+        floor = [p if p > 1.0 else 1.0 for p in pe]
+        noise = self._noise = [min(n * _NOISE_UP, p) for n, p in zip(self._noise, floor, strict=True)]
+        left = [r * y for r, y in zip(self._ratio, py, strict=True)]  # what the filter leaves of the echo removed
+        heard, self._trust_step = False, _ONES
+        if self.ready:
+            # The step shrinks where the residual is far above what the filter leaves (double talk it missed, a
+            # burst of noise): the user's voice must not teach the filter. Before the filter is ready it has no
+            # idea what it leaves: it learns at the full step.
+            expected = [a + n for a, n in zip(left, noise, strict=True)]
+            self._trust_step = [min(1.0, e / p) for e, p in zip(expected, floor, strict=True)]
+            heard = sum(p > _NEAR_RATIO * e for p, e in zip(pe, expected, strict=True)) >= 2
+        recent = self._recent
+        self._heard += heard - (len(recent) == _RECENT and recent[0])
+        recent.append(heard)
+        if self._heard >= _NEEDED:
             self._hold = _HOLD
         elif self._hold:
             self._hold -= 1
@@ -228,11 +306,21 @@ class LinearEchoFilter:
             # or the drift changed) and, calling everything the user's, would never learn it back.
             self._forget()
             return False
-        active = py > 4.0 * noise  # the robot's echo is well above the room
-        if not self._hold and active.any():
-            above = np.maximum(pe - noise, 1.0) > self._ratio * py
-            self._log_ratio += np.where(above, _STEP * _QUANTILE, -_STEP * (1 - _QUANTILE)) * active
-            self._ratio = np.exp(self._log_ratio)
-            self._erle += 0.01 * (float(pe @ active) / float((pe + py) @ active) - self._erle)
-            self.ready = self._erle < _READY_RATIO
+        if not self._hold:
+            self._learn_ratio(pe, py, noise, left)
         return self._hold > 0
+
+    def _learn_ratio(self, pe: list[float], py: list[float], noise: list[float], left: list[float]) -> None:
+        """Track what the filter leaves (the ratio 90% of robot-only frames stay under) in the bands where the
+        robot's echo is well above the room, and from it whether the filter is ready."""
+        echo = robot = 0.0
+        ratio = self._log_ratio
+        for j, power in enumerate(py):
+            if power > 4.0 * noise[j]:
+                ratio[j] += _UP if max(pe[j] - noise[j], 1.0) > left[j] else _DOWN
+                echo += pe[j]
+                robot += power
+        if robot:
+            self._ratio = [math.exp(r) for r in ratio]
+            self._erle += 0.01 * (echo / (echo + robot) - self._erle)
+            self.ready = self._erle < _READY_RATIO
