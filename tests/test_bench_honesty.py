@@ -36,9 +36,9 @@ def test_the_listening_bench_reports_a_missing_backend_as_a_missed_figure(monkey
 
 def test_no_canceller_means_its_live_figure_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the canceller asked for and pywebrtc-audio missing, the figure is an error, not one without it."""
-    from appliance.audio import echo
+    from appliance.audio import echo_engines
 
-    monkeypatch.setattr(echo, "webrtc_available", lambda: False)
+    monkeypatch.setattr(echo_engines, "webrtc_available", lambda: False)
     with pytest.raises(bench_listening.BackendMissing, match="pywebrtc-audio"):
         bench_listening._canceller()
 

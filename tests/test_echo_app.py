@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.app import build_appliance
-from appliance.audio import echo as echo_module
+from appliance.audio import echo_engines
 from appliance.audio.echo_engines import webrtc_available
 from appliance.audio.playback import MemorySink
 from appliance.cli import EXIT_CONFIG, EXIT_OK, main
@@ -85,7 +85,7 @@ def test_check_config_says_which_echo_handling_runs(tmp_path: Path, capsys: pyte
 def test_check_config_without_the_wheel(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(echo_module, "webrtc_available", lambda: False)
+    monkeypatch.setattr(echo_engines, "webrtc_available", lambda: False)
     assert main(["-c", str(_config(tmp_path, 'echo_cancel = "auto"\n')), "check-config"]) == EXIT_OK
     assert "auto: no livekit/pywebrtc-audio wheel here" in _echo_line(capsys)
     assert main(["-c", str(_config(tmp_path, 'echo_cancel = "webrtc"\n')), "check-config"]) == EXIT_CONFIG

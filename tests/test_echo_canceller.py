@@ -187,10 +187,10 @@ def test_backend_resolution() -> None:
 
 
 def test_webrtc_without_the_wheel_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from appliance.audio import echo
+    from appliance.audio import echo_engines
     from appliance.settings.listening import ListeningConfig
 
-    monkeypatch.setattr(echo, "webrtc_available", lambda: False)
+    monkeypatch.setattr(echo_engines, "webrtc_available", lambda: False)
     assert resolve_backend("auto") == "off"
     from appliance.config import AppConfig
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from appliance.audio import echo, echo_engines
+from appliance.audio import echo_engines
 from appliance.audio.echo_engines import installed_bindings, open_engine, resolve_backend
 
 
@@ -27,7 +27,7 @@ def test_livekit_is_preferred_and_pywebrtc_audio_is_the_fallback(monkeypatch: py
 
 def test_without_any_binding_auto_keeps_the_guard_and_webrtc_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     _only(monkeypatch, livekit=False, pywebrtc=False)
-    assert echo.webrtc_available() is False
+    assert echo_engines.webrtc_available() is False
     assert resolve_backend("auto") == "off"
     with pytest.raises(ValueError, match="no wheel"):
         resolve_backend("webrtc")
