@@ -129,6 +129,31 @@ def test_drift_meter_measures_a_growing_backlog() -> None:
     assert meter.ppm() is None
 
 
+def test_drift_meter_fits_once_a_second_and_follows_each_new_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tap asks for the drift every block; the fit only changes when a second's minimum comes in.
+    meter = DriftMeter(window=60.0, min_span=20.0)
+    fits = 0
+    polyfit = np.polyfit
+
+    def counted(*args: object, **kwargs: object) -> np.ndarray:
+        nonlocal fits
+        fits += 1
+        return polyfit(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(np, "polyfit", counted)
+    for i in range(30 * 50):  # 30 s of 20 ms blocks, the backlog growing 200 ppm
+        t = i * 0.02
+        meter.observe(t, int(480 + t * CAPTURE_RATE * 200e-6))
+        meter.ppm()
+    assert 0 < fits <= 11  # from second 20 on, once a second: not once a block
+    first = meter.ppm()
+    for i in range(30 * 50, 40 * 50):  # then the backlog grows at 400 ppm: the answer follows
+        t = i * 0.02
+        meter.observe(t, int(480 + 30 * CAPTURE_RATE * 200e-6 + (t - 30) * CAPTURE_RATE * 400e-6))
+    later = meter.ppm()
+    assert first is not None and later is not None and later > first + 15  # 30 s at 200 and 10 at 400 in the window
+
+
 async def test_tap_sees_exactly_what_the_sink_played_including_a_cut() -> None:
     sink = MemorySink(sample_rate=16_000, realtime=False)
     tap = FarEndTap(history=1000)

@@ -31,10 +31,14 @@ class DriftMeter:
         self._second_min = math.inf
         self._last_min = math.inf
         self._second = 0
+        # The fit changes only when a second's point comes or goes; the tap asks for it every block.
+        self._fit: float | None = None
+        self._fitted = False
 
     def observe(self, mic_seconds: float, backlog: int) -> None:
         second = int(mic_seconds)
         if second != self._second:
+            self._fitted = False
             if math.isfinite(self._second_min):
                 self._points.append((float(self._second), self._second_min))
             self._last_min = self._second_min
@@ -45,6 +49,7 @@ class DriftMeter:
 
     def reset(self) -> None:
         self._points.clear()
+        self._fitted = False
         self._second_min = math.inf
         self._last_min = math.inf
 
@@ -59,6 +64,11 @@ class DriftMeter:
 
     def ppm(self) -> float | None:
         """Reference samples gained per microphone sample, in ppm (None until enough is seen)."""
+        if not self._fitted:
+            self._fit, self._fitted = self._slope_ppm(), True
+        return self._fit
+
+    def _slope_ppm(self) -> float | None:
         if len(self._points) < 5 or self._points[-1][0] - self._points[0][0] < self.min_span:
             return None
         t = np.array([p[0] for p in self._points])
