@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import statistics
-import wave
 from dataclasses import dataclass
 
 
@@ -47,10 +45,9 @@ def median(values: list[float]) -> float:
 
 def wav_bytes(pcm: bytes, rate: int) -> bytes:
     """16-bit mono PCM as a WAV file."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
+    import numpy as np
+
+    from appliance.audio.base import AudioClip
+    from appliance.audio.convert import encode_wav
+
+    return encode_wav(AudioClip(np.frombuffer(pcm, dtype=np.int16), rate))

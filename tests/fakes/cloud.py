@@ -33,6 +33,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from appliance.audio.base import AudioClip
+from appliance.audio.convert import encode_wav
+
 PCM_RATE = 24_000
 
 
@@ -354,13 +357,7 @@ class FakeCloud:
             return JSONResponse({"error": {"message": "input is empty", "type": "invalid_request_error"}}, 400)
         pcm = tone(max(0.05, len(text) * self.seconds_per_char))
         if body.get("response_format") == "wav":
-            buf = io.BytesIO()
-            with wave.open(buf, "wb") as wav:
-                wav.setnchannels(1)
-                wav.setsampwidth(2)
-                wav.setframerate(PCM_RATE)
-                wav.writeframes(pcm)
-            data, media = buf.getvalue(), "audio/wav"
+            data, media = encode_wav(AudioClip(np.frombuffer(pcm, dtype=np.int16), PCM_RATE)), "audio/wav"
         else:
             data, media = pcm, "audio/pcm"
         step = self.tts_piece_bytes
