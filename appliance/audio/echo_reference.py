@@ -1,22 +1,20 @@
 """The speaker's reference for the echo canceller, on a timeline that cannot slip.
 
-The sink hands every block it plays to a :class:`FarEndTap` (from its audio callback: an append under a lock),
-with the time its first sample reaches the speaker when the host API says so. The capture side resamples
-them to 16 kHz and writes them one after the other onto a timeline of reference samples; the microphone
-reads from the same timeline, sample for sample, at an offset set once. Where the reference has not arrived
-yet (the resampler hands its output over in bursts of up to 80 ms; the two callbacks run in either order),
-the microphone gets silence, and when the late samples come the pairing moves back by their lateness and a
-frame, so they land in hand and the margin grows to the worst burst seen (the pairing by arrival kept a fixed
-5 ms and slipped by every deficit, all along). A pause in the speaker's output (its stream stopped, the device was reopened) is
-measured from its time stamps and written as silence; a pause of the microphone (a new stream) moves the
-microphone's position by as long, measured from its own stamps.
+The sink hands every block it plays to a :class:`FarEndTap` (from its audio callback: an append under a lock), with the
+time its first sample reaches the speaker when the host API says so. The capture side resamples them to 16 kHz and
+writes them one after the other onto a timeline of reference samples; the microphone reads from the same timeline,
+sample for sample, at an offset set once. Where the reference has not arrived yet (the resampler hands its output over
+in bursts of up to 80 ms; the two callbacks run in either order), the microphone gets silence, and when the late samples
+come the pairing moves back by their lateness and a frame, so they land in hand and the margin grows to the worst burst
+seen (the pairing by arrival kept a fixed 5 ms and slipped by every deficit, all along). A pause in the speaker's output
+(its stream stopped, the device was reopened) is measured from its time stamps and written as silence; a pause of the
+microphone (a new stream) moves the microphone's position by as long, measured from its own stamps.
 
-The offset: the first pairing takes the newest reference minus ``slack`` (the echo lags its reference by the
-round trip minus this; AEC3's delay estimator finds that lag). From then on only the measured drift (the
-reference is resampled by it), the delay estimator (:meth:`FarEndTap.advance`) and reference later than any
-margin kept so far move it. A sink without
-stamps (simulated, the bench) that leaves the microphone more than ``_MAX_DEBT`` ahead has stopped, not
-fallen behind: its next block is paired by arrival again.
+The offset: the first pairing takes the newest reference minus ``slack`` (the echo lags its reference by the round trip
+minus this; AEC3's delay estimator finds that lag). From then on only the measured drift (the reference is resampled by
+it), the delay estimator (:meth:`FarEndTap.advance`) and reference later than any margin kept so far move it. A sink
+without stamps (simulated, the bench) that leaves the microphone more than ``_MAX_DEBT`` ahead has stopped, not fallen
+behind: its next block is paired by arrival again.
 """
 
 from __future__ import annotations
