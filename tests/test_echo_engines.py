@@ -87,3 +87,27 @@ def test_a_request_livekit_refuses_is_an_error_not_a_crash() -> None:
         calls.capture()
     with pytest.raises(RuntimeError, match="livekit"):
         calls.reverse()
+
+
+@pytest.mark.skipif("livekit" not in installed_bindings(), reason="livekit has no wheel for this platform")
+def test_an_answer_in_other_words_switches_to_the_public_calls_and_keeps_cancelling() -> None:
+    # Another livekit may answer "done" in bytes we did not build: the robot must keep its ears, not crash.
+    engine = open_engine(binding="livekit")
+    assert isinstance(engine, echo_engines.LiveKitAec3) and engine._direct is not None
+    from livekit.rtc._proto import ffi_pb2
+
+    from tests.test_echo_canceller import _room, _speechlike
+
+    answer = ffi_pb2.FfiResponse()
+    answer.apm_process_stream.SetInParent()
+    engine._direct._fail("apm_process_stream", answer.SerializeToString())
+    far = _speechlike(2.0).astype(np.int16)
+    near = np.clip(_room(far.astype(np.float64), 800), -32768, 32767).astype(np.int16)
+    out = np.concatenate([engine.process(near[i : i + 320], far[i : i + 320]) for i in range(0, len(near), 320)])
+    assert engine._direct is None  # the public calls from the first frame after
+    assert out.shape == near.shape and np.any(out != near)
+    errored = ffi_pb2.FfiResponse()
+    errored.apm_process_stream.error = "bad frame"
+    calls = open_engine(binding="livekit")._direct  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="bad frame"):
+        calls._fail("apm_process_stream", errored.SerializeToString())
