@@ -110,6 +110,8 @@ async def test_status_and_metrics_without_a_canceller(tmp_path: Path) -> None:
         "delay_ms": None,
         "drift_ppm": 0.0,
         "resyncs": 0,
+        "ran_dry": 0,
+        "late_ms": 0.0,
         "noise_suppression": False,
         "state": "off",
         "reason": None,
@@ -130,6 +132,7 @@ async def test_status_and_metrics_show_erle_and_delay(tmp_path: Path) -> None:
         for start in range(0, len(far), 320):
             canceller.tap.played(far[start : start + 320], 16_000)
             canceller.process(mic[start : start + 320])
+        canceller.process(mic[:320])  # a mic block whose reference has not come (only the slack is in hand)
         status = (await api.get("/v1/status")).json()
         metrics = (await api.get("/v1/metrics")).text
         canceller.health.may_back_off = True  # as under auto: the alignment keeps breaking
@@ -148,3 +151,5 @@ async def test_status_and_metrics_show_erle_and_delay(tmp_path: Path) -> None:
     assert families["appliance_echo_cancel_active"].samples[0].value == 1
     assert families["appliance_echo_erle_db"].samples[0].value == echo["erle_db"]
     assert families["appliance_echo_delay_ms"].samples[0].value == echo["delay_ms"]
+    assert echo["ran_dry"] == canceller.tap.ran_dry >= 1  # the pairing holds; the status says it ran dry
+    assert families["appliance_echo_reference_ran_dry"].samples[0].value == echo["ran_dry"]

@@ -62,6 +62,10 @@ class EchoStatus(BaseModel):
     delay_ms: float | None = Field(default=None, description="how long after the speaker's block its echo arrives")
     drift_ppm: float = Field(default=0.0, description="speaker/mic clock drift the reference is resampled by")
     resyncs: int = 0
+    ran_dry: int = Field(
+        default=0, description="microphone blocks whose speaker reference had not all arrived (padded)"
+    )
+    late_ms: float = Field(default=0.0, description="speaker reference that came after its microphone samples, in all")
     noise_suppression: bool = False
     state: str = Field(
         default="off",

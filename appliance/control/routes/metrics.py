@@ -75,6 +75,10 @@ def _audio(ctx: ControlContext, out: Exposition) -> None:
     echo = echo_status(app_)
     active = [({"backend": echo.backend}, int(echo.backend != "off" and echo.state != "backed_off"))]
     out.family("appliance_echo_cancel_active", "gauge", "1 while the echo canceller runs (0 when backed off)", active)
+    dry: list[tuple[dict[str, str], float]] = [({}, echo.ran_dry)]
+    out.family(
+        "appliance_echo_reference_ran_dry_total", "counter", "microphone blocks whose reference had not arrived", dry
+    )
     if echo.erle_db is not None:
         erle: list[tuple[dict[str, str], float]] = [({}, echo.erle_db)]
         out.family(

@@ -142,6 +142,8 @@ def echo_status(app_: Any) -> m.EchoStatus:
         delay_ms=finite(stats.delay_ms),
         drift_ppm=stats.drift_ppm,
         resyncs=stats.resyncs,
+        ran_dry=stats.ran_dry,
+        late_ms=stats.late_ms,
         noise_suppression=stats.noise_suppression,
         state=stats.state,
         reason=stats.reason,
