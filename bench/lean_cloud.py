@@ -11,7 +11,6 @@ clients; it is a bench part, not a test fake. ``python -m bench.lean_cloud --reu
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import socket
@@ -22,6 +21,7 @@ import numpy as np
 import trio
 
 from bench.common import wav_bytes
+from tests.fakes.cloud_cli import fake_cloud_arguments
 
 PCM_RATE = 24_000
 TRANSCRIPT = "What time is it?"
@@ -149,14 +149,7 @@ class LeanCloud:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="the bench's lean fake OpenAI cloud on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--stt-latency", type=float, default=0.0)
-    parser.add_argument("--llm-latency", type=float, default=0.0)
-    parser.add_argument("--tts-latency", type=float, default=0.0)
-    parser.add_argument("--token-delay", type=float, default=0.0)
-    parser.add_argument("--tts-piece-delay", type=float, default=0.0)
-    parser.add_argument("--reuse-port", action="store_true", help="share the port with other fakes (SO_REUSEPORT)")
+    parser = fake_cloud_arguments("the bench's lean fake OpenAI cloud on 127.0.0.1")
     args = parser.parse_args()
     cloud = LeanCloud(args.stt_latency, args.llm_latency, args.tts_latency, args.token_delay, args.tts_piece_delay)
 

@@ -11,7 +11,6 @@ In tests: ``async with fake_cloud() as cloud: ... cloud.url``. For benchmarks in
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -35,6 +34,7 @@ from starlette.routing import Route
 
 from appliance.audio.base import AudioClip
 from appliance.audio.convert import encode_wav
+from tests.fakes.cloud_cli import fake_cloud_arguments
 
 PCM_RATE = 24_000
 
@@ -519,14 +519,7 @@ async def fake_cloud(**settings: Any) -> AsyncIterator[FakeCloud]:
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description="fake OpenAI/Anthropic cloud on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--stt-latency", type=float, default=0.0)
-    parser.add_argument("--llm-latency", type=float, default=0.0)
-    parser.add_argument("--tts-latency", type=float, default=0.0)
-    parser.add_argument("--token-delay", type=float, default=0.0)
-    parser.add_argument("--tts-piece-delay", type=float, default=0.0, help="seconds between 100 ms pieces of speech")
-    parser.add_argument("--reuse-port", action="store_true", help="share the port with other fakes (SO_REUSEPORT)")
+    parser = fake_cloud_arguments("fake OpenAI/Anthropic cloud on 127.0.0.1")
     args = parser.parse_args()
 
     async def run() -> None:
