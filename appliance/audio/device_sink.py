@@ -19,18 +19,10 @@ from appliance.audio.device import (
     pick_rate,
     portaudio,
 )
-from appliance.audio.echo_reference import monotonic_at
+from appliance.audio.echo_reference import callback_time
 from appliance.audio.playback import BlockSink
 
 log = logging.getLogger(__name__)
-
-
-def _dac_time(time_info: Any) -> float | None:
-    """When this callback's first sample reaches the speaker (``time.monotonic``), where the host API says."""
-    try:
-        return monotonic_at(time_info.outputBufferDacTime, time_info.currentTime)
-    except AttributeError:  # a caller without PortAudio's time info (tests)
-        return None
 
 
 class DeviceSink(BlockSink):
@@ -82,7 +74,7 @@ class DeviceSink(BlockSink):
         out[filled:] = 0
         tap = self.far_end
         if tap is not None:  # exactly what goes to the card, silence after a barge-in cut included, and when
-            tap.played(out, self.sample_rate, _dac_time(time_info))
+            tap.played(out, self.sample_rate, callback_time(time_info, "outputBufferDacTime"))
         self._wake()
 
     def _wake(self) -> None:

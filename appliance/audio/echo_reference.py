@@ -45,12 +45,17 @@ _MAX_DEBT = 0.15
 _GAP = 0.05
 
 
-def monotonic_at(stream_time: float, current_time: float) -> float | None:
-    """A PortAudio callback's DAC/ADC time on ``time.monotonic``'s clock, or None where the host API gives none.
+def callback_time(time_info: Any, stamp: str) -> float | None:
+    """A PortAudio callback's ``stamp`` (``outputBufferDacTime``, ``inputBufferAdcTime``) on ``time.monotonic``'s
+    clock, or None where the host API gives none (or the caller passes no PortAudio time info: tests).
 
     Each stream counts its time from its own zero on some host APIs (JACK), so only the difference to the
     callback's ``currentTime`` is used. Call it from the callback itself.
     """
+    try:
+        stream_time, current_time = getattr(time_info, stamp), time_info.currentTime
+    except AttributeError:
+        return None
     ahead = stream_time - current_time
     if not stream_time or not current_time or abs(ahead) > 1.0:
         return None

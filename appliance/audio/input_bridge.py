@@ -15,14 +15,7 @@ import numpy as np
 import trio
 
 from appliance.audio.base import BlockQueue
-from appliance.audio.echo_reference import monotonic_at
-
-
-def _adc_time(time_info: Any) -> float | None:
-    try:
-        return monotonic_at(time_info.inputBufferAdcTime, time_info.currentTime)
-    except AttributeError:  # a caller without PortAudio's time info (tests)
-        return None
+from appliance.audio.echo_reference import callback_time
 
 
 class InputBridge:
@@ -70,7 +63,7 @@ class InputBridge:
             self.source.dropped_callbacks += 1  # never block the audio thread; drop newest here, queue drops oldest
             return
         if self.started_at is None and not self.arrived and not self._told:
-            self.started_at = _adc_time(time_info)
+            self.started_at = callback_time(time_info, "inputBufferAdcTime")
         self.arrived.append(bytes(indata))
         self.last_arrival = -1.0
         if (self.queue.relaxed and self.watch_hands_over) or self.woken:
