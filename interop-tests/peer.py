@@ -98,8 +98,11 @@ async def peer_server(cloud_url: str, *, pcm: int = 0) -> AsyncIterator[PeerServ
             nursery.cancel_scope.cancel()
 
 
-async def run_peer_client(url: str, script: list[dict[str, Any]], *, timeout: float = 60) -> dict[str, Any]:
-    """AIAvatarKit's own client (peer_client.py) against ``url``; returns what it saw, as JSON."""
+async def run_peer_client(
+    url: str, script: list[dict[str, Any]], *, timeout: float = 60, context: str | None = None
+) -> dict[str, Any]:
+    """AIAvatarKit's own client (peer_client.py) against ``url``; returns what it saw, as JSON. ``context``:
+    the context_id its session starts with (a robot that continues its conversation on a new connection)."""
     args = [
         str(PEER_PYTHON),
         str(HERE / "peer_client.py"),
@@ -109,6 +112,7 @@ async def run_peer_client(url: str, script: list[dict[str, Any]], *, timeout: fl
         API_KEY,
         "--script",
         json.dumps(script),
+        *(["--context", context] if context else []),
     ]
     with trio.fail_after(timeout):
         done = await trio.run_process(args, capture_stdout=True, capture_stderr=True, check=False)

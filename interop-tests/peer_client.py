@@ -71,7 +71,7 @@ def tone(seconds: float) -> bytes:
     return b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * 220 * i / 16_000))) for i in range(n))
 
 
-async def run(url: str, api_key: str, script: list[dict[str, Any]]) -> dict[str, Any]:
+async def run(url: str, api_key: str, script: list[dict[str, Any]], context: str | None = None) -> dict[str, Any]:
     _install_fake_portaudio()
     import websockets
     from aiavatar.adapter.models import AIAvatarRequest, AIAvatarResponse
@@ -131,7 +131,7 @@ async def run(url: str, api_key: str, script: list[dict[str, Any]]) -> dict[str,
         client.websocket_connection = ws
         receive_ws = asyncio.create_task(client.receive_websocket_worker())
         receive_responses = asyncio.create_task(client.receive_response_worker())
-        await client.initialize_session(session, "interop-user", None)
+        await client.initialize_session(session, "interop-user", context)  # type: ignore[arg-type]
         results: list[dict[str, Any]] = []
         for step in script:
             if "text" in step:
@@ -181,8 +181,9 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--script", required=True)
+    parser.add_argument("--context", default=None, help="the context_id its start frame names (default none)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.url, args.api_key, json.loads(args.script)))), flush=True)
+    print(json.dumps(asyncio.run(run(args.url, args.api_key, json.loads(args.script), args.context))), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,12 @@ from tests.http_serve_helpers import serve_config, serve_url
 
 @asynccontextmanager
 async def appliance_serve(
-    cloud: FakeCloud, tmp_path: Path, *, pcm: bool = False
+    cloud: FakeCloud, tmp_path: Path, *, pcm: bool = False, workers: int = 1
 ) -> AsyncIterator[tuple[str, list[str]]]:
-    """``appliance serve`` in its own process; yields its URL and (after it stopped) the lines it logged."""
+    """``appliance serve`` in its own process (``workers`` of them on one port); yields its URL and (after it
+    stopped) the lines it logged."""
     config = tmp_path / "serve.toml"
-    config.write_text(serve_config(cloud.url, f"pcm = {str(pcm).lower()}\n"))
+    config.write_text(serve_config(cloud.url, f"pcm = {str(pcm).lower()}\nworkers = {workers}\n"))
     env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": API_KEY}
     log: list[str] = []
     process = await trio.lowlevel.open_process(
@@ -127,4 +128,31 @@ async def test_a_client_leaving_mid_reply_leaves_no_traceback(cloud: FakeCloud, 
             assert saw["results"] == [{"type": "hung-up"}]
         saw = await run_peer_client(url, [{"text": "Hello"}])  # and the server serves the next robot
         assert [r["type"] for r in saw["results"]] == ["final"]
+    assert_clean(log)
+
+
+async def test_its_client_against_two_workers_continues_each_conversation(cloud: FakeCloud, tmp_path: Path) -> None:
+    """``[server] workers = 2``: two robots at once, each on three connections in turn (the kernel spreads them
+    over the workers), each naming its conversation by AIAvatarKit's context_id: every frame parses, every
+    sentence plays, and each connection's turn is asked with the robot's earlier turns, whichever worker had them.
+    """
+    results: dict[str, list[dict[str, object]]] = {"a": [], "b": []}
+
+    async def robot(name: str, url: str) -> None:
+        for n in range(3):
+            saw = await run_peer_client(url, [{"text": f"{name}{n}"}], context=f"robot-{name}")
+            results[name].append(saw)
+
+    async with appliance_serve(cloud, tmp_path, pcm=True, workers=2) as (url, log):
+        async with trio.open_nursery() as nursery:
+            for name in results:
+                nursery.start_soon(robot, name, url)
+    assert sum("serving the AIAvatarKit protocol" in line for line in log) == 2  # two workers served
+    for name, runs in results.items():
+        for saw in runs:
+            assert saw["parse_errors"] == [] and [r["type"] for r in saw["results"]] == ["final"]  # type: ignore[index]
+            assert saw["faces"] == ["joy"] and saw["played_bytes"] > 0  # type: ignore[index]
+        asked = [b for b in cloud.bodies("/v1/chat/completions") if b["messages"][-1]["content"] == f"{name}2"]
+        users = [m["content"] for m in asked[0]["messages"] if m["role"] == "user"]
+        assert users == [f"{name}0", f"{name}1", f"{name}2"]
     assert_clean(log)
