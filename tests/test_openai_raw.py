@@ -170,3 +170,21 @@ async def test_a_form_value_cannot_break_out_of_its_part() -> None:
     assert text == cloud.transcript
     body = cloud.bodies("/v1/audio/transcriptions")[-1]
     assert body["model"] == 'whisper"-1' and body["language"] == 'en"\r\n\r\nmodel', body
+
+
+def test_behind_a_proxy_the_providers_keep_httpx2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lean client speaks only to the origin: where a proxy is configured for it, httpx2 (which honours
+    ``HTTPS_PROXY``/``NO_PROXY``, as the SDK did) carries the requests."""
+    import httpx2
+
+    from appliance.providers.lean_http import LeanClient
+    from appliance.providers.openai_raw import OpenAIHttp
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "")
+    assert isinstance(OpenAIHttp("k", "https://api.example.com/v1", 5).client, LeanClient)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.com:3128")
+    assert isinstance(OpenAIHttp("k", "https://api.example.com/v1", 5).client, httpx2.AsyncClient)
+    monkeypatch.setenv("NO_PROXY", "api.example.com")
+    assert isinstance(OpenAIHttp("k", "https://api.example.com/v1", 5).client, LeanClient)

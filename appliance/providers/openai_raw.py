@@ -1,11 +1,13 @@
-"""The OpenAI REST API (and every server that speaks it) over plain httpx2, answers read raw.
+"""The OpenAI REST API (and every server that speaks it) over the lean HTTP client (``lean_http``; httpx2 behind a
+proxy), answers read raw.
 
 The OpenAI providers used the official SDK; profiled in ``appliance serve`` (five requests and a streamed
 reply per turn), the SDK was most of the server's CPU: a pydantic model per streamed chunk, and per request
 its option models, header merging and retry wrappers (≈0.5 ms a request over httpx's own). The three
 endpoints we call are small and stable, so they are spoken here directly, through the same error boundary
 as the other HTTP providers (``http_errors``: statuses, httpx failures, cut streams). What the SDK read from
-the environment is read the same way: ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``.
+the environment is read the same way: ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``, and the
+proxy variables (``HTTPS_PROXY``...), for which httpx2 is kept.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
 import trio
 
 from appliance.errors import ProviderBadReply
 from appliance.providers.http_errors import http_client, map_http_error, warm_http
+from appliance.providers.lean_http import LeanClient
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_LINE = 1 << 20  # an event line longer than this is not a chat stream
@@ -38,14 +40,14 @@ class OpenAIHttp:
         for header, variable in (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID")):
             if os.environ.get(variable):
                 headers[header] = os.environ[variable]
-        self.client = http_client(timeout, headers=headers)
+        self.client: Any = _client(self.base_url, headers, timeout)
 
     def stream(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         """``async with`` the response to a JSON POST, its body not read yet."""
         content = json.dumps(body, ensure_ascii=False).encode()
         return self.client.stream("POST", self.base_url + path, content=content, headers={**_JSON, **(headers or {})})
 
-    async def post_form(self, path: str, fields: dict[str, str], file: tuple[str, bytes, str]) -> httpx2.Response:
+    async def post_form(self, path: str, fields: dict[str, str], file: tuple[str, bytes, str]) -> Any:
         """A multipart form with one file, built as one body: httpx's multipart encoder streams it in pieces
         (≈0.3 ms more CPU for a one-second utterance, measured) and this form is always this simple."""
         boundary = uuid.uuid4().hex
@@ -62,6 +64,24 @@ class OpenAIHttp:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
+    """The lean client (``lean_http``), or httpx2 where a proxy is configured for the URL: httpx2 honours
+    ``HTTPS_PROXY``/``ALL_PROXY``/``NO_PROXY`` as the SDK did; the lean client speaks only to the origin."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    from appliance.providers.sdk_errors import KEEPALIVE_SECONDS
+
+    url = urlsplit(base_url)
+    proxies = getproxies()
+    if url.scheme not in ("http", "https") or (
+        (proxies.get(url.scheme) or proxies.get("all")) and not proxy_bypass(url.hostname or "")
+    ):
+        return http_client(timeout, headers=headers)
+    connect = min(timeout, 5.0)
+    return LeanClient(base_url, headers, timeout=timeout, connect_timeout=connect, keepalive=KEEPALIVE_SECONDS)
 
 
 def _form_part(boundary: str, disposition: str, data: bytes) -> bytes:
