@@ -407,6 +407,12 @@ async def load(groups: list[list[Server]], rounds: int, cloud: str, cloud_pids: 
     bare: list[float] = []
     bare_cpu = [0.0, 0.0]  # the bare robots' CPU seconds (the server's work, done by each robot), the fake cloud's
     try:
+        # One untimed burst each: the robots warmed their own connections (and each warmed the server's pools
+        # alone, one turn's worth); a server's first ten turns at once open ~45 more to the cloud, which the
+        # bare robots never pay. Steady state is what the rounds measure.
+        await _together(crowds[0].robots, "floor")
+        for crowd in crowds:
+            await _together(crowd.robots, "serve")
         for index in range(rounds):
             order = crowds if index % 2 == 0 else crowds[::-1]
             for _ in range(2):
