@@ -36,6 +36,9 @@ from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest, Utteran
 log = logging.getLogger(__name__)
 
 _FRAME_OVERHEAD = 64 * 1024  # the JSON around an invoke's base64 audio
+# Bytes a connection reads at once: trio-websocket's 4 KiB took an invoke (a second of speech is 43 KB of JSON)
+# in eleven reads, each a wake-up, a parse step and a piece to join; ten robots' invokes come at once.
+_RECEIVE_BYTES = 64 * 1024
 # A server has no speaker to wait for: every sentence whose text is known is synthesized at once, up to this
 # many per reply, and sent in order; so a turn ends about one synthesis after its last sentence was written.
 TTS_CONCURRENCY = 4
@@ -94,11 +97,21 @@ class AvatarServer:
                 largest = self.max_pcm * 4 // 3 + _FRAME_OVERHEAD
                 if self.listener is None:
                     server = await nursery.start(
-                        partial(serve_websocket, self._handle, cfg.host, cfg.port, None, max_message_size=largest)
+                        partial(
+                            serve_websocket,
+                            self._handle,
+                            cfg.host,
+                            cfg.port,
+                            None,
+                            max_message_size=largest,
+                            receive_buffer_size=_RECEIVE_BYTES,
+                        )
                     )
                 else:
                     listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))
-                    server = WebSocketServer(self._handle, [listener], max_message_size=largest)
+                    server = WebSocketServer(
+                        self._handle, [listener], max_message_size=largest, receive_buffer_size=_RECEIVE_BYTES
+                    )
                     await nursery.start(server.run)
                 self.port = server.port
                 log.info("serving the AIAvatarKit protocol on ws://%s:%d/ws", cfg.host, self.port)
