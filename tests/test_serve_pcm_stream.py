@@ -155,3 +155,44 @@ def test_reader_a_sentence_without_a_count_ends_at_the_next_sentence(count: Any)
 def test_reader_refuses_a_bad_frame_count(count: Any) -> None:
     with pytest.raises(ProtocolError):
         ReplyReader("remote").chunk({"type": "chunk", "metadata": pcm_meta(audio_frame_count=count)})
+
+
+async def test_frames_sent_together_arrive_one_by_one_in_order_and_a_closed_connection_drops_them() -> None:
+    """A sentence's descriptor and first audio leave in one write (``frames._send``); a client still reads them
+    as separate messages, in order. Without trio-websocket's encoder (another release) they go one by one; a
+    connection already closed takes nothing and raises nothing."""
+    from trio_websocket import CloseReason, ConnectionClosed, serve_websocket
+
+    from appliance.server.frames import _send
+
+    got: list[str] = []
+
+    async def handler(request: Any) -> None:
+        ws = await request.accept()
+        await _send(ws, ["one", "two", "three"])
+        await ws.aclose()
+        await _send(ws, ["after", "close"])
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as client:
+            try:
+                while True:
+                    got.append(await client.get_message())
+            except ConnectionClosed:
+                pass
+        nursery.cancel_scope.cancel()
+    assert got == ["one", "two", "three"]
+
+    class Plain:  # only the public API
+        closed: CloseReason | None = None
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send_message(self, text: str) -> None:
+            self.sent.append(text)
+
+    plain = Plain()
+    await _send(plain, ["a", "b"])  # type: ignore[arg-type]
+    assert plain.sent == ["a", "b"]
