@@ -94,6 +94,15 @@ async def test_one_request_is_one_write_with_its_headers_and_a_kept_connection()
     assert "Content-Type: application/json" in head and head.endswith('\r\n\r\n{"a": 1}')
 
 
+async def test_an_interim_answer_is_skipped_for_the_real_one() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\nx-note: wait\r\n\r\n"
+    async with serving(interim + OK, OK) as (server, client):
+        first = await client.post(url(server))
+        assert first.status_code == 200 and first.content == b"hello" and "x-note" not in first.headers
+        assert (await client.post(url(server))).content == b"hello"
+    assert len(set(server.connections)) == 1
+
+
 async def test_a_malformed_answer_is_a_protocol_error_mapped_as_httpx2s() -> None:
     async with serving(b"HTTQ/9 what\r\n\r\n") as (server, client):
         with pytest.raises(httpx2.RemoteProtocolError):

@@ -66,24 +66,36 @@ class _Connection:
         self._head: dict[str, str] = {}
         self._head_done = False
         self._keep_alive = False
+        self._interim = False
+        self._status = 0
         self._complete = False
         self._sized = False
         self._decoder: Any = None
 
     # --- llhttp's callbacks -------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._head = {}
+
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         self._head[key] = f"{self._head[key]}, {text}" if key in self._head else text
 
     def on_headers_complete(self) -> None:
-        self._head_done = True
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # an interim answer (100 Continue...): the real one follows
+            self._interim = True
+            return
+        self._status, self._head_done = status, True
         self._keep_alive = self._parser.should_keep_alive()  # llhttp forgets it once the message is complete
 
     def on_body(self, body: bytes) -> None:
         self._pieces.append(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._complete = True
 
     # --- one exchange --------------------------------------------------------------------------------------
@@ -107,7 +119,7 @@ class _Connection:
                 raise httpx2.RemoteProtocolError("Server disconnected without sending a response.")
             read += got
         response._connection = self
-        response.status_code = self._parser.get_status_code()
+        response.status_code = self._status
         if head_only:
             self._complete, self._pieces = True, []
             self._parser = httptools.HttpResponseParser(self)
