@@ -6,6 +6,8 @@ before. The providers' own behaviour against the fake cloud is in ``test_provide
 from __future__ import annotations
 
 import gzip
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -163,8 +165,8 @@ async def test_connection_close_and_an_answer_without_length_are_not_kept() -> N
 
 
 async def test_a_kept_connection_the_server_closed_is_replaced() -> None:
-    """Closed while idle (seen as readable), or closed on receiving the request before any answer: the request
-    goes out again on a new connection, once."""
+    """Closed while idle (seen as readable), or closed or reset on receiving the request before any answer: the
+    request goes out again on a new connection, once."""
 
     async def answer_then_close(stream: trio.SocketStream) -> str:
         await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi")
@@ -173,12 +175,17 @@ async def test_a_kept_connection_the_server_closed_is_replaced() -> None:
     async def close_now(stream: trio.SocketStream) -> str:
         return "close"
 
-    async with serving(answer_then_close, OK, close_now, OK) as (server, client):
+    async def reset_now(stream: trio.SocketStream) -> str:  # RST, not FIN: the client's read fails
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return "close"
+
+    async with serving(answer_then_close, OK, close_now, OK, reset_now, OK) as (server, client):
         assert (await client.post(url(server))).content == b"hi"
         await trio.sleep(0.1)  # the close reaches the kept connection
         assert (await client.post(url(server))).content == b"hello"
         assert (await client.post(url(server), content=b"again")).content == b"hello"
-    assert server.requests[-1].endswith(b"again") and len(set(server.connections)) == 3
+        assert (await client.post(url(server), content=b"once more")).content == b"hello"
+    assert server.requests[-1].endswith(b"once more") and len(set(server.connections)) == 4
 
 
 async def test_a_compressed_answer_is_read_and_an_unknown_encoding_refused() -> None:

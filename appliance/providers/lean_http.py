@@ -273,8 +273,8 @@ class LeanClient:
                 return await self._exchange(connection, request, response, head_only)
             except (httpx2.WriteError, httpx2.ReadError, httpx2.RemoteProtocolError) as exc:
                 await connection.aclose()
-                if "without sending a response" not in str(exc) and not isinstance(exc, httpx2.WriteError):
-                    raise
+                if isinstance(exc, httpx2.RemoteProtocolError) and "without sending a response" not in str(exc):
+                    raise  # a malformed answer is the server's, not a stale connection's
         return await self._exchange(await self._connect(), request, response, head_only)
 
     async def _exchange(
