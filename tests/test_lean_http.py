@@ -22,6 +22,7 @@ import trio.testing
 from appliance.errors import ProviderBadReply, ProviderUnavailable
 from appliance.providers.http_errors import provider_errors
 from appliance.providers.lean_http import MAX_HEAD, LeanClient
+from tests.fakes.tcp import refused_port
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
 
@@ -243,9 +244,7 @@ async def test_a_url_off_the_origin_or_with_spaces_is_refused() -> None:
 
 
 async def test_nobody_listening_is_a_connect_error() -> None:
-    with trio.socket.socket() as sock:
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = refused_port()
     client = LeanClient(f"http://127.0.0.1:{port}", {}, timeout=5, connect_timeout=5)
     with pytest.raises(httpx2.ConnectError):
         await client.post(f"http://127.0.0.1:{port}/x")
