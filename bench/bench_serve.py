@@ -50,6 +50,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from bench.common import Figure, median, percentile, wav_bytes
+from tests.fakes.tcp import read_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = Path(os.environ.get("AIAVATAR_PYTHON", ROOT / ".cache" / "aiavatar-venv" / "bin" / "python"))
@@ -315,13 +316,10 @@ class Robot:
 
     async def answer(self) -> Any:
         assert self.process.stdout is not None
-        while b"\n" not in self.pending:
-            data = await self.process.stdout.receive_some(4096)
-            if not data:
-                raise RuntimeError("a robot process exited")
-            self.pending += data
-        line, self.pending = self.pending.split(b"\n", 1)
-        return json.loads(line)
+        if (line := await read_until(self.process.stdout, self.pending, b"\n")) is None:
+            raise RuntimeError("a robot process exited")
+        data, self.pending = line
+        return json.loads(data)
 
 
 async def robot_main(url: str, cloud: str) -> None:
@@ -336,13 +334,8 @@ async def robot_main(url: str, cloud: str) -> None:
         print(json.dumps("ready"), flush=True)
         stdin = trio.lowlevel.FdStream(os.dup(0))
         pending = b""
-        while True:
-            while b"\n" not in pending:
-                data = await stdin.receive_some(4096)
-                if not data:
-                    return
-                pending += data
-            what, pending = pending.split(b"\n", 1)
+        while (line := await read_until(stdin, pending, b"\n")) is not None:
+            what, pending = line
             if what == b"floor":
                 print(json.dumps(list(await floor_turn(client, cloud))), flush=True)
             else:

@@ -22,7 +22,7 @@ import trio.testing
 from appliance.errors import ProviderBadReply, ProviderUnavailable
 from appliance.providers.http_errors import provider_errors
 from appliance.providers.lean_http import MAX_HEAD, LeanClient
-from tests.fakes.tcp import refused_port
+from tests.fakes.tcp import read_until, refused_port
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
 
@@ -42,12 +42,9 @@ class Server:
         buffer = b""
         try:
             while self.answers:
-                while b"\r\n\r\n" not in buffer:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                if (request := await read_until(stream, buffer, b"\r\n\r\n")) is None:
+                    return
+                head, buffer = request
                 length = int(
                     next(
                         (h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), b"0"

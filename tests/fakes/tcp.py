@@ -8,6 +8,18 @@ import socket
 import trio
 
 
+async def read_until(stream: trio.abc.ReceiveStream, pending: bytes, separator: bytes) -> tuple[bytes, bytes] | None:
+    """(what came before ``separator``, what came after it) reading ``stream`` on from ``pending``; None when the
+    stream ends first."""
+    while separator not in pending:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        pending += data
+    before, after = pending.split(separator, 1)
+    return before, after
+
+
 def refused_port() -> int:
     """A loopback port nobody listens on: connecting to it is refused at once."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
