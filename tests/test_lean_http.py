@@ -92,6 +92,7 @@ async def test_one_request_is_one_write_with_its_headers_and_a_kept_connection()
     head = server.requests[0].decode()
     assert head.startswith("POST /v1/x HTTP/1.1\r\n") and "Authorization: Bearer k\r\n" in head
     assert "Content-Type: application/json" in head and head.endswith('\r\n\r\n{"a": 1}')
+    assert "Accept-Encoding: identity\r\n" in head and f"Host: 127.0.0.1:{server.port}\r\n" in head
 
 
 async def test_an_interim_answer_is_skipped_for_the_real_one() -> None:

@@ -206,7 +206,15 @@ class LeanClient:
         self.origin = f"{url.scheme}://{url.netloc}"
         default_port = self.port == (443 if self.tls else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
-        fixed = {"Host": host if default_port else f"{host}:{self.port}", "Accept": "*/*", **headers}
+        # Identity asked for: a compressed stream reaches us only as fast as the server's compressor lets it go
+        # (without the header any coding is acceptable); gzip and deflate are still read if a server sends them.
+        fixed = {
+            "Host": host if default_port else f"{host}:{self.port}",
+            "Accept": "*/*",
+            "Accept-Encoding": "identity",
+            "User-Agent": "appliance",
+            **headers,
+        }
         self._fixed = _head_lines(fixed)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
