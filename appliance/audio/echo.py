@@ -28,6 +28,7 @@ import trio
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
 from appliance.audio.echo_alignment import FRAME, estimate_delay_ms
 from appliance.audio.echo_backoff import EchoHealth
+from appliance.audio.echo_clock import ClockFollower
 from appliance.audio.echo_engines import EchoCancelSetting, open_engine, resolve_backend
 from appliance.audio.echo_linear import LinearEchoFilter
 from appliance.audio.echo_reference import FarEndTap
@@ -117,6 +118,7 @@ class WebRtcEchoCanceller:
         self._lags: deque[float] = deque(maxlen=_SETTLED)  # the last delay estimates (ms)
         self.delay_ms: float | None = None
         self._lag_ok = False  # the latest estimate: the echo comes after its reference, as AEC3 needs
+        self.clock = ClockFollower(tap)  # the drift, from the estimates' slope; the linear filter kept in step
         self.mic_delay = 0  # samples the microphone is held back by (see _measure)
         self.frames = 0
         self._silent_frames = 0  # reference frames in a row quieter than _ACTIVE_DB
@@ -216,6 +218,7 @@ class WebRtcEchoCanceller:
         self._lag_ok = False
 
     def _measure(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> None:
+        self.clock.follow(self.linear)
         frames = len(near) // FRAME
         self.frames += frames
         self._hist_far.extend(far[: frames * FRAME].reshape(frames, FRAME))
@@ -255,8 +258,7 @@ class WebRtcEchoCanceller:
         """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""
         self.delay_ms = lag
         self._lag_ok = lag >= _MIN_LAG_MS
-        if self.linear is not None:
-            self.linear.observe_lag(lag)
+        self.clock.delay_estimated(lag, self.mic_delay, self.linear)
         followable = lag <= _MAX_LAG_MS
         if lag < _MIN_LAG_MS:
             followable = self._realign(int((_TARGET_LAG_MS - lag) * CAPTURE_RATE / 1000)) and followable

@@ -77,6 +77,48 @@ class DriftMeter:
         return slope / CAPTURE_RATE * 1e6
 
 
+class EchoDrift:
+    """Clock drift between speaker and microphone (ppm) from the echo itself: the slope of its delay estimates.
+
+    The backlog (:class:`DriftMeter`) counts whole blocks: at 100 ppm with 20 ms blocks it steps by one block
+    every 200 s and is flat in between, so it cannot tell 100 ppm for minutes. The echo moves by the drift in
+    samples (1.6 a second at 100 ppm) and GCC-PHAT places it to a sample: 20 s of estimates give the drift within
+    a few ppm. The slope is the median over pairs of estimates at least ``min_span / 2`` apart (one that locks onto
+    a reflection a few ms away does not move it). ``epoch`` says how the pairing stands (its moves, the correction
+    already applied): estimates from before a change are not compared with those after it.
+    """
+
+    def __init__(self, min_span: float = 20.0, least_ppm: float = 4.0, keep: int = 16) -> None:
+        self.min_span = min_span
+        self.least_ppm = least_ppm
+        self._points: deque[tuple[float, float]] = deque(maxlen=keep)  # (mic seconds, lag ms)
+        self._epoch: object = None
+
+    def observe(self, mic_seconds: float, lag_ms: float, epoch: object) -> float | None:
+        """A new delay estimate; returns the drift to correct (ppm, in the sense of :attr:`DriftMeter.ppm`:
+        reference samples gained per microphone sample) once it is known and worth correcting, else None."""
+        if epoch != self._epoch:
+            self._points.clear()
+            self._epoch = epoch
+        self._points.append((mic_seconds, lag_ms))
+        ppm = self.ppm()
+        if ppm is None or abs(ppm) < self.least_ppm:
+            return None
+        self._points.clear()  # corrected: the echo's slope from now on is what is left of it
+        return ppm
+
+    def ppm(self) -> float | None:
+        points = list(self._points)
+        if len(points) < 5 or points[-1][0] - points[0][0] < self.min_span:
+            return None
+        apart = self.min_span / 2
+        slopes = [
+            (b[1] - a[1]) / (b[0] - a[0]) for i, a in enumerate(points) for b in points[i + 1 :] if b[0] - a[0] >= apart
+        ]
+        # The echo comes later and later (ms per s) where the reference falls behind: it loses samples.
+        return -float(np.median(slopes)) * 1000.0
+
+
 def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 700.0, min_ms: float = -200.0) -> float | None:
     """Lag of ``far`` inside ``mic`` by GCC-PHAT (robust to the room's colouring), or None when unclear.
 
