@@ -218,7 +218,6 @@ class WebRtcEchoCanceller:
         self._lag_ok = False
 
     def _measure(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> None:
-        self.clock.follow(self.linear)
         frames = len(near) // FRAME
         self.frames += frames
         self._hist_far.extend(far[: frames * FRAME].reshape(frames, FRAME))

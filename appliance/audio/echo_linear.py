@@ -262,23 +262,6 @@ class LinearEchoFilter:
         if slopes:
             self.set_drift(float(np.median(slopes)))
 
-    def pairing_moved(self, samples: int) -> None:
-        """The pairing moved ``samples`` on the reference's timeline (positive: the microphone now pairs with newer
-        reference, as an advance does): the echo lags its reference by as much more. The echo path moves with it
-        (whole frames by partitions, the rest as a phase ramp like the drift's; the gradient constraint tidies what
-        spills), and so do the lags the drift is measured on."""
-        self._lags = deque(((frame, lag + samples) for frame, lag in self._lags), maxlen=self._lags.maxlen)
-        frames = round(samples / FRAME)
-        if frames:
-            self._w = np.roll(self._w, -frames, axis=0)  # oldest partition first: a longer lag is further back
-            if frames > 0:
-                self._w[-frames:] = 0.0
-            else:
-                self._w[:-frames] = 0.0
-        rest = samples - frames * FRAME
-        if rest:
-            self._w *= np.exp(-2j * np.pi * np.arange(_BINS) * rest / (2 * FRAME))
-
     def clock_corrected(self, ppm: float) -> None:
         """The reference is resampled by ``ppm`` more from now on (the echo moves by that much less): what the
         filter follows changes by as much, and the estimates from before do not show it."""
