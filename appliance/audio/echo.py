@@ -40,6 +40,7 @@ _ACTIVE_POWER = 32768.0**2 * 10 ** (_ACTIVE_DB / 10)
 _DELAY_WINDOW = 2.0  # s of audio the delay estimate correlates
 _DELAY_EVERY = 1.0  # s of robot speech between delay estimates...
 _DELAY_EVERY_SETTLED = 3.0  # ...and once the last _SETTLED estimates lie within _SETTLED_MS of each other
+_DELAY_EVERY_STEADY = 8.0  # ...and once they show no drift left either (see ClockFollower)
 _SETTLED = 4
 _SETTLED_MS = 10.0  # a reverberant room's estimate jumps between reflections a few ms apart
 _MIN_LAG_MS = 5.0  # an echo that lags its reference by less than this is realigned...
@@ -248,10 +249,13 @@ class WebRtcEchoCanceller:
         self._update_trust()
 
     def _delay_every(self) -> float:
-        """Seconds of robot speech to the next delay estimate: each costs 3 ms of CPU, a tenth of the canceller's
-        budget at one a second; once the last estimates agree (the pairing holds), one every few seconds."""
+        """Seconds of robot speech to the next delay estimate: each costs 4 ms of CPU, a fifth of the canceller's
+        budget at one a second; once the last estimates agree (the pairing holds), one every few seconds, and once
+        they show no drift left and the pairing has not moved since, one every _DELAY_EVERY_STEADY."""
         settled = len(self._lags) == self._lags.maxlen and max(self._lags) - min(self._lags) <= _SETTLED_MS
-        return _DELAY_EVERY_SETTLED if settled else _DELAY_EVERY
+        if not settled:
+            return _DELAY_EVERY
+        return _DELAY_EVERY_STEADY if self.clock.steady(self.mic_delay) else _DELAY_EVERY_SETTLED
 
     def _align(self, lag: float) -> None:
         """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""

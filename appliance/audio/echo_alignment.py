@@ -92,17 +92,19 @@ class EchoDrift:
         self.min_span = min_span
         self.least_ppm = least_ppm
         self._points: deque[tuple[float, float]] = deque(maxlen=keep)  # (mic seconds, lag ms)
-        self._epoch: object = None
+        self.epoch: object = None
+        self.steady = False  # the last estimates show no drift left to correct (on this pairing)
 
     def observe(self, mic_seconds: float, lag_ms: float, epoch: object) -> float | None:
         """A new delay estimate; returns the drift to correct (ppm, in the sense of :attr:`DriftMeter.ppm`:
         reference samples gained per microphone sample) once it is known and worth correcting, else None."""
-        if epoch != self._epoch:
+        if epoch != self.epoch:
             self._points.clear()
-            self._epoch = epoch
+            self.epoch = epoch
         self._points.append((mic_seconds, lag_ms))
         ppm = self.ppm()
-        if ppm is None or abs(ppm) < self.least_ppm:
+        self.steady = ppm is not None and abs(ppm) < self.least_ppm
+        if ppm is None or self.steady:
             return None
         self._points.clear()  # corrected: the echo's slope from now on is what is left of it
         return ppm

@@ -17,15 +17,25 @@ class ClockFollower:
         self.tap = tap
         self.drift = EchoDrift()
         self._correction = tap.correction_ppm  # what the linear filter has been told of
+        self._moved = tap.moved  # the tap's moves of the pairing at the last estimate
+
+    def _pairing(self, mic_delay: int) -> tuple[int, float, int]:
+        """How the pairing stands: estimates are compared only within one such state (the tap's moves of it are
+        taken out of the lags instead: they are counted)."""
+        return (self.tap.pairings, self.tap.correction_ppm, mic_delay)
+
+    def steady(self, mic_delay: int) -> bool:
+        """The echo has stayed put (no drift left) and the pairing has not moved since the last estimate: the delay
+        need not be measured as often."""
+        return self.drift.steady and self._moved == self.tap.moved and self.drift.epoch == self._pairing(mic_delay)
 
     def delay_estimated(self, lag_ms: float, mic_delay: int, linear: LinearEchoFilter | None) -> None:
         """A delay estimate: measure the drift on the reference's own timeline (the tap's moves taken out), correct
         it once known, and keep the linear filter's own drift following in step."""
         tap = self.tap
         timeline = lag_ms - tap.moved * 1000 / CAPTURE_RATE
-        drift = self.drift.observe(
-            tap.mic_samples / CAPTURE_RATE, timeline, (tap.pairings, tap.correction_ppm, mic_delay)
-        )
+        self._moved = tap.moved
+        drift = self.drift.observe(tap.mic_samples / CAPTURE_RATE, timeline, self._pairing(mic_delay))
         if drift is not None:
             tap.correct_drift(drift)
         if linear is not None:
