@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from appliance.audio.base import CAPTURE_RATE
-from appliance.audio.echo_alignment import FRAME, DriftMeter
+from appliance.audio.echo_alignment import FRAME, BacklogLow
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class FarEndTap:
         self._skip = 0  # samples a retuned resampler gives again of what its predecessor already gave
         self._synced = False
         self._stamped = False  # the speaker's stamps keep its timeline (its pauses are measured, not guessed)
-        self.drift = DriftMeter()
+        self.low = BacklogLow()
         self.mic_samples = 0
         self.resyncs = 0
         self.pairings = 0  # times the pairing was set by arrival (first, after a resync, a stop or a drop)
@@ -138,7 +138,7 @@ class FarEndTap:
     def backlog(self) -> int:
         """Reference samples :meth:`advance` can drop without running dry: the least in hand over the last
         second or two (the resampler's bursts and the callbacks' order make it swing), minus a margin."""
-        low = min(self.drift.recent_min(), len(self._ref))
+        low = min(self.low.recent_min(), len(self._ref))
         return max(0, int(low) - self.slack - FRAME * 2)
 
     @property
@@ -150,7 +150,7 @@ class FarEndTap:
         """Hand the reference over ``samples`` sooner (the echo was seen arriving before its reference)."""
         self._move_read(samples)
         self.advances += 1
-        self.drift.reset()  # the backlog steps: its slope before and after is not drift
+        self.low.reset()  # the backlog steps: its low before is not what is in hand
 
     def drop(self, skipped: int = 0) -> None:
         """Forget every reference sample: the canceller is not running (``skipped`` microphone samples passed
@@ -163,7 +163,7 @@ class FarEndTap:
         self._synced = self._stamped = False
         self._played_until = None
         self._mic_gap = 0
-        self.drift.reset()
+        self.low.reset()
 
     @property
     def correction_ppm(self) -> float:
@@ -186,7 +186,7 @@ class FarEndTap:
             self._ref = self._ref[n:]
             self._read += n
         self.mic_samples += n
-        self.drift.observe(self.mic_samples / CAPTURE_RATE, self.ahead)
+        self.low.observe(self.mic_samples / CAPTURE_RATE, self.ahead)
         return out
 
     def _keep_ahead(self, lateness: int) -> None:
@@ -200,7 +200,7 @@ class FarEndTap:
         shift = lateness + FRAME
         self._move_read(-shift)
         self.retreats += 1
-        self.drift.reset()  # the backlog steps: its slope before and after is not drift
+        self.low.reset()  # the backlog steps: its low before is not what is in hand
         log.info("echo reference arrived late: paired %d ms later", shift * 1000 // CAPTURE_RATE)
 
     def _pair(self, n: int) -> None:
@@ -211,7 +211,7 @@ class FarEndTap:
         if self._synced and self.ahead > self.max_backlog + n + self.slack:
             self.resyncs += 1
             log.info("echo reference resynchronised (%d ms ahead of the microphone)", self.ahead * 1000 // CAPTURE_RATE)
-            self.drift.reset()
+            self.low.reset()
             self._pair_by_arrival(n)
         elif not self._synced or (not self._stamped and self.ahead < -_MAX_DEBT * CAPTURE_RATE):
             self._pair_by_arrival(n)  # the first pairing, or the speaker stopped (no stamps): its next block
@@ -221,7 +221,7 @@ class FarEndTap:
         if not self._ref.size:
             self._move_read(self.ahead)  # nothing in hand: wait at the write position, pair with the next block
             if self._synced:
-                self.drift.reset()  # the backlog steps back to nothing: not drift
+                self.low.reset()  # the backlog steps back to nothing
             self._synced = False
             return
         self._move_read(self.ahead - (n + self.slack))
@@ -327,4 +327,4 @@ class FarEndTap:
         self._correction = max(-2000.0, min(2000.0, self._correction + ppm))
         log.info("echo reference: clock drift %+.1f ppm, resampling by %+.1f ppm", ppm, self._correction)
         self._new_resampler(self._rate or CAPTURE_RATE, primed=True)
-        self.drift.reset()
+        self.low.reset()
