@@ -4,7 +4,7 @@ The sink hands every block it plays to a :class:`FarEndTap` (from its audio call
 time its first sample reaches the speaker when the host API says so. The capture side resamples them to 16 kHz and
 writes them one after the other onto a timeline of reference samples; the microphone reads from the same timeline,
 sample for sample, at an offset set once. Where the reference has not arrived yet (the resampler hands its output over
-in bursts of up to 32 ms; the two callbacks run in either order), the microphone gets silence, and when the late samples
+in bursts of up to 37 ms; the two callbacks run in either order), the microphone gets silence, and when the late samples
 come the pairing moves back by their lateness and a frame, so they land in hand and the margin grows to the worst burst
 seen (the pairing by arrival kept a fixed 5 ms and slipped by every deficit, all along). A pause in the speaker's output
 (its stream stopped, the device was reopened) is measured from its time stamps and written as silence; a pause of the
@@ -37,7 +37,7 @@ _MAX_BACKLOG = 0.6  # s of reference kept ahead of the mic; more means the pairi
 # trip minus this, and any real round trip (output buffer + input buffer) is longer.
 _SLACK = 0.005
 # s of reference the microphone may be ahead of without stamps before the speaker counts as stopped (not late):
-# its next block is then paired by arrival. Longer than the resampler's bursts (32 ms).
+# its next block is then paired by arrival. Longer than the resampler's bursts (37 ms).
 _MAX_DEBT = 0.15
 # s a stream may start later (or earlier) than its last block ended before it counts as a pause. A stamp is read
 # on the monotonic clock when the Python callback runs, after waiting for the GIL (its switch interval is 5 ms):
