@@ -12,7 +12,7 @@ import pytest
 
 from appliance.audio.base import CAPTURE_RATE
 from appliance.audio.echo import CancellingQueue, FarEndTap, WebRtcEchoCanceller
-from appliance.audio.echo_alignment import estimate_delay_ms
+from appliance.audio.echo_alignment import EchoDrift, estimate_delay_ms
 from appliance.audio.echo_engines import webrtc_available
 
 BLOCK = 320  # 20 ms at 16 kHz
@@ -278,3 +278,87 @@ def test_the_callbacks_stamp_their_blocks_on_the_monotonic_clock() -> None:
         assert len(told) == 1 and start - 0.04 <= told[0] <= time.monotonic() - 0.04
 
     trio.run(main)
+
+
+def test_the_echo_drift_is_measured_from_the_delay_estimates_within_half_a_minute() -> None:
+    """The echo moves 0.1 ms a second at 100 ppm; estimates every 3 s to a sample (1/16 ms), every fourth locked
+    onto a reflection 3 ms later: the drift is known to 5 ppm 21 s in, in the sense the tap corrects (the
+    reference loses samples: negative), and estimates from before a move of the pairing are not compared."""
+    rng = np.random.default_rng(5)
+    for ppm in (100.0, -100.0):
+        meter, found = EchoDrift(), None
+        for i in range(20):
+            t = 3.0 * i
+            lag = 40.0 + ppm * 1e-3 * t + (3.0 if i % 4 == 3 else 0.0) + float(rng.uniform(-0.03, 0.03))
+            found = meter.observe(t, round(lag * 16) / 16, "pairing")
+            if found is not None:
+                break
+        assert found is not None and t <= 24.0 and abs(found + ppm) <= 5.0, (t, found)
+    steady = EchoDrift()
+    for i in range(20):
+        assert steady.observe(3.0 * i, 40.0 + (3.0 if i % 4 == 3 else 0.0), "pairing") is None
+    assert steady.steady
+    assert steady.observe(63.0, 80.0, "moved") is None and not steady.steady  # a new pairing starts afresh
+
+
+def _offset(tap_out: np.ndarray, truth: np.ndarray, at: int, n: int = 4000) -> int:
+    """Where the tap's output around ``at`` lies in the continuously resampled reference (cross-correlation)."""
+    corr = np.correlate(truth[at - 2000 : at + n + 2000], tap_out[at : at + n], "valid")
+    return int(np.argmax(corr)) - 2000
+
+
+def test_a_drift_correction_carries_on_where_the_old_resampler_stopped() -> None:
+    """A new correction retunes the resampler without a gap: the reference carries on sample for sample where it
+    was (a fresh soxr stream holds its first 26-79 ms back: the reference ran dry and the pairing moved back by as
+    much), and the correction then stretches it as asked."""
+    import soxr
+
+    rng = np.random.default_rng(1)
+    far48 = (np.convolve(rng.standard_normal(48_000 * 8), np.ones(8) / 8, "same") * 3000).astype(np.int16)
+    truth = soxr.resample(far48.astype(np.float64), 48_000, CAPTURE_RATE, quality="HQ")
+    tap = FarEndTap(slack=0.0)
+    out = []
+    for i in range(0, len(far48), 960):
+        if i == 48_000 * 3:
+            tap.correct_drift(-100.0)
+            moves = (tap.retreats, tap.ran_dry, tap.moved)
+        tap.played(far48[i : i + 960], 48_000)
+        out.append(tap.take(BLOCK))
+    paired = np.concatenate(out).astype(np.float64)
+    before = _offset(paired, truth, 44_000)
+    assert _offset(paired, truth, 48_500) == before  # right after the retune: not a sample lost or repeated
+    assert (tap.retreats, tap.ran_dry, tap.moved) == moves
+    # -100 ppm: the reference gains 1.6 samples a second, so the pairing takes it 1.6 samples later each second.
+    assert _offset(paired, truth, 120_000) - before in (-5, -6, -7)
+
+
+@pytest.mark.parametrize("ppm", [100.0, -100.0])
+def test_the_canceller_corrects_100_ppm_and_the_echo_then_stays_put(ppm: float) -> None:
+    """The echo through a room whose microphone runs ``ppm`` off the speaker (48 kHz in 20 ms blocks, as the
+    bench's): the canceller's delay estimates find the drift and the tap resamples by it within 40 s; from then on
+    the echo's lag does not move (uncorrected it moved 0.1 ms a second, and every 200 s the reference ran dry and
+    the pairing stepped back by 26 ms), and the linear filter's own drift following is told."""
+    if not webrtc_available():
+        return
+    import soxr
+
+    rng = np.random.default_rng(9)
+    seconds = 90
+    far48 = (np.convolve(rng.standard_normal(seconds * 48_000 + 48_000), np.ones(6) / 6, "same") * 4000).astype(
+        np.int16
+    )
+    echo = soxr.resample(far48.astype(np.float64), 48_000 * (1 - ppm * 1e-6), CAPTURE_RATE, quality="HQ")
+    mic = (np.concatenate([np.zeros(960), echo])[: seconds * CAPTURE_RATE] * 0.5).astype(np.int16)
+    canceller = WebRtcEchoCanceller(FarEndTap())
+    spk, lags = 0, []
+    for start in range(0, len(mic) - BLOCK + 1, BLOCK):
+        due = (start + 2 * BLOCK) * 3 * (1 - ppm * 1e-6)  # the speaker's clock, a block ahead
+        while spk + 960 <= due:
+            canceller.tap.played(far48[spk : spk + 960], 48_000)
+            spk += 960
+        canceller.process(mic[start : start + BLOCK])
+        if (start + BLOCK) % (5 * CAPTURE_RATE) == 0 and start >= 45 * CAPTURE_RATE:
+            lags.append(canceller.delay_ms)
+    assert abs(canceller.tap.correction_ppm + ppm) <= 5.0 and canceller.tap.resyncs == 0
+    assert lags and None not in lags and max(lags) - min(lags) <= 0.5, lags  # type: ignore[operator,type-var]
+    assert canceller.linear is not None and abs(canceller.linear.drift) < 0.2 * abs(ppm) * 1e-6 * 160

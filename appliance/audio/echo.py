@@ -28,6 +28,7 @@ import trio
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
 from appliance.audio.echo_alignment import FRAME, estimate_delay_ms
 from appliance.audio.echo_backoff import EchoHealth
+from appliance.audio.echo_clock import ClockFollower
 from appliance.audio.echo_engines import EchoCancelSetting, open_engine, resolve_backend
 from appliance.audio.echo_linear import LinearEchoFilter
 from appliance.audio.echo_reference import FarEndTap
@@ -39,6 +40,7 @@ _ACTIVE_POWER = 32768.0**2 * 10 ** (_ACTIVE_DB / 10)
 _DELAY_WINDOW = 2.0  # s of audio the delay estimate correlates
 _DELAY_EVERY = 1.0  # s of robot speech between delay estimates...
 _DELAY_EVERY_SETTLED = 3.0  # ...and once the last _SETTLED estimates lie within _SETTLED_MS of each other
+_DELAY_EVERY_STEADY = 8.0  # ...and once they show no drift left either (see ClockFollower)
 _SETTLED = 4
 _SETTLED_MS = 10.0  # a reverberant room's estimate jumps between reflections a few ms apart
 _MIN_LAG_MS = 5.0  # an echo that lags its reference by less than this is realigned...
@@ -117,6 +119,7 @@ class WebRtcEchoCanceller:
         self._lags: deque[float] = deque(maxlen=_SETTLED)  # the last delay estimates (ms)
         self.delay_ms: float | None = None
         self._lag_ok = False  # the latest estimate: the echo comes after its reference, as AEC3 needs
+        self.clock = ClockFollower(tap)  # the drift, from the estimates' slope; the linear filter kept in step
         self.mic_delay = 0  # samples the microphone is held back by (see _measure)
         self.frames = 0
         self._silent_frames = 0  # reference frames in a row quieter than _ACTIVE_DB
@@ -246,17 +249,19 @@ class WebRtcEchoCanceller:
         self._update_trust()
 
     def _delay_every(self) -> float:
-        """Seconds of robot speech to the next delay estimate: each costs 3 ms of CPU, a tenth of the canceller's
-        budget at one a second; once the last estimates agree (the pairing holds), one every few seconds."""
+        """Seconds of robot speech to the next delay estimate: each costs 4 ms of CPU, a fifth of the canceller's
+        budget at one a second; once the last estimates agree (the pairing holds), one every few seconds, and once
+        they show no drift left and the pairing has not moved since, one every _DELAY_EVERY_STEADY."""
         settled = len(self._lags) == self._lags.maxlen and max(self._lags) - min(self._lags) <= _SETTLED_MS
-        return _DELAY_EVERY_SETTLED if settled else _DELAY_EVERY
+        if not settled:
+            return _DELAY_EVERY
+        return _DELAY_EVERY_STEADY if self.clock.steady(self.mic_delay) else _DELAY_EVERY_SETTLED
 
     def _align(self, lag: float) -> None:
         """The echo lags its reference by ``lag`` ms: AEC3 needs it to come after, within its delay search."""
         self.delay_ms = lag
         self._lag_ok = lag >= _MIN_LAG_MS
-        if self.linear is not None:
-            self.linear.observe_lag(lag)
+        self.clock.delay_estimated(lag, self.mic_delay, self.linear)
         followable = lag <= _MAX_LAG_MS
         if lag < _MIN_LAG_MS:
             followable = self._realign(int((_TARGET_LAG_MS - lag) * CAPTURE_RATE / 1000)) and followable

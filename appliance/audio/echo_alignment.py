@@ -1,5 +1,5 @@
-"""Keeping the speaker's reference and the microphone paired: the echo's delay (GCC-PHAT) and the two clocks'
-drift (from the reference backlog's growth). The reference itself: :mod:`appliance.audio.echo_reference`."""
+"""Keeping the speaker's reference and the microphone paired: the echo's delay (GCC-PHAT), the two clocks' drift
+(from the delay's slope) and the reference backlog's low. The reference: :mod:`appliance.audio.echo_reference`."""
 
 from __future__ import annotations
 
@@ -16,40 +16,27 @@ log = logging.getLogger(__name__)
 FRAME = CAPTURE_RATE // 100  # AEC3's 10 ms frame
 
 
-class DriftMeter:
-    """Clock drift between speaker and microphone (ppm) from the growth of the reference backlog.
+class BacklogLow:
+    """The least reference the tap held beyond the microphone's position (its backlog) over each second.
 
-    The backlog (reference written beyond the microphone's position on the timeline; negative while the
-    reference is late) jumps with every hand-over (both sides deliver in batches, the resampler in bursts), so
-    each second only its minimum counts; the slope of those minima over the last ``window`` seconds is the drift.
+    The backlog jumps with every hand-over (both sides deliver in batches, the resampler in bursts): the least of a
+    second or two is what :meth:`FarEndTap.advance` may drop without running dry. (Its slope is no measure of the
+    drift: it counts whole blocks, see :class:`EchoDrift`.)
     """
 
-    def __init__(self, window: float = 60.0, min_span: float = 20.0) -> None:
-        self.window = window
-        self.min_span = min_span
-        self._points: deque[tuple[float, float]] = deque()  # (mic seconds, minimum backlog in samples)
+    def __init__(self) -> None:
         self._second_min = math.inf
         self._last_min = math.inf
         self._second = 0
-        # The fit changes only when a second's point comes or goes; the tap asks for it every block.
-        self._fit: float | None = None
-        self._fitted = False
 
     def observe(self, mic_seconds: float, backlog: int) -> None:
         second = int(mic_seconds)
         if second != self._second:
-            self._fitted = False
-            if math.isfinite(self._second_min):
-                self._points.append((float(self._second), self._second_min))
             self._last_min = self._second_min
             self._second, self._second_min = second, math.inf
-            while self._points and self._points[0][0] < mic_seconds - self.window:
-                self._points.popleft()
         self._second_min = min(self._second_min, backlog)
 
     def reset(self) -> None:
-        self._points.clear()
-        self._fitted = False
         self._second_min = math.inf
         self._last_min = math.inf
 
@@ -62,19 +49,49 @@ class DriftMeter:
         """The smallest backlog over this second and the last one seen (inf before any)."""
         return min(self._second_min, self._last_min)
 
-    def ppm(self) -> float | None:
-        """Reference samples gained per microphone sample, in ppm (None until enough is seen)."""
-        if not self._fitted:
-            self._fit, self._fitted = self._slope_ppm(), True
-        return self._fit
 
-    def _slope_ppm(self) -> float | None:
-        if len(self._points) < 5 or self._points[-1][0] - self._points[0][0] < self.min_span:
+class EchoDrift:
+    """Clock drift between speaker and microphone (ppm) from the echo itself: the slope of its delay estimates.
+
+    The tap's backlog counts whole blocks: at 100 ppm with 20 ms blocks it steps by one block
+    every 200 s and is flat in between, so it cannot tell 100 ppm for minutes. The echo moves by the drift in
+    samples (1.6 a second at 100 ppm) and GCC-PHAT places it to a sample: 20 s of estimates give the drift within
+    a few ppm. The slope is the median over pairs of estimates at least ``min_span / 2`` apart (one that locks onto
+    a reflection a few ms away does not move it). ``epoch`` says how the pairing stands (its moves, the correction
+    already applied): estimates from before a change are not compared with those after it.
+    """
+
+    def __init__(self, min_span: float = 20.0, least_ppm: float = 4.0, keep: int = 16) -> None:
+        self.min_span = min_span
+        self.least_ppm = least_ppm
+        self._points: deque[tuple[float, float]] = deque(maxlen=keep)  # (mic seconds, lag ms)
+        self.epoch: object = None
+        self.steady = False  # the last estimates show no drift left to correct (on this pairing)
+
+    def observe(self, mic_seconds: float, lag_ms: float, epoch: object) -> float | None:
+        """A new delay estimate; returns the drift to correct (ppm: reference samples gained per
+        microphone sample) once it is known and worth correcting, else None."""
+        if epoch != self.epoch:
+            self._points.clear()
+            self.epoch = epoch
+        self._points.append((mic_seconds, lag_ms))
+        ppm = self.ppm()
+        self.steady = ppm is not None and abs(ppm) < self.least_ppm
+        if ppm is None or self.steady:
             return None
-        t = np.array([p[0] for p in self._points])
-        y = np.array([p[1] for p in self._points])
-        slope = float(np.polyfit(t, y, 1)[0])  # samples per second
-        return slope / CAPTURE_RATE * 1e6
+        self._points.clear()  # corrected: the echo's slope from now on is what is left of it
+        return ppm
+
+    def ppm(self) -> float | None:
+        points = list(self._points)
+        if len(points) < 5 or points[-1][0] - points[0][0] < self.min_span:
+            return None
+        apart = self.min_span / 2
+        slopes = [
+            (b[1] - a[1]) / (b[0] - a[0]) for i, a in enumerate(points) for b in points[i + 1 :] if b[0] - a[0] >= apart
+        ]
+        # The echo comes later and later (ms per s) where the reference falls behind: it loses samples.
+        return -float(np.median(slopes)) * 1000.0
 
 
 def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 700.0, min_ms: float = -200.0) -> float | None:

@@ -262,6 +262,14 @@ class LinearEchoFilter:
         if slopes:
             self.set_drift(float(np.median(slopes)))
 
+    def clock_corrected(self, ppm: float) -> None:
+        """The reference is resampled by ``ppm`` more from now on (the echo moves by that much less): what the
+        filter follows changes by as much, and the estimates from before do not show it."""
+        if ppm:
+            self._lags.clear()
+            if self.drift:
+                self.set_drift(self.drift + ppm * 1e-6 * FRAME)
+
     def set_drift(self, samples_per_frame: float) -> None:
         self.drift = samples_per_frame
         self._rotation = np.exp(-2j * np.pi * np.arange(_BINS) * samples_per_frame / (2 * FRAME))

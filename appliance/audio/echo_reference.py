@@ -4,7 +4,7 @@ The sink hands every block it plays to a :class:`FarEndTap` (from its audio call
 time its first sample reaches the speaker when the host API says so. The capture side resamples them to 16 kHz and
 writes them one after the other onto a timeline of reference samples; the microphone reads from the same timeline,
 sample for sample, at an offset set once. Where the reference has not arrived yet (the resampler hands its output over
-in bursts of up to 80 ms; the two callbacks run in either order), the microphone gets silence, and when the late samples
+in bursts of up to 37 ms; the two callbacks run in either order), the microphone gets silence, and when the late samples
 come the pairing moves back by their lateness and a frame, so they land in hand and the margin grows to the worst burst
 seen (the pairing by arrival kept a fixed 5 ms and slipped by every deficit, all along). A pause in the speaker's output
 (its stream stopped, the device was reopened) is measured from its time stamps and written as silence; a pause of the
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from appliance.audio.base import CAPTURE_RATE
-from appliance.audio.echo_alignment import FRAME, DriftMeter
+from appliance.audio.echo_alignment import FRAME, BacklogLow
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,19 @@ _MAX_BACKLOG = 0.6  # s of reference kept ahead of the mic; more means the pairi
 # trip minus this, and any real round trip (output buffer + input buffer) is longer.
 _SLACK = 0.005
 # s of reference the microphone may be ahead of without stamps before the speaker counts as stopped (not late):
-# its next block is then paired by arrival. Longer than the resampler's bursts (80 ms with a drift correction).
+# its next block is then paired by arrival. Longer than the resampler's bursts (37 ms).
 _MAX_DEBT = 0.15
 # s a stream may start later (or earlier) than its last block ended before it counts as a pause. A stamp is read
 # on the monotonic clock when the Python callback runs, after waiting for the GIL (its switch interval is 5 ms):
 # they jitter by that much. A real pause (a stream reopened, restarted after an underrun) lasts far longer.
 _GAP = 0.05
+# soxr's medium quality: flat to 7.4 kHz as HQ (its 16-bit stop band is plenty for a reference), and at a drift
+# correction's ratio (not a simple fraction) it hands on at most 32 ms at once, 9 ms late; HQ 73 ms, 50 ms late
+# (so the first correction moved the pairing back by 40 ms, and every echo lag had to be that much longer).
+_QUALITY = "MQ"
+# s of the speaker's last blocks a retuned resampler is primed with (longer than its delay): it then goes on
+# without the gap a fresh one would leave.
+_PRIME = 0.06
 
 
 def callback_time(time_info: Any, stamp: str) -> float | None:
@@ -84,11 +91,15 @@ class FarEndTap:
         self._mic_clock: tuple[int, float] | None = None  # (mic sample, its ADC time): the last stream's stamp
         self._mic_gap = 0  # samples the microphone stream was away for (the read position moves on by them)
         self._correction = 0.0  # ppm the reference is resampled by (measured drift)
+        self._played_recently: deque[np.ndarray] = deque(maxlen=64)  # to prime a retuned resampler
+        self._skip = 0  # samples a retuned resampler gives again of what its predecessor already gave
         self._synced = False
         self._stamped = False  # the speaker's stamps keep its timeline (its pauses are measured, not guessed)
-        self.drift = DriftMeter()
+        self.low = BacklogLow()
         self.mic_samples = 0
         self.resyncs = 0
+        self.pairings = 0  # times the pairing was set by arrival (first, after a resync, a stop or a drop)
+        self.moved = 0  # samples the pairing moved by (advances, late reference, the microphone away): later is more
         self.advances = 0
         self.played_samples = 0
         self.ran_dry = 0  # takes that found part of their reference not yet arrived (padded; the pairing holds)
@@ -127,7 +138,7 @@ class FarEndTap:
     def backlog(self) -> int:
         """Reference samples :meth:`advance` can drop without running dry: the least in hand over the last
         second or two (the resampler's bursts and the callbacks' order make it swing), minus a margin."""
-        low = min(self.drift.recent_min(), len(self._ref))
+        low = min(self.low.recent_min(), len(self._ref))
         return max(0, int(low) - self.slack - FRAME * 2)
 
     @property
@@ -139,7 +150,7 @@ class FarEndTap:
         """Hand the reference over ``samples`` sooner (the echo was seen arriving before its reference)."""
         self._move_read(samples)
         self.advances += 1
-        self.drift.reset()  # the backlog steps: its slope before and after is not drift
+        self.low.reset()  # the backlog steps: its low before is not what is in hand
 
     def drop(self, skipped: int = 0) -> None:
         """Forget every reference sample: the canceller is not running (``skipped`` microphone samples passed
@@ -152,7 +163,7 @@ class FarEndTap:
         self._synced = self._stamped = False
         self._played_until = None
         self._mic_gap = 0
-        self.drift.reset()
+        self.low.reset()
 
     @property
     def correction_ppm(self) -> float:
@@ -175,8 +186,7 @@ class FarEndTap:
             self._ref = self._ref[n:]
             self._read += n
         self.mic_samples += n
-        self.drift.observe(self.mic_samples / CAPTURE_RATE, self.ahead)
-        self._follow_drift()
+        self.low.observe(self.mic_samples / CAPTURE_RATE, self.ahead)
         return out
 
     def _keep_ahead(self, lateness: int) -> None:
@@ -190,7 +200,7 @@ class FarEndTap:
         shift = lateness + FRAME
         self._move_read(-shift)
         self.retreats += 1
-        self.drift.reset()  # the backlog steps: its slope before and after is not drift
+        self.low.reset()  # the backlog steps: its low before is not what is in hand
         log.info("echo reference arrived late: paired %d ms later", shift * 1000 // CAPTURE_RATE)
 
     def _pair(self, n: int) -> None:
@@ -201,7 +211,7 @@ class FarEndTap:
         if self._synced and self.ahead > self.max_backlog + n + self.slack:
             self.resyncs += 1
             log.info("echo reference resynchronised (%d ms ahead of the microphone)", self.ahead * 1000 // CAPTURE_RATE)
-            self.drift.reset()
+            self.low.reset()
             self._pair_by_arrival(n)
         elif not self._synced or (not self._stamped and self.ahead < -_MAX_DEBT * CAPTURE_RATE):
             self._pair_by_arrival(n)  # the first pairing, or the speaker stopped (no stamps): its next block
@@ -211,16 +221,18 @@ class FarEndTap:
         if not self._ref.size:
             self._move_read(self.ahead)  # nothing in hand: wait at the write position, pair with the next block
             if self._synced:
-                self.drift.reset()  # the backlog steps back to nothing: not drift
+                self.low.reset()  # the backlog steps back to nothing
             self._synced = False
             return
         self._move_read(self.ahead - (n + self.slack))
         self._synced = True
+        self.pairings += 1
         self._stamped = self._played_until is not None  # from now on the speaker's stamps keep its timeline
 
     def _move_read(self, samples: int) -> None:
         """Move the microphone's position on the timeline (what lies before it is dropped)."""
         self._read += samples
+        self.moved += samples
         ahead = self.ahead
         if ahead <= 0:
             self._ref = np.zeros(0, dtype=np.int16)
@@ -257,7 +269,15 @@ class FarEndTap:
             self._pause(at, rate)
             self._played_until = at + len(block) / rate
         self._starting = max(0, self._starting - 1)
-        self._write_samples(block if self._resampler is None else self._resampler.resample_chunk(block))
+        self._played_recently.append(block)
+        if self._resampler is None:
+            self._write_samples(block)
+            return
+        out = self._resampler.resample_chunk(block)
+        if self._skip:
+            skipped = min(self._skip, len(out))
+            out, self._skip = out[skipped:], self._skip - skipped
+        self._write_samples(out)
 
     def _pause(self, at: float, rate: int) -> None:
         """A pause since the last stamped block is written as silence (or what never played is taken back)."""
@@ -273,11 +293,16 @@ class FarEndTap:
             else:
                 self._unwrite(round(-gap * CAPTURE_RATE))
 
-    def _new_resampler(self, rate: int) -> None:
-        """A resampler for ``rate`` at the current correction; the old one's tail goes onto the timeline first."""
+    def _new_resampler(self, rate: int, primed: bool = False) -> None:
+        """A resampler for ``rate`` at the current correction; the old one's tail goes onto the timeline first.
+
+        ``primed`` (the same stream at another correction): the new one first hears the last blocks again and
+        what it makes of them is dropped, so it carries on at once. A fresh one holds its first 26 ms back: the
+        reference ran dry and the pairing moved back by as much at every correction (the bench's living room)."""
         if self._resampler is not None:
             self._write_samples(self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True))
         self._rate = rate
+        self._skip = 0
         if rate == CAPTURE_RATE and self._correction == 0.0:
             self._resampler = None
             return
@@ -285,14 +310,21 @@ class FarEndTap:
 
         # The reference has ``1 + ppm`` times as many samples as the mic wants: resample from that much more.
         source_rate = rate * (1.0 + self._correction * 1e-6)
-        self._resampler = soxr.ResampleStream(source_rate, CAPTURE_RATE, 1, dtype="int16", quality="HQ")
+        self._resampler = soxr.ResampleStream(source_rate, CAPTURE_RATE, 1, dtype="int16", quality=_QUALITY)
+        if primed and self._played_recently:
+            blocks, need = [], _PRIME * rate
+            while self._played_recently and need > 0:
+                blocks.append(self._played_recently.pop())
+                need -= len(blocks[-1])
+            history = np.concatenate(blocks[::-1])
+            given = len(self._resampler.resample_chunk(history))
+            self._skip = max(0, round(len(history) * CAPTURE_RATE / source_rate) - given)
+        self._played_recently.clear()
 
-    def _follow_drift(self) -> None:
-        ppm = self.drift.ppm()
-        if ppm is None or abs(ppm) < 20.0:
-            return
-        # What is left is on top of the correction already applied.
+    def correct_drift(self, ppm: float) -> None:
+        """The reference gains ``ppm`` more samples per microphone sample than the correction so far removes
+        (the canceller measures it on the echo): resample by that much more, from here on."""
         self._correction = max(-2000.0, min(2000.0, self._correction + ppm))
-        log.info("echo reference: clock drift %+.0f ppm, resampling by %+.0f ppm", ppm, self._correction)
-        self._new_resampler(self._rate or CAPTURE_RATE)
-        self.drift.reset()
+        log.info("echo reference: clock drift %+.1f ppm, resampling by %+.1f ppm", ppm, self._correction)
+        self._new_resampler(self._rate or CAPTURE_RATE, primed=True)
+        self.low.reset()
