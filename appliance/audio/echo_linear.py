@@ -17,11 +17,13 @@ drift (100 ppm moves the echo 1.6 samples a second, which an NLMS of this length
 the slope of the canceller's delay estimates and applied to the filter as a phase ramp.
 
 The double-talk decision, per frame in five bands (200 Hz to 7 kHz): the residual's power against what the
-filter leaves of the echo it predicts (the ratio 90% of robot-only frames stay under) plus the room's noise.
-Near-end speech when two bands exceed that by ``_NEAR_RATIO`` in ``_NEEDED`` of the last ``_RECENT``
-frames, held ``_HOLD`` frames (a word's quieter parts). Only once the filter removes 10 dB (``ready``): before,
-it says nothing. The filter's step shrinks where the residual is far above what it expects (double talk it
-missed), so the user's voice does not teach it.
+filter leaves of the echo it predicts (the ratio 90% of robot-only frames stay under), or of what it left in the
+frames before dying away with the room (``_TAIL``: at a word's end the prediction drops at once, the
+reverberation past the filter's reach does not), plus the room's noise. Near-end speech when two bands exceed
+that by ``_NEAR_RATIO`` in ``_NEEDED`` of the last ``_RECENT`` frames, held ``_HOLD`` frames (a word's quieter
+parts). Only once the filter removes 5 dB: before, it says nothing; and never where the residual is louder than
+the microphone (the filter adds echo: the path changed). The filter's step shrinks where the residual is far above
+what it expects (double talk it missed) once it removes 10 dB (``ready``), so the user's voice does not teach it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ _BINS = FRAME + 1
 _BANDS = ((4, 10), (10, 20), (20, 40), (40, 80), (80, 140))  # bins of 50 Hz: 200 Hz to 7 kHz
 _MU = 0.4
 _READY_RATIO = 0.1  # residual / microphone while the robot speaks alone (10 dB) before the decision counts
-_NEAR_RATIO = 8.0  # 9 dB over the expected residual plus noise, per band
+_NEAR_RATIO = 4.0  # 6 dB over the expected residual plus noise, per band
+# The residual's tail: what the filter leaves of the echo dies away with the room (the reverberation past its reach,
+# a word's end it mispredicts), at least this fast per frame (-1.5 dB per 10 ms, 60 dB in 0.4 s).
+_TAIL = 0.7
+_LOST = 2.0  # residual / microphone (3 dB) from which the filter adds echo (see _batch)
+_HEARS_RATIO = 0.3  # residual / microphone (5 dB) from which the filter may hear the user (see _decide)
 _QUANTILE = 0.9  # the expected residual: what 90% of robot-only frames stay under (tracked in the log domain)
 _STEP = 0.05
 _RECENT = 6
@@ -99,6 +106,7 @@ class LinearEchoFilter:
         self._ratio = _ONES
         self._noise = [math.inf] * len(_BANDS)
         self._py_last = [0.0] * len(_BANDS)
+        self._left = [0.0] * len(_BANDS)  # the expected residual of the last frame (see _decide)
         self._trust_step = _ONES
         self._erle = 1.0
         self._recent: deque[bool] = deque(maxlen=_RECENT)
@@ -119,6 +127,7 @@ class LinearEchoFilter:
         self._w[:] = 0.0
         self._log_ratio = [0.0] * len(_BANDS)
         self._ratio = _ONES
+        self._left = [0.0] * len(_BANDS)
         self._erle = 1.0
         self._recent.clear()
         self._heard = 0
@@ -222,10 +231,13 @@ class LinearEchoFilter:
         errors = out.residual[frames] = out.mic[frames] - predicted
         spectra = np.fft.rfft(np.concatenate([errors, predicted]), 2 * FRAME, axis=1)  # the residual, the removed
         powers = (np.square(spectra.view(np.float64)) @ self._bands_ri).tolist()
+        # A residual louder than the microphone: the filter adds echo (the path changed), no user's voice does that.
+        mic = out.mic[frames]
+        lost = (np.einsum("ij,ij->i", errors, errors) > _LOST * np.einsum("ij,ij->i", mic, mic)).tolist()
         spans = self._windows(self._xp, oldest, count).sum(axis=1)
         steps = np.zeros((count, _BINS))
         for f, (i, counted) in enumerate(batch):
-            out.near_end[i] = near_end = self._decide(powers[f], powers[count + f])
+            out.near_end[i] = near_end = self._decide(powers[f], powers[count + f], lost[f])
             self._far_power += 0.3 * (spans[f] - self._far_power)
             if not near_end:
                 steps[f] = np.array(self._trust_step)[self._band_of_bin] / (self._far_power + 1e4 * FRAME)
@@ -277,21 +289,30 @@ class LinearEchoFilter:
         self._turn = (turn + _CONSTRAINED) % self.partitions
         self._constrain_due = False
 
-    def _decide(self, pe: list[float], py_now: list[float]) -> bool:
+    def _decide(self, pe: list[float], py_now: list[float], lost: bool = False) -> bool:
         """One frame's verdict from its band powers (the residual's, the echo the filter removed): five numbers
-        each, worked on as Python floats (a numpy call on five costs more than the arithmetic)."""
+        each, worked on as Python floats (a numpy call on five costs more than the arithmetic). ``lost``: the
+        residual is louder than the microphone (the filter adds echo): not the user, and it learns at the full step."""
         py = [now if now > last else last for now, last in zip(py_now, self._py_last, strict=True)]
         self._py_last = py_now
         floor = [p if p > 1.0 else 1.0 for p in pe]
         noise = self._noise = [min(n * _NOISE_UP, p) for n, p in zip(self._noise, floor, strict=True)]
         left = [r * y for r, y in zip(self._ratio, py, strict=True)]  # what the filter leaves of the echo removed
+        # ...and of the echo it left in the frames before, dying away (the echo removed drops at a word's end
+        # at once, the room's reverberation past the filter's reach does not).
+        tail = self._left = [a if a > _TAIL * b else _TAIL * b for a, b in zip(left, self._left, strict=True)]
+        expected = [a + n for a, n in zip(tail, noise, strict=True)]
         heard, self._trust_step = False, _ONES
-        if self.ready:
+        if self.ready and not lost:
             # The step shrinks where the residual is far above what the filter leaves (double talk it missed, a
             # burst of noise): the user's voice must not teach the filter. Before the filter is ready it has no
             # idea what it leaves: it learns at the full step.
-            expected = [a + n for a, n in zip(left, noise, strict=True)]
             self._trust_step = [min(1.0, e / p) for e, p in zip(expected, floor, strict=True)]
+        if self._erle < _HEARS_RATIO and not lost:
+            # The user is heard where the residual stands out of what the filter is known to leave: that measure
+            # (the ratio) holds as soon as the filter removes a little (bench echo: a user 6 dB under the echo is
+            # heard in 20 of 24 commands, against 7 once it removes 10 dB), while a filter that removes nothing
+            # yet would take all the echo for the user.
             heard = sum(p > _NEAR_RATIO * e for p, e in zip(pe, expected, strict=True)) >= 2
         recent = self._recent
         self._heard += heard - (len(recent) == _RECENT and recent[0])
