@@ -8,7 +8,10 @@ the user, the canceller hands on its residual instead of AEC3's output (:mod:`ap
 
 The filter: a partitioned-block frequency-domain NLMS (overlap-save, 10 ms frames, FFT of 20 ms) over
 ``partitions`` x 10 ms of the echo path, from 20 ms before the delay the canceller measures (so a 200 ms room
-costs no more than a 20 ms one). The frames of a block (up to four) are predicted with the same filter and
+costs no more than a 20 ms one). 320 ms: a hall's reverberation (0.6 s) past 160 ms held its residual to 13 dB
+under the echo, so a user 6 dB under it did not stand out (bench echo: -6 dB barge-in 20 -> 23 of 24, the warm
+wake word at the echo's level 9 -> 12 of 12); the filter's CPU grows by a tenth (its calls, not the arithmetic,
+dominate). The frames of a block (up to four) are predicted with the same filter and
 adapted once by their summed gradients (a block NLMS): one call per transform for all of them, which halves
 the filter's CPU against a frame at a time (Python and numpy's per-call overhead, not the arithmetic, dominate
 at this size). Four partitions' gradients are constrained every 16 adapted frames, in turn. While the reference
@@ -72,7 +75,7 @@ class _Frames:
 
 
 class LinearEchoFilter:
-    def __init__(self, partitions: int = 16, history: int = 64) -> None:
+    def __init__(self, partitions: int = 32, history: int = 64) -> None:
         self.partitions = partitions
         self._bands = np.zeros((_BINS, len(_BANDS)))
         for j, (a, b) in enumerate(_BANDS):
