@@ -94,6 +94,7 @@ class LinearEchoFilter:
     def reset(self) -> None:
         # The echo path, oldest partition first: _w[-1] meets the reference frame the delay points at.
         self._w = np.zeros((self.partitions, _BINS), dtype=np.complex128)
+        self._gradient, self._product = np.zeros_like(self._w), np.zeros_like(self._w)  # _batch's buffers
         self._size = self._history + self.partitions
         # The reference's spectra (and their powers), oldest first; rows are appended at _end and the
         # last _size rows moved to the front when the buffer is full (so every window is one contiguous slice).
@@ -248,9 +249,13 @@ class LinearEchoFilter:
         if self.drift:
             self._w *= self._rotation if count == 1 else self._rotation**count
         if self._constrain_due or steps.any():
-            # sum over frames of conj(x) * step * error, as the conjugate of its conjugate (no conj(x) to make)
-            gradient = x * np.conj(steps * self._mu * spectra[:count])[:, None, :]
-            self._w += np.conj(gradient.sum(axis=0) if count > 1 else gradient[0])
+            # sum over frames of conj(x) * step * error, as the conjugate of its conjugate (no conj(x) to make),
+            # frame by frame into one buffer (a (frames, partitions, bins) product summed costs half as much again)
+            scaled = np.conj(steps * self._mu * spectra[:count])
+            gradient = np.multiply(x[0], scaled[0], out=self._gradient)
+            for f in range(1, count):
+                gradient += np.multiply(x[f], scaled[f], out=self._product)
+            self._w += np.conj(gradient, out=gradient)
         if self._constrain_due:
             self._constrain()
 
