@@ -47,6 +47,8 @@ _NEAR_RATIO = 4.0  # 6 dB over the expected residual plus noise, per band
 # The residual's tail: what the filter leaves of the echo dies away with the room (the reverberation past its reach,
 # a word's end it mispredicts), at least this fast per frame (-1.5 dB per 10 ms, 60 dB in 0.4 s).
 _TAIL = 0.7
+_MAX_DRIFT = 0.05  # samples per frame (about 300 ppm): a steeper slope of the delay estimates is a jump, not drift
+_DRIFT_SLEW = 0.002  # samples per frame (12 ppm) the drift may move by at one estimate (see observe_lag)
 _LOST = 2.0  # residual / microphone (3 dB) from which the filter adds echo (see _batch)
 _HEARS_RATIO = 0.3  # residual / microphone (5 dB) from which the filter may hear the user (see _decide)
 _QUANTILE = 0.9  # the expected residual: what 90% of robot-only frames stay under (tracked in the log domain)
@@ -126,7 +128,7 @@ class LinearEchoFilter:
         self._frames = 0
         self._lags: deque[tuple[int, float]] = deque(maxlen=20)
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
         """Learn the echo path afresh (where the delay puts it stays; the drift is measured again)."""
         self._w[:] = 0.0
         self._log_ratio = [0.0] * len(_BANDS)
@@ -141,24 +143,25 @@ class LinearEchoFilter:
         self.ready = False
         self.forgotten += 1
 
-    def set_delay(self, lag_ms: float) -> None:
-        """The echo lags the reference by ``lag_ms``: the filter starts 20 ms before that.
+    def set_delay(self, lag_ms: float) -> bool:
+        """The echo lags the reference by ``lag_ms``: the filter starts 20 ms before that. True: it moved.
 
         The estimate wanders by a millisecond or two from one second to the next: the filter moves only when
         the echo's start leaves its first partitions, and then keeps what it learned (shifted)."""
         frames = min(int(max(0.0, lag_ms - 20.0) // 10), self._history - 1)
         if self.delay_frames is None:
             self.delay_frames = frames
-            return
+            return False
         shift = frames - self.delay_frames
         if -1 <= shift <= 2:
-            return
+            return False
         self._w = np.roll(self._w, shift, axis=0)  # oldest partition first (see reset)
         if shift > 0:
             self._w[:shift] = 0.0
         else:
             self._w[shift:] = 0.0
         self.delay_frames = frames
+        return True
 
     def process(self, near: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whole 10 ms frames of mic and reference: (linear residual as float, near-end voice per frame)."""
@@ -269,18 +272,27 @@ class LinearEchoFilter:
         """A new estimate of the echo's lag: place the filter, and follow the clocks' drift by its slope.
 
         The drift is the median slope between pairs of the last estimates at least 2 s apart (robust to the
-        odd estimate that locks onto a reflection); the filter's response is then moved by it every frame.
+        odd estimate that locks onto a reflection); the filter's response is then moved by it every frame. A
+        jump that moves the filter (the pairing moved: the tap took reference back) is not drift: the slopes
+        start afresh from it, the drift found so far kept (across such a jump of 26 ms the slope said 700 ppm,
+        and the filter, turned by that, lost the echo for 20 s: bench echo, 10 min of the living room).
         """
+        if self.set_delay(lag_ms):
+            self._lags.clear()
         self._lags.append((self._frames, lag_ms * FRAME / 10.0))
-        self.set_delay(lag_ms)
         points = list(self._lags)
         if len(points) < 4 or points[-1][0] - points[0][0] < 300:
             return
         slopes = [
             (b[1] - a[1]) / (b[0] - a[0]) for i, a in enumerate(points) for b in points[i + 1 :] if b[0] - a[0] >= 150
         ]
-        if slopes:
-            self.set_drift(float(np.median(slopes)))
+        slope = float(np.median(slopes)) if slopes else math.nan
+        if abs(slope) <= _MAX_DRIFT:
+            # Once found, it moves by at most _DRIFT_SLEW an estimate: a step of 3 ms between reflections turned
+            # the slope from -100 to +50 ppm, and the filter, turned by that, lost the echo.
+            if self.drift:
+                slope = min(self.drift + _DRIFT_SLEW, max(self.drift - _DRIFT_SLEW, slope))
+            self.set_drift(slope)
 
     def set_drift(self, samples_per_frame: float) -> None:
         self.drift = samples_per_frame
@@ -333,7 +345,7 @@ class LinearEchoFilter:
         if self._held > _LONGEST_TALK:
             # Nobody talks that long over the robot (a barge-in stops it): the filter lost the echo (the path
             # or the drift changed) and, calling everything the user's, would never learn it back.
-            self._forget()
+            self.forget()
             return False
         if not self._hold:
             self._learn_ratio(pe, py, noise, left)
