@@ -149,7 +149,7 @@ def test_a_jump_or_a_step_of_the_delay_estimates_does_not_turn_the_drift() -> No
     for step in [3.0] * 3:  # estimates that stepped 3 ms later and stay there
         linear.observe_lag(80.0 - 26.0 - 1.6 + step)
         linear.process(silence, silence)
-    assert linear.drift < -0.008  # still later by about -100 ppm, not flipped
+    assert linear.drift < -0.004  # still later, not flipped to earlier
 
 
 def test_a_new_delay_far_away_moves_the_filter_and_a_wander_does_not() -> None:

@@ -48,7 +48,7 @@ _NEAR_RATIO = 4.0  # 6 dB over the expected residual plus noise, per band
 # a word's end it mispredicts), at least this fast per frame (-1.5 dB per 10 ms, 60 dB in 0.4 s).
 _TAIL = 0.7
 _MAX_DRIFT = 0.05  # samples per frame (about 300 ppm): a steeper slope of the delay estimates is a jump, not drift
-_DRIFT_SLEW = 0.002  # samples per frame (12 ppm) the drift may move by at one estimate (see observe_lag)
+_DRIFT_SLEW = 0.004  # samples per frame (25 ppm) the drift may move by at one estimate (see observe_lag)
 _LOST = 2.0  # residual / microphone (3 dB) from which the filter adds echo (see _batch)
 _HEARS_RATIO = 0.3  # residual / microphone (5 dB) from which the filter may hear the user (see _decide)
 _QUANTILE = 0.9  # the expected residual: what 90% of robot-only frames stay under (tracked in the log domain)
