@@ -98,6 +98,7 @@ class WebRtcEchoCanceller:
         # Beside AEC3: a linear filter whose residual keeps the user's voice where AEC3's suppressor cuts it.
         self.linear = LinearEchoFilter() if keep_voice else None
         self.near_end_frames = 0
+        self._pairing_moves = 0  # the tap's retreats and resyncs the linear filter has been told of
         self._near = np.zeros(0, dtype=np.int16)
         self._far = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)
@@ -185,8 +186,13 @@ class WebRtcEchoCanceller:
         Elsewhere, once it removes the echo itself, hand on whichever of the two leaves less: AEC3's suppressor
         now and then lets a syllable's onset through 10 dB under the raw echo (bench echo's false barge-ins),
         where the linear filter leaves less. (A user it missed is not lost by this: AEC3 leaves less there.)
+        When the tap pairs the reference anew, the filter learns afresh: it would call its own slip the user.
         """
         assert self.linear is not None
+        moves = self.tap.retreats + self.tap.resyncs
+        if moves != self._pairing_moves:  # the tap paired the reference later: the path the filter knows moved
+            self._pairing_moves = moves
+            self.linear.forget()
         residual, near_end = self.linear.process(near, far)
         take = near_end
         if self.linear.ready:
