@@ -196,3 +196,44 @@ async def test_frames_sent_together_arrive_one_by_one_in_order_and_a_closed_conn
     plain = Plain()
     await _send(plain, ["a", "b"])  # type: ignore[arg-type]
     assert plain.sent == ["a", "b"]
+
+
+async def test_robots_whose_speech_arrives_together_each_get_their_first_audio_before_anyones_rest() -> None:
+    """Ten robots' syntheses answer at the same moment in a burst: each sentence's descriptor and first 200 ms
+    leave, then the server lets the other robots' first audio out before the rest of this one's sentence (sent
+    whole, the last robot waited for nine sentences' worth of frames: bench serve --load, p95)."""
+    from appliance.server.frames import Session, _stream_pcm
+
+    writes: list[tuple[str, int]] = []  # (robot, frames in the write)
+
+    class Encoder:
+        def send(self, event: Any) -> bytes:
+            return event.data.encode() + b"\n"
+
+    class Stream:
+        def __init__(self, robot: str) -> None:
+            self.robot = robot
+
+        async def send_all(self, data: bytes) -> None:
+            writes.append((self.robot, data.count(b"\n")))
+            await trio.lowlevel.checkpoint()
+
+    class Joined:  # what frames._send uses of trio-websocket's connection: its encoder, lock and stream
+        closed = None
+
+        def __init__(self, robot: str) -> None:
+            self._wsproto, self._stream_lock, self._stream = Encoder(), trio.Lock(), Stream(robot)
+
+    async def robot(name: str) -> None:
+        send, stream = AudioStream.open(RATE)
+        send.send_nowait(tone(1.0, RATE).samples)  # a whole sentence's speech in one piece: five 200 ms frames
+        send.close()
+        await _stream_pcm(Joined(name), Session(name, "user", None), {"text": name}, stream)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c"):
+            nursery.start_soon(robot, name)
+    firsts = [i for i, (_, frames) in enumerate(writes) if frames == 2]  # the descriptor and the first audio
+    rests = [i for i, (_, frames) in enumerate(writes) if frames == 4]
+    assert len(firsts) == 3 and len(rests) == 3, writes
+    assert max(firsts) < min(rests), writes

@@ -139,7 +139,14 @@ async def _stream_pcm(ws: WebSocketConnection, session: Session, common: dict[st
     audio_id = uuid.uuid4().hex
     descriptor: list[str] = [_frame(session, "chunk", **common, metadata={"pcm_format": fmt, "audio_id": audio_id})]
     async for piece in audio:
-        await _send(ws, descriptor + _pcm_frames(session, piece.astype("<i2", copy=False).tobytes(), fmt, audio_id))
+        frames = descriptor + _pcm_frames(session, piece.astype("<i2", copy=False).tobytes(), fmt, audio_id)
+        if descriptor and len(frames) > 2:
+            # The sentence's first 200 ms now, the rest after the other robots' turns have had their go: ten robots
+            # whose speech arrives at once each hear their first audio one frame's work apart, not one sentence's.
+            await _send(ws, frames[:2])
+            await trio.lowlevel.checkpoint()
+            frames = frames[2:]
+        await _send(ws, frames)
         descriptor = []
     if descriptor:
         await send_frame(ws, session, "chunk", **common)
