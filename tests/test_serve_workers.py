@@ -181,8 +181,9 @@ async def test_appliance_serve_with_two_workers(tmp_path: Path) -> None:
         process = await trio.lowlevel.open_process(
             args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
+        logged = b""
         try:
-            url, _ = await serve_url(process)
+            url, logged = await serve_url(process)
             workers = children(process.pid)
             for n in range(4):  # four reconnections: the kernel spreads them over the workers
                 frames = await one_turn(url, "robot-1", f"question {n}")
@@ -191,6 +192,10 @@ async def test_appliance_serve_with_two_workers(tmp_path: Path) -> None:
             process.send_signal(signal.SIGTERM)  # what systemd sends
             with trio.fail_after(10):
                 code = await process.wait()
+                assert process.stdout is not None
+                while data := await process.stdout.receive_some(65536):
+                    logged += data
+            print(logged.decode(errors="replace"))  # the workers' log, shown by pytest when the test fails
     assert len(workers) == 2
     chats = cloud.bodies("/v1/chat/completions")
     assert [m["content"] for m in chats[-1]["messages"] if m["role"] == "user"] == [
