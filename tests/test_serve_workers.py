@@ -209,15 +209,16 @@ async def test_appliance_serve_with_two_workers(tmp_path: Path) -> None:
 
 
 _PARENT = """
-import os, sys, time
+import os, sqlite3, sys, time
 from pathlib import Path
 from appliance.server import workers
 workers.SHORTEST_LIFE = float(sys.argv[2])
 record = Path(sys.argv[1])
 
 def serve_one(index, ws, http, store):
+    mode = sqlite3.connect(store).execute("PRAGMA journal_mode").fetchone()[0] if store.exists() else "none"
     with record.open("a") as f:
-        f.write(f"{index} {os.getpid()} {ws.getsockname()[1]} {store.name}\\n")
+        f.write(f"{index} {os.getpid()} {ws.getsockname()[1]} {store.name} {mode}\\n")
     if sys.argv[3] == "fail":
         return 2
     while True:
@@ -246,6 +247,7 @@ async def test_a_worker_that_dies_is_started_again_and_sigterm_stops_all(tmp_pat
         assert sorted(line[0] for line in first) == ["0", "1"]
         assert len({line[2] for line in first}) == 1  # one port
         assert {line[3] for line in first} == {"conversations.sqlite"}
+        assert {line[4] for line in first} == {"wal"}  # made by the parent: no two workers race to make it
         dead = next(line for line in first if line[0] == "0")
         os.kill(int(dead[1]), signal.SIGKILL)
         again = (await wait_for(record, 3))[2]

@@ -120,7 +120,8 @@ class SharedHistories:
         # isolation_level None: transactions are begun here, explicitly (BEGIN IMMEDIATE takes the write lock
         # before reading, so two workers adding to one conversation cannot both read the old version).
         self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # the mode lasts in the file
+            self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode a commit is atomic without a sync per turn
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS conversations (key TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL NOT NULL)"

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from appliance.server.histories import SharedHistories
+
 log = logging.getLogger(__name__)
 
 # A worker that ends sooner than this after its start is not worth restarting (a bad key file, a broken
@@ -146,7 +148,11 @@ def run_workers(count: int, host: str, port: int, http_port: int | None, serve_o
         runtime = os.environ.get("RUNTIME_DIRECTORY")  # systemd's RuntimeDirectory=, else the temp dir
         with tempfile.TemporaryDirectory(prefix="appliance-serve-", dir=runtime or None) as tmp:
             log.info("%d workers on port %d", count, ws[0].getsockname()[1])
-            return Workers(count, serve_one, ws, http).run(Path(tmp) / "conversations.sqlite")
+            store = Path(tmp) / "conversations.sqlite"
+            # Made (and switched to WAL) here, once: two workers switching a new file to WAL at the same moment,
+            # one fails with "database is locked" and, dying at its start, ends the service (a clean-clone run).
+            SharedHistories(store).close()
+            return Workers(count, serve_one, ws, http).run(store)
     finally:
         for sock in [*ws, *(http or [])]:
             sock.close()
