@@ -12,12 +12,11 @@ import json
 import logging
 import socket
 import uuid
-from functools import partial
 from typing import Any
 
 import numpy as np
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip
 from appliance.brains.avatar_protocol import (
@@ -96,23 +95,13 @@ class AvatarServer:
                 # The largest frame is an invoke with the longest audio allowed, base64: refused beyond that.
                 largest = self.max_pcm * 4 // 3 + _FRAME_OVERHEAD
                 if self.listener is None:
-                    server = await nursery.start(
-                        partial(
-                            serve_websocket,
-                            self._handle,
-                            cfg.host,
-                            cfg.port,
-                            None,
-                            max_message_size=largest,
-                            receive_buffer_size=_RECEIVE_BYTES,
-                        )
-                    )
-                else:
-                    listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))
-                    server = WebSocketServer(
-                        self._handle, [listener], max_message_size=largest, receive_buffer_size=_RECEIVE_BYTES
-                    )
-                    await nursery.start(server.run)
+                    listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+                else:  # a worker's share of the port, bound by the parent
+                    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))]
+                server = WebSocketServer(
+                    self._handle, listeners, max_message_size=largest, receive_buffer_size=_RECEIVE_BYTES
+                )
+                await nursery.start(server.run)
                 self.port = server.port
                 log.info("serving the AIAvatarKit protocol on ws://%s:%d/ws", cfg.host, self.port)
                 task_status.started(self.port)
