@@ -163,7 +163,7 @@ async def test_frames_sent_together_arrive_one_by_one_in_order_and_a_closed_conn
     connection already closed takes nothing and raises nothing."""
     from trio_websocket import CloseReason, ConnectionClosed, serve_websocket
 
-    from appliance.server.frames import _send
+    from appliance.server.frames import send_texts as _send
 
     got: list[str] = []
 
@@ -203,6 +203,7 @@ async def test_robots_whose_speech_arrives_together_each_get_their_first_audio_b
     leave, then the server lets the other robots' first audio out before the rest of this one's sentence (sent
     whole, the last robot waited for nine sentences' worth of frames: bench serve --load, p95)."""
     from appliance.server.frames import Session, _stream_pcm
+    from appliance.server.outbox import Outbox
 
     writes: list[tuple[str, int]] = []  # (robot, frames in the write)
 
@@ -228,7 +229,9 @@ async def test_robots_whose_speech_arrives_together_each_get_their_first_audio_b
         send, stream = AudioStream.open(RATE)
         send.send_nowait(tone(1.0, RATE).samples)  # a whole sentence's speech in one piece: five 200 ms frames
         send.close()
-        await _stream_pcm(Joined(name), Session(name, "user", None), {"text": name}, stream)  # type: ignore[arg-type]
+        outbox = Outbox(Joined(name), Session(name, "user", None))  # type: ignore[arg-type]
+        await _stream_pcm(outbox, {"text": name}, stream)
+        await outbox.flush()
 
     async with trio.open_nursery() as nursery:
         for name in ("a", "b", "c"):

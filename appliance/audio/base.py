@@ -75,10 +75,29 @@ class AudioStream:
                     raise piece
                 yield piece
 
+    def receive_nowait(self) -> np.ndarray:
+        """The next piece if it has already arrived (a reader gathering what is ready before it writes):
+        ``trio.WouldBlock`` if not yet, ``trio.EndOfChannel`` after the last; a failure sent is raised."""
+        return _piece(self._pieces.receive_nowait())
+
+    async def receive(self) -> np.ndarray:
+        """The next piece, waiting for it; ends and fails as ``receive_nowait``."""
+        return _piece(await self._pieces.receive())
+
+    def close(self) -> None:
+        """No more reading: the producer's further pieces are refused."""
+        self._pieces.close()
+
     async def read_all(self) -> AudioClip:
         pieces = [piece async for piece in self]
         data = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
         return AudioClip(data, self.sample_rate)
+
+
+def _piece(item: np.ndarray | BaseException) -> np.ndarray:
+    if isinstance(item, BaseException):
+        raise item
+    return item
 
 
 Audio = AudioClip | AudioStream

@@ -29,6 +29,7 @@ from appliance.groups import single_error
 from appliance.listening.endpointer import Onset, Segment
 from appliance.server.frames import BLOCK, Reply, Session, send_chunk, send_frame
 from appliance.server.histories import Histories, History, LocalHistories
+from appliance.server.outbox import Outbox
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest, Utterance
 
@@ -331,57 +332,64 @@ class AvatarServer:
         done: trio.Event,
     ) -> None:
         reply = Reply(heard=utterance.text)
+        outbox = Outbox(ws, session)
         self.turns += 1
         try:
             with scope:
-                await send_frame(ws, session, "accepted")
                 request = TurnRequest(
                     session.transaction_id or "", utterance, history.messages(), session.context_id or "", params
                 )
                 try:
-                    await self._relay(ws, session, request, reply)
+                    await self._relay(outbox, request, reply)
                 except ProviderError as exc:
                     log.warning("reply failed: %s", exc, extra={"turn_id": session.transaction_id})
                     if reply.heard is None and not reply.said:
                         # Nothing of the audio was understood (speech recognition failed): AIAvatarKit answers
                         # `canceled` then, and its client carries on; an `error` would end its receive loop.
-                        await send_frame(ws, session, "canceled", metadata={"reason": "speech recognition failed"})
+                        outbox.add("canceled", metadata={"reason": "speech recognition failed"})
                     else:
-                        await send_frame(ws, session, "error", metadata={"error": str(exc)})
+                        outbox.add("error", metadata={"error": str(exc)})
                     return
                 if not reply.heard and not reply.said:  # nothing understood: what AIAvatarKit does
-                    await send_frame(ws, session, "canceled", metadata={"reason": "No speech recognized."})
+                    outbox.add("canceled", metadata={"reason": "No speech recognized."})
                     return
-                await send_frame(
-                    ws,
-                    session,
+                outbox.add(
                     "final",
                     text=" ".join(reply.said),
                     voice_text=" ".join(reply.voiced),
                     metadata={"request_text": reply.heard},
                 )
         finally:
+            # Whatever the turn queued leaves, a cancelled turn's at once (its robot counts on each `accepted`).
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await outbox.flush(at_once=scope.cancel_called)
             if reply.heard or reply.said:
                 history.add_turn(reply.heard, " ".join(reply.said))
             done.set()
 
-    async def _relay(self, ws: WebSocketConnection, session: Session, request: TurnRequest, reply: Reply) -> None:
-        """The brain's reply to the client as it comes: ``start`` once, then a ``chunk`` per sentence."""
+    async def _relay(self, outbox: Outbox, request: TurnRequest, reply: Reply) -> None:
+        """The brain's reply to the client as it comes: ``accepted``, ``start`` once, then a ``chunk`` per sentence.
+        The brain starts first: its cloud request leaves before this robot's ``accepted`` (``outbox``)."""
         send, receive = trio.open_memory_channel[BrainOutput](0)
         started = False
         with single_error():
             async with trio.open_nursery() as inner:
                 inner.start_soon(self.brain.reply, request, send)
+                outbox.add("accepted")
                 async with receive:
-                    async for item in receive:
+                    while True:
+                        try:
+                            item = await outbox.take(receive.receive_nowait, receive.receive)
+                        except trio.EndOfChannel:
+                            break
                         if isinstance(item, Transcript):
                             reply.heard, started = item.text, True
-                            await send_frame(ws, session, "start", metadata={"request_text": reply.heard})
+                            outbox.add("start", metadata={"request_text": reply.heard})
                             continue
                         if not started:
                             started = True
-                            await send_frame(ws, session, "start", metadata={"request_text": reply.heard})
+                            outbox.add("start", metadata={"request_text": reply.heard})
                         reply.said.append(item.text)
                         if item.voice_text:
                             reply.voiced.append(item.voice_text)
-                        await send_chunk(ws, session, item, pcm=self.config.pcm)
+                        await send_chunk(outbox, item, pcm=self.config.pcm)

@@ -1,7 +1,7 @@
 """What the avatar server keeps per session and the frames it sends: AIAvatarKit's envelope, a sentence's chunks.
 
-The server (``avatar.py``) reads frames and runs turns; this module writes them, so the shape of every frame the
-client sees is in one place.
+The server (``avatar.py``) reads frames and runs turns; this module makes and writes them, so the shape of every
+frame the client sees is in one place (when a turn's frames leave: ``outbox.py``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trio
@@ -21,6 +21,9 @@ from appliance.audio.convert import encode_wav
 from appliance.brains.avatar_protocol import avatar_control_from_tags, b64encode, control_tags, response_frame
 from appliance.listening.endpointer import EnergyEndpointer
 from appliance.turns import ReplyChunk
+
+if TYPE_CHECKING:
+    from appliance.server.outbox import Outbox
 
 BLOCK = 320  # 20 ms at 16 kHz, the block size the endpointer is tuned for
 
@@ -49,7 +52,7 @@ class Reply:
     voiced: list[str] = field(default_factory=list)  # the final carries what was spoken too (AIAvatarKit prints it)
 
 
-def _frame(session: Session | None, kind: str, **fields: Any) -> str:
+def frame_text(session: Session | None, kind: str, **fields: Any) -> str:
     frame = response_frame(
         kind,
         session.session_id if session else None,
@@ -62,10 +65,10 @@ def _frame(session: Session | None, kind: str, **fields: Any) -> str:
 
 
 async def send_frame(ws: WebSocketConnection, session: Session | None, kind: str, **fields: Any) -> None:
-    await _send(ws, [_frame(session, kind, **fields)])
+    await send_texts(ws, [frame_text(session, kind, **fields)])
 
 
-async def _send(ws: WebSocketConnection, frames: list[str]) -> None:
+async def send_texts(ws: WebSocketConnection, frames: list[str]) -> None:
     """Frames in one write: a sentence's descriptor and its first audio leave together. Each write is a send, a
     wake-up of the robot and, on one machine, the kernel's delivery in the sender's time: in a 10-robot burst
     the sends were most of the server's busy time. Through trio-websocket's own encoder and lock (0.11-0.12);
@@ -88,8 +91,9 @@ async def _send(ws: WebSocketConnection, frames: list[str]) -> None:
         pass  # the reader notices and ends the connection
 
 
-async def send_chunk(ws: WebSocketConnection, session: Session, chunk: ReplyChunk, *, pcm: bool) -> None:
-    """One sentence: a WAV in one ``chunk``, or (``pcm``) a header chunk then its PCM in 200 ms frames."""
+async def send_chunk(outbox: Outbox, chunk: ReplyChunk, *, pcm: bool) -> None:
+    """One sentence: a WAV in one ``chunk``, or (``pcm``) a descriptor chunk then its PCM in 200 ms frames. The
+    turn's first chunk leaves at once (its first audio frame, in PCM mode); the rest waits in ``outbox``."""
     # As AIAvatarKit: a sentence always carries an avatar_control_request (its fields null when there is no
     # face or animation); control_tags is null rather than empty.
     control = {"animation_name": None, "animation_duration": None, "face_name": None, "face_duration": None}
@@ -102,30 +106,31 @@ async def send_chunk(ws: WebSocketConnection, session: Session, chunk: ReplyChun
     }
     audio = chunk.audio
     if pcm and isinstance(audio, AudioStream):
-        await _stream_pcm(ws, session, common, audio)
+        await _stream_pcm(outbox, common, audio)
         return
     if isinstance(audio, AudioStream):
         # A WAV carries its length in its header, so a sentence is read to its end first.
         # A failure mid-way raises the provider's error: the client gets an `error` frame.
         audio = await audio.read_all()
     if audio is None:
-        await send_frame(ws, session, "chunk", **common)
+        outbox.add("chunk", **common)
     elif not pcm:
-        await send_frame(ws, session, "chunk", audio_data=b64encode(encode_wav(audio)), **common)
+        outbox.add("chunk", audio_data=b64encode(encode_wav(audio)), **common)
     else:
         fmt = _pcm_format(audio.sample_rate)
         audio_id = uuid.uuid4().hex
         meta = {"pcm_format": fmt, "audio_id": audio_id, "audio_frame_count": len(audio.samples)}
-        await _send(
-            ws, [_frame(session, "chunk", **common, metadata=meta), *_pcm_frames(session, audio.pcm(), fmt, audio_id)]
-        )
+        outbox.add("chunk", **common, metadata=meta)
+        outbox.extend(_pcm_frames(outbox.session, audio.pcm(), fmt, audio_id))
+    if not outbox.first_sent:
+        await outbox.urgent()
 
 
 def _pcm_format(rate: int) -> dict[str, int]:
     return {"sample_rate": rate, "channels": 1, "sample_width": 2}
 
 
-async def _stream_pcm(ws: WebSocketConnection, session: Session, common: dict[str, Any], audio: AudioStream) -> None:
+async def _stream_pcm(outbox: Outbox, common: dict[str, Any], audio: AudioStream) -> None:
     """A sentence whose speech is still arriving: its descriptor with the first piece, then each piece as it comes.
 
     AIAvatarKit's client (0.9.2, ``perform_response``) opens its player at a descriptor (pcm_format, no
@@ -133,23 +138,32 @@ async def _stream_pcm(ws: WebSocketConnection, session: Session, common: dict[st
     ``audio_frame_count``. Ours reads it to know where a sentence ends; a streamed sentence's length is not known
     until its synthesis ends, so its descriptor leaves the count out and the sentence ends at the next frame
     that is not its audio. The descriptor waits for the first piece, so a synthesis that fails before any speech
-    announces none.
+    announces none. The turn's first sentence leaves its descriptor and first 200 ms at once; the rest of it
+    (and every later sentence) waits in the outbox for the other robots' first audio.
     """
     fmt = _pcm_format(audio.sample_rate)
     audio_id = uuid.uuid4().hex
-    descriptor: list[str] = [_frame(session, "chunk", **common, metadata={"pcm_format": fmt, "audio_id": audio_id})]
-    async for piece in audio:
-        frames = descriptor + _pcm_frames(session, piece.astype("<i2", copy=False).tobytes(), fmt, audio_id)
-        if descriptor and len(frames) > 2:
-            # The sentence's first 200 ms now, the rest after the other robots' turns have had their go: ten robots
-            # whose speech arrives at once each hear their first audio one frame's work apart, not one sentence's.
-            await _send(ws, frames[:2])
-            await trio.lowlevel.checkpoint()
-            frames = frames[2:]
-        await _send(ws, frames)
-        descriptor = []
-    if descriptor:
-        await send_frame(ws, session, "chunk", **common)
+    announced = False
+    try:
+        while True:
+            try:
+                piece = await outbox.take(audio.receive_nowait, audio.receive)
+            except trio.EndOfChannel:
+                break
+            if not announced:
+                announced = True
+                outbox.add("chunk", **common, metadata={"pcm_format": fmt, "audio_id": audio_id})
+            frames = _pcm_frames(outbox.session, piece.astype("<i2", copy=False).tobytes(), fmt, audio_id)
+            if not outbox.first_sent:
+                outbox.extend([frames.pop(0)])
+                await outbox.urgent()
+            outbox.extend(frames)
+    finally:
+        audio.close()
+    if not announced:
+        outbox.add("chunk", **common)
+        if not outbox.first_sent:
+            await outbox.urgent()
 
 
 def _pcm_frames(session: Session, raw: bytes, fmt: dict[str, int], audio_id: str) -> list[str]:
@@ -158,6 +172,6 @@ def _pcm_frames(session: Session, raw: bytes, fmt: dict[str, int], audio_id: str
     # carries pcm_format, and would try to play it as a WAV otherwise.
     meta = {"pcm_format": fmt, "audio_id": audio_id}
     return [
-        _frame(session, "chunk", audio_data=b64encode(raw[start : start + step]), metadata=meta)
+        frame_text(session, "chunk", audio_data=b64encode(raw[start : start + step]), metadata=meta)
         for start in range(0, len(raw), step)
     ]

@@ -1,0 +1,203 @@
+"""A turn's frames (``server/outbox.py``): its first audio at once, everything else at an idle moment in one write.
+
+Robots here are turns of one ``AvatarServer`` writing to fake connections that record each write (what
+``frames.send_texts`` uses of trio-websocket's connection: its encoder, lock and stream)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+
+from appliance.audio.base import AudioStream
+from appliance.server.avatar import AvatarServer
+from appliance.server.frames import Session
+from appliance.server.outbox import Outbox, when_idle
+from appliance.settings.brains import ServerConfig
+from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
+from tests.fakes.aiavatar import tone
+
+RATE = 24_000
+
+
+class Encoder:
+    def send(self, event: Any) -> bytes:
+        return event.data.encode() + b"\n"
+
+
+class Stream:
+    def __init__(self, robot: str, writes: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        self.robot, self.writes = robot, writes
+
+    async def send_all(self, data: bytes) -> None:
+        self.writes.append((self.robot, [json.loads(line) for line in data.decode().splitlines()]))
+        await trio.lowlevel.checkpoint()
+
+
+class Joined:
+    """A connection as ``send_texts`` uses it; ``writes`` gets (robot, the frames of one write)."""
+
+    closed = None
+
+    def __init__(self, robot: str, writes: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        self._wsproto, self._stream_lock, self._stream = Encoder(), trio.Lock(), Stream(robot, writes)
+
+    async def send_message(self, text: str) -> None:  # a single frame
+        await self._stream.send_all(text.encode() + b"\n")
+
+
+def speech(seconds: float) -> AudioStream:
+    send, stream = AudioStream.open(RATE)
+    send.send_nowait(tone(seconds, RATE).samples)
+    send.close()
+    return stream
+
+
+class ReadyBrain:
+    """Answers at once: the transcript, then three sentences whose speech is all there."""
+
+    name = "ready"
+
+    def __init__(self, log: list[str] | None = None) -> None:
+        self.log = log
+
+    async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+        if self.log is not None:
+            self.log.append("brain")
+        async with out:
+            await out.send(Transcript("hello"))
+            for text in ("One.", "Two.", "Three."):
+                await out.send(ReplyChunk(text, text, (), speech(0.1)))
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def run_turns(brain: Any, robots: list[str], writes: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    server = AvatarServer(brain, ServerConfig.model_validate({"host": "127.0.0.1", "port": 0, "pcm": True}))
+    async with trio.open_nursery() as nursery:
+        for name in robots:
+            session = Session(name, "user", f"ctx-{name}", transaction_id=name)
+            history = server.histories.open(f"ctx-{name}")
+            utterance = Utterance(text="hi", source="remote")
+            args = (Joined(name, writes), session, utterance, {}, history, trio.CancelScope(), trio.Event())
+            nursery.start_soon(server._turn, *args)
+
+
+def kinds(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["type"] + ("+audio" if f.get("audio_data") else "") for f in frames]
+
+
+async def test_a_robot_is_accepted_after_its_brain_has_started() -> None:
+    """The brain's first cloud request (speech recognition) leaves before this robot's ``accepted``."""
+    writes: list[tuple[str, list[dict[str, Any]]]] = []
+    log: list[str] = []
+
+    class Noting(ReadyBrain):
+        async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+            log.append(f"brain started after {len(writes)} writes")
+            await super().reply(request, out)
+
+    await run_turns(Noting(), ["a"], writes)
+    assert log == ["brain started after 0 writes"]
+    assert kinds(writes[0][1])[0] == "accepted"
+
+
+async def test_every_robots_first_audio_leaves_before_anyones_later_frames() -> None:
+    """Three robots whose replies are ready at once: each one's first sentence (descriptor and first audio)
+    leaves before any robot's second sentence; the second, the third and ``final`` leave in one write."""
+    writes: list[tuple[str, list[dict[str, Any]]]] = []
+    await run_turns(ReadyBrain(), ["a", "b", "c"], writes)
+
+    def sentence(frames: list[dict[str, Any]], text: str) -> bool:
+        return any(f["type"] == "chunk" and f.get("text") == text for f in frames)
+
+    first_audio = [i for i, (_, frames) in enumerate(writes) if sentence(frames, "One.")]
+    later = [i for i, (_, frames) in enumerate(writes) if sentence(frames, "Two.")]
+    assert len(first_audio) == 3 and len(later) == 3, writes
+    assert max(first_audio) < min(later), [(robot, kinds(frames)) for robot, frames in writes]
+    for robot in "abc":
+        mine = [kinds(frames) for who, frames in writes if who == robot]
+        assert mine[-1] == ["chunk", "chunk+audio"] * 2 + ["final"], mine
+        assert [kind for write in mine for kind in write][:2] == ["accepted", "start"]
+
+
+async def test_a_turn_cancelled_before_its_frames_left_still_sends_them() -> None:
+    """A barge-in right after a request: the robot still gets that request's ``accepted`` (our remote brain
+    pairs each request with one) before the interrupted ``final``."""
+    writes: list[tuple[str, list[dict[str, Any]]]] = []
+
+    class Silent(ReadyBrain):
+        async def reply(self, request: TurnRequest, out: trio.MemorySendChannel[BrainOutput]) -> None:
+            await trio.sleep_forever()
+
+    server = AvatarServer(Silent(), ServerConfig.model_validate({"host": "127.0.0.1", "port": 0, "pcm": True}))
+    scope, done = trio.CancelScope(), trio.Event()
+    session = Session("a", "user", "ctx", transaction_id="t")
+    async with trio.open_nursery() as nursery:
+        args = (Joined("a", writes), session, Utterance(text="hi", source="remote"), {}, server.histories.open("ctx"))
+        nursery.start_soon(server._turn, *args, scope, done)
+        await trio.lowlevel.checkpoint()
+        scope.cancel()
+        await done.wait()
+    assert [kinds(frames) for _, frames in writes] == [["accepted"]]
+
+
+async def test_when_idle_returns_on_a_loop_that_is_never_idle() -> None:
+    """More work than the server can do: a frame waiting for an idle moment still leaves, ``limit`` later."""
+    spins = 0
+
+    async def busy() -> None:
+        nonlocal spins
+        while True:
+            spins += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy)
+        with trio.fail_after(5):
+            await when_idle(0.01)
+        assert spins > 0  # the other task ran all along: it was not an idle moment
+        nursery.cancel_scope.cancel()
+
+
+async def test_outbox_take_writes_what_waits_before_waiting_and_takes_what_came_meanwhile() -> None:
+    writes: list[tuple[str, list[dict[str, Any]]]] = []
+    outbox = Outbox(Joined("a", writes), Session("a", "user", None))  # type: ignore[arg-type]
+    send, receive = trio.open_memory_channel[int](10)
+    send.send_nowait(1)
+    outbox.add("accepted")
+    assert await outbox.take(receive.receive_nowait, receive.receive) == 1 and writes == []  # it was there
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send.send, 2)  # comes during the idle moment: joins what waits
+        assert await outbox.take(receive.receive_nowait, receive.receive) == 2 and writes == []
+    outbox.add("start")
+
+    async def late() -> None:
+        await trio.sleep(0.05)
+        await send.send(3)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(late)
+        assert await outbox.take(receive.receive_nowait, receive.receive) == 3
+    assert [kinds(frames) for _, frames in writes] == [["accepted", "start"]]  # written before the wait
+
+
+async def test_audio_stream_pieces_without_waiting() -> None:
+    send, stream = AudioStream.open(RATE)
+    with pytest.raises(trio.WouldBlock):
+        stream.receive_nowait()
+    send.send_nowait(tone(0.01, RATE).samples)
+    send.send_nowait(RuntimeError("cut"))
+    assert len(stream.receive_nowait()) == RATE // 100
+    with pytest.raises(RuntimeError, match="cut"):
+        await stream.receive()
+    send.close()
+    with pytest.raises(trio.EndOfChannel):
+        stream.receive_nowait()
+    again, closed = AudioStream.open(RATE)
+    closed.close()
+    with pytest.raises(trio.BrokenResourceError):  # a reader gone: the producer hears it
+        again.send_nowait(tone(0.01, RATE).samples)
