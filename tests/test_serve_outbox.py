@@ -20,6 +20,7 @@ from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest, Ut
 from tests.fakes.aiavatar import tone
 
 RATE = 24_000
+SENTENCES = ["It is nine o'clock.", "Time for breakfast now!", "Have a very nice day."]
 
 
 class Encoder:
@@ -201,3 +202,50 @@ async def test_audio_stream_pieces_without_waiting() -> None:
     closed.close()
     with pytest.raises(trio.BrokenResourceError):  # a reader gone: the producer hears it
         again.send_nowait(tone(0.01, RATE).samples)
+
+
+async def test_every_robots_first_sentence_is_synthesized_before_anyones_next() -> None:
+    """One cloud brain serving three robots whose replies come one after the other while the server is busy (no
+    idle moment between): every robot's first sentence's speech is asked for before any robot's second."""
+    from collections.abc import AsyncIterator
+
+    from appliance.audio.base import AudioClip
+    from appliance.brains.cloud import CloudBrain
+
+    asked: list[str] = []
+
+    class AtOnceLLM:
+        name = "at-once"
+        calls = 0
+
+        async def stream(self, system: str, messages: Any, **kwargs: Any) -> AsyncIterator[str]:
+            self.calls += 1
+            for _ in range(3 * self.calls):  # the next robot's answer is read a few steps later
+                await trio.lowlevel.checkpoint()
+            yield " ".join(SENTENCES)
+
+        async def aclose(self) -> None:
+            return None
+
+    class TTS:
+        name = "tts"
+
+        async def synthesize(self, text: str) -> AudioClip:
+            asked.append(text)
+            await trio.sleep(0.01)
+            return tone(0.05, RATE)
+
+        async def aclose(self) -> None:
+            return None
+
+    class STT:
+        name = "stt"
+
+        async def transcribe(self, audio: Any, language: str | None = None) -> str:
+            return "hi"
+
+    brain = CloudBrain.build(STT(), AtOnceLLM(), TTS(), "system")  # type: ignore[arg-type]
+    writes: list[tuple[str, list[dict[str, Any]]]] = []
+    await run_turns(brain, ["a", "b", "c"], writes)
+    assert asked[:3] == [SENTENCES[0]] * 3, asked
+    assert sorted(asked) == sorted(SENTENCES * 3)

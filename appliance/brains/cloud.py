@@ -12,7 +12,7 @@ interrupts an unanswered one, and an on-finish hook for long-term memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,8 @@ class CloudBrain:
         self.settings = settings
         self.agent = agent or CloudAgent()
         self.prefetch = settings.prefetch  # the server raises it to its TTS concurrency
+        # What a sentence after a reply's first awaits before its synthesis is asked for (the server: an idle moment)
+        self.later_speech: Callable[[], Awaitable[None]] | None = None
         self.voices = dict(self.agent.voices)
         self._previous: _Previous | None = None
 
@@ -210,7 +212,7 @@ class CloudBrain:
         out: trio.MemorySendChannel[BrainOutput],
     ) -> None:
         async with trio.open_nursery() as nursery:
-            speech = SpeechQueue(nursery, self.prefetch)
+            speech = SpeechQueue(nursery, self.prefetch, self.later_speech)
             nursery.start_soon(self._write_reply, system, messages, conversation_id, state, speech)
             await speech.deliver(out, self._handed)
 

@@ -2,14 +2,15 @@
 
 Each sentence's speech is requested as soon as its text is known, at most ``prefetch`` ahead of the one being
 handed out, so a turn ends about one synthesis after its last sentence was written. The first sentence is
-what the user waits for: its request goes out before any other. Speech that streams (``synthesize_stream``)
+what the user waits for: its request goes out before any other (and, given ``later``, the others wait for it:
+``appliance serve`` lets them wait for an idle moment, so ten robots' first sentences go before anyone's next). Speech that streams (``synthesize_stream``)
 is handed out with its first piece and fed as the rest arrives. A synthesis failure is raised by the reader
 in speaking order, after everything before it was handed out.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -43,8 +44,11 @@ class SpeechQueue:
     ``deliver`` hands the chunks out in order until then.
     """
 
-    def __init__(self, nursery: trio.Nursery, prefetch: int) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, prefetch: int, later: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._nursery = nursery
+        self._later = later
         self._slots = trio.Semaphore(prefetch)
         self._order_send, self._order_receive = trio.open_memory_channel[_Pending](prefetch)
         self._first: _Pending | None = None
@@ -80,6 +84,8 @@ class SpeechQueue:
     async def _synthesize(self, pending: _Pending, first: _Pending | None) -> None:
         if first is not None:
             await first.requested.wait()
+            if self._later is not None:
+                await self._later()
         streaming = getattr(pending.tts, "synthesize_stream", None)
         pending.requested.set()
         try:

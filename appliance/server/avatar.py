@@ -29,7 +29,7 @@ from appliance.groups import single_error
 from appliance.listening.endpointer import Onset, Segment
 from appliance.server.frames import BLOCK, Reply, Session, send_chunk, send_frame
 from appliance.server.histories import Histories, History, LocalHistories
-from appliance.server.outbox import Outbox
+from appliance.server.outbox import Outbox, when_idle
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest, Utterance
 
@@ -76,6 +76,8 @@ class AvatarServer:
         self.config = config
         if isinstance(getattr(brain, "prefetch", None), int):  # the cloud brain's sentences synthesized ahead
             brain.prefetch = max(brain.prefetch, TTS_CONCURRENCY)  # type: ignore[attr-defined]
+        if hasattr(brain, "later_speech"):  # a reply's later sentences after every robot's first (outbox.py)
+            brain.later_speech = when_idle
         self.history_limit = history_limit
         self.idle_timeout = idle_timeout
         check_bind(config)
