@@ -202,7 +202,8 @@ async def test_robots_whose_speech_arrives_together_each_get_their_first_audio_b
     """Ten robots' syntheses answer at the same moment in a burst: each sentence's descriptor and first 200 ms
     leave, then the server lets the other robots' first audio out before the rest of this one's sentence (sent
     whole, the last robot waited for nine sentences' worth of frames: bench serve --load, p95)."""
-    from appliance.server.frames import Session, _stream_pcm
+    from appliance.server.chunks import _stream_pcm
+    from appliance.server.frames import Session
     from appliance.server.outbox import Outbox
 
     writes: list[tuple[str, int]] = []  # (robot, frames in the write)

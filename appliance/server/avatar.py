@@ -27,7 +27,8 @@ from appliance.brains.avatar_protocol import (
 from appliance.errors import ProviderError
 from appliance.groups import single_error
 from appliance.listening.endpointer import Onset, Segment
-from appliance.server.frames import BLOCK, Reply, Session, send_chunk, send_frame
+from appliance.server.chunks import send_chunk
+from appliance.server.frames import BLOCK, Reply, Session, send_frame
 from appliance.server.histories import Histories, History, LocalHistories
 from appliance.server.outbox import Outbox, when_idle
 from appliance.settings.brains import ServerConfig
