@@ -71,8 +71,7 @@ class CloudBrain:
         self.settings = settings
         self.agent = agent or CloudAgent()
         self.prefetch = settings.prefetch  # the server raises it to its TTS concurrency
-        # What a sentence after a reply's first awaits before its synthesis is asked for (the server: an idle moment)
-        self.later_speech: Callable[[], Awaitable[None]] | None = None
+        self.later_speech: Callable[[], Awaitable[None]] | None = None  # serve: later sentences' TTS waits for idle
         self.voices = dict(self.agent.voices)
         self._previous: _Previous | None = None
 
@@ -279,15 +278,8 @@ class CloudBrain:
         splitter = SentenceSplitter()
         calls: list[ToolCall] = []
         written: list[str] = []
-        kwargs: dict[str, Any] = {}
-        if tools:
-            kwargs["tools"] = tools
-        if rounds:
-            kwargs["rounds"] = rounds
-        if images:
-            kwargs["images"] = images
-        if conversation_id:
-            kwargs["conversation_id"] = conversation_id
+        given = {"tools": tools, "rounds": rounds, "images": images, "conversation_id": conversation_id}
+        kwargs: dict[str, Any] = {name: value for name, value in given.items() if value}
         look = False
         async with closing(self.llm.stream(system, messages, **kwargs)) as events:
             first = True
