@@ -3,9 +3,9 @@
 Each sentence's speech is requested as soon as its text is known, at most ``prefetch`` ahead of the one being
 handed out, so a turn ends about one synthesis after its last sentence was written. The first sentence is
 what the user waits for: its request goes out before any other (and, given ``later``, the others wait for it:
-``appliance serve`` lets them wait for an idle moment, so ten robots' first sentences go before anyone's next). Speech that streams (``synthesize_stream``)
-is handed out with its first piece and fed as the rest arrives. A synthesis failure is raised by the reader
-in speaking order, after everything before it was handed out.
+``appliance serve`` lets them wait for an idle moment, so ten robots' first sentences go before anyone's next).
+Speech that streams (``synthesize_stream``) is handed out with its first piece and fed as the rest arrives. A
+synthesis failure is raised by the reader in speaking order, after everything before it was handed out.
 """
 
 from __future__ import annotations
