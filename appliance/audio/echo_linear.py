@@ -157,7 +157,7 @@ class LinearEchoFilter:
         self._prev_far = ref[-FRAME:]
         # Every frame's reference spectrum at once (one call): its [previous, this] frame.
         pairs = np.ndarray((frames, 2 * FRAME), ref.dtype, ref, 0, (FRAME * ref.itemsize, ref.itemsize))
-        sounding: list[bool] = ref[FRAME:].reshape(frames, FRAME).any(axis=1).tolist()
+        sounding = np.any(ref[FRAME:].reshape(frames, FRAME), axis=1).tolist()
         out = _Frames(mic, np.einsum("ij,ij->i", mic, mic).tolist(), residual, near_end)
         delay = self.delay_frames
         for first in range(0, frames, CHUNK):
