@@ -94,7 +94,7 @@ class LinearEchoFilter:
     def reset(self) -> None:
         self._path = EchoPath(self.partitions, self._history, self._band_of_bin)  # the echo path and its reference
         self._quiet = 0  # frames of the reference in a row that were digital silence
-        self._prev_far = np.zeros(FRAME)
+        self._prev_far = np.zeros(FRAME, dtype=np.float32)
         # Per band (Python floats: see _decide).
         self._log_ratio = [0.0] * len(_BANDS)
         self._ratio = _ONES
