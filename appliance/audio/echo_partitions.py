@@ -4,9 +4,10 @@
 What the filter hears and how much it trusts a frame is :mod:`appliance.audio.echo_linear`'s; this module keeps the
 numbers: the reference's spectra, the prediction, the step normalised by the reference's power, the gradient and its
 constraint, the clock drift as a phase ramp. Python and numpy's per-call overhead, not the arithmetic, dominate at
-this size: a batch's frames (up to four) share every call. Single precision (complex64): its rounding (1e-7) lies far under
-the 40 dB a filter of this length removes; the residual moves by under 0.04 of an int16 step (replay of bench echo's
-three rooms: the same near-end verdicts), and the products and transforms cost a tenth of the filter's CPU less.
+this size: a batch's frames (up to four) share every call. Single precision (complex64): its rounding (1e-7) lies
+far under the 40 dB a filter of this length removes; the residual moves by under 0.04 of an int16 step (replay of
+bench echo's three rooms: the same near-end verdicts), and the products and transforms cost a tenth of the
+filter's CPU less.
 """
 
 from __future__ import annotations
