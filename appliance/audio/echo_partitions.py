@@ -35,7 +35,7 @@ class EchoPath:
         self._gradient, self._product = np.zeros_like(self.w), np.zeros_like(self.w)  # adapt's buffers
         self._products = np.zeros((BATCH, *self.w.shape), dtype=_COMPLEX)
         self._scaled = np.zeros((BATCH, BINS), dtype=_COMPLEX)  # predict's: each frame's x * w
-        self._spans = np.zeros((BATCH + 1, BINS))  # learn's: the far power before, then each frame's span
+        self._spans = np.zeros((BATCH + 1, BINS), dtype=np.float32)  # learn's: the far power before, each frame's span
         self._size = history + partitions
         # The reference's spectra (and their powers), oldest first; rows are appended at _end and the
         # last _size rows moved to the front when the buffer is full (so every window is one contiguous slice).
