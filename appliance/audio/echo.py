@@ -245,7 +245,7 @@ class WebRtcEchoCanceller:
         count = len(active)
         self._active_frames += count
         self._since_delay += count
-        due = self._since_delay * FRAME >= self._delay_every() * CAPTURE_RATE
+        due = (heard := self._since_delay * FRAME / CAPTURE_RATE) >= _DELAY_EVERY and heard >= self._delay_every()
         if due and len(self._hist_far) * FRAME >= CAPTURE_RATE:
             self._since_delay = 0
             lag = estimate_delay_ms(np.concatenate(self._hist_far), np.concatenate(self._hist_mic))
