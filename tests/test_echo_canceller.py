@@ -97,6 +97,25 @@ def test_delay_estimate_on_a_plain_shift() -> None:
     assert estimate_delay_ms(far, np.random.default_rng(1).standard_normal(len(far))) is None
 
 
+@pytest.mark.parametrize("lag_ms", [-199.0, -150.0, 0.0, 480.0, 699.0])
+def test_delay_estimate_at_the_ends_of_its_search_and_no_echo_from_beyond(lag_ms: float) -> None:
+    """The correlation is circular, as long as the lags searched need (not the whole linear one): lags at both ends
+    of the search are found where they are, and an echo from beyond it (1 s) is not folded onto a lag inside it."""
+    rng = np.random.default_rng(4)
+    source = _speechlike(4.0, seed=5) + rng.standard_normal(4 * CAPTURE_RATE) * 50
+    second = CAPTURE_RATE
+
+    def heard(lag: float) -> np.ndarray:  # two seconds of the microphone, the echo ``lag`` ms after the reference
+        start = second - int(lag * CAPTURE_RATE / 1000)
+        return source[start : start + 2 * second]
+
+    far = source[second : 3 * second]
+    assert estimate_delay_ms(far, heard(lag_ms)) == pytest.approx(lag_ms, abs=0.1)
+    assert [estimate_delay_ms(far, rng.standard_normal(len(far)) * 3000) for _ in range(5)] == [None] * 5
+    beyond = estimate_delay_ms(far, heard(1000.0 if lag_ms > 0 else -1000.0))
+    assert beyond is None or (abs(beyond - lag_ms) > 50.0 and beyond not in (-200.0, 700.0))
+
+
 def test_tap_pairs_in_order_and_pads_silence() -> None:
     tap = FarEndTap(slack=0.0)
     assert not tap.take(320).any()  # nothing played yet: the speaker is silent

@@ -106,6 +106,17 @@ def test_it_reaches_into_a_reverberant_rooms_tail() -> None:
     assert not near_end[5 * 100 :].any()
 
 
+def test_a_frames_energy_from_its_spectrum_is_its_energy() -> None:
+    """The lost check (a residual louder than the microphone) takes the residual's energy from its spectrum's band
+    product (Parseval) and the microphone's from its samples: the two measures must agree, loud or quiet."""
+    rng = np.random.default_rng(8)
+    frames = rng.standard_normal((6, FRAME)) * np.array([[1.0], [10.0], [300.0], [3000.0], [0.01], [0.0]])
+    frames[1, 0] = 2000.0  # a click at the frame's first sample (the bins at both ends count once)
+    spectra = np.fft.rfft(frames, 2 * FRAME, axis=1)
+    energy = (np.square(spectra.view(np.float64)) @ LinearEchoFilter()._bands_ri)[:, -1]
+    assert energy == pytest.approx(np.square(frames).sum(axis=1), rel=1e-9, abs=1e-6)
+
+
 def _onsets(voice: np.ndarray, frames: int) -> list[int]:
     """Frames where a syllable of ``voice`` starts."""
     loud = np.abs(voice[: frames * FRAME]).reshape(frames, FRAME).max(axis=1) > 0

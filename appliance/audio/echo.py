@@ -230,22 +230,22 @@ class WebRtcEchoCanceller:
         self._hist_far.extend(far[: frames * FRAME].reshape(frames, FRAME))
         self._hist_mic.extend(near[: frames * FRAME].reshape(frames, FRAME))
         # Each 10 ms frame's power, for the three signals at once: one numpy pass a block, not nine a frame.
-        signals = np.stack([far[: frames * FRAME], near[: frames * FRAME], cleaned[: frames * FRAME]])
+        signals = np.concatenate([far[: frames * FRAME], near[: frames * FRAME], cleaned[: frames * FRAME]])
         samples = signals.reshape(3 * frames, FRAME).astype(np.float64)
-        powers = np.einsum("ij,ij->i", samples, samples).reshape(3, frames) / FRAME
-        active = powers[0] >= _ACTIVE_POWER
+        powers = (np.einsum("ij,ij->i", samples, samples) / FRAME).reshape(3, frames).tolist()
+        active = [frame for frame in zip(*powers, strict=True) if frame[0] >= _ACTIVE_POWER]  # (far, mic, out) powers
         window, a = self._frame_ok, self._smooth
-        for far_power, mic_power, out_power in zip(*powers[:, active].tolist(), strict=True):
+        for far_power, mic_power, out_power in active:
             self._mic_power += a * (mic_power - self._mic_power)
             self._out_power += a * (out_power - self._out_power)
             self._far_power += a * (far_power - self._far_power)
             ok = mic_power + 1.0 >= _CONVERGED_RATIO * (out_power + 1.0)  # counted as the window moves on
             self._frames_ok += ok - (len(window) == window.maxlen and window[0])
             window.append(ok)
-        count = int(np.count_nonzero(active))
+        count = len(active)
         self._active_frames += count
         self._since_delay += count
-        due = self._since_delay * FRAME >= self._delay_every() * CAPTURE_RATE
+        due = (heard := self._since_delay * FRAME / CAPTURE_RATE) >= _DELAY_EVERY and heard >= self._delay_every()
         if due and len(self._hist_far) * FRAME >= CAPTURE_RATE:
             self._since_delay = 0
             lag = estimate_delay_ms(np.concatenate(self._hist_far), np.concatenate(self._hist_mic))

@@ -98,19 +98,37 @@ def estimate_delay_ms(far: np.ndarray, mic: np.ndarray, max_ms: float = 700.0, m
     """Lag of ``far`` inside ``mic`` by GCC-PHAT (robust to the room's colouring), or None when unclear.
 
     Negative: the echo arrives before its reference was handed to the canceller (the pairing is too late).
+    The transforms are as long as the lags searched need (a circular correlation that does not wrap onto them), not
+    the whole linear correlation: 43740 points for 2 s, against 65536 (the same estimates in bench echo's rooms, to
+    a sample or two; the echo's peak stands 25x over the median and more).
     """
-    n = len(far) + len(mic)
-    size = 1 << (n - 1).bit_length()
-    f = np.fft.rfft(far.astype(np.float32), size)
-    m = np.fft.rfft(mic.astype(np.float32), size)
+    ahead = min(len(mic) - 1, int(max_ms * CAPTURE_RATE / 1000))
+    behind = min(len(far) - 1, int(-min_ms * CAPTURE_RATE / 1000))
+    size = _fft_size(max(len(far), len(mic)) + max(ahead, behind) + 1)
+    f = np.fft.rfft(far, size)  # in double precision: numpy's single precision forward transform takes 3x as long
+    m = np.fft.rfft(mic, size)
     cross = m * np.conj(f)
     cross /= np.abs(cross) + 1e-9
     corr = np.fft.irfft(cross, size)
-    ahead = min(len(mic) - 1, int(max_ms * CAPTURE_RATE / 1000))
-    behind = min(len(far) - 1, int(-min_ms * CAPTURE_RATE / 1000))
     window = np.concatenate([corr[size - behind :], corr[: ahead + 1]]) if behind else corr[: ahead + 1]
     index = int(np.argmax(window))
     peak = float(window[index])
-    if peak < 8.0 * float(np.median(np.abs(corr))) or peak <= 0.0:  # unrelated signals peak near 6x
+    # Unclear where the peak is under 8x the median (unrelated signals peak near 6x it): where more than half the
+    # lags reach an eighth of it (a count, not a sort).
+    if peak <= 0.0 or 2 * np.count_nonzero(np.abs(corr) > peak / 8.0) > len(corr):
         return None
     return (index - behind) * 1000.0 / CAPTURE_RATE
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c from ``n`` on (pocketfft is as quick on those as on powers of two)."""
+    best = 1 << (n - 1).bit_length()
+    odd = 1
+    while odd < best:  # odd runs over 3^b 5^c
+        three = odd
+        while three < best:
+            size = three << max(0, (n - 1) // three).bit_length()  # three * 2^a, the first from n on
+            best = min(best, size)
+            three *= 3
+        odd *= 5
+    return best

@@ -17,7 +17,8 @@ the filter's CPU against a frame at a time (Python and numpy's per-call overhead
 at this size). Four partitions' gradients are constrained every 16 adapted frames, in turn. While the reference
 has been silent for longer than the filter reaches, the filter rests (no cost while the robot is quiet). Clock
 drift (100 ppm moves the echo 1.6 samples a second, which an NLMS of this length cannot follow) is taken from
-the slope of the canceller's delay estimates and applied to the filter as a phase ramp.
+the slope of the canceller's delay estimates and applied to the filter as a phase ramp (the arithmetic:
+:mod:`appliance.audio.echo_partitions`).
 
 The double-talk decision, per frame in five bands (200 Hz to 7 kHz): the residual's power against what the
 filter leaves of the echo it predicts (the ratio 90% of robot-only frames stay under), or of what it left in the
@@ -38,10 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance.audio.echo_alignment import FRAME
+from appliance.audio.echo_partitions import BATCH, BINS, CHUNK, CONSTRAIN_EVERY, EchoPath
 
-_BINS = FRAME + 1
 _BANDS = ((4, 10), (10, 20), (20, 40), (40, 80), (80, 140))  # bins of 50 Hz: 200 Hz to 7 kHz
-_MU = 0.4
 _READY_RATIO = 0.1  # residual / microphone while the robot speaks alone (10 dB) before the decision counts
 _NEAR_RATIO = 4.0  # 6 dB over the expected residual plus noise, per band
 # The residual's tail: what the filter leaves of the echo dies away with the room (the reverberation past its reach,
@@ -60,18 +60,15 @@ _LONGEST_TALK = 150  # frames (1.5 s) held as the user's in a row: rather the fi
 _NOISE_UP = 1.002  # the noise floor rises slowly, falls at once (minimum tracking)
 _UP, _DOWN = _STEP * _QUANTILE, -_STEP * (1 - _QUANTILE)  # the log ratio's step above and under it
 _ONES = [1.0] * len(_BANDS)
-_CHUNK = 64  # frames of the reference appended at once (a longer block goes in several)
-_BATCH = 4  # frames predicted with one filter, and adapted at once
-# The gradient constraint: this many partitions every so many adapted frames (each partition every 64 frames).
-_CONSTRAINED = 4
-_CONSTRAIN_EVERY = 16
+_NONE = [0.0] * len(_BANDS)  # the trust of a frame the filter does not learn from (the user's)
 
 
 @dataclass
 class _Frames:
-    """One block's frames: what the filter reads (mic) and writes (residual, near-end verdicts)."""
+    """One block's frames: what the filter reads (mic, its energy per frame) and writes (residual, verdicts)."""
 
     mic: np.ndarray
+    energy: list[float]
     residual: np.ndarray
     near_end: np.ndarray
 
@@ -79,34 +76,25 @@ class _Frames:
 class LinearEchoFilter:
     def __init__(self, partitions: int = 32, history: int = 64) -> None:
         self.partitions = partitions
-        self._bands = np.zeros((_BINS, len(_BANDS)))
+        self._bands = np.zeros((BINS, len(_BANDS)))
         for j, (a, b) in enumerate(_BANDS):
             self._bands[a:b, j] = 1.0
-        # The same, over a spectrum viewed as (real, imaginary) pairs: band powers in one product.
-        self._bands_ri = np.repeat(self._bands, 2, axis=0)
+        # The same, over a spectrum viewed as (real, imaginary) pairs: band powers in one product. The last column:
+        # the frame's energy (Parseval over the 2 * FRAME points: the bins between the first and the last count twice).
+        whole = np.full(2 * BINS, 1.0 / FRAME)
+        whole[[0, 1, -2, -1]] = 0.5 / FRAME
+        self._bands_ri = np.column_stack([np.repeat(self._bands, 2, axis=0), whole])
         # Each bin's band for the step (bins under and over the bands take the nearest band's).
         self._band_of_bin = np.array(
-            [next((j for j, (_, b) in enumerate(_BANDS) if k < b), len(_BANDS) - 1) for k in range(_BINS)]
+            [next((j for j, (_, b) in enumerate(_BANDS) if k < b), len(_BANDS) - 1) for k in range(BINS)]
         )
-        # The step per bin, times (-1)^k: the error's spectrum is taken with its frame first (see _batch).
-        self._mu = _MU * (1.0 - 2.0 * (np.arange(_BINS) % 2))
         self._history = history  # frames of the reference's spectra kept (the bulk delay reaches this far)
         self.reset()
 
     def reset(self) -> None:
-        # The echo path, oldest partition first: _w[-1] meets the reference frame the delay points at.
-        self._w = np.zeros((self.partitions, _BINS), dtype=np.complex128)
-        self._gradient, self._product = np.zeros_like(self._w), np.zeros_like(self._w)  # _batch's buffers
-        self._size = self._history + self.partitions
-        # The reference's spectra (and their powers), oldest first; rows are appended at _end and the
-        # last _size rows moved to the front when the buffer is full (so every window is one contiguous slice).
-        rows = self._size + _CHUNK
-        self._x = np.zeros((rows, _BINS), dtype=np.complex128)
-        self._xp = np.zeros((rows, _BINS))
-        self._end = self._size
+        self._path = EchoPath(self.partitions, self._history, self._band_of_bin)  # the echo path and its reference
         self._quiet = 0  # frames of the reference in a row that were digital silence
-        self._prev_far = np.zeros(FRAME)
-        self._far_power = np.zeros(_BINS)
+        self._prev_far = np.zeros(FRAME, dtype=np.float32)
         # Per band (Python floats: see _decide).
         self._log_ratio = [0.0] * len(_BANDS)
         self._ratio = _ONES
@@ -120,8 +108,6 @@ class LinearEchoFilter:
         self._hold = 0
         self._held = 0  # frames in a row held as the user's
         self.forgotten = 0  # times it lost the echo and started afresh
-        self._turn = 0
-        self._constrain_due = False
         self.delay_frames: int | None = None
         self.ready = False
         self.drift = 0.0  # samples per frame the echo moves later (clock drift)
@@ -130,7 +116,7 @@ class LinearEchoFilter:
 
     def forget(self) -> None:
         """Learn the echo path afresh (where the delay puts it stays; the drift is measured again)."""
-        self._w[:] = 0.0
+        self._path.clear()
         self._log_ratio = [0.0] * len(_BANDS)
         self._ratio = _ONES
         self._left = [0.0] * len(_BANDS)
@@ -155,11 +141,7 @@ class LinearEchoFilter:
         shift = frames - self.delay_frames
         if -1 <= shift <= 2:
             return False
-        self._w = np.roll(self._w, shift, axis=0)  # oldest partition first (see reset)
-        if shift > 0:
-            self._w[:shift] = 0.0
-        else:
-            self._w[shift:] = 0.0
+        self._path.shift(shift)
         self.delay_frames = frames
         return True
 
@@ -175,19 +157,18 @@ class LinearEchoFilter:
         self._prev_far = ref[-FRAME:]
         # Every frame's reference spectrum at once (one call): its [previous, this] frame.
         pairs = np.ndarray((frames, 2 * FRAME), ref.dtype, ref, 0, (FRAME * ref.itemsize, ref.itemsize))
-        spectra = np.fft.rfft(pairs, axis=1)
-        silent = (~np.any(ref[FRAME:].reshape(frames, FRAME), axis=1)).tolist()
-        out = _Frames(mic, residual, near_end)
+        sounding = np.any(ref[FRAME:].reshape(frames, FRAME), axis=1).tolist()
+        out = _Frames(mic, np.einsum("ij,ij->i", mic, mic).tolist(), residual, near_end)
         delay = self.delay_frames
-        for first in range(0, frames, _CHUNK):
-            row = self._store(spectra[first : first + _CHUNK]) - first  # frame i's reference is at row + i
+        for first in range(0, frames, CHUNK):
+            row = self._path.store(pairs[first : first + CHUNK]) - first  # frame i's reference is at row + i
             batch: list[tuple[int, int]] = []  # (frame, its count) of consecutive frames that run the filter
-            for i in range(first, min(frames, first + _CHUNK)):
+            for i in range(first, min(frames, first + CHUNK)):
                 self._frames += 1
-                self._quiet = self._quiet + 1 if silent[i] else 0
+                self._quiet = 0 if sounding[i] else self._quiet + 1
                 if delay is not None and self._quiet <= delay + self.partitions + 1:
                     batch.append((i, self._frames))
-                    if len(batch) == _BATCH:
+                    if len(batch) == BATCH:
                         self._batch(batch, row - delay, out)
                         batch = []
                     continue
@@ -207,66 +188,33 @@ class LinearEchoFilter:
         self._quiet += frames
         self._hold = max(0, self._hold - frames)
 
-    def _store(self, spectra: np.ndarray) -> int:
-        """Append the reference's spectra (at most _CHUNK frames); returns the first one's row."""
-        count = len(spectra)
-        if self._end + count > len(self._x):
-            keep = slice(self._end - self._size, self._end)
-            for rows in (self._x, self._xp):
-                rows[: self._size] = rows[keep]
-            self._end = self._size
-        new = slice(self._end, self._end + count)
-        self._x[new] = spectra
-        np.square(spectra.real, out=self._xp[new])
-        self._xp[new] += np.square(spectra.imag)
-        self._end += count
-        return new.start
-
     def _batch(self, batch: list[tuple[int, int]], row: int, out: _Frames) -> None:
-        """Consecutive frames (at most _BATCH): all predicted with the same filter (one call per step for all),
+        """Consecutive frames (at most BATCH): all predicted with the same filter (one call per step for all),
         judged one by one, and the filter adapted once by their summed gradients (a block NLMS: the update of
         a frame comes up to three frames late, which the echo path's slow change does not notice).
 
         ``row + i``: the row of the reference frame i's delay points at (its partition 0). The spectra of the
         error and of the echo removed are taken with the frame first and zeros after: the overlap-save spectrum
-        (zeros first) times (-1)^k, which the step carries (``_mu``); the decision needs powers only."""
+        (zeros first) times (-1)^k, which the step carries (see echo_partitions); the decision needs powers only."""
         first, count = batch[0][0], len(batch)
         oldest = row + first - self.partitions + 1  # frame f's partitions are rows oldest + f ... + partitions - 1
         frames = slice(first, first + count)
-        x = self._windows(self._x, oldest, count)
-        predicted = np.fft.irfft((x * self._w).sum(axis=1), axis=1)[:, FRAME:]
-        errors = out.residual[frames] = out.mic[frames] - predicted
+        x, predicted = self._path.predict(oldest, count)
+        errors = np.subtract(out.mic[frames], predicted, out=out.residual[frames])
         spectra = np.fft.rfft(np.concatenate([errors, predicted]), 2 * FRAME, axis=1)  # the residual, the removed
-        powers = (np.square(spectra.view(np.float64)) @ self._bands_ri).tolist()
-        # A residual louder than the microphone: the filter adds echo (the path changed), no user's voice does that.
-        mic = out.mic[frames]
-        lost = (np.einsum("ij,ij->i", errors, errors) > _LOST * np.einsum("ij,ij->i", mic, mic)).tolist()
-        spans = self._windows(self._xp, oldest, count).sum(axis=1)
-        steps = np.zeros((count, _BINS))
+        powers = (np.square(spectra.view(np.float64)) @ self._bands_ri).tolist()  # per row: the bands, the energy
+        trusts, adapt, constrain = [], False, False
         for f, (i, counted) in enumerate(batch):
-            out.near_end[i] = near_end = self._decide(powers[f], powers[count + f], lost[f])
-            self._far_power += 0.3 * (spans[f] - self._far_power)
+            pe, py = powers[f], powers[count + f]
+            # A residual louder than the microphone: the filter adds echo (the path changed), no user's voice does that.
+            lost = pe.pop() > _LOST * out.energy[i]
+            py.pop()
+            out.near_end[i] = near_end = self._decide(pe, py, lost)
+            trusts.append(_NONE if near_end else self._trust_step)
             if not near_end:
-                steps[f] = np.array(self._trust_step)[self._band_of_bin] / (self._far_power + 1e4 * FRAME)
-                self._constrain_due |= counted % _CONSTRAIN_EVERY == 0
-        if self.drift:
-            self._w *= self._rotation if count == 1 else self._rotation**count
-        if self._constrain_due or steps.any():
-            # sum over frames of conj(x) * step * error, as the conjugate of its conjugate (no conj(x) to make),
-            # frame by frame into one buffer (a (frames, partitions, bins) product summed costs half as much again)
-            scaled = np.conj(steps * self._mu * spectra[:count])
-            gradient = np.multiply(x[0], scaled[0], out=self._gradient)
-            for f in range(1, count):
-                gradient += np.multiply(x[f], scaled[f], out=self._product)
-            self._w += np.conj(gradient, out=gradient)
-        if self._constrain_due:
-            self._constrain()
-
-    def _windows(self, rows: np.ndarray, oldest: int, count: int) -> np.ndarray:
-        """(count, partitions, bins) view: window f holds rows oldest + f to oldest + f + partitions - 1."""
-        stride, item = rows.strides
-        shape = (count, self.partitions, rows.shape[1])
-        return np.ndarray(shape, rows.dtype, rows, oldest * stride, (stride, stride, item))
+                adapt = True
+                constrain |= counted % CONSTRAIN_EVERY == 0
+        self._path.learn(x, oldest, spectra[:count], trusts, adapt, constrain)
 
     def observe_lag(self, lag_ms: float) -> None:
         """A new estimate of the echo's lag: place the filter, and follow the clocks' drift by its slope.
@@ -304,18 +252,7 @@ class LinearEchoFilter:
 
     def set_drift(self, samples_per_frame: float) -> None:
         self.drift = samples_per_frame
-        self._rotation = np.exp(-2j * np.pi * np.arange(_BINS) * samples_per_frame / (2 * FRAME))
-
-    def _constrain(self) -> None:
-        """The gradient constraint, for _CONSTRAINED partitions in turn (every _CONSTRAIN_EVERY adapted frames,
-        one call for all): keep their impulse responses to one frame."""
-        turn = self._turn
-        parts = np.arange(turn, turn + _CONSTRAINED) % self.partitions
-        taps = np.fft.irfft(self._w[parts], axis=1)
-        taps[:, FRAME:] = 0.0
-        self._w[parts] = np.fft.rfft(taps, axis=1)
-        self._turn = (turn + _CONSTRAINED) % self.partitions
-        self._constrain_due = False
+        self._path.set_drift(samples_per_frame)
 
     def _decide(self, pe: list[float], py_now: list[float], lost: bool = False) -> bool:
         """One frame's verdict from its band powers (the residual's, the echo the filter removed): five numbers
