@@ -90,7 +90,7 @@ class WebRtcEchoCanceller:
         # Beside AEC3: a linear filter whose residual keeps the user's voice where AEC3's suppressor cuts it.
         self.linear = LinearEchoFilter() if keep_voice else None
         self.near_end_frames = 0
-        self._pairing_moves = 0  # the tap's retreats and resyncs the linear filter has been told of
+        self._pairings = 0  # the tap's new pairings (retreats, pairings by arrival) seen (see _follow_pairing)
         self._near = np.zeros(0, dtype=np.int16)
         self._far = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)
@@ -125,6 +125,7 @@ class WebRtcEchoCanceller:
             self.tap.drop(len(block))
             return block
         far = self.tap.take(len(block))
+        self._follow_pairing()
         if self.tap.resyncs != self._resyncs_seen:
             self._resyncs_seen = self.tap.resyncs
             self.health.resynced()
@@ -175,13 +176,8 @@ class WebRtcEchoCanceller:
         Elsewhere, once it removes the echo itself, hand on whichever of the two leaves less: AEC3's suppressor
         now and then lets a syllable's onset through 10 dB under the raw echo (bench echo's false barge-ins),
         where the linear filter leaves less. (A user it missed is not lost by this: AEC3 leaves less there.)
-        When the tap pairs the reference anew, the filter learns afresh: it would call its own slip the user.
         """
         assert self.linear is not None
-        moves = self.tap.retreats + self.tap.resyncs
-        if moves != self._pairing_moves:  # the tap paired the reference later: the path the filter knows moved
-            self._pairing_moves = moves
-            self.linear.forget()
         residual, near_end = self.linear.process(near, far)
         take = near_end
         if self.linear.ready:
@@ -196,6 +192,23 @@ class WebRtcEchoCanceller:
         out = cleaned.copy()
         out[mask] = np.clip(np.round(residual[mask]), -32768, 32767).astype(np.int16)
         return out
+
+    def _follow_pairing(self) -> None:
+        """The tap paired the reference anew (it came late, or piled up: a resync): the echo lies elsewhere against
+        it, and what was measured on the old pairing no longer holds. The linear filter learns afresh (it would call
+        its own slip the user); the next delay estimate hears the new pairing only (one spanning the move read the
+        old lag, and the filter took the step for 170 ppm of drift: bench echo, 10 min of the living room); the
+        guard's trust is earned anew (AEC3 relearns too: the same room's echo came through 1.7 s after a move).
+        """
+        pairings = self.tap.retreats + self.tap.pairings
+        if pairings == self._pairings:
+            return
+        self._pairings = pairings
+        self._hist_far.clear()
+        self._hist_mic.clear()
+        self.trust.restart()
+        if self.linear is not None:
+            self.linear.forget()
 
     def _stop(self) -> None:
         """Backed off: forget the pairing and what was measured; a retry starts from scratch."""
