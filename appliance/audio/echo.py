@@ -173,18 +173,18 @@ class WebRtcEchoCanceller:
     def _keep_voice(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
         """Where the linear filter hears the user over the echo, hand on its residual (the voice, whole).
 
-        Elsewhere, once it removes the echo itself, hand on whichever of the two leaves less: AEC3's suppressor
-        now and then lets a syllable's onset through 10 dB under the raw echo (bench echo's false barge-ins),
-        where the linear filter leaves less. (A user it missed is not lost by this: AEC3 leaves less there.)
+        Elsewhere hand on whichever of the two leaves less: AEC3's suppressor now and then lets a syllable's onset
+        through 10 dB under the raw echo (bench echo's false barge-ins), where the linear filter leaves less. From
+        the start, not only once the filter is ready: in the hall it is not for the first 9 s, while AEC3 alone let
+        two words through 7.6 and 8.3 s in where the filter already removed 8 dB. (A user it missed is not lost by
+        this: AEC3 leaves less there.)
         """
         assert self.linear is not None
         residual, near_end = self.linear.process(near, far)
-        take = near_end
-        if self.linear.ready:
-            frames = len(near_end)
-            mine = np.square(residual[: frames * FRAME].reshape(frames, FRAME)).sum(axis=1)
-            theirs = np.square(cleaned[: frames * FRAME].reshape(frames, FRAME).astype(np.float64)).sum(axis=1)
-            take = near_end | (mine < theirs)
+        frames = len(near_end)
+        mine = np.square(residual[: frames * FRAME].reshape(frames, FRAME)).sum(axis=1)
+        theirs = np.square(cleaned[: frames * FRAME].reshape(frames, FRAME).astype(np.float64)).sum(axis=1)
+        take = near_end | (mine < theirs)
         if not take.any():
             return cleaned
         self.near_end_frames += int(near_end.sum())
