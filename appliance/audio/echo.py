@@ -32,6 +32,7 @@ from appliance.audio.echo_clock import ClockFollower
 from appliance.audio.echo_engines import EchoCancelSetting, open_engine, resolve_backend
 from appliance.audio.echo_linear import LinearEchoFilter
 from appliance.audio.echo_reference import FarEndTap
+from appliance.audio.echo_trust import EchoTrust
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,6 @@ _SETTLED_MS = 10.0  # a reverberant room's estimate jumps between reflections a 
 _MIN_LAG_MS = 5.0  # an echo that lags its reference by less than this is realigned...
 _TARGET_LAG_MS = 30.0  # ...to lag it by this much
 _MAX_LAG_MS = 500.0  # AEC3's delay estimator searches about 0.5 s: an echo later than this is out of its reach
-_CONVERGED_DB = 12.0  # ERLE from which the guard trusts the canceller (lower margin)
-# Trust is judged on the last seconds of robot speech frame by frame: the user talking over the robot lowers
-# the ERLE of the frames they speak in (their voice is not echo), while the gaps between their syllables still
-# show the echo removed. Trusted while half the frames show it. Not a quarter: a canceller that lost the echo
-# still shows it in some frames, as AEC3's suppressor cuts what it takes for echo (livekit's, whose suppressor
-# is bolder, in a quarter to a third of the frames: tests/test_echo_trust.py).
-_TRUST_WINDOW = 2.0  # s of robot speech (and none trusted before a whole window: AEC3 early on can look converged)
-_TRUST_SHARE = 0.5  # of its frames with the echo reduced by _CONVERGED_DB
-_CONVERGED_RATIO = 10 ** (_CONVERGED_DB / 10)
 _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add to what the listener hears
 # s of silent reference after which the canceller rests (the microphone passes through): a room's echo has died
 # away long before, and both filters have been fed that much silence, so resting leaves them as more silence would.
@@ -98,7 +90,7 @@ class WebRtcEchoCanceller:
         # Beside AEC3: a linear filter whose residual keeps the user's voice where AEC3's suppressor cuts it.
         self.linear = LinearEchoFilter() if keep_voice else None
         self.near_end_frames = 0
-        self._pairing_moves = 0  # the tap's retreats and resyncs the linear filter has been told of
+        self._pairings = 0  # the tap's new pairings (retreats, pairings by arrival) seen (see _follow_pairing)
         self._near = np.zeros(0, dtype=np.int16)
         self._far = np.zeros(0, dtype=np.int16)
         self._out = np.zeros(0, dtype=np.int16)
@@ -107,10 +99,7 @@ class WebRtcEchoCanceller:
         self._out_power = 0.0
         self._far_power = 0.0
         self._active_frames = 0
-        self._trusted = False  # see converged
-        # Per active frame of the last _TRUST_WINDOW: was the echo reduced by _CONVERGED_DB (counted as it goes).
-        self._frame_ok: deque[bool] = deque(maxlen=int(_TRUST_WINDOW * CAPTURE_RATE) // FRAME)
-        self._frames_ok = 0
+        self.trust = EchoTrust()  # see converged
         self._smooth = 0.01  # per 10 ms frame
         # Delay: a short history of both, correlated every few seconds while the robot speaks.
         keep = int(_DELAY_WINDOW * CAPTURE_RATE)
@@ -136,6 +125,7 @@ class WebRtcEchoCanceller:
             self.tap.drop(len(block))
             return block
         far = self.tap.take(len(block))
+        self._follow_pairing()
         if self.tap.resyncs != self._resyncs_seen:
             self._resyncs_seen = self.tap.resyncs
             self.health.resynced()
@@ -183,19 +173,17 @@ class WebRtcEchoCanceller:
     def _keep_voice(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
         """Where the linear filter hears the user over the echo, hand on its residual (the voice, whole).
 
-        Elsewhere, once it removes the echo itself, hand on whichever of the two leaves less: AEC3's suppressor
-        now and then lets a syllable's onset through 10 dB under the raw echo (bench echo's false barge-ins),
-        where the linear filter leaves less. (A user it missed is not lost by this: AEC3 leaves less there.)
-        When the tap pairs the reference anew, the filter learns afresh: it would call its own slip the user.
+        Elsewhere hand on whichever of the two leaves less: AEC3's suppressor now and then lets a syllable's onset
+        through 10 dB under the raw echo (bench echo's false barge-ins), where the linear filter leaves less. From
+        the 5 dB from which its verdict counts, not only once it is ready (10 dB): in the hall it is not for the
+        first 9 s, while AEC3 alone let two words through 7.6 and 8.3 s in where the filter already removed 8 dB.
+        Not sooner: with 4 dB it cut a syllable AEC3 let through (bench echo, -6 dB). (A user it missed is not
+        lost by this: AEC3 leaves less there.)
         """
         assert self.linear is not None
-        moves = self.tap.retreats + self.tap.resyncs
-        if moves != self._pairing_moves:  # the tap paired the reference later: the path the filter knows moved
-            self._pairing_moves = moves
-            self.linear.forget()
         residual, near_end = self.linear.process(near, far)
         take = near_end
-        if self.linear.ready:
+        if self.linear.hears:
             frames = len(near_end)
             mine = np.square(residual[: frames * FRAME].reshape(frames, FRAME)).sum(axis=1)
             theirs = np.square(cleaned[: frames * FRAME].reshape(frames, FRAME).astype(np.float64)).sum(axis=1)
@@ -208,6 +196,23 @@ class WebRtcEchoCanceller:
         out[mask] = np.clip(np.round(residual[mask]), -32768, 32767).astype(np.int16)
         return out
 
+    def _follow_pairing(self) -> None:
+        """The tap paired the reference anew (it came late, or piled up: a resync): the echo lies elsewhere against
+        it, and what was measured on the old pairing no longer holds. The linear filter learns afresh (it would call
+        its own slip the user); the next delay estimate hears the new pairing only (one spanning the move read the
+        old lag, and the filter took the step for 170 ppm of drift: bench echo, 10 min of the living room); the
+        guard's trust is earned anew (AEC3 relearns too: the same room's echo came through 1.7 s after a move).
+        """
+        pairings = self.tap.retreats + self.tap.pairings
+        if pairings == self._pairings:
+            return
+        self._pairings = pairings
+        self._hist_far.clear()
+        self._hist_mic.clear()
+        self.trust.restart()
+        if self.linear is not None:
+            self.linear.forget()
+
     def _stop(self) -> None:
         """Backed off: forget the pairing and what was measured; a retry starts from scratch."""
         self.tap.drop()
@@ -216,9 +221,7 @@ class WebRtcEchoCanceller:
         self._near = self._far = self._out = np.zeros(0, dtype=np.int16)
         self._mic_power = self._out_power = self._far_power = 0.0
         self._active_frames = self._since_delay = self.mic_delay = 0
-        self._trusted = False
-        self._frame_ok.clear()
-        self._frames_ok = 0
+        self.trust.restart()
         self._hist_far.clear()
         self._hist_mic.clear()
         self.delay_ms = None
@@ -234,14 +237,12 @@ class WebRtcEchoCanceller:
         samples = signals.reshape(3 * frames, FRAME).astype(np.float64)
         powers = (np.einsum("ij,ij->i", samples, samples) / FRAME).reshape(3, frames).tolist()
         active = [frame for frame in zip(*powers, strict=True) if frame[0] >= _ACTIVE_POWER]  # (far, mic, out) powers
-        window, a = self._frame_ok, self._smooth
+        trust, a = self.trust, self._smooth
         for far_power, mic_power, out_power in active:
             self._mic_power += a * (mic_power - self._mic_power)
             self._out_power += a * (out_power - self._out_power)
             self._far_power += a * (far_power - self._far_power)
-            ok = mic_power + 1.0 >= _CONVERGED_RATIO * (out_power + 1.0)  # counted as the window moves on
-            self._frames_ok += ok - (len(window) == window.maxlen and window[0])
-            window.append(ok)
+            trust.frame(mic_power, out_power)
         count = len(active)
         self._active_frames += count
         self._since_delay += count
@@ -252,7 +253,7 @@ class WebRtcEchoCanceller:
             if lag is not None:
                 self._lags.append(lag)
                 self._align(lag)
-        self._update_trust()
+        self.trust.update(self._aligned())
 
     def _delay_every(self) -> float:
         """Seconds of robot speech to the next delay estimate: each costs 4 ms of CPU, a fifth of the canceller's
@@ -315,20 +316,14 @@ class WebRtcEchoCanceller:
     def converged(self) -> bool:
         """The echo is being removed: enough reduction, and the echo does not come before its reference.
 
-        Judged frame by frame over the last seconds of robot speech (see _TRUST_SHARE), so a barge-in does
-        not undo it; a realignment, a backing off, or the echo no longer removed do.
+        Judged frame by frame over the last seconds of robot speech (see :mod:`appliance.audio.echo_trust`), so
+        a barge-in does not undo it; a realignment, a new pairing, a backing off, or the echo no longer removed do.
         """
-        return self._trusted and self._aligned()
+        return self.trust.trusted and self._aligned()
 
     def _aligned(self) -> bool:
         # The delay is measured, not assumed; the echo comes after its reference; nothing made us stop.
         return self.delay_ms is not None and self._lag_ok and self.health.state == "running"
-
-    def _update_trust(self) -> None:
-        if not self._aligned():
-            self._trusted = False
-        elif len(self._frame_ok) == self._frame_ok.maxlen:  # a whole window (see _TRUST_WINDOW)
-            self._trusted = self._frames_ok >= _TRUST_SHARE * len(self._frame_ok)
 
     def stats(self) -> EchoStats:
         erle = self.erle_db

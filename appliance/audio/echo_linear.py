@@ -114,6 +114,11 @@ class LinearEchoFilter:
         self._frames = 0
         self._lags: deque[tuple[int, float]] = deque(maxlen=20)
 
+    @property
+    def hears(self) -> bool:
+        """It removes 5 dB of the echo itself: from here its verdict counts (see _decide)."""
+        return self._erle < _HEARS_RATIO
+
     def forget(self) -> None:
         """Learn the echo path afresh (where the delay puts it stays; the drift is measured again)."""
         self._path.clear()
