@@ -281,7 +281,7 @@ class LinearEchoFilter:
             # burst of noise): the user's voice must not teach the filter. Before the filter is ready it has no
             # idea what it leaves: it learns at the full step.
             self._trust_step = [1.0 if e >= p else e / p for e, p in zip(expected, floor, strict=True)]
-        if self._erle < _HEARS_RATIO and not lost:  # self.hears
+        if self.hears and not lost:
             # The user is heard where the residual stands out of what the filter is known to leave: that measure
             # (the ratio) holds as soon as the filter removes a little (bench echo: a user 6 dB under the echo is
             # heard in 20 of 24 commands, against 7 once it removes 10 dB), while a filter that removes nothing
