@@ -138,13 +138,17 @@ class WebRtcEchoCanceller:
         usable = pending - pending % FRAME
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
-            if self._resting(far_frames):
+            frames = usable // FRAME
+            energies = _energies(np.concatenate([far_frames, near]), 2 * frames).tolist()
+            far_energy, mic_energy = energies[:frames], energies[frames:]
+            if self._resting(far_energy):
                 cleaned = near  # the robot has been quiet for a while: nothing to cancel, nothing to learn
             else:
                 cleaned = self._aec.process(near, far_frames)
+                out_energy = _energies(cleaned, frames)
                 if self.linear is not None:
-                    cleaned = self._keep_voice(near, far_frames, cleaned)
-                self._measure(near, far_frames, cleaned)
+                    cleaned, out_energy = self._keep_voice(near, far_frames, cleaned, out_energy)
+                self._measure(near, far_frames, (far_energy, mic_energy, out_energy.tolist()))
             self._near, self._far = self._near[usable:], self._far[usable:]
             self._out = np.concatenate([self._out, cleaned]) if self._out.size else cleaned
         if len(self._out) < len(block):  # only at the start with odd block sizes: pad the carried-over part
@@ -154,12 +158,12 @@ class WebRtcEchoCanceller:
             self._stop()
         return out
 
-    def _resting(self, far: np.ndarray) -> bool:
-        """Whether these frames pass through untouched: the reference has been silent for ``_REST_AFTER``
-        (AEC3 on a silent reference cost as much as the whole listener, and the robot is quiet most of the day)."""
-        frames = len(far) // FRAME
-        samples = far.astype(np.float64)
-        if float(np.dot(samples, samples)) >= _ACTIVE_POWER * len(far):
+    def _resting(self, far_energy: list[float]) -> bool:
+        """Whether these frames (the reference's energy in each) pass through untouched: the reference has been
+        silent for ``_REST_AFTER`` (AEC3 on a silent reference cost as much as the whole listener, and the robot is
+        quiet most of the day)."""
+        frames = len(far_energy)
+        if sum(far_energy) >= _ACTIVE_POWER * (frames * FRAME):
             self._silent_frames = 0
             return False
         self._silent_frames += frames
@@ -170,7 +174,9 @@ class WebRtcEchoCanceller:
             self.linear.rest(frames)
         return True
 
-    def _keep_voice(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> np.ndarray:
+    def _keep_voice(
+        self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray, theirs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Where the linear filter hears the user over the echo, hand on its residual (the voice, whole).
 
         Elsewhere hand on whichever of the two leaves less: AEC3's suppressor now and then lets a syllable's onset
@@ -179,6 +185,8 @@ class WebRtcEchoCanceller:
         first 9 s, while AEC3 alone let two words through 7.6 and 8.3 s in where the filter already removed 8 dB.
         Not sooner: with 4 dB it cut a syllable AEC3 let through (bench echo, -6 dB). (A user it missed is not
         lost by this: AEC3 leaves less there.)
+
+        ``theirs``: the energy of each of AEC3's frames; returned with the energy of each frame handed on.
         """
         assert self.linear is not None
         residual, near_end = self.linear.process(near, far)
@@ -186,15 +194,14 @@ class WebRtcEchoCanceller:
         if self.linear.hears:
             frames = len(near_end)
             mine = np.square(residual[: frames * FRAME].reshape(frames, FRAME)).sum(axis=1)
-            theirs = np.square(cleaned[: frames * FRAME].reshape(frames, FRAME).astype(np.float64)).sum(axis=1)
             take = near_end | (mine < theirs)
         if not take.any():
-            return cleaned
+            return cleaned, theirs
         self.near_end_frames += int(near_end.sum())
         mask = np.repeat(take, FRAME)
         out = cleaned.copy()
         out[mask] = np.clip(np.round(residual[mask]), -32768, 32767).astype(np.int16)
-        return out
+        return out, _energies(out, len(take))
 
     def _follow_pairing(self) -> None:
         """The tap paired the reference anew (it came late, or piled up: a resync): the echo lies elsewhere against
@@ -227,15 +234,14 @@ class WebRtcEchoCanceller:
         self.delay_ms = None
         self._lag_ok = False
 
-    def _measure(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray) -> None:
+    def _measure(self, near: np.ndarray, far: np.ndarray, energies: tuple[list[float], ...]) -> None:
+        """After a block of whole frames: ``energies``, each frame's of the reference, the microphone and the
+        cleaned signal."""
         frames = len(near) // FRAME
         self.frames += frames
-        self._hist_far.extend(far[: frames * FRAME].reshape(frames, FRAME))
-        self._hist_mic.extend(near[: frames * FRAME].reshape(frames, FRAME))
-        # Each 10 ms frame's power, for the three signals at once: one numpy pass a block, not nine a frame.
-        signals = np.concatenate([far[: frames * FRAME], near[: frames * FRAME], cleaned[: frames * FRAME]])
-        samples = signals.reshape(3 * frames, FRAME).astype(np.float64)
-        powers = (np.einsum("ij,ij->i", samples, samples) / FRAME).reshape(3, frames).tolist()
+        self._hist_far.extend(far.reshape(frames, FRAME))
+        self._hist_mic.extend(near.reshape(frames, FRAME))
+        powers = [[energy / FRAME for energy in signal] for signal in energies]
         active = [frame for frame in zip(*powers, strict=True) if frame[0] >= _ACTIVE_POWER]  # (far, mic, out) powers
         trust, a = self.trust, self._smooth
         for far_power, mic_power, out_power in active:
@@ -339,6 +345,13 @@ class WebRtcEchoCanceller:
             self.tap.ran_dry,
             round(self.tap.late_samples * 1000 / CAPTURE_RATE, 1),
         )
+
+
+def _energies(samples: np.ndarray, frames: int) -> np.ndarray:
+    """Each 10 ms frame's energy (the sum of its squares) of ``frames`` int16 frames. Exact: every sum of squares of
+    int16 frames lies far under 2^53, so any grouping of them gives the same number."""
+    frame_samples = samples.reshape(frames, FRAME).astype(np.float64)
+    return np.einsum("ij,ij->i", frame_samples, frame_samples)
 
 
 class CancellingQueue:
