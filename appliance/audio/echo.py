@@ -139,15 +139,16 @@ class WebRtcEchoCanceller:
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
             frames = usable // FRAME
-            energies = _energies(np.concatenate([far_frames, near]), 2 * frames).tolist()
-            far_energy, mic_energy = energies[:frames], energies[frames:]
+            energy = _energies(np.concatenate([far_frames, near]), 2 * frames).tolist()
+            far_energy, mic_energy = energy[:frames], energy[frames:]
             if self._resting(far_energy):
                 cleaned = near  # the robot has been quiet for a while: nothing to cancel, nothing to learn
             else:
                 cleaned = self._aec.process(near, far_frames)
                 out_energy = _energies(cleaned, frames)
                 if self.linear is not None:
-                    cleaned, out_energy = self._keep_voice(near, far_frames, cleaned, out_energy)
+                    energies = (far_energy, mic_energy, out_energy)
+                    cleaned, out_energy = self._keep_voice(near, far_frames, cleaned, energies)
                 self._measure(near, far_frames, (far_energy, mic_energy, out_energy.tolist()))
             self._near, self._far = self._near[usable:], self._far[usable:]
             self._out = np.concatenate([self._out, cleaned]) if self._out.size else cleaned
@@ -175,7 +176,11 @@ class WebRtcEchoCanceller:
         return True
 
     def _keep_voice(
-        self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray, theirs: np.ndarray
+        self,
+        near: np.ndarray,
+        far: np.ndarray,
+        cleaned: np.ndarray,
+        energies: tuple[list[float], list[float], np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where the linear filter hears the user over the echo, hand on its residual (the voice, whole).
 
@@ -186,10 +191,12 @@ class WebRtcEchoCanceller:
         Not sooner: with 4 dB it cut a syllable AEC3 let through (bench echo, -6 dB). (A user it missed is not
         lost by this: AEC3 leaves less there.)
 
-        ``theirs``: the energy of each of AEC3's frames; returned with the energy of each frame handed on.
+        ``energies``: each frame's of the reference, the microphone and AEC3's output; returned with the cleaned
+        signal: the energy of each frame handed on.
         """
         assert self.linear is not None
-        residual, near_end = self.linear.process(near, far)
+        far_energy, mic_energy, theirs = energies
+        residual, near_end = self.linear.process(near, far, (far_energy, mic_energy))
         take = near_end
         if self.linear.hears:
             frames = len(near_end)

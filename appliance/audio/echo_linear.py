@@ -150,8 +150,13 @@ class LinearEchoFilter:
         self.delay_frames = frames
         return True
 
-    def process(self, near: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Whole 10 ms frames of mic and reference: (linear residual as float, near-end voice per frame)."""
+    def process(
+        self, near: np.ndarray, far: np.ndarray, energies: tuple[list[float], list[float]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Whole 10 ms frames of mic and reference: (linear residual as float, near-end voice per frame).
+
+        ``energies``: each frame's energy (sum of squares) of the reference and of the mic, where the caller has
+        them already (the canceller does: at 100 frames a second every numpy call counts)."""
         frames = len(near) // FRAME
         mic = near[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
         residual = mic.copy()
@@ -162,8 +167,12 @@ class LinearEchoFilter:
         self._prev_far = ref[-FRAME:]
         # Every frame's reference spectrum at once (one call): its [previous, this] frame.
         pairs = np.ndarray((frames, 2 * FRAME), ref.dtype, ref, 0, (FRAME * ref.itemsize, ref.itemsize))
-        sounding = np.any(ref[FRAME:].reshape(frames, FRAME), axis=1).tolist()
-        out = _Frames(mic, np.einsum("ij,ij->i", mic, mic).tolist(), residual, near_end)
+        if energies is None:
+            sounding = np.any(ref[FRAME:].reshape(frames, FRAME), axis=1).tolist()
+            out = _Frames(mic, np.einsum("ij,ij->i", mic, mic).tolist(), residual, near_end)
+        else:
+            sounding = [energy > 0.0 for energy in energies[0]]
+            out = _Frames(mic, energies[1], residual, near_end)
         delay = self.delay_frames
         for first in range(0, frames, CHUNK):
             row = self._path.store(pairs[first : first + CHUNK]) - first  # frame i's reference is at row + i

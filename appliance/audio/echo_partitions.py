@@ -86,7 +86,7 @@ class EchoPath:
                 rows[: self._size] = rows[keep]
             self._end = self._size
         new = slice(self._end, self._end + count)
-        self._x[new] = spectra = np.fft.rfft(pairs, axis=1)
+        spectra = np.fft.rfft(pairs, axis=1, out=self._x[new])
         np.square(spectra.real, out=self._xp[new])
         self._xp[new] += np.square(spectra.imag)
         self._end += count
@@ -97,7 +97,7 @@ class EchoPath:
         with the reference windows (for learn)."""
         x = self._windows(self._x, oldest, count)
         products = np.multiply(x, self.w, out=self._products[:count])
-        return x, np.fft.irfft(products.sum(axis=1), axis=1)[:, FRAME:]
+        return x, np.fft.irfft(np.add.reduce(products, axis=1), axis=1)[:, FRAME:]
 
     def learn(
         self, x: np.ndarray, oldest: int, errors: np.ndarray, trusts: list[list[float]], adapt: bool, constrain: bool
@@ -108,7 +108,7 @@ class EchoPath:
         count = len(trusts)
         spans = self._spans[: count + 1]
         spans[0] = self._far_power
-        np.sum(self._windows(self._xp, oldest, count), axis=1, out=spans[1:])
+        np.add.reduce(self._windows(self._xp, oldest, count), axis=1, out=spans[1:])
         far = self._smoothing[count] @ spans  # each frame's far power
         self._far_power = far[-1]
         if self._rotation is not None:
