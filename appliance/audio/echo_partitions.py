@@ -86,7 +86,7 @@ class EchoPath:
                 rows[: self._size] = rows[keep]
             self._end = self._size
         new = slice(self._end, self._end + count)
-        spectra = np.fft.rfft(pairs, axis=1, out=self._x[new])
+        self._x[new] = spectra = np.fft.rfft(pairs, axis=1)
         np.square(spectra.real, out=self._xp[new])
         self._xp[new] += np.square(spectra.imag)
         self._end += count
