@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance.audio.echo_alignment import FRAME
-from appliance.audio.echo_partitions import BATCH, BINS, CHUNK, CONSTRAIN_EVERY, EchoPath
+from appliance.audio.echo_partitions import BATCH, BINS, CHUNK, CONSTRAIN_EVERY, EchoPath, rfft_rows
 
 _BANDS = ((4, 10), (10, 20), (20, 40), (40, 80), (80, 140))  # bins of 50 Hz: 200 Hz to 7 kHz
 _READY_RATIO = 0.1  # residual / microphone while the robot speaks alone (10 dB) before the decision counts
@@ -215,7 +215,7 @@ class LinearEchoFilter:
         frames = slice(first, first + count)
         x, predicted = self._path.predict(oldest, count)
         errors = np.subtract(out.mic[frames], predicted, out=out.residual[frames])
-        spectra = np.fft.rfft(np.concatenate([errors, predicted]), 2 * FRAME, axis=1)  # the residual, the removed
+        spectra = rfft_rows(np.concatenate([errors, predicted]))  # the residual, the removed
         powers = (np.square(spectra.view(np.float64)) @ self._bands_ri).tolist()  # per row: the bands, the energy
         trusts, adapt, constrain = [], False, False
         for f, (i, counted) in enumerate(batch):
