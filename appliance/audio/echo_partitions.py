@@ -77,7 +77,7 @@ class EchoPath:
         self._end = self._size
         self._far_power = np.zeros(BINS)
         self._turn = 0
-        self._rotation: np.ndarray | None = None
+        self._rotations: list[np.ndarray] | None = None  # the drift's turn over 0 ... BATCH frames
         # A band's trust times the step of each of its bins, times (-1)^k: the error's spectrum is taken with its
         # frame first (see echo_linear's _batch). A batch's steps in one product.
         self._mu_of_band = np.zeros((int(band_of_bin.max()) + 1, BINS))
@@ -106,7 +106,8 @@ class EchoPath:
     def set_drift(self, samples_per_frame: float) -> None:
         """Turn the response every frame by a phase ramp: the echo moves ``samples_per_frame`` later a frame."""
         ramp = -2j * np.pi * np.arange(BINS) * samples_per_frame / (2 * FRAME)
-        self._rotation = np.exp(ramp).astype(_COMPLEX) if samples_per_frame else None
+        rotation = np.exp(ramp).astype(_COMPLEX)
+        self._rotations = [rotation**count for count in range(BATCH + 1)] if samples_per_frame else None
 
     def store(self, pairs: np.ndarray) -> int:
         """Append the spectra of the reference's frames (at most CHUNK [previous, this] pairs of samples); returns
@@ -143,8 +144,8 @@ class EchoPath:
         np.add.reduce(self._windows(self._xp, oldest, count), axis=1, out=spans[1:])
         far = self._smoothing[count] @ spans  # each frame's far power
         self._far_power = far[-1]
-        if self._rotation is not None:
-            self.w *= self._rotation if count == 1 else self._rotation**count
+        if self._rotations is not None:
+            self.w *= self._rotations[count]
         if adapt or constrain:
             self._adapt(x, errors, (np.array(trusts) @ self._mu_of_band) / (far + 1e4 * FRAME))
         if constrain:
