@@ -26,7 +26,7 @@ import numpy as np
 import trio
 
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
-from appliance.audio.echo_alignment import FRAME, estimate_delay_ms
+from appliance.audio.echo_alignment import FRAME, estimate_delay_ms, frame_energies
 from appliance.audio.echo_backoff import EchoHealth
 from appliance.audio.echo_clock import ClockFollower
 from appliance.audio.echo_engines import EchoCancelSetting, open_engine, resolve_backend
@@ -51,6 +51,9 @@ _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add 
 # s of silent reference after which the canceller rests (the microphone passes through): a room's echo has died
 # away long before, and both filters have been fed that much silence, so resting leaves them as more silence would.
 _REST_AFTER = 1.0
+# Each frame's energy: the reference's, the microphone's, AEC3's output's; the cleaned signal and its frames' energy.
+_Energies = tuple[list[float], list[float], np.ndarray]
+_Cleaned = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -139,13 +142,13 @@ class WebRtcEchoCanceller:
         if usable:
             near, far_frames = self._near[:usable], self._far[:usable]
             frames = usable // FRAME
-            energy = _energies(np.concatenate([far_frames, near]), 2 * frames).tolist()
+            energy = frame_energies(np.concatenate([far_frames, near]), 2 * frames).tolist()
             far_energy, mic_energy = energy[:frames], energy[frames:]
             if self._resting(far_energy):
                 cleaned = near  # the robot has been quiet for a while: nothing to cancel, nothing to learn
             else:
                 cleaned = self._aec.process(near, far_frames)
-                out_energy = _energies(cleaned, frames)
+                out_energy = frame_energies(cleaned, frames)
                 if self.linear is not None:
                     energies = (far_energy, mic_energy, out_energy)
                     cleaned, out_energy = self._keep_voice(near, far_frames, cleaned, energies)
@@ -175,13 +178,7 @@ class WebRtcEchoCanceller:
             self.linear.rest(frames)
         return True
 
-    def _keep_voice(
-        self,
-        near: np.ndarray,
-        far: np.ndarray,
-        cleaned: np.ndarray,
-        energies: tuple[list[float], list[float], np.ndarray],
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _keep_voice(self, near: np.ndarray, far: np.ndarray, cleaned: np.ndarray, energies: _Energies) -> _Cleaned:
         """Where the linear filter hears the user over the echo, hand on its residual (the voice, whole).
 
         Elsewhere hand on whichever of the two leaves less: AEC3's suppressor now and then lets a syllable's onset
@@ -208,7 +205,7 @@ class WebRtcEchoCanceller:
         mask = np.repeat(take, FRAME)
         out = cleaned.copy()
         out[mask] = np.clip(np.round(residual[mask]), -32768, 32767).astype(np.int16)
-        return out, _energies(out, len(take))
+        return out, frame_energies(out, len(take))
 
     def _follow_pairing(self) -> None:
         """The tap paired the reference anew (it came late, or piled up: a resync): the echo lies elsewhere against
@@ -242,8 +239,7 @@ class WebRtcEchoCanceller:
         self._lag_ok = False
 
     def _measure(self, near: np.ndarray, far: np.ndarray, energies: tuple[list[float], ...]) -> None:
-        """After a block of whole frames: ``energies``, each frame's of the reference, the microphone and the
-        cleaned signal."""
+        """After a block of whole frames; ``energies``: each frame's, of the reference, microphone, cleaned signal."""
         frames = len(near) // FRAME
         self.frames += frames
         self._hist_far.extend(far.reshape(frames, FRAME))
@@ -352,13 +348,6 @@ class WebRtcEchoCanceller:
             self.tap.ran_dry,
             round(self.tap.late_samples * 1000 / CAPTURE_RATE, 1),
         )
-
-
-def _energies(samples: np.ndarray, frames: int) -> np.ndarray:
-    """Each 10 ms frame's energy (the sum of its squares) of ``frames`` int16 frames. Exact: every sum of squares of
-    int16 frames lies far under 2^53, so any grouping of them gives the same number."""
-    frame_samples = samples.reshape(frames, FRAME).astype(np.float64)
-    return np.einsum("ij,ij->i", frame_samples, frame_samples)
 
 
 class CancellingQueue:

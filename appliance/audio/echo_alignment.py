@@ -16,6 +16,13 @@ log = logging.getLogger(__name__)
 FRAME = CAPTURE_RATE // 100  # AEC3's 10 ms frame
 
 
+def frame_energies(samples: np.ndarray, frames: int) -> np.ndarray:
+    """Each 10 ms frame's energy (the sum of its squares) of ``frames`` int16 frames. Exact: every sum of squares of
+    int16 frames lies far under 2^53, so any grouping of them gives the same number."""
+    frame_samples = samples.reshape(frames, FRAME).astype(np.float64)
+    return np.einsum("ij,ij->i", frame_samples, frame_samples)
+
+
 class BacklogLow:
     """The least reference the tap held beyond the microphone's position (its backlog) over each second.
 
