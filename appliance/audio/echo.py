@@ -51,9 +51,8 @@ _MAX_MIC_DELAY = int(0.06 * CAPTURE_RATE)  # the most latency alignment may add 
 # s of silent reference after which the canceller rests (the microphone passes through): a room's echo has died
 # away long before, and both filters have been fed that much silence, so resting leaves them as more silence would.
 _REST_AFTER = 1.0
-# Each frame's energy: the reference's, the microphone's, AEC3's output's; the cleaned signal and its frames' energy.
-_Energies = tuple[list[float], list[float], np.ndarray]
-_Cleaned = tuple[np.ndarray, np.ndarray]
+_Energies = tuple[list[float], list[float], np.ndarray]  # each frame's: the reference's, the mic's, AEC3's output's
+_Cleaned = tuple[np.ndarray, np.ndarray]  # the cleaned signal, each of its frames' energy
 
 
 @dataclass(frozen=True)
@@ -150,8 +149,9 @@ class WebRtcEchoCanceller:
                 cleaned = self._aec.process(near, far_frames)
                 out_energy = frame_energies(cleaned, frames)
                 if self.linear is not None:
-                    energies = (far_energy, mic_energy, out_energy)
-                    cleaned, out_energy = self._keep_voice(near, far_frames, cleaned, energies)
+                    cleaned, out_energy = self._keep_voice(
+                        near, far_frames, cleaned, (far_energy, mic_energy, out_energy)
+                    )
                 self._measure(near, far_frames, (far_energy, mic_energy, out_energy.tolist()))
             self._near, self._far = self._near[usable:], self._far[usable:]
             self._out = np.concatenate([self._out, cleaned]) if self._out.size else cleaned
@@ -188,8 +188,7 @@ class WebRtcEchoCanceller:
         Not sooner: with 4 dB it cut a syllable AEC3 let through (bench echo, -6 dB). (A user it missed is not
         lost by this: AEC3 leaves less there.)
 
-        ``energies``: each frame's of the reference, the microphone and AEC3's output; returned with the cleaned
-        signal: the energy of each frame handed on.
+        ``energies``: see _Energies; returns the cleaned signal with the energy of each of its frames.
         """
         assert self.linear is not None
         far_energy, mic_energy, theirs = energies
@@ -244,15 +243,15 @@ class WebRtcEchoCanceller:
         self.frames += frames
         self._hist_far.extend(far.reshape(frames, FRAME))
         self._hist_mic.extend(near.reshape(frames, FRAME))
-        powers = [[energy / FRAME for energy in signal] for signal in energies]
-        active = [frame for frame in zip(*powers, strict=True) if frame[0] >= _ACTIVE_POWER]  # (far, mic, out) powers
-        trust, a = self.trust, self._smooth
-        for far_power, mic_power, out_power in active:
-            self._mic_power += a * (mic_power - self._mic_power)
-            self._out_power += a * (out_power - self._out_power)
-            self._far_power += a * (far_power - self._far_power)
-            trust.frame(mic_power, out_power)
-        count = len(active)
+        trust, a, count = self.trust, self._smooth, 0
+        for far_energy, mic_energy, out_energy in zip(*energies, strict=True):
+            if (far_power := far_energy / FRAME) >= _ACTIVE_POWER:
+                mic_power, out_power = mic_energy / FRAME, out_energy / FRAME
+                self._mic_power += a * (mic_power - self._mic_power)
+                self._out_power += a * (out_power - self._out_power)
+                self._far_power += a * (far_power - self._far_power)
+                trust.frame(mic_power, out_power)
+                count += 1
         self._active_frames += count
         self._since_delay += count
         due = (heard := self._since_delay * FRAME / CAPTURE_RATE) >= _DELAY_EVERY and heard >= self._delay_every()
