@@ -171,7 +171,7 @@ class LinearEchoFilter:
             sounding = np.any(ref[FRAME:].reshape(frames, FRAME), axis=1).tolist()
             out = _Frames(mic, np.einsum("ij,ij->i", mic, mic).tolist(), residual, near_end)
         else:
-            sounding = [energy > 0.0 for energy in energies[0]]
+            sounding = energies[0]  # an energy is 0.0 (false) where the frame is digital silence
             out = _Frames(mic, energies[1], residual, near_end)
         delay = self.delay_frames
         for first in range(0, frames, CHUNK):
