@@ -350,7 +350,7 @@ def test_the_transforms_straight_to_numpy_give_np_ffts_numbers() -> None:
         assert np.array_equal(echo_partitions.rfft_rows(rows), spectra)
         assert np.array_equal(echo_partitions.rfft_rows(frames), np.fft.rfft(frames, 2 * FRAME, axis=1))
         assert np.array_equal(echo_partitions.irfft_rows(spectra), np.fft.irfft(spectra, axis=1))
-        assert echo_partitions.irfft_rows(spectra).dtype == real
+        assert echo_partitions.irfft_rows(spectra).dtype == np.fft.irfft(spectra, axis=1).dtype
 
 
 def test_the_energies_the_canceller_hands_over_change_nothing() -> None:
