@@ -69,6 +69,12 @@ def callback_time(time_info: Any, stamp: str) -> float | None:
     return time.monotonic() + ahead
 
 
+def _to_int16(x: np.ndarray) -> np.ndarray:
+    """The resampler works in float: its int16 output is dithered from a seed of its own per stream, so the same
+    speech gave another reference each time and the canceller decided differently run to run."""
+    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+
+
 class FarEndTap:
     """What the speaker played, for the echo canceller. ``played`` may be called from the audio thread.
 
@@ -273,7 +279,7 @@ class FarEndTap:
         if self._resampler is None:
             self._write_samples(block)
             return
-        out = self._resampler.resample_chunk(block)
+        out = _to_int16(self._resampler.resample_chunk(block.astype(np.float32)))
         if self._skip:
             skipped = min(self._skip, len(out))
             out, self._skip = out[skipped:], self._skip - skipped
@@ -300,7 +306,7 @@ class FarEndTap:
         what it makes of them is dropped, so it carries on at once. A fresh one holds its first 26 ms back: the
         reference ran dry and the pairing moved back by as much at every correction (the bench's living room)."""
         if self._resampler is not None:
-            self._write_samples(self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True))
+            self._write_samples(_to_int16(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)))
         self._rate = rate
         self._skip = 0
         if rate == CAPTURE_RATE and self._correction == 0.0:
@@ -310,14 +316,14 @@ class FarEndTap:
 
         # The reference has ``1 + ppm`` times as many samples as the mic wants: resample from that much more.
         source_rate = rate * (1.0 + self._correction * 1e-6)
-        self._resampler = soxr.ResampleStream(source_rate, CAPTURE_RATE, 1, dtype="int16", quality=_QUALITY)
+        self._resampler = soxr.ResampleStream(source_rate, CAPTURE_RATE, 1, dtype="float32", quality=_QUALITY)
         if primed and self._played_recently:
             blocks, need = [], _PRIME * rate
             while self._played_recently and need > 0:
                 blocks.append(self._played_recently.pop())
                 need -= len(blocks[-1])
             history = np.concatenate(blocks[::-1])
-            given = len(self._resampler.resample_chunk(history))
+            given = len(self._resampler.resample_chunk(history.astype(np.float32)))
             self._skip = max(0, round(len(history) * CAPTURE_RATE / source_rate) - given)
         self._played_recently.clear()
 
