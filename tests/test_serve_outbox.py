@@ -14,7 +14,7 @@ import trio
 from appliance.audio.base import AudioStream
 from appliance.server.avatar import AvatarServer
 from appliance.server.frames import Session
-from appliance.server.outbox import Outbox, when_idle
+from appliance.server.outbox import PAUSE, InFlight, Outbox, when_idle
 from appliance.settings.brains import ServerConfig
 from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 from tests.fakes.aiavatar import tone
@@ -249,3 +249,33 @@ async def test_every_robots_first_sentence_is_synthesized_before_anyones_next() 
     await run_turns(brain, ["a", "b", "c"], writes)
     assert asked[:3] == [SENTENCES[0]] * 3, asked
     assert sorted(asked) == sorted(SENTENCES * 3)
+
+
+async def test_with_other_turns_in_flight_an_idle_moment_is_a_pause_not_a_gap_between_arrivals() -> None:
+    """Ten robots' answers from the cloud come a fraction of a millisecond apart, the loop idle between two of
+    them: a later sentence's speech request made in such a gap went ahead of the robots still on their way (and
+    its answer came back among their first audio). With a ``pause`` the idle moment comes after the last."""
+    arrived = 0
+
+    async def arrivals() -> None:
+        nonlocal arrived
+        for _ in range(20):
+            await trio.sleep(0.0003)
+            arrived += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(arrivals)
+        await when_idle(1.0)
+        assert arrived < 20  # a gap was enough
+        await when_idle(1.0, pause=PAUSE)
+        assert arrived == 20  # not a pause until the last
+
+
+def test_the_pause_applies_while_several_turns_are_in_flight() -> None:
+    """One robot alone loses nothing: its later sentences ask for speech at the first idle moment, as before."""
+    flights = InFlight()
+    with flights.turn():
+        assert flights.pause() == 0.0
+        with flights.turn():
+            assert flights.pause() == PAUSE
+    assert flights.count == 0

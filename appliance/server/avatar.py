@@ -26,7 +26,7 @@ from appliance.server.chunks import send_chunk
 from appliance.server.fair_accept import FairListener
 from appliance.server.frames import BLOCK, Reply, Session, send_frame
 from appliance.server.histories import Histories, History, LocalHistories
-from appliance.server.outbox import Outbox, when_idle
+from appliance.server.outbox import InFlight, Outbox, when_idle
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest, Utterance
 
@@ -73,8 +73,9 @@ class AvatarServer:
         self.config = config
         if isinstance(getattr(brain, "prefetch", None), int):  # the cloud brain's sentences synthesized ahead
             brain.prefetch = max(brain.prefetch, TTS_CONCURRENCY)  # type: ignore[attr-defined]
+        self.in_flight = InFlight()  # the turns running now (outbox.py: while several, later speech waits a pause)
         if hasattr(brain, "later_speech"):  # a reply's later sentences after every robot's first (outbox.py)
-            brain.later_speech = when_idle
+            brain.later_speech = lambda: when_idle(pause=self.in_flight.pause())
         self.history_limit = history_limit
         self.idle_timeout = idle_timeout
         check_bind(config)
@@ -339,7 +340,7 @@ class AvatarServer:
         outbox = Outbox(ws, session)
         self.turns += 1
         try:
-            with scope:
+            with scope, self.in_flight.turn():
                 request = TurnRequest(
                     session.transaction_id or "", utterance, history.messages(), session.context_id or "", params
                 )

@@ -11,7 +11,8 @@ most ``LATER_WITHIN``; what is ready by then leaves in one write.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import trio
@@ -25,13 +26,36 @@ T = TypeVar("T")
 # The longest a frame nobody hurries for waits for an idle moment: on a server never idle (more robots than it
 # can serve), everything still leaves, this much later.
 LATER_WITHIN = 0.01
+# While other turns are in flight, a reply's later sentences ask for their speech at a pause, not in a gap: ten
+# robots' answers from the cloud come over a few milliseconds, the loop idle for a fraction of one between two
+# of them. A speech request made in such a gap came back, the synthesizer's wait being the same for every
+# sentence, in the middle of the other robots' first audio, whose own requests had left just after it.
+PAUSE = 0.002
 
 
-async def when_idle(limit: float = LATER_WITHIN) -> None:
-    """Return once this event loop has nothing else to do (no task runnable, no socket ready), or after
-    ``limit`` seconds."""
+async def when_idle(limit: float = LATER_WITHIN, pause: float = 0.0) -> None:
+    """Return once this event loop has had nothing else to do (no task runnable, no socket ready) for ``pause``
+    seconds, or after ``limit`` seconds."""
     with trio.move_on_after(limit):
-        await trio.testing.wait_all_tasks_blocked()
+        await trio.testing.wait_all_tasks_blocked(pause)
+
+
+class InFlight:
+    """The turns a server runs now: while there are several, a later sentence's idle moment is a ``PAUSE``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def pause(self) -> float:
+        return PAUSE if self.count > 1 else 0.0
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
 
 
 class Outbox:
