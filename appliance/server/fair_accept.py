@@ -21,6 +21,7 @@ import trio
 # How long a busier worker leaves a new connection to a less busy one: a worker in the middle of ten turns
 # reaches its accept loop within a few milliseconds.
 LEAVE_FOR = 0.05
+_LOOK_EVERY = 0.001  # meanwhile it looks whether the counts changed this often
 
 # What a connection that ended before it was accepted looks like: another try, as trio's own listener does.
 _GONE_NAMES = "ECONNABORTED EPROTO EPERM ENETDOWN ENOPROTOOPT EHOSTDOWN ENONET EHOSTUNREACH EOPNOTSUPP ENETUNREACH"
@@ -64,8 +65,8 @@ class FairListener(trio.abc.Listener[trio.SocketStream]):
     async def accept(self) -> trio.SocketStream:
         while True:
             await trio.lowlevel.wait_readable(self.socket)
-            if self.shares.busier(self.worker):
-                await trio.sleep(LEAVE_FOR)
+            if await self._left_to_others():
+                continue  # look again, with the counts as they are now
             try:
                 conn, _ = self.socket.accept()
             except BlockingIOError:
@@ -76,6 +77,17 @@ class FairListener(trio.abc.Listener[trio.SocketStream]):
                 continue
             conn.setblocking(False)
             return trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+
+    async def _left_to_others(self) -> bool:
+        """While this worker holds more robots than another, that one has up to ``LEAVE_FOR`` to take what waits:
+        True once this one no longer holds more, False (take it) when nobody did in time."""
+        if not self.shares.busier(self.worker):
+            return False
+        for _ in range(round(LEAVE_FOR / _LOOK_EVERY)):  # (the counts are the other processes': no event to await)
+            await trio.sleep(_LOOK_EVERY)
+            if not self.shares.busier(self.worker):
+                return True
+        return False
 
     async def aclose(self) -> None:
         trio.lowlevel.notify_closing(self.socket)
