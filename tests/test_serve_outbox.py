@@ -279,3 +279,28 @@ def test_the_pause_applies_while_several_turns_are_in_flight() -> None:
         with flights.turn():
             assert flights.pause() == PAUSE
     assert flights.count == 0
+
+
+async def test_with_other_turns_in_flight_queued_frames_wait_for_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn's ``accepted`` (nobody waits for it) is not written between two robots' invokes arriving."""
+    from appliance.server import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "LATER_WITHIN", 5.0)  # however slow this machine: the pause decides
+    writes: list[tuple[str, list[dict[str, Any]]]] = []
+    outbox = Outbox(Joined("a", writes), Session("a", "user", None), lambda: PAUSE)  # type: ignore[arg-type]
+    send, receive = trio.open_memory_channel[int](1)
+    seen: list[int] = []
+
+    async def arrivals() -> None:
+        for _ in range(10):
+            await trio.sleep(0.0003)
+            seen.append(len(writes))
+        await trio.sleep(0.1)  # then a pause: what waited leaves in it
+        seen.append(len(writes))
+        await send.send(1)
+
+    outbox.add("accepted")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(arrivals)
+        assert await outbox.take(receive.receive_nowait, receive.receive) == 1
+    assert seen == [0] * 10 + [1]

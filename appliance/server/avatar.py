@@ -73,7 +73,7 @@ class AvatarServer:
         self.config = config
         if isinstance(getattr(brain, "prefetch", None), int):  # the cloud brain's sentences synthesized ahead
             brain.prefetch = max(brain.prefetch, TTS_CONCURRENCY)  # type: ignore[attr-defined]
-        self.in_flight = InFlight()  # the turns running now (outbox.py: while several, later speech waits a pause)
+        self.in_flight = InFlight()  # the turns running now (outbox.py: while several, idle moments are pauses)
         if hasattr(brain, "later_speech"):  # a reply's later sentences after every robot's first (outbox.py)
             brain.later_speech = lambda: when_idle(pause=self.in_flight.pause())
         self.history_limit = history_limit
@@ -337,7 +337,7 @@ class AvatarServer:
         done: trio.Event,
     ) -> None:
         reply = Reply(heard=utterance.text)
-        outbox = Outbox(ws, session)
+        outbox = Outbox(ws, session, self.in_flight.pause)
         self.turns += 1
         try:
             with scope, self.in_flight.turn():
@@ -375,7 +375,7 @@ class AvatarServer:
     async def _relay(self, outbox: Outbox, request: TurnRequest, reply: Reply) -> None:
         """The brain's reply to the client as it comes: ``accepted``, ``start`` once, then a ``chunk`` per sentence.
         The brain starts first: its cloud request leaves before this robot's ``accepted`` (``outbox``)."""
-        send, receive = trio.open_memory_channel[BrainOutput](0)
+        send, receive = trio.open_memory_channel[BrainOutput](1)  # 1: the brain goes on while `accepted` waits
         started = False
         with single_error():
             async with trio.open_nursery() as inner:

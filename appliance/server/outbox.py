@@ -26,10 +26,11 @@ T = TypeVar("T")
 # The longest a frame nobody hurries for waits for an idle moment: on a server never idle (more robots than it
 # can serve), everything still leaves, this much later.
 LATER_WITHIN = 0.01
-# While other turns are in flight, a reply's later sentences ask for their speech at a pause, not in a gap: ten
-# robots' answers from the cloud come over a few milliseconds, the loop idle for a fraction of one between two
-# of them. A speech request made in such a gap came back, the synthesizer's wait being the same for every
-# sentence, in the middle of the other robots' first audio, whose own requests had left just after it.
+# While other turns are in flight, an idle moment is a pause, not a gap: ten robots' invokes and the cloud's
+# answers to them come over a few milliseconds, the loop idle for a fraction of one between two of them. What
+# was done in such a gap went before the robots still on their way: a turn's frames nobody hurries for (a send
+# and a robot woken), and a later sentence's speech request, whose answer then came back (the synthesizer's
+# wait being the same for every sentence) in the middle of the other robots' first audio.
 PAUSE = 0.002
 
 
@@ -41,7 +42,7 @@ async def when_idle(limit: float = LATER_WITHIN, pause: float = 0.0) -> None:
 
 
 class InFlight:
-    """The turns a server runs now: while there are several, a later sentence's idle moment is a ``PAUSE``."""
+    """The turns a server runs now: while there are several, an idle moment is a ``PAUSE``."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -64,9 +65,10 @@ class Outbox:
     for an idle moment, during which it may come (and join them), else they leave before waiting for it;
     ``flush`` writes the rest. Queued frames wait at most ``LATER_WITHIN`` from the first of them."""
 
-    def __init__(self, ws: WebSocketConnection, session: Session) -> None:
+    def __init__(self, ws: WebSocketConnection, session: Session, pause: Callable[[], float] = float) -> None:
         self.ws = ws
         self.session = session
+        self.pause = pause  # how long an idle moment lasts now (``InFlight.pause``)
         self.first_sent = False  # the turn's first chunk has left: nothing after it is urgent
         self._frames: list[str] = []
         self._queued_at = 0.0  # when the first frame now queued was queued
@@ -91,7 +93,7 @@ class Outbox:
         except trio.WouldBlock:
             pass
         if self._frames:
-            await when_idle(self._left())
+            await when_idle(self._left(), self.pause())
             try:
                 return receive_nowait()
             except trio.WouldBlock:
