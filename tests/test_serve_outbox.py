@@ -14,7 +14,7 @@ import trio
 from appliance.audio.base import AudioStream
 from appliance.server.avatar import AvatarServer
 from appliance.server.frames import Session
-from appliance.server.outbox import Outbox, when_idle
+from appliance.server.outbox import PAUSE, InFlight, Outbox, when_idle
 from appliance.settings.brains import ServerConfig
 from appliance.turns import BrainOutput, ReplyChunk, Transcript, TurnRequest, Utterance
 from tests.fakes.aiavatar import tone
@@ -249,3 +249,58 @@ async def test_every_robots_first_sentence_is_synthesized_before_anyones_next() 
     await run_turns(brain, ["a", "b", "c"], writes)
     assert asked[:3] == [SENTENCES[0]] * 3, asked
     assert sorted(asked) == sorted(SENTENCES * 3)
+
+
+async def test_with_other_turns_in_flight_an_idle_moment_is_a_pause_not_a_gap_between_arrivals() -> None:
+    """Ten robots' answers from the cloud come a fraction of a millisecond apart, the loop idle between two of
+    them: a later sentence's speech request made in such a gap went ahead of the robots still on their way (and
+    its answer came back among their first audio). With a ``pause`` the idle moment comes after the last."""
+    arrived = 0
+
+    async def arrivals() -> None:
+        nonlocal arrived
+        for _ in range(20):
+            await trio.sleep(0.0003)
+            arrived += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(arrivals)
+        await when_idle(1.0)
+        assert arrived < 20  # a gap was enough
+        await when_idle(1.0, pause=PAUSE)
+        assert arrived == 20  # not a pause until the last
+
+
+def test_the_pause_applies_while_several_turns_are_in_flight() -> None:
+    """One robot alone loses nothing: its later sentences ask for speech at the first idle moment, as before."""
+    flights = InFlight()
+    with flights.turn():
+        assert flights.pause() == 0.0
+        with flights.turn():
+            assert flights.pause() == PAUSE
+    assert flights.count == 0
+
+
+async def test_with_other_turns_in_flight_queued_frames_wait_for_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn's ``accepted`` (nobody waits for it) is not written between two robots' invokes arriving."""
+    from appliance.server import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "LATER_WITHIN", 5.0)  # however slow this machine: the pause decides
+    writes: list[tuple[str, list[dict[str, Any]]]] = []
+    outbox = Outbox(Joined("a", writes), Session("a", "user", None), lambda: PAUSE)  # type: ignore[arg-type]
+    send, receive = trio.open_memory_channel[int](1)
+    seen: list[int] = []
+
+    async def arrivals() -> None:
+        for _ in range(10):
+            await trio.sleep(0.0003)
+            seen.append(len(writes))
+        await trio.sleep(0.1)  # then a pause: what waited leaves in it
+        seen.append(len(writes))
+        await send.send(1)
+
+    outbox.add("accepted")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(arrivals)
+        assert await outbox.take(receive.receive_nowait, receive.receive) == 1
+    assert seen == [0] * 10 + [1]

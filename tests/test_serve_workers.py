@@ -215,7 +215,7 @@ from appliance.server import workers
 workers.SHORTEST_LIFE = float(sys.argv[2])
 record = Path(sys.argv[1])
 
-def serve_one(index, ws, http, store):
+def serve_one(index, ws, http, store, shares):
     mode = sqlite3.connect(store).execute("PRAGMA journal_mode").fetchone()[0] if store.exists() else "none"
     with record.open("a") as f:
         f.write(f"{index} {os.getpid()} {ws.getsockname()[1]} {store.name} {mode}\\n")

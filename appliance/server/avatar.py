@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import uuid
 from typing import Any
 
@@ -19,18 +18,15 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from appliance.audio.base import CAPTURE_RATE, AudioClip
-from appliance.brains.avatar_protocol import (
-    CLIENT_TYPES,
-    ProtocolError,
-    b64decode,
-)
+from appliance.brains.avatar_protocol import CLIENT_TYPES, ProtocolError, b64decode
 from appliance.errors import ProviderError
 from appliance.groups import single_error
 from appliance.listening.endpointer import Onset, Segment
 from appliance.server.chunks import send_chunk
+from appliance.server.fair_accept import FairListener
 from appliance.server.frames import BLOCK, Reply, Session, send_frame
 from appliance.server.histories import Histories, History, LocalHistories
-from appliance.server.outbox import Outbox, when_idle
+from appliance.server.outbox import InFlight, Outbox, when_idle
 from appliance.settings.brains import ServerConfig
 from appliance.turns import Brain, BrainOutput, Transcript, TurnRequest, Utterance
 
@@ -71,14 +67,15 @@ class AvatarServer:
         history_limit: int = 20,
         idle_timeout: float = 600.0,
         histories: Histories | None = None,
-        listener: socket.socket | None = None,
+        listener: FairListener | None = None,
     ) -> None:
         self.brain = brain
         self.config = config
         if isinstance(getattr(brain, "prefetch", None), int):  # the cloud brain's sentences synthesized ahead
             brain.prefetch = max(brain.prefetch, TTS_CONCURRENCY)  # type: ignore[attr-defined]
+        self.in_flight = InFlight()  # the turns running now (outbox.py: while several, idle moments are pauses)
         if hasattr(brain, "later_speech"):  # a reply's later sentences after every robot's first (outbox.py)
-            brain.later_speech = when_idle
+            brain.later_speech = lambda: when_idle(pause=self.in_flight.pause())
         self.history_limit = history_limit
         self.idle_timeout = idle_timeout
         check_bind(config)
@@ -87,7 +84,7 @@ class AvatarServer:
         self.audio_in_flight = 0
         # Conversations: this process's own, or (serve's workers) a store every worker shares.
         self.histories = histories or LocalHistories(history_limit, idle_timeout)
-        self.listener = listener  # a socket bound for us (a worker's share of the port), else bind host:port
+        self.listener = listener  # a worker's side of the port its parent bound (fair_accept.py), else bind host:port
         self.port = 0
         self.connections = 0
         self.turns = 0
@@ -98,15 +95,15 @@ class AvatarServer:
             async with trio.open_nursery() as nursery:
                 # The largest frame is an invoke with the longest audio allowed, base64: refused beyond that.
                 largest = self.max_pcm * 4 // 3 + _FRAME_OVERHEAD
-                if self.listener is None:
-                    listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
-                else:  # a worker's share of the port, bound by the parent
-                    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))]
+                if self.listener is None:  # (Any: trio-websocket is annotated for trio's listeners, serves any)
+                    listeners: list[Any] = list(await trio.open_tcp_listeners(cfg.port, host=cfg.host))
+                else:  # a worker: the port its parent bound, shared with the other workers (fair_accept.py)
+                    listeners = [self.listener]
                 server = WebSocketServer(
                     self._handle, listeners, max_message_size=largest, receive_buffer_size=_RECEIVE_BYTES
                 )
                 await nursery.start(server.run)
-                self.port = server.port
+                self.port = self.listener.port if self.listener is not None else server.port
                 log.info("serving the AIAvatarKit protocol on ws://%s:%d/ws", cfg.host, self.port)
                 task_status.started(self.port)
 
@@ -141,7 +138,7 @@ class AvatarServer:
             await request.reject(503, body=b"too many connections")
             return
         ws = await request.accept(subprotocol=subprotocol)
-        self.connections += 1
+        self._held(+1)
         sessions: dict[str, Session] = {}
         try:
             await self._serve_connection(ws, sessions)
@@ -150,7 +147,12 @@ class AvatarServer:
             with trio.move_on_after(1):
                 await ws.aclose(1011, "internal error")
         finally:
-            self.connections -= 1
+            self._held(-1)
+
+    def _held(self, change: int) -> None:
+        self.connections += change
+        if self.listener is not None:  # the other workers take the next robots while this one holds more
+            self.listener.held(self.connections)
 
     async def _serve_connection(self, ws: WebSocketConnection, sessions: dict[str, Session]) -> None:
         with single_error():
@@ -335,10 +337,10 @@ class AvatarServer:
         done: trio.Event,
     ) -> None:
         reply = Reply(heard=utterance.text)
-        outbox = Outbox(ws, session)
+        outbox = Outbox(ws, session, self.in_flight.pause)
         self.turns += 1
         try:
-            with scope:
+            with scope, self.in_flight.turn():
                 request = TurnRequest(
                     session.transaction_id or "", utterance, history.messages(), session.context_id or "", params
                 )
@@ -373,7 +375,7 @@ class AvatarServer:
     async def _relay(self, outbox: Outbox, request: TurnRequest, reply: Reply) -> None:
         """The brain's reply to the client as it comes: ``accepted``, ``start`` once, then a ``chunk`` per sentence.
         The brain starts first: its cloud request leaves before this robot's ``accepted`` (``outbox``)."""
-        send, receive = trio.open_memory_channel[BrainOutput](0)
+        send, receive = trio.open_memory_channel[BrainOutput](1)  # 1: the brain goes on while `accepted` waits
         started = False
         with single_error():
             async with trio.open_nursery() as inner:

@@ -11,7 +11,8 @@ most ``LATER_WITHIN``; what is ready by then leaves in one write.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import trio
@@ -25,13 +26,37 @@ T = TypeVar("T")
 # The longest a frame nobody hurries for waits for an idle moment: on a server never idle (more robots than it
 # can serve), everything still leaves, this much later.
 LATER_WITHIN = 0.01
+# While other turns are in flight, an idle moment is a pause, not a gap: ten robots' invokes and the cloud's
+# answers to them come over a few milliseconds, the loop idle for a fraction of one between two of them. What
+# was done in such a gap went before the robots still on their way: a turn's frames nobody hurries for (a send
+# and a robot woken), and a later sentence's speech request, whose answer then came back (the synthesizer's
+# wait being the same for every sentence) in the middle of the other robots' first audio.
+PAUSE = 0.002
 
 
-async def when_idle(limit: float = LATER_WITHIN) -> None:
-    """Return once this event loop has nothing else to do (no task runnable, no socket ready), or after
-    ``limit`` seconds."""
+async def when_idle(limit: float = LATER_WITHIN, pause: float = 0.0) -> None:
+    """Return once this event loop has had nothing else to do (no task runnable, no socket ready) for ``pause``
+    seconds, or after ``limit`` seconds."""
     with trio.move_on_after(limit):
-        await trio.testing.wait_all_tasks_blocked()
+        await trio.testing.wait_all_tasks_blocked(pause)
+
+
+class InFlight:
+    """The turns a server runs now: while there are several, an idle moment is a ``PAUSE``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def pause(self) -> float:
+        return PAUSE if self.count > 1 else 0.0
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
 
 
 class Outbox:
@@ -40,9 +65,10 @@ class Outbox:
     for an idle moment, during which it may come (and join them), else they leave before waiting for it;
     ``flush`` writes the rest. Queued frames wait at most ``LATER_WITHIN`` from the first of them."""
 
-    def __init__(self, ws: WebSocketConnection, session: Session) -> None:
+    def __init__(self, ws: WebSocketConnection, session: Session, pause: Callable[[], float] = float) -> None:
         self.ws = ws
         self.session = session
+        self.pause = pause  # how long an idle moment lasts now (``InFlight.pause``)
         self.first_sent = False  # the turn's first chunk has left: nothing after it is urgent
         self._frames: list[str] = []
         self._queued_at = 0.0  # when the first frame now queued was queued
@@ -67,7 +93,7 @@ class Outbox:
         except trio.WouldBlock:
             pass
         if self._frames:
-            await when_idle(self._left())
+            await when_idle(self._left(), self.pause())
             try:
                 return receive_nowait()
             except trio.WouldBlock:

@@ -9,12 +9,15 @@ import socket
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from appliance.groups import single_error
 from appliance.heap import settle_heap
+
+if TYPE_CHECKING:
+    from appliance.server.fair_accept import Shares
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def serve_command(config: Any, host: str | None, port: int | None, level: str | 
     serve_one = partial(_serve_process, config, server_config)
     try:
         if server_config.workers == 1:
-            return serve_one(0, None, None, None)
+            return serve_one(0, None, None, None, None)
         from appliance.server.workers import run_workers
 
         return run_workers(
@@ -82,10 +85,12 @@ def _serve_process(
     ws: socket.socket | None,
     http: socket.socket | None,
     store: Path | None,
+    shares: Shares | None,
 ) -> int:
-    """One serving process (the only one, or worker ``index`` on its share of the port): build, serve, exit."""
+    """One serving process (the only one, or worker ``index`` on the shared port): build, serve, exit."""
     from appliance.assembly.brains import serving_brain
     from appliance.server.avatar import AvatarServer
+    from appliance.server.fair_accept import FairListener
     from appliance.server.histories import LocalHistories, SharedHistories
     from appliance.server.http_api import HttpAvatarServer
     from appliance.settings_base import ConfigError
@@ -98,7 +103,10 @@ def _serve_process(
     limit = config.conversation.history_limit
     # One store for the WebSocket and the HTTP API: a conversation is its context_id's, whichever way it came.
     histories = SharedHistories(store, limit) if store is not None else LocalHistories(limit)
-    servers: list[Any] = [AvatarServer(brain, server_config, history_limit=limit, histories=histories, listener=ws)]
+    listener = FairListener(ws, shares, index) if ws is not None and shares is not None else None
+    servers: list[Any] = [
+        AvatarServer(brain, server_config, history_limit=limit, histories=histories, listener=listener)
+    ]
     if server_config.http_port is not None:  # the HTTP/SSE API beside it, same key, same brain
         servers.append(HttpAvatarServer(brain, server_config, history_limit=limit, histories=histories, listener=http))
     try:

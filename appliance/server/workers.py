@@ -1,9 +1,10 @@
 """``[server] workers`` above 1: several serve processes on one port, sharing their conversations.
 
 One Python process answers every robot's turn one piece of work after another; with ten robots talking at once
-the tenth waits for the other nine on one core. Here the parent binds one listening socket per worker on the
-same port (``SO_REUSEPORT``: the kernel spreads new connections over them), forks the workers before any of
-them starts Trio or opens a connection, and then only waits: a worker that ends is started again on its
+the tenth waits for the other nine on one core. Here the parent binds the WebSocket port once (every worker
+accepts from that socket and the least busy takes each new robot: ``fair_accept.py``) and, for the HTTP API,
+one socket per worker on its port (``SO_REUSEPORT``: the kernel spreads its short requests over them), forks the
+workers before any of them starts Trio or opens a connection, and then only waits: a worker that ends is started again on its
 socket (connections that arrived meanwhile wait in that socket's queue), one that cannot stay up ends the
 service, SIGTERM/SIGINT stop them all. Each worker builds its own brain and connection pools; conversations
 live in a SQLite file they all open (``histories.SharedHistories``), so a robot that reconnects to another
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from appliance.server.fair_accept import Shares
 from appliance.server.histories import SharedHistories
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,9 @@ log = logging.getLogger(__name__)
 SHORTEST_LIFE = 5.0
 EXIT_FAILED = 1
 
-# serve_one(index, websocket listener, http listener or None, conversations file) -> exit code
-Worker = Callable[[int, socket.socket, socket.socket | None, Path], int]
+# serve_one(index, the shared websocket listener, its http listener or None, conversations file, every worker's
+# robot count) -> exit code
+Worker = Callable[[int, socket.socket, socket.socket | None, Path, Shares], int]
 
 
 def shared_port_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -58,11 +61,12 @@ def shared_port_sockets(host: str, port: int, count: int) -> list[socket.socket]
 class Workers:
     """The parent: starts ``count`` workers, restarts one that ends, stops them all on a signal."""
 
-    def __init__(self, count: int, serve_one: Worker, ws: list[socket.socket], http: list[socket.socket] | None):
+    def __init__(self, count: int, serve_one: Worker, ws: socket.socket, http: list[socket.socket] | None):
         self.count = count
         self.serve_one = serve_one
         self.ws = ws
         self.http = http
+        self.shares = Shares(count)
         self.running: dict[int, tuple[int, float]] = {}  # pid → (worker index, started at)
         self.stopping = False
 
@@ -78,6 +82,7 @@ class Workers:
 
     def _start(self, index: int, store: Path) -> None:
         parent = os.getpid()
+        self.shares.set(index, 0)  # a worker started again holds none of the robots its predecessor held
         pid = os.fork()
         if pid == 0:  # the worker: nothing of the parent's loop runs here, it only serves and exits
             code = EXIT_FAILED
@@ -85,11 +90,10 @@ class Workers:
                 _end_with(parent)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)  # Trio's own handlers take over in serve_one
-                mine = [self.ws[index], *(self.http[index : index + 1] if self.http else [])]
-                for sock in [*self.ws, *(self.http or [])]:
-                    if sock not in mine:
+                for other, sock in enumerate(self.http or []):
+                    if other != index:
                         sock.close()
-                code = self.serve_one(index, self.ws[index], self.http[index] if self.http else None, store)
+                code = self.serve_one(index, self.ws, self.http[index] if self.http else None, store, self.shares)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -142,17 +146,17 @@ def _end_with(parent: int) -> None:
 
 def run_workers(count: int, host: str, port: int, http_port: int | None, serve_one: Worker) -> int:
     """Bind, fork ``count`` workers and wait for them; the conversations file lasts as long as the service."""
-    ws = shared_port_sockets(host, port, count)
+    ws = shared_port_sockets(host, port, 1)[0]
     http = shared_port_sockets(host, http_port, count) if http_port is not None else None
     try:
         runtime = os.environ.get("RUNTIME_DIRECTORY")  # systemd's RuntimeDirectory=, else the temp dir
         with tempfile.TemporaryDirectory(prefix="appliance-serve-", dir=runtime or None) as tmp:
-            log.info("%d workers on port %d", count, ws[0].getsockname()[1])
+            log.info("%d workers on port %d", count, ws.getsockname()[1])
             store = Path(tmp) / "conversations.sqlite"
             # Made (and switched to WAL) here, once: two workers switching a new file to WAL at the same moment,
             # one fails with "database is locked" and, dying at its start, ends the service (a clean-clone run).
             SharedHistories(store).close()
             return Workers(count, serve_one, ws, http).run(store)
     finally:
-        for sock in [*ws, *(http or [])]:
+        for sock in [ws, *(http or [])]:
             sock.close()
