@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -104,6 +108,14 @@ def serve_config(cloud_url: str, server: str = "") -> str:
         f'[stt]\nbase_url = "{cloud_url}/v1"\n[llm]\nbase_url = "{cloud_url}/v1"\nmodel = "fake"\n'
         f'[tts]\nbase_url = "{cloud_url}/v1"\n[server]\nhost = "127.0.0.1"\nport = 0\n{server}'
     )
+
+
+async def start_serve(config: Path, key: str) -> trio.Process:
+    """``appliance serve`` on ``config`` in a process of its own (server API key ``key``), its log piped to stdout."""
+    env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": key}
+    args = [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"]
+    repo = Path(__file__).resolve().parent.parent
+    return await trio.lowlevel.open_process(args, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 async def serve_url(process: trio.Process) -> tuple[str, bytes]:

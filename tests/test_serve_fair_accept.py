@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -18,9 +16,8 @@ from trio_websocket import open_websocket_url
 
 from appliance.server.fair_accept import FairListener, Shares
 from tests.fakes.cloud import fake_cloud
-from tests.http_serve_helpers import serve_config, serve_url
+from tests.http_serve_helpers import serve_config, serve_url, start_serve
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "secret-key"
 
 
@@ -98,11 +95,7 @@ async def test_appliance_serve_spreads_robots_evenly_over_its_workers(tmp_path: 
     async with fake_cloud() as cloud:
         config = tmp_path / "serve.toml"
         config.write_text(serve_config(cloud.url, "workers = 2\n"))
-        env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": KEY}
-        args = [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"]
-        process = await trio.lowlevel.open_process(
-            args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        process = await start_serve(config, KEY)
         try:
             url, seen = await serve_url(process)
             assert process.stdout is not None

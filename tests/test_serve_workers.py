@@ -27,7 +27,7 @@ from appliance.server.avatar import AvatarServer
 from appliance.server.histories import SharedHistories
 from appliance.settings.brains import ServerConfig
 from tests.fakes.cloud import fake_cloud
-from tests.http_serve_helpers import serve_config, serve_url
+from tests.http_serve_helpers import serve_config, serve_url, start_serve
 from tests.test_remote_server import EchoBrain
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,11 +176,7 @@ async def test_appliance_serve_with_two_workers(tmp_path: Path) -> None:
     async with fake_cloud() as cloud:
         config = tmp_path / "serve.toml"
         config.write_text(serve_config(cloud.url, "workers = 2\n"))
-        env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": KEY}
-        args = [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"]
-        process = await trio.lowlevel.open_process(
-            args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        process = await start_serve(config, KEY)
         logged = b""
         try:
             url, logged = await serve_url(process)
