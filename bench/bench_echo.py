@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance.audio.base import BlockQueue, level_db
+from appliance.audio.convert import to_int16
 from appliance.audio.echo import FarEndTap, WebRtcEchoCanceller
 from appliance.audio.echo_engines import webrtc_available
 from appliance.bus import EventBus
@@ -184,17 +185,13 @@ class Run:
         return onsets, wakes
 
 
-def _to_int16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
-
-
 def _scene(room: Room, seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """2 s of room noise, then the robot talking: (speaker 48 kHz int16, echo at the mic, noise) — floats."""
     import soxr
 
     lead = np.zeros(2 * RATE)
     far16 = np.concatenate([lead, robot_speech(seconds)])
-    far48 = _to_int16(soxr.resample(far16, RATE, SPK_RATE, quality="HQ"))
+    far48 = to_int16(soxr.resample(far16, RATE, SPK_RATE, quality="HQ"))
     echo = through_room(far16, room)
     noise = F.noise("fan", len(echo) / RATE + 1, seed=seed)[: len(echo)].astype(np.float64)
     noise *= ECHO_RMS / 10 ** (NOISE_BELOW_ECHO_DB / 20) / (F.rms(noise) or 1.0)
@@ -220,7 +217,7 @@ def _active(echo: np.ndarray) -> np.ndarray:
 def robot_alone(room: Room, mins: float) -> list[Figure]:
     seconds = mins * 60
     far48, echo, noise = _scene(room, seconds, room.seed)
-    mic = _to_int16(echo + noise)
+    mic = to_int16(echo + noise)
     run = Run(room, cancel=True, wake=True)
     run.keep = True
     onsets, wakes = run.feed(far48, mic)
@@ -295,7 +292,7 @@ def barge_ins(room: Room, level_db_below: float, cancel: bool, trials: int = 8) 
         end = min(len(user), start + len(clip))
         user[start:end] += clip[: end - start]
         spans.append((start / RATE, end / RATE))
-    mic = _to_int16(echo + noise + user)
+    mic = to_int16(echo + noise + user)
     onsets, _ = Run(room, cancel).feed(far48, mic)
     detected, delays, false = 0, [], 0
     used = set()
@@ -383,7 +380,7 @@ def _wake_trials(above: float, warm: float) -> tuple[int, int, int]:
             at = int((warm + 4.0 + 0.4 * i) * RATE)
             user[at : at + len(clip)] = clip[: len(user) - at]
             for with_robot in (False, True):
-                mic = _to_int16((echo if with_robot else 0) + noise + user)
+                mic = to_int16((echo if with_robot else 0) + noise + user)
                 run = Run(room, cancel=True, wake=True)
                 _, wakes = run.feed(far48 if with_robot else np.zeros_like(far48), mic)
                 hit = any(at / RATE <= t <= at / RATE + len(clip) / RATE + 1.0 for t in wakes)

@@ -15,6 +15,11 @@ class AudioFormatError(ValueError):
     """A WAV or PCM payload we cannot use; the message says why."""
 
 
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    """Float samples on the int16 scale → int16, rounded to the nearest (half to even) and clipped."""
+    return np.clip(np.rint(samples), -32768, 32767).astype(np.int16)
+
+
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """int16 mono at ``from_rate`` → int16 mono at ``to_rate``."""
     if from_rate == to_rate or samples.size == 0:
@@ -22,7 +27,7 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     import soxr  # imported here: only sinks and odd-rate files need it
 
     out = soxr.resample(samples.astype(np.float32) / 32768.0, from_rate, to_rate, quality="HQ")
-    return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
+    return to_int16(out * 32768.0)
 
 
 def to_mono_int16(raw: bytes, sample_width: int, channels: int) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 import trio
 
 from appliance.audio.base import CAPTURE_RATE, BlockQueue
+from appliance.audio.convert import to_int16
 from appliance.audio.echo_alignment import FRAME, estimate_delay_ms, frame_energies
 from appliance.audio.echo_backoff import EchoHealth
 from appliance.audio.echo_clock import ClockFollower
@@ -203,7 +204,7 @@ class WebRtcEchoCanceller:
         self.near_end_frames += int(near_end.sum())
         mask = np.repeat(take, FRAME)
         out = cleaned.copy()
-        out[mask] = np.clip(np.round(residual[mask]), -32768, 32767).astype(np.int16)
+        out[mask] = to_int16(residual[mask])
         return out, frame_energies(out, len(take))
 
     def _follow_pairing(self) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from appliance.audio.base import CAPTURE_RATE
+from appliance.audio.convert import to_int16
 from appliance.audio.echo_alignment import FRAME, BacklogLow
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,6 @@ def callback_time(time_info: Any, stamp: str) -> float | None:
     if not stream_time or not current_time or abs(ahead) > 1.0:
         return None
     return time.monotonic() + ahead
-
-
-def _to_int16(x: np.ndarray) -> np.ndarray:
-    """The resampler works in float: its int16 output is dithered from a seed of its own per stream, so the same
-    speech gave another reference each time and the canceller decided differently run to run."""
-    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
 
 
 class FarEndTap:
@@ -279,7 +274,9 @@ class FarEndTap:
         if self._resampler is None:
             self._write_samples(block)
             return
-        out = _to_int16(self._resampler.resample_chunk(block.astype(np.float32)))
+        # In float, rounded here: soxr's int16 output is dithered from a seed of its own per stream, so the same
+        # speech gave another reference each time and the canceller decided differently run to run.
+        out = to_int16(self._resampler.resample_chunk(block.astype(np.float32)))
         if self._skip:
             skipped = min(self._skip, len(out))
             out, self._skip = out[skipped:], self._skip - skipped
@@ -306,7 +303,7 @@ class FarEndTap:
         what it makes of them is dropped, so it carries on at once. A fresh one holds its first 26 ms back: the
         reference ran dry and the pairing moved back by as much at every correction (the bench's living room)."""
         if self._resampler is not None:
-            self._write_samples(_to_int16(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)))
+            self._write_samples(to_int16(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)))
         self._rate = rate
         self._skip = 0
         if rate == CAPTURE_RATE and self._correction == 0.0:
