@@ -110,8 +110,11 @@ def serve_config(cloud_url: str, server: str = "") -> str:
     )
 
 
-async def start_serve(config: Path, key: str) -> trio.Process:
-    """``appliance serve`` on ``config`` in a process of its own (server API key ``key``), its log piped to stdout."""
+async def start_serve(directory: Path, cloud_url: str, key: str, server: str = "") -> trio.Process:
+    """``appliance serve`` on the fake cloud at ``cloud_url`` in a process of its own, its config (``server`` lines
+    added to [server]) written in ``directory``, server API key ``key``, its log piped to stdout."""
+    config = directory / "serve.toml"
+    config.write_text(serve_config(cloud_url, server))
     env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": key}
     args = [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"]
     repo = Path(__file__).resolve().parent.parent

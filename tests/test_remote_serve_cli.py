@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
 from appliance.turns import ReplyChunk
 from tests.fakes.cloud import fake_cloud
-from tests.http_serve_helpers import serve_config, serve_url
+from tests.http_serve_helpers import serve_url, start_serve
 from tests.remote_helpers import collect, heard, remote, request, speech
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 async def test_appliance_serve_answers_a_robot(tmp_path: Path) -> None:
     async with fake_cloud() as cloud:
-        config = tmp_path / "serve.toml"
-        config.write_text(serve_config(cloud.url))
-        env = {**os.environ, "OPENAI_API_KEY": "test-key", "APPLIANCE_SERVER__API_KEY": "secret-key"}
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "appliance", "--config", str(config), "serve", "--log-level", "INFO"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-        )
+        process = await start_serve(tmp_path, cloud.url, "secret-key")
         try:
             url, _ = await serve_url(process)
             items = await collect(remote(url), request(None, audio=speech(0.5)))

@@ -16,7 +16,7 @@ from trio_websocket import open_websocket_url
 
 from appliance.server.fair_accept import FairListener, Shares
 from tests.fakes.cloud import fake_cloud
-from tests.http_serve_helpers import serve_config, serve_url, start_serve
+from tests.http_serve_helpers import serve_url, start_serve
 
 KEY = "secret-key"
 
@@ -93,9 +93,7 @@ def robots_per_worker(port: int, workers: list[int]) -> list[int]:
 @pytest.mark.slow
 async def test_appliance_serve_spreads_robots_evenly_over_its_workers(tmp_path: Path) -> None:
     async with fake_cloud() as cloud:
-        config = tmp_path / "serve.toml"
-        config.write_text(serve_config(cloud.url, "workers = 2\n"))
-        process = await start_serve(config, KEY)
+        process = await start_serve(tmp_path, cloud.url, KEY, "workers = 2\n")
         try:
             url, seen = await serve_url(process)
             assert process.stdout is not None

@@ -27,7 +27,7 @@ from appliance.server.avatar import AvatarServer
 from appliance.server.histories import SharedHistories
 from appliance.settings.brains import ServerConfig
 from tests.fakes.cloud import fake_cloud
-from tests.http_serve_helpers import serve_config, serve_url, start_serve
+from tests.http_serve_helpers import serve_url, start_serve
 from tests.test_remote_server import EchoBrain
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,9 +174,7 @@ def children(pid: int) -> list[int]:
 @pytest.mark.slow
 async def test_appliance_serve_with_two_workers(tmp_path: Path) -> None:
     async with fake_cloud() as cloud:
-        config = tmp_path / "serve.toml"
-        config.write_text(serve_config(cloud.url, "workers = 2\n"))
-        process = await start_serve(config, KEY)
+        process = await start_serve(tmp_path, cloud.url, KEY, "workers = 2\n")
         logged = b""
         try:
             url, logged = await serve_url(process)
