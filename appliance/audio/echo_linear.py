@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.audio.echo_alignment import FRAME
+from appliance.audio.echo_alignment import FRAME, frame_energies
 from appliance.audio.echo_partitions import BATCH, BINS, CHUNK, CONSTRAIN_EVERY, EchoPath, rfft_rows
 
 _BANDS = ((4, 10), (10, 20), (20, 40), (40, 80), (80, 140))  # bins of 50 Hz: 200 Hz to 7 kHz
@@ -167,12 +167,10 @@ class LinearEchoFilter:
         self._prev_far = ref[-FRAME:]
         # Every frame's reference spectrum at once (one call): its [previous, this] frame.
         pairs = np.ndarray((frames, 2 * FRAME), ref.dtype, ref, 0, (FRAME * ref.itemsize, ref.itemsize))
-        if energies is None:
-            sounding = np.any(ref[FRAME:].reshape(frames, FRAME), axis=1).tolist()
-            out = _Frames(mic, np.einsum("ij,ij->i", mic, mic).tolist(), residual, near_end)
-        else:
-            sounding = energies[0]  # an energy is 0.0 (false) where the frame is digital silence
-            out = _Frames(mic, energies[1], residual, near_end)
+        if energies is None:  # the filter on its own: the canceller hands over what it has taken already
+            energies = (frame_energies(ref[FRAME:], frames).tolist(), frame_energies(mic, frames).tolist())
+        sounding, mic_energy = energies  # a frame's energy is 0.0 (false) where it is digital silence
+        out = _Frames(mic, mic_energy, residual, near_end)
         delay = self.delay_frames
         for first in range(0, frames, CHUNK):
             row = self._path.store(pairs[first : first + CHUNK]) - first  # frame i's reference is at row + i
