@@ -4,9 +4,9 @@ One Python process answers every robot's turn one piece of work after another; w
 the tenth waits for the other nine on one core. Here the parent binds the WebSocket port once (every worker
 accepts from that socket and the least busy takes each new robot: ``fair_accept.py``) and, for the HTTP API,
 one socket per worker on its port (``SO_REUSEPORT``: the kernel spreads its short requests over them), forks the
-workers before any of them starts Trio or opens a connection, and then only waits: a worker that ends is started again on its
-socket (connections that arrived meanwhile wait in that socket's queue), one that cannot stay up ends the
-service, SIGTERM/SIGINT stop them all. Each worker builds its own brain and connection pools; conversations
+workers before any of them starts Trio or opens a connection, and then only waits: a worker that ends is started
+again on the same sockets (connections that arrived meanwhile wait in their queue), one that cannot stay up ends
+the service, SIGTERM/SIGINT stop them all. Each worker builds its own brain and connection pools; conversations
 live in a SQLite file they all open (``histories.SharedHistories``), so a robot that reconnects to another
 worker continues where it was. A robot's connection stays with one worker, so its turns stay in order.
 """
